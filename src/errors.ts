@@ -1,0 +1,58 @@
+/**
+ * The one registry of coded errors (DESIGN.md: `LW_ERR_<AREA>_<WHAT>`, each with an HTTP status).
+ * Add a code here and a line to docs/errors.md; test/errors.test.ts fails when the two drift apart.
+ */
+
+export interface ErrorSpec {
+  readonly status: number;
+  readonly message: string;
+}
+
+export const ERRORS = {
+  // model: checkpoints and graph builds
+  LW_ERR_MODEL_NOT_FOUND: { status: 404, message: 'checkpoint directory or file not found' },
+  LW_ERR_MODEL_UNSUPPORTED: { status: 400, message: 'checkpoint uses an unsupported feature' },
+  LW_ERR_MODEL_CONFIG_INVALID: { status: 400, message: 'config.json is missing or invalid' },
+  LW_ERR_MODEL_SAFETENSORS_CORRUPT: { status: 500, message: 'safetensors file is corrupt or truncated' },
+  LW_ERR_MODEL_SHARD_MISSING: { status: 500, message: 'a shard named by the safetensors index is missing' },
+  LW_ERR_MODEL_TENSOR_MISSING: { status: 500, message: 'a tensor the architecture needs is missing' },
+  LW_ERR_MODEL_BUILD_OPTIONS: { status: 400, message: 'invalid graph build options' },
+  // engine: sessions and generation
+  LW_ERR_ENGINE_PROVIDER_UNAVAILABLE: { status: 500, message: 'execution provider not available in the installed onnxruntime-node' },
+  LW_ERR_ENGINE_SESSION_FAILED: { status: 500, message: 'the inference session failed' },
+  LW_ERR_ENGINE_CONTEXT_LENGTH: { status: 400, message: 'prompt plus max_tokens exceeds the context length' },
+  LW_ERR_ENGINE_BAD_REQUEST: { status: 400, message: 'invalid generation request' },
+  LW_ERR_ENGINE_HOOK_UNKNOWN: { status: 400, message: 'hook point not present in this build' },
+  LW_ERR_ENGINE_ABORTED: { status: 499, message: 'generation cancelled' },
+  // tokenizer and chat templates
+  LW_ERR_TOKENIZER_NOT_FOUND: { status: 500, message: 'tokenizer.json not found' },
+  LW_ERR_TOKENIZER_TEMPLATE: { status: 400, message: 'chat template failed to render' },
+  // cli
+  LW_ERR_CLI_USAGE: { status: 400, message: 'invalid command-line usage' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class LatentwatchError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, detail?: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    const spec = ERRORS[code];
+    super(detail ? `${spec.message}: ${detail}` : spec.message, options);
+    this.name = 'LatentwatchError';
+    this.code = code;
+    this.status = spec.status;
+    this.details = details;
+  }
+}
+
+/** Shorthand used at throw sites: `throw lwError('LW_ERR_MODEL_NOT_FOUND', dir)`. */
+export function lwError(code: ErrorCode, detail?: string, details?: Record<string, unknown>, cause?: unknown): LatentwatchError {
+  return new LatentwatchError(code, detail, details, cause === undefined ? undefined : { cause });
+}
+
+export function isLatentwatchError(e: unknown): e is LatentwatchError {
+  return e instanceof LatentwatchError;
+}
