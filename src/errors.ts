@@ -27,6 +27,12 @@ export const ERRORS = {
   // tokenizer and chat templates
   LW_ERR_TOKENIZER_NOT_FOUND: { status: 500, message: 'tokenizer.json not found' },
   LW_ERR_TOKENIZER_TEMPLATE: { status: 400, message: 'chat template failed to render' },
+  // probes: probe files, fitting and scoring
+  LW_ERR_PROBE_NOT_FOUND: { status: 404, message: 'probe file not found' },
+  LW_ERR_PROBE_INVALID: { status: 400, message: 'probe file is malformed or fails validation' },
+  LW_ERR_PROBE_MODEL_MISMATCH: { status: 409, message: 'probe was made for a different model' },
+  LW_ERR_PROBE_INPUT_MISMATCH: { status: 500, message: 'activations do not match what the probe needs' },
+  LW_ERR_PROBE_FIT: { status: 400, message: 'training data cannot fit the requested probe' },
   // cli
   LW_ERR_CLI_USAGE: { status: 400, message: 'invalid command-line usage' },
 } as const satisfies Record<string, ErrorSpec>;
