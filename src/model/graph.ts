@@ -1,0 +1,210 @@
+/**
+ * Builds the Qwen2/Qwen3 decoder as an ONNX graph for onnxruntime's CPU (and CUDA) providers, with
+ * taps (graph outputs `blocks.L.hook_resid_post`) and injection ports (inputs
+ * `inject.blocks.L.hook_resid_post`, added to the residual stream after layer L).
+ *
+ * Per layer: SkipSimplifiedLayerNormalization fuses each residual add with the next RMSNorm, and its
+ * fourth output is the residual stream itself, so taps cost no extra compute. Attention is one
+ * GroupQueryAttention node with rotary inside and a KV cache that may share its buffer with the
+ * output (the engine feeds one preallocated tensor as both, so decode updates it in place).
+ */
+import { lwError } from '../errors.js';
+import { injectPort, residPost } from '../hooks.js';
+import type { Checkpoint } from './checkpoint.js';
+import type { ModelConfig } from './config.js';
+import { DT, OnnxGraphWriter } from './onnx-writer.js';
+import { quantizeRows, toHalf, transpose } from './quantize.js';
+
+export type Precision = 'fp32' | 'fp16' | 'int8' | 'int4';
+export const PRECISIONS: readonly Precision[] = ['fp32', 'fp16', 'int8', 'int4'];
+
+export interface BuildOptions {
+  precision: Precision;
+  /** Layers whose resid_post is a graph output. */
+  taps: number[];
+  /** Layers with an injection port. Empty: a plain serving build. */
+  ports: number[];
+  /** MatMulNBits block size (int4/int8). */
+  blockSize: number;
+  /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on AVX-512 VNNI). */
+  accuracyLevel: number;
+}
+
+export const GRAPH_NAMES = {
+  inputIds: 'input_ids',
+  seqlensK: 'seqlens_k',
+  totalSeqLen: 'total_sequence_length',
+  logitsIndex: 'logits_index',
+  logits: 'logits',
+  pastKey: (l: number) => `past_key.${l}`,
+  pastValue: (l: number) => `past_value.${l}`,
+  presentKey: (l: number) => `present_key.${l}`,
+  presentValue: (l: number) => `present_value.${l}`,
+} as const;
+
+export type BuildProgress = (done: number, total: number, what: string) => void;
+
+export function validateBuildOptions(cfg: ModelConfig, o: BuildOptions): void {
+  const bad = (why: string): never => {
+    throw lwError('LW_ERR_MODEL_BUILD_OPTIONS', why);
+  };
+  if (!['fp32', 'fp16', 'int8', 'int4'].includes(o.precision)) bad(`precision ${o.precision} (fp32|fp16|int8|int4)`);
+  for (const l of [...o.taps, ...o.ports]) {
+    if (!Number.isInteger(l) || l < 0 || l >= cfg.numLayers) bad(`layer ${l} outside 0..${cfg.numLayers - 1}`);
+  }
+  if (![16, 32, 64, 128, 256].includes(o.blockSize)) bad(`block size ${o.blockSize} (16|32|64|128|256)`);
+  if (![0, 1, 2, 3, 4].includes(o.accuracyLevel)) bad(`accuracy level ${o.accuracyLevel} (0..4)`);
+}
+
+/** Writes `modelPath` and `modelPath.data`. Reads one tensor at a time from the checkpoint. */
+export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string, progress: BuildProgress = () => {}): { dataBytes: number } {
+  const cfg = ckpt.config;
+  validateBuildOptions(cfg, o);
+  const g = new OnnxGraphWriter(modelPath);
+  const D = cfg.hiddenSize;
+  const hd = cfg.headDim;
+  const H = cfg.numHeads;
+  const KV = cfg.numKvHeads;
+  const I = cfg.intermediateSize;
+  const eps = { float: cfg.rmsEps };
+  const taps = new Set(o.taps);
+  const ports = new Set(o.ports);
+  const totalSteps = cfg.numLayers + 2;
+  let step = 0;
+  const tick = (what: string) => progress(++step, totalSteps, what);
+
+  // Inputs. Batch and sequence are free; the cache length is the preallocated buffer's length.
+  const ids = g.input(GRAPH_NAMES.inputIds, DT.INT64, ['batch', 'seq']);
+  const seqlensK = g.input(GRAPH_NAMES.seqlensK, DT.INT32, ['batch']);
+  const totalLen = g.input(GRAPH_NAMES.totalSeqLen, DT.INT32, []);
+  const logitsIndex = g.input(GRAPH_NAMES.logitsIndex, DT.INT64, ['n_logits']);
+
+  /** y = x · Wᵀ for HF [out, in] weights, several weights concatenated along out. */
+  const linear = (x: string, names: string[], k: number, label: string): string => {
+    const mats = names.map((n) => ckpt.read(n));
+    const n = mats.reduce((a, m) => a + m.length / k, 0);
+    const rows = concat(mats);
+    if (o.precision === 'int4' || o.precision === 'int8') {
+      const bits = o.precision === 'int4' ? 4 : 8;
+      const q = quantizeRows(rows, n, k, bits, o.blockSize);
+      const b = g.initializer(`${label}.qweight`, DT.UINT8, [n, q.blocksPerRow, q.blobSize], q.packed);
+      const s = g.f32(`${label}.scales`, [n * q.blocksPerRow], q.scales);
+      return g.op('MatMulNBits', [x, b, s], { K: k, N: n, bits, block_size: o.blockSize, accuracy_level: o.accuracyLevel }, 'com.microsoft');
+    }
+    const wt = transpose(rows, n, k);
+    if (o.precision === 'fp16') {
+      // The CPU provider has no fp16 MatMul on x86: store fp16, widen once at session load.
+      const h = toHalf(wt);
+      const w16 = g.initializer(`${label}.weight_fp16`, DT.FLOAT16, [k, n], new Uint8Array(h.buffer));
+      return g.op('MatMul', [x, g.op('Cast', [w16], { to: DT.FLOAT })]);
+    }
+    return g.op('MatMul', [x, g.f32(`${label}.weight`, [k, n], wt)]);
+  };
+  const vec = (name: string, label: string): string => g.f32(label, [ckpt.info(name).shape[0]], ckpt.read(name));
+
+  // Embedding: a gather table (fp16 in compact builds: a gather reads one row, so it never limits decode).
+  const embName = 'model.embed_tokens.weight';
+  const emb = ckpt.read(embName);
+  let h: string;
+  if (o.precision === 'fp32') {
+    h = g.op('Gather', [g.f32('embed.weight', [cfg.vocabSize, D], emb), ids]);
+  } else {
+    const e16 = toHalf(emb);
+    h = g.op('Cast', [g.op('Gather', [g.initializer('embed.weight_fp16', DT.FLOAT16, [cfg.vocabSize, D], new Uint8Array(e16.buffer)), ids])], { to: DT.FLOAT });
+  }
+  tick('embedding');
+
+  // Rotary tables for GroupQueryAttention (non-interleaved halves, as HF's rotate_half).
+  const half = hd / 2;
+  const cos = new Float32Array(cfg.maxPositions * half);
+  const sin = new Float32Array(cfg.maxPositions * half);
+  for (let p = 0; p < cfg.maxPositions; p++) {
+    for (let i = 0; i < half; i++) {
+      const invFreq = 1 / Math.pow(cfg.ropeTheta, (2 * i) / hd);
+      cos[p * half + i] = Math.cos(p * invFreq);
+      sin[p * half + i] = Math.sin(p * invFreq);
+    }
+  }
+  const cosCache = g.f32('rotary.cos', [cfg.maxPositions, half], cos);
+  const sinCache = g.f32('rotary.sin', [cfg.maxPositions, half], sin);
+  const qkShape = cfg.qkNorm ? g.i64('shape.heads', [0, 0, -1, hd]) : '';
+  const flatShape = cfg.qkNorm ? g.i64('shape.flat', [0, 0, -1]) : '';
+
+  let x = g.op('SimplifiedLayerNormalization', [h, vec('model.layers.0.input_layernorm.weight', 'layers.0.ln1')], { axis: -1, epsilon: eps, stash_type: 1 });
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    // Attention: one fused q|k|v projection.
+    let qkv = linear(x, [`${p}self_attn.q_proj.weight`, `${p}self_attn.k_proj.weight`, `${p}self_attn.v_proj.weight`], D, `layers.${l}.qkv`);
+    if (cfg.qkvBias) {
+      const bias = concat([ckpt.read(`${p}self_attn.q_proj.bias`), ckpt.read(`${p}self_attn.k_proj.bias`), ckpt.read(`${p}self_attn.v_proj.bias`)]);
+      qkv = g.op('Add', [qkv, g.f32(`layers.${l}.qkv.bias`, [bias.length], bias)]);
+    }
+    let gqaIn: string[];
+    if (cfg.qkNorm) {
+      // Qwen3: RMSNorm over each head of q and k before rotary (which GQA applies).
+      const [q, k, v] = g.node('Split', [qkv, g.i64(`layers.${l}.split`, [H * hd, KV * hd, KV * hd])], 3, { axis: -1 });
+      const headNorm = (t: string, w: string, label: string) =>
+        g.op('Reshape', [g.op('SimplifiedLayerNormalization', [g.op('Reshape', [t, qkShape]), vec(w, label)], { axis: -1, epsilon: eps, stash_type: 1 }), flatShape]);
+      gqaIn = [headNorm(q, `${p}self_attn.q_norm.weight`, `layers.${l}.q_norm`), headNorm(k, `${p}self_attn.k_norm.weight`, `layers.${l}.k_norm`), v];
+    } else {
+      gqaIn = [qkv, '', ''];
+    }
+    const pastK = g.input(GRAPH_NAMES.pastKey(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
+    const pastV = g.input(GRAPH_NAMES.pastValue(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
+    const [attn] = g.node(
+      'GroupQueryAttention',
+      [...gqaIn, pastK, pastV, seqlensK, totalLen, cosCache, sinCache],
+      [`layers.${l}.attn`, GRAPH_NAMES.presentKey(l), GRAPH_NAMES.presentValue(l)],
+      { num_heads: H, kv_num_heads: KV, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } },
+      'com.microsoft',
+    );
+    g.output(GRAPH_NAMES.presentKey(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
+    g.output(GRAPH_NAMES.presentValue(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
+    const o = linear(attn, [`${p}self_attn.o_proj.weight`], H * hd, `layers.${l}.o`);
+    const [x2, , , hMid] = g.node('SkipSimplifiedLayerNormalization', [o, h, vec(`${p}post_attention_layernorm.weight`, `layers.${l}.ln2`)], 4, { epsilon: eps }, 'com.microsoft');
+
+    // SwiGLU MLP with gate|up fused into one projection.
+    const gateUp = linear(x2, [`${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`], D, `layers.${l}.gate_up`);
+    const [gate, up] = g.node('Split', [gateUp, g.i64(`layers.${l}.mlp_split`, [I, I])], 2, { axis: -1 });
+    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    let mlp = linear(act, [`${p}mlp.down_proj.weight`], I, `layers.${l}.down`);
+    const hook = residPost(l);
+    if (ports.has(l)) {
+      // Adding into the MLP output before the residual add puts the vector into resid_post itself.
+      const port = g.input(injectPort(hook), DT.FLOAT, [`inject_${l}_batch`, `inject_${l}_seq`, D]);
+      mlp = g.op('Add', [mlp, port]);
+    }
+    const last = l === cfg.numLayers - 1;
+    const nextNorm = last ? vec('model.norm.weight', 'final_norm') : vec(`model.layers.${l + 1}.input_layernorm.weight`, `layers.${l + 1}.ln1`);
+    const [xNext, , , hNext] = g.node('SkipSimplifiedLayerNormalization', [mlp, hMid, nextNorm], [`layers.${l}.next_normed`, '', '', hook], { epsilon: eps }, 'com.microsoft');
+    if (taps.has(l)) g.output(hook, DT.FLOAT, ['batch', 'seq', D]);
+    x = xNext;
+    h = hNext;
+    tick(`layer ${l + 1}/${cfg.numLayers}`);
+  }
+
+  // Logits only at the requested positions: the vocabulary projection dominates prefill otherwise.
+  const picked = g.op('Gather', [x, logitsIndex], { axis: 1 });
+  const headName = cfg.tieWordEmbeddings || !ckpt.has('lm_head.weight') ? embName : 'lm_head.weight';
+  if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
+  const logits = linear(picked, [headName], D, 'lm_head');
+  g.node('Identity', [logits], [GRAPH_NAMES.logits]);
+  g.output(GRAPH_NAMES.logits, DT.FLOAT, ['batch', 'n_logits', cfg.vocabSize]);
+  tick('lm_head');
+
+  return g.finish('qwen', {
+    'latentwatch.fingerprint': ckpt.fingerprint,
+    'latentwatch.options': JSON.stringify(o),
+  });
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
