@@ -27,6 +27,7 @@ export const ERRORS = {
   // tokenizer and chat templates
   LW_ERR_TOKENIZER_NOT_FOUND: { status: 500, message: 'tokenizer.json not found' },
   LW_ERR_TOKENIZER_TEMPLATE: { status: 400, message: 'chat template failed to render' },
+  LW_ERR_TOKENIZER_INVALID: { status: 500, message: 'tokenizer files are invalid or unsupported' },
   // probes: probe files, fitting and scoring
   LW_ERR_PROBE_NOT_FOUND: { status: 404, message: 'probe file not found' },
   LW_ERR_PROBE_INVALID: { status: 400, message: 'probe file is malformed or fails validation' },
@@ -35,6 +36,33 @@ export const ERRORS = {
   LW_ERR_PROBE_FIT: { status: 400, message: 'training data cannot fit the requested probe' },
   // cli
   LW_ERR_CLI_USAGE: { status: 400, message: 'invalid command-line usage' },
+  // config: daemon configuration (src/daemon/config.ts)
+  LW_ERR_CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
+  LW_ERR_CONFIG_FILE_UNREADABLE: { status: 500, message: 'config file cannot be read or is not JSON' },
+  LW_ERR_CONFIG_FLAG_UNKNOWN: { status: 400, message: 'unknown or malformed command-line flag' },
+  // auth: API and admin keys (src/daemon/auth.ts)
+  LW_ERR_AUTH_MISSING_KEY: { status: 401, message: 'missing API key' },
+  LW_ERR_AUTH_INVALID_KEY: { status: 401, message: 'invalid API key' },
+  LW_ERR_AUTH_ADMIN_REQUIRED: { status: 403, message: 'this operation requires the admin key' },
+  LW_ERR_AUTH_INJECTION_DISABLED: { status: 403, message: 'injection is disabled on this daemon' },
+  // api: HTTP request handling
+  LW_ERR_API_BAD_REQUEST: { status: 400, message: 'invalid request' },
+  LW_ERR_API_INVALID_JSON: { status: 400, message: 'request body is not valid JSON' },
+  LW_ERR_API_MAX_TOKENS: { status: 400, message: 'max_tokens exceeds the configured limit' },
+  LW_ERR_API_NOT_FOUND: { status: 404, message: 'no such route' },
+  LW_ERR_API_MODEL_NOT_FOUND: { status: 404, message: 'the requested model is not served here' },
+  LW_ERR_API_METHOD_NOT_ALLOWED: { status: 405, message: 'method not allowed on this route' },
+  LW_ERR_API_BODY_TOO_LARGE: { status: 413, message: 'request body exceeds the configured limit' },
+  LW_ERR_API_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'unsupported content type' },
+  LW_ERR_API_QUEUE_FULL: { status: 429, message: 'too many requests: the queue is full' },
+  LW_ERR_API_INTERNAL: { status: 500, message: 'internal server error' },
+  LW_ERR_API_SHUTTING_DOWN: { status: 503, message: 'the daemon is shutting down' },
+  LW_ERR_API_NOT_READY: { status: 503, message: 'the daemon is not ready' },
+  // alert: alert log and alert delivery (src/daemon/alert-log.ts, alert-hub.ts)
+  LW_ERR_ALERT_LOG_OPEN: { status: 500, message: 'alert log cannot be opened' },
+  LW_ERR_ALERT_LOG_WRITE: { status: 500, message: 'alert log write failed; the alert is kept in memory until the log recovers' },
+  LW_ERR_ALERT_LOG_CLOSED: { status: 503, message: 'alert log is closed' },
+  LW_ERR_ALERT_BAD_QUERY: { status: 400, message: 'invalid alert query or filter' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;
