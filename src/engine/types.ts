@@ -8,7 +8,7 @@ export type InjectionWindow =
   | { kind: 'prompt' } // every prompt position
   | { kind: 'generation' } // every generated position (the positions fed during decode)
   | { kind: 'all' }
-  | { kind: 'range'; start: number; end: number }; // prompt positions start..end-1
+  | { kind: 'range'; start: number; end?: number }; // positions start..end-1; no end: through generation
 
 export interface Injection {
   /** Hook point to add into, e.g. `blocks.3.hook_resid_post`. */

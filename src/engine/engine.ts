@@ -1,0 +1,189 @@
+/**
+ * The engine: a cached graph build, an onnxruntime session and the tokenizer, and `generate()`, an
+ * async iterable of steps carrying each token's text and its activations at the requested hooks.
+ */
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { lwError } from '../errors.js';
+import { injectPort, residPost } from '../hooks.js';
+import { openCheckpoint, type Checkpoint } from '../model/checkpoint.js';
+import type { ModelConfig } from '../model/config.js';
+import { ensureBuild, type BuildInfo, type BuildRequest } from '../model/build.js';
+import { GRAPH_NAMES, type BuildProgress } from '../model/graph.js';
+import { StreamingDetokenizer } from './detokenizer.js';
+import { RuntimeSession, type Provider } from './runtime.js';
+import { Sampler, StopStringMatcher } from './sampler.js';
+import { Sequence, type GraphContext } from './sequence.js';
+import { Tokenizer } from './tokenizer.js';
+import type { GenerateRequest, Step } from './types.js';
+
+export interface EngineOptions extends BuildRequest {
+  provider?: Provider;
+  threads?: number;
+  cacheDir?: string;
+  progress?: BuildProgress;
+  /** Upper bound on prompt + generated tokens; default the model's max_position_embeddings. */
+  contextLength?: number;
+  /** Prompt tokens per forward pass during prefill. */
+  prefillChunk?: number;
+}
+
+export class Engine implements GraphContext {
+  readonly ports: ReadonlySet<string>;
+  readonly taps: ReadonlySet<string>;
+  readonly contextLength: number;
+  private readonly prefillChunk: number;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    readonly checkpoint: Checkpoint,
+    readonly build: BuildInfo,
+    readonly session: RuntimeSession,
+    /** Absent for checkpoints shipped without tokenizer.json (test fixtures): steps then carry no text. */
+    readonly tokenizer: Tokenizer | undefined,
+    o: EngineOptions,
+  ) {
+    const cfg = checkpoint.config;
+    this.taps = new Set(build.options.taps.map(residPost));
+    this.ports = new Set(build.options.ports.map(residPost));
+    this.contextLength = Math.min(o.contextLength ?? cfg.maxPositions, cfg.maxPositions);
+    this.prefillChunk = o.prefillChunk ?? 512;
+    this.checkNames();
+  }
+
+  static async load(modelDir: string, o: EngineOptions = {}): Promise<Engine> {
+    const checkpoint = openCheckpoint(modelDir);
+    const build = ensureBuild(checkpoint, o, { cacheDir: o.cacheDir, progress: o.progress });
+    const [session, tokenizer] = await Promise.all([
+      RuntimeSession.load(build.modelPath, { provider: o.provider, threads: o.threads ?? availableParallelism() }),
+      existsSync(join(modelDir, 'tokenizer.json')) ? Tokenizer.fromDir(modelDir) : Promise.resolve(undefined),
+    ]);
+    return new Engine(checkpoint, build, session, tokenizer, o);
+  }
+
+  get config(): ModelConfig {
+    return this.checkpoint.config;
+  }
+
+  get fingerprint(): string {
+    return this.checkpoint.fingerprint;
+  }
+
+  /** Stop ids: the checkpoint's EOS ids (generation_config and tokenizer config). */
+  get eosTokenIds(): number[] {
+    return [...new Set([...this.config.eosTokenIds, ...(this.tokenizer?.eosTokenIds ?? [])])];
+  }
+
+  /** The hook-name table checked against the session: every tap and port of the build must exist. */
+  private checkNames(): void {
+    const outs = new Set(this.session.outputNames);
+    const ins = new Set(this.session.inputNames);
+    for (const t of this.taps) if (!outs.has(t)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks tap output ${t}`);
+    for (const p of this.ports) if (!ins.has(injectPort(p))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks port input ${injectPort(p)}`);
+    if (!outs.has(GRAPH_NAMES.logits)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'build lacks logits output');
+  }
+
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A fresh sequence with room for `capacity` positions (trials drive these directly). */
+  newSequence(capacity: number): Sequence {
+    if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
+    return new Sequence(this, capacity);
+  }
+
+  async *generate(req: GenerateRequest): AsyncGenerator<Step> {
+    const promptLength = req.promptIds.length;
+    if (promptLength === 0) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', 'empty prompt');
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', 'max tokens must be a non-negative integer');
+    for (const id of req.promptIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', `token id ${id} outside the vocabulary`);
+    }
+    if (promptLength + req.maxTokens > this.contextLength) {
+      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${promptLength} prompt + ${req.maxTokens} max tokens > ${this.contextLength}`, {
+        promptTokens: promptLength,
+        contextLength: this.contextLength,
+      });
+    }
+    const sampler = new Sampler(req.sampling);
+    const stops = new Set([...(req.ignoreEos ? [] : this.eosTokenIds), ...(req.stopTokenIds ?? [])]);
+    const stopText = new StopStringMatcher(req.stopStrings ?? []);
+    const detok = new StreamingDetokenizer(this.tokenizer ?? (() => ''), { skipSpecialTokens: true });
+    const taps = req.taps ?? [];
+    const fwd = { taps, injections: req.injections, promptLength };
+    const seq = this.newSequence(promptLength + req.maxTokens);
+    const aborted = () => {
+      if (req.signal?.aborted) throw lwError('LW_ERR_ENGINE_ABORTED');
+    };
+    try {
+      // Prefill in chunks; the prompt step carries every prompt position's taps.
+      let logits: Float32Array = new Float32Array(0);
+      const promptTaps = new Map<string, Float32Array[]>();
+      for (let i = 0; i < promptLength; i += this.prefillChunk) {
+        aborted();
+        const r = await seq.forward(req.promptIds.slice(i, i + this.prefillChunk), fwd);
+        logits = r.logits;
+        for (const [k, v] of r.taps) promptTaps.set(k, [...(promptTaps.get(k) ?? []), v.data]);
+      }
+      yield {
+        kind: 'prompt',
+        tokenId: -1,
+        text: '',
+        position: promptLength - 1,
+        taps: new Map([...promptTaps].map(([k, parts]) => [k, { positions: promptLength, dModel: this.config.hiddenSize, data: concat(parts) }])),
+      };
+      if (req.maxTokens === 0) return;
+
+      // Each token step is emitted after the pass that reads that token, so it carries its own
+      // activations: a monitor scores a token before its text reaches the client.
+      let token = sampler.sample(logits);
+      for (let n = 1; ; n++) {
+        aborted();
+        const isStop = stops.has(token);
+        let last = isStop || n >= req.maxTokens;
+        const tokenLogits = logits;
+        const position = promptLength + n - 1;
+        let stepTaps = new Map();
+        if (!last || taps.length > 0) {
+          const r = await seq.forward([token], fwd);
+          logits = r.logits;
+          stepTaps = r.taps;
+        }
+        let text = '';
+        if (!isStop) {
+          const s = stopText.push(detok.push(token) + (last ? detok.flush() : ''));
+          text = s.text;
+          if (s.stopped) last = true;
+        }
+        if (last && !isStop) text += stopText.flush();
+        const step: Step = { kind: 'token', tokenId: token, text, position, taps: stepTaps };
+        if (req.returnLogits) step.logits = tokenLogits;
+        if (last) step.finishReason = isStop || n < req.maxTokens ? 'stop' : 'length';
+        yield step;
+        if (last) return;
+        token = sampler.sample(logits);
+      }
+    } finally {
+      seq.release();
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}

@@ -1,0 +1,84 @@
+/**
+ * Cached graph builds: one directory per (checkpoint fingerprint, build options, builder version),
+ * written to a temporary directory and renamed into place so a crash never leaves half a build.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { openCheckpoint, type Checkpoint } from './checkpoint.js';
+import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type Precision } from './graph.js';
+
+/** Bump when the graph layout changes, so old cached builds are not reused. */
+export const BUILDER_VERSION = 1;
+
+export interface BuildRequest {
+  precision?: Precision;
+  /** 'all' or layer indices. */
+  taps?: 'all' | number[];
+  /** 'all', 'none' or layer indices. */
+  ports?: 'all' | 'none' | number[];
+  blockSize?: number;
+  accuracyLevel?: number;
+}
+
+export interface BuildInfo {
+  dir: string;
+  modelPath: string;
+  fingerprint: string;
+  options: BuildOptions;
+  builderVersion: number;
+  buildSeconds: number;
+  dataBytes: number;
+  cached: boolean;
+}
+
+export function defaultCacheDir(): string {
+  return join(homedir(), '.cache', 'latentwatch', 'builds');
+}
+
+export function resolveBuildOptions(ckpt: Checkpoint, r: BuildRequest = {}): BuildOptions {
+  const all = Array.from({ length: ckpt.config.numLayers }, (_, i) => i);
+  const sorted = (xs: number[]) => [...new Set(xs)].sort((a, b) => a - b);
+  const o: BuildOptions = {
+    precision: r.precision ?? 'fp32',
+    taps: r.taps === undefined || r.taps === 'all' ? all : sorted(r.taps),
+    ports: r.ports === undefined || r.ports === 'all' ? all : r.ports === 'none' ? [] : sorted(r.ports),
+    blockSize: r.blockSize ?? 32,
+    accuracyLevel: r.accuracyLevel ?? 4,
+  };
+  validateBuildOptions(ckpt.config, o);
+  return o;
+}
+
+export function buildKey(fingerprint: string, o: BuildOptions): string {
+  const h = createHash('sha256').update(JSON.stringify({ v: BUILDER_VERSION, fingerprint, o })).digest('hex').slice(0, 16);
+  return `${o.precision}-${h}`;
+}
+
+/** Returns a build of `modelDir` with the given options, building it (with progress) if not cached. */
+export function ensureBuild(modelDir: string | Checkpoint, request: BuildRequest = {}, opts: { cacheDir?: string; progress?: BuildProgress; force?: boolean } = {}): BuildInfo {
+  const ckpt = typeof modelDir === 'string' ? openCheckpoint(modelDir) : modelDir;
+  const options = resolveBuildOptions(ckpt, request);
+  const root = join(opts.cacheDir ?? defaultCacheDir(), ckpt.fingerprint);
+  const dir = join(root, buildKey(ckpt.fingerprint, options));
+  const metaPath = join(dir, 'build.json');
+  if (!opts.force && existsSync(metaPath)) {
+    const meta = JSON.parse(readFileSync(metaPath, 'utf8')) as Omit<BuildInfo, 'dir' | 'modelPath' | 'cached'>;
+    return { ...meta, dir, modelPath: join(dir, 'model.onnx'), cached: true };
+  }
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  mkdirSync(tmp, { recursive: true });
+  try {
+    const t0 = performance.now();
+    const { dataBytes } = buildGraph(ckpt, options, join(tmp, 'model.onnx'), opts.progress);
+    const meta = { fingerprint: ckpt.fingerprint, options, builderVersion: BUILDER_VERSION, buildSeconds: (performance.now() - t0) / 1000, dataBytes };
+    writeFileSync(join(tmp, 'build.json'), JSON.stringify(meta, null, 2));
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(tmp, dir);
+    return { ...meta, dir, modelPath: join(dir, 'model.onnx'), cached: false };
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
