@@ -53,11 +53,13 @@ export function quantizeRows(w: Float32Array, rows: number, k: number, bits: 4 |
   return { packed, scales, blocksPerRow, blobSize };
 }
 
+const halfScratch = new Float32Array(1);
+const halfScratchBits = new Uint32Array(halfScratch.buffer);
+
 /** Float32 to IEEE half bits, round to nearest even. */
 export function floatToHalf(f: number): number {
-  const buf = new Float32Array(1);
-  const bits = new Uint32Array(buf.buffer);
-  buf[0] = f;
+  const bits = halfScratchBits;
+  halfScratch[0] = f;
   const x = bits[0];
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
