@@ -61,7 +61,8 @@ export function readSafetensorsHeader(path: string): SafetensorsFile {
     for (const [name, raw] of Object.entries(header)) {
       if (name === '__metadata__') continue;
       const t = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      const dtype = t?.dtype as StDtype;
+      if (typeof t !== 'object' || t === null || typeof t.dtype !== 'string') corrupt(path, `entry ${name} is not a tensor description`);
+      const dtype = t.dtype as StDtype;
       if (!(dtype in DTYPE_BYTES)) {
         throw lwError('LW_ERR_MODEL_UNSUPPORTED', `${path}: tensor ${name} has dtype ${JSON.stringify(t?.dtype)}`, { feature: 'dtype' });
       }
