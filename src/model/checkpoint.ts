@@ -18,6 +18,10 @@ export interface Checkpoint {
   has(name: string): boolean;
   /** Reads one tensor as float32; coded error when absent. */
   read(name: string): Float32Array;
+  /** Reads chosen rows of a 2-D tensor as float32 (e.g. a few lm_head rows for the logit lens). */
+  readRows(name: string, rows: readonly number[]): Float32Array[];
+  /** The output projection's name: lm_head.weight, or the embedding when tied. */
+  lmHeadName: string;
   info(name: string): TensorInfo;
 }
 
@@ -91,5 +95,15 @@ export function openCheckpoint(dir: string): Checkpoint {
     has: (name) => tensors.has(name),
     info,
     read: (name) => readTensorF32(info(name)),
+    readRows: (name, rows) => {
+      const t = info(name);
+      const cols = t.shape[1];
+      const bytes = t.byteLength / (t.shape[0] * cols);
+      return rows.map((r) => {
+        if (!Number.isInteger(r) || r < 0 || r >= t.shape[0]) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', `${name} row ${r}`);
+        return readTensorF32({ ...t, shape: [cols], offset: t.offset + r * cols * bytes, byteLength: cols * bytes });
+      });
+    },
+    lmHeadName: config.tieWordEmbeddings || !tensors.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight',
   };
 }
