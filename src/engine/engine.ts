@@ -14,7 +14,9 @@ import { GRAPH_NAMES, type BuildProgress } from '../model/graph.js';
 import { StreamingDetokenizer } from './detokenizer.js';
 import { RuntimeSession, type Provider } from './runtime.js';
 import { Sampler, StopStringMatcher } from './sampler.js';
-import { Sequence, type GraphContext } from './sequence.js';
+import { DecodeBatcher } from './decode-batcher.js';
+import { KvPool, privateStorage } from './kv-pool.js';
+import { Sequence, type ForwardOptions, type ForwardResult, type GraphContext } from './sequence.js';
 import { Tokenizer } from './tokenizer.js';
 import type { GenerateRequest, Step } from './types.js';
 
@@ -27,6 +29,10 @@ export interface EngineOptions extends BuildRequest {
   contextLength?: number;
   /** Prompt tokens per forward pass during prefill. */
   prefillChunk?: number;
+  /** Most sequences decoded in one batched pass (0 disables batching). */
+  maxBatch?: number;
+  /** Positions of a batchable sequence's cache slot; longer sequences decode alone. */
+  batchContext?: number;
 }
 
 export class Engine implements GraphContext {
@@ -35,6 +41,8 @@ export class Engine implements GraphContext {
   readonly contextLength: number;
   private readonly prefillChunk: number;
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly pool: KvPool;
+  readonly batcher: DecodeBatcher;
 
   private constructor(
     readonly checkpoint: Checkpoint,
@@ -49,6 +57,9 @@ export class Engine implements GraphContext {
     this.ports = new Set(build.options.ports.map(residPost));
     this.contextLength = Math.min(o.contextLength ?? cfg.maxPositions, cfg.maxPositions);
     this.prefillChunk = o.prefillChunk ?? 512;
+    // One spare position per slot: an idle row of a batch writes there harmlessly.
+    this.pool = new KvPool(cfg, o.maxBatch ?? 8, Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
+    this.batcher = new DecodeBatcher(this, this.pool);
     this.checkNames();
   }
 
@@ -90,10 +101,28 @@ export class Engine implements GraphContext {
     return run;
   }
 
-  /** A fresh sequence with room for `capacity` positions (trials drive these directly). */
+  /**
+   * A fresh sequence with room for `capacity` positions (trials drive these directly). It takes a
+   * pool slot when one is free and large enough, so its decode steps can be batched; release() it.
+   */
   newSequence(capacity: number): Sequence {
     if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
-    return new Sequence(this, capacity);
+    const slot = capacity < this.pool.slotLength ? this.pool.allocate() : null;
+    if (!slot) return new Sequence(this, capacity, privateStorage(this.config, capacity));
+    const seq = new Sequence(this, capacity, {
+      ...slot,
+      free: () => {
+        this.batcher.unregister(seq);
+        slot.free();
+      },
+    });
+    this.batcher.register(seq);
+    return seq;
+  }
+
+  /** One decode step: batched with other streams when the sequence is pooled. */
+  private decode(seq: Sequence, token: number, o: ForwardOptions): Promise<ForwardResult> {
+    return seq.storage.slot >= 0 ? this.batcher.step(seq, token, o) : seq.forward([token], o);
   }
 
   async *generate(req: GenerateRequest): AsyncGenerator<Step> {
@@ -149,7 +178,7 @@ export class Engine implements GraphContext {
         const position = promptLength + n - 1;
         let stepTaps = new Map();
         if (!last || taps.length > 0) {
-          const r = await seq.forward([token], fwd);
+          const r = await this.decode(seq, token, fwd);
           logits = r.logits;
           stepTaps = r.taps;
         }

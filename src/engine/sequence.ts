@@ -1,12 +1,13 @@
 /**
- * One sequence's state on a loaded graph: its KV cache (preallocated to the sequence's capacity and
- * fed as both past and present, so onnxruntime updates it in place) and forward passes over new
- * positions with taps and injections.
+ * One sequence's state on a loaded graph: its KV cache (fed as both past and present, so
+ * onnxruntime updates it in place) and forward passes over new positions with taps and injections.
+ * Single-token decode steps of pooled sequences go through the engine's DecodeBatcher instead.
  */
 import { lwError } from '../errors.js';
 import { GRAPH_NAMES } from '../model/graph.js';
 import type { ModelConfig } from '../model/config.js';
 import { injectPort } from '../hooks.js';
+import type { KvStorage } from './kv-pool.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type RuntimeSession, type Tensor } from './runtime.js';
 import type { Injection, TapValues } from './types.js';
 
@@ -36,47 +37,49 @@ export interface GraphContext {
 }
 
 export class Sequence {
-  private keys: Tensor[] = [];
-  private values: Tensor[] = [];
   private len = 0;
   private released = false;
-  private readonly zeroPort: Tensor;
 
   constructor(
     private readonly ctx: GraphContext,
+    /** Positions this sequence may hold. */
     readonly capacity: number,
-  ) {
-    const c = ctx.config;
-    const dims = [1, c.numKvHeads, capacity, c.headDim];
-    const n = c.numKvHeads * capacity * c.headDim;
-    for (let l = 0; l < c.numLayers; l++) {
-      this.keys.push(f32Tensor(new Float32Array(n), dims));
-      this.values.push(f32Tensor(new Float32Array(n), dims));
-    }
-    this.zeroPort = f32Tensor(new Float32Array(c.hiddenSize), [1, 1, c.hiddenSize]);
-  }
+    readonly storage: KvStorage,
+  ) {}
 
   get length(): number {
     return this.len;
   }
 
-  /** Drops the cache; later calls fail. */
+  get isReleased(): boolean {
+    return this.released;
+  }
+
+  /** Frees the cache (its pool slot, if any); later calls fail. */
   release(): void {
+    if (this.released) return;
     this.released = true;
-    this.keys = [];
-    this.values = [];
+    this.storage.free();
+  }
+
+  /** Checks a pass over n more positions may run, and resolves its taps and injections. */
+  prepare(n: number, o: ForwardOptions): void {
+    if (this.released) throw lwError('LW_ERR_ENGINE_ABORTED', 'sequence released');
+    if (n === 0) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', 'forward over no tokens');
+    if (this.len + n > this.capacity) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${this.len + n} positions > capacity ${this.capacity}`);
+    checkHooks(this.ctx, o);
+  }
+
+  /** Marks n positions as written by a pass that ran elsewhere (the batcher). */
+  advance(n: number): void {
+    this.len += n;
   }
 
   /** Runs the graph over `ids` at positions length..length+ids.length-1 and extends the cache. */
   async forward(ids: readonly number[], o: ForwardOptions = {}): Promise<ForwardResult> {
-    if (this.released) throw lwError('LW_ERR_ENGINE_ABORTED', 'sequence released');
     const n = ids.length;
-    if (n === 0) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', 'forward over no tokens');
-    if (this.len + n > this.capacity) {
-      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${this.len + n} positions > capacity ${this.capacity}`);
-    }
+    this.prepare(n, o);
     const c = this.ctx.config;
-    for (const t of o.taps ?? []) if (!this.ctx.taps.has(t)) throw lwError('LW_ERR_ENGINE_HOOK_UNKNOWN', `${t} is not a tap of this build`);
     const start = this.len;
     const total = start + n;
     const logitRows = o.logits === 'all' ? Array.from({ length: n }, (_, i) => i) : [n - 1];
@@ -87,52 +90,61 @@ export class Sequence {
       [GRAPH_NAMES.logitsIndex]: i64Tensor(logitRows, [logitRows.length]),
     };
     const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
+    const dims = [1, c.numKvHeads, this.storage.length, c.headDim];
     for (let l = 0; l < c.numLayers; l++) {
-      feeds[GRAPH_NAMES.pastKey(l)] = this.keys[l];
-      feeds[GRAPH_NAMES.pastValue(l)] = this.values[l];
-      fetches[GRAPH_NAMES.presentKey(l)] = this.keys[l];
-      fetches[GRAPH_NAMES.presentValue(l)] = this.values[l];
+      const k = f32Tensor(this.storage.keys[l], dims);
+      const v = f32Tensor(this.storage.values[l], dims);
+      feeds[GRAPH_NAMES.pastKey(l)] = k;
+      feeds[GRAPH_NAMES.pastValue(l)] = v;
+      fetches[GRAPH_NAMES.presentKey(l)] = k;
+      fetches[GRAPH_NAMES.presentValue(l)] = v;
     }
-    for (const port of this.ctx.ports) feeds[injectPort(port)] = this.zeroPort;
-    for (const [hook, t] of this.injectionFeeds(start, n, o)) feeds[injectPort(hook)] = t;
+    for (const port of this.ctx.ports) {
+      const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
+      feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
+    }
     for (const t of o.taps ?? []) fetches[t] = null;
 
     const out = await this.ctx.exclusive(() => this.ctx.session.run(feeds, fetches));
     this.len = total;
     const taps = new Map<string, TapValues>();
     for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: tensorData(out[t]) });
-    return { logits: tensorData(out[GRAPH_NAMES.logits]), taps };
+    return { logits: o.logits === 'none' ? new Float32Array(0) : tensorData(out[GRAPH_NAMES.logits]), taps };
   }
+}
 
-  /** Port feeds for positions start..start+n-1: [1,1,D] when one vector covers the pass, else per row. */
-  private injectionFeeds(start: number, n: number, o: ForwardOptions): Map<string, Tensor> {
-    const feeds = new Map<string, Tensor>();
-    const D = this.ctx.config.hiddenSize;
-    const byHook = new Map<string, Injection[]>();
-    for (const inj of o.injections ?? []) {
-      if (!this.ctx.ports.has(inj.hook)) throw lwError('LW_ERR_ENGINE_HOOK_UNKNOWN', `${inj.hook} has no injection port in this build`);
-      if (inj.vector.length !== D) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', `injection vector has ${inj.vector.length} values, d_model is ${D}`);
-      byHook.set(inj.hook, [...(byHook.get(inj.hook) ?? []), inj]);
-    }
-    for (const [hook, injs] of byHook) {
-      const spans = injs.map((inj) => {
-        const [a, b] = resolveWindow(inj, o.promptLength ?? start + n);
-        return { inj, from: Math.max(a, start), to: Math.min(b, start + n) };
-      });
-      const active = spans.filter((s) => s.from < s.to);
-      if (active.length === 0) continue;
-      const covers = active.every((s) => s.from === start && s.to === start + n);
-      const rows = covers ? 1 : n;
-      const data = new Float32Array(rows * D);
-      for (const s of active) {
-        const r0 = covers ? 0 : s.from - start;
-        const r1 = covers ? 1 : s.to - start;
-        for (let r = r0; r < r1; r++) for (let i = 0; i < D; i++) data[r * D + i] += s.inj.scale * s.inj.vector[i];
-      }
-      feeds.set(hook, f32Tensor(data, [1, rows, D]));
-    }
-    return feeds;
+export function checkHooks(ctx: GraphContext, o: ForwardOptions): void {
+  for (const t of o.taps ?? []) if (!ctx.taps.has(t)) throw lwError('LW_ERR_ENGINE_HOOK_UNKNOWN', `${t} is not a tap of this build`);
+  const D = ctx.config.hiddenSize;
+  for (const inj of o.injections ?? []) {
+    if (!ctx.ports.has(inj.hook)) throw lwError('LW_ERR_ENGINE_HOOK_UNKNOWN', `${inj.hook} has no injection port in this build`);
+    if (inj.vector.length !== D) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', `injection vector has ${inj.vector.length} values, d_model is ${D}`);
   }
+}
+
+/**
+ * What one port adds at positions start..start+n-1: one row when every position gets the same
+ * vector (zero included, so an idle port costs a [1,1,D] broadcast add), else a row per position.
+ */
+export function injectionRows(ctx: GraphContext, injections: readonly Injection[], hook: string, start: number, n: number, promptLength: number): { rows: number; data: Float32Array } {
+  const D = ctx.config.hiddenSize;
+  const active = [];
+  for (const inj of injections) {
+    if (inj.hook !== hook) continue;
+    const [a, b] = resolveWindow(inj, promptLength);
+    const from = Math.max(a, start);
+    const to = Math.min(b, start + n);
+    if (from < to) active.push({ inj, from, to });
+  }
+  const uniform = active.every((s) => s.from === start && s.to === start + n);
+  const rows = uniform ? 1 : n;
+  const data = new Float32Array(rows * D);
+  for (const s of active) {
+    for (let r = uniform ? 0 : s.from - start; r < (uniform ? 1 : s.to - start); r++) {
+      for (let i = 0; i < D; i++) data[r * D + i] += s.inj.scale * s.inj.vector[i];
+    }
+  }
+  return { rows, data };
 }
 
 /** Absolute [start, end) positions of an injection window. */

@@ -1,0 +1,134 @@
+/**
+ * Continuous batching of decode steps. Decode is bound by reading the weights; one pass over B rows
+ * reads them once, so concurrent streams share the cost. Steps that arrive while a pass runs wait
+ * for the next one; each batch covers the contiguous run of pool slots its rows occupy, and slots
+ * in that run that have no step this time get a harmless write at their next free position.
+ */
+import { GRAPH_NAMES } from '../model/graph.js';
+import { injectPort } from '../hooks.js';
+import type { KvPool } from './kv-pool.js';
+import { f32Tensor, i32Tensor, i64Tensor, tensorData, type Tensor } from './runtime.js';
+import { injectionRows, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
+import type { TapValues } from './types.js';
+
+interface PendingStep {
+  seq: Sequence;
+  token: number;
+  o: ForwardOptions;
+  resolve(r: ForwardResult): void;
+  reject(e: unknown): void;
+}
+
+export interface BatchStats {
+  passes: number;
+  rows: number;
+}
+
+export class DecodeBatcher {
+  private pending: PendingStep[] = [];
+  private scheduled = false;
+  /** Live pooled sequences by slot, to give idle rows of a batch a safe write position. */
+  private readonly bySlot = new Map<number, Sequence>();
+  readonly stats: BatchStats = { passes: 0, rows: 0 };
+
+  constructor(
+    private readonly ctx: GraphContext,
+    private readonly pool: KvPool,
+  ) {}
+
+  register(seq: Sequence): void {
+    this.bySlot.set(seq.storage.slot, seq);
+  }
+
+  unregister(seq: Sequence): void {
+    if (this.bySlot.get(seq.storage.slot) === seq) this.bySlot.delete(seq.storage.slot);
+  }
+
+  /** One decode step of a pooled sequence; resolves when the batch it joined has run. */
+  step(seq: Sequence, token: number, o: ForwardOptions): Promise<ForwardResult> {
+    seq.prepare(1, o);
+    return new Promise((resolve, reject) => {
+      this.pending.push({ seq, token, o, resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        // Let every stream that is ready this tick join before the pass is queued.
+        setImmediate(() => void this.ctx.exclusive(() => this.runBatch()));
+      }
+    });
+  }
+
+  private async runBatch(): Promise<void> {
+    this.scheduled = false;
+    const batch = this.pending.filter((p) => !p.seq.isReleased);
+    this.pending = [];
+    if (batch.length === 0) return;
+    try {
+      const results = await this.run(batch);
+      batch.forEach((p, i) => p.resolve(results[i]));
+    } catch (e) {
+      for (const p of batch) p.reject(e);
+    }
+  }
+
+  private async run(batch: PendingStep[]): Promise<ForwardResult[]> {
+    const c = this.ctx.config;
+    const D = c.hiddenSize;
+    const slots = batch.map((p) => p.seq.storage.slot);
+    const lo = Math.min(...slots);
+    const hi = Math.max(...slots);
+    const B = hi - lo + 1;
+    const ids = new Array<number>(B).fill(0);
+    const seqlens = new Array<number>(B).fill(0);
+    const rowOf = new Map<number, PendingStep>();
+    for (const p of batch) rowOf.set(p.seq.storage.slot - lo, p);
+    for (let r = 0; r < B; r++) {
+      const p = rowOf.get(r);
+      // An idle live row writes at its next free position, which its own next pass overwrites.
+      const len = p ? p.seq.length : (this.bySlot.get(lo + r)?.length ?? 0);
+      ids[r] = p ? p.token : 0;
+      seqlens[r] = len;
+    }
+    const feeds: Record<string, Tensor> = {
+      [GRAPH_NAMES.inputIds]: i64Tensor(ids, [B, 1]),
+      [GRAPH_NAMES.seqlensK]: i32Tensor(seqlens, [B]),
+      [GRAPH_NAMES.totalSeqLen]: i32Tensor([Math.max(...seqlens) + 1], []),
+      [GRAPH_NAMES.logitsIndex]: i64Tensor([0], [1]),
+    };
+    const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
+    const dims = [B, c.numKvHeads, this.pool.slotLength, c.headDim];
+    for (let l = 0; l < c.numLayers; l++) {
+      const v = this.pool.range(l, lo, hi);
+      const kt = f32Tensor(v.keys, dims);
+      const vt = f32Tensor(v.values, dims);
+      feeds[GRAPH_NAMES.pastKey(l)] = kt;
+      feeds[GRAPH_NAMES.pastValue(l)] = vt;
+      fetches[GRAPH_NAMES.presentKey(l)] = kt;
+      fetches[GRAPH_NAMES.presentValue(l)] = vt;
+    }
+    for (const port of this.ctx.ports) {
+      const perRow = batch.map((p) => injectionRows(this.ctx, p.o.injections ?? [], port, p.seq.length, 1, p.o.promptLength ?? p.seq.length + 1).data);
+      if (perRow.every((d) => d.every((x) => x === 0))) {
+        feeds[injectPort(port)] = f32Tensor(new Float32Array(D), [1, 1, D]);
+      } else {
+        const data = new Float32Array(B * D);
+        batch.forEach((p, i) => data.set(perRow[i], (p.seq.storage.slot - lo) * D));
+        feeds[injectPort(port)] = f32Tensor(data, [B, 1, D]);
+      }
+    }
+    const wanted = new Set(batch.flatMap((p) => p.o.taps ?? []));
+    for (const t of wanted) fetches[t] = null;
+
+    const out = await this.ctx.session.run(feeds, fetches);
+    this.stats.passes++;
+    this.stats.rows += batch.length;
+    const logits = tensorData(out[GRAPH_NAMES.logits]);
+    const V = c.vocabSize;
+    return batch.map((p) => {
+      const r = p.seq.storage.slot - lo;
+      p.seq.advance(1);
+      const taps = new Map<string, TapValues>();
+      for (const t of p.o.taps ?? []) taps.set(t, { positions: 1, dModel: D, data: tensorData(out[t]).slice(r * D, (r + 1) * D) });
+      return { logits: logits.slice(r * V, (r + 1) * V), taps };
+    });
+  }
+}
