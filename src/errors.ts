@@ -62,6 +62,7 @@ export const ERRORS = {
   LW_ERR_ALERT_LOG_OPEN: { status: 500, message: 'alert log cannot be opened' },
   LW_ERR_ALERT_LOG_WRITE: { status: 500, message: 'alert log write failed; the alert is kept in memory until the log recovers' },
   LW_ERR_ALERT_LOG_CLOSED: { status: 503, message: 'alert log is closed' },
+  LW_ERR_ALERT_LOG_READ: { status: 500, message: 'alert log read failed' },
   LW_ERR_ALERT_BAD_QUERY: { status: 400, message: 'invalid alert query or filter' },
 } as const satisfies Record<string, ErrorSpec>;
 

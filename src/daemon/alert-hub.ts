@@ -1,0 +1,385 @@
+/**
+ * Alert fan-out over WebSocket (`ws`, a noServer WebSocketServer on the fastify server's
+ * 'upgrade' event) at /v1/alerts, plus GET /v1/alerts for polling.
+ *
+ * Connect: `ws://host/v1/alerts?token=KEY&probe=P&severity=warning&model=M&silent=1&last_id=N`
+ * (or `Authorization: Bearer KEY`). Auth as the API: an API key or the admin key, open when no
+ * API key is configured. Filters: `probe` (repeat or comma-separate for several), `severity`
+ * (minimum: info < warning < critical), `model`, `silent=1` (only silent alerts), `kind`.
+ *
+ * Messages (server → client, JSON text frames):
+ *   {"type":"alert","alert":{id, ts, requestId, model, probeId, probeLabel, severity, score,
+ *      threshold, tokenIndex, silent, verbalized, textExcerpt?, kind}}
+ *   {"type":"heartbeat","ts":"<ISO time>"}  every websocket.heartbeatIntervalSeconds, with a ws ping;
+ *      a client that has not answered the previous ping by the next beat is terminated.
+ *
+ * Resume (`last_id=N`): the client first receives every logged alert with id > N that matches its
+ * filters (from the alert log, pending ones included), then live alerts, with no gap and no
+ * duplicate. How: `raise` appends to the log before it publishes, synchronously. While a client
+ * replays, live publishes skip it; the replay reads the log page by page, and the read that
+ * returns a short page and the switch to live happen in the same synchronous step, so any alert
+ * raised later is published to the client live, and any alert raised earlier is in the log
+ * (hence in the replay). A per-client `lastSentId` guard drops anything at or below the last id
+ * sent. Without `last_id`, a client gets live alerts from the moment it connects.
+ *
+ * Slow consumers: each client has a bounded buffer. When a send would take the socket's unsent
+ * bytes (`bufferedAmount`) past websocket.bufferLimitBytes, or the messages not yet handed to the
+ * kernel past websocket.maxQueuedMessages, the client is closed with code 4008 and reason
+ * 'slow consumer' (and terminated if it has not completed the close in closeGraceMs). Other
+ * clients are unaffected: sends never wait on one another. A replay paces itself instead: it
+ * pauses while the client's buffer is over half the limit, and closes it with 4008 only if it
+ * stays there for stallTimeoutMs.
+ *
+ * Close codes: 4008 slow consumer; 1001 daemon shutting down. Before the upgrade, failures are
+ * HTTP answers with OpenAI error bodies: 401 (missing/invalid key), 400 (bad query).
+ */
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { lwError } from '../errors.js';
+import { SEVERITIES, type Severity } from './config.js';
+import { ALERT_KINDS, matchesFilter, type Alert, type AlertDraft, type AlertFilter, type AlertKind, type AlertLog, type AppendResult } from './alert-log.js';
+import { extractToken, sendHttpError, toHttpError, type Authenticator } from './auth.js';
+
+export const ALERTS_PATH = '/v1/alerts';
+/** Close code for a client whose buffer exceeded its bound (4000–4999: application codes). */
+export const CLOSE_SLOW_CONSUMER = 4008;
+export const CLOSE_SLOW_CONSUMER_REASON = 'slow consumer';
+export const CLOSE_GOING_AWAY = 1001;
+
+export interface AlertHubOptions {
+  log: AlertLog;
+  auth: Authenticator;
+  bufferLimitBytes: number;
+  maxQueuedMessages: number;
+  heartbeatIntervalMs: number;
+  /** Rows per replay read (default 500). */
+  replayPageSize?: number;
+  /** A replaying client stuck over half its buffer this long is closed with 4008 (default 30 s). */
+  stallTimeoutMs?: number;
+  /** After a 4008 close, terminate if the close handshake has not finished (default 5 s). */
+  closeGraceMs?: number;
+  /** Told when the number of subscribers changes (metrics gauge). */
+  onSubscribers?: (count: number) => void;
+}
+
+export interface AlertHubStats {
+  subscribers: number;
+  slowConsumerDisconnects: number;
+  heartbeatTimeouts: number;
+  messagesSent: number;
+}
+
+interface Client {
+  ws: WebSocket;
+  filter: AlertFilter;
+  replaying: boolean;
+  lastSentId: number;
+  /** Messages passed to ws.send whose callback has not fired (not yet written to the kernel). */
+  queued: number;
+  alive: boolean;
+  closing: boolean;
+}
+
+export interface AlertQuery {
+  filter: AlertFilter;
+  /** `last_id` (WebSocket resume) or `since` (polling). */
+  after?: number;
+  limit?: number;
+}
+
+/** Parse alert filters and cursors from a query. Throws LW_ERR_ALERT_BAD_QUERY (400). */
+export function parseAlertQuery(get: (name: string) => readonly string[]): AlertQuery {
+  const one = (name: string): string | undefined => {
+    const v = get(name);
+    if (v.length > 1) throw lwError('LW_ERR_ALERT_BAD_QUERY', `${name} given more than once`, { param: name });
+    return v[0];
+  };
+  const int = (name: string, min: number): number | undefined => {
+    const v = one(name);
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v)) || Number(v) < min) {
+      throw lwError('LW_ERR_ALERT_BAD_QUERY', `${name} must be an integer >= ${min}`, { param: name });
+    }
+    return Number(v);
+  };
+  const filter: AlertFilter = {};
+  const probes = get('probe').flatMap((p) => p.split(',')).map((p) => p.trim()).filter((p) => p.length > 0);
+  if (probes.length > 0) filter.probe = probes;
+  const severity = one('severity');
+  if (severity !== undefined) {
+    if (!(SEVERITIES as readonly string[]).includes(severity)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `severity must be one of ${SEVERITIES.join(', ')}`, { param: 'severity' });
+    filter.minSeverity = severity as Severity;
+  }
+  const model = one('model');
+  if (model !== undefined && model !== '') filter.model = model;
+  const silent = one('silent');
+  if (silent !== undefined) {
+    if (!['1', 'true', '0', 'false'].includes(silent)) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'silent must be 1 or 0', { param: 'silent' });
+    if (silent === '1' || silent === 'true') filter.silentOnly = true;
+  }
+  const kind = one('kind');
+  if (kind !== undefined) {
+    if (!(ALERT_KINDS as readonly string[]).includes(kind)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `kind must be one of ${ALERT_KINDS.join(', ')}`, { param: 'kind' });
+    filter.kind = kind as AlertKind;
+  }
+  const q: AlertQuery = { filter };
+  const lastId = int('last_id', 0);
+  const since = int('since', 0);
+  if (lastId !== undefined && since !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'give last_id or since, not both', { param: 'since' });
+  const after = lastId ?? since;
+  if (after !== undefined) q.after = after;
+  const limit = int('limit', 1);
+  if (limit !== undefined) q.limit = limit;
+  return q;
+}
+
+export class AlertHub {
+  private readonly log: AlertLog;
+  private readonly auth: Authenticator;
+  private readonly wss: WebSocketServer;
+  private readonly clients = new Set<Client>();
+  private readonly opts: Required<Omit<AlertHubOptions, 'log' | 'auth' | 'onSubscribers'>>;
+  private readonly onSubscribers: AlertHubOptions['onSubscribers'];
+  private heartbeat: NodeJS.Timeout | undefined;
+  private counters = { slowConsumerDisconnects: 0, heartbeatTimeouts: 0, messagesSent: 0 };
+  private closed = false;
+
+  constructor(options: AlertHubOptions) {
+    this.log = options.log;
+    this.auth = options.auth;
+    this.onSubscribers = options.onSubscribers;
+    this.opts = {
+      bufferLimitBytes: options.bufferLimitBytes,
+      maxQueuedMessages: options.maxQueuedMessages,
+      heartbeatIntervalMs: options.heartbeatIntervalMs,
+      replayPageSize: options.replayPageSize ?? 500,
+      stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
+      closeGraceMs: options.closeGraceMs ?? 5_000,
+    };
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024, perMessageDeflate: false });
+    this.heartbeat = setInterval(() => this.beat(), this.opts.heartbeatIntervalMs);
+    this.heartbeat.unref();
+  }
+
+  /** Append to the durable log, then fan out (the order every alert takes). */
+  raise(draft: AlertDraft): AppendResult {
+    const result = this.log.append(draft);
+    this.publish(result.alert);
+    return result;
+  }
+
+  /** Fan out an alert that is already in the log (see `raise`). Never blocks on a client. */
+  publish(alert: Alert): void {
+    let data: string | undefined;
+    for (const c of this.clients) {
+      if (c.replaying || c.closing || alert.id <= c.lastSentId || !matchesFilter(alert, c.filter)) continue;
+      data ??= JSON.stringify({ type: 'alert', alert });
+      this.send(c, data, alert.id);
+    }
+  }
+
+  /** Handle upgrades for /v1/alerts on this server (fastify: `app.server`). */
+  attach(server: Server): void {
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      if (url.pathname !== ALERTS_PATH) {
+        // Leave it to another upgrade handler if there is one; else answer 404.
+        if (server.listenerCount('upgrade') <= 1) rejectUpgrade(socket, lwError('LW_ERR_API_NOT_FOUND', url.pathname));
+        return;
+      }
+      this.handleUpgrade(req, socket, head, url);
+    });
+  }
+
+  get subscriberCount(): number {
+    return this.clients.size;
+  }
+
+  stats(): AlertHubStats {
+    return { subscribers: this.clients.size, ...this.counters };
+  }
+
+  /** Close every subscriber with 1001 and stop the heartbeat. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    for (const c of this.clients) {
+      c.closing = true;
+      c.ws.close(CLOSE_GOING_AWAY, 'shutting down');
+      setTimeout(() => c.ws.terminate(), this.opts.closeGraceMs).unref();
+    }
+    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
+  }
+
+  private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, url: URL): void {
+    let query: AlertQuery;
+    try {
+      if (this.closed) throw lwError('LW_ERR_API_SHUTTING_DOWN');
+      this.auth.authenticate(extractToken(req.headers, url.searchParams.get('token')));
+      query = parseAlertQuery((name) => url.searchParams.getAll(name));
+      if (query.limit !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'limit applies to polling only', { param: 'limit' });
+    } catch (e) {
+      rejectUpgrade(socket, e);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.addClient(ws, query));
+  }
+
+  private addClient(ws: WebSocket, query: AlertQuery): void {
+    const c: Client = { ws, filter: query.filter, replaying: query.after !== undefined, lastSentId: query.after ?? 0, queued: 0, alive: true, closing: false };
+    this.clients.add(c);
+    this.onSubscribers?.(this.clients.size);
+    ws.on('pong', () => {
+      c.alive = true;
+    });
+    ws.on('message', () => {
+      // Clients have nothing to say; any message counts as liveness.
+      c.alive = true;
+    });
+    ws.on('error', () => ws.terminate());
+    ws.on('close', () => {
+      c.closing = true;
+      this.clients.delete(c);
+      this.onSubscribers?.(this.clients.size);
+    });
+    if (c.replaying) void this.replay(c);
+  }
+
+  /** Send the log after c.lastSentId, page by page, then switch the client to live. */
+  private async replay(c: Client): Promise<void> {
+    const pageSize = this.opts.replayPageSize;
+    const half = this.opts.bufferLimitBytes / 2;
+    for (;;) {
+      if (c.closing) return;
+      let page: Alert[];
+      try {
+        page = this.log.since(c.lastSentId, c.filter, pageSize);
+      } catch {
+        c.closing = true;
+        c.ws.close(1011, 'alert log unavailable');
+        return;
+      }
+      let paused = false;
+      for (const a of page) {
+        this.send(c, JSON.stringify({ type: 'alert', alert: a }), a.id);
+        if (c.closing) return;
+        if (c.ws.bufferedAmount > half) {
+          paused = true;
+          break;
+        }
+      }
+      if (!paused && page.length < pageSize) {
+        c.replaying = false; // same synchronous step as the short read: nothing can slip between
+        return;
+      }
+      if (!(await this.room(c, half))) return;
+    }
+  }
+
+  /** Wait until the client's buffer is at most `level` bytes; false if it closed or stalled (then closed with 4008). */
+  private async room(c: Client, level: number): Promise<boolean> {
+    const deadline = Date.now() + this.opts.stallTimeoutMs;
+    while (!c.closing && (c.ws.bufferedAmount > level || c.queued > this.opts.maxQueuedMessages / 2)) {
+      if (Date.now() > deadline) {
+        this.dropSlow(c);
+        return false;
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    if (c.closing) return false;
+    await new Promise((r) => setImmediate(r)); // let live traffic and other clients through
+    return !c.closing;
+  }
+
+  private send(c: Client, data: string, alertId?: number): void {
+    if (c.closing) return;
+    if (c.ws.readyState !== c.ws.OPEN) {
+      c.closing = true; // the 'close' event will remove it
+      return;
+    }
+    if (c.ws.bufferedAmount + Buffer.byteLength(data) > this.opts.bufferLimitBytes || c.queued + 1 > this.opts.maxQueuedMessages) {
+      this.dropSlow(c);
+      return;
+    }
+    if (alertId !== undefined) c.lastSentId = alertId;
+    c.queued++;
+    this.counters.messagesSent++;
+    c.ws.send(data, () => {
+      c.queued--;
+    });
+  }
+
+  private dropSlow(c: Client): void {
+    if (c.closing) return;
+    c.closing = true;
+    this.counters.slowConsumerDisconnects++;
+    c.ws.close(CLOSE_SLOW_CONSUMER, CLOSE_SLOW_CONSUMER_REASON);
+    setTimeout(() => c.ws.terminate(), this.opts.closeGraceMs).unref();
+  }
+
+  private beat(): void {
+    const data = JSON.stringify({ type: 'heartbeat', ts: new Date().toISOString() });
+    for (const c of this.clients) {
+      if (c.closing) continue;
+      if (!c.alive) {
+        this.counters.heartbeatTimeouts++;
+        c.closing = true;
+        c.ws.terminate();
+        continue;
+      }
+      c.alive = false;
+      c.ws.ping();
+      this.send(c, data);
+    }
+  }
+}
+
+function rejectUpgrade(socket: Duplex, err: unknown): void {
+  const h = toHttpError(err);
+  const body = JSON.stringify(h.body);
+  const reason = h.status === 401 ? 'Unauthorized' : h.status === 404 ? 'Not Found' : h.status === 503 ? 'Service Unavailable' : h.status >= 500 ? 'Internal Server Error' : 'Bad Request';
+  const headers = [
+    `HTTP/1.1 ${h.status} ${reason}`,
+    'Connection: close',
+    'Content-Type: application/json; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    ...Object.entries(h.headers).map(([k, v]) => `${k}: ${v}`),
+  ];
+  socket.end(`${headers.join('\r\n')}\r\n\r\n${body}`);
+}
+
+export interface AlertRoutesOptions {
+  hub: AlertHub;
+  log: AlertLog;
+  auth: Authenticator;
+}
+
+/**
+ * fastify plugin: GET /v1/alerts?since=ID&limit=N (&probe, severity, model, silent, kind) for
+ * polling, answering `{object:"list", data:[alerts], last_id, has_more}` (pass `last_id` back as
+ * `since`), and the WebSocket upgrade on the same path. Closes the hub with the server.
+ */
+export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: FastifyInstance, opts: AlertRoutesOptions) => {
+  opts.hub.attach(app.server);
+  app.addHook('onClose', async () => {
+    await opts.hub.close();
+  });
+  app.setErrorHandler((err, _req, reply) => sendHttpError(reply, err));
+  app.get(ALERTS_PATH, async (req) => {
+    const raw = req.query as Record<string, string | string[] | undefined>;
+    const get = (name: string): string[] => {
+      const v = raw[name];
+      return v === undefined ? [] : Array.isArray(v) ? v : [v];
+    };
+    opts.auth.authenticate(extractToken(req.headers, get('token')[0]));
+    const q = parseAlertQuery(get);
+    const after = q.after ?? 0;
+    const limit = Math.min(q.limit ?? 100, 1000);
+    const rows = opts.log.since(after, q.filter, limit + 1);
+    const data = rows.slice(0, limit);
+    return { object: 'list', data, last_id: data.length > 0 ? data[data.length - 1].id : after, has_more: rows.length > limit };
+  });
+};

@@ -1,0 +1,647 @@
+/**
+ * The daemon's configuration: one JSON schema, four layers, validated once, frozen.
+ *
+ * Layers, lowest precedence first (DESIGN.md; after fastify `lib/initial-config-validation.js`):
+ *   1. DEFAULTS (below)
+ *   2. a JSON config file (`--config FILE` or `LATENTWATCH_CONFIG`); relative paths inside it are
+ *      resolved against the file's directory
+ *   3. the environment (ENV_VARS below); relative paths against the working directory
+ *   4. command-line flags (FLAGS below); relative paths against the working directory
+ * Objects merge key by key; arrays and scalars replace (so `LATENTWATCH_API_KEY` replaces the
+ * file's `apiKeys`, it does not add to it).
+ *
+ * This is the only module that reads `process.env`, and only in `processEnv()`: everything else
+ * takes the environment as a parameter, so tests pass their own.
+ *
+ * Listening rule: with no API key configured, `host` defaults to 127.0.0.1 and any non-loopback
+ * host is refused (LW_ERR_CONFIG_INVALID at /host): an unauthenticated daemon is local-only.
+ * With API keys, `host` defaults to 0.0.0.0. `loadConfig` returns a notice saying which applied;
+ * the daemon logs its notices at start-up.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { Ajv, type ErrorObject } from 'ajv';
+import { lwError } from '../errors.js';
+
+export const SEVERITIES = ['info', 'warning', 'critical'] as const;
+export type Severity = (typeof SEVERITIES)[number];
+/** Rank of a severity, for "at least this severity" filters. */
+export function severityRank(s: Severity): number {
+  return SEVERITIES.indexOf(s);
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/**
+ * When a detection alert is raised (see src/daemon/monitor.ts for the full semantics):
+ * - 'immediate': at the token where the rule fires; `verbalized`/`silent` describe the text so far.
+ * - 'settled': held until the text verbalises (then silent=false) or the request ends (silent=true).
+ */
+export const ALERT_EMIT_MODES = ['immediate', 'settled'] as const;
+export type AlertEmitMode = (typeof ALERT_EMIT_MODES)[number];
+
+export interface AlertRuleConfig {
+  /** Overrides the probe file's decision threshold (on the aggregated score). */
+  threshold?: number;
+  /** Consecutive positions at or above the threshold before an alert is raised. */
+  minConsecutive: number;
+  /** After an alert, no new alert for this probe in this request for this many positions... */
+  cooldownTokens: number;
+  /** ...and for this many seconds (both must have passed). */
+  cooldownSeconds: number;
+  severity: Severity;
+}
+
+export interface DaemonConfig {
+  /** Checkpoint directory; null = the built-in default model. */
+  modelDir: string | null;
+  /** Name answered in /v1/models and matched against `model` in requests; null = derived from the model. */
+  servedModelName: string | null;
+  /** `*.probe.json` files to load. */
+  probes: string[];
+  host: string;
+  port: number;
+  /** Inference keys (`Authorization: Bearer <key>`); empty = open, and local-only (see above). */
+  apiKeys: string[];
+  /** Admin key for injection and admin routes; null = no admin access. */
+  adminKey: string | null;
+  /** Honour admin injection requests (`LATENTWATCH_ALLOW_INJECTION=1`). */
+  allowInjection: boolean;
+  logLevel: LogLevel;
+  limits: {
+    bodyLimitBytes: number;
+    maxTokens: number;
+    maxConcurrent: number;
+    maxQueue: number;
+  };
+  alerts: {
+    /** Applies to every probe; `rules[probeId]` overrides it key by key. */
+    defaultRule: AlertRuleConfig;
+    rules: Record<string, Partial<AlertRuleConfig>>;
+    emit: AlertEmitMode;
+    /** Characters of generated text carried in an alert's `textExcerpt`; 0 = none. */
+    excerptChars: number;
+  };
+  verbalization: {
+    /** Case-insensitive phrases whose presence in the generated text counts as verbalising. */
+    phrases: string[];
+    /** Also count the injected/canary concept word (whole word, case-insensitive) when known. */
+    matchConceptWord: boolean;
+  };
+  alertLog: {
+    /** SQLite file (':memory:' for tests). */
+    path: string;
+    /** Rows older than this are deleted; 0 = keep forever. */
+    retentionDays: number;
+    /** At most this many rows are kept (oldest deleted first); 0 = no limit. */
+    retentionRows: number;
+    /** Alerts kept in memory while the disk fails (see alert-log.ts). */
+    pendingLimit: number;
+    /** How often retention runs and pending alerts are retried. */
+    maintenanceIntervalSeconds: number;
+  };
+  websocket: {
+    /** A subscriber whose unsent bytes exceed this is closed with 4008 'slow consumer'. */
+    bufferLimitBytes: number;
+    /** ...or whose messages not yet handed to the kernel exceed this. */
+    maxQueuedMessages: number;
+    heartbeatIntervalSeconds: number;
+    /** Rows read from the log per replay step when a subscriber resumes. */
+    replayPageSize: number;
+  };
+  canary: {
+    enabled: boolean;
+    intervalSeconds: number;
+    /** Concept injected by the canary; null = the first concept stored for the model. */
+    concept: string | null;
+  };
+  shutdown: {
+    /** SIGTERM: streams still running after this are cancelled. */
+    deadlineSeconds: number;
+  };
+}
+
+/** Deeply readonly view of the validated configuration. */
+export type DeepReadonly<T> = T extends (infer U)[]
+  ? readonly DeepReadonly<U>[]
+  : T extends object
+    ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
+    : T;
+export type FrozenConfig = DeepReadonly<DaemonConfig>;
+
+export const DEFAULT_VERBALIZATION_PHRASES: readonly string[] = [
+  'injected thought',
+  'injected concept',
+  'injected idea',
+  'intrusive thought',
+  'foreign thought',
+  'unusual thought',
+  'detect a thought',
+  'detect an injected',
+  'i detect',
+  'something unusual',
+];
+
+/** Layer 1. `host` is absent on purpose: it is derived from whether API keys are configured. */
+export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
+  modelDir: null,
+  servedModelName: null,
+  probes: [],
+  port: 8000,
+  apiKeys: [],
+  adminKey: null,
+  allowInjection: false,
+  logLevel: 'info',
+  limits: { bodyLimitBytes: 1_048_576, maxTokens: 4096, maxConcurrent: 4, maxQueue: 64 },
+  alerts: {
+    defaultRule: { minConsecutive: 1, cooldownTokens: 32, cooldownSeconds: 0, severity: 'warning' },
+    rules: {},
+    emit: 'immediate',
+    excerptChars: 200,
+  },
+  verbalization: { phrases: [...DEFAULT_VERBALIZATION_PHRASES], matchConceptWord: true },
+  alertLog: {
+    path: '.latentwatch/alerts.db',
+    retentionDays: 30,
+    retentionRows: 1_000_000,
+    pendingLimit: 10_000,
+    maintenanceIntervalSeconds: 60,
+  },
+  websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, replayPageSize: 500 },
+  canary: { enabled: false, intervalSeconds: 300, concept: null },
+  shutdown: { deadlineSeconds: 10 },
+} satisfies Omit<DaemonConfig, 'host'>);
+
+const nonEmpty = { type: 'string', minLength: 1 } as const;
+const severity = { enum: [...SEVERITIES] } as const;
+const ruleProps = {
+  threshold: { type: 'number' },
+  minConsecutive: { type: 'integer', minimum: 1, maximum: 1_000_000 },
+  cooldownTokens: { type: 'integer', minimum: 0 },
+  cooldownSeconds: { type: 'number', minimum: 0 },
+  severity,
+} as const;
+const PROBE_ID = '^[A-Za-z0-9_.:-]+$';
+
+/** The one schema. Every object is closed (`additionalProperties: false`) so typos fail loudly. */
+export const CONFIG_SCHEMA = {
+  $id: 'https://latentwatch.dev/schemas/daemon-config.json',
+  type: 'object',
+  additionalProperties: false,
+  required: [
+    'modelDir', 'servedModelName', 'probes', 'host', 'port', 'apiKeys', 'adminKey', 'allowInjection', 'logLevel',
+    'limits', 'alerts', 'verbalization', 'alertLog', 'websocket', 'canary', 'shutdown',
+  ],
+  properties: {
+    $schema: { type: 'string' },
+    modelDir: { type: ['string', 'null'], minLength: 1 },
+    servedModelName: { type: ['string', 'null'], minLength: 1, maxLength: 256 },
+    probes: { type: 'array', items: nonEmpty },
+    host: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[^\\s/]+$' },
+    port: { type: 'integer', minimum: 0, maximum: 65535 },
+    apiKeys: { type: 'array', items: { type: 'string', pattern: '^\\S+$' }, uniqueItems: true },
+    adminKey: { type: ['string', 'null'], pattern: '^\\S+$' },
+    allowInjection: { type: 'boolean' },
+    logLevel: { enum: [...LOG_LEVELS] },
+    limits: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['bodyLimitBytes', 'maxTokens', 'maxConcurrent', 'maxQueue'],
+      properties: {
+        bodyLimitBytes: { type: 'integer', minimum: 1024, maximum: 1_073_741_824 },
+        maxTokens: { type: 'integer', minimum: 1, maximum: 1_048_576 },
+        maxConcurrent: { type: 'integer', minimum: 1, maximum: 1024 },
+        maxQueue: { type: 'integer', minimum: 0, maximum: 1_000_000 },
+      },
+    },
+    alerts: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['defaultRule', 'rules', 'emit', 'excerptChars'],
+      properties: {
+        defaultRule: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['minConsecutive', 'cooldownTokens', 'cooldownSeconds', 'severity'],
+          properties: ruleProps,
+        },
+        rules: {
+          type: 'object',
+          propertyNames: { pattern: PROBE_ID },
+          additionalProperties: { type: 'object', additionalProperties: false, properties: ruleProps },
+        },
+        emit: { enum: [...ALERT_EMIT_MODES] },
+        excerptChars: { type: 'integer', minimum: 0, maximum: 4096 },
+      },
+    },
+    verbalization: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['phrases', 'matchConceptWord'],
+      properties: {
+        phrases: { type: 'array', items: { type: 'string', minLength: 1, maxLength: 200 } },
+        matchConceptWord: { type: 'boolean' },
+      },
+    },
+    alertLog: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['path', 'retentionDays', 'retentionRows', 'pendingLimit', 'maintenanceIntervalSeconds'],
+      properties: {
+        path: nonEmpty,
+        retentionDays: { type: 'number', minimum: 0 },
+        retentionRows: { type: 'integer', minimum: 0 },
+        pendingLimit: { type: 'integer', minimum: 1, maximum: 1_000_000 },
+        maintenanceIntervalSeconds: { type: 'number', exclusiveMinimum: 0, maximum: 86_400 },
+      },
+    },
+    websocket: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['bufferLimitBytes', 'maxQueuedMessages', 'heartbeatIntervalSeconds', 'replayPageSize'],
+      properties: {
+        bufferLimitBytes: { type: 'integer', minimum: 1024 },
+        maxQueuedMessages: { type: 'integer', minimum: 1 },
+        heartbeatIntervalSeconds: { type: 'number', exclusiveMinimum: 0, maximum: 3600 },
+        replayPageSize: { type: 'integer', minimum: 1, maximum: 100_000 },
+      },
+    },
+    canary: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['enabled', 'intervalSeconds', 'concept'],
+      properties: {
+        enabled: { type: 'boolean' },
+        intervalSeconds: { type: 'number', minimum: 1 },
+        concept: { type: ['string', 'null'], minLength: 1 },
+      },
+    },
+    shutdown: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['deadlineSeconds'],
+      properties: { deadlineSeconds: { type: 'number', minimum: 0, maximum: 3600 } },
+    },
+  },
+} as const;
+
+type ValueKind = 'string' | 'int' | 'number' | 'bool' | 'list' | 'path' | 'paths';
+
+/** Layer 3: environment variables → JSON pointer. */
+export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKind }>> = Object.freeze({
+  LATENTWATCH_MODEL: { pointer: '/modelDir', kind: 'path' },
+  LATENTWATCH_SERVED_MODEL_NAME: { pointer: '/servedModelName', kind: 'string' },
+  LATENTWATCH_PROBES: { pointer: '/probes', kind: 'paths' },
+  LATENTWATCH_HOST: { pointer: '/host', kind: 'string' },
+  LATENTWATCH_PORT: { pointer: '/port', kind: 'int' },
+  LATENTWATCH_API_KEY: { pointer: '/apiKeys', kind: 'list' },
+  LATENTWATCH_ADMIN_KEY: { pointer: '/adminKey', kind: 'string' },
+  LATENTWATCH_ALLOW_INJECTION: { pointer: '/allowInjection', kind: 'bool' },
+  LATENTWATCH_LOG_LEVEL: { pointer: '/logLevel', kind: 'string' },
+  LATENTWATCH_BODY_LIMIT: { pointer: '/limits/bodyLimitBytes', kind: 'int' },
+  LATENTWATCH_MAX_TOKENS: { pointer: '/limits/maxTokens', kind: 'int' },
+  LATENTWATCH_MAX_CONCURRENT: { pointer: '/limits/maxConcurrent', kind: 'int' },
+  LATENTWATCH_MAX_QUEUE: { pointer: '/limits/maxQueue', kind: 'int' },
+  LATENTWATCH_ALERT_LOG: { pointer: '/alertLog/path', kind: 'path' },
+  LATENTWATCH_CANARY: { pointer: '/canary/enabled', kind: 'bool' },
+  LATENTWATCH_CANARY_INTERVAL: { pointer: '/canary/intervalSeconds', kind: 'number' },
+  LATENTWATCH_SHUTDOWN_DEADLINE: { pointer: '/shutdown/deadlineSeconds', kind: 'number' },
+});
+/** Names the config file; not a config value itself. */
+export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
+
+/**
+ * Layer 4: `latentwatch serve` flags → JSON pointer. `--flag value` or `--flag=value`; booleans
+ * take no value (`--allow-injection`, `--no-allow-injection`); `--probe` repeats. Keys are not
+ * accepted as flags (they would show in `ps`): use the environment or the config file.
+ */
+export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; repeat?: boolean; help: string }>> =
+  Object.freeze({
+    model: { pointer: '/modelDir', kind: 'path', help: 'checkpoint directory (default: the built-in model)' },
+    'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },
+    probe: { pointer: '/probes', kind: 'path', repeat: true, help: '*.probe.json file (repeatable)' },
+    host: { pointer: '/host', kind: 'string', help: 'listen address (127.0.0.1 unless an API key is set)' },
+    port: { pointer: '/port', kind: 'int', help: 'listen port' },
+    'allow-injection': { pointer: '/allowInjection', kind: 'bool', help: 'honour admin injection requests' },
+    'log-level': { pointer: '/logLevel', kind: 'string', help: LOG_LEVELS.join('|') },
+    'body-limit': { pointer: '/limits/bodyLimitBytes', kind: 'int', help: 'request body limit in bytes' },
+    'max-tokens': { pointer: '/limits/maxTokens', kind: 'int', help: 'largest max_tokens accepted' },
+    'max-concurrent': { pointer: '/limits/maxConcurrent', kind: 'int', help: 'generations running at once' },
+    'max-queue': { pointer: '/limits/maxQueue', kind: 'int', help: 'requests waiting for a slot before 429' },
+    'alert-log': { pointer: '/alertLog/path', kind: 'path', help: 'SQLite alert log file' },
+    canary: { pointer: '/canary/enabled', kind: 'bool', help: 'run the periodic injection canary' },
+    'canary-interval': { pointer: '/canary/intervalSeconds', kind: 'number', help: 'seconds between canary runs' },
+    'shutdown-deadline': { pointer: '/shutdown/deadlineSeconds', kind: 'number', help: 'seconds to finish streams on SIGTERM' },
+  });
+
+export interface LoadConfigOptions {
+  /** Environment to read (default: none; the daemon passes `processEnv()`). */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** `latentwatch serve` arguments after the subcommand, e.g. ['--port', '8080', '--probe', 'a.probe.json']. */
+  argv?: readonly string[];
+  /** Config file path; overrides `--config` and `LATENTWATCH_CONFIG`. */
+  configFile?: string;
+  /** Base for relative paths from the environment and flags (default: process.cwd()). */
+  cwd?: string;
+}
+
+export interface LoadedConfig {
+  config: FrozenConfig;
+  /** Lines the daemon should log at start-up (e.g. the local-only notice). */
+  notices: readonly string[];
+  /** Which layer set each value, by JSON pointer: 'default', 'file <path>', 'env <NAME>', 'flag --<name>'. */
+  sources: ReadonlyMap<string, string>;
+}
+
+/** The only read of process.env in the project. */
+export function processEnv(): Record<string, string | undefined> {
+  return { ...process.env };
+}
+
+export const LOOPBACK_HOSTS: readonly string[] = ['127.0.0.1', 'localhost', '::1', '[::1]'];
+export function isLoopbackHost(host: string): boolean {
+  return LOOPBACK_HOSTS.includes(host.toLowerCase()) || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
+let validator: ReturnType<Ajv['compile']> | undefined;
+function validate(candidate: unknown): ErrorObject[] {
+  validator ??= new Ajv({ allErrors: true, strict: true, allowUnionTypes: true }).compile(CONFIG_SCHEMA);
+  return validator(candidate) ? [] : [...(validator.errors ?? [])];
+}
+
+/** Merge the layers, validate once, freeze. Throws LW_ERR_CONFIG_* errors. */
+export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
+  const env = options.env ?? {};
+  const cwd = options.cwd ?? process.cwd();
+  const sources = new Map<string, string>();
+
+  const flags = parseFlags(options.argv ?? [], cwd);
+  const merged = structuredClone(DEFAULTS) as Record<string, unknown>;
+  recordSources(merged, '', 'default', sources);
+
+  const file = options.configFile ?? flags.configFile ?? nonBlank(env[CONFIG_FILE_ENV]);
+  if (file !== undefined) {
+    const path = resolve(cwd, file);
+    const layer = readConfigFile(path);
+    resolveFilePaths(layer, dirname(path));
+    mergeInto(merged, layer, `file ${path}`, '', sources);
+  }
+
+  const envLayer: Record<string, unknown> = {};
+  const envOrigins = new Map<string, string>();
+  for (const [name, spec] of Object.entries(ENV_VARS)) {
+    const raw = nonBlank(env[name]);
+    if (raw === undefined) continue;
+    setPointer(envLayer, spec.pointer, coerce(raw, spec.kind, cwd));
+    envOrigins.set(spec.pointer, `env ${name}`);
+  }
+  mergeLayer(merged, envLayer, envOrigins, sources);
+  mergeLayer(merged, flags.layer, flags.origins, sources);
+
+  const apiKeys = merged.apiKeys;
+  const hasKeys = Array.isArray(apiKeys) && apiKeys.length > 0;
+  const notices: string[] = [];
+  if (merged.host === undefined) {
+    merged.host = hasKeys ? '0.0.0.0' : '127.0.0.1';
+    sources.set('/host', 'default');
+  }
+
+  const errors = validate(merged);
+  if (errors.length > 0) throw configError(errors, sources);
+
+  const config = merged as unknown as DaemonConfig;
+  if (!hasKeys && !isLoopbackHost(config.host)) {
+    throw lwError('LW_ERR_CONFIG_INVALID', `/host: listening on ${config.host} requires an API key (set LATENTWATCH_API_KEY or apiKeys); without one the daemon is local-only`, {
+      path: '/host',
+      source: sources.get('/host'),
+    });
+  }
+  if (config.adminKey !== null && config.apiKeys.includes(config.adminKey)) {
+    throw lwError('LW_ERR_CONFIG_INVALID', '/adminKey: the admin key must differ from every API key', {
+      path: '/adminKey',
+      source: sources.get('/adminKey'),
+    });
+  }
+
+  if (!hasKeys) notices.push(`no API key configured: listening on ${config.host} only (set LATENTWATCH_API_KEY to require keys and listen elsewhere)`);
+  if (config.allowInjection && config.adminKey === null) {
+    notices.push('injection is enabled but no admin key is configured: every injection request will be refused (set LATENTWATCH_ADMIN_KEY)');
+  }
+  if (config.alertLog.path === ':memory:') notices.push('alert log is in memory (:memory:): alerts do not survive a restart');
+
+  return { config: deepFreeze(config) as FrozenConfig, notices: Object.freeze(notices), sources };
+}
+
+/** The alert rule for one probe: defaultRule, then rules[probeId], then the probe file's threshold if neither set one. */
+export function ruleForProbe(config: FrozenConfig, probeId: string, probeThreshold: number): Required<AlertRuleConfig> {
+  const rule = { ...config.alerts.defaultRule, ...(config.alerts.rules[probeId] ?? {}) };
+  return { ...rule, threshold: rule.threshold ?? probeThreshold };
+}
+
+/**
+ * Parse `latentwatch serve` flags into a config layer (paths resolved against `cwd`).
+ * Throws LW_ERR_CONFIG_FLAG_UNKNOWN.
+ */
+export function parseFlags(argv: readonly string[], cwd: string = process.cwd()): {
+  layer: Record<string, unknown>;
+  origins: Map<string, string>;
+  configFile?: string;
+} {
+  const layer: Record<string, unknown> = {};
+  const origins = new Map<string, string>();
+  let configFile: string | undefined;
+  const repeated = new Map<string, string[]>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith('--') || arg === '--') throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `unexpected argument ${JSON.stringify(arg)}`, { flag: arg });
+    const eq = arg.indexOf('=');
+    let name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
+    let inline = eq >= 0 ? arg.slice(eq + 1) : undefined;
+    const takeValue = (): string => {
+      if (inline !== undefined) return inline;
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `--${name} needs a value`, { flag: `--${name}` });
+      i++;
+      return next;
+    };
+    if (name === 'config') {
+      configFile = resolve(cwd, takeValue());
+      continue;
+    }
+    let negated = false;
+    if (name.startsWith('no-') && FLAGS[name.slice(3)]?.kind === 'bool') {
+      negated = true;
+      name = name.slice(3);
+    }
+    const spec = FLAGS[name];
+    if (spec === undefined) throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `--${name}`, { flag: `--${name}` });
+    let value: unknown;
+    if (spec.kind === 'bool') {
+      if (negated && inline !== undefined) throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `--no-${name} takes no value`, { flag: `--no-${name}` });
+      value = negated ? false : inline === undefined ? true : coerce(inline, 'bool', '');
+      inline = undefined;
+    } else {
+      value = coerce(takeValue(), spec.kind, cwd);
+    }
+    if (spec.repeat) {
+      const list = repeated.get(spec.pointer) ?? [];
+      list.push(String(value));
+      repeated.set(spec.pointer, list);
+      value = list;
+    }
+    setPointer(layer, spec.pointer, value);
+    origins.set(spec.pointer, `flag --${name}`);
+  }
+  return configFile === undefined ? { layer, origins } : { layer, origins, configFile };
+}
+
+function mergeLayer(target: Record<string, unknown>, layer: Record<string, unknown>, origins: Map<string, string>, sources: Map<string, string>): void {
+  // Each value of an env/flag layer has its own origin; merge pointer by pointer.
+  for (const [pointer, origin] of origins) {
+    const value = getPointer(layer, pointer);
+    const parts = pointer.split('/').slice(1);
+    const last = parts.pop() as string;
+    let node = target;
+    for (const p of parts) {
+      if (!isPlainObject(node[p])) node[p] = {};
+      node = node[p] as Record<string, unknown>;
+    }
+    node[last] = value;
+    clearSources(sources, pointer);
+    recordSources(node[last], pointer, origin, sources);
+  }
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw lwError('LW_ERR_CONFIG_FILE_UNREADABLE', `${path}: ${(e as Error).message}`, { file: path }, e);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw lwError('LW_ERR_CONFIG_FILE_UNREADABLE', `${path}: ${(e as Error).message}`, { file: path }, e);
+  }
+  if (!isPlainObject(parsed)) throw lwError('LW_ERR_CONFIG_FILE_UNREADABLE', `${path}: the top level must be a JSON object`, { file: path });
+  return parsed;
+}
+
+/** Paths in a config file are relative to the file. Non-strings are left for the schema to reject. */
+function resolveFilePaths(layer: Record<string, unknown>, base: string): void {
+  const abs = (p: unknown): unknown => (typeof p === 'string' && p !== ':memory:' && p.length > 0 && !isAbsolute(p) ? resolve(base, p) : p);
+  if ('modelDir' in layer) layer.modelDir = abs(layer.modelDir);
+  if (Array.isArray(layer.probes)) layer.probes = layer.probes.map(abs);
+  if (isPlainObject(layer.alertLog) && 'path' in layer.alertLog) layer.alertLog.path = abs(layer.alertLog.path);
+}
+
+function mergeInto(target: Record<string, unknown>, layer: Record<string, unknown>, origin: string, pointer: string, sources: Map<string, string>): void {
+  for (const [key, value] of Object.entries(layer)) {
+    const p = `${pointer}/${escapePointer(key)}`;
+    if (isPlainObject(value) && isPlainObject(target[key])) {
+      sources.set(p, origin);
+      mergeInto(target[key] as Record<string, unknown>, value, origin, p, sources);
+    } else {
+      target[key] = structuredClone(value);
+      clearSources(sources, p);
+      recordSources(value, p, origin, sources);
+    }
+  }
+}
+
+function recordSources(value: unknown, pointer: string, origin: string, sources: Map<string, string>): void {
+  if (pointer !== '') sources.set(pointer, origin);
+  if (isPlainObject(value)) for (const [k, v] of Object.entries(value)) recordSources(v, `${pointer}/${escapePointer(k)}`, origin, sources);
+}
+
+function clearSources(sources: Map<string, string>, pointer: string): void {
+  for (const key of [...sources.keys()]) if (key === pointer || key.startsWith(`${pointer}/`)) sources.delete(key);
+}
+
+function configError(errors: ErrorObject[], sources: Map<string, string>): Error {
+  const describe = (e: ErrorObject): { path: string; message: string; source: string | undefined } => {
+    let path = e.instancePath === '' ? '' : e.instancePath;
+    if (e.keyword === 'additionalProperties') path += `/${escapePointer(String((e.params as { additionalProperty: string }).additionalProperty))}`;
+    if (e.keyword === 'required') path += `/${escapePointer(String((e.params as { missingProperty: string }).missingProperty))}`;
+    let source: string | undefined;
+    for (let p = path; source === undefined && p !== ''; p = p.slice(0, p.lastIndexOf('/'))) source = sources.get(p);
+    const message = e.keyword === 'additionalProperties' ? 'unknown key' : (e.message ?? e.keyword);
+    return { path: path || '/', message, source };
+  };
+  const all = errors.map(describe);
+  const first = all[0];
+  return lwError('LW_ERR_CONFIG_INVALID', `${first.path}: ${first.message}${first.source ? ` (from ${first.source})` : ''}`, {
+    path: first.path,
+    source: first.source,
+    errors: all,
+  });
+}
+
+function coerce(raw: string, kind: ValueKind, cwd: string): unknown {
+  const trimmed = raw.trim();
+  switch (kind) {
+    case 'string':
+      return trimmed;
+    case 'path':
+      return resolve(cwd, trimmed);
+    case 'int':
+      return /^-?\d+$/.test(trimmed) ? Number(trimmed) : trimmed; // left as a string → a schema error with its path
+    case 'number':
+      return trimmed !== '' && Number.isFinite(Number(trimmed)) ? Number(trimmed) : trimmed;
+    case 'bool': {
+      const v = trimmed.toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+      if (['0', 'false', 'no', 'off'].includes(v)) return false;
+      return trimmed;
+    }
+    case 'list':
+      return trimmed.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+    case 'paths':
+      return trimmed
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s.length > 0)
+        .map((s) => resolve(cwd, s));
+  }
+}
+
+function nonBlank(v: string | undefined): string | undefined {
+  return v === undefined || v.trim() === '' ? undefined : v;
+}
+
+function setPointer(target: Record<string, unknown>, pointer: string, value: unknown): void {
+  const parts = pointer.split('/').slice(1);
+  const last = parts.pop() as string;
+  let node = target;
+  for (const p of parts) {
+    if (!isPlainObject(node[p])) node[p] = {};
+    node = node[p] as Record<string, unknown>;
+  }
+  node[last] = value;
+}
+
+function getPointer(target: Record<string, unknown>, pointer: string): unknown {
+  let node: unknown = target;
+  for (const p of pointer.split('/').slice(1)) node = isPlainObject(node) ? node[p] : undefined;
+  return node;
+}
+
+function escapePointer(key: string): string {
+  return key.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Freeze an object graph (objects and arrays) in place and return it. */
+export function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
