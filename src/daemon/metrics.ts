@@ -131,8 +131,15 @@ export function seriesNames(f: MetricFamily): string[] {
 export const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
 export const ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 export const E2E_BUCKETS = [0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680];
-/** Probe scores are probabilities: 0.05-wide buckets for heatmaps. */
-export const PROBE_SCORE_BUCKETS = Array.from({ length: 20 }, (_, i) => Math.round((i + 1) * 5) / 100);
+/**
+ * Linear probes score probabilities (0.05-wide buckets over [0, 1] for heatmaps); direction,
+ * Mahalanobis and ensemble probes score on open scales, hence the coarse buckets either side.
+ */
+export const PROBE_SCORE_BUCKETS = [
+  -10, -5, -2, -1, -0.5, 0,
+  ...Array.from({ length: 20 }, (_, i) => Math.round((i + 1) * 5) / 100),
+  1.5, 2, 3, 5, 10, 20, 50,
+];
 export const HTTP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 /** Keeps a label's cardinality bounded: an enumeration, or the first `max` distinct values, then "other". */

@@ -1,0 +1,393 @@
+/**
+ * Per-request monitor: probe scores per position → aggregator → alert rule → alerts → verdict.
+ *
+ * Feed it, in sequence order, the scores of every forward pass (prompt positions in one call,
+ * then one call per generated token) and the generated text as it streams (`step()` does both for
+ * an engine Step); call `finish()` when the request ends (stop, length, error or client gone).
+ *
+ * Alert rule, per probe (config.ts AlertRuleConfig; `score > threshold` fires, as the probes
+ * module calibrates it):
+ *   - the probe's aggregator turns each position's score into the aggregated score;
+ *   - an episode begins when `minConsecutive` consecutive positions are above the threshold and
+ *     ends at the first position that is not (NaN counts as not above);
+ *   - one alert per episode, raised at the position where the episode begins, unless the probe is
+ *     in cooldown: fewer than `cooldownTokens` positions or `cooldownSeconds` seconds since its
+ *     last alert in this request. An episode that begins in cooldown raises its alert at the first
+ *     position after the cooldown, if the episode is still going on.
+ *   So a score that stays high raises one alert, not one per token; a flapping score raises at most
+ *   one alert per cooldown.
+ *
+ * Verbalization: the generated text (never the prompt) verbalises the detection when it contains
+ * one of the configured phrases, or, when known (admin injection, canary), a concept word as a
+ * whole word (plural -s/-es accepted); case-insensitive, whitespace-normalised, across token
+ * boundaries. It is monotonic: once verbalised, a request stays verbalised.
+ *
+ * When `silent` is decided (config `alerts.emit`):
+ *   - 'immediate' (default): an alert is raised at the token where its rule fires, so a WebSocket
+ *     subscriber learns of a detection within milliseconds of the forward pass that produced it
+ *     (what a watcher needs to act, and what the alert-latency benchmark measures). The alert's
+ *     `verbalized` and `silent` describe the text generated up to and including that token:
+ *     `silent: true` reads "the model had not said so when its activations showed it". An alert
+ *     raised during the prompt is therefore always silent. Verbalised is final (monotonic);
+ *     silent is provisional. The verdict (response `latentwatch` object, trace event, and
+ *     `latentwatch_latent_detections_total{verbalized}`) carries the end-of-request status, so
+ *     "silent" in aggregate always means the whole response stayed silent.
+ *   - 'settled': an alert whose text has not verbalised yet is held until the text verbalises
+ *     (raised then, silent: false) or the request ends (raised then, silent: true), so every
+ *     alert's `silent` is final, at the cost of silent alerts arriving at the end of the request.
+ *     The alert keeps the time (`ts`), position and score of the detection.
+ */
+import type { AlertDraft } from './alert-log.js';
+import type { AlertEmitMode, Severity } from './config.js';
+
+/** What the probes module's aggregators provide (src/probes/aggregators.ts satisfies it). */
+export interface Aggregator {
+  push(score: number): number;
+}
+export type AggregatorFactory = () => Aggregator;
+
+export interface MonitoredProbe {
+  id: string;
+  label: string;
+  createAggregator: AggregatorFactory;
+}
+
+export interface AlertRule {
+  threshold: number;
+  minConsecutive: number;
+  cooldownTokens: number;
+  cooldownSeconds: number;
+  severity: Severity;
+}
+
+export interface MonitorOptions {
+  requestId: string;
+  model: string;
+  probes: readonly { probe: MonitoredProbe; rule: AlertRule }[];
+  verbalization: { phrases: readonly string[]; matchConceptWord: boolean };
+  /** Concept words of this request (the injected concept, the canary's concept). */
+  conceptWords?: readonly string[];
+  emit?: AlertEmitMode;
+  /** Characters of generated text up to the alert in `textExcerpt` (default 200; 0 = none). */
+  excerptChars?: number;
+  /** Append + fan out one alert; returns its id (alert-hub.ts `raise(d).alert.id`). */
+  raise: (draft: AlertDraft) => number;
+  /** Every aggregated score (metrics: latentwatch_probe_score). */
+  onScore?: (probeId: string, score: number) => void;
+  /** Clock in epoch ms (tests). */
+  now?: () => number;
+}
+
+export interface ProbeVerdict {
+  probeId: string;
+  probeLabel: string;
+  /** Highest aggregated score over the request; null if no position was scored. */
+  maxScore: number | null;
+  /** Aggregated score at the last scored position. */
+  finalScore: number | null;
+  threshold: number;
+  /** The rule's condition held at least once (even if cooldown suppressed the alert). */
+  fired: boolean;
+  alertIds: number[];
+  /** The generated text verbalised (end of request). */
+  verbalized: boolean;
+  /** fired && !verbalized, at the end of the request. */
+  silent: boolean;
+  /** Position where the rule first held. */
+  firstFiredAt: number | null;
+}
+
+export interface RequestVerdict {
+  requestId: string;
+  model: string;
+  verbalized: boolean;
+  /** Position of the token that completed the verbalization. */
+  verbalizedAt: number | null;
+  probes: Record<string, ProbeVerdict>;
+}
+
+/** One forward pass's scores for one probe (the shape ProbeBank.score returns). */
+export interface PositionScores {
+  probeId: string;
+  scores: ArrayLike<number>;
+}
+
+interface ProbeState {
+  probe: MonitoredProbe;
+  rule: AlertRule;
+  agg: Aggregator;
+  max: number;
+  last: number;
+  run: number;
+  episodeAlerted: boolean;
+  lastAlertPos: number;
+  lastAlertMs: number;
+  fired: boolean;
+  firstFiredAt: number | null;
+  alertIds: number[];
+  held: AlertDraft[];
+}
+
+export class RequestMonitor {
+  private readonly opts: MonitorOptions;
+  private readonly states = new Map<string, ProbeState>();
+  private readonly detector: VerbalizationDetector;
+  private readonly now: () => number;
+  private readonly excerptChars: number;
+  private readonly emit: AlertEmitMode;
+  private text = '';
+  private position = -1;
+  private verbalizedAt: number | null = null;
+  private verdict: RequestVerdict | undefined;
+
+  constructor(options: MonitorOptions) {
+    this.opts = options;
+    this.now = options.now ?? Date.now;
+    this.excerptChars = options.excerptChars ?? 200;
+    this.emit = options.emit ?? 'immediate';
+    for (const { probe, rule } of options.probes) {
+      this.states.set(probe.id, {
+        probe,
+        rule,
+        agg: probe.createAggregator(),
+        max: Number.NaN,
+        last: Number.NaN,
+        run: 0,
+        episodeAlerted: false,
+        lastAlertPos: Number.NEGATIVE_INFINITY,
+        lastAlertMs: Number.NEGATIVE_INFINITY,
+        fired: false,
+        firstFiredAt: null,
+        alertIds: [],
+        held: [],
+      });
+    }
+    this.detector = new VerbalizationDetector(options.verbalization.phrases, options.verbalization.matchConceptWord ? (options.conceptWords ?? []) : []);
+  }
+
+  get verbalized(): boolean {
+    return this.detector.verbalized;
+  }
+
+  /**
+   * An engine step: its text first (the alert of a token sees the text through that token), then
+   * its scores. `scores` holds the step's positions, ending at `step.position`.
+   */
+  step(step: { position: number; text: string }, scores: readonly PositionScores[]): number[] {
+    if (step.text !== '') this.pushText(step.text, step.position);
+    const n = scores.length > 0 ? scores[0].scores.length : 0;
+    return this.observe(step.position - n + 1, scores);
+  }
+
+  /** Generated text as it streams (`position` = the token that completed it, for verbalizedAt). */
+  pushText(text: string, position?: number): void {
+    if (this.verdict) return;
+    if (position !== undefined) this.position = Math.max(this.position, position);
+    this.text += text;
+    if (this.text.length > 8192) this.text = this.text.slice(-4096); // only excerpts need it
+    const was = this.detector.verbalized;
+    if (this.detector.push(text) && !was) {
+      this.verbalizedAt = this.position >= 0 ? this.position : null;
+      this.releaseHeld();
+    }
+  }
+
+  /**
+   * Scores of consecutive positions starting at `startPosition`, per probe (probes not monitored
+   * are ignored). Returns the ids of alerts raised.
+   */
+  observe(startPosition: number, scores: readonly PositionScores[]): number[] {
+    if (this.verdict) return [];
+    const raised: number[] = [];
+    for (const { probeId, scores: row } of scores) {
+      const s = this.states.get(probeId);
+      if (!s) continue;
+      for (let i = 0; i < row.length; i++) {
+        const id = this.score(s, startPosition + i, row[i]);
+        if (id !== undefined) raised.push(id);
+      }
+    }
+    const end = startPosition + (scores.length > 0 ? scores[0].scores.length : 0) - 1;
+    this.position = Math.max(this.position, end);
+    return raised;
+  }
+
+  /** End of request: release held alerts (settled mode) and return the verdict. Idempotent. */
+  finish(): RequestVerdict {
+    if (this.verdict) return this.verdict;
+    this.detector.finish();
+    if (this.detector.verbalized && this.verbalizedAt === null) this.verbalizedAt = this.position >= 0 ? this.position : null;
+    this.releaseHeld();
+    const verbalized = this.detector.verbalized;
+    const probes: Record<string, ProbeVerdict> = {};
+    for (const [id, s] of this.states) {
+      probes[id] = {
+        probeId: id,
+        probeLabel: s.probe.label,
+        maxScore: Number.isNaN(s.max) ? null : s.max,
+        finalScore: Number.isNaN(s.last) ? null : s.last,
+        threshold: s.rule.threshold,
+        fired: s.fired,
+        alertIds: [...s.alertIds],
+        verbalized,
+        silent: s.fired && !verbalized,
+        firstFiredAt: s.firstFiredAt,
+      };
+    }
+    this.verdict = { requestId: this.opts.requestId, model: this.opts.model, verbalized, verbalizedAt: this.verbalizedAt, probes };
+    return this.verdict;
+  }
+
+  private score(s: ProbeState, pos: number, raw: number): number | undefined {
+    const v = s.agg.push(raw);
+    this.opts.onScore?.(s.probe.id, v);
+    if (!Number.isNaN(v)) {
+      if (Number.isNaN(s.max) || v > s.max) s.max = v;
+    }
+    s.last = v;
+    if (v > s.rule.threshold) s.run++;
+    else {
+      s.run = 0;
+      s.episodeAlerted = false;
+      return undefined;
+    }
+    if (s.run < s.rule.minConsecutive || s.episodeAlerted) return undefined;
+    if (!s.fired) {
+      s.fired = true;
+      s.firstFiredAt = pos;
+    }
+    const nowMs = this.now();
+    if (pos - s.lastAlertPos <= s.rule.cooldownTokens || nowMs - s.lastAlertMs < s.rule.cooldownSeconds * 1000) return undefined;
+    s.episodeAlerted = true;
+    s.lastAlertPos = pos;
+    s.lastAlertMs = nowMs;
+    const draft = this.draft(s, pos, v, nowMs);
+    if (this.emit === 'settled' && !this.detector.verbalized) {
+      s.held.push(draft);
+      return undefined;
+    }
+    return this.raise(s, draft);
+  }
+
+  private draft(s: ProbeState, pos: number, score: number, nowMs: number): AlertDraft {
+    const verbalized = this.detector.verbalized;
+    const d: AlertDraft = {
+      ts: new Date(nowMs).toISOString(),
+      requestId: this.opts.requestId,
+      model: this.opts.model,
+      probeId: s.probe.id,
+      probeLabel: s.probe.label,
+      severity: s.rule.severity,
+      score,
+      threshold: s.rule.threshold,
+      tokenIndex: pos,
+      silent: !verbalized,
+      verbalized,
+      kind: 'detection',
+    };
+    const excerpt = this.excerpt();
+    if (excerpt !== undefined) d.textExcerpt = excerpt;
+    return d;
+  }
+
+  private excerpt(): string | undefined {
+    if (this.excerptChars <= 0 || this.text === '') return undefined;
+    return this.text.length > this.excerptChars ? this.text.slice(-this.excerptChars) : this.text;
+  }
+
+  private raise(s: ProbeState, draft: AlertDraft): number {
+    const id = this.opts.raise(draft);
+    s.alertIds.push(id);
+    return id;
+  }
+
+  /** Settled mode: raise held alerts with the verbalization status now known. */
+  private releaseHeld(): void {
+    const verbalized = this.detector.verbalized;
+    const excerpt = this.excerpt();
+    for (const s of this.states.values()) {
+      const held = s.held.splice(0);
+      for (const d of held) {
+        const out: AlertDraft = { ...d, verbalized, silent: !verbalized };
+        if (excerpt !== undefined) out.textExcerpt = excerpt;
+        this.raise(s, out);
+      }
+    }
+  }
+}
+
+/**
+ * Streams text and reports whether it verbalises: any phrase as a substring, or any concept word
+ * as a whole word (plural -s/-es accepted), case-insensitive and whitespace-normalised, across
+ * chunk boundaries. Keeps only a short tail, so cost is linear in the text.
+ */
+export class VerbalizationDetector {
+  private readonly phrases: string[];
+  private readonly concepts: RegExp[];
+  private readonly keep: number;
+  private tail = '';
+  private hit: string | null = null;
+
+  constructor(phrases: readonly string[], conceptWords: readonly string[] = []) {
+    this.phrases = phrases.map((p) => normalise(p)).filter((p) => p.length > 0);
+    const words = conceptWords.map((w) => normalise(w)).filter((w) => w.length > 0);
+    // A concept must be followed by a non-letter to count (else "dust" would match "dusty" mid-stream);
+    // finish() accepts the end of the text as a boundary.
+    this.concepts = words.map((w) => new RegExp(`(?:^|[^\\p{L}\\p{N}])${escapeRegExp(w)}(?:s|es)?(?=[^\\p{L}\\p{N}]|$)`, 'u'));
+    this.keep = Math.max(1, ...this.phrases.map((p) => p.length), ...words.map((w) => w.length + 4)) + 1;
+  }
+
+  get verbalized(): boolean {
+    return this.hit !== null;
+  }
+
+  /** What matched first (phrase or concept word), or null. */
+  get matched(): string | null {
+    return this.hit;
+  }
+
+  push(text: string): boolean {
+    if (this.hit !== null) return true;
+    const window = normalise(this.tail + text, false);
+    for (const p of this.phrases) {
+      if (window.includes(p)) {
+        this.hit = p;
+        return true;
+      }
+    }
+    for (const re of this.concepts) {
+      // Mid-stream, a match ending at the window's end may continue in the next chunk: require a boundary char.
+      const m = re.exec(window);
+      if (m && m.index + m[0].length < window.length) {
+        this.hit = m[0].replace(/^[^\p{L}\p{N}]/u, '');
+        return true;
+      }
+    }
+    // Keep a short tail; mark a cut through a word so that its rest does not pass for a whole word.
+    const cut = window.length - this.keep;
+    this.tail = cut > 0 ? (/[\p{L}\p{N}]/u.test(window[cut - 1]) ? 'x' : ' ') + window.slice(cut) : window;
+    return false;
+  }
+
+  /** End of text: a concept word at the very end now counts. */
+  finish(): boolean {
+    if (this.hit !== null) return true;
+    for (const re of this.concepts) {
+      const m = re.exec(this.tail);
+      if (m) {
+        this.hit = m[0].replace(/^[^\p{L}\p{N}]/u, '');
+        return true;
+      }
+    }
+    return false;
+  }
+}
+
+function normalise(s: string, trim = true): string {
+  const out = s.toLowerCase().replace(/[\u2018\u2019]/g, "'").replace(/\s+/g, ' ');
+  return trim ? out.trim() : out;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
