@@ -1,0 +1,205 @@
+/**
+ * Unsupervised anomaly score (issue 7): fit a Gaussian to clean activations of one hook (or a
+ * concatenation of hooks) and score a row by its Mahalanobis distance from that fit. It needs no
+ * injection trials, so it can flag an added vector of any direction, and it can be refitted from
+ * live traffic. The threshold is then set at a target FPR on clean rows (metrics.thresholdAtFpr).
+ *
+ * Covariance (population, 1/n) is shrunk toward a scaled identity, as scikit-learn's
+ * ShrunkCovariance / LedoitWolf do:  Σ = (1 − s)·S + s·μ·I,  μ = trace(S) / d,
+ * with s fixed or chosen by the Ledoit–Wolf formula (the same closed form scikit-learn uses).
+ *
+ * Two stored forms:
+ * - 'cholesky' (default): the lower-triangular L with Σ = L·Lᵀ, packed row by row
+ *   (d(d+1)/2 numbers). The distance is ‖L⁻¹(x − mean)‖ by forward substitution, O(d²/2) per row,
+ *   with no explicit inverse (more accurate than storing Σ⁻¹). Fitting costs O(n·d²/2) for S plus
+ *   O(d³/3) for the factor: seconds at d ≈ 1024, fine to d ≈ 2048; the file holds d(d+1)/2 numbers.
+ * - 'diagonal': per-feature variances only, O(d) per row and O(n·d) to fit. For very wide models
+ *   (d = 5120) or quick fits; it ignores correlations, so it is weaker against directions that
+ *   hide in correlated features. A low-rank-plus-diagonal form would sit between the two; not built.
+ *
+ * Deterministic: fixed summation order, no randomness.
+ */
+import { lwError } from '../errors.js';
+import { axpy, choleskyInPlace, dot, packLower, type Matrix } from './matrix.js';
+
+export interface GaussianOptions {
+  /** Default 'full' (stored as a Cholesky factor). */
+  covariance?: 'full' | 'diagonal';
+  /** Shrinkage s in [0, 1], or 'ledoit-wolf' (full only). Default 'ledoit-wolf' for full, 0.01 for diagonal. */
+  shrinkage?: 'ledoit-wolf' | number;
+}
+
+export type GaussianModel =
+  | {
+      readonly form: 'cholesky';
+      readonly mean: Float64Array;
+      readonly shrinkage: number;
+      /** Lower-triangular L (Σ = L·Lᵀ) packed by rows: L00, L10, L11, L20, L21, L22, … */
+      readonly factor: Float64Array;
+    }
+  | {
+      readonly form: 'diagonal';
+      readonly mean: Float64Array;
+      readonly shrinkage: number;
+      /** Shrunk per-feature variances (all > 0). */
+      readonly variance: Float64Array;
+    };
+
+/** Fit mean and shrunk covariance to the rows of x. */
+export function fitGaussian(x: Matrix, options: GaussianOptions = {}): GaussianModel {
+  const form = options.covariance ?? 'full';
+  const { rows: n, cols: d } = x;
+  if (n < 2) throw lwError('LW_ERR_PROBE_FIT', `need at least 2 rows, got ${n}`);
+  if (d < 1) throw lwError('LW_ERR_PROBE_FIT', 'no features');
+  const mean = columnMeans(x);
+  if (form === 'diagonal') {
+    const s = options.shrinkage ?? 0.01;
+    if (typeof s !== 'number' || !(s >= 0 && s <= 1)) {
+      throw lwError('LW_ERR_PROBE_FIT', `diagonal covariance needs a numeric shrinkage in [0, 1], got ${String(s)}`);
+    }
+    const variance = new Float64Array(d);
+    for (let i = 0; i < n; i++) {
+      const o = i * d;
+      for (let j = 0; j < d; j++) {
+        const c = x.data[o + j] - mean[j];
+        variance[j] += c * c;
+      }
+    }
+    let mu = 0;
+    for (let j = 0; j < d; j++) {
+      variance[j] /= n;
+      mu += variance[j];
+    }
+    mu /= d;
+    for (let j = 0; j < d; j++) {
+      variance[j] = (1 - s) * variance[j] + s * mu;
+      if (!(variance[j] > 0) || !Number.isFinite(variance[j])) {
+        throw lwError('LW_ERR_PROBE_FIT', `feature ${j} has zero or non-finite variance; use shrinkage > 0`);
+      }
+    }
+    return { form: 'diagonal', mean, shrinkage: s, variance };
+  }
+
+  const cov = empiricalCovariance(x, mean);
+  const s = options.shrinkage === undefined || options.shrinkage === 'ledoit-wolf' ? ledoitWolfFromCovariance(x, mean, cov) : options.shrinkage;
+  if (!(s >= 0 && s <= 1)) throw lwError('LW_ERR_PROBE_FIT', `shrinkage must be in [0, 1], got ${s}`);
+  let trace = 0;
+  for (let j = 0; j < d; j++) trace += cov[j * d + j];
+  const mu = trace / d;
+  for (let i = 0; i < d; i++) {
+    for (let j = 0; j <= i; j++) cov[i * d + j] *= 1 - s;
+    cov[i * d + i] += s * mu;
+  }
+  if (!choleskyInPlace(cov, d)) {
+    throw lwError('LW_ERR_PROBE_FIT', `shrunk covariance is not positive definite (n=${n}, d=${d}, shrinkage=${s}); use more rows or more shrinkage`);
+  }
+  return { form: 'cholesky', mean, shrinkage: s, factor: packLower(cov, d) };
+}
+
+/** The Ledoit–Wolf shrinkage for the rows of x (scikit-learn's `ledoit_wolf_shrinkage`, data centred). */
+export function ledoitWolfShrinkage(x: Matrix): number {
+  const mean = columnMeans(x);
+  return ledoitWolfFromCovariance(x, mean, empiricalCovariance(x, mean));
+}
+
+/**
+ * Mahalanobis distance √((x − mean)ᵀ Σ⁻¹ (x − mean)) of the row at `offset` in `row`.
+ * `scratch` (length ≥ d) avoids an allocation per call on the hot path.
+ */
+export function mahalanobis(model: GaussianModel, row: Float32Array | Float64Array, offset = 0, scratch?: Float64Array): number {
+  const mean = model.mean;
+  const d = mean.length;
+  let q = 0;
+  if (model.form === 'diagonal') {
+    const v = model.variance;
+    for (let j = 0; j < d; j++) {
+      const c = row[offset + j] - mean[j];
+      q += (c * c) / v[j];
+    }
+    return Math.sqrt(q);
+  }
+  const z = scratch ?? new Float64Array(d);
+  const l = model.factor;
+  let rowStart = 0; // packed index of L[i][0]
+  for (let i = 0; i < d; i++) {
+    const zi = (row[offset + i] - mean[i] - dot(l, rowStart, z, 0, i)) / l[rowStart + i];
+    z[i] = zi;
+    q += zi * zi;
+    rowStart += i + 1;
+  }
+  return Math.sqrt(q);
+}
+
+/** Mahalanobis distance of every row of x. */
+export function mahalanobisRows(model: GaussianModel, x: Matrix): Float64Array {
+  const d = model.mean.length;
+  if (x.cols !== d) throw new RangeError(`mahalanobisRows: model has ${d} features, matrix ${x.cols}`);
+  const scratch = new Float64Array(d);
+  const out = new Float64Array(x.rows);
+  for (let i = 0; i < x.rows; i++) out[i] = mahalanobis(model, x.data, i * d, scratch);
+  return out;
+}
+
+function columnMeans(x: Matrix): Float64Array {
+  const { rows: n, cols: d, data } = x;
+  const mean = new Float64Array(d);
+  for (let i = 0; i < n; i++) axpy(1, data, i * d, mean, 0, d);
+  for (let j = 0; j < d; j++) {
+    mean[j] /= n;
+    if (!Number.isFinite(mean[j])) throw lwError('LW_ERR_PROBE_FIT', `feature ${j} has non-finite values`);
+  }
+  return mean;
+}
+
+/** S = (1/n)·Σᵢ (xᵢ − mean)(xᵢ − mean)ᵀ, full d×d storage with both triangles filled. */
+function empiricalCovariance(x: Matrix, mean: Float64Array): Float64Array {
+  const { rows: n, cols: d, data } = x;
+  const cov = new Float64Array(d * d);
+  const c = new Float64Array(d);
+  for (let i = 0; i < n; i++) {
+    const o = i * d;
+    for (let j = 0; j < d; j++) c[j] = data[o + j] - mean[j];
+    // Lower triangle only: row a gets c_a · c[0..a].
+    for (let a = 0; a < d; a++) if (c[a] !== 0) axpy(c[a], c, 0, cov, a * d, a + 1);
+  }
+  for (let a = 0; a < d; a++) {
+    for (let b = 0; b <= a; b++) {
+      const v = cov[a * d + b] / n;
+      cov[a * d + b] = v;
+      cov[b * d + a] = v;
+    }
+  }
+  return cov;
+}
+
+/**
+ * Ledoit–Wolf shrinkage from the empirical covariance S of centred rows cᵢ:
+ *   μ = tr(S)/d,  δ = ‖S − μI‖²_F / d,  β = (Σᵢ ‖cᵢ‖⁴ / n − ‖S‖²_F) / (d·n),  s = min(β, δ) / δ.
+ * (Σᵢ ‖cᵢ‖⁴ is the entry sum of (X∘X)ᵀ(X∘X) that scikit-learn forms blockwise.)
+ */
+function ledoitWolfFromCovariance(x: Matrix, mean: Float64Array, cov: Float64Array): number {
+  const { rows: n, cols: d, data } = x;
+  if (d === 1) return 0; // one feature: every shrinkage gives the same estimate
+  let trace = 0;
+  let frob2 = 0;
+  for (let a = 0; a < d; a++) {
+    trace += cov[a * d + a];
+    frob2 += dot(cov, a * d, cov, a * d, d);
+  }
+  const mu = trace / d;
+  let sumNorm4 = 0;
+  for (let i = 0; i < n; i++) {
+    const o = i * d;
+    let r2 = 0;
+    for (let j = 0; j < d; j++) {
+      const c = data[o + j] - mean[j];
+      r2 += c * c;
+    }
+    sumNorm4 += r2 * r2;
+  }
+  const beta = (sumNorm4 / n - frob2) / (d * n);
+  const delta = (frob2 - 2 * mu * trace + d * mu * mu) / d;
+  if (!(delta > 0)) return 0; // S is already a multiple of I
+  const b = Math.min(beta, delta);
+  return b <= 0 ? 0 : b / delta;
+}
