@@ -119,6 +119,8 @@ export interface AlertLogOptions {
   pendingLimit?: number;
   /** Minimum milliseconds between retries triggered by `append` (default 1000). */
   retryIntervalMs?: number;
+  /** How long open waits for another process's lock before failing (default 2000). */
+  busyTimeoutMs?: number;
   /** Clock in epoch milliseconds (tests). */
   now?: () => number;
   /** Told about write failures and recoveries (the daemon logs them). */
@@ -223,10 +225,10 @@ export class AlertLog {
     try {
       if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
       db = new Database(options.path);
+      db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 2000))}`);
       db.pragma('locking_mode = EXCLUSIVE');
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
-      db.pragma('busy_timeout = 2000');
       const log = new AlertLog(db, options);
       log.prune();
       return log;

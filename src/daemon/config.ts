@@ -378,6 +378,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
 
   const flags = parseFlags(options.argv ?? [], cwd);
   const merged = structuredClone(DEFAULTS) as Record<string, unknown>;
+  (merged.alertLog as { path: string }).path = resolve(cwd, DEFAULTS.alertLog.path);
   recordSources(merged, '', 'default', sources);
 
   const file = options.configFile ?? flags.configFile ?? nonBlank(env[CONFIG_FILE_ENV]);

@@ -1,0 +1,146 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { isLatentwatchError, type LatentwatchError } from '../src/errors.js';
+import { CONFIG_SCHEMA, DEFAULTS, loadConfig, parseFlags, ruleForProbe } from '../src/daemon/config.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'lw-config-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function file(name: string, value: unknown): string {
+  const p = join(dir, name);
+  writeFileSync(p, typeof value === 'string' ? value : JSON.stringify(value));
+  return p;
+}
+
+function thrown(fn: () => unknown): LatentwatchError {
+  try {
+    fn();
+  } catch (e) {
+    if (isLatentwatchError(e)) return e;
+    throw e;
+  }
+  throw new Error('expected a LatentwatchError');
+}
+
+describe('daemon config', () => {
+  it('defaults: local-only without keys, and says so', () => {
+    const { config, notices, sources } = loadConfig({ cwd: dir });
+    expect(config.host).toBe('127.0.0.1');
+    expect(config.port).toBe(8000);
+    expect(config.apiKeys).toEqual([]);
+    expect(config.allowInjection).toBe(false);
+    expect(config.alertLog.path).toBe(join(dir, '.latentwatch/alerts.db'));
+    expect(notices.some((n) => n.includes('no API key') && n.includes('127.0.0.1'))).toBe(true);
+    expect(sources.get('/host')).toBe('default');
+  });
+
+  it('merges defaults < file < env < flags, objects key by key, and records sources', () => {
+    const cfg = file('a.json', {
+      port: 9000,
+      probes: ['p/one.probe.json'],
+      apiKeys: ['file-key'],
+      limits: { maxTokens: 100 },
+      alerts: { rules: { 'probe.a': { severity: 'critical', minConsecutive: 3 } } },
+      alertLog: { path: 'data/alerts.db' },
+    });
+    const { config, sources, notices } = loadConfig({
+      cwd: '/work',
+      env: { LATENTWATCH_CONFIG: cfg, LATENTWATCH_PORT: '9100', LATENTWATCH_API_KEY: 'k1, k2', LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_ADMIN_KEY: 'admin-key' },
+      argv: ['--port=9200', '--probe', 'x.probe.json', '--probe', '/abs/y.probe.json', '--max-concurrent', '8'],
+    });
+    expect(config.port).toBe(9200);
+    expect(sources.get('/port')).toBe('flag --port');
+    expect(config.apiKeys).toEqual(['k1', 'k2']); // env replaces the file's list
+    expect(sources.get('/apiKeys')).toBe('env LATENTWATCH_API_KEY');
+    expect(config.host).toBe('0.0.0.0'); // keys configured: all interfaces by default
+    expect(notices.some((n) => n.includes('no API key'))).toBe(false);
+    expect(config.allowInjection).toBe(true);
+    expect(config.limits).toEqual({ ...DEFAULTS.limits, maxTokens: 100, maxConcurrent: 8 });
+    expect(sources.get('/limits/maxTokens')).toBe(`file ${cfg}`);
+    expect(sources.get('/limits/maxQueue')).toBe('default');
+    expect(config.probes).toEqual(['/work/x.probe.json', '/abs/y.probe.json']); // flags replace, relative to cwd
+    expect(config.alertLog.path).toBe(join(dir, 'data/alerts.db')); // file paths relative to the file
+    expect(config.alertLog.retentionDays).toBe(DEFAULTS.alertLog.retentionDays);
+    expect(ruleForProbe(config, 'probe.a', 0.5)).toEqual({ threshold: 0.5, minConsecutive: 3, cooldownTokens: 32, cooldownSeconds: 0, severity: 'critical' });
+    expect(ruleForProbe(config, 'other', 0.7).severity).toBe('warning');
+  });
+
+  it('freezes the result deeply', () => {
+    const { config } = loadConfig({ env: { LATENTWATCH_API_KEY: 'k' } });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.limits)).toBe(true);
+    expect(Object.isFrozen(config.apiKeys)).toBe(true);
+    expect(Object.isFrozen(config.alerts.defaultRule)).toBe(true);
+    expect(() => {
+      (config.limits as { maxTokens: number }).maxTokens = 1;
+    }).toThrow(TypeError);
+    expect(() => (config.apiKeys as string[]).push('x')).toThrow(TypeError);
+  });
+
+  it('refuses a non-loopback host without an API key', () => {
+    const e = thrown(() => loadConfig({ env: { LATENTWATCH_HOST: '0.0.0.0' } }));
+    expect(e.code).toBe('LW_ERR_CONFIG_INVALID');
+    expect(e.details?.path).toBe('/host');
+    expect(e.details?.source).toBe('env LATENTWATCH_HOST');
+    expect(loadConfig({ env: { LATENTWATCH_HOST: '::1' } }).config.host).toBe('::1');
+    expect(loadConfig({ env: { LATENTWATCH_HOST: '0.0.0.0', LATENTWATCH_API_KEY: 'k' } }).config.host).toBe('0.0.0.0');
+  });
+
+  it('coded errors carry the JSON path and the layer that set the value', () => {
+    let e = thrown(() => loadConfig({ env: { LATENTWATCH_PORT: 'eighty' } }));
+    expect(e.code).toBe('LW_ERR_CONFIG_INVALID');
+    expect(e.status).toBe(500);
+    expect(e.details?.path).toBe('/port');
+    expect(e.details?.source).toBe('env LATENTWATCH_PORT');
+    expect(e.message).toContain('/port');
+
+    e = thrown(() => loadConfig({ configFile: file('typo.json', { limits: { maxToken: 5 } }) }));
+    expect(e.details?.path).toBe('/limits/maxToken');
+    expect(String(e.details?.source)).toMatch(/^file /);
+
+    e = thrown(() => loadConfig({ configFile: file('rule.json', { alerts: { rules: { p: { severity: 'loud' } } } }) }));
+    expect(e.details?.path).toBe('/alerts/rules/p/severity');
+
+    e = thrown(() => loadConfig({ argv: ['--port', '70000'] }));
+    expect(e.details?.path).toBe('/port');
+    expect(e.details?.source).toBe('flag --port');
+
+    e = thrown(() => loadConfig({ env: { LATENTWATCH_ALLOW_INJECTION: 'maybe' } }));
+    expect(e.details?.path).toBe('/allowInjection');
+
+    e = thrown(() => loadConfig({ env: { LATENTWATCH_API_KEY: 'same', LATENTWATCH_ADMIN_KEY: 'same' } }));
+    expect(e.details?.path).toBe('/adminKey');
+
+    e = thrown(() => loadConfig({ configFile: file('bad.json', '{"port": ') }));
+    expect(e.code).toBe('LW_ERR_CONFIG_FILE_UNREADABLE');
+    e = thrown(() => loadConfig({ configFile: join(dir, 'missing.json') }));
+    expect(e.code).toBe('LW_ERR_CONFIG_FILE_UNREADABLE');
+    e = thrown(() => loadConfig({ configFile: file('arr.json', '[]') }));
+    expect(e.code).toBe('LW_ERR_CONFIG_FILE_UNREADABLE');
+  });
+
+  it('parses flags strictly', () => {
+    expect(parseFlags(['--allow-injection', '--no-canary', '--log-level', 'debug'], '/w').layer).toEqual({
+      allowInjection: true,
+      canary: { enabled: false },
+      logLevel: 'debug',
+    });
+    expect(parseFlags(['--config', 'c.json'], '/w').configFile).toBe('/w/c.json');
+    expect(thrown(() => parseFlags(['--api-key', 'k'])).code).toBe('LW_ERR_CONFIG_FLAG_UNKNOWN'); // keys stay out of ps
+    expect(thrown(() => parseFlags(['--port'])).code).toBe('LW_ERR_CONFIG_FLAG_UNKNOWN');
+    expect(thrown(() => parseFlags(['serve'])).code).toBe('LW_ERR_CONFIG_FLAG_UNKNOWN');
+  });
+
+  it('notices injection without an admin key; blank env values count as unset', () => {
+    const { config, notices } = loadConfig({ env: { LATENTWATCH_ALLOW_INJECTION: 'true', LATENTWATCH_PORT: '  ' } });
+    expect(config.port).toBe(8000);
+    expect(notices.some((n) => n.includes('no admin key'))).toBe(true);
+  });
+
+  it('the schema accepts exactly the defaults plus a host', () => {
+    expect(CONFIG_SCHEMA.additionalProperties).toBe(false);
+    expect([...CONFIG_SCHEMA.required].sort()).toEqual([...Object.keys(DEFAULTS), 'host'].sort());
+  });
+});
