@@ -2,8 +2,9 @@
 import { isLatentwatchError } from '../errors.js';
 import type { Command } from './args.js';
 import { activationsCommand, buildCommand, generateCommand } from './engine-commands.js';
+import { serveCommand } from './serve-command.js';
 
-const commands: Command[] = [buildCommand, generateCommand, activationsCommand];
+const commands: Command[] = [serveCommand, buildCommand, generateCommand, activationsCommand];
 
 function usage(): string {
   const w = Math.max(...commands.map((c) => c.name.length));

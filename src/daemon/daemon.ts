@@ -1,0 +1,136 @@
+/**
+ * Assembles the daemon from a validated config: engine, probes, concept vectors, alert log and hub,
+ * metrics, inference, HTTP server, canary; and tears it down in order on SIGTERM (stop accepting,
+ * let streams finish until the deadline, cancel the rest, flush the alert log).
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { Engine } from '../engine/engine.js';
+import { residPost } from '../hooks.js';
+import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../paths.js';
+import { ConceptStore } from '../probes/concepts.js';
+import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
+import { AlertHub } from './alert-hub.js';
+import { AlertLog } from './alert-log.js';
+import { Authenticator } from './auth.js';
+import { Canary } from './canary.js';
+import type { FrozenConfig } from './config.js';
+import { InferenceService } from './inference.js';
+import { createMetrics } from './metrics.js';
+import { toJob } from './openai.js';
+import { buildServer } from './server.js';
+
+export interface Daemon {
+  app: FastifyInstance;
+  url: string;
+  engine: Engine;
+  probes: Probe[];
+  canary: Canary | undefined;
+  /** Graceful stop: drain, wait up to the deadline, cancel, flush. */
+  close(): Promise<void>;
+}
+
+export const VERSION: string = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+/** Probe files shipped beside a model: DIR/probes/*.probe.json. */
+export function bundledProbes(modelDir: string): string[] {
+  const dir = join(modelDir, 'probes');
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.probe.json'))
+    .sort()
+    .map((f) => join(dir, f));
+}
+
+export async function startDaemon(config: FrozenConfig, notices: readonly string[] = []): Promise<Daemon> {
+  const modelDir = config.modelDir ?? DEFAULT_MODEL_DIR;
+  const engine = await Engine.load(modelDir, { maxBatch: config.limits.maxConcurrent });
+  const modelName = config.servedModelName ?? basename(modelDir);
+  const probePaths = config.probes.length > 0 ? [...config.probes] : bundledProbes(modelDir);
+  const probes = await Promise.all(probePaths.map((p) => loadProbe(p, engine.fingerprint)));
+  for (const p of probes) for (const h of p.hooks) if (!engine.taps.has(h)) throw new Error(`probe ${p.id} reads ${h}, which the build does not tap`);
+  const bank = new ProbeBank(probes);
+  const conceptsDir = join(modelDir, 'concepts');
+  const concepts = existsSync(join(conceptsDir, 'concepts.json')) ? ConceptStore.open(conceptsDir, engine.fingerprint) : null;
+
+  const metrics = createMetrics({ version: VERSION });
+  metrics.setModelInfo({ model: modelName, fingerprint: engine.fingerprint, precision: engine.build.options.precision });
+  const log = AlertLog.open({
+    path: config.alertLog.path,
+    retentionDays: config.alertLog.retentionDays,
+    retentionRows: config.alertLog.retentionRows,
+    pendingLimit: config.alertLog.pendingLimit,
+  });
+  const stopMaintenance = log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000);
+  const auth = new Authenticator({ apiKeys: config.apiKeys, adminKey: config.adminKey });
+  const hub = new AlertHub({
+    log,
+    auth,
+    bufferLimitBytes: config.websocket.bufferLimitBytes,
+    maxQueuedMessages: config.websocket.maxQueuedMessages,
+    heartbeatIntervalMs: config.websocket.heartbeatIntervalSeconds * 1000,
+    replayPageSize: config.websocket.replayPageSize,
+  });
+  metrics.bindAlertLog(log);
+  metrics.bindAlertHub(hub);
+  const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName });
+  let accepting = true;
+  const app = buildServer({
+    config,
+    auth,
+    inference,
+    hub,
+    log,
+    metrics,
+    modelName,
+    modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },
+    ready: () => accepting,
+  });
+  app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
+  app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
+  for (const n of notices) app.log.warn(n);
+
+  let canary: Canary | undefined;
+  if (config.canary.enabled) {
+    const concept = config.canary.concept ?? concepts?.names()[0];
+    if (!concepts || !concept) throw new Error('the canary needs concept vectors stored for the model (DIR/concepts)');
+    const layer = Math.floor(engine.config.numLayers / 2);
+    canary = new Canary({
+      model: modelName,
+      concept,
+      record: (r) => metrics.recordCanary(r),
+      raise: (draft) => metrics.recordAlert(hub.raise(draft).alert),
+      log: (msg, extra) => app.log.error(extra ?? {}, msg),
+      run: () => {
+        const job = toJob('completion', { model: modelName, prompt: 'def main():\n', max_tokens: 8, temperature: 0, latentwatch: { inject: { concept, layer, scale: 1, window: 'all' } } });
+        const prepared = inference.prepare(job, { role: 'admin', authenticated: true });
+        return inference.run(prepared, new AbortController().signal);
+      },
+    });
+    if (!engine.ports.has(residPost(layer))) throw new Error(`canary layer ${layer} has no injection port`);
+  }
+
+  await app.listen({ host: config.host, port: config.port });
+  const addr = app.server.address();
+  const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : `http://${config.host}:${config.port}`;
+  canary?.start(config.canary.intervalSeconds);
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      accepting = false;
+      canary?.stop();
+      inference.drain();
+      const deadline = Date.now() + config.shutdown.deadlineSeconds * 1000;
+      while (inference.load.running > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      // Past the deadline, closing the server destroys the remaining streams; their disconnects
+      // abort the generations.
+      app.server.closeAllConnections();
+      await app.close();
+      stopMaintenance();
+      log.close();
+      await engine.close();
+    })());
+  return { app, url, engine, probes, canary, close };
+}

@@ -1,0 +1,295 @@
+/**
+ * One request through the model and the monitor: admission (concurrency and queue limits),
+ * tokenisation, admin injection, generation with every loaded probe's hooks tapped, per-token
+ * scores into the request monitor (alerts are raised before the token's text is released), and the
+ * verdict, metrics and trace at the end.
+ */
+import { randomUUID } from 'node:crypto';
+import { lwError } from '../errors.js';
+import { residPost } from '../hooks.js';
+import type { Engine } from '../engine/engine.js';
+import type { Injection } from '../engine/types.js';
+import type { ProbeBank, Probe } from '../probes/probe.js';
+import type { ConceptStore } from '../probes/concepts.js';
+import type { AlertHub } from './alert-hub.js';
+import type { Principal } from './auth.js';
+import { ruleForProbe, type FrozenConfig } from './config.js';
+import type { DaemonMetrics } from './metrics.js';
+import { RequestMonitor, type RequestVerdict } from './monitor.js';
+import { usage, type FinishReason, type Job, type Usage } from './openai.js';
+import { startRequestSpan } from './tracing.js';
+
+export interface InferenceDeps {
+  engine: Engine;
+  bank: ProbeBank;
+  config: FrozenConfig;
+  hub: AlertHub;
+  metrics: DaemonMetrics;
+  concepts: ConceptStore | null;
+  modelName: string;
+}
+
+/** The `latentwatch` object of a response. */
+export interface VerdictBody {
+  request_id: string;
+  verbalized: boolean;
+  /** Some probe fired and the text never said so. */
+  silent: boolean;
+  probes: {
+    id: string;
+    label: string;
+    max_score: number | null;
+    final_score: number | null;
+    threshold: number;
+    fired: boolean;
+    alert_ids: number[];
+    verbalized: boolean;
+    silent: boolean;
+  }[];
+  injection?: { layer: number; scale: number; window: string; concept?: string };
+}
+
+export type InferenceEvent = { type: 'text'; text: string } | { type: 'done'; finishReason: FinishReason; usage: Usage; verdict: VerdictBody };
+
+export interface PreparedRequest {
+  job: Job;
+  requestId: string;
+  promptIds: number[];
+  maxTokens: number;
+  injection?: Injection;
+  injectionInfo?: VerdictBody['injection'];
+  conceptWords: string[];
+}
+
+export class InferenceService {
+  private running = 0;
+  private readonly waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private draining = false;
+
+  constructor(private readonly d: InferenceDeps) {}
+
+  get load(): { running: number; waiting: number } {
+    return { running: this.running, waiting: this.waiters.length };
+  }
+
+  /** Stop admitting; queued requests are refused with 503. */
+  drain(): void {
+    this.draining = true;
+    for (const w of this.waiters.splice(0)) w.reject(lwError('LW_ERR_API_SHUTTING_DOWN'));
+    this.publishLoad();
+  }
+
+  /** Validates and tokenises; every client error is thrown here, before any byte is streamed. */
+  prepare(job: Job, principal: Principal): PreparedRequest {
+    const { engine, config } = this.d;
+    if (job.model !== this.d.modelName) throw lwError('LW_ERR_API_MODEL_NOT_FOUND', `${job.model} (this daemon serves ${this.d.modelName})`, { param: 'model' });
+    const tok = engine.tokenizer;
+    if (!tok) throw lwError('LW_ERR_TOKENIZER_NOT_FOUND', 'the served model has no tokenizer');
+    let promptIds: number[];
+    if (job.kind === 'chat') {
+      promptIds = tok.encodeChat(job.messages ?? [], { addGenerationPrompt: true });
+    } else if (Array.isArray(job.prompt)) {
+      promptIds = job.prompt;
+      const bad = promptIds.find((id) => id >= engine.config.vocabSize);
+      if (bad !== undefined) throw lwError('LW_ERR_API_BAD_REQUEST', `token id ${bad} outside the vocabulary`, { param: 'prompt' });
+    } else {
+      promptIds = tok.encode(job.prompt ?? '');
+    }
+    if (promptIds.length === 0) throw lwError('LW_ERR_API_BAD_REQUEST', 'the prompt encodes to no tokens', { param: 'prompt' });
+    const room = engine.contextLength - promptIds.length;
+    if (room < 1) {
+      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `the prompt has ${promptIds.length} tokens; the context holds ${engine.contextLength}`, { param: 'messages' });
+    }
+    if (job.maxTokens !== undefined && job.maxTokens > config.limits.maxTokens) {
+      throw lwError('LW_ERR_API_MAX_TOKENS', `max_tokens ${job.maxTokens} > ${config.limits.maxTokens}`, { param: 'max_tokens' });
+    }
+    const maxTokens = job.maxTokens ?? Math.min(config.limits.maxTokens, room);
+    if (promptIds.length + maxTokens > engine.contextLength) {
+      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${promptIds.length} prompt tokens + max_tokens ${maxTokens} > context ${engine.contextLength}`, { param: 'max_tokens' });
+    }
+    const prepared: PreparedRequest = { job, requestId: randomUUID(), promptIds, maxTokens, conceptWords: [] };
+    if (job.inject) this.resolveInjection(prepared, principal);
+    return prepared;
+  }
+
+  private resolveInjection(p: PreparedRequest, principal: Principal): void {
+    const inj = p.job.inject!;
+    if (principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', 'injection needs Authorization: Bearer <admin key>');
+    if (!this.d.config.allowInjection) throw lwError('LW_ERR_AUTH_INJECTION_DISABLED', 'enable it with LATENTWATCH_ALLOW_INJECTION=1 or allowInjection in the config file');
+    const hook = residPost(inj.layer);
+    if (!this.d.engine.ports.has(hook)) throw lwError('LW_ERR_API_BAD_REQUEST', `layer ${inj.layer} has no injection port (0..${this.d.engine.config.numLayers - 1})`, { param: 'latentwatch.inject.layer' });
+    const scale = inj.scale ?? 1;
+    const windowKind = inj.window ?? 'all';
+    if ((inj.concept === undefined) === (inj.vector === undefined)) {
+      throw lwError('LW_ERR_API_BAD_REQUEST', 'give exactly one of concept or vector', { param: 'latentwatch.inject' });
+    }
+    if (inj.vector !== undefined) {
+      if (inj.vector.length !== this.d.engine.config.hiddenSize) {
+        throw lwError('LW_ERR_API_BAD_REQUEST', `vector has ${inj.vector.length} values; d_model is ${this.d.engine.config.hiddenSize}`, { param: 'latentwatch.inject.vector' });
+      }
+    } else {
+      const store = this.d.concepts;
+      if (!store) throw lwError('LW_ERR_API_BAD_REQUEST', 'no concept vectors are stored for the served model', { param: 'latentwatch.inject.concept' });
+      if (!store.has(inj.concept!)) throw lwError('LW_ERR_API_BAD_REQUEST', `unknown concept ${JSON.stringify(inj.concept)}`, { param: 'latentwatch.inject.concept' });
+      // A concept's scale is relative to the layer's mean residual norm, as in the trials.
+      const r = store.injection(inj.concept!, inj.layer, { mode: 'relative', value: scale });
+      p.conceptWords.push(inj.concept!);
+      p.injection = { hook, vector: r.vector, scale: r.scale, window: { kind: windowKind } };
+      p.injectionInfo = { layer: inj.layer, scale, window: windowKind, concept: inj.concept! };
+      return;
+    }
+    p.injection = { hook, vector: Float32Array.from(inj.vector!), scale, window: { kind: windowKind } };
+    p.injectionInfo = { layer: inj.layer, scale, window: windowKind };
+  }
+
+  /** Waits for a generation slot; 429 when the queue is full, 503 when draining. */
+  private async admit(signal: AbortSignal): Promise<void> {
+    const { maxConcurrent, maxQueue } = this.d.config.limits;
+    if (this.draining) throw lwError('LW_ERR_API_SHUTTING_DOWN');
+    if (this.running < maxConcurrent) {
+      this.running++;
+      this.publishLoad();
+      return;
+    }
+    if (this.waiters.length >= maxQueue) throw lwError('LW_ERR_API_QUEUE_FULL', `${this.running} running, ${this.waiters.length} queued`, { retryAfterSeconds: 1 });
+    await new Promise<void>((resolve, reject) => {
+      const w = {
+        resolve: () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject,
+      };
+      const onAbort = () => {
+        const i = this.waiters.indexOf(w);
+        if (i >= 0) this.waiters.splice(i, 1);
+        this.publishLoad();
+        reject(lwError('LW_ERR_ENGINE_ABORTED'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(w);
+      this.publishLoad();
+    });
+    this.running++;
+    this.publishLoad();
+  }
+
+  private release(): void {
+    this.running--;
+    const next = this.waiters.shift();
+    next?.resolve();
+    this.publishLoad();
+  }
+
+  private publishLoad(): void {
+    this.d.metrics.setQueue(this.d.modelName, this.running, this.waiters.length);
+  }
+
+  /** Runs a prepared request: text events as tokens pass the monitor, then one done event. */
+  async *run(p: PreparedRequest, signal: AbortSignal): AsyncGenerator<InferenceEvent> {
+    const arrival = performance.now();
+    await this.admit(signal);
+    const { engine, bank, config, metrics, hub } = this.d;
+    const job = p.job;
+    const trace = startRequestSpan({
+      operation: job.kind === 'chat' ? 'chat' : 'text_completion',
+      model: this.d.modelName,
+      responseId: job.id,
+      maxTokens: p.maxTokens,
+      temperature: job.temperature,
+      topP: job.topP,
+      topK: job.topK,
+      seed: job.seed,
+      stream: job.stream,
+    });
+    const monitor = new RequestMonitor({
+      requestId: p.requestId,
+      model: this.d.modelName,
+      probes: bank.probes.map((probe: Probe) => ({ probe, rule: ruleForProbe(config, probe.id, probe.threshold) })),
+      verbalization: config.verbalization,
+      conceptWords: p.conceptWords,
+      emit: config.alerts.emit,
+      excerptChars: config.alerts.excerptChars,
+      raise: (draft) => {
+        const r = hub.raise(draft);
+        metrics.recordAlert(r.alert);
+        return r.alert.id;
+      },
+      onScore: (probeId, score) => metrics.observeProbeScore(probeId, score),
+    });
+    let generated = 0;
+    let firstTokenAt: number | undefined;
+    let lastTokenAt = 0;
+    const gaps: number[] = [];
+    let finishReason: FinishReason = 'length';
+    let error: unknown;
+    let verdict: VerdictBody | undefined;
+    try {
+      trace.startPrefill(p.promptIds.length);
+      for await (const step of engine.generate({
+        promptIds: p.promptIds,
+        maxTokens: p.maxTokens,
+        sampling: { temperature: job.temperature, topP: job.topP, topK: job.topK, seed: job.seed },
+        stopStrings: job.stop,
+        taps: bank.hooks(),
+        injections: p.injection ? [p.injection] : [],
+        signal,
+      })) {
+        const scores = bank.score(step.taps);
+        if (step.kind === 'prompt') {
+          monitor.step({ position: step.position, text: '' }, scores);
+          trace.endPrefill();
+          trace.startDecode();
+          continue;
+        }
+        monitor.step(step, scores);
+        const now = performance.now();
+        if (firstTokenAt === undefined) firstTokenAt = now;
+        else gaps.push((now - lastTokenAt) / 1000);
+        lastTokenAt = now;
+        generated++;
+        if (step.finishReason) finishReason = step.finishReason;
+        if (step.text) yield { type: 'text', text: step.text };
+      }
+    } catch (e) {
+      error = e;
+      throw e;
+    } finally {
+      this.release();
+      const final = monitor.finish();
+      for (const v of Object.values(final.probes)) if (v.fired) metrics.recordDetection(v.probeId, v.verbalized);
+      metrics.recordRequest({
+        model: this.d.modelName,
+        promptTokens: p.promptIds.length,
+        generationTokens: generated,
+        timeToFirstTokenSeconds: firstTokenAt === undefined ? undefined : (firstTokenAt - arrival) / 1000,
+        interTokenLatenciesSeconds: gaps,
+        e2eSeconds: (performance.now() - arrival) / 1000,
+      });
+      trace.endDecode(generated);
+      trace.setUsage(p.promptIds.length, generated);
+      trace.setFinishReasons([finishReason]);
+      trace.recordVerdict(final);
+      trace.end(error);
+      verdict = verdictBody(final, p);
+    }
+    yield { type: 'done', finishReason, usage: usage(p.promptIds.length, generated), verdict };
+  }
+}
+
+export function verdictBody(v: RequestVerdict, p: PreparedRequest): VerdictBody {
+  const probes = Object.values(v.probes).map((x) => ({
+    id: x.probeId,
+    label: x.probeLabel,
+    max_score: x.maxScore,
+    final_score: x.finalScore,
+    threshold: x.threshold,
+    fired: x.fired,
+    alert_ids: x.alertIds,
+    verbalized: x.verbalized,
+    silent: x.silent,
+  }));
+  const body: VerdictBody = { request_id: v.requestId, verbalized: v.verbalized, silent: probes.some((x) => x.silent), probes };
+  if (p.injectionInfo) body.injection = p.injectionInfo;
+  return body;
+}

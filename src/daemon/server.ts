@@ -1,0 +1,115 @@
+/**
+ * The HTTP surface (fastify): the OpenAI-compatible API with verdicts, /v1/alerts (polling and
+ * WebSocket), /metrics, /healthz and /readyz. Every error leaves as an OpenAI error body with its
+ * LW_ERR_* code; routes are counted by pattern, never by raw URL.
+ */
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { lwError } from '../errors.js';
+import { alertRoutes, type AlertHub } from './alert-hub.js';
+import type { AlertLog } from './alert-log.js';
+import { extractToken, sendHttpError, toHttpError, type Authenticator } from './auth.js';
+import type { FrozenConfig } from './config.js';
+import type { InferenceService } from './inference.js';
+import type { DaemonMetrics } from './metrics.js';
+import { chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
+
+export interface ServerDeps {
+  config: FrozenConfig;
+  auth: Authenticator;
+  inference: InferenceService;
+  hub: AlertHub;
+  log: AlertLog;
+  metrics: DaemonMetrics;
+  modelName: string;
+  /** Extra /v1/models fields. */
+  modelInfo: Record<string, unknown>;
+  /** False while starting or draining: /readyz answers 503 and the API refuses work. */
+  ready: () => boolean;
+}
+
+export function buildServer(d: ServerDeps): FastifyInstance {
+  const app = Fastify({
+    logger: d.config.logLevel === 'silent' ? false : { level: d.config.logLevel },
+    bodyLimit: d.config.limits.bodyLimitBytes,
+    // Streams are long-lived; request timeouts are the client's business.
+    requestTimeout: 0,
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const h = toHttpError(err);
+    if (h.status >= 500) req.log.error({ err }, 'request failed');
+    return sendHttpError(reply, err);
+  });
+  app.setNotFoundHandler((req, reply) => sendHttpError(reply, lwError('LW_ERR_API_NOT_FOUND', `${req.method} ${req.url.split('?')[0]}`)));
+  app.addHook('onResponse', async (req, reply) => {
+    d.metrics.recordHttp(req.routeOptions.url, reply.statusCode, reply.elapsedTime / 1000);
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    if (!d.ready()) return sendHttpError(reply, lwError('LW_ERR_API_NOT_READY'));
+    return { status: 'ready', ...d.inference.load };
+  });
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', d.metrics.contentType);
+    return d.metrics.text();
+  });
+  app.get('/v1/models', async (req) => {
+    d.auth.authenticate(extractToken(req.headers));
+    return { object: 'list', data: [{ id: d.modelName, object: 'model', created: 0, owned_by: 'latentwatch', ...d.modelInfo }] };
+  });
+
+  const completion = (kind: ApiKind) => async (req: FastifyRequest, reply: FastifyReply) => {
+    const principal = d.auth.authenticate(extractToken(req.headers));
+    if (!d.ready()) throw lwError('LW_ERR_API_SHUTTING_DOWN');
+    const job = toJob(kind, req.body as ChatBody | CompletionBody);
+    const prepared = d.inference.prepare(job, principal);
+    const ac = new AbortController();
+    // A client that goes away cancels its generation (the engine frees its cache).
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) ac.abort();
+    });
+    const events = d.inference.run(prepared, ac.signal);
+    if (!job.stream) {
+      let text = '';
+      for await (const ev of events) {
+        if (ev.type === 'text') text += ev.text;
+        else return fullResponse(job, text, ev.finishReason, ev.usage, ev.verdict);
+      }
+      throw lwError('LW_ERR_API_INTERNAL', 'generation ended without a result');
+    }
+    // Admission errors (queue full, draining) must still be plain JSON errors: pull the first event
+    // before committing to a stream.
+    const first = await events.next();
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    const send = (obj: unknown) => res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    let started = false;
+    try {
+      for (let ev = first; !ev.done; ev = await events.next()) {
+        const e = ev.value;
+        if (e.type === 'text') {
+          send(deltaChunk(job, e.text, null, !started));
+          started = true;
+        } else {
+          if (!started && job.kind === 'chat') send(deltaChunk(job, '', null, true));
+          send(deltaChunk(job, '', e.finishReason));
+          if (job.includeUsage) send(usageChunk(job, e.usage));
+          send(verdictChunk(job, e.verdict));
+        }
+      }
+    } catch (err) {
+      if (ac.signal.aborted) return;
+      req.log.error({ err }, 'stream failed');
+      send(toHttpError(err).body);
+    }
+    res.end('data: [DONE]\n\n');
+  };
+  app.post('/v1/chat/completions', { schema: { body: chatRequestSchema } }, completion('chat'));
+  app.post('/v1/completions', { schema: { body: completionRequestSchema } }, completion('completion'));
+
+  void app.register(alertRoutes, { hub: d.hub, log: d.log, auth: d.auth });
+  return app;
+}
