@@ -1,0 +1,236 @@
+/**
+ * The daemon as users meet it: a real server on qwen2-code-16m with a probe trained in setup, the
+ * real `openai` SDK, real WebSocket subscribers, /metrics, and a kill -9 in the middle of traffic.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import WebSocket from 'ws';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Daemon } from '../src/daemon/daemon.js';
+import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnDaemon, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
+import { tempDir } from './helpers.js';
+
+const MODEL = 'qwen2-code-16m';
+let probe: TestProbe;
+let daemon: Daemon;
+let client: OpenAI;
+let admin: OpenAI;
+
+beforeAll(async () => {
+  probe = await trainTestProbe();
+  daemon = await startTestDaemon(probe);
+  client = new OpenAI({ baseURL: `${daemon.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+  admin = new OpenAI({ baseURL: `${daemon.url}/v1`, apiKey: ADMIN_KEY, maxRetries: 0 });
+});
+afterAll(async () => {
+  await daemon?.close();
+});
+
+type Verdict = { request_id: string; silent: boolean; verbalized: boolean; probes: { id: string; fired: boolean; alert_ids: number[]; max_score: number; threshold: number; silent: boolean }[] };
+const verdictOf = (r: unknown) => (r as { latentwatch: Verdict }).latentwatch;
+const inject = (window = 'all') => ({ latentwatch: { inject: { vector: probe.vector, layer: INJECT_LAYER, scale: probe.scale, window } } });
+
+function subscribe(query = ''): { ws: WebSocket; alerts: { id: number; silent: boolean; probeId: string }[]; opened: Promise<void> } {
+  const ws = new WebSocket(`${daemon.url.replace('http', 'ws')}/v1/alerts${query}`, { headers: { authorization: `Bearer ${API_KEY}` } });
+  const alerts: { id: number; silent: boolean; probeId: string }[] = [];
+  ws.on('message', (m) => {
+    const msg = JSON.parse(String(m));
+    if (msg.type === 'alert') alerts.push(msg.alert);
+  });
+  return { ws, alerts, opened: new Promise((r) => ws.once('open', () => r())) };
+}
+
+async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`${daemon.url}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) sum += Number(line.split(' ').at(-1));
+  }
+  return sum;
+}
+
+const until = async (cond: () => boolean, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+};
+
+describe('OpenAI SDK against the daemon', () => {
+  it('non-streaming chat and completions, with the verdict attached', async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual([MODEL]);
+    const chat = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'def add(a, b):' }], max_tokens: 8, temperature: 0 });
+    expect(chat.object).toBe('chat.completion');
+    expect(chat.choices[0].message.role).toBe('assistant');
+    expect(chat.choices[0].message.content!.length).toBeGreaterThan(0);
+    expect(chat.usage!.completion_tokens).toBe(8);
+    expect(verdictOf(chat).probes.map((p) => p.id)).toEqual(['test-injection']);
+    const comp = await client.completions.create({ model: MODEL, prompt: 'import numpy as np\n\ndef ', max_tokens: 24, temperature: 0 });
+    // Greedy through the daemon = transformers' greedy continuation (reference.json, prompt 0).
+    expect(comp.choices[0].text).toBe('arange(x):\n    return np.arange(x)\n\ndef arange_1(x):\n    return');
+    expect(comp.choices[0].finish_reason).toBe('length');
+  });
+
+  it('streaming chat and completions, with usage and the verdict in the last chunk before [DONE]', async () => {
+    const stream = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'for i in range(' }], max_tokens: 6, stream: true, stream_options: { include_usage: true } });
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    expect(text.length).toBeGreaterThan(0);
+    expect(chunks.find((c) => c.usage)!.usage!.completion_tokens).toBe(6);
+    expect(verdictOf(chunks.at(-1)).probes[0].id).toBe('test-injection');
+    expect(chunks.some((c) => c.choices[0]?.finish_reason === 'length')).toBe(true);
+    const cs = await client.completions.create({ model: MODEL, prompt: 'import numpy as np\n\ndef ', max_tokens: 24, temperature: 0, stream: true });
+    let ctext = '';
+    for await (const c of cs) ctext += c.choices[0]?.text ?? '';
+    expect(ctext).toBe('arange(x):\n    return np.arange(x)\n\ndef arange_1(x):\n    return');
+  });
+});
+
+describe('detection', () => {
+  it('an admin-injected request fires the probe: the subscriber gets a silent alert, the response carries the verdict, counters move', async () => {
+    const sub = subscribe('?silent=1');
+    await sub.opened;
+    const alertsBefore = await metric('latentwatch_alerts_total', { probe: 'test-injection' });
+    const silentBefore = await metric('latentwatch_latent_detections_total', { probe: 'test-injection', verbalized: 'false' });
+    const r = await admin.completions.create({ model: MODEL, prompt: 'def load(path):\n', max_tokens: 8, temperature: 0, ...inject() } as OpenAI.CompletionCreateParamsNonStreaming);
+    const v = verdictOf(r);
+    expect(v.probes[0].fired).toBe(true);
+    expect(v.probes[0].max_score).toBeGreaterThan(v.probes[0].threshold);
+    expect(v.silent).toBe(true); // code text never says "injected thought"
+    const ids = v.probes[0].alert_ids;
+    expect(ids.length).toBeGreaterThan(0);
+    await until(() => sub.alerts.length >= ids.length);
+    expect(sub.alerts.map((a) => a.id)).toEqual(ids);
+    expect(sub.alerts.every((a) => a.silent && a.probeId === 'test-injection')).toBe(true);
+    expect(await metric('latentwatch_alerts_total', { probe: 'test-injection' })).toBe(alertsBefore + ids.length);
+    expect(await metric('latentwatch_latent_detections_total', { probe: 'test-injection', verbalized: 'false' })).toBe(silentBefore + 1);
+    const polled = await (await fetch(`${daemon.url}/v1/alerts?since=${ids[0] - 1}`, { headers: { authorization: `Bearer ${API_KEY}` } })).json();
+    expect(polled.data.map((a: { id: number }) => a.id)).toEqual(expect.arrayContaining(ids));
+    sub.ws.close();
+  });
+
+  it('an uninjected request raises nothing', async () => {
+    const before = await metric('latentwatch_alerts_total');
+    const r = await client.completions.create({ model: MODEL, prompt: 'def load(path):\n', max_tokens: 8, temperature: 0 });
+    expect(verdictOf(r).probes[0].fired).toBe(false);
+    expect(verdictOf(r).probes[0].alert_ids).toEqual([]);
+    expect(await metric('latentwatch_alerts_total')).toBe(before);
+  });
+
+  it('injection needs the admin key and is refused with a coded 403 otherwise', async () => {
+    await expect(client.completions.create({ model: MODEL, prompt: 'x', max_tokens: 2, ...inject() } as OpenAI.CompletionCreateParamsNonStreaming)).rejects.toMatchObject({
+      status: 403,
+      code: 'LW_ERR_AUTH_ADMIN_REQUIRED',
+    });
+  });
+});
+
+describe('bad input gets a coded 4xx and the server keeps serving', () => {
+  const post = (body: string, headers: Record<string, string> = {}) =>
+    fetch(`${daemon.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, ...headers }, body });
+  const cases: [string, () => Promise<Response>, number, string][] = [
+    ['malformed JSON', () => post('{"model":'), 400, 'LW_ERR_API_INVALID_JSON'],
+    ['wrong types', () => post(JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 'ten' })), 400, 'LW_ERR_API_BAD_REQUEST'],
+    ['a huge body', () => post(JSON.stringify({ model: MODEL, prompt: 'x'.repeat(2_000_000) })), 413, 'LW_ERR_API_BODY_TOO_LARGE'],
+    ['an unknown model', () => post(JSON.stringify({ model: 'gpt-4', prompt: 'x' })), 404, 'LW_ERR_API_MODEL_NOT_FOUND'],
+    ['a prompt past the context', () => post(JSON.stringify({ model: MODEL, prompt: 'x = 1\n'.repeat(800), max_tokens: 10 })), 400, 'LW_ERR_ENGINE_CONTEXT_LENGTH'],
+    ['max_tokens over the limit', () => post(JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 100000 })), 400, 'LW_ERR_API_MAX_TOKENS'],
+    ['a missing key', () => post(JSON.stringify({ model: MODEL, prompt: 'x' }), { authorization: '' }), 401, 'LW_ERR_AUTH_MISSING_KEY'],
+    ['a wrong key', () => post(JSON.stringify({ model: MODEL, prompt: 'x' }), { authorization: 'Bearer nope' }), 401, 'LW_ERR_AUTH_INVALID_KEY'],
+    ['an unknown route', () => fetch(`${daemon.url}/v1/nope`), 404, 'LW_ERR_API_NOT_FOUND'],
+  ];
+  for (const [name, send, status, code] of cases) {
+    it(name, async () => {
+      const r = await send();
+      expect(r.status).toBe(status);
+      const body = await r.json();
+      expect(body.error.code).toBe(code);
+      expect(typeof body.error.message).toBe('string');
+      const ok = await client.completions.create({ model: MODEL, prompt: 'def ', max_tokens: 2 });
+      expect(ok.choices[0].text.length).toBeGreaterThanOrEqual(0);
+    });
+  }
+});
+
+describe('disconnects', () => {
+  it('a client that disconnects mid-stream cancels its generation', async () => {
+    const ac = new AbortController();
+    const stream = await client.completions.create({ model: MODEL, prompt: 'class Config:\n    def __init__(self, path):\n        self.', max_tokens: 900, stream: true, temperature: 0 }, { signal: ac.signal });
+    let n = 0;
+    try {
+      for await (const _ of stream) if (++n === 3) ac.abort();
+    } catch {
+      // the SDK may end the iteration or throw on abort; either way the connection is gone
+    }
+    expect(n).toBeLessThan(50);
+    await until(() => false, 300);
+    const ready = await (await fetch(`${daemon.url}/readyz`)).json();
+    expect(ready.running).toBe(0);
+    const tokensAfter = await metric('latentwatch_generation_tokens_total');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await metric('latentwatch_generation_tokens_total')).toBe(tokensAfter);
+  });
+});
+
+describe('kill -9 during traffic', () => {
+  it('after restart no acknowledged alert is missing, and a resuming subscriber gets exactly the ones it missed', async () => {
+    const dir = tempDir('lw-kill-');
+    const dbPath = join(dir, 'alerts.db');
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const base = `http://127.0.0.1:${port}`;
+    let child = await spawnDaemon(probe, port, dbPath);
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/alerts`, { headers: { authorization: `Bearer ${API_KEY}` } });
+    const seen: number[] = [];
+    ws.on('message', (m) => {
+      const msg = JSON.parse(String(m));
+      if (msg.type === 'alert') seen.push(msg.alert.id);
+    });
+    ws.on('error', () => {});
+    await new Promise((r) => ws.once('open', r));
+    const acknowledged = new Set<number>();
+    const c = new OpenAI({ baseURL: `${base}/v1`, apiKey: ADMIN_KEY, maxRetries: 0 });
+    const traffic = Array.from({ length: 6 }, async (_, i) => {
+      for (let k = 0; k < 50; k++) {
+        try {
+          const r = await c.completions.create({ model: MODEL, prompt: `def f${i}_${k}(x):\n`, max_tokens: 40, temperature: 0, latentwatch: { inject: { vector: probe.vector, layer: INJECT_LAYER, scale: probe.scale, window: 'generation' } } } as OpenAI.CompletionCreateParamsNonStreaming);
+          for (const id of verdictOf(r).probes[0].alert_ids) acknowledged.add(id);
+        } catch {
+          return;
+        }
+      }
+    });
+    await until(() => seen.length >= 5, 30_000);
+    child.kill('SIGKILL');
+    await Promise.all(traffic);
+    for (const id of seen) acknowledged.add(id);
+    ws.terminate();
+    expect(acknowledged.size).toBeGreaterThan(0);
+
+    child = await spawnDaemon(probe, port, dbPath);
+    try {
+      const all = await (await fetch(`${base}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${API_KEY}` } })).json();
+      const stored = new Set<number>(all.data.map((a: { id: number }) => a.id));
+      for (const id of acknowledged) expect(stored.has(id), `alert ${id}`).toBe(true);
+      // Resume from the last id this subscriber saw: exactly the stored alerts after it.
+      const last = Math.max(...seen);
+      const expected = [...stored].filter((id) => id > last).sort((a, b) => a - b);
+      const resumed: number[] = [];
+      const ws2 = new WebSocket(`ws://127.0.0.1:${port}/v1/alerts?last_id=${last}`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      ws2.on('message', (m) => {
+        const msg = JSON.parse(String(m));
+        if (msg.type === 'alert') resumed.push(msg.alert.id);
+      });
+      await new Promise((r) => ws2.once('open', r));
+      await until(() => resumed.length >= expected.length, 5000);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(resumed).toEqual(expected);
+      ws2.close();
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

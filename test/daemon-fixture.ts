@@ -1,0 +1,133 @@
+/**
+ * Test setup for daemon tests: trains a small linear probe on qwen2-code-16m in a few seconds
+ * (a fixed random direction injected at layer 3, activations read at layer 5, difference of means)
+ * and starts daemons against it, in process or as a child process.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { Engine } from '../src/engine/engine.js';
+import { residPost } from '../src/hooks.js';
+import { seededRandom } from '../src/engine/sampler.js';
+import { fitDiffMeans } from '../src/probes/logistic.js';
+import { matrix } from '../src/probes/matrix.js';
+import { linearBody, writeProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
+import { createProbe } from '../src/probes/probe.js';
+import { loadConfig } from '../src/daemon/config.js';
+import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import { CODE16M, TEST_CACHE, tempDir } from './helpers.js';
+
+export const INJECT_LAYER = 3;
+export const PROBE_LAYER = 5;
+const PROMPTS = ['import os\n\ndef ', 'class Cache:\n    def ', '# parse the config\nfor line in ', 'def test_add():\n    assert ', 'with open(path) as f:\n    ', 'x = [i * 2 for i in '];
+
+export interface TestProbe {
+  path: string;
+  /** Unit direction; inject it with scale INJECT_SCALE. */
+  vector: number[];
+  scale: number;
+}
+
+/** Trains the probe and writes it to a temp dir (deterministic: fixed seed). */
+export async function trainTestProbe(): Promise<TestProbe> {
+  const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE });
+  const D = engine.config.hiddenSize;
+  const rnd = seededRandom(1234);
+  const v = Float32Array.from({ length: D }, () => rnd() * 2 - 1);
+  const n = Math.hypot(...v);
+  for (let i = 0; i < D; i++) v[i] /= n;
+  const tok = engine.tokenizer!;
+  // Mean residual norm at the injection layer sets the strength (1x, as the trials' relative mode).
+  const rows: Float32Array[] = [];
+  const labels: number[] = [];
+  let normSum = 0;
+  let normCount = 0;
+  const hook = residPost(PROBE_LAYER);
+  for (const text of PROMPTS) {
+    const ids = tok.encode(text);
+    const clean = await engine.newSequence(ids.length).forward(ids, { taps: [hook, residPost(INJECT_LAYER)], logits: 'none' });
+    const base = clean.taps.get(residPost(INJECT_LAYER))!.data;
+    for (let p = 0; p < ids.length; p++) {
+      normSum += Math.hypot(...base.subarray(p * D, (p + 1) * D));
+      normCount++;
+    }
+  }
+  const scale = normSum / normCount;
+  for (const text of PROMPTS) {
+    const ids = tok.encode(text);
+    for (const inject of [false, true]) {
+      const seq = engine.newSequence(ids.length);
+      const r = await seq.forward(ids, { taps: [hook], logits: 'none', injections: inject ? [{ hook: residPost(INJECT_LAYER), vector: v, scale, window: { kind: 'all' } }] : [] });
+      seq.release();
+      const data = r.taps.get(hook)!.data;
+      for (let p = 0; p < ids.length; p++) {
+        rows.push(data.slice(p * D, (p + 1) * D));
+        labels.push(inject ? 1 : 0);
+      }
+    }
+  }
+  const x = matrix(rows.length, D, Float32Array.from(rows.flatMap((r) => Array.from(r))));
+  const model = fitDiffMeans(x, labels);
+  const body = linearBody(model, 'direction');
+  const figures = { trials: rows.length, concepts: ['random-direction'], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
+  const draft: ProbeFile = {
+    formatVersion: 1,
+    id: 'test-injection',
+    kind: 'direction',
+    label: 'test injection probe',
+    description: 'difference of means, random direction at layer 3 read at layer 5 (test fixture)',
+    modelFingerprint: engine.fingerprint,
+    hook,
+    dModel: D,
+    threshold: 0,
+    targetFpr: 0,
+    aggregator: { kind: 'max' },
+    training: figures,
+    evaluation: figures,
+    ...body,
+  };
+  // Threshold: above every clean position's score, below the injected ones' (checked below).
+  const probe = createProbe(draft);
+  const scores = rows.map((r) => probe.scoreRow(r, 0));
+  const cleanMax = Math.max(...scores.filter((_, i) => labels[i] === 0));
+  const injMin = Math.min(...scores.filter((_, i) => labels[i] === 1));
+  if (!(injMin > cleanMax)) throw new Error(`test probe does not separate: clean max ${cleanMax}, injected min ${injMin}`);
+  const path = join(tempDir('lw-probe-'), 'test-injection.probe.json');
+  await writeProbeFile(path, { ...draft, threshold: (cleanMax + injMin) / 2 });
+  await engine.close();
+  return { path, vector: Array.from(v), scale };
+}
+
+export const ADMIN_KEY = 'admin-secret-key';
+export const API_KEY = 'user-secret-key';
+
+export async function startTestDaemon(probe: TestProbe, extraArgv: string[] = [], env: Record<string, string> = {}): Promise<Daemon> {
+  const { config } = loadConfig({
+    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1', ...env },
+    argv: ['--model', CODE16M, '--probe', probe.path, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-alerts-'), 'alerts.db'), ...extraArgv],
+  });
+  return startDaemon(config);
+}
+
+const BIN = new URL('../bin/latentwatch.js', import.meta.url).pathname;
+
+/** The daemon as a separate process (for kill -9); resolves once it listens. */
+export async function spawnDaemon(probe: TestProbe, port: number, alertLog: string): Promise<ChildProcess> {
+  const child = spawn('node', [BIN, 'serve', '--model', CODE16M, '--probe', probe.path, '--port', String(port), '--alert-log', alertLog, '--log-level', 'warn'], {
+    env: { ...process.env, LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (b) => (stderr += String(b)));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`daemon exited ${child.exitCode}: ${stderr}`);
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/readyz`);
+      if (r.ok) return child;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`daemon did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
