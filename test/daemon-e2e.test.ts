@@ -234,3 +234,52 @@ describe('kill -9 during traffic', () => {
     }
   });
 });
+
+describe('limits, health and shutdown', () => {
+  it('a full queue answers 429 with a coded body while running requests finish', async () => {
+    const d = await startTestDaemon(probe, ['--max-concurrent', '1', '--max-queue', '1']);
+    const c = new OpenAI({ baseURL: `${d.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    try {
+      const long = () => c.completions.create({ model: MODEL, prompt: 'class Config:\n    def __init__(self, path):\n        self.', max_tokens: 120, temperature: 0 });
+      const results = await Promise.allSettled([long(), long(), long(), long()]);
+      const refused = results.filter((r) => r.status === 'rejected');
+      expect(results.filter((r) => r.status === 'fulfilled').length).toBeGreaterThanOrEqual(2);
+      expect(refused.length).toBeGreaterThanOrEqual(1);
+      for (const r of refused) expect((r as PromiseRejectedResult).reason).toMatchObject({ status: 429, code: 'LW_ERR_API_QUEUE_FULL' });
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('healthz and readyz answer; after close() the port is gone and the log is flushed', async () => {
+    const d = await startTestDaemon(probe);
+    expect((await fetch(`${d.url}/healthz`)).status).toBe(200);
+    expect(await (await fetch(`${d.url}/readyz`)).json()).toMatchObject({ status: 'ready', running: 0 });
+    await d.close();
+    await expect(fetch(`${d.url}/healthz`)).rejects.toThrow();
+  });
+
+  it('SIGTERM lets a running stream finish, refuses new work, and exits 0', async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const child = await spawnDaemon(probe, port, join(tempDir('lw-term-'), 'alerts.db'));
+    const c = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    const stream = await c.completions.create({ model: MODEL, prompt: 'class Config:\n    def __init__(self, path):\n        self.', max_tokens: 200, temperature: 0, stream: true });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let text = '';
+    let signalled = false;
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.text ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      if (!signalled && text.length > 5) {
+        signalled = true;
+        child.kill('SIGTERM');
+        await new Promise((r) => setTimeout(r, 100));
+        const r = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => null);
+        if (r) expect(r.status).toBe(503);
+      }
+    }
+    expect(finish).toBe('length');
+    expect(await exited).toBe(0);
+  });
+});
