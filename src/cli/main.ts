@@ -2,9 +2,10 @@
 import { isLatentwatchError } from '../errors.js';
 import type { Command } from './args.js';
 import { activationsCommand, buildCommand, generateCommand } from './engine-commands.js';
+import { probeCommands } from './probe-commands.js';
 import { serveCommand } from './serve-command.js';
 
-const commands: Command[] = [serveCommand, buildCommand, generateCommand, activationsCommand];
+const commands: Command[] = [serveCommand, buildCommand, generateCommand, activationsCommand, ...probeCommands];
 
 function usage(): string {
   const w = Math.max(...commands.map((c) => c.name.length));
