@@ -52,6 +52,7 @@ describe('latentwatch CLI', () => {
       expect(stdout).toContain(`latentwatch ${c}`);
     }
     await expect(cli('generate', '--max-tokens', '3')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('LW_ERR_CLI_USAGE') });
+    await expect(cli('generate', '--prompt', 'x', '--provider', 'cuda')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('LW_ERR_ENGINE_PROVIDER_UNAVAILABLE') });
     await expect(cli('generate', '--model', '/nope', '--prompt', 'x')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('LW_ERR_MODEL_NOT_FOUND') });
   });
 });

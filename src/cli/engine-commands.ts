@@ -7,6 +7,7 @@ import { ensureBuild } from '../model/build.js';
 import { PRECISIONS, type Precision } from '../model/graph.js';
 import { encodeSafetensors, readSafetensorsHeader, readTensorF32 } from '../model/safetensors.js';
 import { DEFAULT_MODEL_DIR } from '../paths.js';
+import type { Provider } from '../engine/runtime.js';
 import { layerList, num, parse, progressBar, type Command } from './args.js';
 
 function precision(v: string | undefined): Precision {
@@ -20,7 +21,13 @@ const common = {
   precision: { type: 'string' },
   'cache-dir': { type: 'string' },
   threads: { type: 'string' },
+  provider: { type: 'string' },
 } as const;
+
+function provider(v: string | undefined): Provider {
+  if (v === undefined || v === 'cpu' || v === 'cuda') return v ?? 'cpu';
+  throw lwError('LW_ERR_CLI_USAGE', `--provider must be cpu or cuda (got ${v})`);
+}
 
 export const buildCommand: Command = {
   name: 'build',
@@ -48,6 +55,7 @@ export const generateCommand: Command = {
   usage: `
 latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N] [--temperature T]
                      [--top-p P] [--top-k K] [--seed S] [--ignore-eos] [--precision P] [--json]
+                     [--provider cpu|cuda] [--threads N] [--cache-dir DIR]
   --chat wraps TEXT as a user message in the model's chat template (plain format for base models).
   --json prints {"prompt_ids": [...], "ids": [...], "text": "..."} (ids: generated ids only).`,
   async run(argv) {
@@ -68,7 +76,15 @@ latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N
       this.usage,
     );
     if ((v.prompt === undefined) === (v.chat === undefined)) throw lwError('LW_ERR_CLI_USAGE', 'give exactly one of --prompt or --chat');
-    const engine = await Engine.load(v.model ?? DEFAULT_MODEL_DIR, { precision: precision(v.precision), ports: 'none', taps: [], cacheDir: v['cache-dir'], threads: num(v.threads, 'threads'), progress: progressBar('build') });
+    const engine = await Engine.load(v.model ?? DEFAULT_MODEL_DIR, {
+      precision: precision(v.precision),
+      ports: 'none',
+      taps: [],
+      cacheDir: v['cache-dir'],
+      threads: num(v.threads, 'threads'),
+      provider: provider(v.provider),
+      progress: progressBar('build'),
+    });
     const tok = engine.tokenizer;
     if (!tok) throw lwError('LW_ERR_TOKENIZER_NOT_FOUND', `${engine.checkpoint.dir} has no tokenizer.json`);
     const promptIds = v.chat !== undefined ? tok.encodeChat([{ role: 'user', content: v.chat }], { addGenerationPrompt: true }) : tok.encode(v.prompt ?? '');
@@ -116,6 +132,7 @@ latentwatch activations [--model DIR] --prompt TEXT --hook blocks.L.hook_resid_p
       ports: injectLayer === undefined ? 'none' : [injectLayer],
       cacheDir: v['cache-dir'],
       threads: num(v.threads, 'threads'),
+      provider: provider(v.provider),
       progress: progressBar('build'),
     });
     const tok = engine.tokenizer;
