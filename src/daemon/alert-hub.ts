@@ -364,7 +364,8 @@ export interface AlertRoutesOptions {
  */
 export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: FastifyInstance, opts: AlertRoutesOptions) => {
   opts.hub.attach(app.server);
-  app.addHook('onClose', async () => {
+  // preClose, not onClose: open WebSocket connections would keep the HTTP server from closing.
+  app.addHook('preClose', async () => {
     await opts.hub.close();
   });
   app.setErrorHandler((err, _req, reply) => sendHttpError(reply, err));
