@@ -75,6 +75,7 @@ export const ERRORS = {
   LW_ERR_ALERT_LOG_CLOSED: { status: 503, message: 'alert log is closed' },
   LW_ERR_ALERT_LOG_READ: { status: 500, message: 'alert log read failed' },
   LW_ERR_ALERT_BAD_QUERY: { status: 400, message: 'invalid alert query or filter' },
+  LW_ERR_ALERT_CURSOR_AHEAD: { status: 409, message: 'alert cursor is ahead of this alert log' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -307,6 +307,12 @@ describe('alert hub', () => {
     expect(bad.status).toBe(400);
     expect(bad.body.error?.code).toBe('LW_ERR_ALERT_BAD_QUERY');
     expect((await get('since=1&last_id=2')).status).toBe(400);
+    const ahead = await get('since=13');
+    expect(ahead.status).toBe(409);
+    expect(ahead.body.error?.code).toBe('LW_ERR_ALERT_CURSOR_AHEAD');
+    const wsAhead = await refused(`${s.ws}?token=user-key&last_id=13`);
+    expect(wsAhead.status).toBe(409);
+    expect(wsAhead.body.error.code).toBe('LW_ERR_ALERT_CURSOR_AHEAD');
   });
 
   it('alerts raised while the log fails still reach subscribers, and resume covers them', async () => {

@@ -30,10 +30,12 @@
  * pauses while the client's buffer is over half the limit, and closes it with 4008 only if it
  * stays there for stallTimeoutMs.
  *
- * Close codes: 4008 slow consumer; 1001 daemon shutting down. Before the upgrade, failures are
- * HTTP answers with OpenAI error bodies: 401 (missing/invalid key), 400 (bad query).
+ * Close codes: 4008 slow consumer; 1001 daemon shutting down; 1011 the log cannot be read for a
+ * replay. Before the upgrade, failures are HTTP answers with OpenAI error bodies: 401
+ * (missing/invalid key), 400 (bad query), 409 (cursor ahead of this log: it comes from another
+ * replica's log or a deleted one; resume from 0), 503 (shutting down).
  */
-import type { IncomingMessage, Server } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -221,6 +223,7 @@ export class AlertHub {
       this.auth.authenticate(extractToken(req.headers, url.searchParams.get('token')));
       query = parseAlertQuery((name) => url.searchParams.getAll(name));
       if (query.limit !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'limit applies to polling only', { param: 'limit' });
+      checkCursor(query.after, this.log, 'last_id');
     } catch (e) {
       rejectUpgrade(socket, e);
       return;
@@ -337,10 +340,21 @@ export class AlertHub {
   }
 }
 
+/**
+ * Ids are never reused (alert-log.ts), so a cursor above the last id this log handed out cannot
+ * come from it: another replica's log, or a deleted one. Answer 409 rather than wait silently for
+ * ids to catch up (which would skip every alert until then).
+ */
+function checkCursor(after: number | undefined, log: AlertLog, param: string): void {
+  if (after !== undefined && after > log.lastId) {
+    throw lwError('LW_ERR_ALERT_CURSOR_AHEAD', `${param}=${after} but the newest alert id is ${log.lastId}; resume from 0`, { param, lastId: log.lastId });
+  }
+}
+
 function rejectUpgrade(socket: Duplex, err: unknown): void {
   const h = toHttpError(err);
   const body = JSON.stringify(h.body);
-  const reason = h.status === 401 ? 'Unauthorized' : h.status === 404 ? 'Not Found' : h.status === 503 ? 'Service Unavailable' : h.status >= 500 ? 'Internal Server Error' : 'Bad Request';
+  const reason = STATUS_CODES[h.status] ?? 'Error';
   const headers = [
     `HTTP/1.1 ${h.status} ${reason}`,
     'Connection: close',
@@ -378,6 +392,7 @@ export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: F
     opts.auth.authenticate(extractToken(req.headers, get('token')[0]));
     const q = parseAlertQuery(get);
     const after = q.after ?? 0;
+    checkCursor(after, opts.log, 'since');
     const limit = Math.min(q.limit ?? 100, 1000);
     const rows = opts.log.since(after, q.filter, limit + 1);
     const data = rows.slice(0, limit);
