@@ -75,6 +75,8 @@ export interface TrialRecord {
   readout: { pYes: number; pNo: number; logitYes: number; logitNo: number };
   /** Logit lens at the last prefix position, per layer 0..numLayers-1 (final RMSNorm, then the lm_head rows). */
   lens: { logitYes: number[]; logitNo: number[] };
+  /** Readout and lens of the same prompt without injection (answer.pairedClean), else null. */
+  clean: { readout: TrialRecord['readout']; lens: TrialRecord['lens'] } | null;
   generated: { ids: number[]; text: string; finish: 'eos' | 'stop' | 'length' };
   /** Generated text names the detection (configured phrases) or the concept word. */
   verbalized: boolean;

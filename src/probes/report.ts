@@ -40,6 +40,8 @@ export interface ShiftRow {
   injectionLayer: number;
   strength: number;
   trials: number;
+  /** Differences taken per trial against the same prompt read clean (else against the clean trials' mean). */
+  paired: boolean;
   /** Per lens layer: mean (logitYes − logitNo) of injected trials minus that of clean trials. */
   lensShift: number[];
   /** Direct readout: mean P(yes) − P(no) shift and mean logit-difference shift. */
@@ -174,14 +176,18 @@ function logitShift(records: readonly TrialRecord[], injLayers: number[], streng
       for (const strength of strengths) {
         const xs = records.filter((r) => r.condition === 'inject' && r.familyKind === 'concept' && r.protocol === protocol && r.layer === layer && r.strength === strength);
         if (xs.length === 0) continue;
+        // Paired (each trial minus its own prompt read clean) when the dataset has it, else against the clean trials' mean.
+        const paired = xs.every((r) => r.clean !== null && r.clean !== undefined);
+        const diff = (r: TrialRecord, l: number) => r.lens.logitYes[l] - r.lens.logitNo[l] - (paired ? r.clean!.lens.logitYes[l] - r.clean!.lens.logitNo[l] : cleanLens[l]);
         rows.push({
           protocol,
           injectionLayer: layer,
           strength,
           trials: xs.length,
-          lensShift: Array.from({ length: numLayers }, (_, l) => mean(xs.map((r) => r.lens.logitYes[l] - r.lens.logitNo[l])) - cleanLens[l]),
-          directShift: mean(xs.map((r) => r.readout.logitYes - r.readout.logitNo)) - cleanDirect,
-          probabilityShift: mean(xs.map((r) => r.readout.pYes - r.readout.pNo)) - cleanProb,
+          paired,
+          lensShift: Array.from({ length: numLayers }, (_, l) => mean(xs.map((r) => diff(r, l)))),
+          directShift: mean(xs.map((r) => r.readout.logitYes - r.readout.logitNo - (paired ? r.clean!.readout.logitYes - r.clean!.readout.logitNo : cleanDirect))),
+          probabilityShift: mean(xs.map((r) => r.readout.pYes - r.readout.pNo - (paired ? r.clean!.readout.pYes - r.clean!.readout.pNo : cleanProb))),
         });
       }
     }
@@ -334,7 +340,7 @@ export function renderMarkdown(d: ReportData): string {
   L.push('');
   L.push('## Yes/no logit shift per layer (logit lens)', '');
   L.push(
-    `Mean (logit yes − logit no) of concept-injected trials minus that of clean trials of the same protocol, read at the last prefix position through each layer (final RMSNorm, then the answer rows of lm_head). In inject-then-ask the layers at or below the injection layer are exactly unchanged (the question positions get no port input; only layers above read the perturbed cache).`,
+    `Mean over concept-injected trials of (logit yes − logit no) minus the same for the trial's own prompt read without injection (paired; ${d.logitShift.every((r) => r.paired) ? 'all rows' : 'rows without a paired clean read use the mean of the clean trials instead'}), at the last prefix position through each layer (final RMSNorm, then the answer rows of lm_head). In inject-then-ask the layers at or below the injection layer are exactly unchanged: the question positions get no port input, and only layers above the injection read the perturbed cache.`,
     '',
   );
   for (const p of ds.protocols) L.push(`![Logit shift ${p}](logit-shift-${p}.svg)`, '');

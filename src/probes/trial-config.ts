@@ -67,7 +67,7 @@ export interface TrialConfig {
     detect: QuestionSpec[];
     unrelated: QuestionSpec[];
   };
-  answer: { yes: string[]; no: string[] };
+  answer: { yes: string[]; no: string[]; pairedClean: boolean };
   generation: { maxTokens: number; temperature: number; topK: number; topP: number; stopStrings: string[] };
   verbalization: { phrases: string[]; matchConcept: boolean };
   injection: {
@@ -104,6 +104,7 @@ export const TRIAL_CONFIG_DEFAULTS = {
   chat: 'auto',
   vectors: { template: 'Tell me about {word}', contrast: [] },
   prompts: { system: null, contextReply: null, fillers: 'baseline', unrelated: [] },
+  answer: { pairedClean: true },
   generation: { maxTokens: 16, temperature: 0, topK: 0, topP: 1, stopStrings: [] },
   verbalization: { phrases: [], matchConcept: true },
   injection: {
@@ -205,7 +206,7 @@ export const TRIAL_CONFIG_SCHEMA = {
         unrelated: { type: 'array', items: question },
       },
     },
-    answer: { type: 'object', additionalProperties: false, required: ['yes', 'no'], properties: { yes: nonEmptyStrings, no: nonEmptyStrings } },
+    answer: { type: 'object', additionalProperties: false, required: ['yes', 'no', 'pairedClean'], properties: { yes: nonEmptyStrings, no: nonEmptyStrings, pairedClean: { type: 'boolean' } } },
     generation: {
       type: 'object',
       additionalProperties: false,

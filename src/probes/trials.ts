@@ -17,6 +17,7 @@
  * everything after it.
  */
 import type { Engine } from '../engine/engine.js';
+import type { Tokenizer } from '../engine/tokenizer.js';
 import { Sampler } from '../engine/sampler.js';
 import type { Injection, SamplingOptions } from '../engine/types.js';
 import { lwError } from '../errors.js';
@@ -49,6 +50,8 @@ export interface TrialSpec {
   /** Context positions kept in the trace before the question (the tail of the first turn). */
   contextPositions: number;
   answer: AnswerIds;
+  /** Also read the same prompt without injection (paired readout and lens); only when injected. */
+  pairedClean?: boolean;
   generation: { maxTokens: number; sampling: SamplingOptions; stopStrings: readonly string[]; stopIds: readonly number[] };
 }
 
@@ -59,6 +62,8 @@ export interface TrialResult {
   readout: Readout;
   lens: TrialRecord['lens'];
   generated: TrialRecord['generated'];
+  /** The same prompt's readout and lens without injection (pairedClean), else null. */
+  clean: { readout: Readout; lens: TrialRecord['lens'] } | null;
 }
 
 /** Absolute [start, end) of a window on a prompt with context length a and readout position c. */
@@ -108,14 +113,7 @@ export async function runTrial(engine: Engine, spec: TrialSpec, lens: LogitLens)
     const r2 = await seq.forward([...question, ...prefix], { taps: allHooks, injections: injectionsFor(a, c), logits: 'last' });
     keep(r2.taps, Math.max(traceStart, a), a);
     const readout = readoutFromLogits(r2.logits, spec.answer);
-    const lensYes: number[] = [];
-    const lensNo: number[] = [];
-    for (let l = 0; l < L; l++) {
-      const rows = r2.taps.get(allHooks[l])!.data;
-      const x = lens.read(rows, (c - a - 1) * D);
-      lensYes.push(x.logitYes);
-      lensNo.push(x.logitNo);
-    }
+    const lensRead = readLens(r2.taps, allHooks, lens, (c - a - 1) * D);
     // 3. Generation: every sampled token is fed (its activations are part of the trace).
     const sampler = new Sampler(spec.generation.sampling);
     const stopIds = new Set(spec.generation.stopIds);
@@ -145,17 +143,40 @@ export async function runTrial(engine: Engine, spec: TrialSpec, lens: LogitLens)
     }
     const end = c + ids.length;
     const rows = parts.map((p) => concat(p, (end - traceStart) * D));
+    let clean: TrialResult['clean'] = null;
+    if (spec.pairedClean && injection) {
+      // The same two passes without any port input, so layers the injection cannot reach read bit-identically.
+      const s2 = engine.newSequence(c);
+      try {
+        await s2.forward(context, { logits: 'none' });
+        const q = await s2.forward([...question, ...prefix], { taps: allHooks, logits: 'last' });
+        clean = { readout: readoutFromLogits(q.logits, spec.answer), lens: readLens(q.taps, allHooks, lens, (c - a - 1) * D) };
+      } finally {
+        s2.release();
+      }
+    }
     return {
       segments: { context: [0, a], question: [a, a + question.length], prefix: [a + question.length, c], generated: [c, end] },
       window: { kind: spec.window, ...window },
       trace: { start: traceStart, end, layers: [...spec.traceLayers], rows },
       readout,
-      lens: { logitYes: lensYes, logitNo: lensNo },
+      lens: lensRead,
       generated: { ids, text, finish },
+      clean,
     };
   } finally {
     seq.release();
   }
+}
+
+function readLens(taps: Map<string, { data: Float32Array }>, hooks: readonly string[], lens: LogitLens, offset: number): TrialRecord['lens'] {
+  const out: TrialRecord['lens'] = { logitYes: [], logitNo: [] };
+  for (const h of hooks) {
+    const x = lens.read(taps.get(h)!.data, offset);
+    out.logitYes.push(x.logitYes);
+    out.logitNo.push(x.logitNo);
+  }
+  return out;
 }
 
 function firstStop(text: string, stops: readonly string[]): number {
@@ -191,12 +212,10 @@ export class PromptBuilder {
   private readonly cache = new Map<string, PromptSegments>();
 
   constructor(
-    private readonly engine: Engine,
+    private readonly tok: Tokenizer,
     private readonly prompts: TrialConfig['prompts'],
     readonly chat: boolean,
-  ) {
-    if (!engine.tokenizer) throw lwError('LW_ERR_TRIALS_TEMPLATE', `${engine.checkpoint.dir} has no tokenizer.json, so text prompts cannot be built`);
-  }
+  ) {}
 
   build(contextText: string, q: QuestionSpec): PromptSegments {
     const key = JSON.stringify([contextText, q.question, q.prefix]);
@@ -210,7 +229,7 @@ export class PromptBuilder {
   }
 
   private buildPlain(contextText: string, q: QuestionSpec): PromptSegments {
-    const tok = this.engine.tokenizer!;
+    const tok = this.tok;
     return {
       context: tok.encode(contextText),
       question: tok.encode(q.question, { addSpecialTokens: false }),
@@ -219,7 +238,7 @@ export class PromptBuilder {
   }
 
   private buildChat(contextText: string, q: QuestionSpec): PromptSegments {
-    const tok = this.engine.tokenizer!;
+    const tok = this.tok;
     const first = [
       ...(this.prompts.system !== null ? [{ role: 'system', content: this.prompts.system }] : []),
       { role: 'user', content: contextText },
@@ -418,7 +437,7 @@ export function prepareRun(engine: Engine, config: TrialConfig, store: ConceptSt
     configHash: sha256(JSON.stringify(config)),
     config,
   };
-  return { manifest, plans, answer, chat, traceLayers, injectionLayers, randomControl: randomFamily('random-control', [], famCtx), builder: new PromptBuilder(engine, config.prompts, chat), lens: new LogitLens(engine, answer) };
+  return { manifest, plans, answer, chat, traceLayers, injectionLayers, randomControl: randomFamily('random-control', [], famCtx), builder: new PromptBuilder(tok, config.prompts, chat), lens: new LogitLens(engine, answer) };
 }
 
 /** The TrialSpec and prompt choices of a plan (deterministic in the trial id). */
@@ -459,6 +478,7 @@ export function specFor(plan: TrialPlan, run: ReturnType<typeof prepareRun>, con
       traceLayers: run.traceLayers,
       contextPositions: config.trace.contextPositions,
       answer: run.answer,
+      pairedClean: config.answer.pairedClean,
       generation: {
         maxTokens: g.maxTokens,
         sampling: { temperature: g.temperature, topK: g.topK, topP: g.topP, seed: hash32(`${config.seed}|sample|${plan.id}`) },
@@ -517,6 +537,7 @@ export async function runTrials(o: RunTrialsOptions): Promise<RunTrialsSummary> 
         segments: r.segments,
         readout: r.readout,
         lens: r.lens,
+        clean: r.clean,
         generated: r.generated,
         verbalized: verbalizes(r.generated.text, config.verbalization.phrases, config.verbalization.matchConcept ? word : null),
         saidYes: r.readout.pYes > r.readout.pNo,
