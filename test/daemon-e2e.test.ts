@@ -106,7 +106,7 @@ describe('detection', () => {
     expect(sub.alerts.every((a) => a.silent && a.probeId === 'test-injection')).toBe(true);
     expect(await metric('latentwatch_alerts_total', { probe: 'test-injection' })).toBe(alertsBefore + ids.length);
     expect(await metric('latentwatch_latent_detections_total', { probe: 'test-injection', verbalized: 'false' })).toBe(silentBefore + 1);
-    const polled = await (await fetch(`${daemon.url}/v1/alerts?since=${ids[0] - 1}`, { headers: { authorization: `Bearer ${API_KEY}` } })).json();
+    const polled = (await (await fetch(`${daemon.url}/v1/alerts?since=${ids[0] - 1}`, { headers: { authorization: `Bearer ${API_KEY}` } })).json()) as { data: { id: number }[] };
     expect(polled.data.map((a: { id: number }) => a.id)).toEqual(expect.arrayContaining(ids));
     sub.ws.close();
   });
@@ -145,7 +145,7 @@ describe('bad input gets a coded 4xx and the server keeps serving', () => {
     it(name, async () => {
       const r = await send();
       expect(r.status).toBe(status);
-      const body = await r.json();
+      const body = (await r.json()) as { error: { code: string; message: string } };
       expect(body.error.code).toBe(code);
       expect(typeof body.error.message).toBe('string');
       const ok = await client.completions.create({ model: MODEL, prompt: 'def ', max_tokens: 2 });
@@ -166,7 +166,7 @@ describe('disconnects', () => {
     }
     expect(n).toBeLessThan(50);
     await until(() => false, 300);
-    const ready = await (await fetch(`${daemon.url}/readyz`)).json();
+    const ready = (await (await fetch(`${daemon.url}/readyz`)).json()) as { running: number };
     expect(ready.running).toBe(0);
     const tokensAfter = await metric('latentwatch_generation_tokens_total');
     await new Promise((r) => setTimeout(r, 300));
@@ -210,7 +210,7 @@ describe('kill -9 during traffic', () => {
 
     child = await spawnDaemon(probe, port, dbPath);
     try {
-      const all = await (await fetch(`${base}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${API_KEY}` } })).json();
+      const all = (await (await fetch(`${base}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${API_KEY}` } })).json()) as { data: { id: number }[] };
       const stored = new Set<number>(all.data.map((a: { id: number }) => a.id));
       for (const id of acknowledged) expect(stored.has(id), `alert ${id}`).toBe(true);
       // Resume from the last id this subscriber saw: exactly the stored alerts after it.

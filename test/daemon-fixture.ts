@@ -72,7 +72,6 @@ export async function trainTestProbe(): Promise<TestProbe> {
   const draft: ProbeFile = {
     formatVersion: 1,
     id: 'test-injection',
-    kind: 'direction',
     label: 'test injection probe',
     description: 'difference of means, random direction at layer 3 read at layer 5 (test fixture)',
     modelFingerprint: engine.fingerprint,

@@ -155,7 +155,7 @@ describe('batched decode of concurrent streams (qwen2-code-16m)', () => {
   it('concurrent greedy streams of different lengths give their solo continuations, in shared passes', async () => {
     const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, maxBatch: 4 });
     const hook = residPost(5);
-    const solo = [];
+    const solo: Step[][] = [];
     for (const p of ref.prompts) solo.push(await collect(engine, { promptIds: p.input_ids, maxTokens: 24, ignoreEos: true, taps: [hook] }));
     const before = { ...engine.batcher.stats };
     const together = await Promise.all([...ref.prompts, ref.prompts[0]].map((p) => collect(engine, { promptIds: p.input_ids, maxTokens: 24, ignoreEos: true, taps: [hook] })));
