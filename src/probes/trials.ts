@@ -204,9 +204,9 @@ function concat(parts: Float32Array[], length: number): Float32Array {
 /**
  * Token segments of (context, question, prefix). Plain (base models): each text is encoded on its
  * own and concatenated. Chat: the conversation [system] user(context) [assistant(contextReply)]
- * user(question) assistant(prefix, left open) is rendered by the model's template, and split where
- * the renderings of its first turn and of the conversation up to the generation prompt end; the
- * template must be prefix-stable there (LW_ERR_TRIALS_TEMPLATE otherwise).
+ * user(question) assistant(prefix, left open) is rendered by the model's template and split where
+ * the first turn's last message (with its closing tags) ends, and where the generation prompt
+ * ends (LW_ERR_TRIALS_TEMPLATE when the template does not allow that).
  */
 export class PromptBuilder {
   private readonly cache = new Map<string, PromptSegments>();
@@ -248,11 +248,21 @@ export class PromptBuilder {
     const firstText = tok.applyChatTemplate(first, { addGenerationPrompt: false });
     const askedText = tok.applyChatTemplate(asked, { addGenerationPrompt: true });
     const fullText = q.prefix === '' ? askedText : tok.applyChatTemplate([...asked, { role: 'assistant', content: q.prefix }], { addGenerationPrompt: false, continueFinalMessage: true });
-    if (!askedText.startsWith(firstText) || !fullText.startsWith(askedText)) {
-      throw lwError('LW_ERR_TRIALS_TEMPLATE', 'the chat template renders the first turn differently once the question follows (not prefix-stable), so the injection window cannot be placed');
-    }
+    const unstable = () => lwError('LW_ERR_TRIALS_TEMPLATE', 'the chat template renders the first turn differently once the question follows, so the injection window cannot be placed');
+    // The first turn ends where its last message (and that message's closing tags) end inside the
+    // whole conversation. Usually the first turn renders as a prefix; some templates (Qwen3) render
+    // the final assistant turn differently (an empty <think> block), so align on the last message.
+    const last = first[first.length - 1].content;
+    const at = firstText.lastIndexOf(last);
+    if (at < 0) throw unstable();
+    const needle = firstText.slice(at);
+    let lcp = 0;
+    while (lcp < firstText.length && firstText[lcp] === askedText[lcp]) lcp++;
+    const found = askedText.indexOf(needle, Math.min(lcp, at));
+    if (found < 0 || !fullText.startsWith(askedText)) throw unstable();
+    const boundary = found + needle.length;
     const enc = (t: string) => (t === '' ? [] : tok.encode(t, { addSpecialTokens: false }));
-    return { context: enc(firstText), question: enc(askedText.slice(firstText.length)), prefix: enc(fullText.slice(askedText.length)) };
+    return { context: enc(askedText.slice(0, boundary)), question: enc(askedText.slice(boundary)), prefix: enc(fullText.slice(askedText.length)) };
   }
 }
 
