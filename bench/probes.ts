@@ -1,0 +1,89 @@
+/**
+ * Probe pipeline benchmark on models/qwen2-code-16m: concept vectors, trials per minute, and probe
+ * training time, printed as JSON.
+ *
+ *   npx tsx bench/probes.ts [--quick] [--config FILE] [--out DIR] [--data DIR] [--threads N] [--cache DIR]
+ *
+ * Default: the whole configs/trials/base.json (≈2000 trials) into a temporary directory (or --out),
+ * then `train-probe --layer best` on it (8 layers fitted, validated and evaluated). --quick runs a
+ * scaled-down config (12 concepts, 60 clean trials per protocol). --data DIR only times training on
+ * an existing dataset. Trials per minute counts trials run in this process (a resumed --out counts
+ * only the new ones). The machine is shared: compare figures measured in one run.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Engine } from '../src/engine/engine.js';
+import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
+import { computeConceptVectors, ConceptStore, writeConceptVectors } from '../src/probes/concepts.js';
+import { Dataset } from '../src/probes/dataset.js';
+import { trainProbe } from '../src/probes/train.js';
+import { loadTrialConfig, resolveTrialConfig, type TrialConfig } from '../src/probes/trial-config.js';
+import { runTrials } from '../src/probes/trials.js';
+import { describeMachine } from './lib/machine.js';
+
+const { values: v } = parseArgs({
+  options: {
+    quick: { type: 'boolean' },
+    config: { type: 'string' },
+    out: { type: 'string' },
+    data: { type: 'string' },
+    threads: { type: 'string' },
+    cache: { type: 'string' },
+  },
+});
+
+const configPath = v.config ?? join(PACKAGE_ROOT, 'configs', 'trials', 'base.json');
+
+function quickConfig(base: TrialConfig): TrialConfig {
+  const raw = JSON.parse(JSON.stringify(base)) as Record<string, Record<string, unknown>>;
+  raw.injection.families = [{ name: 'concept', kind: 'concept', items: 12 }];
+  raw.vectors.words = { concepts: base.vectors.words.concepts.slice(0, 12), baseline: base.vectors.words.baseline };
+  raw.split.evalConcepts = 4;
+  raw.controls.none = { trialsPerProtocol: 60 };
+  return resolveTrialConfig(raw, join(PACKAGE_ROOT, 'configs', 'trials'), 'quick bench config');
+}
+
+const r = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+
+async function main(): Promise<void> {
+  const machine = describeMachine();
+  const out: Record<string, unknown> = { bench: 'probes', model: 'qwen2-code-16m', machine };
+  let data = v.data;
+  if (data === undefined) {
+    const config = v.quick ? quickConfig(loadTrialConfig(configPath)) : loadTrialConfig(configPath);
+    const dir = v.out ?? mkdtempSync(join(tmpdir(), 'lw-bench-probes-'));
+    const t0 = performance.now();
+    const engine = await Engine.load(DEFAULT_MODEL_DIR, { taps: 'all', ports: 'all', cacheDir: v.cache, threads: v.threads === undefined ? undefined : Number(v.threads) });
+    const loadSeconds = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    const vectors = await computeConceptVectors(engine, { template: config.vectors.template, chat: config.chat, concepts: config.vectors.words.concepts, baseline: config.vectors.words.baseline, contrast: config.vectors.contrast });
+    writeConceptVectors(join(dir, 'concepts'), vectors);
+    const conceptPrompts = config.vectors.words.concepts.length + config.vectors.words.baseline.length + config.vectors.contrast.reduce((a, c) => a + 2 * c.pairs.length, 0);
+    const conceptSeconds = (performance.now() - t1) / 1000;
+    const s = await runTrials({ engine, config, store: ConceptStore.open(join(dir, 'concepts'), engine.fingerprint), outDir: dir });
+    await engine.close();
+    out.config = v.quick ? `${config.name} (quick)` : config.name;
+    out.engineLoadSeconds = r(loadSeconds);
+    out.concepts = { prompts: conceptPrompts, seconds: r(conceptSeconds), promptsPerSecond: r(conceptPrompts / conceptSeconds, 1) };
+    out.trials = { planned: s.planned, ran: s.ran, skipped: s.skipped, seconds: r(s.seconds), trialsPerMinute: r(s.trialsPerMinute, 1) };
+    data = dir;
+    if (v.out === undefined) process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  }
+  const ds = Dataset.open(data);
+  const t2 = performance.now();
+  const tr = trainProbe(ds);
+  const seconds = (performance.now() - t2) / 1000;
+  out.training = {
+    seconds: r(seconds),
+    layers: tr.layers.length,
+    secondsPerLayer: r(seconds / tr.layers.length),
+    fitRowsPerLayer: tr.chosen.fitRows,
+    chosenLayer: tr.chosen.layer,
+    heldOut: { auroc: tr.chosen.evaluation.auroc, 'tpr_at_fpr_0.01': tr.chosen.evaluation['tpr_at_fpr_0.01'] },
+  };
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+}
+
+await main();
