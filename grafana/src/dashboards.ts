@@ -114,7 +114,8 @@ export function overview(): dashboard.DashboardBuilder {
         .noValue('0')
         .targets([
           query(
-            `sum(rate(${HTTP_REQUESTS_TOTAL}{${I}, status_class="5xx"}[${RATE}])) / sum(rate(${HTTP_REQUESTS_TOTAL}{${I}}[${RATE}]))`,
+            // `or vector(0)`: no 5xx series yet means a share of 0, not "no data".
+            `(sum(rate(${HTTP_REQUESTS_TOTAL}{${I}, status_class="5xx"}[${RATE}])) or vector(0)) / sum(rate(${HTTP_REQUESTS_TOTAL}{${I}}[${RATE}]))`,
             '5xx share',
           ),
         ]),
@@ -230,6 +231,11 @@ export function latentSignals(): dashboard.DashboardBuilder {
     .withVariable(instanceVariable())
     .withVariable(labelVariable('probe', 'Probe', `${PROBE_SCORE}_count{${I}}`, 'probe'));
   const g = new Grid(d);
+  /**
+   * A zero series for every probe that scored tokens: a detection counter series appears only
+   * with its first increment, so without this a probe that never fired shows "no data", not 0.
+   */
+  const zeroPerProbe = `0 * sum by (probe) (rate(${PROBE_SCORE}_count{${IP}}[${RATE}]))`;
 
   g.row('Detections')
     .add(
@@ -237,14 +243,14 @@ export function latentSignals(): dashboard.DashboardBuilder {
         .colorMode(common.BigValueColorMode.Background)
         .thresholds(zeroIsGood('red'))
         .noValue('0')
-        .targets([query(`sum(rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="false"}[${RATE}]))`, 'silent')]),
+        .targets([query(`sum(rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="false"}[${RATE}])) or vector(0)`, 'silent')]),
       6,
     )
     .add(
       statPanel('Verbalised detections/s', 'Requests per second in which a probe fired and the text said so.', 'short')
         .thresholds(zeroIsGood('orange'))
         .noValue('0')
-        .targets([query(`sum(rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="true"}[${RATE}]))`, 'verbalised')]),
+        .targets([query(`sum(rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="true"}[${RATE}])) or vector(0)`, 'verbalised')]),
       6,
     )
     .add(
@@ -261,7 +267,7 @@ export function latentSignals(): dashboard.DashboardBuilder {
     .add(
       statPanel('Alerts/s', 'Alerts raised per second (detections and canary failures), all severities.', 'short')
         .noValue('0')
-        .targets([query(`sum(rate(${ALERTS_TOTAL}{${IP}}[${RATE}]))`, 'alerts/s')]),
+        .targets([query(`sum(rate(${ALERTS_TOTAL}{${IP}}[${RATE}])) or vector(0)`, 'alerts/s')]),
       6,
     )
     .add(
@@ -271,8 +277,8 @@ export function latentSignals(): dashboard.DashboardBuilder {
         'short',
       )
         .targets([
-          query(`sum by (probe) (rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="false"}[${RATE}]))`, '{{probe}} silent', 'A'),
-          query(`sum by (probe) (rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="true"}[${RATE}]))`, '{{probe}} verbalised', 'B'),
+          query(`sum by (probe) (rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="false"}[${RATE}])) or ${zeroPerProbe}`, '{{probe}} silent', 'A'),
+          query(`sum by (probe) (rate(${LATENT_DETECTIONS_TOTAL}{${IP}, verbalized="true"}[${RATE}])) or ${zeroPerProbe}`, '{{probe}} verbalised', 'B'),
         ])
         .overrideByRegexp('.* silent$', fixedColor('red'))
         .overrideByRegexp('.* verbalised$', fixedColor('orange')),
