@@ -10,6 +10,10 @@
  * Messages (server → client, JSON text frames):
  *   {"type":"alert","alert":{id, ts, requestId, model, probeId, probeLabel, severity, score,
  *      threshold, tokenIndex, silent, verbalized, textExcerpt?, kind}}
+ *      Live alerts raised by a request also carry `"forwardAtUs"`: epoch microseconds, on the
+ *      daemon's monotonic clock (performance.timeOrigin + performance.now()), at which the forward
+ *      pass of the token whose scores raised the alert returned (`ts` has millisecond resolution);
+ *      receipt time minus it is the alert latency. Replayed alerts (last_id) do not carry it.
  *   {"type":"heartbeat","ts":"<ISO time>"}  every websocket.heartbeatIntervalSeconds, with a ws ping;
  *      a client that has not answered the previous ping by the next beat is terminated.
  *
@@ -82,6 +86,15 @@ interface Client {
   queued: number;
   alive: boolean;
   closing: boolean;
+}
+
+/** High-resolution timing of a live alert (see the module comment: `forwardAtUs`). */
+export interface AlertTiming {
+  /**
+   * When the forward pass of the token whose scores raised the alert returned to the daemon:
+   * epoch microseconds on the daemon's monotonic clock, `(performance.timeOrigin + performance.now()) * 1000`.
+   */
+  forwardAtUs?: number;
 }
 
 export interface AlertQuery {
@@ -165,19 +178,22 @@ export class AlertHub {
     this.heartbeat.unref();
   }
 
-  /** Append to the durable log, then fan out (the order every alert takes). */
-  raise(draft: AlertDraft): AppendResult {
+  /**
+   * Append to the durable log, then fan out (the order every alert takes). `timing` travels in the
+   * live WebSocket message only (never logged, never replayed).
+   */
+  raise(draft: AlertDraft, timing?: AlertTiming): AppendResult {
     const result = this.log.append(draft);
-    this.publish(result.alert);
+    this.publish(result.alert, timing);
     return result;
   }
 
   /** Fan out an alert that is already in the log (see `raise`). Never blocks on a client. */
-  publish(alert: Alert): void {
+  publish(alert: Alert, timing?: AlertTiming): void {
     let data: string | undefined;
     for (const c of this.clients) {
       if (c.replaying || c.closing || alert.id <= c.lastSentId || !matchesFilter(alert, c.filter)) continue;
-      data ??= JSON.stringify({ type: 'alert', alert });
+      data ??= JSON.stringify(timing?.forwardAtUs === undefined ? { type: 'alert', alert } : { type: 'alert', alert, forwardAtUs: timing.forwardAtUs });
       this.send(c, data, alert.id);
     }
   }

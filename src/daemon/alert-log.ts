@@ -382,6 +382,11 @@ export class AlertLog {
     return this.nextId - 1;
   }
 
+  /** Writes are failing (alerts are pending in memory) since the last failure, until a retry succeeds. */
+  get isFailing(): boolean {
+    return this.failing;
+  }
+
   get isClosed(): boolean {
     return this.closed;
   }

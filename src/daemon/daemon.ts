@@ -27,6 +27,9 @@ export interface Daemon {
   engine: Engine;
   probes: Probe[];
   canary: Canary | undefined;
+  /** The alert log and hub (diagnostics and fault-injection tests). */
+  log: AlertLog;
+  hub: AlertHub;
   /** Graceful stop: drain, wait up to the deadline, cancel, flush. */
   close(): Promise<void>;
 }
@@ -56,11 +59,16 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
 
   const metrics = createMetrics({ version: VERSION });
   metrics.setModelInfo({ model: modelName, fingerprint: engine.fingerprint, precision: engine.build.options.precision });
+  // Until the server's logger exists, failures of the alert log go to stderr.
+  let onLogState = (e: { state: 'failing' | 'recovered'; error?: string; pending: number }) => {
+    process.stderr.write(`alert log ${e.state}${e.error ? `: ${e.error}` : ''}\n`);
+  };
   const log = AlertLog.open({
     path: config.alertLog.path,
     retentionDays: config.alertLog.retentionDays,
     retentionRows: config.alertLog.retentionRows,
     pendingLimit: config.alertLog.pendingLimit,
+    onStateChange: (e) => onLogState(e),
   });
   const stopMaintenance = log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000);
   const auth = new Authenticator({ apiKeys: config.apiKeys, adminKey: config.adminKey });
@@ -87,6 +95,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },
     ready: () => accepting,
   });
+  onLogState = (e) => {
+    if (e.state === 'failing') app.log.error({ error: e.error, pending: e.pending }, 'alert log writes failing: alerts still go to subscribers and wait in memory for the disk');
+    else app.log.warn('alert log recovered: pending alerts written');
+  };
   app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
   app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
   for (const n of notices) app.log.warn(n);
@@ -132,5 +144,5 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       log.close();
       await engine.close();
     })());
-  return { app, url, engine, probes, canary, close };
+  return { app, url, engine, probes, canary, log, hub, close };
 }

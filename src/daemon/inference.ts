@@ -133,12 +133,15 @@ export class InferenceService {
       if (!store.has(inj.concept!)) throw lwError('LW_ERR_API_BAD_REQUEST', `unknown concept ${JSON.stringify(inj.concept)}`, { param: 'latentwatch.inject.concept' });
       // A concept's scale is relative to the layer's mean residual norm, as in the trials.
       const r = store.injection(inj.concept!, inj.layer, { mode: 'relative', value: scale });
+      checkFinite(r.vector, r.scale);
       p.conceptWords.push(inj.concept!);
       p.injection = { hook, vector: r.vector, scale: r.scale, window: { kind: windowKind } };
       p.injectionInfo = { layer: inj.layer, scale, window: windowKind, concept: inj.concept! };
       return;
     }
-    p.injection = { hook, vector: Float32Array.from(inj.vector!), scale, window: { kind: windowKind } };
+    const vector = Float32Array.from(inj.vector!);
+    checkFinite(vector, scale);
+    p.injection = { hook, vector, scale, window: { kind: windowKind } };
     p.injectionInfo = { layer: inj.layer, scale, window: windowKind };
   }
 
@@ -202,6 +205,8 @@ export class InferenceService {
       seed: job.seed,
       stream: job.stream,
     });
+    // When the current step's forward pass returned (epoch µs, monotonic): live alerts carry it.
+    let forwardAtUs = 0;
     const monitor = new RequestMonitor({
       requestId: p.requestId,
       model: this.d.modelName,
@@ -211,7 +216,7 @@ export class InferenceService {
       emit: config.alerts.emit,
       excerptChars: config.alerts.excerptChars,
       raise: (draft) => {
-        const r = hub.raise(draft);
+        const r = hub.raise(draft, { forwardAtUs });
         metrics.recordAlert(r.alert);
         return r.alert.id;
       },
@@ -235,6 +240,7 @@ export class InferenceService {
         injections: p.injection ? [p.injection] : [],
         signal,
       })) {
+        forwardAtUs = Math.round((performance.timeOrigin + performance.now()) * 1000);
         const scores = bank.score(step.taps);
         if (step.kind === 'prompt') {
           monitor.step({ position: step.position, text: '' }, scores);
@@ -274,6 +280,18 @@ export class InferenceService {
       verdict = verdictBody(final, p);
     }
     yield { type: 'done', finishReason, usage: usage(p.promptIds.length, generated), verdict };
+  }
+}
+
+/**
+ * The engine adds `scale × vector` in float32. A value that overflows makes the residual stream
+ * infinite and every logit NaN; refuse it as a client error before anything runs.
+ */
+function checkFinite(vector: Float32Array, scale: number): void {
+  for (let i = 0; i < vector.length; i++) {
+    if (!Number.isFinite(Math.fround(scale * vector[i]))) {
+      throw lwError('LW_ERR_API_BAD_REQUEST', `scale × vector[${i}] overflows float32 (|value| must stay below 3.4e38)`, { param: 'latentwatch.inject.vector' });
+    }
   }
 }
 

@@ -124,6 +124,15 @@ export interface Job {
   prompt?: string | number[];
 }
 
+/**
+ * A positive temperature so small that its reciprocal overflows (below ~5.6e-309) turns every
+ * logit into NaN or -Infinity in the sampler; such a temperature already means greedy decoding, so
+ * it is passed on as 0 (greedy).
+ */
+export function samplingTemperature(t: number): number {
+  return t > 0 && !Number.isFinite(1 / t) ? 0 : t;
+}
+
 export function toJob(kind: ApiKind, body: ChatBody | CompletionBody): Job {
   const job: Job = {
     kind,
@@ -133,7 +142,7 @@ export function toJob(kind: ApiKind, body: ChatBody | CompletionBody): Job {
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? undefined,
     // OpenAI's default temperature is 1; a monitor's users mostly want reproducible output, but the
     // API contract wins: absent means 1.
-    temperature: body.temperature ?? 1,
+    temperature: samplingTemperature(body.temperature ?? 1),
     topP: body.top_p ?? undefined,
     topK: body.top_k ?? undefined,
     seed: body.seed ?? undefined,

@@ -49,7 +49,14 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     if (!d.ready()) return sendHttpError(reply, lwError('LW_ERR_API_NOT_READY'));
-    return { status: 'ready', ...d.inference.load };
+    // A failing alert log does not make the daemon unready (alerts still reach subscribers and
+    // wait in memory for the disk), but it shows here, beside latentwatch_alert_log_failures_total.
+    const st = d.log.stats();
+    return {
+      status: 'ready',
+      ...d.inference.load,
+      alert_log: { ok: !d.log.isFailing, pending: st.pending, failures: st.failures, dropped: st.dropped, last_error: d.log.isFailing ? st.lastError : null },
+    };
   });
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', d.metrics.contentType);
