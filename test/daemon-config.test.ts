@@ -144,3 +144,12 @@ describe('daemon config', () => {
     expect([...CONFIG_SCHEMA.required].sort()).toEqual([...Object.keys(DEFAULTS), 'host'].sort());
   });
 });
+
+describe('in-memory alert log from flags and environment', () => {
+  it('keeps :memory: as SQLite in-memory, not a file named after it', () => {
+    const fromFlag = loadConfig({ argv: ['--alert-log', ':memory:'], cwd: '/tmp' }).config;
+    expect(fromFlag.alertLog.path).toBe(':memory:');
+    const fromEnv = loadConfig({ env: { LATENTWATCH_ALERT_LOG: ':memory:' }, cwd: '/tmp' }).config;
+    expect(fromEnv.alertLog.path).toBe(':memory:');
+  });
+});

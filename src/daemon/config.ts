@@ -587,7 +587,8 @@ function coerce(raw: string, kind: ValueKind, cwd: string): unknown {
     case 'string':
       return trimmed;
     case 'path':
-      return resolve(cwd, trimmed);
+      // ':memory:' is SQLite's in-memory database, not a file name.
+      return trimmed === ':memory:' ? trimmed : resolve(cwd, trimmed);
     case 'int':
       return /^-?\d+$/.test(trimmed) ? Number(trimmed) : trimmed; // left as a string → a schema error with its path
     case 'number':

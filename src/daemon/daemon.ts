@@ -15,7 +15,7 @@ import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
 import { Authenticator } from './auth.js';
 import { Canary } from './canary.js';
-import type { FrozenConfig } from './config.js';
+import { ruleForProbe, type FrozenConfig } from './config.js';
 import { InferenceService } from './inference.js';
 import { createMetrics } from './metrics.js';
 import { toJob } from './openai.js';
@@ -59,6 +59,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
 
   const metrics = createMetrics({ version: VERSION });
   metrics.setModelInfo({ model: modelName, fingerprint: engine.fingerprint, precision: engine.build.options.precision });
+  for (const p of probes) metrics.initProbe(p.id, ruleForProbe(config, p.id, p.threshold).severity);
   // Until the server's logger exists, failures of the alert log go to stderr.
   let onLogState = (e: { state: 'failing' | 'recovered'; error?: string; pending: number }) => {
     process.stderr.write(`alert log ${e.state}${e.error ? `: ${e.error}` : ''}\n`);
@@ -117,7 +118,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       run: () => {
         const job = toJob('completion', { model: modelName, prompt: 'def main():\n', max_tokens: 8, temperature: 0, latentwatch: { inject: { concept, layer, scale: 1, window: 'all' } } });
         const prepared = inference.prepare(job, { role: 'admin', authenticated: true });
-        return inference.run(prepared, new AbortController().signal);
+        return inference.run({ ...prepared, canary: true }, new AbortController().signal);
       },
     });
     if (!engine.ports.has(residPost(layer))) throw new Error(`canary layer ${layer} has no injection port`);

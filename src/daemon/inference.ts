@@ -59,6 +59,11 @@ export interface PreparedRequest {
   injection?: Injection;
   injectionInfo?: VerdictBody['injection'];
   conceptWords: string[];
+  /**
+   * A canary self-test: its detections are expected, so they raise no alerts and count in no
+   * request or detection metric (the canary reports through its own metric and failure alert).
+   */
+  canary?: boolean;
 }
 
 export class InferenceService {
@@ -216,11 +221,14 @@ export class InferenceService {
       emit: config.alerts.emit,
       excerptChars: config.alerts.excerptChars,
       raise: (draft) => {
+        if (p.canary) return 0;
         const r = hub.raise(draft, { forwardAtUs });
         metrics.recordAlert(r.alert);
         return r.alert.id;
       },
-      onScore: (probeId, score) => metrics.observeProbeScore(probeId, score),
+      onScore: (probeId, score) => {
+        if (!p.canary) metrics.observeProbeScore(probeId, score);
+      },
     });
     let generated = 0;
     let firstTokenAt: number | undefined;
@@ -263,8 +271,8 @@ export class InferenceService {
     } finally {
       this.release();
       const final = monitor.finish();
-      for (const v of Object.values(final.probes)) if (v.fired) metrics.recordDetection(v.probeId, v.verbalized);
-      metrics.recordRequest({
+      if (!p.canary) for (const v of Object.values(final.probes)) if (v.fired) metrics.recordDetection(v.probeId, v.verbalized);
+      if (!p.canary) metrics.recordRequest({
         model: this.d.modelName,
         promptTokens: p.promptIds.length,
         generationTokens: generated,

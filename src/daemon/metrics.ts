@@ -337,6 +337,13 @@ export class DaemonMetrics {
     if (Number.isFinite(score)) this.probe.probeScore.observe({ probe: this.probes.value(probeId) }, score);
   }
 
+  /** Start a loaded probe's counters at 0, so rate() and increase() see its first detection. */
+  initProbe(probeId: string, severity: Severity): void {
+    const probe = this.probes.value(probeId);
+    for (const verbalized of ['true', 'false']) this.probe.latentDetections.inc({ probe, verbalized }, 0);
+    this.probe.alerts.inc({ probe, severity: this.severities.value(severity) }, 0);
+  }
+
   recordAlert(alert: { probeId: string; severity: Severity }): void {
     this.probe.alerts.inc({ probe: this.probes.value(alert.probeId), severity: this.severities.value(alert.severity) });
   }
