@@ -4,6 +4,7 @@
  * that timestamp each alert on receipt, and a raw socket that upgrades to WebSocket and then never
  * reads (a stalled subscriber) with a minimal frame parser to read what it was sent afterwards.
  */
+import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 
@@ -159,7 +160,7 @@ export function stalledSubscriber(url: string, o: { key?: string; query?: string
           `Host: ${u.host}`,
           'Upgrade: websocket',
           'Connection: Upgrade',
-          `Sec-WebSocket-Key: ${Buffer.from('latentwatch-stall').toString('base64')}`,
+          `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
           'Sec-WebSocket-Version: 13',
           ...(o.key ? [`Authorization: Bearer ${o.key}`] : []),
           '',
