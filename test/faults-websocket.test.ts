@@ -103,7 +103,7 @@ describe('1000 subscribers, one stalled', () => {
     expect(await scrape(d.url, 'latentwatch_websocket_subscribers')).toBe(SUBSCRIBERS);
     expect(await scrape(d.url, 'latentwatch_websocket_slow_consumer_disconnects_total')).toBe(1);
     // Same latency with a stalled peer (loose bounds: a shared 2-core machine).
-    const bound = (q: number) => Math.max(3 * quantile(baseLat, q), quantile(baseLat, q) + 30);
+    const bound = (q: number) => Math.max(3 * quantile(baseLat, q), quantile(baseLat, q) + 100);
     expect(quantile(duringLat, 0.5)).toBeLessThan(bound(0.5));
     expect(quantile(duringLat, 0.99)).toBeLessThan(bound(0.99));
     expect(quantile(afterLat, 0.99)).toBeLessThan(bound(0.99));

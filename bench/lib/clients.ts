@@ -95,6 +95,8 @@ export async function scrape(url: string, name: string, labels: Record<string, s
 export interface ReceivedAlert {
   id: number;
   probeId: string;
+  /** The alert's `ts` (daemon wall clock, ms). */
+  tsMs: number;
   /** Daemon clock (epoch µs) when the forward pass returned; absent on replayed alerts. */
   forwardAtUs?: number;
   /** This process's clock (epoch µs) when the message was parsed. */
@@ -122,9 +124,9 @@ export function subscribe(url: string, o: { key?: string; query?: string; onAler
   };
   ws.on('message', (m) => {
     const receivedAtUs = nowUs();
-    const msg = JSON.parse(String(m)) as { type: string; alert?: { id: number; probeId: string }; forwardAtUs?: number };
+    const msg = JSON.parse(String(m)) as { type: string; alert?: { id: number; probeId: string; ts: string }; forwardAtUs?: number };
     if (msg.type !== 'alert' || !msg.alert) return;
-    const a: ReceivedAlert = { id: msg.alert.id, probeId: msg.alert.probeId, receivedAtUs };
+    const a: ReceivedAlert = { id: msg.alert.id, probeId: msg.alert.probeId, tsMs: Date.parse(msg.alert.ts), receivedAtUs };
     if (msg.forwardAtUs !== undefined) a.forwardAtUs = msg.forwardAtUs;
     s.alerts.push(a);
     o.onAlert?.(a);
