@@ -219,6 +219,9 @@ function detectionRates(records: readonly TrialRecord[], protocols: Protocol[], 
 
 // ---- rendering --------------------------------------------------------------------------------
 
+/** Short bar labels for the controls (the axis has room for about ten characters a bar group). */
+const SHORT: Record<string, string> = { 'unrelated-question': 'unrel. q.', 'generation-only': 'gen. only' };
+
 const Y01 = { yDomain: [0, 1] as const, yTicks: [0, 0.2, 0.4, 0.6, 0.8, 1] };
 
 /** The SVG files of a report: name → text. */
@@ -266,15 +269,15 @@ export function renderCharts(d: ReportData): Map<string, string> {
       .map((r) => ({ name: `inject L${r.injectionLayer}`, points: r.lensShift.map((v, l): [number, number | null] => [l, v]) }));
     files.set(
       `logit-shift-${p}.svg`,
-      lineChart({ title: `Yes − no logit shift per layer (logit lens), ${p}, strength ×${topStrength}`, xLabel: 'lens layer', yLabel: 'Δ(logit yes − logit no)', xTicks: lensLayers, series, referenceLines: [{ y: 0 }] }),
+      lineChart({ title: `Logit lens: yes − no shift, ${p} ×${topStrength}`, xLabel: 'lens layer', yLabel: 'Δ(logit yes − logit no)', xTicks: lensLayers, series, referenceLines: [{ y: 0 }] }),
     );
   }
   const det = d.detection;
   files.set(
     'verbal-vs-probe.svg',
     barChart({
-      title: 'Detection rate: verbal, yes-readout, probe (eval split)',
-      categories: det.map((r) => (r.strength === null ? r.condition : `${r.protocol === 'inject-then-ask' ? 'ITA' : 'cont.'} ×${r.strength}`)),
+      title: 'Detection rate: verbal, yes-readout, probe (eval split; ITA = inject-then-ask)',
+      categories: det.map((r) => (r.strength === null ? (SHORT[r.condition] ?? r.condition) : `${r.protocol === 'inject-then-ask' ? 'ITA' : 'cont.'} ×${r.strength}`)),
       series: [
         { name: 'verbalised', values: det.map((r) => r.verbal) },
         { name: 'P(yes) > P(no)', values: det.map((r) => r.saidYes) },
