@@ -2,7 +2,7 @@
  * Concept vectors, trials and datasets on real engines: qwen2-tiny (the transformers reference of an
  * injection) and qwen2-code-16m (a trained model with a tokenizer).
  */
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { lstatSync, readFileSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
@@ -203,6 +203,22 @@ describe('concept vectors and trial datasets on qwen2-code-16m', () => {
     const raw = scaleVector(store.vector('Oceans', 3), { mode: 'vector', value: 2 }, 1);
     expect(raw.scale).toBe(2);
     expect(l2norm(raw.vector)).toBeCloseTo(store.norm('Oceans', 3), 3);
+  });
+
+  it('writing concept vectors through a symlinked directory replaces the link, never the linked files', () => {
+    const copy = tempDir('lw-linked-model-');
+    symlinkSync(conceptsDir, join(copy, 'concepts'));
+    const before = readFileSync(join(conceptsDir, 'concepts.safetensors'));
+    const store = ConceptStore.open(conceptsDir, null);
+    writeConceptVectors(join(copy, 'concepts'), {
+      modelFingerprint: 'lw1-other', dModel: 384, numLayers: 8, template: 'x {word}', chat: false, concepts: ['Only'], baseline: [], contrastNames: [], contrastPairs: [],
+      conceptVectors: [Array.from({ length: 8 }, () => new Float32Array(384).fill(1))], contrastVectors: [],
+      baselineMean: Array.from({ length: 8 }, () => new Float32Array(384)), meanResidNorm: Array(8).fill(1),
+    });
+    expect(lstatSync(join(copy, 'concepts')).isDirectory()).toBe(true);
+    expect(readFileSync(join(conceptsDir, 'concepts.safetensors')).equals(before)).toBe(true);
+    expect(ConceptStore.open(join(copy, 'concepts'), 'lw1-other').names()).toEqual(['Only']);
+    expect(store.names()).toHaveLength(6);
   });
 
   it('concept stores refuse another model, unknown names and missing files with coded errors', () => {

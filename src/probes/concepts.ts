@@ -15,7 +15,7 @@
  * [C, layers, d], `contrast` [K, layers, d] when K > 0, `baseline_mean` [layers, d],
  * `mean_resid_norm` [layers]; metadata repeats the fingerprint). Same inputs, same bytes.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
@@ -193,8 +193,19 @@ export interface ConceptManifest {
   baseline: string[];
 }
 
-/** Write concepts.json + concepts.safetensors into `dir` (atomic per file; deterministic bytes). */
+/**
+ * Write concepts.json + concepts.safetensors into `dir` (atomic per file; deterministic bytes).
+ * When `dir` is a symbolic link (a model directory copied as links to its entries), the link is
+ * replaced by a fresh directory: the vectors of the linked model are never overwritten through it.
+ */
 export function writeConceptVectors(dir: string, v: ConceptVectors): void {
+  let link = false;
+  try {
+    link = lstatSync(dir).isSymbolicLink();
+  } catch {
+    // absent: created below
+  }
+  if (link) unlinkSync(dir);
   mkdirSync(dir, { recursive: true });
   const { numLayers: L, dModel: d } = v;
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = {
