@@ -2,14 +2,16 @@
  * The daemon as users meet it: a real server on qwen2-code-16m with a probe trained in setup, the
  * real `openai` SDK, real WebSocket subscribers, /metrics, and a kill -9 in the middle of traffic.
  */
-import { rmSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnDaemon, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
-import { tempDir } from './helpers.js';
+import { CODE16M, tempDir } from './helpers.js';
+import { loadConfig } from '../src/daemon/config.js';
+import { startDaemon } from '../src/daemon/daemon.js';
 
 const MODEL = 'qwen2-code-16m';
 let probe: TestProbe;
@@ -281,5 +283,53 @@ describe('limits, health and shutdown', () => {
     }
     expect(finish).toBe('length');
     expect(await exited).toBe(0);
+  });
+});
+
+describe('canary', () => {
+  const shipped = join(CODE16M, 'probes', 'concept-injection.probe.json');
+  async function canaryDaemon(threshold?: number) {
+    const dir = tempDir('lw-canary-');
+    const cfg = join(dir, 'config.json');
+    writeFileSync(cfg, JSON.stringify({ alerts: { rules: threshold === undefined ? {} : { 'concept-injection': { threshold } } }, canary: { enabled: true, intervalSeconds: 3600, concept: 'Oceans' } }));
+    const { config } = loadConfig({
+      env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_HOST: '127.0.0.1' },
+      argv: ['--config', cfg, '--model', CODE16M, '--probe', shipped, '--port', '0', '--log-level', 'silent', '--alert-log', join(dir, 'alerts.db')],
+    });
+    return startDaemon(config);
+  }
+
+  it('a passing canary sets the success gauge and raises no alert or detection', async () => {
+    const d = await canaryDaemon();
+    try {
+      expect(await d.canary!.runOnce()).toBe('success');
+      const text = await (await fetch(`${d.url}/metrics`)).text();
+      expect(text).toMatch(/^latentwatch_canary_success 1$/m);
+      expect(text).toMatch(/^latentwatch_canary_runs_total\{result="success"\} [1-9]/m);
+      expect(text).not.toMatch(/^latentwatch_alerts_total\{[^}]*\} [1-9]/m);
+      expect(text).not.toMatch(/^latentwatch_latent_detections_total\{[^}]*\} [1-9]/m);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('a canary whose probe cannot fire is a failure alert delivered to subscribers', async () => {
+    const d = await canaryDaemon(2); // a probability never exceeds 2
+    try {
+      const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/alerts?last_id=0`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      const alerts: { kind: string; severity: string }[] = [];
+      ws.on('message', (m) => {
+        const msg = JSON.parse(String(m));
+        if (msg.type === 'alert') alerts.push(msg.alert);
+      });
+      await new Promise((r) => ws.once('open', r));
+      expect(await d.canary!.runOnce()).toBe('failure');
+      await until(() => alerts.some((a) => a.kind === 'canary_failure'));
+      expect(alerts.find((a) => a.kind === 'canary_failure')).toMatchObject({ severity: 'critical' });
+      expect(await (await fetch(`${d.url}/metrics`)).text()).toMatch(/^latentwatch_canary_success 0$/m);
+      ws.close();
+    } finally {
+      await d.close();
+    }
   });
 });

@@ -117,8 +117,8 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       log: (msg, extra) => app.log.error(extra ?? {}, msg),
       run: () => {
         const job = toJob('completion', { model: modelName, prompt: 'def main():\n', max_tokens: 8, temperature: 0, latentwatch: { inject: { concept, layer, scale: 1, window: 'all' } } });
-        const prepared = inference.prepare(job, { role: 'admin', authenticated: true });
-        return inference.run({ ...prepared, canary: true }, new AbortController().signal);
+        const prepared = inference.prepare(job, { role: 'admin', authenticated: true }, 'canary');
+        return inference.run(prepared, new AbortController().signal);
       },
     });
     if (!engine.ports.has(residPost(layer))) throw new Error(`canary layer ${layer} has no injection port`);

@@ -85,7 +85,7 @@ export class InferenceService {
   }
 
   /** Validates and tokenises; every client error is thrown here, before any byte is streamed. */
-  prepare(job: Job, principal: Principal): PreparedRequest {
+  prepare(job: Job, principal: Principal, origin: 'client' | 'canary' = 'client'): PreparedRequest {
     const { engine, config } = this.d;
     if (job.model !== this.d.modelName) throw lwError('LW_ERR_API_MODEL_NOT_FOUND', `${job.model} (this daemon serves ${this.d.modelName})`, { param: 'model' });
     const tok = engine.tokenizer;
@@ -113,14 +113,16 @@ export class InferenceService {
       throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${promptIds.length} prompt tokens + max_tokens ${maxTokens} > context ${engine.contextLength}`, { param: 'max_tokens' });
     }
     const prepared: PreparedRequest = { job, requestId: randomUUID(), promptIds, maxTokens, conceptWords: [] };
+    if (origin === 'canary') prepared.canary = true;
     if (job.inject) this.resolveInjection(prepared, principal);
     return prepared;
   }
 
   private resolveInjection(p: PreparedRequest, principal: Principal): void {
     const inj = p.job.inject!;
-    if (principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', 'injection needs Authorization: Bearer <admin key>');
-    if (!this.d.config.allowInjection) throw lwError('LW_ERR_AUTH_INJECTION_DISABLED', 'enable it with LATENTWATCH_ALLOW_INJECTION=1 or allowInjection in the config file');
+    // The canary is the daemon's own, enabled in its config: it needs neither key nor the switch.
+    if (!p.canary && principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', 'injection needs Authorization: Bearer <admin key>');
+    if (!p.canary && !this.d.config.allowInjection) throw lwError('LW_ERR_AUTH_INJECTION_DISABLED', 'enable it with LATENTWATCH_ALLOW_INJECTION=1 or allowInjection in the config file');
     const hook = residPost(inj.layer);
     if (!this.d.engine.ports.has(hook)) throw lwError('LW_ERR_API_BAD_REQUEST', `layer ${inj.layer} has no injection port (0..${this.d.engine.config.numLayers - 1})`, { param: 'latentwatch.inject.layer' });
     const scale = inj.scale ?? 1;
