@@ -5,7 +5,7 @@
  * runs the TypeScript entry with `node --import tsx`; from dist it runs the compiled file.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PACKAGE_ROOT } from '../../src/paths.js';
@@ -17,11 +17,15 @@ export interface DaemonProcessOptions {
   env?: Record<string, string>;
   /** How long to wait for the URL line (default 120 s: the first start may build the graph). */
   startTimeoutMs?: number;
+  /** Entry script in bench/lib (default 'daemon-child'; 'twin-child' serves several variants). */
+  entry?: 'daemon-child' | 'twin-child';
 }
 
 export interface DaemonProcess {
   url: string;
   pid: number;
+  /** The whole ready line (twin-child adds `urls`). */
+  ready: Record<string, unknown>;
   child: ChildProcess;
   /** Resident set size in bytes (Linux /proc; null elsewhere or after exit). */
   rssBytes(): number | null;
@@ -36,9 +40,9 @@ export const READY_PREFIX = 'LATENTWATCH_READY ';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-function childCommand(): string[] {
-  const ts = join(here, 'daemon-child.ts');
-  const js = join(here, 'daemon-child.js');
+function childCommand(entry: string): string[] {
+  const ts = join(here, `${entry}.ts`);
+  const js = join(here, `${entry}.js`);
   if (fileURLToPath(import.meta.url).endsWith('.ts') || !existsSync(js)) return ['--import', 'tsx', ts];
   return [js];
 }
@@ -52,8 +56,25 @@ export function rssOf(pid: number): number | null {
   }
 }
 
+/** CPU time (ns) all threads of a process have run (Linux: the schedstat of every task under /proc/PID/task); null elsewhere. */
+export function cpuNsOf(pid: number): number | null {
+  try {
+    let sum = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        sum += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // the thread exited between the listing and the read
+      }
+    }
+    return sum;
+  } catch {
+    return null;
+  }
+}
+
 export function spawnDaemonProcess(o: DaemonProcessOptions): Promise<DaemonProcess> {
-  const child = spawn(process.execPath, [...childCommand(), ...o.argv], {
+  const child = spawn(process.execPath, [...childCommand(o.entry ?? 'daemon-child'), ...o.argv], {
     cwd: PACKAGE_ROOT,
     env: { ...process.env, ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -89,14 +110,15 @@ export function spawnDaemonProcess(o: DaemonProcessOptions): Promise<DaemonProce
         ready = true;
         clearTimeout(timer);
         child.off('exit', early);
-        const { url, pid } = JSON.parse(line.slice(READY_PREFIX.length)) as { url: string; pid: number };
-        onReady(url, pid);
+        const info = JSON.parse(line.slice(READY_PREFIX.length)) as { url: string; pid: number };
+        onReady(info.url, info.pid, info);
       }
     });
-    const onReady = (url: string, pid: number) => {
+    const onReady = (url: string, pid: number, info: Record<string, unknown>) => {
       resolve({
         url,
         pid,
+        ready: info,
         child,
         rssBytes: () => (child.exitCode === null ? rssOf(pid) : null),
         stderr: () => err,

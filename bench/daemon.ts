@@ -1,0 +1,499 @@
+/**
+ * Daemon benchmark: what watching the residual stream costs, how fast alerts reach subscribers,
+ * and how throughput scales with concurrent streams, all through the real daemon (child processes
+ * started as `latentwatch serve` starts, clients over loopback HTTP/SSE and WebSocket).
+ *
+ *   npx tsx bench/daemon.ts [--quick] [--out FILE.json] [--md FILE.md] [--model DIR] [--big] [--big-model DIR]
+ *
+ * --big also benches a bigger checkpoint (default /tmp/lw-bench/qwen2.5-0.5b-random, written by
+ * bench/random-checkpoint.ts) with fewer repetitions and tokens.
+ *
+ * Probes: the model's bundled probes (DIR/probes) plus bench probes trained on the spot (a random
+ * direction injected at layer 3, one difference-of-means probe per later layer; bench/lib/
+ * bench-probes.ts), so every layer after the injection is watched.
+ *
+ * The daemon runs in a child process (bench/lib/twin-child.ts): ONE engine (one onnxruntime
+ * session, one KV pool, max-concurrent 16) behind three front ends, each the daemon's own assembly
+ * (InferenceService, ProbeBank, AlertLog, AlertHub, metrics, the fastify server) on its own port:
+ * "on" (every probe, the alert rule, the SQLite alert log on disk, the hub), "off" (no probe: nothing
+ * tapped or scored) and "memlog" (every probe, the alert log in memory). One process because two
+ * identical daemon processes on this shared 2-core machine differ by up to ±30 % in decode speed.
+ *
+ * - Monitor overhead: "on" vs "off", the same engine and build, the same run. Repetitions
+ *   alternate on/off (ABBA); each is one greedy streamed completion, and its
+ *   decode rate is (completion tokens − 1) ÷ (end of stream − first token event). Both generate
+ *   the same tokens. monitor_overhead_pct = (median off − median on) ÷ median off × 100; the
+ *   paired figure (median over repetitions of on/off) is reported beside it, and so is the
+ *   daemon's CPU time per token (all threads, /proc schedstat), which waiting for a core on a busy
+ *   machine does not inflate.
+ * - Alert latency: admin-injected requests (window "generation", so every probe after the
+ *   injection fires on the first generated token's forward pass), one at a time; latency = the
+ *   subscriber's receipt time − the message's `forwardAtUs` (when that forward pass returned to the
+ *   daemon), both epoch µs from performance.timeOrigin + performance.now() (two processes, one
+ *   clock: the clock check below bounds the offset). With 1 subscriber, then 100; each receipt is
+ *   a sample. It includes scoring, the durable SQLite append (WAL, synchronous=FULL: an fsync per
+ *   alert), JSON, the fan-out and loopback TCP. The probes that fire on one token raise their
+ *   alerts one after another (an append each), so "first alert of the token" is reported too. The
+ *   same through "memlog" shows the fsync's share.
+ * - Concurrency: 1, 4 and 16 simultaneous greedy streams (different prompts, same max_tokens) on
+ *   the "on" daemon (max-concurrent 16, so the engine batches up to 16 decode steps); aggregate
+ *   tokens/s = all completion tokens ÷ wall time; per stream: time to first token, inter-token gaps,
+ *   tokens/s. Levels interleaved per repetition; medians.
+ */
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { bundledProbes } from '../src/daemon/daemon.js';
+import { DEFAULT_MODEL_DIR } from '../src/paths.js';
+import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
+import { nowUs, streamRequest, subscribe, until, type StreamResult, type Subscriber } from './lib/clients.js';
+import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
+import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
+import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { median, quantile, round, summarize, type Summary } from './lib/stats.js';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const ADMIN_KEY = 'bench-admin-key';
+const PROMPTS = [
+  'import numpy as np\n\ndef ',
+  'class Stack:\n    def __init__(self):\n',
+  'def parse_config(path):\n',
+  '# binary search\ndef search(xs, x):\n',
+  'import os\nimport sys\n\ndef main():\n',
+  'def fib(n):\n',
+  'class Node:\n    def __init__(self, value):\n',
+  'def read_lines(path):\n    with open(path) as f:\n',
+];
+
+export interface LatencyStats {
+  alerts: number;
+  subscribers: number;
+  receipts: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  /** Only the first alert raised on each token (per subscriber): p50/p99. */
+  firstOfTokenP50Ms: number;
+  firstOfTokenP99Ms: number;
+  /** Per alert, the last subscriber's receipt (fan-out complete): p50/p99. */
+  lastReceiptP50Ms: number;
+  lastReceiptP99Ms: number;
+}
+
+export interface ConcurrencyLevel {
+  streams: number;
+  aggregateTokS: Summary;
+  perStreamTokS: Summary;
+  ttftMs: Summary;
+  interTokenP50Ms: number;
+  interTokenP99Ms: number;
+  tokensPerStream: number;
+}
+
+export interface ModelDaemonBench {
+  modelDir: string;
+  modelName: string;
+  fingerprint: string;
+  probes: { id: string; hook: string }[];
+  monitorOverhead: {
+    repetitions: number;
+    maxTokens: number;
+    completionTokens: number;
+    sameOutput: boolean;
+    onTokS: Summary;
+    offTokS: Summary;
+    /** (median off − median on) ÷ median off × 100. */
+    pct: number;
+    /** Median over repetitions of (1 − on/off) × 100, each pair run back to back. */
+    pairedPct: number;
+    /** Daemon CPU time (every thread, ns from /proc schedstat) per generated token, summed over the runs: µs. */
+    cpuUsPerTokenOn: number;
+    cpuUsPerTokenOff: number;
+    /** (on − off) ÷ off × 100 of CPU time per token: insensitive to waiting for a core on a busy machine. */
+    cpuPct: number;
+    alertsDuringRuns: number;
+  };
+  alertLatency: {
+    requests: number;
+    alertsPerRequest: number;
+    one: LatencyStats;
+    hundred: LatencyStats;
+    /** One subscriber, alert log in memory (no fsync). */
+    memoryLog: LatencyStats;
+    /** Daemon: min over alerts of alert.ts − forwardAtUs/1000 (ms; ts is whole ms); bench: Date.now() − nowUs()/1000. Both within about 1 ms of 0 when the clocks agree. */
+    clockCheckMs: { daemon: number; bench: number };
+  };
+  concurrency: { maxTokens: number; repetitions: number; levels: ConcurrencyLevel[]; speedup4: number; speedup16: number };
+  /** The daemon process (one engine, three front ends). */
+  rssBytes: number | null;
+}
+
+export interface DaemonBenchResult {
+  kind: 'latentwatch.bench.daemon';
+  version: 1;
+  quick: boolean;
+  machine: MachineDescription;
+  models: ModelDaemonBench[];
+  /** Flat keys for the top-level bench (issue 6), from the first (default) model. */
+  summary: Record<string, number | null>;
+  seconds: number;
+}
+
+export interface DaemonBenchOptions {
+  quick?: boolean;
+  /** Checkpoints to bench (default: the built-in model). */
+  models?: string[];
+  log?: (line: string) => void;
+}
+
+function latencyStats(subs: Subscriber[], ids: readonly number[]): LatencyStats {
+  const want = new Set(ids);
+  const all: number[] = [];
+  const last = new Map<number, number>();
+  for (const s of subs) {
+    for (const a of s.alerts) {
+      if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
+      const ms = (a.receivedAtUs - a.forwardAtUs) / 1000;
+      all.push(ms);
+      last.set(a.id, Math.max(last.get(a.id) ?? -Infinity, ms));
+    }
+  }
+  const lasts = [...last.values()];
+  const first: number[] = [];
+  for (const s of subs) {
+    const byToken = new Map<number, number>();
+    for (const a of s.alerts) {
+      if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
+      const ms = (a.receivedAtUs - a.forwardAtUs) / 1000;
+      byToken.set(a.forwardAtUs, Math.min(byToken.get(a.forwardAtUs) ?? Infinity, ms));
+    }
+    first.push(...byToken.values());
+  }
+  return {
+    alerts: ids.length,
+    subscribers: subs.length,
+    receipts: all.length,
+    p50Ms: round(quantile(all, 0.5), 3),
+    p90Ms: round(quantile(all, 0.9), 3),
+    p99Ms: round(quantile(all, 0.99), 3),
+    maxMs: round(Math.max(...all), 3),
+    firstOfTokenP50Ms: round(quantile(first, 0.5), 3),
+    firstOfTokenP99Ms: round(quantile(first, 0.99), 3),
+    lastReceiptP50Ms: round(quantile(lasts, 0.5), 3),
+    lastReceiptP99Ms: round(quantile(lasts, 0.99), 3),
+  };
+}
+
+const decodeRate = (r: StreamResult): number => ((r.completionTokens ?? 0) - 1) / ((r.endedAt - r.tokenTimes[0]) / 1000);
+
+async function benchModel(modelDir: string, quick: boolean, root: string, log: (l: string) => void): Promise<ModelDaemonBench> {
+  const small = basename(modelDir) === basename(DEFAULT_MODEL_DIR);
+  // Counts: bounded in time on a shared 2-core machine (quick: well under a minute for the 16M model).
+  const scale = small ? 1 : 0.25;
+  const n = (quickN: number, fullN: number) => Math.max(2, Math.round((quick ? quickN : fullN) * scale));
+  const overheadReps = n(12, 24);
+  const overheadTokens = small ? (quick ? 64 : 128) : 32;
+  const alertRequests = n(30, 100);
+  const concReps = quick ? 2 : 3;
+  const concTokens = small ? (quick ? 48 : 96) : 16;
+  const cacheDir = undefined; // the daemon's default build cache, shared by every daemon below
+
+  log(`[${basename(modelDir)}] training bench probes`);
+  const probeDir = join(root, 'probes', basename(modelDir));
+  mkdirSync(probeDir, { recursive: true });
+  const set: BenchProbeSet = await trainBenchProbes(modelDir, { dir: probeDir, cacheDir });
+  const probePaths = [...bundledProbes(modelDir), ...set.probes.map((p) => p.path)];
+  log(`[${basename(modelDir)}] starting the daemon: one engine, variants on (${probePaths.length} probes, SQLite log), off (no probes), memlog (probes, log in memory)`);
+  const twin = await spawnDaemonProcess({
+    entry: 'twin-child',
+    argv: [
+      JSON.stringify({
+        modelDir,
+        adminKey: ADMIN_KEY,
+        maxConcurrent: 16,
+        variants: [
+          { name: 'on', probes: probePaths, alertLog: join(root, `alerts-${basename(modelDir)}.db`) },
+          { name: 'off', probes: [], alertLog: ':memory:' },
+          { name: 'memlog', probes: probePaths, alertLog: ':memory:' },
+        ],
+      }),
+    ],
+  });
+  const urls = twin.ready.urls as Record<string, string>;
+  const variant = (name: string): DaemonProcess => ({ ...twin, url: urls[name] });
+  const on = variant('on');
+  const off = variant('off');
+  const memLog = variant('memlog');
+  const subs: Subscriber[] = [];
+  try {
+    const models = async (d: DaemonProcess) => (await (await fetch(`${d.url}/v1/models`)).json()) as { data: { id: string; fingerprint: string; probes: { id: string; hook: string[] }[] }[] };
+    const mOn = (await models(on)).data[0];
+    const mOff = (await models(off)).data[0];
+    if (mOff.probes.length !== 0) throw new Error(`the "off" daemon loaded probes: ${JSON.stringify(mOff.probes)}`);
+    if (mOn.probes.length !== probePaths.length) throw new Error(`the "on" daemon has ${mOn.probes.length} probes`);
+    const modelName = mOn.id;
+    const stream = (d: DaemonProcess, body: Record<string, unknown>, key?: string) => streamRequest(d.url, '/v1/completions', { model: modelName, temperature: 0, ...body }, { key });
+
+    // ---- monitor overhead ----
+    log(`[${basename(modelDir)}] monitor overhead: ${overheadReps} × (on, off), ${overheadTokens} tokens`);
+    const body = { prompt: PROMPTS[0], max_tokens: overheadTokens };
+    for (const d of [on, off, on, off]) await stream(d, body); // warm-up
+    const alertsBefore = await alertCount(on);
+    const onRates: number[] = [];
+    const offRates: number[] = [];
+    const paired: number[] = [];
+    let sameOutput = true;
+    let completionTokens = 0;
+    const cpu = new Map<string, number>();
+    const toks = new Map<string, number>();
+    for (let r = 0; r < overheadReps; r++) {
+      const order = r % 2 === 0 ? [on, off] : [off, on];
+      const res = new Map<string, StreamResult>();
+      for (const d of order) {
+        const c0 = cpuNsOf(twin.pid);
+        const x = await stream(d, body);
+        const c1 = cpuNsOf(twin.pid);
+        res.set(d.url, x);
+        if (c0 !== null && c1 !== null) cpu.set(d.url, (cpu.get(d.url) ?? 0) + (c1 - c0));
+        toks.set(d.url, (toks.get(d.url) ?? 0) + (x.completionTokens ?? 0));
+      }
+      const a = res.get(on.url)!;
+      const b = res.get(off.url)!;
+      if (a.error || b.error) throw new Error(`stream failed: ${JSON.stringify(a.error ?? b.error)}`);
+      sameOutput &&= a.text === b.text;
+      completionTokens = a.completionTokens ?? 0;
+      onRates.push(decodeRate(a));
+      offRates.push(decodeRate(b));
+      paired.push((1 - decodeRate(a) / decodeRate(b)) * 100);
+    }
+    const onS = summarize(onRates);
+    const offS = summarize(offRates);
+    const alertsDuringRuns = (await alertCount(on)) - alertsBefore;
+    const cpuPerToken = (d: DaemonProcess) => (cpu.get(d.url) ?? NaN) / (toks.get(d.url) ?? NaN) / 1e3;
+
+    // ---- alert latency ----
+    const injectBody = (i: number) => ({
+      prompt: PROMPTS[i % PROMPTS.length],
+      max_tokens: 2,
+      latentwatch: { inject: { vector: set.vector, layer: set.injectLayer, scale: set.scale, window: 'generation' } },
+    });
+    const raiseAlerts = async (d: DaemonProcess, count: number): Promise<number[]> => {
+      const ids: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const r = await fetch(`${d.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` }, body: JSON.stringify({ model: modelName, temperature: 0, ...injectBody(i) }) });
+        const v = ((await r.json()) as { latentwatch: { probes: { alert_ids: number[] }[] } }).latentwatch;
+        ids.push(...v.probes.flatMap((p) => p.alert_ids));
+      }
+      return ids;
+    };
+    const measure = async (d: DaemonProcess, nsubs: number): Promise<{ stats: LatencyStats; ids: number[] }> => {
+      while (subs.length < nsubs) {
+        const batch = Array.from({ length: Math.min(50, nsubs - subs.length) }, () => subscribe(d.url, { key: ADMIN_KEY }));
+        await Promise.all(batch.map((s) => s.opened));
+        subs.push(...batch);
+      }
+      await raiseAlerts(d, 3); // warm-up
+      const ids = await raiseAlerts(d, alertRequests);
+      await until(() => subs.every((s) => ids.every((id) => s.alerts.some((a) => a.id === id))), 10_000);
+      return { stats: latencyStats(subs, ids), ids };
+    };
+    log(`[${basename(modelDir)}] alert latency: ${alertRequests} injected requests, 1 then 100 subscribers`);
+    const one = await measure(on, 1);
+    const hundred = await measure(on, 100);
+    const alertsPerRequest = one.ids.length / alertRequests;
+    const daemonClock = Math.min(...subs[0].alerts.filter((a) => a.forwardAtUs !== undefined).map((a) => a.tsMs - a.forwardAtUs! / 1000));
+    const benchClock = median(Array.from({ length: 9 }, () => Date.now() - nowUs() / 1000));
+    for (const s of subs.splice(0)) s.ws.terminate();
+    log(`[${basename(modelDir)}] alert latency with the alert log in memory`);
+    const memoryLog = (await measure(memLog, 1)).stats;
+    for (const s of subs.splice(0)) s.ws.terminate();
+
+    // ---- concurrency ----
+    log(`[${basename(modelDir)}] concurrency: 1, 4, 16 streams × ${concReps}, ${concTokens} tokens each`);
+    const levels = [1, 4, 16];
+    const agg = new Map<number, number[]>(levels.map((l) => [l, []]));
+    const perStream = new Map<number, StreamResult[]>(levels.map((l) => [l, []]));
+    await Promise.all(Array.from({ length: 4 }, (_, i) => stream(on, { prompt: PROMPTS[i], max_tokens: 8 })));
+    for (let r = 0; r < concReps; r++) {
+      for (const c of r % 2 === 0 ? levels : [...levels].reverse()) {
+        const t0 = performance.now();
+        const rs = await Promise.all(Array.from({ length: c }, (_, i) => stream(on, { prompt: PROMPTS[i % PROMPTS.length] + '#'.repeat(Math.floor(i / PROMPTS.length)), max_tokens: concTokens })));
+        const wall = (Math.max(...rs.map((x) => x.endedAt)) - t0) / 1000;
+        for (const x of rs) if (x.error) throw new Error(`stream failed: ${JSON.stringify(x.error)}`);
+        agg.get(c)!.push(rs.reduce((s, x) => s + (x.completionTokens ?? 0), 0) / wall);
+        perStream.get(c)!.push(...rs);
+      }
+    }
+    const levelStats: ConcurrencyLevel[] = levels.map((c) => {
+      const rs = perStream.get(c)!;
+      const gaps = rs.flatMap((x) => x.tokenTimes.slice(1).map((t, i) => t - x.tokenTimes[i]));
+      return {
+        streams: c,
+        aggregateTokS: summarize(agg.get(c)!),
+        perStreamTokS: summarize(rs.map(decodeRate)),
+        ttftMs: summarize(rs.map((x) => x.tokenTimes[0] - x.startedAt)),
+        interTokenP50Ms: round(quantile(gaps, 0.5), 3),
+        interTokenP99Ms: round(quantile(gaps, 0.99), 3),
+        tokensPerStream: median(rs.map((x) => x.completionTokens ?? 0)),
+      };
+    });
+    const aggMedian = (c: number) => levelStats.find((l) => l.streams === c)!.aggregateTokS.median;
+
+    return {
+      modelDir,
+      modelName,
+      fingerprint: mOn.fingerprint,
+      probes: mOn.probes.map((p) => ({ id: p.id, hook: p.hook.join('+') })),
+      monitorOverhead: {
+        repetitions: overheadReps,
+        maxTokens: overheadTokens,
+        completionTokens,
+        sameOutput,
+        onTokS: onS,
+        offTokS: offS,
+        pct: round(((offS.median - onS.median) / offS.median) * 100, 3),
+        pairedPct: round(median(paired), 3),
+        cpuUsPerTokenOn: round(cpuPerToken(on), 1),
+        cpuUsPerTokenOff: round(cpuPerToken(off), 1),
+        cpuPct: round((cpuPerToken(on) / cpuPerToken(off) - 1) * 100, 3),
+        alertsDuringRuns,
+      },
+      alertLatency: { requests: alertRequests, alertsPerRequest, one: one.stats, hundred: hundred.stats, memoryLog, clockCheckMs: { daemon: round(daemonClock, 3), bench: round(benchClock, 3) } },
+      concurrency: { maxTokens: concTokens, repetitions: concReps, levels: levelStats, speedup4: round(aggMedian(4) / aggMedian(1), 3), speedup16: round(aggMedian(16) / aggMedian(1), 3) },
+      rssBytes: twin.rssBytes(),
+    };
+  } finally {
+    for (const s of subs) s.ws.terminate();
+    await twin.stop();
+  }
+}
+
+async function alertCount(d: DaemonProcess): Promise<number> {
+  const text = await (await fetch(`${d.url}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) if (line.startsWith('latentwatch_alerts_total{')) sum += Number(line.split(' ').at(-1));
+  return sum;
+}
+
+export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<DaemonBenchResult> {
+  const t0 = performance.now();
+  const quick = o.quick ?? false;
+  const log = o.log ?? ((l: string) => console.error(l));
+  const machine = describeMachine();
+  const root = mkdtempSync(join(tmpdir(), 'lw-bench-daemon-'));
+  const models: ModelDaemonBench[] = [];
+  try {
+    for (const m of o.models ?? [DEFAULT_MODEL_DIR]) models.push(await benchModel(resolve(m), quick, root, log));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  const m = models[0];
+  const l1 = m.concurrency.levels.find((l) => l.streams === 1)!;
+  return {
+    kind: 'latentwatch.bench.daemon',
+    version: 1,
+    quick,
+    machine,
+    models,
+    summary: {
+      monitor_overhead_pct: m.monitorOverhead.pct,
+      monitor_overhead_paired_pct: m.monitorOverhead.pairedPct,
+      monitor_overhead_cpu_pct: m.monitorOverhead.cpuPct,
+      daemon_decode_tok_s_monitored: round(m.monitorOverhead.onTokS.median, 3),
+      daemon_decode_tok_s_unmonitored: round(m.monitorOverhead.offTokS.median, 3),
+      alert_p50_ms: m.alertLatency.one.p50Ms,
+      alert_p99_ms: Math.max(m.alertLatency.one.p99Ms, m.alertLatency.hundred.p99Ms),
+      alert_p99_ms_1_subscriber: m.alertLatency.one.p99Ms,
+      alert_p50_ms_100_subscribers: m.alertLatency.hundred.p50Ms,
+      alert_p99_ms_100_subscribers: m.alertLatency.hundred.p99Ms,
+      alert_p99_ms_memory_log: m.alertLatency.memoryLog.p99Ms,
+      concurrency1_tok_s: round(l1.aggregateTokS.median, 3),
+      concurrency4_tok_s: round(m.concurrency.levels[1].aggregateTokS.median, 3),
+      concurrency16_tok_s: round(m.concurrency.levels[2].aggregateTokS.median, 3),
+      concurrency4_speedup: m.concurrency.speedup4,
+      concurrency16_speedup: m.concurrency.speedup16,
+    },
+    seconds: round((performance.now() - t0) / 1000, 1),
+  };
+}
+
+const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
+
+export function daemonBenchMarkdown(r: DaemonBenchResult): string {
+  const parts = [`# Daemon benchmark${r.quick ? ' (quick)' : ''}`, '', machineMarkdown(r.machine), ''];
+  for (const m of r.models) {
+    const o = m.monitorOverhead;
+    const a = m.alertLatency;
+    parts.push(
+      `## ${m.modelName} (${m.fingerprint})`,
+      '',
+      `Probes (monitored daemon): ${m.probes.map((p) => `${p.id} @ ${p.hook}`).join(', ')}. Daemon RSS ${f((m.rssBytes ?? NaN) / 2 ** 20, 0)} MiB.`,
+      '',
+      `### Monitor overhead`,
+      '',
+      `${o.repetitions} alternating pairs of one greedy streamed completion (${o.completionTokens} tokens${o.sameOutput ? ', identical text on both' : ', TEXT DIFFERED'}); decode tokens/s seen by the client; ${o.alertsDuringRuns} alert(s) raised during the runs.`,
+      '',
+      markdownTable(
+        ['daemon', 'decode tok/s (median)', 'p10', 'p90'],
+        [
+          ['every probe + alert path', o.onTokS.median, o.onTokS.p10, o.onTokS.p90],
+          ['no probes', o.offTokS.median, o.offTokS.p10, o.offTokS.p90],
+        ],
+      ),
+      '',
+      `Overhead: **${f(o.pct, 2)} %** of medians (paired median ${f(o.pairedPct, 2)} %). Daemon CPU time per token (all threads): ${f(o.cpuUsPerTokenOn, 0)} µs monitored vs ${f(o.cpuUsPerTokenOff, 0)} µs unmonitored: **${f(o.cpuPct, 2)} %**.`,
+      '',
+      `### Alert latency (forward pass → WebSocket receipt)`,
+      '',
+      `${a.requests} admin-injected requests one at a time, ${f(a.alertsPerRequest, 1)} alert(s) each (every probe after the injection fires on the first generated token). Clock check: daemon min(ts − forwardAtUs) ${f(a.clockCheckMs.daemon, 3)} ms, bench Date.now() − monotonic clock ${f(a.clockCheckMs.bench, 3)} ms.`,
+      '',
+      markdownTable(
+        ['subscribers', 'alert log', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'first alert of a token: p50 / p99 ms', 'last subscriber: p50 / p99 ms'],
+        ([[1, 'SQLite (WAL, fsync)', a.one], [100, 'SQLite (WAL, fsync)', a.hundred], [1, 'in memory', a.memoryLog]] as const).map(([n, logKind, x]) => [
+          n,
+          logKind,
+          x.receipts,
+          x.p50Ms,
+          x.p90Ms,
+          x.p99Ms,
+          x.maxMs,
+          `${f(x.firstOfTokenP50Ms, 2)} / ${f(x.firstOfTokenP99Ms, 2)}`,
+          `${f(x.lastReceiptP50Ms, 2)} / ${f(x.lastReceiptP99Ms, 2)}`,
+        ]),
+      ),
+      '',
+      `### Concurrency (${m.concurrency.maxTokens} tokens per stream, ${m.concurrency.repetitions} repetitions, monitored daemon)`,
+      '',
+      markdownTable(
+        ['streams', 'aggregate tok/s', 'per-stream tok/s', 'TTFT ms (median)', 'TTFT ms (p90)', 'inter-token p50 ms', 'inter-token p99 ms', 'speedup vs 1'],
+        m.concurrency.levels.map((l) => [l.streams, l.aggregateTokS.median, l.perStreamTokS.median, l.ttftMs.median, l.ttftMs.p90, l.interTokenP50Ms, l.interTokenP99Ms, l.aggregateTokS.median / m.concurrency.levels[0].aggregateTokS.median]),
+      ),
+      '',
+    );
+  }
+  parts.push(`Summary: ${JSON.stringify(r.summary)}`, '', `Total ${r.seconds.toFixed(0)} s.`);
+  return parts.join('\n');
+}
+
+async function main(argv: string[]): Promise<void> {
+  const a = parseArgs(argv, ['out', 'md', 'model', 'big-model']);
+  const quick = a.has('quick');
+  const models = [a.get('model') ?? DEFAULT_MODEL_DIR];
+  if (a.has('big') || a.has('big-model')) models.push(a.get('big-model') ?? '/tmp/lw-bench/qwen2.5-0.5b-random');
+  const res = await runDaemonBench({ quick, models });
+  const md = daemonBenchMarkdown(res);
+  console.log(md);
+  const out = a.get('out') ?? join(REPO, 'bench', 'out', `daemon${quick ? '-quick' : ''}.json`);
+  writeJson(out, res);
+  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
+  console.error(`wrote ${out}`);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  main(process.argv.slice(2)).catch((e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
