@@ -107,7 +107,8 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
  */
 function modelWithCanaryConcept(dir: string): string {
   mkdirSync(dir);
-  for (const f of readdirSync(CODE16M)) symlinkSync(join(CODE16M, f), join(dir, f));
+  // Link the checkpoint's files, never its concepts/ or probes/ (written below; the shipped ones stay untouched).
+  for (const f of readdirSync(CODE16M)) if (f !== 'concepts' && f !== 'probes') symlinkSync(join(CODE16M, f), join(dir, f));
   const probeFile = JSON.parse(readFileSync(probe.path, 'utf8')) as { modelFingerprint: string; dModel: number };
   const config = JSON.parse(readFileSync(join(CODE16M, 'config.json'), 'utf8')) as { num_hidden_layers: number };
   const L = config.num_hidden_layers;
