@@ -1,0 +1,149 @@
+/**
+ * The whole benchmark (issue 6): the engine bench (bench/engine.ts: prefill/decode at the
+ * Qwen2.5-0.5B shape against this machine's memory-bandwidth limit, and peers where measured) and
+ * the daemon bench (bench/daemon.ts: monitor overhead, alert latency, concurrency), one after the
+ * other, into one JSON and one Markdown file with the machine described.
+ *
+ *   npm run bench -- [--quick] [--out FILE.json] [--md FILE.md] [--skip-engine] [--skip-daemon]
+ *   (npm run bench runs `tsx bench/run.ts`)
+ *
+ * The summary always has these keys (null when not measured, with `<key>_reason` saying why):
+ * decode_tok_s_int4, bandwidth_limit_tok_s_int4, decode_tok_s_transformersjs_int4,
+ * monitor_overhead_pct, alert_p99_ms, concurrency4_speedup; plus the rest of both benches' summaries.
+ */
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { daemonBenchMarkdown, runDaemonBench, type DaemonBenchResult } from './daemon.js';
+import { engineBenchMarkdown, runEngineBench, type EngineBenchResult } from './engine.js';
+import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
+import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { round } from './lib/stats.js';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+export const REQUIRED_KEYS = ['decode_tok_s_int4', 'bandwidth_limit_tok_s_int4', 'decode_tok_s_transformersjs_int4', 'monitor_overhead_pct', 'alert_p99_ms', 'concurrency4_speedup'] as const;
+
+export interface BenchResult {
+  kind: 'latentwatch.bench';
+  version: 1;
+  quick: boolean;
+  machine: MachineDescription;
+  summary: Record<string, number | string | null>;
+  /** Issue 6's targets, each with the measured ratio. */
+  targets: { name: string; target: string; measured: number | null; met: boolean | null }[];
+  engine: EngineBenchResult | { error: string } | null;
+  daemon: DaemonBenchResult | { error: string } | null;
+  seconds: number;
+}
+
+export interface BenchOptions {
+  quick?: boolean;
+  skipEngine?: boolean;
+  skipDaemon?: boolean;
+  log?: (line: string) => void;
+}
+
+export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
+  const t0 = performance.now();
+  const quick = o.quick ?? false;
+  const log = o.log ?? ((l: string) => console.error(l));
+  const machine = describeMachine();
+  const summary: Record<string, number | string | null> = {};
+  let engine: BenchResult['engine'] = null;
+  let daemon: BenchResult['daemon'] = null;
+  // One failing half must not lose the other: record the error and go on.
+  if (!o.skipEngine) {
+    log('== engine bench');
+    try {
+      engine = await runEngineBench({ quick, log });
+      Object.assign(summary, engine.summary);
+    } catch (e) {
+      engine = { error: String((e as Error).stack ?? e) };
+      log(`engine bench failed: ${String(e)}`);
+    }
+  }
+  if (!o.skipDaemon) {
+    log('== daemon bench');
+    try {
+      daemon = await runDaemonBench({ quick, log });
+      Object.assign(summary, daemon.summary);
+    } catch (e) {
+      daemon = { error: String((e as Error).stack ?? e) };
+      log(`daemon bench failed: ${String(e)}`);
+    }
+  }
+  const why = (k: string): string => {
+    if (k === 'decode_tok_s_transformersjs_int4') return 'transformers.js is not measured by bench/engine.ts in this build (not installed as a dependency)';
+    const half = ['monitor_overhead_pct', 'alert_p99_ms', 'concurrency4_speedup'].includes(k) ? 'daemon' : 'engine';
+    const r = half === 'daemon' ? daemon : engine;
+    if (r === null) return `the ${half} bench was skipped`;
+    if ('error' in r) return `the ${half} bench failed: ${r.error.split('\n')[0]}`;
+    return `not reported by the ${half} bench`;
+  };
+  for (const k of REQUIRED_KEYS) {
+    if (summary[k] === undefined || summary[k] === null || (typeof summary[k] === 'number' && !Number.isFinite(summary[k]))) {
+      summary[k] = null;
+      summary[`${k}_reason`] ??= why(k);
+    }
+  }
+  const num = (k: string) => (typeof summary[k] === 'number' ? (summary[k] as number) : null);
+  const ratio = (a: number | null, b: number | null) => (a !== null && b !== null && b !== 0 ? round(a / b, 3) : null);
+  const decodeRatio = ratio(num('decode_tok_s_int4'), num('bandwidth_limit_tok_s_int4'));
+  const targets: BenchResult['targets'] = [
+    { name: 'int4 decode ÷ bandwidth limit', target: '≥ 0.8', measured: decodeRatio, met: decodeRatio === null ? null : decodeRatio >= 0.8 },
+    { name: 'monitor overhead %', target: '≤ 2', measured: num('monitor_overhead_pct'), met: num('monitor_overhead_pct') === null ? null : num('monitor_overhead_pct')! <= 2 },
+    { name: 'alert p99 ms (loopback)', target: '≤ 10', measured: num('alert_p99_ms'), met: num('alert_p99_ms') === null ? null : num('alert_p99_ms')! <= 10 },
+    { name: '4 streams ÷ 1 stream aggregate tok/s', target: '≥ 2', measured: num('concurrency4_speedup'), met: num('concurrency4_speedup') === null ? null : num('concurrency4_speedup')! >= 2 },
+  ];
+  return { kind: 'latentwatch.bench', version: 1, quick, machine, summary, targets, engine, daemon, seconds: round((performance.now() - t0) / 1000, 1) };
+}
+
+export function benchMarkdown(r: BenchResult): string {
+  const parts = [
+    `# latentwatch benchmark${r.quick ? ' (quick)' : ''}`,
+    '',
+    machineMarkdown(r.machine),
+    '',
+    '## Targets (issue 6)',
+    '',
+    markdownTable(
+      ['target', 'wanted', 'measured', 'met'],
+      r.targets.map((t) => [t.name, t.target, t.measured, t.met === null ? 'not measured' : t.met ? 'yes' : 'no']),
+    ),
+    '',
+    '## Summary',
+    '',
+    markdownTable(
+      ['key', 'value'],
+      Object.entries(r.summary).map(([k, v]) => [k, v]),
+    ),
+    '',
+  ];
+  if (r.engine && !('error' in r.engine)) parts.push(engineBenchMarkdown(r.engine).replace(/^# /m, '## '), '');
+  else if (r.engine) parts.push('## Engine benchmark', '', `Failed: ${r.engine.error.split('\n')[0]}`, '');
+  if (r.daemon && !('error' in r.daemon)) parts.push(daemonBenchMarkdown(r.daemon).replace(/^# /m, '## ').replace(/^## (?!Daemon)/gm, '### '), '');
+  else if (r.daemon) parts.push('## Daemon benchmark', '', `Failed: ${r.daemon.error.split('\n')[0]}`, '');
+  parts.push(`Total ${r.seconds.toFixed(0)} s.`);
+  return parts.join('\n');
+}
+
+async function main(argv: string[]): Promise<void> {
+  const a = parseArgs(argv, ['out', 'md']);
+  const quick = a.has('quick');
+  const r = await runBench({ quick, skipEngine: a.has('skip-engine'), skipDaemon: a.has('skip-daemon') });
+  const md = benchMarkdown(r);
+  console.log(md);
+  const out = a.get('out') ?? join(REPO, 'bench', 'out', `bench${quick ? '-quick' : ''}.json`);
+  writeJson(out, r);
+  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
+  console.error(`wrote ${out}`);
+  const failed = [r.engine, r.daemon].some((x) => x !== null && 'error' in x);
+  if (failed) process.exitCode = 1;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  main(process.argv.slice(2)).catch((e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
