@@ -50,6 +50,9 @@ function breakPasses(d: Daemon, trip: (feeds: Feeds) => boolean): { restore(): v
 const post = (d: Daemon, body: Record<string, unknown>, key = API_KEY) =>
   fetch(`${d.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, body: JSON.stringify({ model: MODEL, ...body }) });
 
+type ErrorBody = { error: { code: string; type: string; message: string } };
+const readyz = async (d: Daemon) => (await (await fetch(`${d.url}/readyz`)).json()) as { running: number; waiting: number };
+
 const long = { prompt: 'class Config:\n    def __init__(self, path):\n        self.', max_tokens: 60, temperature: 0 };
 
 describe('engine faults mid-request', () => {
@@ -71,7 +74,7 @@ describe('engine faults mid-request', () => {
       await until(() => healthyTokens >= 6, 10_000);
       const plain = await post(d, { prompt: MARKED_PROMPT, max_tokens: 8 });
       expect(plain.status).toBe(500);
-      expect((await plain.json()).error).toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED', type: 'server_error' });
+      expect(((await plain.json()) as ErrorBody).error).toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED', type: 'server_error' });
       const streamed = await streamRequest(d.url, '/v1/completions', { model: MODEL, prompt: MARKED_PROMPT, max_tokens: 8 }, { key: API_KEY });
       expect(streamed.status).toBe(500); // the stream had not started: still a plain HTTP error
       expect(streamed.error).toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED' });
@@ -85,7 +88,7 @@ describe('engine faults mid-request', () => {
     } finally {
       brk.restore();
     }
-    expect((await (await fetch(`${d.url}/readyz`)).json()).running).toBe(0);
+    expect((await readyz(d)).running).toBe(0);
   });
 
   it('a failing decode pass mid-stream: the stream ends with a coded error event and [DONE]; the slot is freed', async () => {
@@ -108,7 +111,7 @@ describe('engine faults mid-request', () => {
     } finally {
       brk.restore();
     }
-    expect((await (await fetch(`${d.url}/readyz`)).json()).running).toBe(0);
+    expect((await readyz(d)).running).toBe(0);
     // Every slot is usable again: four concurrent requests (the pool's size) all complete.
     const rs = await Promise.all([0, 1, 2, 3].map(() => post(d, { prompt: 'def ', max_tokens: 4 })));
     expect(rs.map((x) => x.status)).toEqual([200, 200, 200, 200]);
@@ -134,12 +137,12 @@ describe('the session is released under a running stream (real onnxruntime failu
       expect(r.done).toBe(true);
       const later = await post(d, { prompt: 'def ', max_tokens: 4 });
       expect(later.status).toBe(500);
-      expect((await later.json()).error.code).toBe('LW_ERR_ENGINE_SESSION_FAILED');
+      expect(((await later.json()) as ErrorBody).error.code).toBe('LW_ERR_ENGINE_SESSION_FAILED');
       for (const path of ['/healthz', '/readyz', '/metrics', '/v1/models', '/v1/alerts?since=0']) {
         const x = await fetch(`${d.url}${path}`, { headers: { authorization: `Bearer ${API_KEY}` } });
         expect(x.status, path).toBe(200);
       }
-      expect((await (await fetch(`${d.url}/readyz`)).json()).running).toBe(0);
+      expect((await readyz(d)).running).toBe(0);
     } finally {
       // The engine's own close would release the session a second time.
       (d.engine.session as unknown as { release(): Promise<void> }).release = async () => {};

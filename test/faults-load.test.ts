@@ -106,7 +106,7 @@ describe('sustained load', () => {
     };
     await Promise.all([...[0, 1, 2, 3].map(sseLoop), ...[0, 1].map(httpLoop)]);
     clearInterval(sampler);
-    await until(async () => (await (await fetch(`${d.url}/readyz`)).json()).running === 0, 5000);
+    await until(async () => ((await (await fetch(`${d.url}/readyz`)).json()) as { running: number }).running === 0, 5000);
     const rssEnd = d.rssBytes()!;
     rss.push(rssEnd);
     await until(() => sub.alerts.length >= counts.alertIds.length, 5000);
