@@ -193,6 +193,25 @@ describe('batched decode of concurrent streams (qwen2-code-16m)', () => {
   });
 });
 
+describe('KV buffers grow with the sequence', () => {
+  it('concurrent streams crossing the initial 256-position buffer keep exact greedy continuations', async () => {
+    const engine = await Engine.load(QWEN2_TINY, { cacheDir: TEST_CACHE, maxBatch: 4 });
+    const prompts = [240, 250].map((n, k) => Array.from({ length: n }, (_, i) => (i * 37 + k * 11 + 1) % 512));
+    const runs = await Promise.all(prompts.map((p) => collect(engine, { promptIds: p, maxTokens: 40, ignoreEos: true })));
+    for (const [k, p] of prompts.entries()) {
+      const gen = tokens(runs[k]);
+      const all = [...p, ...gen];
+      const seq = engine.newSequence(all.length);
+      const full = await seq.forward(all, { logits: 'all' });
+      seq.release();
+      // Each generated token is the argmax after the positions before it, from one uncached pass.
+      const expected = argmaxRows(full.logits, 512).slice(p.length - 1, all.length - 1);
+      expect(gen).toEqual(expected);
+    }
+    await engine.close();
+  });
+});
+
 describe('injection windows (qwen2-tiny)', () => {
   let engine: Engine;
   const t = referenceTensors(QWEN2_TINY);

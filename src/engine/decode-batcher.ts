@@ -88,6 +88,8 @@ export class DecodeBatcher {
       ids[r] = p ? p.token : 0;
       seqlens[r] = len;
     }
+    // Room for every row's new position (idle rows write at their next position too).
+    this.pool.ensure(Math.max(...seqlens) + 1);
     const feeds: Record<string, Tensor> = {
       [GRAPH_NAMES.inputIds]: i64Tensor(ids, [B, 1]),
       [GRAPH_NAMES.seqlensK]: i32Tensor(seqlens, [B]),

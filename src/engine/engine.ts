@@ -42,6 +42,7 @@ export class Engine implements GraphContext {
   private readonly prefillChunk: number;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly pool: KvPool;
+  private readonly maxPrivateLength: number;
   readonly batcher: DecodeBatcher;
 
   private constructor(
@@ -59,6 +60,7 @@ export class Engine implements GraphContext {
     this.prefillChunk = o.prefillChunk ?? 512;
     // One spare position per slot: an idle row of a batch writes there harmlessly.
     this.pool = new KvPool(cfg, o.maxBatch ?? 8, Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
+    this.maxPrivateLength = this.contextLength;
     this.batcher = new DecodeBatcher(this, this.pool);
     this.checkNames();
   }
@@ -107,8 +109,8 @@ export class Engine implements GraphContext {
    */
   newSequence(capacity: number): Sequence {
     if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
-    const slot = capacity < this.pool.slotLength ? this.pool.allocate() : null;
-    if (!slot) return new Sequence(this, capacity, privateStorage(this.config, capacity));
+    const slot = capacity < this.pool.maxSlotLength ? this.pool.allocate() : null;
+    if (!slot) return new Sequence(this, capacity, privateStorage(this.config, Math.min(capacity, this.maxPrivateLength)));
     const seq = new Sequence(this, capacity, {
       ...slot,
       free: () => {

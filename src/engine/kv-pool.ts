@@ -1,41 +1,83 @@
 /**
  * KV-cache storage. Batched decode needs the caches of a batch's rows side by side in one tensor, so
- * pooled sequences live in slots of one large array per layer ([slots, kv_heads, slot_len, head_dim]);
- * a batch feeds the view over a contiguous run of slots. Sequences that do not fit a slot get their
- * own arrays and decode alone. Arrays are zero-allocated, so untouched slots cost no resident memory.
+ * sequences live in slots of one array per layer: [slots, kv_heads, slot_len, head_dim]; a batch
+ * feeds the view over a contiguous run of slots. A sequence that finds no free slot gets a private
+ * one-slot pool and decodes alone.
+ *
+ * Slots grow: onnxruntime's attention costs (and allocates scratch) in proportion to the buffer's
+ * length, not the positions in use, so buffers start small and double as sequences need room,
+ * copying what they hold. The cost is amortised: a sequence of n tokens is copied O(log n) times.
  */
 import type { ModelConfig } from '../model/config.js';
 
+const INITIAL_SLOT_LENGTH = 256;
+
 export interface KvStorage {
-  /** Positions the cache holds. */
-  readonly length: number;
-  /** Per layer: key and value arrays of [1, kv_heads, length, head_dim]. */
-  readonly keys: Float32Array[];
-  readonly values: Float32Array[];
-  /** Slot index in the pool, or -1 for private storage. */
+  /** Slot index in the shared pool, or -1 for a private one. */
   readonly slot: number;
+  /** Positions the buffers hold now (they grow up to the pool's maximum). */
+  readonly length: number;
+  /** Layer l's key and value buffers, [1, kv_heads, length, head_dim]; replaced when they grow. */
+  keys(layer: number): Float32Array;
+  values(layer: number): Float32Array;
+  /** Makes room for `positions` positions. */
+  ensure(positions: number): void;
   free(): void;
 }
 
 export class KvPool {
-  readonly slotLength: number;
-  readonly slotFloats: number;
-  private readonly keys: Float32Array[] = [];
-  private readonly values: Float32Array[] = [];
+  private slotLen: number;
+  private keys: Float32Array[] = [];
+  private values: Float32Array[] = [];
   private readonly used: boolean[];
+  private readonly rowFloats: number;
 
   constructor(
     private readonly config: ModelConfig,
     readonly slots: number,
-    slotLength: number,
+    /** The most positions a slot may grow to. */
+    readonly maxSlotLength: number,
   ) {
-    this.slotLength = slotLength;
-    this.slotFloats = config.numKvHeads * slotLength * config.headDim;
     this.used = new Array<boolean>(slots).fill(false);
-    if (slots > 0) {
-      for (let l = 0; l < config.numLayers; l++) {
-        this.keys.push(new Float32Array(slots * this.slotFloats));
-        this.values.push(new Float32Array(slots * this.slotFloats));
+    this.rowFloats = config.headDim;
+    this.slotLen = Math.min(INITIAL_SLOT_LENGTH, maxSlotLength);
+    this.allocateArrays();
+  }
+
+  get slotLength(): number {
+    return this.slotLen;
+  }
+
+  private get slotFloats(): number {
+    return this.config.numKvHeads * this.slotLen * this.rowFloats;
+  }
+
+  private allocateArrays(): void {
+    this.keys = [];
+    this.values = [];
+    if (this.slots === 0) return;
+    for (let l = 0; l < this.config.numLayers; l++) {
+      this.keys.push(new Float32Array(this.slots * this.slotFloats));
+      this.values.push(new Float32Array(this.slots * this.slotFloats));
+    }
+  }
+
+  /** Grows every slot to hold at least `positions` (never beyond maxSlotLength). */
+  ensure(positions: number): void {
+    if (positions <= this.slotLen) return;
+    const oldLen = this.slotLen;
+    const oldKeys = this.keys;
+    const oldValues = this.values;
+    this.slotLen = Math.min(this.maxSlotLength, Math.max(positions, oldLen * 2));
+    this.allocateArrays();
+    // Each (slot, kv head) row of positions moves to its new stride.
+    const rows = this.slots * this.config.numKvHeads;
+    const oldRow = oldLen * this.rowFloats;
+    const newRow = this.slotLen * this.rowFloats;
+    for (let l = 0; l < this.config.numLayers; l++) {
+      for (let r = 0; r < rows; r++) {
+        this.keys[l].set(oldKeys[l].subarray(r * oldRow, (r + 1) * oldRow), r * newRow);
+        this.values[l].set(oldValues[l].subarray(r * oldRow, (r + 1) * oldRow), r * newRow);
       }
     }
   }
@@ -46,11 +88,15 @@ export class KvPool {
     if (slot < 0) return null;
     this.used[slot] = true;
     const view = (a: Float32Array) => a.subarray(slot * this.slotFloats, (slot + 1) * this.slotFloats);
+    const pool = this;
     return {
-      length: this.slotLength,
-      keys: this.keys.map(view),
-      values: this.values.map(view),
       slot,
+      get length() {
+        return pool.slotLen;
+      },
+      keys: (l) => view(this.keys[l]),
+      values: (l) => view(this.values[l]),
+      ensure: (n) => this.ensure(n),
       free: () => {
         this.used[slot] = false;
       },
@@ -59,20 +105,13 @@ export class KvPool {
 
   /** Views over slots lo..hi (inclusive) for one layer: [hi-lo+1, kv_heads, slot_len, head_dim]. */
   range(layer: number, lo: number, hi: number): { keys: Float32Array; values: Float32Array } {
-    return {
-      keys: this.keys[layer].subarray(lo * this.slotFloats, (hi + 1) * this.slotFloats),
-      values: this.values[layer].subarray(lo * this.slotFloats, (hi + 1) * this.slotFloats),
-    };
+    const f = this.slotFloats;
+    return { keys: this.keys[layer].subarray(lo * f, (hi + 1) * f), values: this.values[layer].subarray(lo * f, (hi + 1) * f) };
   }
 }
 
-export function privateStorage(config: ModelConfig, length: number): KvStorage {
-  const n = config.numKvHeads * length * config.headDim;
-  return {
-    length,
-    keys: Array.from({ length: config.numLayers }, () => new Float32Array(n)),
-    values: Array.from({ length: config.numLayers }, () => new Float32Array(n)),
-    slot: -1,
-    free: () => {},
-  };
+/** A sequence's own growable cache, for when the shared pool is full or too short. */
+export function privateStorage(config: ModelConfig, maxLength: number): KvStorage {
+  const s = new KvPool(config, 1, maxLength).allocate()!;
+  return { ...s, get length() { return s.length; }, slot: -1 };
 }

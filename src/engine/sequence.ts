@@ -89,23 +89,27 @@ export class Sequence {
       [GRAPH_NAMES.totalSeqLen]: i32Tensor([total], []),
       [GRAPH_NAMES.logitsIndex]: i64Tensor(logitRows, [logitRows.length]),
     };
-    const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
-    const dims = [1, c.numKvHeads, this.storage.length, c.headDim];
-    for (let l = 0; l < c.numLayers; l++) {
-      const k = f32Tensor(this.storage.keys[l], dims);
-      const v = f32Tensor(this.storage.values[l], dims);
-      feeds[GRAPH_NAMES.pastKey(l)] = k;
-      feeds[GRAPH_NAMES.pastValue(l)] = v;
-      fetches[GRAPH_NAMES.presentKey(l)] = k;
-      fetches[GRAPH_NAMES.presentValue(l)] = v;
-    }
     for (const port of this.ctx.ports) {
       const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
       feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
     }
-    for (const t of o.taps ?? []) fetches[t] = null;
-
-    const out = await this.ctx.exclusive(() => this.ctx.session.run(feeds, fetches));
+    const out = await this.ctx.exclusive(() => {
+      // Inside the exclusive section: growing the pool must not move buffers a running pass writes.
+      const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
+      // One spare position when pooled: an idle row of a later batch writes there.
+      this.storage.ensure(total + (this.storage.slot >= 0 ? 1 : 0));
+      const dims = [1, c.numKvHeads, this.storage.length, c.headDim];
+      for (let l = 0; l < c.numLayers; l++) {
+        const k = f32Tensor(this.storage.keys(l), dims);
+        const v = f32Tensor(this.storage.values(l), dims);
+        feeds[GRAPH_NAMES.pastKey(l)] = k;
+        feeds[GRAPH_NAMES.pastValue(l)] = v;
+        fetches[GRAPH_NAMES.presentKey(l)] = k;
+        fetches[GRAPH_NAMES.presentValue(l)] = v;
+      }
+      for (const t of o.taps ?? []) fetches[t] = null;
+      return this.ctx.session.run(feeds, fetches);
+    });
     this.len = total;
     const taps = new Map<string, TapValues>();
     for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: tensorData(out[t]) });
