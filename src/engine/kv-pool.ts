@@ -88,11 +88,11 @@ export class KvPool {
     if (slot < 0) return null;
     this.used[slot] = true;
     const view = (a: Float32Array) => a.subarray(slot * this.slotFloats, (slot + 1) * this.slotFloats);
-    const pool = this;
+    const length = () => this.slotLen;
     return {
       slot,
       get length() {
-        return pool.slotLen;
+        return length();
       },
       keys: (l) => view(this.keys[l]),
       values: (l) => view(this.values[l]),
