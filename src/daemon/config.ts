@@ -56,6 +56,10 @@ export interface AlertRuleConfig {
 export interface DaemonConfig {
   /** Checkpoint directory; null = the built-in default model. */
   modelDir: string | null;
+  /** Weight precision of the served graph (int4/int8: MatMulNBits; fp16: fp16 storage). */
+  precision: 'fp32' | 'fp16' | 'int8' | 'int4';
+  /** onnxruntime intra-op threads; 0 = one per core. */
+  threads: number;
   /** Name answered in /v1/models and matched against `model` in requests; null = derived from the model. */
   servedModelName: string | null;
   /** `*.probe.json` files to load. */
@@ -146,6 +150,8 @@ export const DEFAULT_VERBALIZATION_PHRASES: readonly string[] = [
 /** Layer 1. `host` is absent on purpose: it is derived from whether API keys are configured. */
 export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   modelDir: null,
+  precision: 'fp32',
+  threads: 0,
   servedModelName: null,
   probes: [],
   port: 8000,
@@ -190,12 +196,14 @@ export const CONFIG_SCHEMA = {
   type: 'object',
   additionalProperties: false,
   required: [
-    'modelDir', 'servedModelName', 'probes', 'host', 'port', 'apiKeys', 'adminKey', 'allowInjection', 'logLevel',
+    'modelDir', 'precision', 'threads', 'servedModelName', 'probes', 'host', 'port', 'apiKeys', 'adminKey', 'allowInjection', 'logLevel',
     'limits', 'alerts', 'verbalization', 'alertLog', 'websocket', 'canary', 'shutdown',
   ],
   properties: {
     $schema: { type: 'string' },
     modelDir: { type: ['string', 'null'], minLength: 1 },
+    precision: { enum: ['fp32', 'fp16', 'int8', 'int4'] },
+    threads: { type: 'integer', minimum: 0, maximum: 1024 },
     servedModelName: { type: ['string', 'null'], minLength: 1, maxLength: 256 },
     probes: { type: 'array', items: nonEmpty },
     host: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[^\\s/]+$' },
@@ -291,6 +299,8 @@ type ValueKind = 'string' | 'int' | 'number' | 'bool' | 'list' | 'path' | 'paths
 /** Layer 3: environment variables → JSON pointer. */
 export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKind }>> = Object.freeze({
   LATENTWATCH_MODEL: { pointer: '/modelDir', kind: 'path' },
+  LATENTWATCH_PRECISION: { pointer: '/precision', kind: 'string' },
+  LATENTWATCH_THREADS: { pointer: '/threads', kind: 'int' },
   LATENTWATCH_SERVED_MODEL_NAME: { pointer: '/servedModelName', kind: 'string' },
   LATENTWATCH_PROBES: { pointer: '/probes', kind: 'paths' },
   LATENTWATCH_HOST: { pointer: '/host', kind: 'string' },
@@ -319,6 +329,8 @@ export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
 export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; repeat?: boolean; help: string }>> =
   Object.freeze({
     model: { pointer: '/modelDir', kind: 'path', help: 'checkpoint directory (default: the built-in model)' },
+    precision: { pointer: '/precision', kind: 'string', help: 'fp32|fp16|int8|int4 weights' },
+    threads: { pointer: '/threads', kind: 'int', help: 'onnxruntime intra-op threads (0: one per core)' },
     'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },
     probe: { pointer: '/probes', kind: 'path', repeat: true, help: '*.probe.json file (repeatable)' },
     host: { pointer: '/host', kind: 'string', help: 'listen address (127.0.0.1 unless an API key is set)' },

@@ -7,7 +7,8 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { Engine } from '../engine/engine.js';
-import { residPost } from '../hooks.js';
+import { parseResidPost, residPost } from '../hooks.js';
+import { hookList, readProbeFile } from '../probes/probe-file.js';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../paths.js';
 import { ConceptStore } from '../probes/concepts.js';
 import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
@@ -48,9 +49,18 @@ export function bundledProbes(modelDir: string): string[] {
 
 export async function startDaemon(config: FrozenConfig, notices: readonly string[] = []): Promise<Daemon> {
   const modelDir = config.modelDir ?? DEFAULT_MODEL_DIR;
-  const engine = await Engine.load(modelDir, { maxBatch: config.limits.maxConcurrent });
-  const modelName = config.servedModelName ?? basename(modelDir);
   const probePaths = config.probes.length > 0 ? [...config.probes] : bundledProbes(modelDir);
+  // The graph taps only the layers the probes read, and has injection ports only when something
+  // may inject: a plain serving build carries neither.
+  const probeHooks = (await Promise.all(probePaths.map((p) => readProbeFile(p, null)))).flatMap((f) => [...hookList(f.hook)]);
+  const engine = await Engine.load(modelDir, {
+    precision: config.precision,
+    threads: config.threads || undefined,
+    taps: [...new Set(probeHooks.map(parseResidPost))],
+    ports: config.allowInjection || config.canary.enabled ? 'all' : 'none',
+    maxBatch: config.limits.maxConcurrent,
+  });
+  const modelName = config.servedModelName ?? basename(modelDir);
   const probes = await Promise.all(probePaths.map((p) => loadProbe(p, engine.fingerprint)));
   for (const p of probes) for (const h of p.hooks) if (!engine.taps.has(h)) throw new Error(`probe ${p.id} reads ${h}, which the build does not tap`);
   const bank = new ProbeBank(probes);
