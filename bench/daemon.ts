@@ -44,7 +44,11 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { loadConfig, ruleForProbe } from '../src/daemon/config.js';
 import { bundledProbes } from '../src/daemon/daemon.js';
+import { createMetrics } from '../src/daemon/metrics.js';
+import { RequestMonitor } from '../src/daemon/monitor.js';
+import { loadProbe, ProbeBank } from '../src/probes/probe.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
 import { nowUs, streamRequest, subscribe, until, type StreamResult, type Subscriber } from './lib/clients.js';
@@ -113,6 +117,10 @@ export interface ModelDaemonBench {
     cpuUsPerTokenOff: number;
     /** (on − off) ÷ off × 100 of CPU time per token: insensitive to waiting for a core on a busy machine. */
     cpuPct: number;
+    /** The monitor's own work per token (scores, rule, verbalization, histograms) timed in-process without the engine: µs. */
+    monitorUsPerToken: number;
+    /** That, as a share of the unmonitored daemon's time per token (%). */
+    monitorPctOfToken: number;
     alertsDuringRuns: number;
   };
   alertLatency: {
@@ -271,6 +279,7 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
     const onS = summarize(onRates);
     const offS = summarize(offRates);
     const alertsDuringRuns = (await alertCount(on)) - alertsBefore;
+    const microUs = await monitorMicro(modelDir, probePaths, mOn.fingerprint, set.vector.length, 512);
     const cpuPerToken = (d: DaemonProcess) => (cpu.get(d.url) ?? NaN) / (toks.get(d.url) ?? NaN) / 1e3;
 
     // ---- alert latency ----
@@ -358,6 +367,8 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
         cpuUsPerTokenOn: round(cpuPerToken(on), 1),
         cpuUsPerTokenOff: round(cpuPerToken(off), 1),
         cpuPct: round((cpuPerToken(on) / cpuPerToken(off) - 1) * 100, 3),
+        monitorUsPerToken: round(microUs, 2),
+        monitorPctOfToken: round((microUs / (1e6 / offS.median)) * 100, 3),
         alertsDuringRuns,
       },
       alertLatency: { requests: alertRequests, alertsPerRequest, one: one.stats, hundred: hundred.stats, memoryLog, clockCheckMs: { daemon: round(daemonClock, 3), bench: round(benchClock, 3) } },
@@ -368,6 +379,39 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
     for (const s of subs) s.ws.terminate();
     await twin.stop();
   }
+}
+
+/**
+ * The monitor's own work per token, in this process with no engine: ProbeBank.score over taps of
+ * the model's width, RequestMonitor.step (aggregators, alert rule, verbalization over the text)
+ * and the per-probe score histograms, for `tokens` tokens of one request. Returns µs per token.
+ */
+async function monitorMicro(modelDir: string, probePaths: string[], fingerprint: string, dModel: number, tokens: number): Promise<number> {
+  const { config } = loadConfig({ argv: ['--model', modelDir] });
+  const probes = await Promise.all(probePaths.map((p) => loadProbe(p, fingerprint)));
+  const bank = new ProbeBank(probes);
+  const metrics = createMetrics({ version: 'bench' });
+  const taps = new Map(bank.hooks().map((h) => [h, { positions: 1, dModel, data: Float32Array.from({ length: dModel }, (_, i) => Math.sin(i)) }]));
+  const words = ['def', ' parse', '(', 'line', '):', '\n', '    ', 'return', ' line', '.split', '()'];
+  const runOnce = () => {
+    let id = 0;
+    const monitor = new RequestMonitor({
+      requestId: 'bench',
+      model: 'bench',
+      probes: bank.probes.map((probe) => ({ probe, rule: ruleForProbe(config, probe.id, probe.threshold) })),
+      verbalization: config.verbalization,
+      emit: config.alerts.emit,
+      excerptChars: config.alerts.excerptChars,
+      raise: () => ++id,
+      onScore: (probeId, score) => metrics.observeProbeScore(probeId, score),
+    });
+    const t0 = performance.now();
+    for (let t = 0; t < tokens; t++) monitor.step({ position: t, text: words[t % words.length] }, bank.score(taps));
+    monitor.finish();
+    return ((performance.now() - t0) * 1000) / tokens;
+  };
+  for (let i = 0; i < 3; i++) runOnce(); // warm up the JIT
+  return median(Array.from({ length: 7 }, runOnce));
 }
 
 async function alertCount(d: DaemonProcess): Promise<number> {
@@ -401,6 +445,8 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
       monitor_overhead_pct: m.monitorOverhead.pct,
       monitor_overhead_paired_pct: m.monitorOverhead.pairedPct,
       monitor_overhead_cpu_pct: m.monitorOverhead.cpuPct,
+      monitor_us_per_token: m.monitorOverhead.monitorUsPerToken,
+      monitor_pct_of_token: m.monitorOverhead.monitorPctOfToken,
       daemon_decode_tok_s_monitored: round(m.monitorOverhead.onTokS.median, 3),
       daemon_decode_tok_s_unmonitored: round(m.monitorOverhead.offTokS.median, 3),
       alert_p50_ms: m.alertLatency.one.p50Ms,
@@ -443,7 +489,7 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
         ],
       ),
       '',
-      `Overhead: **${f(o.pct, 2)} %** of medians (paired median ${f(o.pairedPct, 2)} %). Daemon CPU time per token (all threads): ${f(o.cpuUsPerTokenOn, 0)} µs monitored vs ${f(o.cpuUsPerTokenOff, 0)} µs unmonitored: **${f(o.cpuPct, 2)} %**.`,
+      `Overhead: **${f(o.pct, 2)} %** of medians (paired median ${f(o.pairedPct, 2)} %). Daemon CPU time per token (all threads): ${f(o.cpuUsPerTokenOn, 0)} µs monitored vs ${f(o.cpuUsPerTokenOff, 0)} µs unmonitored: **${f(o.cpuPct, 2)} %** (CPU time includes onnxruntime's threads spin-waiting while the main thread scores). The monitor's own work timed alone (${m.probes.length} probes: scores, alert rule, verbalization, histograms): ${f(o.monitorUsPerToken, 1)} µs per token = ${f(o.monitorPctOfToken, 2)} % of an unmonitored token here.`,
       '',
       `### Alert latency (forward pass → WebSocket receipt)`,
       '',
