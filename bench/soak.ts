@@ -82,7 +82,7 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
     const gaps: number[] = [];
     const alertIds: number[] = [];
     const counts = { streams: 0, tokens: 0, http: 0 };
-    const samples: { t: number; mib: number }[] = [{ t: 0, mib: rssStart / MB }];
+    const samples: { t: number; mib: number }[] = [{ t: 0, mib: round(rssStart / MB, 1) }];
     const start = Date.now();
     const end = start + settings.seconds * 1000;
     const sampler = setInterval(() => {
