@@ -193,6 +193,39 @@ describe('batched decode of concurrent streams (qwen2-code-16m)', () => {
   });
 });
 
+describe('a failing batched decode pass', () => {
+  it('fails only the row that causes it; its batch neighbours continue exactly', async () => {
+    const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, maxBatch: 4 });
+    const victim = ref.prompts[0].input_ids; // 8 tokens
+    const other = ref.prompts[1];
+    // The one fake in this file: a pass that writes the victim's 14th position fails, as a real
+    // onnxruntime error would (a required feed is dropped, so onnxruntime raises it itself).
+    const session = engine.session as unknown as { run: (f: Record<string, { data: unknown }>, o: unknown) => Promise<unknown> };
+    const real = session.run.bind(session);
+    let tripped = 0;
+    session.run = (feeds, outputs) => {
+      const seqlens = feeds.seqlens_k.data as Int32Array;
+      const ids = feeds.input_ids.data as BigInt64Array;
+      if (ids.length <= 4 && seqlens.includes(victim.length + 5)) {
+        tripped++;
+        const { seqlens_k: _, ...rest } = feeds;
+        return real(rest, outputs);
+      }
+      return real(feeds, outputs);
+    };
+    const [a, b] = await Promise.allSettled([
+      collect(engine, { promptIds: victim, maxTokens: 20, ignoreEos: true }),
+      collect(engine, { promptIds: other.input_ids, maxTokens: 24, ignoreEos: true }),
+    ]);
+    expect(tripped).toBeGreaterThan(0);
+    expect(a.status).toBe('rejected');
+    expect((a as PromiseRejectedResult).reason).toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED' });
+    expect(b.status).toBe('fulfilled');
+    expect(tokens((b as PromiseFulfilledResult<Step[]>).value)).toEqual(other.greedy_continuation);
+    await engine.close();
+  });
+});
+
 describe('KV buffers grow with the sequence', () => {
   it('concurrent streams crossing the initial 256-position buffer keep exact greedy continuations', async () => {
     const engine = await Engine.load(QWEN2_TINY, { cacheDir: TEST_CACHE, maxBatch: 4 });

@@ -66,7 +66,19 @@ export class DecodeBatcher {
       const results = await this.run(batch);
       batch.forEach((p, i) => p.resolve(results[i]));
     } catch (e) {
-      for (const p of batch) p.reject(e);
+      if (batch.length === 1) {
+        batch[0].reject(e);
+        return;
+      }
+      // One failing row must not fail its neighbours: rerun each alone (a failed pass advanced no
+      // sequence, and whatever it wrote at their next positions is rewritten now).
+      for (const p of batch) {
+        try {
+          p.resolve((await this.run([p]))[0]);
+        } catch (err) {
+          p.reject(err);
+        }
+      }
     }
   }
 

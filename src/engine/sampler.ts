@@ -42,13 +42,18 @@ export class Sampler {
   }
 
   sample(logits: Float32Array): number {
-    if (this.temperature === 0) return argmax(logits);
+    const best = argmax(logits);
+    const max = logits[best];
+    // NaN or infinite logits mean a broken forward pass (e.g. an overflowing injection): fail the
+    // request with a code rather than emit garbage or spin in the nucleus search.
+    if (!Number.isFinite(max)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'the forward pass produced non-finite logits');
+    if (this.temperature === 0) return best;
     const n = logits.length;
-    const max = logits[argmax(logits)];
     const inv = 1 / this.temperature;
     const probs = new Float32Array(n);
     let sum = 0;
     for (let i = 0; i < n; i++) sum += probs[i] = Math.exp((logits[i] - max) * inv);
+    if (!Number.isFinite(sum) || sum <= 0) return best;
     for (let i = 0; i < n; i++) probs[i] /= sum;
     const candidates = this.candidates(probs);
     let total = 0;
@@ -96,11 +101,12 @@ export class Sampler {
   }
 }
 
+/** Index of the largest value; a NaN anywhere wins, so callers see it. */
 export function argmax(a: Float32Array): number {
   let best = 0;
   let bv = a[0];
   for (let i = 1; i < a.length; i++) {
-    if (a[i] > bv) {
+    if (a[i] > bv || (a[i] !== a[i] && bv === bv)) {
       bv = a[i];
       best = i;
     }
