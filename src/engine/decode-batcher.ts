@@ -24,9 +24,19 @@ export interface BatchStats {
   rows: number;
 }
 
+/**
+ * How long a batch waits for streams that are decoding but have not submitted their next step yet
+ * (their consumer is still handling the last token). Waiting a little keeps batches whole instead of
+ * splitting every step into two half batches, which costs a whole extra pass.
+ */
+const GATHER_WAIT_MS = 2;
+
 export class DecodeBatcher {
   private pending: PendingStep[] = [];
   private scheduled = false;
+  private gatherStart = 0;
+  /** Sequences that have decoded at least once and are not released: the batch to wait for. */
+  private readonly decoding = new Set<Sequence>();
   /** Live pooled sequences by slot, to give idle rows of a batch a safe write position. */
   private readonly bySlot = new Map<number, Sequence>();
   readonly stats: BatchStats = { passes: 0, rows: 0 };
@@ -42,23 +52,42 @@ export class DecodeBatcher {
 
   unregister(seq: Sequence): void {
     if (this.bySlot.get(seq.storage.slot) === seq) this.bySlot.delete(seq.storage.slot);
+    this.decoding.delete(seq);
+    // A stream leaving may complete the batch the others wait for.
+    if (this.scheduled) setImmediate(() => this.gather());
   }
 
   /** One decode step of a pooled sequence; resolves when the batch it joined has run. */
   step(seq: Sequence, token: number, o: ForwardOptions): Promise<ForwardResult> {
     seq.prepare(1, o);
+    this.decoding.add(seq);
     return new Promise((resolve, reject) => {
       this.pending.push({ seq, token, o, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        // Let every stream that is ready this tick join before the pass is queued.
-        setImmediate(() => void this.ctx.exclusive(() => this.runBatch()));
+        this.gatherStart = performance.now();
+        setImmediate(() => this.gather());
       }
     });
   }
 
+  /** Queue the pass once every decoding stream has submitted, or after GATHER_WAIT_MS. */
+  private gather(): void {
+    if (!this.scheduled || this.queued) return;
+    const waiting = [...this.decoding].some((s) => !s.isReleased && !this.pending.some((p) => p.seq === s));
+    if (waiting && performance.now() - this.gatherStart < GATHER_WAIT_MS) {
+      setImmediate(() => this.gather());
+      return;
+    }
+    this.queued = true;
+    void this.ctx.exclusive(() => this.runBatch());
+  }
+
+  private queued = false;
+
   private async runBatch(): Promise<void> {
     this.scheduled = false;
+    this.queued = false;
     const batch = this.pending.filter((p) => !p.seq.isReleased);
     this.pending = [];
     if (batch.length === 0) return;
