@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
-import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type Precision } from './graph.js';
+import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type GraphInterface, type Precision } from './graph.js';
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
 export const BUILDER_VERSION = 1;
@@ -20,6 +20,8 @@ export interface BuildRequest {
   ports?: 'all' | 'none' | number[];
   blockSize?: number;
   accuracyLevel?: number;
+  /** 'hf': Hugging Face optimum's decoder interface for peers (no taps, no ports; not for the engine). */
+  interface?: GraphInterface;
 }
 
 export interface BuildInfo {
@@ -40,12 +42,16 @@ export function defaultCacheDir(): string {
 export function resolveBuildOptions(ckpt: Checkpoint, r: BuildRequest = {}): BuildOptions {
   const all = Array.from({ length: ckpt.config.numLayers }, (_, i) => i);
   const sorted = (xs: number[]) => [...new Set(xs)].sort((a, b) => a - b);
+  // An 'hf' build has neither taps nor ports unless asked (and validation refuses them).
+  const dflt = r.interface === 'hf' ? [] : all;
   const o: BuildOptions = {
     precision: r.precision ?? 'fp32',
-    taps: r.taps === undefined || r.taps === 'all' ? all : sorted(r.taps),
-    ports: r.ports === undefined || r.ports === 'all' ? all : r.ports === 'none' ? [] : sorted(r.ports),
+    taps: r.taps === undefined ? dflt : r.taps === 'all' ? all : sorted(r.taps),
+    ports: r.ports === undefined ? dflt : r.ports === 'all' ? all : r.ports === 'none' ? [] : sorted(r.ports),
     blockSize: r.blockSize ?? 32,
     accuracyLevel: r.accuracyLevel ?? 4,
+    // Only a non-default interface enters the options (and so the cache key): default keys are unchanged.
+    ...(r.interface && r.interface !== 'latentwatch' ? { interface: r.interface } : {}),
   };
   validateBuildOptions(ckpt.config, o);
   return o;

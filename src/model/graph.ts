@@ -7,6 +7,14 @@
  * fourth output is the residual stream itself, so taps cost no extra compute. Attention is one
  * GroupQueryAttention node with rotary inside and a KV cache that may share its buffer with the
  * output (the engine feeds one preallocated tensor as both, so decode updates it in place).
+ *
+ * The 'hf' interface (for peers such as transformers.js, never for the engine) has the inputs and
+ * outputs of a Hugging Face optimum / onnxruntime-genai decoder export instead: `input_ids`,
+ * `attention_mask` [batch, total] (seqlens_k = ReduceSum(mask, 1) - 1 and total_sequence_length =
+ * Shape(mask)[1] are derived inside the graph), `past_key_values.L.key/value` → `present.L.key/value`
+ * (separate buffers; present = past + the new positions), `num_logits_to_keep` (int64 scalar:
+ * 0 = every position, k = the last k; transformers.js feeds it to graphs that have it) and `logits`
+ * [batch, seq or k, vocab]; no taps, no ports.
  */
 import { lwError } from '../errors.js';
 import { injectPort, residPost } from '../hooks.js';
@@ -17,6 +25,8 @@ import { quantizeRows, toHalf, transpose } from './quantize.js';
 
 export type Precision = 'fp32' | 'fp16' | 'int8' | 'int4';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'fp16', 'int8', 'int4'];
+/** The graph's input/output interface: the engine's own, or Hugging Face optimum's (peers only). */
+export type GraphInterface = 'latentwatch' | 'hf';
 
 export interface BuildOptions {
   precision: Precision;
@@ -28,6 +38,8 @@ export interface BuildOptions {
   blockSize: number;
   /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on AVX-512 VNNI). */
   accuracyLevel: number;
+  /** Absent means 'latentwatch' (absent, not spelled out, so default builds keep their cache keys). */
+  interface?: GraphInterface;
 }
 
 export const GRAPH_NAMES = {
@@ -42,6 +54,18 @@ export const GRAPH_NAMES = {
   presentValue: (l: number) => `present_value.${l}`,
 } as const;
 
+/** Input and output names of an 'hf' build (Hugging Face optimum's decoder interface). */
+export const HF_GRAPH_NAMES = {
+  inputIds: 'input_ids',
+  attentionMask: 'attention_mask',
+  numLogitsToKeep: 'num_logits_to_keep',
+  logits: 'logits',
+  pastKey: (l: number) => `past_key_values.${l}.key`,
+  pastValue: (l: number) => `past_key_values.${l}.value`,
+  presentKey: (l: number) => `present.${l}.key`,
+  presentValue: (l: number) => `present.${l}.value`,
+} as const;
+
 export type BuildProgress = (done: number, total: number, what: string) => void;
 
 export function validateBuildOptions(cfg: ModelConfig, o: BuildOptions): void {
@@ -54,6 +78,8 @@ export function validateBuildOptions(cfg: ModelConfig, o: BuildOptions): void {
   }
   if (![16, 32, 64, 128, 256].includes(o.blockSize)) bad(`block size ${o.blockSize} (16|32|64|128|256)`);
   if (![0, 1, 2, 3, 4].includes(o.accuracyLevel)) bad(`accuracy level ${o.accuracyLevel} (0..4)`);
+  if (o.interface !== undefined && o.interface !== 'latentwatch' && o.interface !== 'hf') bad(`interface ${String(o.interface)} (latentwatch|hf)`);
+  if (o.interface === 'hf' && (o.taps.length || o.ports.length)) bad("the 'hf' interface has no taps and no ports");
 }
 
 /** Writes `modelPath` and `modelPath.data`. Reads one tensor at a time from the checkpoint. */
@@ -73,11 +99,27 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   let step = 0;
   const tick = (what: string) => progress(++step, totalSteps, what);
 
+  const hf = o.interface === 'hf';
   // Inputs. Batch and sequence are free; the cache length is the preallocated buffer's length.
-  const ids = g.input(GRAPH_NAMES.inputIds, DT.INT64, ['batch', 'seq']);
-  const seqlensK = g.input(GRAPH_NAMES.seqlensK, DT.INT32, ['batch']);
-  const totalLen = g.input(GRAPH_NAMES.totalSeqLen, DT.INT32, []);
-  const logitsIndex = g.input(GRAPH_NAMES.logitsIndex, DT.INT64, ['n_logits']);
+  let ids: string, seqlensK: string, totalLen: string, logitsIndex: string, keep: string;
+  if (!hf) {
+    ids = g.input(GRAPH_NAMES.inputIds, DT.INT64, ['batch', 'seq']);
+    seqlensK = g.input(GRAPH_NAMES.seqlensK, DT.INT32, ['batch']);
+    totalLen = g.input(GRAPH_NAMES.totalSeqLen, DT.INT32, []);
+    logitsIndex = g.input(GRAPH_NAMES.logitsIndex, DT.INT64, ['n_logits']);
+    keep = '';
+  } else {
+    ids = g.input(HF_GRAPH_NAMES.inputIds, DT.INT64, ['batch', 'sequence_length']);
+    const mask = g.input(HF_GRAPH_NAMES.attentionMask, DT.INT64, ['batch', 'total_sequence_length']);
+    // Required: onnxruntime lists no input that has a default initializer, and transformers.js feeds
+    // num_logits_to_keep only to sessions that list it.
+    keep = g.input(HF_GRAPH_NAMES.numLogitsToKeep, DT.INT64, []);
+    const scalar = (name: string, v: bigint) => g.initializer(name, DT.INT64, [], new Uint8Array(new BigInt64Array([v]).buffer));
+    const sum = g.op('ReduceSum', [mask, g.i64('hf.axis1', [1])], { keepdims: 0 });
+    seqlensK = g.op('Cast', [g.op('Sub', [sum, scalar('hf.one', 1n)])], { to: DT.INT32 });
+    totalLen = g.op('Cast', [g.op('Gather', [g.op('Shape', [mask]), scalar('hf.index1', 1n)], { axis: 0 })], { to: DT.INT32 });
+    logitsIndex = '';
+  }
 
   /** y = x · Wᵀ for HF [out, in] weights, several weights concatenated along out. */
   const linear = (x: string, names: string[], k: number, label: string): string => {
@@ -149,17 +191,19 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     } else {
       gqaIn = [qkv, '', ''];
     }
-    const pastK = g.input(GRAPH_NAMES.pastKey(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
-    const pastV = g.input(GRAPH_NAMES.pastValue(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
+    const names = hf ? HF_GRAPH_NAMES : GRAPH_NAMES;
+    const [pastLen, presentLen] = hf ? ['past_sequence_length', 'total_sequence_length'] : ['cache_len', 'cache_len'];
+    const pastK = g.input(names.pastKey(l), DT.FLOAT, ['batch', KV, pastLen, hd]);
+    const pastV = g.input(names.pastValue(l), DT.FLOAT, ['batch', KV, pastLen, hd]);
     const [attn] = g.node(
       'GroupQueryAttention',
       [...gqaIn, pastK, pastV, seqlensK, totalLen, cosCache, sinCache],
-      [`layers.${l}.attn`, GRAPH_NAMES.presentKey(l), GRAPH_NAMES.presentValue(l)],
+      [`layers.${l}.attn`, names.presentKey(l), names.presentValue(l)],
       { num_heads: H, kv_num_heads: KV, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } },
       'com.microsoft',
     );
-    g.output(GRAPH_NAMES.presentKey(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
-    g.output(GRAPH_NAMES.presentValue(l), DT.FLOAT, ['batch', KV, 'cache_len', hd]);
+    g.output(names.presentKey(l), DT.FLOAT, ['batch', KV, presentLen, hd]);
+    g.output(names.presentValue(l), DT.FLOAT, ['batch', KV, presentLen, hd]);
     const o = linear(attn, [`${p}self_attn.o_proj.weight`], H * hd, `layers.${l}.o`);
     const [x2, , , hMid] = g.node('SkipSimplifiedLayerNormalization', [o, h, vec(`${p}post_attention_layernorm.weight`, `layers.${l}.ln2`)], 4, { epsilon: eps }, 'com.microsoft');
 
@@ -184,12 +228,15 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   }
 
   // Logits only at the requested positions: the vocabulary projection dominates prefill otherwise.
-  const picked = g.op('Gather', [x, logitsIndex], { axis: 1 });
+  // 'hf': the last num_logits_to_keep positions (Slice from -k; k = 0 starts at 0, so every position).
+  const picked = hf
+    ? g.op('Slice', [x, g.op('Sub', [g.i64('hf.zero', [0]), g.op('Unsqueeze', [keep, g.i64('hf.axis0', [0])])]), g.i64('hf.end', [Number.MAX_SAFE_INTEGER]), g.i64('hf.axis1s', [1])])
+    : g.op('Gather', [x, logitsIndex], { axis: 1 });
   const headName = cfg.tieWordEmbeddings || !ckpt.has('lm_head.weight') ? embName : 'lm_head.weight';
   if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
   const logits = linear(picked, [headName], D, 'lm_head');
   g.node('Identity', [logits], [GRAPH_NAMES.logits]);
-  g.output(GRAPH_NAMES.logits, DT.FLOAT, ['batch', 'n_logits', cfg.vocabSize]);
+  g.output(GRAPH_NAMES.logits, DT.FLOAT, ['batch', hf ? 'logits_length' : 'n_logits', cfg.vocabSize]);
   tick('lm_head');
 
   return g.finish('qwen', {
