@@ -26,7 +26,7 @@ describe('quantised builds of qwen2-code-16m against fp32', () => {
   afterAll(() => fp32.close());
 
   /** Top-1 agreement over every position of prompt + reference continuation, and greedy prefixes. */
-  async function compare(precision: 'int8' | 'int4') {
+  async function compare(precision: 'fp16' | 'int8' | 'int4') {
     const q = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, precision });
     let agree = 0;
     let total = 0;
@@ -52,6 +52,12 @@ describe('quantised builds of qwen2-code-16m against fp32', () => {
 
   // Floors measured on this checkpoint (block size 32): int8 agreement 1.000, prefixes 24/24/24;
   // int4 agreement 0.912, prefixes 6/3/1. A 16M model has little redundancy, so int4 drifts early.
+  it('fp16 (fp16 storage, widened at load): top-1 agreement 1.0 and all three continuations identical', async () => {
+    const r = await compare('fp16');
+    expect(r.agreement).toBe(1);
+    expect(r.prefixes).toEqual([24, 24, 24]);
+  });
+
   it('int8: top-1 agreement >= 0.98 and all three greedy continuations identical', async () => {
     const r = await compare('int8');
     expect(r.agreement).toBeGreaterThanOrEqual(0.98);
