@@ -76,6 +76,9 @@ export const ERRORS = {
   LW_ERR_ALERT_LOG_READ: { status: 500, message: 'alert log read failed' },
   LW_ERR_ALERT_BAD_QUERY: { status: 400, message: 'invalid alert query or filter' },
   LW_ERR_ALERT_CURSOR_AHEAD: { status: 409, message: 'alert cursor is ahead of this alert log' },
+  // corpus: clean-prompt corpora for anomaly detectors (src/probes/corpus.ts)
+  LW_ERR_CORPUS_NOT_FOUND: { status: 404, message: 'clean-prompt corpus file not found' },
+  LW_ERR_CORPUS_INVALID: { status: 400, message: 'clean-prompt corpus is invalid' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -1,13 +1,19 @@
 /** `latentwatch concepts | trials | train-probe | eval-probe | report`: the offline probe pipeline. */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
 import { PRECISIONS, type Precision } from '../model/graph.js';
 import { computeConceptVectors, ConceptStore, writeConceptVectors } from '../probes/concepts.js';
 import { Dataset } from '../probes/dataset.js';
 import { evaluateProbeFile, type EvalReport } from '../probes/eval.js';
+import { corpusRequests, loadCorpus, runCorpus } from '../probes/corpus.js';
+import { corpusSeq, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, requestScore, splitClean, trialSeq, withMeta, detectorTokenScores, MemberScoreCache, type Seq } from '../probes/generic.js';
+import { writeGenericReport } from '../probes/generic-report.js';
+import { loadProbe } from '../probes/probe.js';
 import { writeProbeFile } from '../probes/probe-file.js';
+import { fprAtThreshold } from '../probes/metrics.js';
 import { writeReport } from '../probes/report.js';
 import { trainProbe, type FitterKind } from '../probes/train.js';
 import { loadTrialConfig, PROTOCOLS, type PositionSet, type Protocol, type TrialConfig } from '../probes/trial-config.js';
@@ -68,7 +74,7 @@ function list<T extends string>(v: string | undefined, name: string, allowed?: r
 
 function positionsOpt(v: string | undefined): PositionSet | undefined {
   if (v === undefined) return undefined;
-  if (v !== 'watch' && v !== 'after' && v !== 'inside') throw lwError('LW_ERR_CLI_USAGE', `--positions must be watch, after or inside (got ${v})`);
+  if (v !== 'watch' && v !== 'after' && v !== 'inside' && v !== 'all') throw lwError('LW_ERR_CLI_USAGE', `--positions must be watch, after, inside or all (got ${v})`);
   return v;
 }
 
@@ -132,7 +138,7 @@ export const trainProbeCommand: Command = {
   summary: 'train a linear probe on a trial dataset and write a *.probe.json',
   usage: `
 latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--target-fpr F]
-                        [--kind logistic|diff-means] [--positions watch|after|inside]
+                        [--kind logistic|diff-means] [--positions watch|after|inside|all]
                         [--protocols inject-then-ask,continuous] [--families concept]
                         [--id ID] [--label TEXT]
   Fits per layer on the training concepts, picks the layer (best: highest validation TPR at 1% FPR,
@@ -212,7 +218,7 @@ export const evalProbeCommand: Command = {
   name: 'eval-probe',
   summary: 'evaluate a probe on the held-out concepts and controls of a trial dataset',
   usage: `
-latentwatch eval-probe --probe FILE --data DIR [--json] [--positions watch|after|inside]
+latentwatch eval-probe --probe FILE --data DIR [--json] [--positions watch|after|inside|all]
                        [--protocols inject-then-ask,continuous] [--families concept]
   Scores the dataset's eval split (concepts never used in training, clean trials, controls). A probe
   made for another model is refused (LW_ERR_PROBE_MODEL_MISMATCH). --json prints auroc,
@@ -252,4 +258,181 @@ latentwatch report --data DIR --out DIR [--no-diff-means]
   },
 };
 
-export const probeCommands: Command[] = [conceptsCommand, trialsCommand, trainProbeCommand, evalProbeCommand, reportCommand];
+/** The clean corpus shipped in configs/ (resolved from this file, so it works from src/ and dist/). */
+export const DEFAULT_CORPUS = fileURLToPath(new URL('../../configs/corpus/clean.json', import.meta.url));
+
+/**
+ * Engine for the generic-detector commands. Batched decode is off (maxBatch 0): every sequence
+ * gets its own cache, which sidesteps pooled slots whose recorded length goes stale when the pool
+ * grows under a live sequence (prompts > 256 tokens); the numbers are the same either way.
+ */
+async function loadSoloEngine(v: { model?: string; precision?: string; 'cache-dir'?: string; threads?: string }): Promise<Engine> {
+  return Engine.load(required(v.model, 'model'), {
+    precision: precision(v.precision),
+    taps: 'all',
+    ports: 'all',
+    cacheDir: v['cache-dir'],
+    threads: num(v.threads, 'threads'),
+    maxBatch: 0,
+    progress: progressBar('build'),
+  });
+}
+
+function layersOpt(v: string | undefined, numLayers: number): number[] {
+  if (v === undefined || v === 'all') return Array.from({ length: numLayers }, (_, l) => l);
+  const xs = v.split(',').map((x) => Number(x.trim()));
+  if (xs.length === 0 || xs.some((x) => !Number.isInteger(x) || x < 0 || x >= numLayers)) throw lwError('LW_ERR_CLI_USAGE', `--layers must be 'all' or layer indices in 0..${numLayers - 1} (got ${v})`);
+  return [...new Set(xs)].sort((a, b) => a - b);
+}
+
+export const fitAnomalyCommand: Command = {
+  name: 'fit-anomaly',
+  summary: 'fit the unsupervised generic-injection detector on clean prompts (no injection trials)',
+  usage: `
+latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
+                        [--prompts FILE] [--data DIR] [--target-fpr F] [--input update|resid]
+                        [--covariance full|diagonal] [--calibration-fraction F] [--id ID] [--label TEXT]
+                        [--precision P] [--cache-dir DIR] [--threads N]
+  Runs clean requests through the model as the daemon does (every position from 0, then
+  generated tokens), fits per layer a Gaussian (mean + Ledoit-Wolf shrunk covariance) to the
+  update the layer adds to the residual stream (resid_post L - resid_post L-1; resid_post 0 at
+  layer 0; --input resid: the residual itself), and writes an ensemble-max probe of Mahalanobis
+  members whose threshold sits at --target-fpr (default 0.01) per request on clean requests kept
+  out of the fit (--calibration-fraction, default 0.4). It flags an added vector of any direction.
+  --prompts: a corpus config (.json, default configs/corpus/clean.json: code, prose, chat, long
+  context; its held-out prompts measure the false-positive rate) or live traffic (.jsonl, one
+  prompt per line: a JSON string or {"prompt", "style"}). --data adds the clean train-split trials
+  of a trial dataset. Prints the probe's figures, including the FPR per held-out style.`,
+  async run(argv) {
+    const v = parse(
+      argv,
+      {
+        ...engineOptions,
+        layers: { type: 'string' },
+        prompts: { type: 'string' },
+        data: { type: 'string' },
+        'target-fpr': { type: 'string' },
+        input: { type: 'string' },
+        covariance: { type: 'string' },
+        'calibration-fraction': { type: 'string' },
+        id: { type: 'string' },
+        label: { type: 'string' },
+      },
+      this.usage,
+    );
+    const file = required(v.out, 'out');
+    const input = (v.input ?? 'update') as 'update' | 'resid';
+    if (input !== 'update' && input !== 'resid') throw lwError('LW_ERR_CLI_USAGE', `--input must be update or resid (got ${v.input})`);
+    const covariance = (v.covariance ?? 'full') as 'full' | 'diagonal';
+    if (covariance !== 'full' && covariance !== 'diagonal') throw lwError('LW_ERR_CLI_USAGE', `--covariance must be full or diagonal (got ${v.covariance})`);
+    const targetFpr = num(v['target-fpr'], 'target-fpr') ?? 0.01;
+    const calFrac = num(v['calibration-fraction'], 'calibration-fraction') ?? 0.4;
+    if (!(calFrac > 0 && calFrac < 1)) throw lwError('LW_ERR_CLI_USAGE', '--calibration-fraction must be in (0, 1)');
+    const corpus = loadCorpus(v.prompts ?? DEFAULT_CORPUS);
+    const ds = v.data !== undefined ? Dataset.open(v.data) : undefined;
+    const t0 = performance.now();
+    const engine = await loadSoloEngine(v);
+    try {
+      if (ds && ds.manifest.modelFingerprint !== engine.fingerprint) throw lwError('LW_ERR_TRIALS_MODEL_MISMATCH', `${v.data} holds trials of model ${ds.manifest.modelFingerprint}, the loaded model is ${engine.fingerprint}`);
+      const L = engine.config.numLayers;
+      const layers = layersOpt(v.layers, L);
+      const needed = [...new Set(layers.flatMap((l) => (input === 'update' && l > 0 ? [l - 1, l] : [l])))].sort((a, b) => a - b);
+      const acts = await runCorpus(engine, corpus, needed, progressBar('corpus'));
+      const seqs = acts.requests.map((r) => corpusSeq(acts, r));
+      const pool: Seq[] = [...seqs.filter((s) => s.run!.split === 'fit')];
+      if (ds) {
+        for (const l of needed) if (!ds.manifest.traceLayers.includes(l)) throw lwError('LW_ERR_CLI_USAGE', `--data: layer ${l} was not traced`);
+        pool.push(...ds.records.filter((r) => r.condition === 'none' && r.split === 'train').map((r) => trialSeq(ds, r)));
+      }
+      const { fit, calibration } = splitClean(pool, calFrac, String(corpus.seed));
+      if (calibration.length === 0 || fit.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', `${pool.length} clean requests cannot give both a fit and a calibration share`);
+      const cache = new MemberScoreCache({ modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize });
+      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
+      // False-positive rate on the corpus's held-out requests, per style.
+      const test = seqs.filter((s) => s.run!.split === 'test');
+      const fprOnControls: Record<string, number> = {};
+      const styles = [...new Set(corpusRequests(corpus).map((r) => r.style))];
+      for (const st of [...styles, null]) {
+        const xs = test.filter((s) => st === null || s.run!.style === st).map((s) => requestScore(detectorTokenScores(det, cache, s), det.aggregator, s.start));
+        if (xs.length > 0) fprOnControls[st === null ? 'corpus: all test requests' : `corpus: ${st}`] = fprAtThreshold(xs, det.threshold);
+      }
+      det = withMeta(det, {
+        training: { trials: fit.length, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null },
+        evaluation: { trials: test.length, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null, fprOnControls },
+      });
+      await writeProbeFile(file, det.file);
+      out({ out: file, id: det.file.id, label: det.file.label, members: det.members.map((m) => m.id), threshold: det.threshold, targetFpr, aggregator: det.aggregator, fitRequests: fit.length, calibrationRequests: calibration.length, testRequests: test.length, fprOnHeldOut: fprOnControls, seconds: (performance.now() - t0) / 1000 });
+    } finally {
+      ds?.close();
+      await engine.close();
+    }
+  },
+};
+
+export const genericReportCommand: Command = {
+  name: 'generic-report',
+  summary: 'fit and evaluate generic-injection detectors across vector families; report + shipped probe',
+  usage: `
+latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--write-probe FILE]
+                           [--compare FILE.probe.json]... [--families a,b] [--target-fpr F]
+                           [--ship NAME] [--unsupervised-only] [--precision P] [--cache-dir DIR] [--threads N]
+  DIR (--data) is a trial dataset of several vector families traced from position 0 (e.g.
+  configs/trials/generic.json). Fits the anomaly detectors (update and residual Mahalanobis, on
+  clean corpus prompts and clean train-split trials), the supervised linear detectors (per layer,
+  concatenated, mean-pooled; trained on --families, default the dataset's training.families) and
+  their combination; evaluates every one on families never trained on, held-out concepts and
+  clean prompts of every corpus style as the daemon scores (every position from 0); writes
+  report.md, report.json and SVG charts to --out, and the shipped detector (--ship, default
+  anomaly-update) to --write-probe. --compare adds existing probes to the comparison.`,
+  async run(argv) {
+    const v = parse(
+      argv,
+      {
+        ...engineOptions,
+        data: { type: 'string' },
+        corpus: { type: 'string' },
+        'write-probe': { type: 'string' },
+        compare: { type: 'string', multiple: true },
+        families: { type: 'string' },
+        'target-fpr': { type: 'string' },
+        ship: { type: 'string' },
+        'unsupervised-only': { type: 'boolean' },
+      },
+      this.usage,
+    );
+    const data = required(v.data, 'data');
+    const outDir = required(v.out, 'out');
+    const corpus = loadCorpus(v.corpus ?? DEFAULT_CORPUS);
+    const ds = Dataset.open(data);
+    const t0 = performance.now();
+    const engine = await loadSoloEngine(v);
+    try {
+      if (ds.manifest.modelFingerprint !== engine.fingerprint) throw lwError('LW_ERR_TRIALS_MODEL_MISMATCH', `${data} holds trials of model ${ds.manifest.modelFingerprint}, the loaded model is ${engine.fingerprint}`);
+      const compare = await Promise.all((v.compare ?? []).map(async (f) => ({ name: (await loadProbe(f, engine.fingerprint)).id, probe: await loadProbe(f, engine.fingerprint) })));
+      const acts = await runCorpus(engine, corpus, ds.manifest.traceLayers, progressBar('corpus'));
+      const { data: r, shipped } = writeGenericReport(ds, acts, outDir, {
+        families: list(v.families, 'families'),
+        targetFpr: num(v['target-fpr'], 'target-fpr'),
+        compare,
+        ship: v.ship,
+        unsupervisedOnly: v['unsupervised-only'],
+        progress: progressBar('generic'),
+      });
+      if (v['write-probe'] !== undefined) await writeProbeFile(v['write-probe'], shipped.file);
+      const s = r.detectors.find((x) => x.name === r.shipped)!;
+      const at = (f: string, st: number) => s.byFamilyStrength.all.find((c) => c.family === f && c.strength === st);
+      out({
+        out: outDir,
+        shipped: { name: r.shipped, id: shipped.file.id, file: v['write-probe'] ?? null, threshold: shipped.threshold },
+        at05: Object.fromEntries(r.dataset.families.map((f) => [f.name, { auroc: at(f.name, 0.5)?.auroc ?? null, 'tpr_at_fpr_0.01': at(f.name, 0.5)?.['tpr_at_fpr_0.01'] ?? null }])),
+        cleanFpr: Object.fromEntries(s.cleanFpr.map((c) => [c.set, c.fpr])),
+        seconds: (performance.now() - t0) / 1000,
+      });
+    } finally {
+      ds.close();
+      await engine.close();
+    }
+  },
+};
+
+export const probeCommands: Command[] = [conceptsCommand, trialsCommand, trainProbeCommand, evalProbeCommand, reportCommand, fitAnomalyCommand, genericReportCommand];

@@ -13,16 +13,27 @@
  * - rolling-mean(window): mean of the last min(count, window) scores
  * - rolling-max(window): max of the last min(count, window) scores
  * - max / mean: over every score since the last reset
+ *
+ * Any spec may add `skip: k` (k ≥ 1): the first k scores of a request are not aggregated and the
+ * aggregate is NaN there (never above a threshold; the daemon's monitor and metrics ignore NaN).
+ * Anomaly detectors use it for position 0, the attention sink, whose residual norm at middle
+ * layers is several times any other position's (docs/trials.md, "Concept vectors"), so every
+ * request would otherwise look anomalous at its first token. The daemon feeds a request's scores
+ * from position 0, so `skip` counts absolute positions there.
  */
 import { lwError } from '../errors.js';
 
-export type AggregatorSpec =
+export type AggregatorSpec = (
   | { readonly kind: 'last' }
   | { readonly kind: 'ema'; readonly alpha: number }
   | { readonly kind: 'rolling-mean'; readonly window: number }
   | { readonly kind: 'rolling-max'; readonly window: number }
   | { readonly kind: 'max' }
-  | { readonly kind: 'mean' };
+  | { readonly kind: 'mean' }
+) & {
+  /** Leading scores (positions of a request) not aggregated: NaN there. Absent = 0. */
+  readonly skip?: number;
+};
 
 export type AggregatorKind = AggregatorSpec['kind'];
 
@@ -50,19 +61,27 @@ export function validateAggregatorSpec(value: unknown, where = 'aggregator'): Ag
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(where, 'expected an object');
   const v = value as Record<string, unknown>;
   const allowed = (keys: string[]): void => {
-    for (const k of Object.keys(v)) if (!keys.includes(k)) throw invalid(`${where}.${k}`, 'unknown key');
+    for (const k of Object.keys(v)) if (!keys.includes(k) && k !== 'skip') throw invalid(`${where}.${k}`, 'unknown key');
   };
+  let skip = 0;
+  if (v.skip !== undefined) {
+    const k = v.skip;
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k > MAX_AGGREGATOR_WINDOW) throw invalid(`${where}.skip`, `expected an integer in [0, ${MAX_AGGREGATOR_WINDOW}]`);
+    skip = k;
+  }
+  // skip: 0 is the default and is dropped, so equal specs serialise to equal bytes.
+  const withSkip = <T extends AggregatorSpec>(spec: T): T => (skip > 0 ? { ...spec, skip } : spec);
   switch (v.kind) {
     case 'last':
     case 'max':
     case 'mean':
       allowed(['kind']);
-      return { kind: v.kind };
+      return withSkip({ kind: v.kind });
     case 'ema': {
       allowed(['kind', 'alpha']);
       const a = v.alpha;
       if (typeof a !== 'number' || !(a > 0 && a <= 1)) throw invalid(`${where}.alpha`, 'expected a number in (0, 1]');
-      return { kind: 'ema', alpha: a };
+      return withSkip({ kind: 'ema', alpha: a });
     }
     case 'rolling-mean':
     case 'rolling-max': {
@@ -71,16 +90,28 @@ export function validateAggregatorSpec(value: unknown, where = 'aggregator'): Ag
       if (typeof w !== 'number' || !Number.isInteger(w) || w < 1 || w > MAX_AGGREGATOR_WINDOW) {
         throw invalid(`${where}.window`, `expected an integer in [1, ${MAX_AGGREGATOR_WINDOW}]`);
       }
-      return { kind: v.kind, window: w };
+      return withSkip({ kind: v.kind, window: w });
     }
     default:
       throw invalid(`${where}.kind`, `expected one of ${AGGREGATOR_KINDS.join(', ')}`);
   }
 }
 
+/** The same spec with `skip` lowered by `start` (for a sequence that begins at position `start`). */
+export function skipFrom(spec: AggregatorSpec, start: number): AggregatorSpec {
+  const skip = Math.max(0, (spec.skip ?? 0) - start);
+  const { skip: _old, ...rest } = spec;
+  return (skip > 0 ? { ...rest, skip } : rest) as AggregatorSpec;
+}
+
 /** Build the stateful aggregator a spec describes (the spec is validated first). */
 export function createAggregator(spec: AggregatorSpec): Aggregator {
   const s = validateAggregatorSpec(spec);
+  if (s.skip !== undefined) return new Skipping(s, leafAggregator({ ...s, skip: undefined } as AggregatorSpec));
+  return leafAggregator(s);
+}
+
+function leafAggregator(s: AggregatorSpec): Aggregator {
   switch (s.kind) {
     case 'last':
       return new Last(s);
@@ -117,6 +148,32 @@ abstract class Base implements Aggregator {
   reset(): void {
     this.value = NaN;
     this.count = 0;
+  }
+}
+
+/** `skip`: NaN for the first k pushes, then the inner aggregator over the rest. */
+class Skipping implements Aggregator {
+  private pushed = 0;
+  private readonly skip: number;
+  constructor(
+    readonly spec: AggregatorSpec,
+    private readonly inner: Aggregator,
+  ) {
+    this.skip = spec.skip ?? 0;
+  }
+  get value(): number {
+    return this.inner.value;
+  }
+  get count(): number {
+    return this.pushed;
+  }
+  push(score: number): number {
+    this.pushed++;
+    return this.pushed <= this.skip ? NaN : this.inner.push(score);
+  }
+  reset(): void {
+    this.pushed = 0;
+    this.inner.reset();
   }
 }
 

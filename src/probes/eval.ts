@@ -8,6 +8,8 @@
  *   watch   from the question on: what a monitor sees after the first turn (default)
  *   after   after the injection window (the latent trace; empty when the window runs through generation)
  *   inside  inside the window (only the stored tail of a first-turn window)
+ *   all     every stored position: with trace.contextPositions ≥ the context length, the whole
+ *           sequence from position 0, prompt included: what the daemon scores
  * Clean trials use their protocol's nominal window, so both classes read the same positions.
  *
  * Evaluation is on the dataset's eval split only: positives are injections of held-out concepts
@@ -29,7 +31,10 @@ export function selectPositions(r: TrialRecord, set: PositionSet): [number, numb
   const { start, end } = r.trace;
   let a: number;
   let b: number;
-  if (set === 'watch') {
+  if (set === 'all') {
+    a = start;
+    b = end;
+  } else if (set === 'watch') {
     a = r.segments.question[0];
     b = end;
   } else if (set === 'after') {

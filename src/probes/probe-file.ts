@@ -24,6 +24,9 @@
  *   linear, direction: bias, normalisation { mean, std }, weights  (weights on standardised inputs)
  *   mahalanobis:       gaussian { form: 'cholesky', shrinkage, mean, factor }   (packed lower L, Σ = LLᵀ)
  *                      or       { form: 'diagonal', shrinkage, mean, variance }
+ *                      [input: 'difference']  (optional, exactly two hooks: the Gaussian reads
+ *                      row(hook[1]) − row(hook[0]), dModel wide: with resid_post L−1 and L, the
+ *                      update block L added to the residual stream; absent = the concatenation)
  *   ensemble-max:      members [{ id, kind, hook, calibration { center, scale }, …leaf body }]; the
  *                      ensemble's hook list is exactly the union of its members' hooks
  *
@@ -68,6 +71,8 @@ export type GaussianBody =
 
 export interface MahalanobisBody {
   readonly kind: 'mahalanobis';
+  /** 'difference': the row is hook[1] − hook[0] (two hooks). Absent: the hooks' rows concatenated. */
+  readonly input?: 'difference';
   readonly gaussian: GaussianBody;
 }
 
@@ -121,13 +126,18 @@ export function linearBody(model: LinearModel, kind: 'linear' | 'direction' = 'l
   };
 }
 
-/** Body of a 'mahalanobis' probe from a fitted Gaussian. */
-export function mahalanobisBody(model: GaussianModel): MahalanobisBody {
+/** Body of a 'mahalanobis' probe from a fitted Gaussian (`input: 'difference'` for a two-hook update). */
+export function mahalanobisBody(model: GaussianModel, input?: 'difference'): MahalanobisBody {
   const gaussian: GaussianBody =
     model.form === 'cholesky'
       ? { form: 'cholesky', shrinkage: model.shrinkage, mean: Array.from(model.mean), factor: Array.from(model.factor) }
       : { form: 'diagonal', shrinkage: model.shrinkage, mean: Array.from(model.mean), variance: Array.from(model.variance) };
-  return { kind: 'mahalanobis', gaussian };
+  return input === 'difference' ? { kind: 'mahalanobis', input, gaussian } : { kind: 'mahalanobis', gaussian };
+}
+
+/** Width of the vector a leaf body reads: dModel for a difference, hooks × dModel otherwise. */
+export function leafInputDim(body: { kind: string; input?: string }, hooks: number, dModel: number): number {
+  return body.kind === 'mahalanobis' && body.input === 'difference' ? dModel : hooks * dModel;
 }
 
 /**
@@ -140,7 +150,7 @@ export function validateProbeFile(value: unknown): ProbeFile {
     throw invalid('$.formatVersion', `unsupported format version ${JSON.stringify(o.formatVersion)} (this build reads ${PROBE_FORMAT_VERSION})`);
   }
   const kind = oneOf(o.kind, PROBE_KINDS, '$.kind');
-  const bodyKeys = kind === 'ensemble-max' ? ['members'] : kind === 'mahalanobis' ? ['gaussian'] : ['bias', 'normalisation', 'weights'];
+  const bodyKeys = kind === 'ensemble-max' ? ['members'] : kind === 'mahalanobis' ? (o.input === undefined ? ['gaussian'] : ['input', 'gaussian']) : ['bias', 'normalisation', 'weights'];
   onlyKeys(o, [...HEADER_KEYS, ...bodyKeys], '$');
   const dModel = positiveInt(o.dModel, '$.dModel');
   const hook = hooks(o.hook, '$.hook');
@@ -169,7 +179,7 @@ export function validateProbeFile(value: unknown): ProbeFile {
       const where = `$.members[${i}]`;
       const mo = obj(m, where);
       const mkind = oneOf(mo.kind, ['linear', 'direction', 'mahalanobis'] as const, `${where}.kind`);
-      const mBodyKeys = mkind === 'mahalanobis' ? ['gaussian'] : ['bias', 'normalisation', 'weights'];
+      const mBodyKeys = mkind === 'mahalanobis' ? (mo.input === undefined ? ['gaussian'] : ['input', 'gaussian']) : ['bias', 'normalisation', 'weights'];
       onlyKeys(mo, ['id', 'kind', 'hook', 'calibration', ...mBodyKeys], where);
       const id = probeId(mo.id, `${where}.id`);
       if (ids.has(id)) throw invalid(`${where}.id`, `duplicate member id ${id}`);
@@ -182,13 +192,13 @@ export function validateProbeFile(value: unknown): ProbeFile {
       const c = obj(mo.calibration, `${where}.calibration`);
       onlyKeys(c, ['center', 'scale'], `${where}.calibration`);
       const calibration = { center: finite(c.center, `${where}.calibration.center`), scale: positive(c.scale, `${where}.calibration.scale`) };
-      const body = leafBody(mkind, mo, hookList(mhook).length * dModel, where);
+      const body = leafBody(mkind, mo, hookList(mhook).length, dModel, where);
       return { id, kind: body.kind, hook: mhook, calibration, ...bodyWithoutKind(body) } as EnsembleMember;
     });
     for (const h of hookNames) if (!used.has(h)) throw invalid('$.hook', `${h} is used by no member`);
     return { ...header, kind, members: out };
   }
-  const body = leafBody(kind, o, hookNames.length * dModel, '$');
+  const body = leafBody(kind, o, hookNames.length, dModel, '$');
   return { ...header, ...body } as ProbeFile;
 }
 
@@ -401,21 +411,29 @@ function figures(v: unknown, where: string): ProbeFigures {
   return { ...out, fprOnControls: controls };
 }
 
-function leafBody(kind: LeafProbeKind, o: Record<string, unknown>, inputDim: number, where: string): LeafBody {
+function leafBody(kind: LeafProbeKind, o: Record<string, unknown>, hookCount: number, dModel: number, where: string): LeafBody {
+  let inputDim = hookCount * dModel;
   if (kind === 'mahalanobis') {
+    let input: 'difference' | undefined;
+    if (o.input !== undefined) {
+      input = oneOf(o.input, ['difference'] as const, `${where}.input`);
+      if (hookCount !== 2) throw invalid(`${where}.input`, `'difference' needs exactly two hooks, got ${hookCount}`);
+      inputDim = dModel;
+    }
+    const withInput = (b: MahalanobisBody): MahalanobisBody => (input === undefined ? b : { kind: b.kind, input, gaussian: b.gaussian });
     const g = obj(o.gaussian, `${where}.gaussian`);
     const form = oneOf(g.form, ['cholesky', 'diagonal'] as const, `${where}.gaussian.form`);
     onlyKeys(g, ['form', 'shrinkage', 'mean', form === 'cholesky' ? 'factor' : 'variance'], `${where}.gaussian`);
     const shrinkage = unit(g.shrinkage, `${where}.gaussian.shrinkage`);
     const mean = numbers(g.mean, inputDim, `${where}.gaussian.mean`);
     if (form === 'diagonal') {
-      return { kind, gaussian: { form, shrinkage, mean, variance: numbers(g.variance, inputDim, `${where}.gaussian.variance`, mustBePositive) } };
+      return withInput({ kind, gaussian: { form, shrinkage, mean, variance: numbers(g.variance, inputDim, `${where}.gaussian.variance`, mustBePositive) } });
     }
     const factor = numbers(g.factor, (inputDim * (inputDim + 1)) / 2, `${where}.gaussian.factor`);
     for (let i = 0, k = 0; i < inputDim; k += i + 2, i++) {
       if (!(factor[k] > 0)) throw invalid(`${where}.gaussian.factor[${k}]`, `diagonal entry L[${i}][${i}] must be > 0`);
     }
-    return { kind, gaussian: { form, shrinkage, mean, factor } };
+    return withInput({ kind, gaussian: { form, shrinkage, mean, factor } });
   }
   const n = obj(o.normalisation, `${where}.normalisation`);
   onlyKeys(n, ['mean', 'std'], `${where}.normalisation`);
@@ -431,7 +449,7 @@ function leafBody(kind: LeafProbeKind, o: Record<string, unknown>, inputDim: num
 }
 
 function bodyWithoutKind(body: LeafBody): Omit<LinearBody, 'kind'> | Omit<MahalanobisBody, 'kind'> {
-  if (body.kind === 'mahalanobis') return { gaussian: body.gaussian };
+  if (body.kind === 'mahalanobis') return body.input === undefined ? { gaussian: body.gaussian } : { input: body.input, gaussian: body.gaussian };
   return { bias: body.bias, normalisation: body.normalisation, weights: body.weights };
 }
 

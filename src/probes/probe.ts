@@ -5,7 +5,8 @@
  * `offset` (for a multi-hook probe: its hooks' rows concatenated in the file's hook order).
  * - linear:       probability σ(bias + w·(x − mean)/std)
  * - direction:    bias + w·(x − mean)/std (signed distance for a difference-of-means probe)
- * - mahalanobis:  Mahalanobis distance from the fitted Gaussian
+ * - mahalanobis:  Mahalanobis distance from the fitted Gaussian (of the concatenated row, or with
+ *                 `input: 'difference'` of row(hook 2) − row(hook 1): a layer's update)
  * - ensemble-max: max over members of (memberScore − center) / scale
  * Standardisation is folded into the weights at load (one dot product per row), and every probe
  * owns its scratch buffers, so scoring allocates nothing per row. Probes are not reentrant, which
@@ -89,6 +90,16 @@ function leafScorer(body: LeafBody, inputDim: number): RowScorer {
       g.form === 'cholesky'
         ? { form: 'cholesky', shrinkage: g.shrinkage, mean: Float64Array.from(g.mean), factor: Float64Array.from(g.factor) }
         : { form: 'diagonal', shrinkage: g.shrinkage, mean: Float64Array.from(g.mean), variance: Float64Array.from(g.variance) };
+    if (body.input === 'difference') {
+      // inputDim = 2·d: the two hooks' rows; the Gaussian reads second − first.
+      const d = inputDim / 2;
+      const diff = new Float64Array(d);
+      const scratch = new Float64Array(d);
+      return (activation, offset) => {
+        for (let j = 0; j < d; j++) diff[j] = activation[offset + d + j] - activation[offset + j];
+        return mahalanobis(model, diff, 0, scratch);
+      };
+    }
     const scratch = new Float64Array(inputDim);
     return (activation, offset) => mahalanobis(model, activation, offset, scratch);
   }

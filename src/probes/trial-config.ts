@@ -33,7 +33,15 @@ export type StrengthMode = 'relative' | 'absolute' | 'vector';
 export type FamilySpec =
   | { name: string; kind: 'concept'; items: 'all' | number | string[] }
   | { name: string; kind: 'contrast'; items: 'all' | number | string[] }
-  | { name: string; kind: 'random'; count: number };
+  | { name: string; kind: 'random'; count: number }
+  | { name: string; kind: 'cross-layer'; items: 'all' | number | string[]; source: CrossLayerSource }
+  | { name: string; kind: 'subspace'; basis: 'concept' | 'random'; rank: number; count: number; pool?: 'all' | number | string[] };
+
+/**
+ * Where a cross-layer family takes its vectors: a fixed layer, an offset from the injection layer
+ * (clipped to the model), or a depth fraction (round(f × numLayers), clipped).
+ */
+export type CrossLayerSource = { layer: number } | { offset: number } | { depth: number };
 
 export interface QuestionSpec {
   question: string;
@@ -46,7 +54,7 @@ export interface ContrastSet {
 }
 
 /** Which positions of a trial a probe reads: see docs/trials.md ("Positions"). */
-export type PositionSet = 'watch' | 'after' | 'inside';
+export type PositionSet = 'watch' | 'after' | 'inside' | 'all';
 
 export interface TrialConfig {
   formatVersion: 1;
@@ -240,6 +248,36 @@ export const TRIAL_CONFIG_SCHEMA = {
             oneOf: [
               { type: 'object', additionalProperties: false, required: ['name', 'kind', 'items'], properties: { name: nonEmpty, kind: { enum: ['concept', 'contrast'] }, items } },
               { type: 'object', additionalProperties: false, required: ['name', 'kind', 'count'], properties: { name: nonEmpty, kind: { const: 'random' }, count: { type: 'integer', minimum: 1 } } },
+              {
+                type: 'object',
+                additionalProperties: false,
+                required: ['name', 'kind', 'items', 'source'],
+                properties: {
+                  name: nonEmpty,
+                  kind: { const: 'cross-layer' },
+                  items,
+                  source: {
+                    oneOf: [
+                      { type: 'object', additionalProperties: false, required: ['layer'], properties: { layer: { type: 'integer', minimum: 0 } } },
+                      { type: 'object', additionalProperties: false, required: ['offset'], properties: { offset: { type: 'integer' } } },
+                      { type: 'object', additionalProperties: false, required: ['depth'], properties: { depth: { type: 'number', minimum: 0, maximum: 1 } } },
+                    ],
+                  },
+                },
+              },
+              {
+                type: 'object',
+                additionalProperties: false,
+                required: ['name', 'kind', 'basis', 'rank', 'count'],
+                properties: {
+                  name: nonEmpty,
+                  kind: { const: 'subspace' },
+                  basis: { enum: ['concept', 'random'] },
+                  rank: { type: 'integer', minimum: 1, maximum: 4096 },
+                  count: { type: 'integer', minimum: 1 },
+                  pool: items,
+                },
+              },
             ],
           },
         },
@@ -279,7 +317,7 @@ export const TRIAL_CONFIG_SCHEMA = {
       required: ['targetFpr', 'positions', 'protocols', 'families', 'l2', 'validationFraction', 'aggregators'],
       properties: {
         targetFpr: { type: 'number', minimum: 0, exclusiveMaximum: 1 },
-        positions: { enum: ['watch', 'after', 'inside'] },
+        positions: { enum: ['watch', 'after', 'inside', 'all'] },
         protocols: { type: 'array', items: { enum: [...PROTOCOLS] }, minItems: 1, uniqueItems: true },
         families: nonEmptyStrings,
         l2: { type: 'number', exclusiveMinimum: 0 },
@@ -397,11 +435,19 @@ function semanticChecks(c: TrialConfig, source: string): void {
   if (duplicates(familyNames).length > 0) invalid(source, '/injection/families', `duplicate family names: ${duplicates(familyNames).join(', ')}`);
   c.injection.families.forEach((f, i) => {
     if (f.kind === 'random') return;
-    const pool = f.kind === 'concept' ? concepts : contrastNames;
-    if (pool.length === 0) invalid(source, `/injection/families/${i}`, `no ${f.kind} vectors are configured`);
-    if (typeof f.items === 'number' && f.items > pool.length) invalid(source, `/injection/families/${i}/items`, `${f.items} > the ${pool.length} ${f.kind} vectors configured`);
+    if (f.kind === 'subspace') {
+      if (f.basis === 'random') return;
+      const n = f.pool === undefined || f.pool === 'all' ? concepts.length : typeof f.pool === 'number' ? Math.min(f.pool, concepts.length) : f.pool.length;
+      if (Array.isArray(f.pool)) for (const it of f.pool) if (!concepts.includes(it)) invalid(source, `/injection/families/${i}/pool`, `${it} is not a concept word`);
+      if (f.rank > n) invalid(source, `/injection/families/${i}/rank`, `rank ${f.rank} > the ${n} concept vectors in the pool`);
+      return;
+    }
+    const pool = f.kind === 'concept' || f.kind === 'cross-layer' ? concepts : contrastNames;
+    const what = f.kind === 'cross-layer' ? 'concept' : f.kind;
+    if (pool.length === 0) invalid(source, `/injection/families/${i}`, `no ${what} vectors are configured`);
+    if (typeof f.items === 'number' && f.items > pool.length) invalid(source, `/injection/families/${i}/items`, `${f.items} > the ${pool.length} ${what} vectors configured`);
     if (Array.isArray(f.items)) {
-      for (const it of f.items) if (!pool.includes(it)) invalid(source, `/injection/families/${i}/items`, `${it} is not a configured ${f.kind} name`);
+      for (const it of f.items) if (!pool.includes(it)) invalid(source, `/injection/families/${i}/items`, `${it} is not a configured ${what} name`);
     }
   });
   for (const t of c.training.families) if (!familyNames.includes(t)) invalid(source, '/training/families', `${t} is not a family name (${familyNames.join(', ')})`);

@@ -1,0 +1,226 @@
+/**
+ * Clean-prompt corpora: what ordinary traffic looks like, for fitting anomaly detectors and for
+ * measuring the false-positive rate of any detector the way the daemon scores (every position of
+ * a request, prompt included, from position 0, then the generated tokens).
+ *
+ * Two inputs:
+ * - a corpus config (configs/corpus/*.json): styles of prompts (code, prose, chat, long context…),
+ *   each a list of texts; styles marked `holdout` are never fitted on, and of the others a seeded
+ *   share (`split.testFraction`, by hashing seed, style and index) is held out as well;
+ * - live traffic: a JSONL file, one prompt per line (a JSON string, or {"prompt", "style"?}); every
+ *   line is fitted on (style "traffic" unless given).
+ * Errors: LW_ERR_CORPUS_NOT_FOUND, LW_ERR_CORPUS_INVALID (with the JSON pointer or line).
+ *
+ * `runCorpus` runs each request through `engine.generate` exactly as the daemon does (tokenizer
+ * encode with special tokens, greedy or seeded sampling, the model's stop ids) and keeps the
+ * activations of every position at the requested layers.
+ */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Ajv } from 'ajv';
+import type { Engine } from '../engine/engine.js';
+import { lwError } from '../errors.js';
+import { residPost } from '../hooks.js';
+import { hash32, hashUnit } from './rng.js';
+
+export const CORPUS_FORMAT_VERSION = 1;
+
+export interface CorpusStyle {
+  name: string;
+  description: string;
+  /** Never fitted on: every prompt of the style is a test prompt. */
+  holdout: boolean;
+  prompts: string[];
+}
+
+export interface Corpus {
+  formatVersion: 1;
+  name: string;
+  description: string;
+  seed: number;
+  generation: { maxTokens: number; temperature: number };
+  split: { testFraction: number };
+  styles: CorpusStyle[];
+}
+
+const nonEmpty = { type: 'string', minLength: 1 } as const;
+const CORPUS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['formatVersion', 'name', 'styles'],
+  properties: {
+    $schema: { type: 'string' },
+    formatVersion: { const: CORPUS_FORMAT_VERSION },
+    name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' },
+    description: { type: 'string' },
+    seed: { type: 'integer', minimum: 0, maximum: 4294967295 },
+    generation: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { maxTokens: { type: 'integer', minimum: 0, maximum: 4096 }, temperature: { type: 'number', minimum: 0, maximum: 100 } },
+    },
+    split: { type: 'object', additionalProperties: false, properties: { testFraction: { type: 'number', minimum: 0, exclusiveMaximum: 1 } } },
+    styles: {
+      type: 'array',
+      minItems: 1,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name', 'prompts'],
+        properties: {
+          name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' },
+          description: { type: 'string' },
+          holdout: { type: 'boolean' },
+          prompts: { type: 'array', minItems: 1, items: nonEmpty },
+        },
+      },
+    },
+  },
+} as const;
+
+let validator: ReturnType<Ajv['compile']> | undefined;
+
+function invalid(source: string, where: string, what: string): never {
+  throw lwError('LW_ERR_CORPUS_INVALID', `${source}: ${where || '/'}: ${what}`, { path: where || '/', source });
+}
+
+/** Validate a parsed corpus config; fills defaults (seed 0, 8 greedy tokens, test fraction 0.3). */
+export function resolveCorpus(value: unknown, source = 'corpus'): Corpus {
+  validator ??= new Ajv({ allErrors: true, strict: true }).compile(CORPUS_SCHEMA);
+  if (!validator(value)) {
+    const e = validator.errors![0];
+    const extra = e.keyword === 'additionalProperties' ? ` (${String((e.params as { additionalProperty?: string }).additionalProperty)})` : '';
+    invalid(source, e.instancePath, `${e.message ?? 'invalid'}${extra}`);
+  }
+  const v = value as Partial<Corpus> & { styles: (Partial<CorpusStyle> & { name: string; prompts: string[] })[] };
+  const names = new Set<string>();
+  for (const [i, s] of v.styles.entries()) {
+    if (names.has(s.name)) invalid(source, `/styles/${i}/name`, `duplicate style ${s.name}`);
+    names.add(s.name);
+  }
+  return {
+    formatVersion: 1,
+    name: v.name!,
+    description: v.description ?? '',
+    seed: v.seed ?? 0,
+    generation: { maxTokens: v.generation?.maxTokens ?? 8, temperature: v.generation?.temperature ?? 0 },
+    split: { testFraction: v.split?.testFraction ?? 0.3 },
+    styles: v.styles.map((s) => ({ name: s.name, description: s.description ?? '', holdout: s.holdout ?? false, prompts: [...s.prompts] })),
+  };
+}
+
+/**
+ * Read a corpus: a corpus config (.json) or live traffic (.jsonl: one prompt per line, a JSON
+ * string or {"prompt": "...", "style": "..."}; all fitted on, 8 greedy tokens per request).
+ */
+export function loadCorpus(path: string): Corpus {
+  const abs = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(abs, 'utf8');
+  } catch (e) {
+    throw lwError('LW_ERR_CORPUS_NOT_FOUND', abs, { path: abs }, e);
+  }
+  if (abs.endsWith('.jsonl')) {
+    const byStyle = new Map<string, string[]>();
+    text.split('\n').forEach((line, n) => {
+      if (line.trim() === '') return;
+      let v: unknown;
+      try {
+        v = JSON.parse(line);
+      } catch {
+        invalid(abs, `line ${n + 1}`, 'not JSON');
+      }
+      const o = typeof v === 'string' ? { prompt: v } : (v as { prompt?: unknown; style?: unknown } | null);
+      if (o === null || typeof o !== 'object' || typeof o.prompt !== 'string' || o.prompt === '') invalid(abs, `line ${n + 1}`, 'expected a non-empty JSON string or {"prompt": string, "style"?: string}');
+      const style = typeof o.style === 'string' && o.style !== '' ? o.style : 'traffic';
+      byStyle.set(style, [...(byStyle.get(style) ?? []), o.prompt]);
+    });
+    if (byStyle.size === 0) invalid(abs, '', 'no prompts');
+    const name = 'traffic';
+    return resolveCorpus({ formatVersion: 1, name, description: `prompts of ${abs}`, split: { testFraction: 0 }, styles: [...byStyle].map(([s, prompts]) => ({ name: s.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]/, 's'), prompts })) }, abs);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    invalid(abs, '', `not JSON: ${(e as Error).message}`);
+  }
+  return resolveCorpus(value, abs);
+}
+
+export interface CorpusRequest {
+  id: string;
+  style: string;
+  index: number;
+  /** 'fit': may be fitted on; 'test': held out (holdout styles, and a seeded share of the rest). */
+  split: 'fit' | 'test';
+  text: string;
+}
+
+/** Every request of a corpus, in order, with its split. */
+export function corpusRequests(c: Corpus): CorpusRequest[] {
+  const out: CorpusRequest[] = [];
+  for (const s of c.styles) {
+    s.prompts.forEach((text, index) => {
+      const id = `${s.name}/${index}`;
+      const test = s.holdout || (c.split.testFraction > 0 && hashUnit(`${c.seed}|corpus|${id}`) < c.split.testFraction);
+      out.push({ id, style: s.name, index, split: test ? 'test' : 'fit', text });
+    });
+  }
+  return out;
+}
+
+export interface CorpusRun extends CorpusRequest {
+  /** Prompt tokens (positions 0..promptTokens−1); the rest are generated. */
+  promptTokens: number;
+  ids: number[];
+  /** Per requested layer (CorpusActivations.layers order): [positions, dModel] row-major. */
+  rows: Float32Array[];
+}
+
+export interface CorpusActivations {
+  modelFingerprint: string;
+  corpus: string;
+  dModel: number;
+  layers: number[];
+  requests: CorpusRun[];
+}
+
+/** Run every request of the corpus as the daemon would, keeping resid_post at `layers` for every position. */
+export async function runCorpus(engine: Engine, corpus: Corpus, layers: readonly number[], progress?: (done: number, total: number, what: string) => void): Promise<CorpusActivations> {
+  const tok = engine.tokenizer;
+  if (!tok) throw lwError('LW_ERR_CORPUS_INVALID', `${engine.checkpoint.dir} has no tokenizer.json`);
+  const hooks = layers.map(residPost);
+  const d = engine.config.hiddenSize;
+  const requests = corpusRequests(corpus);
+  const out: CorpusRun[] = [];
+  for (const [k, req] of requests.entries()) {
+    const promptIds = tok.encode(req.text);
+    const maxTokens = corpus.generation.maxTokens;
+    if (promptIds.length + maxTokens > engine.contextLength) {
+      throw lwError('LW_ERR_CORPUS_INVALID', `${corpus.name}: ${req.id} has ${promptIds.length} tokens; with ${maxTokens} generated that exceeds the context length ${engine.contextLength}`);
+    }
+    const parts: Float32Array[][] = hooks.map(() => []);
+    const ids = [...promptIds];
+    for await (const step of engine.generate({ promptIds, maxTokens, sampling: { temperature: corpus.generation.temperature, seed: hash32(`${corpus.seed}|sample|${req.id}`) }, taps: hooks })) {
+      if (step.kind === 'token') ids.push(step.tokenId);
+      if (step.taps.size === 0) continue;
+      hooks.forEach((h, i) => parts[i].push(step.taps.get(h)!.data.slice()));
+    }
+    const rows = parts.map((p) => {
+      const n = p.reduce((a, x) => a + x.length, 0);
+      const r = new Float32Array(n);
+      let o = 0;
+      for (const x of p) {
+        r.set(x, o);
+        o += x.length;
+      }
+      return r;
+    });
+    const positions = rows[0].length / d;
+    out.push({ ...req, promptTokens: promptIds.length, ids: ids.slice(0, positions), rows });
+    progress?.(k + 1, requests.length, req.id);
+  }
+  return { modelFingerprint: engine.fingerprint, corpus: corpus.name, dModel: d, layers: [...layers], requests: out };
+}

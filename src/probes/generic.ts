@@ -1,0 +1,470 @@
+/**
+ * Generic injection detectors (issue 7): detectors meant to flag an added vector of ANY direction,
+ * not only concept vectors, all written in the `*.probe.json` format the daemon loads.
+ *
+ *   anomaly          unsupervised, needs no injection trials: per layer a Gaussian (mean + Ledoit–Wolf
+ *                    shrunk covariance, or diagonal) fitted on clean activations, scored by
+ *                    Mahalanobis distance; members calibrated on clean tokens and combined by
+ *                    ensemble-max; threshold at a target FPR per request on clean requests. Two
+ *                    inputs per layer L:
+ *                      'update'    resid_post L − resid_post L−1 (the block's output; `input:
+ *                                  'difference'`). An injection at resid_post L adds its vector
+ *                                  to exactly this update, whose natural spread is much smaller
+ *                                  than the residual's, so it stands out at any direction.
+ *                      'resid'     resid_post L itself (the only choice at L = 0).
+ *   linear           supervised on trials of the training families: L2 logistic regression (scored
+ *                    as its logit, kind 'direction') per layer (ensemble-max), or on the
+ *                    concatenation of layers, per token; or mean-pooled over a window of
+ *                    positions (fitted on window means, run with a rolling mean of the logit,
+ *                    which equals the logit of the mean).
+ *   combination      ensemble-max of the members of several detectors, recalibrated.
+ *
+ * Calibration of a member: center = median and scale = (99th percentile − median) of its per-token
+ * scores on clean calibration tokens, so every member reads "how far into its own clean tail".
+ * Every detector's aggregator skips the first GENERIC_SKIP = 4 positions (`skip: 4`), which are
+ * left out of every fit too: position 0 is the attention sink, whose residual is an outlier on
+ * every request, and positions 1–3 (little context yet) carry most of the clean tail (the report's
+ * position profile shows it, from clean requests alone). Injections confined to those positions are
+ * a blind spot; anything later is scored. A request's score is the maximum over its positions of the
+ * running aggregate, as the daemon alerts.
+ *
+ * Activations come as `Seq`s (a trial of a dataset, or a corpus request): rows per layer from
+ * absolute position `start` (0 when the whole sequence is stored, as the daemon scores it).
+ * Deterministic: fixed orders, hashed subsampling, no randomness.
+ */
+import { lwError } from '../errors.js';
+import { parseResidPost, residPost } from '../hooks.js';
+import { aggregateSequence, skipFrom, type AggregatorSpec } from './aggregators.js';
+import type { CorpusActivations, CorpusRun } from './corpus.js';
+import type { Dataset, TrialRecord } from './dataset.js';
+import { fitGaussian, type GaussianModel } from './gaussian.js';
+import { fitLogistic } from './logistic.js';
+import { thresholdAtFpr } from './metrics.js';
+import { createProbe, type Probe } from './probe.js';
+import { hookList, linearBody, mahalanobisBody, validateProbeFile, type EnsembleMember, type LeafBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
+import { hashUnit } from './rng.js';
+
+/** Leading positions of a request that generic detectors neither fit on nor score. */
+export const GENERIC_SKIP = 4;
+
+// ---- sequences ------------------------------------------------------------------------------------
+
+/** One request's activations: rows per layer, [positions, dModel], from absolute position `start`. */
+export interface Seq {
+  readonly id: string;
+  readonly source: 'trial' | 'corpus';
+  readonly record?: TrialRecord;
+  readonly run?: CorpusRun;
+  readonly start: number;
+  readonly positions: number;
+  rows(layer: number): Float32Array;
+}
+
+export function trialSeq(ds: Dataset, r: TrialRecord): Seq {
+  return { id: r.id, source: 'trial', record: r, start: r.trace.start, positions: r.trace.end - r.trace.start, rows: (l) => ds.traceRows(r, l) };
+}
+
+export function corpusSeq(a: CorpusActivations, run: CorpusRun): Seq {
+  const d = a.dModel;
+  return {
+    id: `corpus/${run.id}`,
+    source: 'corpus',
+    run,
+    start: 0,
+    positions: run.rows[0].length / d,
+    rows: (l) => {
+      const k = a.layers.indexOf(l);
+      if (k < 0) throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `corpus activations lack layer ${l} (have ${a.layers.join(', ')})`);
+      return run.rows[k];
+    },
+  };
+}
+
+/** Rows of `layers` concatenated per position: [positions, layers × d]. */
+export function concatRows(seq: Seq, layers: readonly number[], d: number): Float32Array {
+  if (layers.length === 1) return seq.rows(layers[0]);
+  const blocks = layers.map((l) => seq.rows(l));
+  const n = seq.positions;
+  const out = new Float32Array(n * d * layers.length);
+  for (let p = 0; p < n; p++) blocks.forEach((b, k) => out.set(b.subarray(p * d, (p + 1) * d), (p * layers.length + k) * d));
+  return out;
+}
+
+/** Per-position scores of a probe on a sequence (the daemon's scorer: the probe's hooks concatenated). */
+export function scoreSeq(probe: Probe, seq: Seq): Float32Array {
+  const layers = probe.hooks.map(parseResidPost);
+  const rows = concatRows(seq, layers, probe.dModel);
+  const out = new Float32Array(seq.positions);
+  for (let p = 0; p < seq.positions; p++) out[p] = probe.scoreRow(rows, p * probe.inputDim);
+  return out;
+}
+
+/**
+ * A request's score: the maximum, over positions ≥ `from` (absolute), of the running aggregate of
+ * per-position scores (aggregated from the sequence's first stored position, the aggregator's
+ * `skip` counted in absolute positions). −Infinity when no position qualifies.
+ */
+export function requestScore(scores: ArrayLike<number>, aggregator: AggregatorSpec, start = 0, from = start): number {
+  const agg = aggregateSequence(skipFrom(aggregator, start), scores);
+  let m = -Infinity;
+  for (let p = Math.max(0, from - start); p < agg.length; p++) if (agg[p] > m) m = agg[p];
+  return m;
+}
+
+// ---- members ------------------------------------------------------------------------------------
+
+export type AnomalyInput = 'update' | 'resid';
+
+/** A fitted member before calibration: its hooks and leaf body. */
+export interface MemberFit {
+  id: string;
+  hook: string | string[];
+  body: LeafBody;
+}
+
+/** Calibration of per-token scores on clean tokens: median and (q99 − median). */
+export function calibrate(scores: ArrayLike<number>): { center: number; scale: number } {
+  const xs = Float64Array.from(scores).sort();
+  if (xs.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration tokens');
+  const q = (p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+  const center = q(0.5);
+  const spread = q(0.99) - center;
+  return { center: round(center, 7), scale: round(spread > 0 ? spread : 1, 7) };
+}
+
+function round(x: number, digits: number): number {
+  return x === 0 || !Number.isFinite(x) ? x : Number(x.toPrecision(digits));
+}
+
+function roundAll(xs: ArrayLike<number>, digits: number): number[] {
+  return Array.from(xs, (x) => round(x, digits));
+}
+
+/** A Gaussian rounded to `digits` significant digits (so files stay small; scores move < 1e-5 relative). */
+function roundedGaussian(g: GaussianModel, digits: number): GaussianModel {
+  if (g.form === 'cholesky') return { form: 'cholesky', shrinkage: round(g.shrinkage, digits), mean: Float64Array.from(roundAll(g.mean, digits)), factor: Float64Array.from(roundAll(g.factor, digits)) };
+  return { form: 'diagonal', shrinkage: round(g.shrinkage, digits), mean: Float64Array.from(roundAll(g.mean, digits)), variance: Float64Array.from(roundAll(g.variance, digits)) };
+}
+
+/** Rows of a member's input (update or resid) at positions ≥ skip of the given sequences. */
+function anomalyRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d: number, skip: number): Float32Array {
+  const parts: Float32Array[] = [];
+  for (const s of seqs) {
+    const from = Math.max(0, skip - s.start);
+    if (from >= s.positions) continue;
+    const x = s.rows(layer).subarray(from * d);
+    if (input === 'resid') parts.push(x);
+    else {
+      const prev = s.rows(layer - 1).subarray(from * d);
+      parts.push(Float32Array.from(x, (v, i) => v - prev[i]));
+    }
+  }
+  const n = parts.reduce((a, p) => a + p.length, 0);
+  const out = new Float32Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+export interface AnomalyMemberOptions {
+  /** Layers with a member (default every layer). */
+  layers: readonly number[];
+  /** 'update' (default): resid_post L − resid_post L−1 for L ≥ 1, resid_post 0 at L = 0. 'resid': resid_post L. */
+  input?: AnomalyInput;
+  covariance?: 'full' | 'diagonal';
+  shrinkage?: 'ledoit-wolf' | number;
+  /** Leading positions of a request left out of the fit. Default GENERIC_SKIP. */
+  skip?: number;
+  digits?: number;
+}
+
+/** Fit one Mahalanobis member per layer on clean sequences. */
+export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemberOptions): MemberFit[] {
+  const input = o.input ?? 'update';
+  const skip = o.skip ?? GENERIC_SKIP;
+  const digits = o.digits ?? 7;
+  return o.layers.map((layer) => {
+    const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
+    const data = anomalyRows(fit, layer, kind, d, skip);
+    const rows = data.length / d;
+    if (rows < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${rows} clean rows to fit on`);
+    const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, shrinkage: o.shrinkage }), digits);
+    return kind === 'update'
+      ? { id: `update-L${layer}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference') }
+      : { id: `resid-L${layer}`, hook: residPost(layer), body: mahalanobisBody(g) };
+  });
+}
+
+// ---- linear members -----------------------------------------------------------------------------
+
+/** Positions of a trial where its vector was added (window ∩ stored, from `skip` on). */
+export function injectedRange(r: TrialRecord, skip: number): [number, number] | null {
+  const a = Math.max(r.window.start, r.trace.start, skip);
+  const b = Math.min(r.window.end ?? r.trace.end, r.trace.end);
+  return a < b ? [a - r.trace.start, b - r.trace.start] : null;
+}
+
+export interface LinearMemberOptions {
+  mode: 'per-layer' | 'concat' | 'mean-pooled';
+  layers: readonly number[];
+  l2?: number;
+  /** Most rows per class (hash-subsampled). Default 6000. */
+  maxRows?: number;
+  /** mean-pooled: positions per window. Default 8. */
+  window?: number;
+  skip?: number;
+  digits?: number;
+  /** Salt of the row subsampling hash. */
+  seed?: number;
+}
+
+interface RowSet {
+  parts: Float32Array[];
+  labels: number[];
+}
+
+/**
+ * Supervised linear members: positives are the injected positions of `positives` (trials of the
+ * training families), negatives the positions ≥ skip of `negatives` (clean trials and corpus
+ * requests). Per layer L a trial counts as positive only if it injected at a layer ≤ L; layers
+ * below every training injection get no member.
+ */
+export function fitLinearMembers(positives: readonly Seq[], negatives: readonly Seq[], d: number, o: LinearMemberOptions): MemberFit[] {
+  const skip = o.skip ?? GENERIC_SKIP;
+  const maxRows = o.maxRows ?? 6000;
+  const digits = o.digits ?? 7;
+  const seed = o.seed ?? 0;
+  const w = o.window ?? 8;
+  const groups = o.mode === 'per-layer' ? o.layers.map((l) => [l]) : [[...o.layers]];
+  return groups.map((layers): MemberFit | null => {
+    const width = layers.length * d;
+    const top = Math.max(...layers);
+    const lo = Math.min(...layers);
+    const pos: { seq: Seq; range: [number, number] }[] = [];
+    for (const s of positives) {
+      const r = s.record!;
+      if (r.layer === null || (o.mode === 'per-layer' && r.layer > top) || (o.mode !== 'per-layer' && r.layer > Math.max(...o.layers))) continue;
+      const range = injectedRange(r, skip);
+      if (range) pos.push({ seq: s, range });
+    }
+    const neg = negatives.map((s) => ({ seq: s, range: [Math.max(0, skip - s.start), s.positions] as [number, number] })).filter((x) => x.range[0] < x.range[1]);
+    const count = (xs: typeof pos) => xs.reduce((a, x) => a + (o.mode === 'mean-pooled' ? Math.max(0, x.range[1] - x.range[0] - w + 1) : x.range[1] - x.range[0]), 0);
+    const set: RowSet = { parts: [], labels: [] };
+    const take = (xs: typeof pos, label: 0 | 1) => {
+      const rate = Math.min(1, maxRows / Math.max(1, count(xs)));
+      for (const { seq, range } of xs) {
+        const rows = concatRows(seq, layers, d);
+        if (o.mode === 'mean-pooled') {
+          for (let p = range[0]; p + w <= range[1]; p++) {
+            if (hashUnit(`${seed}|${label}|${seq.id}|${p}|${lo}`) >= rate) continue;
+            const m = new Float32Array(width);
+            for (let k = 0; k < w; k++) for (let j = 0; j < width; j++) m[j] += rows[(p + k) * width + j] / w;
+            set.parts.push(m);
+            set.labels.push(label);
+          }
+        } else {
+          for (let p = range[0]; p < range[1]; p++) {
+            if (hashUnit(`${seed}|${label}|${seq.id}|${p}|${lo}`) >= rate) continue;
+            set.parts.push(rows.subarray(p * width, (p + 1) * width));
+            set.labels.push(label);
+          }
+        }
+      }
+    };
+    take(pos, 1);
+    take(neg, 0);
+    const n = set.labels.length;
+    if (o.mode === 'per-layer' && !set.labels.includes(1)) return null; // no training injection reaches this layer
+    if (!set.labels.includes(1) || !set.labels.includes(0)) throw lwError('LW_ERR_PROBE_FIT', `layers ${layers.join(',')}: need positive and negative rows (got ${n})`);
+    const data = new Float32Array(n * width);
+    set.parts.forEach((p, i) => data.set(p, i * width));
+    const fit = fitLogistic({ rows: n, cols: width, data }, Uint8Array.from(set.labels), { l2: o.l2 ?? 1e-3, classWeight: 'balanced', maxIterations: 300 });
+    const body = linearBody(fit, 'direction');
+    const rounded: LeafBody = { kind: 'direction', bias: round(body.bias, digits), normalisation: { mean: roundAll(body.normalisation.mean, digits), std: roundAll(body.normalisation.std, digits) }, weights: roundAll(body.weights, digits) };
+    const id = o.mode === 'per-layer' ? `linear-L${layers[0]}` : `${o.mode === 'concat' ? 'linear' : 'pooled'}-L${layers.join('-')}`;
+    return { id, hook: layers.length === 1 ? residPost(layers[0]) : layers.map(residPost), body: rounded };
+  }).filter((x): x is MemberFit => x !== null);
+}
+
+// ---- assembling probe files ---------------------------------------------------------------------
+
+export interface DetectorMeta {
+  id: string;
+  label: string;
+  description: string;
+  modelFingerprint: string;
+  dModel: number;
+  targetFpr: number;
+  aggregator: AggregatorSpec;
+  training: ProbeFigures;
+  evaluation: ProbeFigures;
+}
+
+/** A leaf probe file of one member (scored alone, e.g. to calibrate it). */
+export function memberProbe(m: MemberFit, meta: Pick<DetectorMeta, 'modelFingerprint' | 'dModel'>): Probe {
+  const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
+  const file = { formatVersion: 1, id: m.id, label: m.id, description: '', modelFingerprint: meta.modelFingerprint, hook: m.hook, dModel: meta.dModel, threshold: 0, targetFpr: 0, aggregator: { kind: 'last' }, training: none, evaluation: none, ...m.body } as ProbeFile;
+  return createProbe(validateProbeFile(file));
+}
+
+/** Ensemble-max file of calibrated members (hooks: the union, in layer order). */
+export function ensembleFile(members: readonly (MemberFit & { calibration: { center: number; scale: number } })[], meta: DetectorMeta, threshold: number): ProbeFile {
+  const hooks = [...new Set(members.flatMap((m) => hookList(m.hook)))].sort((a, b) => parseResidPost(a) - parseResidPost(b));
+  const file = {
+    formatVersion: 1,
+    id: meta.id,
+    kind: 'ensemble-max',
+    label: meta.label,
+    description: meta.description,
+    modelFingerprint: meta.modelFingerprint,
+    hook: hooks,
+    dModel: meta.dModel,
+    threshold,
+    targetFpr: meta.targetFpr,
+    aggregator: meta.aggregator,
+    training: meta.training,
+    evaluation: meta.evaluation,
+    members: members.map((m) => ({ id: m.id, hook: m.hook, calibration: m.calibration, ...m.body }) as EnsembleMember),
+  };
+  return validateProbeFile(file);
+}
+
+/**
+ * Per-token member scores on sequences, cached by member id (scoring the big Gaussians is the
+ * expensive part; every detector made of the same members reuses them).
+ */
+export class MemberScoreCache {
+  private readonly cache = new Map<string, Map<string, Float32Array>>();
+  constructor(private readonly meta: Pick<DetectorMeta, 'modelFingerprint' | 'dModel'>) {}
+
+  scores(m: MemberFit, seq: Seq): Float32Array {
+    let bySeq = this.cache.get(m.id);
+    if (!bySeq) this.cache.set(m.id, (bySeq = new Map()));
+    let s = bySeq.get(seq.id);
+    if (!s) {
+      const probe = (this.probes.get(m.id) ?? this.probes.set(m.id, memberProbe(m, this.meta)).get(m.id))!;
+      s = scoreSeq(probe, seq);
+      bySeq.set(seq.id, s);
+    }
+    return s;
+  }
+
+  private readonly probes = new Map<string, Probe>();
+}
+
+export interface Detector {
+  /** The probe file (threshold set). */
+  file: ProbeFile;
+  members: (MemberFit & { calibration: { center: number; scale: number } })[];
+  aggregator: AggregatorSpec;
+  threshold: number;
+}
+
+/** Per-position ensemble scores of a detector on a sequence, from cached member scores. */
+export function detectorTokenScores(det: Pick<Detector, 'members'>, cache: MemberScoreCache, seq: Seq): Float64Array {
+  const out = new Float64Array(seq.positions).fill(-Infinity);
+  for (const m of det.members) {
+    const s = cache.scores(m, seq);
+    const inv = 1 / m.calibration.scale;
+    for (let p = 0; p < s.length; p++) {
+      const v = (s[p] - m.calibration.center) * inv;
+      if (v > out[p] || Number.isNaN(v)) out[p] = v;
+    }
+  }
+  return out;
+}
+
+export interface BuildDetectorOptions {
+  members: MemberFit[];
+  /** Clean sequences (not fitted on) for member calibration and the threshold. */
+  calibration: readonly Seq[];
+  meta: Omit<DetectorMeta, 'training' | 'evaluation'> & Partial<Pick<DetectorMeta, 'training' | 'evaluation'>>;
+  cache: MemberScoreCache;
+  skip?: number;
+}
+
+/** Calibrate members on clean tokens, set the threshold at the target FPR per request, write the file. */
+export function buildDetector(o: BuildDetectorOptions): Detector {
+  const skip = o.skip ?? o.meta.aggregator.skip ?? GENERIC_SKIP;
+  const members = o.members.map((m) => {
+    const toks: number[] = [];
+    for (const s of o.calibration) {
+      const x = o.cache.scores(m, s);
+      for (let p = Math.max(0, skip - s.start); p < x.length; p++) toks.push(x[p]);
+    }
+    return { ...m, calibration: calibrate(toks) };
+  });
+  const req = o.calibration.map((s) => requestScore(detectorTokenScores({ members }, o.cache, s), o.meta.aggregator, s.start)).filter(Number.isFinite);
+  if (req.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
+  const threshold = round(thresholdAtFpr(req, o.meta.targetFpr), 9);
+  const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
+  const meta: DetectorMeta = { training: none, evaluation: none, ...o.meta };
+  return { file: ensembleFile(members, meta, threshold), members, aggregator: meta.aggregator, threshold };
+}
+
+/** Replace a detector's file metadata (figures, description) keeping members and threshold. */
+export function withMeta(det: Detector, meta: Partial<DetectorMeta>): Detector {
+  const f = det.file;
+  const m: DetectorMeta = {
+    id: f.id,
+    label: f.label,
+    description: f.description,
+    modelFingerprint: f.modelFingerprint,
+    dModel: f.dModel,
+    targetFpr: f.targetFpr,
+    aggregator: f.aggregator,
+    training: f.training,
+    evaluation: f.evaluation,
+    ...meta,
+  };
+  return { ...det, file: ensembleFile(det.members, m, det.threshold) };
+}
+
+/** Deterministic split of clean sequences into fit and calibration shares (by id hash). */
+export function splitClean<T extends { id: string }>(xs: readonly T[], calibrationFraction: number, salt: string): { fit: T[]; calibration: T[] } {
+  const fit: T[] = [];
+  const calibration: T[] = [];
+  for (const x of xs) (hashUnit(`${salt}|calibration|${x.id}`) < calibrationFraction ? calibration : fit).push(x);
+  return { fit, calibration };
+}
+
+// ---- the anomaly detector, end to end -----------------------------------------------------------
+
+export interface AnomalyDetectorOptions extends Omit<AnomalyMemberOptions, 'layers'> {
+  layers?: readonly number[];
+  numLayers: number;
+  modelFingerprint: string;
+  dModel: number;
+  targetFpr?: number;
+  aggregator?: AggregatorSpec;
+  id?: string;
+  label?: string;
+  description?: string;
+}
+
+export const DEFAULT_GENERIC_AGGREGATOR: AggregatorSpec = { kind: 'rolling-mean', window: 8, skip: GENERIC_SKIP };
+export const GENERIC_ID = 'generic-injection';
+export const GENERIC_LABEL = 'generic injection (any direction)';
+
+/** Fit the unsupervised anomaly detector on clean sequences and calibrate it on others. */
+export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Seq[], o: AnomalyDetectorOptions, cache?: MemberScoreCache): Detector {
+  const layers = o.layers ?? Array.from({ length: o.numLayers }, (_, l) => l);
+  const input = o.input ?? 'update';
+  const targetFpr = o.targetFpr ?? 0.01;
+  const aggregator = o.aggregator ?? DEFAULT_GENERIC_AGGREGATOR;
+  const members = fitAnomalyMembers(fit, o.dModel, { ...o, layers, input, skip: o.skip ?? aggregator.skip ?? GENERIC_SKIP });
+  const what = input === 'update' ? 'the update of each layer (resid_post L − resid_post L−1; resid_post 0 at layer 0)' : 'resid_post of each layer';
+  const description =
+    o.description ??
+    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${o.covariance === 'diagonal' ? 'diagonal' : 'Ledoit–Wolf shrunk full'} covariance) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests; positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
+  return buildDetector({
+    members,
+    calibration,
+    cache: cache ?? new MemberScoreCache({ modelFingerprint: o.modelFingerprint, dModel: o.dModel }),
+    meta: { id: o.id ?? GENERIC_ID, label: o.label ?? GENERIC_LABEL, description, modelFingerprint: o.modelFingerprint, dModel: o.dModel, targetFpr, aggregator },
+    skip: o.skip ?? aggregator.skip,
+  });
+}
