@@ -1,10 +1,12 @@
 /**
  * The whole benchmark (issue 6): the engine bench (bench/engine.ts: prefill/decode at the
- * Qwen2.5-0.5B shape against this machine's memory-bandwidth limit, and peers where measured) and
- * the daemon bench (bench/daemon.ts: monitor overhead, alert latency, concurrency), one after the
- * other, into one JSON and one Markdown file with the machine described.
+ * Qwen2.5-0.5B shape against this machine's memory-bandwidth limit), the peers bench
+ * (bench/peers.ts: transformers.js on the same int4 graph and llama.cpp on GGUFs of the same
+ * weights, in one process with our engine) and the daemon bench (bench/daemon.ts: monitor overhead,
+ * alert latency, concurrency), one after the other, into one JSON and one Markdown file with the
+ * machine described.
  *
- *   npm run bench -- [--quick] [--out FILE.json] [--md FILE.md] [--skip-engine] [--skip-daemon]
+ *   npm run bench -- [--quick] [--out FILE.json] [--md FILE.md] [--skip-engine] [--skip-peers] [--skip-daemon]
  *   (npm run bench runs `tsx bench/run.ts`)
  *
  * The summary always has these keys (null when not measured, with `<key>_reason` saying why):
@@ -15,6 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { daemonBenchMarkdown, runDaemonBench, type DaemonBenchResult } from './daemon.js';
 import { engineBenchMarkdown, runEngineBench, type EngineBenchResult } from './engine.js';
+import { peersBenchMarkdown, runPeersBench, type PeersBenchResult } from './peers.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
 import { round } from './lib/stats.js';
@@ -32,6 +35,7 @@ export interface BenchResult {
   /** Issue 6's targets, each with the measured ratio. */
   targets: { name: string; target: string; measured: number | null; met: boolean | null }[];
   engine: EngineBenchResult | { error: string } | null;
+  peers: PeersBenchResult | { error: string } | null;
   daemon: DaemonBenchResult | { error: string } | null;
   seconds: number;
 }
@@ -39,6 +43,7 @@ export interface BenchResult {
 export interface BenchOptions {
   quick?: boolean;
   skipEngine?: boolean;
+  skipPeers?: boolean;
   skipDaemon?: boolean;
   log?: (line: string) => void;
 }
@@ -50,6 +55,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
   const machine = describeMachine();
   const summary: Record<string, number | string | null> = {};
   let engine: BenchResult['engine'] = null;
+  let peers: BenchResult['peers'] = null;
   let daemon: BenchResult['daemon'] = null;
   // One failing half must not lose the other: record the error and go on.
   if (!o.skipEngine) {
@@ -60,6 +66,16 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     } catch (e) {
       engine = { error: String((e as Error).stack ?? e) };
       log(`engine bench failed: ${String(e)}`);
+    }
+  }
+  if (!o.skipPeers) {
+    log('== peers bench');
+    try {
+      peers = await runPeersBench({ quick, log });
+      Object.assign(summary, peers.summary);
+    } catch (e) {
+      peers = { error: String((e as Error).stack ?? e) };
+      log(`peers bench failed: ${String(e)}`);
     }
   }
   if (!o.skipDaemon) {
@@ -73,9 +89,8 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     }
   }
   const why = (k: string): string => {
-    if (k === 'decode_tok_s_transformersjs_int4') return 'transformers.js is not measured by bench/engine.ts in this build (not installed as a dependency)';
-    const half = ['monitor_overhead_pct', 'alert_p99_ms', 'concurrency4_speedup'].includes(k) ? 'daemon' : 'engine';
-    const r = half === 'daemon' ? daemon : engine;
+    const half = ['monitor_overhead_pct', 'alert_p99_ms', 'concurrency4_speedup'].includes(k) ? 'daemon' : k === 'decode_tok_s_transformersjs_int4' ? 'peers' : 'engine';
+    const r = half === 'daemon' ? daemon : half === 'peers' ? peers : engine;
     if (r === null) return `the ${half} bench was skipped`;
     if ('error' in r) return `the ${half} bench failed: ${r.error.split('\n')[0]}`;
     return `not reported by the ${half} bench`;
@@ -95,7 +110,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     { name: 'alert p99 ms (loopback)', target: '≤ 10', measured: num('alert_p99_ms'), met: num('alert_p99_ms') === null ? null : num('alert_p99_ms')! <= 10 },
     { name: '4 streams ÷ 1 stream aggregate tok/s', target: '≥ 2', measured: num('concurrency4_speedup'), met: num('concurrency4_speedup') === null ? null : num('concurrency4_speedup')! >= 2 },
   ];
-  return { kind: 'latentwatch.bench', version: 1, quick, machine, summary, targets, engine, daemon, seconds: round((performance.now() - t0) / 1000, 1) };
+  return { kind: 'latentwatch.bench', version: 1, quick, machine, summary, targets, engine, peers, daemon, seconds: round((performance.now() - t0) / 1000, 1) };
 }
 
 export function benchMarkdown(r: BenchResult): string {
@@ -121,6 +136,8 @@ export function benchMarkdown(r: BenchResult): string {
   ];
   if (r.engine && !('error' in r.engine)) parts.push(engineBenchMarkdown(r.engine).replace(/^# /m, '## '), '');
   else if (r.engine) parts.push('## Engine benchmark', '', `Failed: ${r.engine.error.split('\n')[0]}`, '');
+  if (r.peers && !('error' in r.peers)) parts.push(peersBenchMarkdown(r.peers).replace(/^# /m, '## '), '');
+  else if (r.peers) parts.push('## Peer benchmark', '', `Failed: ${r.peers.error.split('\n')[0]}`, '');
   if (r.daemon && !('error' in r.daemon)) parts.push(daemonBenchMarkdown(r.daemon).replace(/^# /m, '## ').replace(/^## (?!Daemon)/gm, '### '), '');
   else if (r.daemon) parts.push('## Daemon benchmark', '', `Failed: ${r.daemon.error.split('\n')[0]}`, '');
   parts.push(`Total ${r.seconds.toFixed(0)} s.`);
@@ -130,14 +147,14 @@ export function benchMarkdown(r: BenchResult): string {
 async function main(argv: string[]): Promise<void> {
   const a = parseArgs(argv, ['out', 'md']);
   const quick = a.has('quick');
-  const r = await runBench({ quick, skipEngine: a.has('skip-engine'), skipDaemon: a.has('skip-daemon') });
+  const r = await runBench({ quick, skipEngine: a.has('skip-engine'), skipPeers: a.has('skip-peers'), skipDaemon: a.has('skip-daemon') });
   const md = benchMarkdown(r);
   console.log(md);
   const out = a.get('out') ?? join(REPO, 'bench', 'out', `bench${quick ? '-quick' : ''}.json`);
   writeJson(out, r);
   writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
   console.error(`wrote ${out}`);
-  const failed = [r.engine, r.daemon].some((x) => x !== null && 'error' in x);
+  const failed = [r.engine, r.peers, r.daemon].some((x) => x !== null && 'error' in x);
   if (failed) process.exitCode = 1;
 }
 

@@ -1,17 +1,19 @@
 /**
  * The 'hf' build interface (Hugging Face optimum's decoder inputs and outputs, for peers such as
  * transformers.js): logits against transformers' reference through a plain onnxruntime session fed
- * the optimum way (whole prompt; then prefix + one token at a time through past_key_values), and the
- * default build's options and cache key unchanged by the option's existence.
+ * the optimum way (whole prompt; then prefix + one token at a time through past_key_values), the same
+ * build generating through transformers.js itself (bench/lib/transformersjs.ts, as bench/peers.ts
+ * runs it), and the default build's options and cache key unchanged by the option's existence.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { layoutTransformersJsModel, loadTransformersJs } from '../bench/lib/transformersjs.js';
 import { RuntimeSession, f32Tensor, i64Tensor, type Tensor } from '../src/engine/runtime.js';
 import { buildKey, ensureBuild, resolveBuildOptions } from '../src/model/build.js';
 import { openCheckpoint } from '../src/model/checkpoint.js';
 import { GRAPH_NAMES, HF_GRAPH_NAMES } from '../src/model/graph.js';
-import { QWEN2_TINY, TEST_CACHE, argmaxRows, maxAbsDiff, referenceTensors } from './helpers.js';
+import { QWEN2_TINY, TEST_CACHE, argmaxRows, maxAbsDiff, referenceTensors, tempDir } from './helpers.js';
 
 const ref = JSON.parse(readFileSync(join(QWEN2_TINY, 'reference.json'), 'utf8')) as { input_ids: number[]; greedy_continuation: number[] };
 const ckpt = openCheckpoint(QWEN2_TINY);
@@ -102,6 +104,21 @@ describe("'hf' build interface (qwen2-tiny, fp32)", () => {
       out = await run(feeds([next], nextPast(out), 1));
     }
     expect(got).toEqual(ref.greedy_continuation);
+  });
+
+  it('transformers.js loads the build from a local directory and generates the reference continuation', async () => {
+    const b = ensureBuild(ckpt, { interface: 'hf' }, { cacheDir: TEST_CACHE });
+    const root = tempDir('lw-tfjs-');
+    layoutTransformersJsModel({ checkpointDir: QWEN2_TINY, modelPath: b.modelPath, root, name: 'qwen2-tiny', dtype: 'fp32' });
+    const tf = await loadTransformersJs({ root, name: 'qwen2-tiny', dtype: 'fp32', threads: 1 });
+    try {
+      const out = await tf.greedy(ref.input_ids, ref.greedy_continuation.length);
+      expect(out.ids).toEqual(ref.greedy_continuation);
+      expect(out.t).toHaveLength(ref.greedy_continuation.length);
+    } finally {
+      await tf.dispose();
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it('refuses taps or ports', () => {

@@ -100,6 +100,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   const tick = (what: string) => progress(++step, totalSteps, what);
 
   const hf = o.interface === 'hf';
+  // transformers.js sizes its first (empty) cache from these dimension names: 'batch_size' is one it knows.
+  const B = hf ? 'batch_size' : 'batch';
   // Inputs. Batch and sequence are free; the cache length is the preallocated buffer's length.
   let ids: string, seqlensK: string, totalLen: string, logitsIndex: string, keep: string;
   if (!hf) {
@@ -109,8 +111,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     logitsIndex = g.input(GRAPH_NAMES.logitsIndex, DT.INT64, ['n_logits']);
     keep = '';
   } else {
-    ids = g.input(HF_GRAPH_NAMES.inputIds, DT.INT64, ['batch', 'sequence_length']);
-    const mask = g.input(HF_GRAPH_NAMES.attentionMask, DT.INT64, ['batch', 'total_sequence_length']);
+    ids = g.input(HF_GRAPH_NAMES.inputIds, DT.INT64, [B, 'sequence_length']);
+    const mask = g.input(HF_GRAPH_NAMES.attentionMask, DT.INT64, [B, 'total_sequence_length']);
     // Required: onnxruntime lists no input that has a default initializer, and transformers.js feeds
     // num_logits_to_keep only to sessions that list it.
     keep = g.input(HF_GRAPH_NAMES.numLogitsToKeep, DT.INT64, []);
@@ -193,8 +195,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     }
     const names = hf ? HF_GRAPH_NAMES : GRAPH_NAMES;
     const [pastLen, presentLen] = hf ? ['past_sequence_length', 'total_sequence_length'] : ['cache_len', 'cache_len'];
-    const pastK = g.input(names.pastKey(l), DT.FLOAT, ['batch', KV, pastLen, hd]);
-    const pastV = g.input(names.pastValue(l), DT.FLOAT, ['batch', KV, pastLen, hd]);
+    const pastK = g.input(names.pastKey(l), DT.FLOAT, [B, KV, pastLen, hd]);
+    const pastV = g.input(names.pastValue(l), DT.FLOAT, [B, KV, pastLen, hd]);
     const [attn] = g.node(
       'GroupQueryAttention',
       [...gqaIn, pastK, pastV, seqlensK, totalLen, cosCache, sinCache],
@@ -202,8 +204,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
       { num_heads: H, kv_num_heads: KV, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } },
       'com.microsoft',
     );
-    g.output(names.presentKey(l), DT.FLOAT, ['batch', KV, presentLen, hd]);
-    g.output(names.presentValue(l), DT.FLOAT, ['batch', KV, presentLen, hd]);
+    g.output(names.presentKey(l), DT.FLOAT, [B, KV, presentLen, hd]);
+    g.output(names.presentValue(l), DT.FLOAT, [B, KV, presentLen, hd]);
     const o = linear(attn, [`${p}self_attn.o_proj.weight`], H * hd, `layers.${l}.o`);
     const [x2, , , hMid] = g.node('SkipSimplifiedLayerNormalization', [o, h, vec(`${p}post_attention_layernorm.weight`, `layers.${l}.ln2`)], 4, { epsilon: eps }, 'com.microsoft');
 
@@ -236,7 +238,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
   const logits = linear(picked, [headName], D, 'lm_head');
   g.node('Identity', [logits], [GRAPH_NAMES.logits]);
-  g.output(GRAPH_NAMES.logits, DT.FLOAT, ['batch', hf ? 'logits_length' : 'n_logits', cfg.vocabSize]);
+  g.output(GRAPH_NAMES.logits, DT.FLOAT, [B, hf ? 'logits_length' : 'n_logits', cfg.vocabSize]);
   tick('lm_head');
 
   return g.finish('qwen', {
