@@ -3,9 +3,22 @@
  * @node-llama-cpp/<platform>): `build: 'never'` and `skipDownload` so it never compiles llama.cpp
  * or fetches anything, and the CPU backend (`gpu: false`). package.json sets
  * `config.nodeLlamaCppPostinstall = "skip"`, so installing it runs no build either.
+ *
+ * It is not a devDependency: its lock file lists platform packages (win, mac, riscv64) that this
+ * registry does not have, which makes `npm ci` fail. Install it for the peer bench with
+ *   npm i --no-save --ignore-scripts node-llama-cpp@3.22.1
+ * Its types are therefore not needed to compile: the few used here are typed loosely.
  */
 import { installedVersion } from './versions.js';
-import type { Llama, LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- node-llama-cpp is optional (see above) */
+type Llama = any;
+type LlamaModel = any;
+type LlamaContext = any;
+type LlamaContextSequence = any;
+type Token = any;
+/* eslint-enable @typescript-eslint/no-explicit-any */
+const MODULE = 'node-llama-cpp';
 
 export interface LlamaCppRunner {
   llama: Llama;
@@ -21,7 +34,13 @@ export interface LlamaCppRunner {
 }
 
 export async function loadLlamaCpp(o: { modelPath: string; threads: number; contextSize: number; flashAttention: boolean }): Promise<LlamaCppRunner> {
-  const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
+  let mod;
+  try {
+    mod = await import(MODULE);
+  } catch (e) {
+    throw new Error(`node-llama-cpp is not installed (npm i --no-save --ignore-scripts node-llama-cpp@3.22.1): ${(e as Error).message}`);
+  }
+  const { getLlama, LlamaLogLevel } = mod;
   const llama = await getLlama({ gpu: false, build: 'never', skipDownload: true, usePrebuiltBinaries: true, logLevel: LlamaLogLevel.error, progressLogs: false });
   const model = await llama.loadModel({ modelPath: o.modelPath, gpuLayers: 0, useMmap: true });
   const context = await model.createContext({ contextSize: o.contextSize, threads: o.threads, flashAttention: o.flashAttention, sequences: 1, batchSize: o.contextSize });
@@ -46,7 +65,7 @@ export async function loadLlamaCpp(o: { modelPath: string; threads: number; cont
     sequence,
     info: { buildType: llama.buildType, systemInfo: llama.systemInfo, version: installedVersion('node-llama-cpp') },
     greedy,
-    tokenize: (text) => model.tokenize(text, false).map(Number),
+    tokenize: (text) => (model.tokenize(text, false) as unknown[]).map(Number),
     dispose: async () => {
       await context.dispose();
       await model.dispose();
