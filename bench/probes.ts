@@ -3,14 +3,18 @@
  * training time, printed as JSON.
  *
  *   npx tsx bench/probes.ts [--quick] [--config FILE] [--out DIR] [--data DIR] [--threads N] [--cache DIR]
+ *   npx tsx bench/probes.ts --generic
  *
  * Default: the whole configs/trials/base.json (≈2000 trials) into a temporary directory (or --out),
  * then `train-probe --layer best` on it (8 layers fitted, validated and evaluated). --quick runs a
  * scaled-down config (12 concepts, 60 clean trials per protocol). --data DIR only times training on
  * an existing dataset. Trials per minute counts trials run in this process (a resumed --out counts
  * only the new ones). The machine is shared: compare figures measured in one run.
+ * --generic only times the daemon's scoring of the probes shipped in models/qwen2-code-16m/probes
+ * (ProbeBank.score over a 512-position prompt pass and single-token passes): microseconds per
+ * position per probe, e.g. the eight-member generic-injection detector.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -18,6 +22,8 @@ import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
 import { computeConceptVectors, ConceptStore, writeConceptVectors } from '../src/probes/concepts.js';
 import { Dataset } from '../src/probes/dataset.js';
+import { loadProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
+import { createRng } from '../src/probes/rng.js';
 import { trainProbe } from '../src/probes/train.js';
 import { loadTrialConfig, resolveTrialConfig, type TrialConfig } from '../src/probes/trial-config.js';
 import { runTrials } from '../src/probes/trials.js';
@@ -31,8 +37,40 @@ const { values: v } = parseArgs({
     data: { type: 'string' },
     threads: { type: 'string' },
     cache: { type: 'string' },
+    generic: { type: 'boolean' },
   },
 });
+
+/** Scoring cost of each shipped probe, per position, on synthetic taps of the model's shape. */
+async function benchScoring(): Promise<void> {
+  const dir = join(DEFAULT_MODEL_DIR, 'probes');
+  const fp = (JSON.parse(readFileSync(join(dir, readdirSync(dir).find((f) => f.endsWith('.probe.json'))!), 'utf8')) as { modelFingerprint: string }).modelFingerprint;
+  const files = readdirSync(dir).filter((f) => f.endsWith('.probe.json')).sort();
+  const result: Record<string, unknown> = { bench: 'probes --generic', machine: describeMachine(), probes: {} };
+  const rng = createRng(1);
+  for (const f of files) {
+    const t0 = performance.now();
+    const probe = await loadProbe(join(dir, f), fp);
+    const loadMs = performance.now() - t0;
+    const bank = new ProbeBank([probe]);
+    const taps = (positions: number) => {
+      const m = new Map<string, TapTensor>();
+      for (const h of bank.hooks()) m.set(h, { positions, dModel: probe.dModel, data: Float32Array.from({ length: positions * probe.dModel }, () => 20 * rng.gaussian()) });
+      return m;
+    };
+    const prompt = taps(512);
+    const one = taps(1);
+    bank.score(prompt); // warm-up
+    const t1 = performance.now();
+    for (let k = 0; k < 3; k++) bank.score(prompt);
+    const promptUs = ((performance.now() - t1) * 1000) / (3 * 512);
+    const t2 = performance.now();
+    for (let k = 0; k < 500; k++) bank.score(one);
+    const tokenUs = ((performance.now() - t2) * 1000) / 500;
+    (result.probes as Record<string, unknown>)[probe.id] = { file: f, kind: probe.kind, hooks: probe.hooks.length, loadMs: r(loadMs, 1), usPerPromptPosition: r(promptUs, 1), usPerGeneratedToken: r(tokenUs, 1) };
+  }
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+}
 
 const configPath = v.config ?? join(PACKAGE_ROOT, 'configs', 'trials', 'base.json');
 
@@ -86,4 +124,5 @@ async function main(): Promise<void> {
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
 }
 
-await main();
+if (v.generic) await benchScoring();
+else await main();

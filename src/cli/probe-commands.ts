@@ -1,6 +1,6 @@
 /** `latentwatch concepts | trials | train-probe | eval-probe | report`: the offline probe pipeline. */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
@@ -9,10 +9,10 @@ import { computeConceptVectors, ConceptStore, writeConceptVectors } from '../pro
 import { Dataset } from '../probes/dataset.js';
 import { evaluateProbeFile, type EvalReport } from '../probes/eval.js';
 import { corpusRequests, loadCorpus, runCorpus } from '../probes/corpus.js';
-import { corpusSeq, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, requestScore, splitClean, trialSeq, withMeta, detectorTokenScores, MemberScoreCache, type Seq } from '../probes/generic.js';
+import { corpusSeq, detectorTokenScores, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, GENERIC_SKIP, MemberScoreCache, recalibrateProbe, requestScore, splitClean, trialSeq, withMeta, type Seq } from '../probes/generic.js';
 import { writeGenericReport } from '../probes/generic-report.js';
 import { loadProbe } from '../probes/probe.js';
-import { writeProbeFile } from '../probes/probe-file.js';
+import { readProbeFile, writeProbeFile } from '../probes/probe-file.js';
 import { fprAtThreshold } from '../probes/metrics.js';
 import { writeReport } from '../probes/report.js';
 import { trainProbe, type FitterKind } from '../probes/train.js';
@@ -408,7 +408,7 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
     const engine = await loadSoloEngine(v);
     try {
       if (ds.manifest.modelFingerprint !== engine.fingerprint) throw lwError('LW_ERR_TRIALS_MODEL_MISMATCH', `${data} holds trials of model ${ds.manifest.modelFingerprint}, the loaded model is ${engine.fingerprint}`);
-      const compare = await Promise.all((v.compare ?? []).map(async (f) => ({ name: (await loadProbe(f, engine.fingerprint)).id, probe: await loadProbe(f, engine.fingerprint) })));
+      const compare = await Promise.all((v.compare ?? []).map(async (f) => ({ name: basename(f).replace(/\.probe\.json$/, ''), probe: await loadProbe(f, engine.fingerprint) })));
       const acts = await runCorpus(engine, corpus, ds.manifest.traceLayers, progressBar('corpus'));
       const { data: r, shipped } = writeGenericReport(ds, acts, outDir, {
         families: list(v.families, 'families'),
@@ -435,4 +435,47 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
   },
 };
 
-export const probeCommands: Command[] = [conceptsCommand, trialsCommand, trainProbeCommand, evalProbeCommand, reportCommand, fitAnomalyCommand, genericReportCommand];
+export const calibrateProbeCommand: Command = {
+  name: 'calibrate-probe',
+  summary: "reset a probe's threshold on clean requests scored as the daemon scores them (prompt included)",
+  usage: `
+latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--prompts FILE] [--data DIR]
+                            [--skip N] [--target-fpr F] [--logit] [--precision P] [--cache-dir DIR] [--threads N]
+  The daemon scores every position of a request from position 0. A probe whose threshold was set on
+  a narrower view (issue 3's probes: from the question on) fires far more often on whole prompts.
+  This keeps the probe's weights, leaves the first --skip positions unscored (default ${GENERIC_SKIP}: the
+  attention sink and the first tokens), and sets the threshold at --target-fpr (default: the
+  probe's own) per request on clean requests: the corpus's fit prompts (--prompts, default
+  configs/corpus/clean.json) and, with --data, the dataset's train-split clean trials. --logit
+  scores a logistic ('linear') probe as its logit ('direction'): its probabilities saturate at 1
+  on whole prompts, so no probability threshold separates. Prints the false-positive rate at the
+  new threshold on the corpus's held-out prompts, per style.`,
+  async run(argv) {
+    const v = parse(argv, { ...engineOptions, probe: { type: 'string' }, prompts: { type: 'string' }, data: { type: 'string' }, skip: { type: 'string' }, 'target-fpr': { type: 'string' }, logit: { type: 'boolean' } }, this.usage);
+    const fileOut = required(v.out, 'out');
+    const skip = num(v.skip, 'skip') ?? GENERIC_SKIP;
+    if (!Number.isInteger(skip) || skip < 0) throw lwError('LW_ERR_CLI_USAGE', '--skip must be a non-negative integer');
+    const corpus = loadCorpus(v.prompts ?? DEFAULT_CORPUS);
+    const ds = v.data !== undefined ? Dataset.open(v.data) : undefined;
+    const engine = await loadSoloEngine(v);
+    try {
+      const file = await readProbeFile(required(v.probe, 'probe'), engine.fingerprint);
+      if (ds && ds.manifest.modelFingerprint !== engine.fingerprint) throw lwError('LW_ERR_TRIALS_MODEL_MISMATCH', `${v.data} holds trials of model ${ds.manifest.modelFingerprint}, the loaded model is ${engine.fingerprint}`);
+      const acts = await runCorpus(engine, corpus, Array.from({ length: engine.config.numLayers }, (_, l) => l), progressBar('corpus'));
+      const seqs = acts.requests.map((r) => corpusSeq(acts, r));
+      const clean: Seq[] = seqs.filter((s) => s.run!.split === 'fit');
+      if (ds) clean.push(...ds.records.filter((r) => r.condition === 'none' && r.split === 'train').map((r) => trialSeq(ds, r)));
+      const fprOn: Record<string, Seq[]> = {};
+      for (const s of seqs.filter((x) => x.run!.split === 'test')) (fprOn[`clean: ${s.run!.style}`] ??= []).push(s);
+      if (ds) fprOn['clean: eval trials'] = ds.records.filter((r) => r.condition === 'none' && r.split === 'eval').map((r) => trialSeq(ds, r));
+      const r = recalibrateProbe(file, clean, { skip, targetFpr: num(v['target-fpr'], 'target-fpr'), logit: v.logit, fprOn });
+      await writeProbeFile(fileOut, r.file);
+      out({ out: fileOut, id: r.file.id, previousThreshold: file.threshold, threshold: r.threshold, aggregator: r.file.aggregator, calibrationRequests: clean.length, fprOnHeldOut: r.fpr });
+    } finally {
+      ds?.close();
+      await engine.close();
+    }
+  },
+};
+
+export const probeCommands: Command[] = [conceptsCommand, trialsCommand, trainProbeCommand, evalProbeCommand, reportCommand, fitAnomalyCommand, genericReportCommand, calibrateProbeCommand];

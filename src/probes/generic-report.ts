@@ -95,7 +95,7 @@ export interface DetectorSummary {
   trainedOn: string[];
   byFamilyStrength: Record<View, Cell[]>;
   byFamilyLayerStrength: Cell[];
-  byFamilyProtocolStrength: Cell[];
+  byFamilyProtocolStrength: Record<View, Cell[]>;
   cleanFpr: CleanFpr[];
 }
 
@@ -225,7 +225,7 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
     const rs = requestScores(sc);
     const byFamilyStrength: Record<View, Cell[]> = { all: [], watch: [] };
     const byFamilyLayerStrength: Cell[] = [];
-    const byFamilyProtocolStrength: Cell[] = [];
+    const byFamilyProtocolStrength: Record<View, Cell[]> = { all: [], watch: [] };
     for (const view of ['all', 'watch'] as const) {
       for (const f of families) {
         const pos = positivesOf(f);
@@ -235,9 +235,11 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
     for (const f of families) {
       const pos = positivesOf(f);
       for (const l of m.injectionLayers) for (const s of strengths) byFamilyLayerStrength.push(cell(rs.all, sc.threshold, pos.filter((x) => x.record!.layer === l && x.record!.strength === s), cleanEval, { family: f, strength: s, layer: l, protocol: null }));
-      for (const p of protocols) {
-        for (const s of strengths) {
-          byFamilyProtocolStrength.push(cell(rs.all, sc.threshold, pos.filter((x) => x.record!.protocol === p && x.record!.strength === s), cleanEval.filter((x) => x.record!.protocol === p), { family: f, strength: s, layer: null, protocol: p }));
+      for (const view of ['all', 'watch'] as const) {
+        for (const p of protocols) {
+          for (const s of strengths) {
+            byFamilyProtocolStrength[view].push(cell(rs[view], sc.threshold, pos.filter((x) => x.record!.protocol === p && x.record!.strength === s), cleanEval.filter((x) => x.record!.protocol === p), { family: f, strength: s, layer: null, protocol: p }));
+          }
         }
       }
     }
@@ -286,19 +288,17 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
   const chosen = detectors.get(shipName);
   if (!chosen) throw lwError('LW_ERR_PROBE_FIT', `no detector named ${shipName} (${[...detectors.keys()].join(', ')})`);
   const sum = summaries.find((x) => x.name === shipName)!;
-  const pooled = (f: string) => sum.byFamilyStrength.all.find((c) => c.family === f && c.strength === null)!;
   const fprOnControls: Record<string, number> = {};
-  for (const c of sum.cleanFpr) if (c.fpr !== null) fprOnControls[c.set] = c.fpr;
-  for (const f of families) {
-    const c = sum.byFamilyStrength.all.find((x) => x.family === f && x.strength === 0.5);
-    if (c?.auroc !== null && c?.auroc !== undefined) fprOnControls[`auroc@0.5x ${f}`] = c.auroc;
-  }
-  const evalPos = families.reduce((a, f) => a + pooled(f).positives, 0);
-  const allPos = families.flatMap((f) => positivesOf(f));
+  for (const c of sum.cleanFpr) if (c.fpr !== null) fprOnControls[`clean: ${c.set.replace(/^corpus: /, '')}`] = c.fpr;
+  const evalStrength = strengths.includes(0.5) ? 0.5 : strengths[Math.floor(strengths.length / 2)];
+  const allPos = families.flatMap((f) => positivesOf(f)).filter((s) => s.record!.strength === evalStrength);
+  const evalPos = allPos.length;
   const allScores = requestScores({ token: (s) => detectorTokenScores(chosen, cache, s), aggregator: chosen.aggregator, threshold: chosen.threshold }).all;
   const pAll = allPos.map((s) => allScores.get(s.id)!);
   const nAll = cleanEval.map((s) => allScores.get(s.id)!);
+  const perFamily = families.map((f) => `${f} ${fmt(sum.byFamilyStrength.all.find((c) => c.family === f && c.strength === evalStrength)?.auroc)}`).join(', ');
   const shipped = withMeta(chosen, {
+    description: `${chosen.file.description} Evaluation figures: every vector family injected at ×${evalStrength} the layer's mean residual norm (${m.injectionLayers.length} layers, ${protocols.join(' + ')}; concepts held out) against eval clean trials, every position scored from 0 as the daemon does; AUROC per family: ${perFamily}; fprOnControls: false-positive rate per request at the threshold on clean requests of each style (docs/reports/qwen2-code-16m-generic).`,
     training: { ...nullFigures, trials: fit.length },
     evaluation: {
       trials: evalPos + cleanEval.length,
@@ -408,22 +408,27 @@ export function renderGenericMarkdown(d: GenericReportData): string {
     L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc, 2)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
   }
   L.push('');
-  L.push('### Per protocol (view all): AUROC / TPR@1%', '');
-  L.push(`| family | ${d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => `${p} ×${s}`)).join(' | ')} |`);
-  L.push(`|---|${d.dataset.protocols.flatMap(() => d.dataset.strengths.map(() => '---|')).join('')}`);
-  for (const f of fams) {
-    const cs = d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => shipped.byFamilyProtocolStrength.find((c) => c.family === f.name && c.protocol === p && c.strength === s)!));
-    L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc, 2)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
-  }
-  L.push('');
+  const protocolTable = (view: View) => {
+    L.push(`| family | ${d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => `${p} ×${s}`)).join(' | ')} |`);
+    L.push(`|---|${d.dataset.protocols.flatMap(() => d.dataset.strengths.map(() => '---|')).join('')}`);
+    for (const f of fams) {
+      const cs = d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => shipped.byFamilyProtocolStrength[view].find((c) => c.family === f.name && c.protocol === p && c.strength === s)!));
+      L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc, 2)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
+    }
+    L.push('');
+  };
+  L.push('### Per protocol (view all): AUROC / TPR@1% (negatives: clean trials of the same protocol)', '');
+  protocolTable('all');
   L.push('### View watch (from the question on): AUROC / TPR@1%', '');
-  L.push('For inject-then-ask the injected first turn is then never scored: only the latent trace in the KV cache is, which the update of a layer does not carry. This is the view where a monitor joins after the injection.', '');
+  L.push("Here a monitor joins after the first turn. For inject-then-ask the injected positions are then never scored: what remains is the latent trace, the change in what later layers' attention reads from the perturbed KV cache, which shows in their updates. The negatives are the clean trials from the question on, whose question and prefix text is the same few strings (and occurs in the fit data), so this view is the easier one.", '');
   L.push(`| family | ${d.dataset.strengths.map((s) => `×${s}`).join(' | ')} |`, `|---|${d.dataset.strengths.map(() => '---|').join('')}`);
   for (const f of fams) {
     const cs = d.dataset.strengths.map((s) => shipped.byFamilyStrength.watch.find((c) => c.family === f.name && c.strength === s)!);
     L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc)} / ${fmt(c['tpr_at_fpr_0.01'])}`).join(' | ')} |`);
   }
   L.push('');
+  L.push('Per protocol, view watch:', '');
+  protocolTable('watch');
   L.push('## False positives on clean requests (at each detector\'s threshold)', '', '![Clean FPR](clean-fpr.svg)', '');
   L.push(`| set | kind | requests | positions | ${d.detectors.map((x) => x.name).join(' | ')} |`, `|---|---|---|---|${d.detectors.map(() => '---|').join('')}`);
   for (const c of shipped.cleanFpr) {

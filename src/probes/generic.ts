@@ -468,3 +468,35 @@ export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Se
     skip: o.skip ?? aggregator.skip,
   });
 }
+
+// ---- recalibrating an existing probe to the daemon's view ------------------------------------------
+
+/**
+ * The same probe with `skip` leading positions left unscored and its threshold at `targetFpr` per
+ * request on clean sequences scored as the daemon scores (every position from 0). For probes
+ * calibrated on a narrower view (issue 3's probes: positions from the question on), whose tail on
+ * whole prompts is heavier. Figures other than the clean false-positive rates are kept.
+ */
+export function recalibrateProbe(file: ProbeFile, clean: readonly Seq[], o: { skip?: number; targetFpr?: number; logit?: boolean; fprOn?: Record<string, readonly Seq[]> } = {}): { file: ProbeFile; threshold: number; fpr: Record<string, number> } {
+  const skip = o.skip ?? GENERIC_SKIP;
+  // logit: a logistic probe scored as its logit ('direction'), so an aggregate of saturated
+  // probabilities (σ = 1 in float64 beyond a logit of ~37) cannot pin the threshold at 1.
+  if (o.logit && file.kind === 'linear') file = validateProbeFile({ ...file, kind: 'direction' });
+  const targetFpr = o.targetFpr ?? file.targetFpr;
+  const { skip: _drop, ...base } = file.aggregator;
+  const aggregator = (skip > 0 ? { ...base, skip } : base) as AggregatorSpec;
+  const probe = createProbe(file);
+  const score = (s: Seq) => requestScore(scoreSeq(probe, s), aggregator, s.start);
+  const cal = clean.map(score).filter(Number.isFinite);
+  if (cal.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean requests to set the threshold on');
+  const threshold = round(thresholdAtFpr(cal, targetFpr), 9);
+  const fpr: Record<string, number> = {};
+  for (const [k, xs] of Object.entries(o.fprOn ?? {})) {
+    const v = xs.map(score).filter(Number.isFinite);
+    if (v.length > 0) fpr[k] = v.filter((x) => x > threshold).length / v.length;
+  }
+  const note = ` Recalibrated for the daemon's view: ${o.logit ? 'scored as its logit (kind direction), ' : ''}positions 0–${skip - 1} unscored, threshold at ${targetFpr} FPR per request on ${cal.length} clean requests scored from position 0 (was ${file.threshold}).`;
+  const description = file.description.replace(/ Recalibrated for the daemon's view:.*$/, '') + note;
+  const out = validateProbeFile({ ...file, description, aggregator, threshold, targetFpr, evaluation: { ...file.evaluation, fprOnControls: { ...fpr } } });
+  return { file: out, threshold, fpr };
+}

@@ -1,0 +1,78 @@
+/**
+ * The shipped probe set in the daemon (issue 7): models/qwen2-code-16m/probes holds the concept
+ * probe and the generic-injection detector; the daemon loads both, labels their alerts, keeps
+ * ordinary requests quiet, flags an admin-injected random direction (no concept) with the generic
+ * detector, and its canary passes on the bundled set. (The concept probe, recalibrated for whole
+ * prompts, has a measured clean FPR of about 1% per request but fires on some short prose
+ * requests; see docs/reports/qwen2-code-16m-generic.)
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/daemon/config.js';
+import { bundledProbes, startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import { createRng } from '../src/probes/rng.js';
+import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
+import { CODE16M, tempDir } from './helpers.js';
+
+type Verdict = { probes: { id: string; label?: string; fired: boolean; max_score: number | null; threshold: number }[] };
+
+let daemon: Daemon;
+
+beforeAll(async () => {
+  const { config } = loadConfig({
+    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
+    argv: ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-generic-'), 'alerts.db'), '--canary', '--canary-interval', '3600'],
+  });
+  daemon = await startDaemon(config);
+}, 120_000);
+afterAll(async () => {
+  await daemon?.close();
+});
+
+async function complete(prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<Verdict> {
+  const r = await fetch(`${daemon.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
+  });
+  expect(r.status).toBe(200);
+  return ((await r.json()) as { latentwatch: Verdict }).latentwatch;
+}
+
+describe('bundled probes: concept-injection + generic-injection', () => {
+  it('both load, with their labels', () => {
+    expect(bundledProbes(CODE16M).map((p) => p.split('/').at(-1))).toEqual(['concept-injection.probe.json', 'generic-injection.probe.json']);
+    expect(daemon.probes.map((p) => [p.id, p.label])).toEqual([
+      ['concept-injection', 'concept injection'],
+      ['generic-injection', 'generic injection (any direction)'],
+    ]);
+  });
+
+  it('ordinary requests of several styles: the generic detector raises nothing', async () => {
+    for (const prompt of [
+      'def parse(text):\n    return [line.strip() for line in text.splitlines()]\n',
+      'The committee reviewed twelve proposals and selected three for funding.',
+      'User: How do I reverse a list in Python?\nAssistant:',
+      'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: latentwatch\n',
+    ]) {
+      const v = await complete(prompt);
+      expect(v.probes.map((p) => p.id).sort()).toEqual(['concept-injection', 'generic-injection']);
+      expect(v.probes.find((p) => p.id === 'generic-injection')!.fired, prompt).toBe(false);
+    }
+  });
+
+  it('an injected random direction (no concept) fires the generic detector', async () => {
+    const rng = createRng(42);
+    const vector = Array.from({ length: 384 }, () => rng.gaussian());
+    const norm = Math.hypot(...vector);
+    // 0.5 x the mean residual norm of layer 4 (36.2): a unit vector scaled by 18.
+    const v = await complete('def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n', { latentwatch: { inject: { vector: vector.map((x) => x / norm), layer: 4, scale: 18, window: 'all' } } }, ADMIN_KEY);
+    const g = v.probes.find((p) => p.id === 'generic-injection')!;
+    expect(g.fired).toBe(true);
+    expect(g.max_score!).toBeGreaterThan(g.threshold);
+  });
+
+  it('the canary passes on the bundled set', async () => {
+    expect(await daemon.canary!.runOnce()).toBe('success');
+  });
+});
