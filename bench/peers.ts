@@ -10,8 +10,9 @@
  *     taps, no ports: the graph transformers.js runs but for the interface) and its serving default
  *     (every layer tapped, every port). Their greedy tokens are compared, and transformers.js'
  *     tokenizer on the prompt.
- * (c) llama.cpp through node-llama-cpp (its prebuilt CPU binaries from npm; never built or
- *     downloaded here) on GGUF files written from the same checkpoint by bench/lib/gguf.ts (Q4_0,
+ * (c) llama.cpp through node-llama-cpp (its prebuilt CPU binaries from npm; never built, never
+ *     downloaded from outside the registry; not a devDependency: bench/lib/llamacpp.ts finds it or,
+ *     unless --no-install, installs it under /tmp/lw-bench/node-llama-cpp) on GGUF files written from the same checkpoint by bench/lib/gguf.ts (Q4_0,
  *     Q8_0; F32 outside --quick), measured as ANCHORS.md did: 2 threads, context 512, flash
  *     attention, 128-token prompt, 128 greedy decode steps. First a check that the GGUF writer is
  *     right: the trained models/qwen2-code-16m as an F32 GGUF must reproduce transformers' greedy
@@ -25,7 +26,7 @@
  *
  *   npx tsx bench/peers.ts [--quick] [--out FILE.json] [--md FILE.md] [--runs N] [--rounds N]
  *       [--threads N] [--gguf Q4_0,Q8_0,F32] [--skip-transformersjs] [--skip-llamacpp]
- *       [--ckpt DIR] [--cache DIR] [--gguf-dir DIR] [--budget SECONDS]
+ *       [--ckpt DIR] [--cache DIR] [--gguf-dir DIR] [--budget SECONDS] [--no-install]
  *
  * --budget bounds the wall time of the timed runs (default 150 s with --quick, 900 s without): no new
  * cycle starts past it once every runtime has one run, so a busy machine shortens the series rather
@@ -188,6 +189,8 @@ interface CompareSpec {
   serving: boolean;
   ggufs: { type: GgufWeightType; path: string }[];
   llamaContext: number;
+  /** node-llama-cpp's entry file (bench/lib/llamacpp.ts ensureNodeLlamaCpp). */
+  nlcEntry: string | null;
   /** Wall-clock budget of the timed runs: no new cycle starts past it once every variant has one run. */
   budgetSeconds: number;
 }
@@ -211,8 +214,11 @@ async function childCompare(spec: CompareSpec): Promise<void> {
   const { Engine } = await import('../src/engine/engine.js');
   const ids = await promptIds(spec.ckpt, spec.promptTokens);
   const newTokens = spec.decodeSteps + 1;
-  type Variant = { id: string; run: () => Promise<TimedRun>; close: () => Promise<void>; s: RunSeries };
+  /** run(n): greedy generation of n tokens after the prompt. */
+  type Variant = { id: string; run: (n: number) => Promise<TimedRun>; close: () => Promise<void>; s: RunSeries };
   const variants: Variant[] = [];
+  // Warm-up: the prompt and a few decode steps (first-run allocations, mapped pages), not a whole run.
+  const warmupTokens = 9;
   const res: CompareChildResult = { series: {}, rssDeltaBytes: {}, errors: {}, tfjsTokenizerMatch: null, llamaTokenizerMatch: null, llamaInfo: null };
   const tokensOf = (encode: (t: string) => number[]) => {
     let out: number[] = [];
@@ -220,13 +226,13 @@ async function childCompare(spec: CompareSpec): Promise<void> {
     return JSON.stringify(out.slice(0, spec.promptTokens)) === JSON.stringify(ids);
   };
   /** Loads one variant and warms it up; a failure is recorded and the others go on. */
-  const add = async (id: string, load: () => Promise<{ run: () => Promise<TimedRun>; close: () => Promise<void> }>) => {
+  const add = async (id: string, load: () => Promise<{ run: (n: number) => Promise<TimedRun>; close: () => Promise<void> }>) => {
     const rss0 = process.memoryUsage().rss;
     const t0 = performance.now();
     try {
       const v = await load();
       const s = newSeries((performance.now() - t0) / 1000);
-      for (let w = 0; w < spec.warmup; w++) await v.run();
+      for (let w = 0; w < spec.warmup; w++) await v.run(warmupTokens);
       res.rssDeltaBytes[id] = process.memoryUsage().rss - rss0;
       variants.push({ id, ...v, s });
       console.error(`  ${id}: loaded in ${s.loadSeconds.toFixed(2)} s`);
@@ -237,14 +243,14 @@ async function childCompare(spec: CompareSpec): Promise<void> {
   };
   const engineLoad = (knobs: typeof ENGINE_BARE | typeof ENGINE_SERVING) => async () => {
     const engine = await Engine.load(spec.ckpt, { ...knobs, threads: spec.threads, cacheDir: spec.cacheDir });
-    const run = async (): Promise<TimedRun> => {
+    const run = async (n: number): Promise<TimedRun> => {
       const t: number[] = [];
       const out: number[] = [];
       const start = performance.now();
       // As bench/engine.ts: t[0] is the prompt step (prefill done, token 1 about to be sampled) and
       // token k's step follows the pass that reads token k, so t[128] - t[0] spans 128 decode passes,
       // as transformers.js' and llama.cpp's token 1 → token 129 do.
-      for await (const step of engine.generate({ promptIds: ids, maxTokens: newTokens, ignoreEos: true, sampling: { temperature: 0 } })) {
+      for await (const step of engine.generate({ promptIds: ids, maxTokens: n, ignoreEos: true, sampling: { temperature: 0 } })) {
         t.push(performance.now());
         if (step.kind === 'token') out.push(step.tokenId);
       }
@@ -261,16 +267,16 @@ async function childCompare(spec: CompareSpec): Promise<void> {
       // transformers.js' own tokenizer on the laid-out tokenizer files.
       const tok = await tf.tfjs.AutoTokenizer.from_pretrained(TFJS_NAME);
       res.tfjsTokenizerMatch = tokensOf((t) => tok.encode(t, { add_special_tokens: false }));
-      return { run: () => tf.greedy(ids, newTokens), close: () => tf.dispose() };
+      return { run: (n: number) => tf.greedy(ids, n), close: () => tf.dispose() };
     });
   }
   for (const g of spec.ggufs) {
     await add(`llamacpp-${GGUF_KEY[g.type]}`, async () => {
       const { loadLlamaCpp } = await import('./lib/llamacpp.js');
-      const l = await loadLlamaCpp({ modelPath: g.path, threads: spec.threads, contextSize: spec.llamaContext, flashAttention: true });
+      const l = await loadLlamaCpp({ modelPath: g.path, threads: spec.threads, contextSize: spec.llamaContext, flashAttention: true, entry: spec.nlcEntry });
       res.llamaTokenizerMatch = tokensOf((t) => l.tokenize(t));
       res.llamaInfo = l.info;
-      return { run: () => l.greedy(ids, newTokens), close: () => l.dispose() };
+      return { run: (n: number) => l.greedy(ids, n), close: () => l.dispose() };
     });
   }
 
@@ -284,7 +290,7 @@ async function childCompare(spec: CompareSpec): Promise<void> {
       if (res.errors[v.id]) continue;
       const load = loadavg()[0];
       try {
-        seriesPush(v.s, await v.run(), ids.length, spec.decodeSteps, load);
+        seriesPush(v.s, await v.run(newTokens), ids.length, spec.decodeSteps, load);
         console.error(`  ${v.id}: prefill ${v.s.prefillTokS.at(-1)!.toFixed(0)} tok/s, decode ${v.s.decodeTokS.at(-1)!.toFixed(1)} tok/s (load ${load.toFixed(2)})`);
       } catch (e) {
         res.errors[v.id] = String((e as Error).stack ?? e);
@@ -307,14 +313,14 @@ interface GgufCheckResult {
 }
 
 /** The GGUF writer against transformers: qwen2-code-16m (trained) as F32, greedy 24 tokens per prompt. */
-async function childGgufCheck(spec: { ggufDir: string }): Promise<void> {
+async function childGgufCheck(spec: { ggufDir: string; nlcEntry: string | null }): Promise<void> {
   const { openCheckpoint } = await import('../src/model/checkpoint.js');
   const { writeGguf } = await import('./lib/gguf.js');
   const { loadLlamaCpp } = await import('./lib/llamacpp.js');
   const ckpt = openCheckpoint(CODE16M);
   const g = writeGguf(ckpt, 'F32', join(spec.ggufDir, `${ckpt.fingerprint}-F32.gguf`), { name: 'qwen2-code-16m' });
   const ref = JSON.parse(readFileSync(join(CODE16M, 'reference.json'), 'utf8')) as { prompts: { text: string; input_ids: number[]; greedy_continuation: number[] }[] };
-  const l = await loadLlamaCpp({ modelPath: g.path, threads: 2, contextSize: 512, flashAttention: true });
+  const l = await loadLlamaCpp({ modelPath: g.path, threads: 2, contextSize: 512, flashAttention: true, entry: spec.nlcEntry });
   const res: GgufCheckResult = { prompts: ref.prompts.length, greedyMatches: 0, tokenizerMatches: 0, prefixMatch: [], fileBytes: g.bytes };
   for (const p of ref.prompts) {
     const out = await l.greedy(p.input_ids, p.greedy_continuation.length);
@@ -343,6 +349,8 @@ export interface PeersBenchOptions {
   ggufDir?: string;
   /** Wall-clock budget of all timed runs (seconds); each runtime still gets at least one. */
   budgetSeconds?: number;
+  /** Install node-llama-cpp into a private prefix under /tmp when it is not installed (default true). */
+  installLlamaCpp?: boolean;
   log?: (line: string) => void;
 }
 
@@ -405,6 +413,12 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
   const doTfjs = o.transformersjs ?? true;
   const doLlama = o.llamacpp ?? true;
   const ggufTypes: GgufWeightType[] = doLlama ? (o.ggufTypes ?? (quick ? ['Q4_0', 'Q8_0'] : ['Q4_0', 'Q8_0', 'F32'])) : [];
+  // node-llama-cpp is no devDependency (see bench/lib/llamacpp.ts): find it, or install it under /tmp.
+  const { ensureNodeLlamaCpp } = await import('./lib/llamacpp.js');
+  const nlc = doLlama ? ensureNodeLlamaCpp({ install: o.installLlamaCpp ?? true, log }) : null;
+  if (nlc && !nlc.entry) log(`peers: llama.cpp not measured: ${nlc.reason}`);
+  else if (nlc) log(`peers: node-llama-cpp ${nlc.version} (${nlc.from === 'project' ? "the project's node_modules" : 'private prefix under /tmp'})`);
+  const llamaReady = nlc?.entry ? true : false;
   const machine = describeMachine();
   const summary: Record<string, number | string | null> = {};
   const errors: Record<string, string> = {};
@@ -420,7 +434,7 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
   let prepareError: string | null = null;
   log('peers: builds and GGUF files…');
   try {
-    const spec: PrepareSpec = { ckpt, cacheDir, ggufDir, ggufTypes, transformersjs: doTfjs };
+    const spec: PrepareSpec = { ckpt, cacheDir, ggufDir, ggufTypes: llamaReady ? ggufTypes : [], transformersjs: doTfjs };
     prepare = (await runChild<PrepareResult>(SELF, ['--child', 'prepare', '--spec', JSON.stringify(spec)], { cwd: REPO, timeoutMs: 30 * 60_000, onLog })).result;
     for (const [type, e] of Object.entries(prepare.ggufErrors)) errors[`llamacpp-${GGUF_KEY[type as GgufWeightType]}`] = `writing the GGUF failed: ${e}`;
   } catch (e) {
@@ -430,10 +444,11 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
 
   // The GGUF writer against transformers (qwen2-code-16m, trained) before trusting llama.cpp's numbers.
   let ggufCheck: PeersBenchResult['ggufCheck'] = null;
-  if (doLlama) {
+  if (doLlama && !llamaReady) ggufCheck = { error: nlc?.reason ?? 'node-llama-cpp not found' };
+  if (doLlama && llamaReady) {
     log('peers: GGUF check (qwen2-code-16m F32 through llama.cpp vs transformers)…');
     try {
-      ggufCheck = (await runChild<GgufCheckResult>(SELF, ['--child', 'gguf-check', '--spec', JSON.stringify({ ggufDir })], { cwd: REPO, timeoutMs: 5 * 60_000, onLog })).result;
+      ggufCheck = (await runChild<GgufCheckResult>(SELF, ['--child', 'gguf-check', '--spec', JSON.stringify({ ggufDir, nlcEntry: nlc?.entry ?? null })], { cwd: REPO, timeoutMs: 5 * 60_000, onLog })).result;
       log(`  greedy continuations identical: ${ggufCheck.greedyMatches}/${ggufCheck.prompts}, tokenizer ${ggufCheck.tokenizerMatches}/${ggufCheck.prompts}`);
     } catch (e) {
       ggufCheck = { error: String((e as Error).message ?? e) };
@@ -461,6 +476,7 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
         ggufs: prepare.ggufs.map((g) => ({ type: g.type, path: g.path })),
         llamaContext,
         budgetSeconds: budgetSeconds / rounds,
+        nlcEntry: nlc?.entry ?? null,
       };
       try {
         const c = await runChild<CompareChildResult>(SELF, ['--child', 'compare', '--spec', JSON.stringify(spec)], { cwd: REPO, timeoutMs: 30 * 60_000, onLog });
@@ -545,7 +561,11 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
     const k = GGUF_KEY[type];
     const id = `llamacpp-${k}`;
     const r = get(id);
-    const skipped = !doLlama ? 'llama.cpp skipped (--skip-llamacpp)' : !ggufTypes.includes(type) ? `${type} not in this run's GGUF types (${quick ? '--quick runs Q4_0 and Q8_0' : 'see --gguf'})` : null;
+    const skipped = !doLlama
+      ? 'llama.cpp skipped (--skip-llamacpp)'
+      : !llamaReady
+        ? (nlc?.reason ?? 'node-llama-cpp not found')
+        : !ggufTypes.includes(type) ? `${type} not in this run's GGUF types (${quick ? '--quick runs Q4_0 and Q8_0' : 'see --gguf'})` : null;
     const reason = reasonFor(id, skipped);
     put(`decode_tok_s_llamacpp_${k}`, r?.decodeTokS.median, reason);
     put(`prefill_tok_s_llamacpp_${k}`, r?.prefillTokS.median, reason);
@@ -577,7 +597,7 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
       versions: {
         'onnxruntime-node': installedVersion('onnxruntime-node'),
         '@huggingface/transformers': installedVersion('@huggingface/transformers'),
-        'node-llama-cpp': installedVersion('node-llama-cpp'),
+        'node-llama-cpp': nlc?.version ?? null,
       },
     },
     rows,
@@ -605,7 +625,7 @@ export function peersBenchMarkdown(r: PeersBenchResult): string {
     '',
     `Qwen2.5-0.5B shape, random weights (${s.checkpoint}), real Qwen2.5 tokenizer, the same weights in every runtime. ${s.promptTokens}-token prompt, ` +
       `${s.decodeSteps} greedy decode steps, ${s.threads} threads. All runtimes in one process, run by run in turn; medians of up to ${s.runs} run(s) × ${s.rounds} ` +
-      `process(es) after ${s.warmup} warm-up each (timed runs bounded to ${s.budgetSeconds} s). llama.cpp: context ${s.llamaContext}, flash attention, CPU backend. ` +
+      `process(es) after ${s.warmup} short warm-up each (prompt + 8 steps; timed runs bounded to ${s.budgetSeconds} s). llama.cpp: context ${s.llamaContext}, flash attention, CPU backend. ` +
       `Versions: ${Object.entries(s.versions)
         .map(([k, v]) => `${k} ${v ?? '?'}`)
         .join(', ')}.`,
@@ -687,6 +707,7 @@ async function main(argv: string[]): Promise<void> {
     cacheDir: a.get('cache'),
     ggufDir: a.get('gguf-dir'),
     budgetSeconds: a.has('budget') ? a.num('budget', 150) : undefined,
+    installLlamaCpp: !a.has('no-install'),
   });
   const md = peersBenchMarkdown(res);
   console.log(md);
