@@ -22,15 +22,18 @@
  * machine is shared, and a burst of load from another process then falls on all of them alike, so
  * their ratios hold. Timing as bench/engine.ts: 129 tokens per run, so prefill = prompt ÷ (first
  * token − start) and decode = 128 ÷ (token 129 − token 1), each span exactly the passes it names.
- * Medians over runs; the 1-minute load average is recorded per run.
+ * Medians over runs; the 1-minute load average and the CPU other processes used are recorded per
+ * run, and the medians are over the runs no other process disturbed (when there are any).
  *
  *   npx tsx bench/peers.ts [--quick] [--out FILE.json] [--md FILE.md] [--runs N] [--rounds N]
  *       [--threads N] [--gguf Q4_0,Q8_0,F32] [--skip-transformersjs] [--skip-llamacpp]
- *       [--ckpt DIR] [--cache DIR] [--gguf-dir DIR] [--budget SECONDS] [--no-install]
+ *       [--ckpt DIR] [--cache DIR] [--gguf-dir DIR] [--budget SECONDS] [--quiet-wait SECONDS] [--no-install]
  *
  * --budget bounds the wall time of the timed runs (default 150 s with --quick, 900 s without): no new
  * cycle starts past it once every runtime has one run, so a busy machine shortens the series rather
- * than the bench overrunning. The runs actually made are in the JSON (decodeTokS.n).
+ * than the bench overrunning. The runs actually made are in the JSON (decodeTokS.n). Before each
+ * cycle it waits up to --quiet-wait seconds (10 with --quick, 30 without) for other processes to
+ * use under 0.3 cores, and it records per run the CPU other processes used (bench/lib/cpu-share.ts).
  *
  * Big files go under /tmp/lw-bench (builds, GGUFs, the transformers.js model layout).
  */
@@ -69,6 +72,8 @@ interface RunSeries {
   /** Median ms per decode step, per run. */
   decodeStepMs: number[];
   loadAvg: number[];
+  /** Cores' worth of CPU other processes used during each run (bench/lib/cpu-share.ts; null where unknown). */
+  othersCores: (number | null)[];
   ids: number[];
 }
 
@@ -83,6 +88,13 @@ export interface PeerRow {
   decodeTokS: Summary;
   decodeStepMs: Summary;
   loadAvg: number;
+  /** Median over the runs used of the CPU other processes used during the run, in cores (0 = machine to ourselves). */
+  othersCores: number | null;
+  /** Timed runs made, and how many were clean (other processes under CLEAN_OTHERS_CORES). */
+  runs: number;
+  cleanRuns: number;
+  /** 'clean': the summaries are over clean runs only; 'all': no run was clean, so over all of them. */
+  runsUsed: 'clean' | 'all';
   /** Resident memory the runtime added to the shared process (RSS after load and warm-up minus before). */
   rssDeltaBytes: number;
   /** The first generated ids of the first run. */
@@ -95,17 +107,21 @@ interface TimedRun {
   ids: number[];
 }
 
-function seriesPush(s: RunSeries, r: TimedRun, promptTokens: number, decodeSteps: number, load: number): void {
+function seriesPush(s: RunSeries, r: TimedRun, promptTokens: number, decodeSteps: number, load: number, others: number | null): void {
   if (r.t.length < decodeSteps + 1) throw new Error(`run produced ${r.t.length} tokens, wanted ${decodeSteps + 1}`);
   const step = r.t.slice(1, decodeSteps + 1).map((y, i) => y - r.t[i]);
   s.prefillTokS.push(promptTokens / ((r.t[0] - r.start) / 1000));
   s.decodeTokS.push(decodeSteps / ((r.t[decodeSteps] - r.t[0]) / 1000));
   s.decodeStepMs.push(median(step));
   s.loadAvg.push(load);
+  s.othersCores.push(others);
   if (s.ids.length === 0) s.ids = r.ids;
 }
 
-const newSeries = (loadSeconds: number): RunSeries => ({ loadSeconds, prefillTokS: [], decodeTokS: [], decodeStepMs: [], loadAvg: [], ids: [] });
+/** A run during which other processes used less CPU than this (cores) counts as clean. */
+const CLEAN_OTHERS_CORES = 0.3;
+
+const newSeries = (loadSeconds: number): RunSeries => ({ loadSeconds, prefillTokS: [], decodeTokS: [], decodeStepMs: [], loadAvg: [], othersCores: [], ids: [] });
 
 async function promptIds(ckptDir: string, n: number): Promise<number[]> {
   const { Tokenizer } = await import('../src/engine/tokenizer.js');
@@ -193,6 +209,8 @@ interface CompareSpec {
   nlcEntry: string | null;
   /** Wall-clock budget of the timed runs: no new cycle starts past it once every variant has one run. */
   budgetSeconds: number;
+  /** Before each cycle, wait at most this long for other processes to leave the CPUs nearly idle. */
+  quietWaitSeconds: number;
 }
 
 interface CompareChildResult {
@@ -203,6 +221,8 @@ interface CompareChildResult {
   tfjsTokenizerMatch: boolean | null;
   llamaTokenizerMatch: boolean | null;
   llamaInfo: { buildType: string; systemInfo: string; version: string | null } | null;
+  /** Seconds spent waiting for a quiet machine before the cycles. */
+  quietWaitedSeconds: number;
 }
 
 /**
@@ -219,7 +239,8 @@ async function childCompare(spec: CompareSpec): Promise<void> {
   const variants: Variant[] = [];
   // Warm-up: the prompt and a few decode steps (first-run allocations, mapped pages), not a whole run.
   const warmupTokens = 9;
-  const res: CompareChildResult = { series: {}, rssDeltaBytes: {}, errors: {}, tfjsTokenizerMatch: null, llamaTokenizerMatch: null, llamaInfo: null };
+  const res: CompareChildResult = { series: {}, rssDeltaBytes: {}, errors: {}, tfjsTokenizerMatch: null, llamaTokenizerMatch: null, llamaInfo: null, quietWaitedSeconds: 0 };
+  const { markCpu, othersCores, waitForQuiet } = await import('./lib/cpu-share.js');
   const tokensOf = (encode: (t: string) => number[]) => {
     let out: number[] = [];
     while (out.length < spec.promptTokens) out = out.concat(encode(PROMPT_TEXT));
@@ -286,14 +307,31 @@ async function childCompare(spec: CompareSpec): Promise<void> {
       console.error(`  time budget of ${spec.budgetSeconds} s spent after ${r} run(s) of each`);
       break;
     }
-    for (const v of variants) {
-      if (res.errors[v.id]) continue;
-      const load = loadavg()[0];
-      try {
-        seriesPush(v.s, await v.run(newTokens), ids.length, spec.decodeSteps, load);
-        console.error(`  ${v.id}: prefill ${v.s.prefillTokS.at(-1)!.toFixed(0)} tok/s, decode ${v.s.decodeTokS.at(-1)!.toFixed(1)} tok/s (load ${load.toFixed(2)})`);
-      } catch (e) {
-        res.errors[v.id] = String((e as Error).stack ?? e);
+    if (spec.quietWaitSeconds > 0) {
+      const q = await waitForQuiet(spec.quietWaitSeconds);
+      res.quietWaitedSeconds += q.waitedSeconds;
+      if (q.waitedSeconds > 1.5) console.error(`  waited ${q.waitedSeconds.toFixed(0)} s for a quiet machine (others use ${q.othersCores?.toFixed(2) ?? '?'} cores)`);
+    }
+    // The order rotates each cycle, so no runtime always runs first after the quiet wait.
+    const order = variants.map((_, i) => variants[(i + r) % variants.length]);
+    for (const v of order) {
+      // A run during which another process took CPU is kept, and (within the budget) run once more.
+      for (let attempt = 0; attempt < 2; attempt++) {
+        if (res.errors[v.id]) break;
+        const load = loadavg()[0];
+        let others: number | null = null;
+        try {
+          const m = markCpu();
+          const out = await v.run(newTokens);
+          others = othersCores(m);
+          seriesPush(v.s, out, ids.length, spec.decodeSteps, load, others);
+          console.error(
+            `  ${v.id}: prefill ${v.s.prefillTokS.at(-1)!.toFixed(0)} tok/s, decode ${v.s.decodeTokS.at(-1)!.toFixed(1)} tok/s (load ${load.toFixed(2)}, others ${others?.toFixed(2) ?? '?'} cores)`,
+          );
+        } catch (e) {
+          res.errors[v.id] = String((e as Error).stack ?? e);
+        }
+        if (others === null || others < CLEAN_OTHERS_CORES || (performance.now() - timed0) / 1000 > spec.budgetSeconds) break;
       }
     }
   }
@@ -349,6 +387,8 @@ export interface PeersBenchOptions {
   ggufDir?: string;
   /** Wall-clock budget of all timed runs (seconds); each runtime still gets at least one. */
   budgetSeconds?: number;
+  /** Before each cycle of runs, wait at most this long for other processes to go quiet (default 10 s quick, 30 s full). */
+  quietWaitSeconds?: number;
   /** Install node-llama-cpp into a private prefix under /tmp when it is not installed (default true). */
   installLlamaCpp?: boolean;
   log?: (line: string) => void;
@@ -370,6 +410,7 @@ export interface PeersBenchResult {
     checkpoint: string;
     ggufTypes: GgufWeightType[];
     budgetSeconds: number;
+    quietWaitSeconds: number;
     versions: Record<string, string | null>;
   };
   rows: PeerRow[];
@@ -403,6 +444,7 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
   const rounds = o.rounds ?? (quick ? 1 : 2);
   // On a busy shared machine llama.cpp can fall to a few tokens/s; bound the timed runs' wall time.
   const budgetSeconds = o.budgetSeconds ?? (quick ? 150 : 900);
+  const quietWaitSeconds = o.quietWaitSeconds ?? (quick ? 10 : 30);
   const warmup = 1;
   const promptTokens = 128;
   const decodeSteps = 128;
@@ -476,6 +518,7 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
         ggufs: prepare.ggufs.map((g) => ({ type: g.type, path: g.path })),
         llamaContext,
         budgetSeconds: budgetSeconds / rounds,
+        quietWaitSeconds,
         nlcEntry: nlc?.entry ?? null,
       };
       try {
@@ -504,6 +547,11 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
   const rows: PeerRow[] = [];
   for (const [id, ss] of series) {
     if (ss.every((x) => x.decodeTokS.length === 0)) continue;
+    // Summaries over the clean runs (other processes under CLEAN_OTHERS_CORES) when there are any.
+    const all = ss.flatMap((x) => x.decodeTokS.map((_, i) => ({ x, i })));
+    const clean = all.filter(({ x, i }) => x.othersCores[i] !== null && x.othersCores[i]! < CLEAN_OTHERS_CORES);
+    const used = clean.length ? clean : all;
+    const pick = (f: (x: RunSeries) => (number | null)[]) => used.map(({ x, i }) => f(x)[i]).filter((v): v is number => v !== null && Number.isFinite(v));
     rows.push({
       id,
       label: VARIANT_LABELS[id] ?? id,
@@ -511,10 +559,14 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
       weights: id.startsWith('llamacpp') ? id.slice('llamacpp-'.length).toUpperCase() : 'int4 MatMulNBits bs32 acc4',
       fileBytes: fileBytes[id] ?? null,
       loadSeconds: ss.map((x) => round(x.loadSeconds, 3)),
-      prefillTokS: summarize(ss.flatMap((x) => x.prefillTokS)),
-      decodeTokS: summarize(ss.flatMap((x) => x.decodeTokS)),
-      decodeStepMs: summarize(ss.flatMap((x) => x.decodeStepMs)),
-      loadAvg: median(ss.flatMap((x) => x.loadAvg)),
+      prefillTokS: summarize(pick((x) => x.prefillTokS)),
+      decodeTokS: summarize(pick((x) => x.decodeTokS)),
+      decodeStepMs: summarize(pick((x) => x.decodeStepMs)),
+      loadAvg: median(pick((x) => x.loadAvg)),
+      othersCores: pick((x) => x.othersCores).length ? round(median(pick((x) => x.othersCores)), 3) : null,
+      runs: all.length,
+      cleanRuns: clean.length,
+      runsUsed: clean.length ? 'clean' : 'all',
       rssDeltaBytes: median(rss.delta.get(id) ?? []),
       firstIds: ss[0]?.ids.slice(0, 8) ?? [],
     });
@@ -576,6 +628,8 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
   if (llamacpp?.tokenizerMatch !== null && llamacpp?.tokenizerMatch !== undefined) summary.llamacpp_tokenizer_identical = llamacpp.tokenizerMatch ? 1 : 0;
   if (ggufCheck && !('error' in ggufCheck)) summary.llamacpp_gguf_check_greedy_identical = `${ggufCheck.greedyMatches}/${ggufCheck.prompts}`;
   summary.peers_load_avg_median = rows.length ? round(median(rows.flatMap((r) => [r.loadAvg])), 2) : null;
+  const others = rows.flatMap((r) => (r.othersCores === null ? [] : [r.othersCores]));
+  summary.peers_other_processes_cores_median = others.length ? round(median(others), 2) : null;
   summary.peers_process_peak_rss_mb = rss.peak.length ? round(Math.max(...rss.peak) / 1e6, 0) : null;
 
   return {
@@ -594,6 +648,7 @@ export async function runPeersBench(o: PeersBenchOptions = {}): Promise<PeersBen
       checkpoint: ckpt,
       ggufTypes,
       budgetSeconds,
+      quietWaitSeconds,
       versions: {
         'onnxruntime-node': installedVersion('onnxruntime-node'),
         '@huggingface/transformers': installedVersion('@huggingface/transformers'),
@@ -631,22 +686,24 @@ export function peersBenchMarkdown(r: PeersBenchResult): string {
         .join(', ')}.`,
     '',
     markdownTable(
-      ['runtime / weights', 'file MB', 'load s', 'prefill tok/s', 'decode tok/s', 'decode p10–p90 (runs)', 'decode ÷ latentwatch int4', 'RSS added MB', 'load avg'],
+      ['runtime / weights', 'file MB', 'load s', 'prefill tok/s', 'decode tok/s', 'decode p10–p90 (runs)', 'decode ÷ latentwatch int4', 'RSS added MB', 'load avg', "others' CPU (cores)"],
       r.rows.map((x) => [
         x.label,
         MB(x.fileBytes),
         median(x.loadSeconds),
         x.prefillTokS.median,
         x.decodeTokS.median,
-        `${x.decodeTokS.p10.toFixed(1)}–${x.decodeTokS.p90.toFixed(1)} (n ${x.decodeTokS.n})`,
+        `${x.decodeTokS.p10.toFixed(1)}–${x.decodeTokS.p90.toFixed(1)} (${x.runsUsed === 'clean' ? `${x.cleanRuns} clean of ${x.runs}` : `all ${x.runs}, none clean`})`,
         lw ? x.decodeTokS.median / lw.decodeTokS.median : null,
         MB(x.rssDeltaBytes),
         x.loadAvg,
+        x.othersCores,
       ]),
     ),
     '',
-    'Load avg: the 1-minute load average at the start of each run (median); above the 2 cores means other processes shared the machine, ' +
-      'which costs llama.cpp (spinning thread barriers) far more than onnxruntime.',
+    "Load avg: the 1-minute load average at the start of each run (median; it counts our own 2 threads). Others' CPU: the CPU other processes " +
+      `used during each run, in cores (median; 0 = the machine to ourselves). Medians are over clean runs (others under ${CLEAN_OTHERS_CORES} cores) where there are any; ` +
+      'a run that was not clean is run once more while the time budget lasts. A busy machine costs llama.cpp (spinning thread barriers) far more than onnxruntime.',
     '',
   ];
   const t = r.transformersjs;
@@ -678,7 +735,7 @@ export function peersBenchMarkdown(r: PeersBenchResult): string {
 // CLI
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['out', 'md', 'runs', 'rounds', 'threads', 'gguf', 'ckpt', 'cache', 'gguf-dir', 'budget', 'child', 'spec']);
+  const a = parseArgs(argv, ['out', 'md', 'runs', 'rounds', 'threads', 'gguf', 'ckpt', 'cache', 'gguf-dir', 'budget', 'quiet-wait', 'child', 'spec']);
   const child = a.get('child');
   if (child) {
     const spec = JSON.parse(a.get('spec') ?? '{}');
@@ -707,6 +764,7 @@ async function main(argv: string[]): Promise<void> {
     cacheDir: a.get('cache'),
     ggufDir: a.get('gguf-dir'),
     budgetSeconds: a.has('budget') ? a.num('budget', 150) : undefined,
+    quietWaitSeconds: a.has('quiet-wait') ? a.num('quiet-wait', 10) : undefined,
     installLlamaCpp: !a.has('no-install'),
   });
   const md = peersBenchMarkdown(res);
