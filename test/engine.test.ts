@@ -236,7 +236,20 @@ describe('KV buffers grow with the sequence', () => {
   it('concurrent streams crossing the initial 256-position buffer keep exact greedy continuations', async () => {
     const engine = await Engine.load(QWEN2_TINY, { cacheDir: TEST_CACHE, maxBatch: 4 });
     const prompts = [240, 250].map((n, k) => Array.from({ length: n }, (_, i) => (i * 37 + k * 11 + 1) % 512));
+    // A sequence that began before the pool grew keeps working after it grows.
+    const a = engine.newSequence(300);
+    const b = engine.newSequence(300);
+    await a.forward(prompts[0].slice(0, 10));
+    await b.forward([...prompts[1], ...prompts[0].slice(0, 10)]); // 260 positions: the pool grows to 512
+    const rest = await a.forward(prompts[0].slice(10), { logits: 'all' });
+    const whole = engine.newSequence(300);
+    const ref = await whole.forward(prompts[0], { logits: 'all' });
+    expect(maxAbsDiff(rest.logits, ref.logits.subarray(10 * 512))).toBeLessThan(1e-4);
+    for (const s of [a, b, whole]) s.release();
     const runs = await Promise.all(prompts.map((p) => collect(engine, { promptIds: p, maxTokens: 40, ignoreEos: true })));
+    // A sequence prefilled after the pool grew sees the grown buffers.
+    const late = await collect(engine, { promptIds: prompts[0], maxTokens: 40, ignoreEos: true });
+    expect(tokens(late)).toEqual(tokens(runs[0]));
     for (const [k, p] of prompts.entries()) {
       const gen = tokens(runs[k]);
       const all = [...p, ...gen];

@@ -15,7 +15,7 @@ import { StreamingDetokenizer } from './detokenizer.js';
 import { RuntimeSession, type Provider } from './runtime.js';
 import { Sampler, StopStringMatcher } from './sampler.js';
 import { DecodeBatcher } from './decode-batcher.js';
-import { KvPool, privateStorage } from './kv-pool.js';
+import { KvPool, privateStorage, type KvStorage } from './kv-pool.js';
 import { Sequence, type ForwardOptions, type ForwardResult, type GraphContext } from './sequence.js';
 import { Tokenizer } from './tokenizer.js';
 import type { GenerateRequest, Step } from './types.js';
@@ -111,13 +111,21 @@ export class Engine implements GraphContext {
     if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
     const slot = capacity < this.pool.maxSlotLength ? this.pool.allocate() : null;
     if (!slot) return new Sequence(this, capacity, privateStorage(this.config, Math.min(capacity, this.maxPrivateLength)));
-    const seq = new Sequence(this, capacity, {
-      ...slot,
+    // Delegate rather than spread: `length` is a getter that follows the pool as it grows.
+    const storage: KvStorage = {
+      slot: slot.slot,
+      get length() {
+        return slot.length;
+      },
+      keys: (l) => slot.keys(l),
+      values: (l) => slot.values(l),
+      ensure: (n) => slot.ensure(n),
       free: () => {
         this.batcher.unregister(seq);
         slot.free();
       },
-    });
+    };
+    const seq = new Sequence(this, capacity, storage);
     this.batcher.register(seq);
     return seq;
   }

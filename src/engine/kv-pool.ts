@@ -113,5 +113,14 @@ export class KvPool {
 /** A sequence's own growable cache, for when the shared pool is full or too short. */
 export function privateStorage(config: ModelConfig, maxLength: number): KvStorage {
   const s = new KvPool(config, 1, maxLength).allocate()!;
-  return { ...s, get length() { return s.length; }, slot: -1 };
+  return {
+    slot: -1,
+    get length() {
+      return s.length;
+    },
+    keys: (l) => s.keys(l),
+    values: (l) => s.values(l),
+    ensure: (n) => s.ensure(n),
+    free: () => s.free(),
+  };
 }
