@@ -287,11 +287,12 @@ describe('limits, health and shutdown', () => {
 });
 
 describe('canary', () => {
-  const shipped = join(CODE16M, 'probes', 'concept-injection.probe.json');
+  // The bundled generic detector: it fires on the canary's concept injection at the middle layer.
+  const shipped = join(CODE16M, 'probes', 'generic-injection.probe.json');
   async function canaryDaemon(threshold?: number) {
     const dir = tempDir('lw-canary-');
     const cfg = join(dir, 'config.json');
-    writeFileSync(cfg, JSON.stringify({ alerts: { rules: threshold === undefined ? {} : { 'concept-injection': { threshold } } }, canary: { enabled: true, intervalSeconds: 3600, concept: 'Oceans' } }));
+    writeFileSync(cfg, JSON.stringify({ alerts: { rules: threshold === undefined ? {} : { 'generic-injection': { threshold } } }, canary: { enabled: true, intervalSeconds: 3600, concept: 'Oceans' } }));
     const { config } = loadConfig({
       env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_HOST: '127.0.0.1' },
       argv: ['--config', cfg, '--model', CODE16M, '--probe', shipped, '--port', '0', '--log-level', 'silent', '--alert-log', join(dir, 'alerts.db')],
@@ -314,7 +315,7 @@ describe('canary', () => {
   });
 
   it('a canary whose probe cannot fire is a failure alert delivered to subscribers', async () => {
-    const d = await canaryDaemon(2); // a probability never exceeds 2
+    const d = await canaryDaemon(1e9); // far above any calibrated score
     try {
       const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/alerts?last_id=0`, { headers: { authorization: `Bearer ${API_KEY}` } });
       const alerts: { kind: string; severity: string }[] = [];
