@@ -10,7 +10,7 @@ import { injectPort, residPost } from '../hooks.js';
 import { openCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { ModelConfig } from '../model/config.js';
 import { ensureBuild, type BuildInfo, type BuildRequest } from '../model/build.js';
-import { GRAPH_NAMES, type BuildProgress } from '../model/graph.js';
+import { concat, GRAPH_NAMES, type BuildProgress } from '../model/graph.js';
 import { StreamingDetokenizer } from './detokenizer.js';
 import { RuntimeSession, type Provider } from './runtime.js';
 import { Sampler, StopStringMatcher } from './sampler.js';
@@ -214,15 +214,4 @@ export class Engine implements GraphContext {
   async close(): Promise<void> {
     await this.session.release();
   }
-}
-
-function concat(parts: Float32Array[]): Float32Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }

@@ -247,7 +247,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   });
 }
 
-function concat(parts: Float32Array[]): Float32Array {
+/** Concatenates float arrays (returns the only part itself). */
+export function concat(parts: Float32Array[]): Float32Array {
   if (parts.length === 1) return parts[0];
   const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
   let off = 0;
