@@ -66,6 +66,9 @@ export class Engine implements GraphContext {
   }
 
   static async load(modelDir: string, o: EngineOptions = {}): Promise<Engine> {
+    if ((o as { interface?: string }).interface === 'hf') {
+      throw lwError('LW_ERR_MODEL_BUILD_OPTIONS', "interface 'hf' builds are for peer runtimes (transformers.js); the engine needs the latentwatch interface");
+    }
     const checkpoint = openCheckpoint(modelDir);
     const build = ensureBuild(checkpoint, o, { cacheDir: o.cacheDir, progress: o.progress });
     const [session, tokenizer] = await Promise.all([
