@@ -15,6 +15,12 @@ export interface SessionOptions {
   provider?: Provider;
   /** Intra-op threads; default: all cores. */
   threads?: number;
+  /**
+   * Whether idle pool threads spin between operators (onnxruntime's default, true). Spinning wins
+   * ~8% of int4 decode on an idle 2-core machine but loses ~45% when another process holds a core
+   * (bench/engine.ts investigation): turn it off where the cores are shared.
+   */
+  spinning?: boolean;
 }
 
 /** Whether the CUDA provider library is installed beside onnxruntime-node's binding. */
@@ -38,6 +44,7 @@ export class RuntimeSession {
         intraOpNumThreads: o.threads ?? 0,
         interOpNumThreads: 1,
         logSeverityLevel: 3,
+        ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
       });
       return new RuntimeSession(session);
     } catch (e) {
