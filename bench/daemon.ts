@@ -402,7 +402,7 @@ async function monitorMicro(modelDir: string, probePaths: string[], fingerprint:
       verbalization: config.verbalization,
       emit: config.alerts.emit,
       excerptChars: config.alerts.excerptChars,
-      raise: () => ++id,
+      raise: (drafts) => drafts.map(() => ++id),
       onScore: (probeId, score) => metrics.observeProbeScore(probeId, score),
     });
     const t0 = performance.now();

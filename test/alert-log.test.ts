@@ -219,6 +219,25 @@ describe('alert log', () => {
     reopened.close();
   });
 
+  it("appendMany: one token's alerts in one transaction; on a failing disk all wait, in order, and land together", () => {
+    const log = AlertLog.open({ path: join(dir, 'many.db'), pendingLimit: 100, retryIntervalMs: 60_000 });
+    const writes = log.stats().writes;
+    const ok = log.appendMany([draft(1), draft(2), draft(3)]);
+    expect(ok.map((r) => [r.alert.id, r.durable])).toEqual([[1, true], [2, true], [3, true]]);
+    expect(log.stats().writes).toBe(writes + 3);
+    expect(log.appendMany([])).toEqual([]);
+    log.database.pragma('query_only = 1');
+    const failed = log.appendMany([draft(4), draft(5)]);
+    expect(failed.map((r) => [r.alert.id, r.durable, r.retained])).toEqual([[4, false, true], [5, false, true]]);
+    expect(log.since(0).map((a) => a.id)).toEqual([1, 2, 3, 4, 5]);
+    log.database.pragma('query_only = 0');
+    expect(log.retryPending()).toBe(2);
+    log.close();
+    const reopened = AlertLog.open({ path: join(dir, 'many.db') });
+    expect(reopened.since(0).map((a) => a.id)).toEqual([1, 2, 3, 4, 5]);
+    reopened.close();
+  });
+
   it('read-only disk (SQLITE_READONLY): bounded pending queue, overflow is live-only and counted', () => {
     const log = AlertLog.open({ path: join(dir, 'ro.db'), pendingLimit: 5, retryIntervalMs: 60_000 });
     log.append(draft(1));

@@ -16,6 +16,7 @@ function setup(over: Partial<MonitorOptions> & { rules?: Record<string, AlertRul
   const log = AlertLog.open({ path: ':memory:' });
   logs.push(log);
   const raised: Alert[] = [];
+  const calls: number[] = [];
   const scores: [string, number][] = [];
   const rules = over.rules ?? { p: rule() };
   const specs = over.specs ?? {};
@@ -27,15 +28,17 @@ function setup(over: Partial<MonitorOptions> & { rules?: Record<string, AlertRul
       rule: r,
     })),
     verbalization: { phrases: DEFAULT_VERBALIZATION_PHRASES, matchConceptWord: true },
-    raise: (d) => {
-      const a = log.append(d).alert;
-      raised.push(a);
-      return a.id;
+    raise: (drafts) => {
+      calls.push(drafts.length);
+      return log.appendMany(drafts).map(({ alert }) => {
+        raised.push(alert);
+        return alert.id;
+      });
     },
     onScore: (id, s) => scores.push([id, s]),
     ...over,
   });
-  return { mon, log, raised, scores };
+  return { mon, log, raised, scores, calls };
 }
 
 /** Feed per-token scores for probe p as generated tokens at positions start.. with optional texts. */
@@ -115,6 +118,25 @@ describe('request monitor: alert rule', () => {
     expect(quiet.raised).toEqual([]);
     const empty = setup();
     expect(empty.mon.finish().probes.p).toMatchObject({ maxScore: null, finalScore: null });
+  });
+
+  it("one step's alerts of several probes go to the log in one call (one transaction), ids in order", () => {
+    const { mon, raised, calls, log } = setup({ rules: { a: rule(), b: rule(), c: rule() } });
+    const ids = mon.step({ position: 0, text: '' }, [
+      { probeId: 'a', scores: [0.9] },
+      { probeId: 'b', scores: [0.1] },
+      { probeId: 'c', scores: [0.8] },
+    ]);
+    expect(calls).toEqual([2]);
+    expect(ids).toEqual([1, 2]);
+    expect(raised.map((x) => x.probeId)).toEqual(['a', 'c']);
+    expect(log.since(0).map((x) => x.id)).toEqual([1, 2]);
+    // A step that raises nothing makes no call.
+    mon.step({ position: 1, text: '' }, [{ probeId: 'a', scores: [0.9] }]);
+    expect(calls).toEqual([2]);
+    const v = mon.finish();
+    expect(v.probes.a.alertIds).toEqual([1]);
+    expect(v.probes.c.alertIds).toEqual([2]);
   });
 });
 

@@ -183,9 +183,14 @@ export class AlertHub {
    * live WebSocket message only (never logged, never replayed).
    */
   raise(draft: AlertDraft, timing?: AlertTiming): AppendResult {
-    const result = this.log.append(draft);
-    this.publish(result.alert, timing);
-    return result;
+    return this.raiseMany([draft], timing)[0];
+  }
+
+  /** `raise` for one token's alerts: one log transaction (one fsync), then each fanned out in id order. */
+  raiseMany(drafts: readonly AlertDraft[], timing?: AlertTiming): AppendResult[] {
+    const results = this.log.appendMany(drafts);
+    for (const r of results) this.publish(r.alert, timing);
+    return results;
   }
 
   /** Fan out an alert that is already in the log (see `raise`). Never blocks on a client. */

@@ -248,25 +248,36 @@ export class AlertLog {
    * Throws LW_ERR_ALERT_LOG_CLOSED after close().
    */
   append(draft: AlertDraft): AppendResult {
+    return this.appendMany([draft])[0];
+  }
+
+  /**
+   * `append` for several alerts at once (one token's alerts): consecutive ids, one transaction and
+   * so one fsync for all of them, which is what keeps the last one's latency near the first's.
+   */
+  appendMany(drafts: readonly AlertDraft[]): AppendResult[] {
     if (this.closed) throw lwError('LW_ERR_ALERT_LOG_CLOSED');
-    const alert = normalise(draft, this.nextId, this.now());
-    this.nextId++;
+    if (drafts.length === 0) return [];
+    const now = this.now();
+    const alerts = drafts.map((d) => normalise(d, this.nextId++, now));
     if (this.pending.length > 0 && this.now() >= this.nextRetryAt) this.retryPending();
     if (this.pending.length === 0) {
       try {
-        this.writeBatch([alert]);
+        this.writeBatch(alerts);
         this.noteRecovered();
-        return { alert, durable: true, retained: true };
+        return alerts.map((alert) => ({ alert, durable: true, retained: true }));
       } catch (e) {
         this.noteFailure(e);
       }
     }
-    if (this.pending.length >= this.pendingLimit) {
-      this.counters.dropped++;
-      return { alert, durable: false, retained: false };
-    }
-    this.pending.push(alert);
-    return { alert, durable: false, retained: true };
+    return alerts.map((alert) => {
+      if (this.pending.length >= this.pendingLimit) {
+        this.counters.dropped++;
+        return { alert, durable: false, retained: false };
+      }
+      this.pending.push(alert);
+      return { alert, durable: false, retained: true };
+    });
   }
 
   /**

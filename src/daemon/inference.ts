@@ -222,11 +222,12 @@ export class InferenceService {
       conceptWords: p.conceptWords,
       emit: config.alerts.emit,
       excerptChars: config.alerts.excerptChars,
-      raise: (draft) => {
-        if (p.canary) return 0;
-        const r = hub.raise(draft, { forwardAtUs });
-        metrics.recordAlert(r.alert);
-        return r.alert.id;
+      raise: (drafts) => {
+        if (p.canary) return drafts.map(() => 0);
+        return hub.raiseMany(drafts, { forwardAtUs }).map((r) => {
+          metrics.recordAlert(r.alert);
+          return r.alert.id;
+        });
       },
       onScore: (probeId, score) => {
         if (!p.canary) metrics.observeProbeScore(probeId, score);

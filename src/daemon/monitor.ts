@@ -70,8 +70,11 @@ export interface MonitorOptions {
   emit?: AlertEmitMode;
   /** Characters of generated text up to the alert in `textExcerpt` (default 200; 0 = none). */
   excerptChars?: number;
-  /** Append + fan out one alert; returns its id (alert-hub.ts `raise(d).alert.id`). */
-  raise: (draft: AlertDraft) => number;
+  /**
+   * Append + fan out the alerts of one step, in order; returns their ids (alert-hub.ts
+   * `raiseMany`). One call per step, so the log commits a token's alerts in one transaction.
+   */
+  raise: (drafts: readonly AlertDraft[]) => number[];
   /** Every aggregated score (metrics: latentwatch_probe_score). */
   onScore?: (probeId: string, score: number) => void;
   /** Clock in epoch ms (tests). */
@@ -198,18 +201,18 @@ export class RequestMonitor {
    */
   observe(startPosition: number, scores: readonly PositionScores[]): number[] {
     if (this.verdict) return [];
-    const raised: number[] = [];
+    const batch: { s: ProbeState; draft: AlertDraft }[] = [];
     for (const { probeId, scores: row } of scores) {
       const s = this.states.get(probeId);
       if (!s) continue;
       for (let i = 0; i < row.length; i++) {
-        const id = this.score(s, startPosition + i, row[i]);
-        if (id !== undefined) raised.push(id);
+        const draft = this.score(s, startPosition + i, row[i]);
+        if (draft !== undefined) batch.push({ s, draft });
       }
     }
     const end = startPosition + (scores.length > 0 ? scores[0].scores.length : 0) - 1;
     this.position = Math.max(this.position, end);
-    return raised;
+    return this.raise(batch);
   }
 
   /** End of request: release held alerts (settled mode) and return the verdict. Idempotent. */
@@ -238,7 +241,8 @@ export class RequestMonitor {
     return this.verdict;
   }
 
-  private score(s: ProbeState, pos: number, raw: number): number | undefined {
+  /** Feeds one score to the probe's rule; returns the alert to raise now, if any. */
+  private score(s: ProbeState, pos: number, raw: number): AlertDraft | undefined {
     const v = s.agg.push(raw);
     this.opts.onScore?.(s.probe.id, v);
     if (!Number.isNaN(v)) {
@@ -266,7 +270,7 @@ export class RequestMonitor {
       s.held.push(draft);
       return undefined;
     }
-    return this.raise(s, draft);
+    return draft;
   }
 
   private draft(s: ProbeState, pos: number, score: number, nowMs: number): AlertDraft {
@@ -295,24 +299,26 @@ export class RequestMonitor {
     return this.text.length > this.excerptChars ? this.text.slice(-this.excerptChars) : this.text;
   }
 
-  private raise(s: ProbeState, draft: AlertDraft): number {
-    const id = this.opts.raise(draft);
-    s.alertIds.push(id);
-    return id;
+  private raise(batch: readonly { s: ProbeState; draft: AlertDraft }[]): number[] {
+    if (batch.length === 0) return [];
+    const ids = this.opts.raise(batch.map((b) => b.draft));
+    batch.forEach((b, i) => b.s.alertIds.push(ids[i]));
+    return ids;
   }
 
   /** Settled mode: raise held alerts with the verbalization status now known. */
   private releaseHeld(): void {
     const verbalized = this.detector.verbalized;
     const excerpt = this.excerpt();
+    const batch: { s: ProbeState; draft: AlertDraft }[] = [];
     for (const s of this.states.values()) {
-      const held = s.held.splice(0);
-      for (const d of held) {
-        const out: AlertDraft = { ...d, verbalized, silent: !verbalized };
-        if (excerpt !== undefined) out.textExcerpt = excerpt;
-        this.raise(s, out);
+      for (const d of s.held.splice(0)) {
+        const draft: AlertDraft = { ...d, verbalized, silent: !verbalized };
+        if (excerpt !== undefined) draft.textExcerpt = excerpt;
+        batch.push({ s, draft });
       }
     }
+    this.raise(batch);
   }
 }
 
