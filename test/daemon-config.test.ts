@@ -67,6 +67,15 @@ describe('daemon config', () => {
     expect(ruleForProbe(config, 'other', 0.7).severity).toBe('warning');
   });
 
+  it('spinning: on by default, off by env or flag (--no-spinning), type-checked', () => {
+    expect(loadConfig({ cwd: '/work', env: {}, argv: [] }).config.spinning).toBe(true);
+    expect(loadConfig({ cwd: '/work', env: { LATENTWATCH_SPINNING: '0' }, argv: [] }).config.spinning).toBe(false);
+    const flagged = loadConfig({ cwd: '/work', env: { LATENTWATCH_SPINNING: '1' }, argv: ['--no-spinning'] });
+    expect(flagged.config.spinning).toBe(false);
+    expect(flagged.sources.get('/spinning')).toBe('flag --spinning');
+    expect(() => loadConfig({ cwd: '/work', env: { LATENTWATCH_CONFIG: file('spin.json', { spinning: 'yes' }) }, argv: [] })).toThrow(/spinning/);
+  });
+
   it('freezes the result deeply', () => {
     const { config } = loadConfig({ env: { LATENTWATCH_API_KEY: 'k' } });
     expect(Object.isFrozen(config)).toBe(true);

@@ -60,6 +60,12 @@ export interface DaemonConfig {
   precision: 'fp32' | 'fp16' | 'int8' | 'int4';
   /** onnxruntime intra-op threads; 0 = one per core. */
   threads: number;
+  /**
+   * Whether idle onnxruntime threads spin-wait between passes. On (onnxruntime's default) is a
+   * little faster on cores nothing else uses; off leaves the cores to the daemon's own event loop
+   * (scoring, streaming, alerts) and to neighbours, which matters on small shared machines.
+   */
+  spinning: boolean;
   /** Name answered in /v1/models and matched against `model` in requests; null = derived from the model. */
   servedModelName: string | null;
   /** `*.probe.json` files to load. */
@@ -152,6 +158,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   modelDir: null,
   precision: 'fp32',
   threads: 0,
+  spinning: true,
   servedModelName: null,
   probes: [],
   port: 8000,
@@ -196,7 +203,7 @@ export const CONFIG_SCHEMA = {
   type: 'object',
   additionalProperties: false,
   required: [
-    'modelDir', 'precision', 'threads', 'servedModelName', 'probes', 'host', 'port', 'apiKeys', 'adminKey', 'allowInjection', 'logLevel',
+    'modelDir', 'precision', 'threads', 'spinning', 'servedModelName', 'probes', 'host', 'port', 'apiKeys', 'adminKey', 'allowInjection', 'logLevel',
     'limits', 'alerts', 'verbalization', 'alertLog', 'websocket', 'canary', 'shutdown',
   ],
   properties: {
@@ -204,6 +211,7 @@ export const CONFIG_SCHEMA = {
     modelDir: { type: ['string', 'null'], minLength: 1 },
     precision: { enum: ['fp32', 'fp16', 'int8', 'int4'] },
     threads: { type: 'integer', minimum: 0, maximum: 1024 },
+    spinning: { type: 'boolean' },
     servedModelName: { type: ['string', 'null'], minLength: 1, maxLength: 256 },
     probes: { type: 'array', items: nonEmpty },
     host: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[^\\s/]+$' },
@@ -301,6 +309,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_MODEL: { pointer: '/modelDir', kind: 'path' },
   LATENTWATCH_PRECISION: { pointer: '/precision', kind: 'string' },
   LATENTWATCH_THREADS: { pointer: '/threads', kind: 'int' },
+  LATENTWATCH_SPINNING: { pointer: '/spinning', kind: 'bool' },
   LATENTWATCH_SERVED_MODEL_NAME: { pointer: '/servedModelName', kind: 'string' },
   LATENTWATCH_PROBES: { pointer: '/probes', kind: 'paths' },
   LATENTWATCH_HOST: { pointer: '/host', kind: 'string' },
@@ -331,6 +340,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     model: { pointer: '/modelDir', kind: 'path', help: 'checkpoint directory (default: the built-in model)' },
     precision: { pointer: '/precision', kind: 'string', help: 'fp32|fp16|int8|int4 weights' },
     threads: { pointer: '/threads', kind: 'int', help: 'onnxruntime intra-op threads (0: one per core)' },
+    spinning: { pointer: '/spinning', kind: 'bool', help: 'idle onnxruntime threads spin-wait (--no-spinning on shared cores)' },
     'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },
     probe: { pointer: '/probes', kind: 'path', repeat: true, help: '*.probe.json file (repeatable)' },
     host: { pointer: '/host', kind: 'string', help: 'listen address (127.0.0.1 unless an API key is set)' },

@@ -56,6 +56,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const engine = await Engine.load(modelDir, {
     precision: config.precision,
     threads: config.threads || undefined,
+    spinning: config.spinning,
     taps: [...new Set(probeHooks.map(parseResidPost))],
     ports: config.allowInjection || config.canary.enabled ? 'all' : 'none',
     maxBatch: config.limits.maxConcurrent,

@@ -23,6 +23,8 @@ import type { GenerateRequest, Step } from './types.js';
 export interface EngineOptions extends BuildRequest {
   provider?: Provider;
   threads?: number;
+  /** Whether idle onnxruntime pool threads spin between passes (default true; see runtime.ts). */
+  spinning?: boolean;
   cacheDir?: string;
   progress?: BuildProgress;
   /** Upper bound on prompt + generated tokens; default the model's max_position_embeddings. */
@@ -72,7 +74,7 @@ export class Engine implements GraphContext {
     const checkpoint = openCheckpoint(modelDir);
     const build = ensureBuild(checkpoint, o, { cacheDir: o.cacheDir, progress: o.progress });
     const [session, tokenizer] = await Promise.all([
-      RuntimeSession.load(build.modelPath, { provider: o.provider, threads: o.threads ?? availableParallelism() }),
+      RuntimeSession.load(build.modelPath, { provider: o.provider, threads: o.threads ?? availableParallelism(), spinning: o.spinning }),
       existsSync(join(modelDir, 'tokenizer.json')) ? Tokenizer.fromDir(modelDir) : Promise.resolve(undefined),
     ]);
     return new Engine(checkpoint, build, session, tokenizer, o);
