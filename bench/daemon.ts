@@ -4,6 +4,7 @@
  * started as `latentwatch serve` starts, clients over loopback HTTP/SSE and WebSocket).
  *
  *   npx tsx bench/daemon.ts [--quick] [--out FILE.json] [--md FILE.md] [--model DIR] [--big] [--big-model DIR]
+ *       [--precision P] [--no-spinning]
  *
  * --big also benches a bigger checkpoint (default /tmp/lw-bench/qwen2.5-0.5b-random, written by
  * bench/random-checkpoint.ts) with fewer repetitions and tokens.
@@ -100,6 +101,8 @@ export interface ModelDaemonBench {
   modelDir: string;
   modelName: string;
   fingerprint: string;
+  precision: string;
+  spinning: boolean;
   probes: { id: string; hook: string }[];
   monitorOverhead: {
     repetitions: number;
@@ -153,6 +156,10 @@ export interface DaemonBenchOptions {
   quick?: boolean;
   /** Checkpoints to bench (default: the built-in model). */
   models?: string[];
+  /** onnxruntime's idle threads spin-wait between passes (default true, as the daemon). */
+  spinning?: boolean;
+  /** Precision of the served graph per checkpoint: default fp32 for the built-in model, int4 for others. */
+  precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
   log?: (line: string) => void;
 }
 
@@ -196,7 +203,7 @@ function latencyStats(subs: Subscriber[], ids: readonly number[]): LatencyStats 
 
 const decodeRate = (r: StreamResult): number => ((r.completionTokens ?? 0) - 1) / ((r.endedAt - r.tokenTimes[0]) / 1000);
 
-async function benchModel(modelDir: string, quick: boolean, root: string, log: (l: string) => void): Promise<ModelDaemonBench> {
+async function benchModel(modelDir: string, quick: boolean, root: string, log: (l: string) => void, engineOpts: { precision: string; spinning: boolean }): Promise<ModelDaemonBench> {
   const small = basename(modelDir) === basename(DEFAULT_MODEL_DIR);
   // Counts: bounded in time on a shared 2-core machine (quick: well under a minute for the 16M model).
   const scale = small ? 1 : 0.25;
@@ -221,6 +228,7 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
         modelDir,
         adminKey: ADMIN_KEY,
         maxConcurrent: 16,
+        ...engineOpts,
         variants: [
           { name: 'on', probes: probePaths, alertLog: join(root, `alerts-${basename(modelDir)}.db`) },
           { name: 'off', probes: [], alertLog: ':memory:' },
@@ -354,6 +362,7 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
       modelDir,
       modelName,
       fingerprint: mOn.fingerprint,
+      ...engineOpts,
       probes: mOn.probes.map((p) => ({ id: p.id, hook: p.hook.join('+') })),
       monitorOverhead: {
         repetitions: overheadReps,
@@ -429,7 +438,10 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
   const root = mkdtempSync(join(tmpdir(), 'lw-bench-daemon-'));
   const models: ModelDaemonBench[] = [];
   try {
-    for (const m of o.models ?? [DEFAULT_MODEL_DIR]) models.push(await benchModel(resolve(m), quick, root, log));
+    for (const m of o.models ?? [DEFAULT_MODEL_DIR]) {
+      const precision = o.precision ?? (basename(m) === basename(DEFAULT_MODEL_DIR) ? 'fp32' : 'int4');
+      models.push(await benchModel(resolve(m), quick, root, log, { precision, spinning: o.spinning ?? true }));
+    }
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -473,7 +485,7 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
     const o = m.monitorOverhead;
     const a = m.alertLatency;
     parts.push(
-      `## ${m.modelName} (${m.fingerprint})`,
+      `## ${m.modelName} (${m.fingerprint}), ${m.precision}, onnxruntime spinning ${m.spinning ? 'on' : 'off'}`,
       '',
       `Probes (monitored daemon): ${m.probes.map((p) => `${p.id} @ ${p.hook}`).join(', ')}. Daemon RSS ${f((m.rssBytes ?? NaN) / 2 ** 20, 0)} MiB.`,
       '',
@@ -524,11 +536,12 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['out', 'md', 'model', 'big-model']);
+  const a = parseArgs(argv, ['out', 'md', 'model', 'big-model', 'precision']);
   const quick = a.has('quick');
   const models = [a.get('model') ?? DEFAULT_MODEL_DIR];
   if (a.has('big') || a.has('big-model')) models.push(a.get('big-model') ?? '/tmp/lw-bench/qwen2.5-0.5b-random');
-  const res = await runDaemonBench({ quick, models });
+  const precision = a.get('precision') as DaemonBenchOptions['precision'];
+  const res = await runDaemonBench({ quick, models, precision, spinning: !a.has('no-spinning') });
   const md = daemonBenchMarkdown(res);
   console.log(md);
   const out = a.get('out') ?? join(REPO, 'bench', 'out', `daemon${quick ? '-quick' : ''}.json`);

@@ -69,7 +69,8 @@ describe('Probe.scoreRow', () => {
       const x = row(t, [H(2)], p);
       let z = linear.bias;
       for (let j = 0; j < D; j++) z += (linear.weights[j] * (x[j] - linear.normalisation.mean[j])) / linear.normalisation.std[j];
-      expect(probe.scoreRow(t.get(H(2))!.data, p * D)).toBeCloseTo(1 / (1 + Math.exp(-z)), 12);
+      // Linear probes run in float32 (the SIMD kernel, probes/simd.ts): within 1e-6 of float64.
+      expect(Math.abs(probe.scoreRow(t.get(H(2))!.data, p * D) - 1 / (1 + Math.exp(-z)))).toBeLessThan(1e-6);
     }
   });
 
@@ -78,12 +79,21 @@ describe('Probe.scoreRow', () => {
     const fit = fitLogistic(clean, y, { l2: 0.1 });
     const probe = createProbe({ ...header('fit', H(0), 'linear'), ...linearBody(fit) });
     const want = predictProbability(fit, clean);
-    for (let i = 0; i < 40; i++) expect(probe.scoreRow(clean.data as Float32Array, i * D)).toBeCloseTo(want[i], 12);
+    for (let i = 0; i < 40; i++) expect(Math.abs(probe.scoreRow(clean.data as Float32Array, i * D) - want[i])).toBeLessThan(1e-6);
   });
 
-  it('mahalanobis: the fitted distance', () => {
+  // Full-covariance members score as ‖L⁻¹(x − mean)‖ in float32 (SIMD): within 1e-5 of the float64 solve.
+  const rel = (a: number, b: number) => Math.abs(a - b) / Math.abs(b);
+
+  it('mahalanobis: the fitted distance (float32 whitening, rel. 1e-5), plain and as a layer update', () => {
     const probe = createProbe(mahal);
-    for (let p = 0; p < POSITIONS; p++) expect(probe.scoreRow(t.get(H(1))!.data, p * D)).toBeCloseTo(mahalanobis(gauss, row(t, [H(1)], p)), 10);
+    for (let p = 0; p < POSITIONS; p++) expect(rel(probe.scoreRow(t.get(H(1))!.data, p * D), mahalanobis(gauss, row(t, [H(1)], p)))).toBeLessThan(1e-5);
+    const update = createProbe({ ...header('upd', [H(0), H(1)], 'mahalanobis'), ...mahalanobisBody(gauss, 'difference') });
+    for (let p = 0; p < POSITIONS; p++) {
+      const x0 = row(t, [H(0)], p);
+      const diff = row(t, [H(1)], p).map((v, j) => v - x0[j]);
+      expect(rel(update.scoreRow(row(t, [H(0), H(1)], p), 0), mahalanobis(gauss, diff))).toBeLessThan(1e-5);
+    }
   });
 
   it('ensemble-max: max of calibrated member scores', () => {
@@ -93,7 +103,21 @@ describe('Probe.scoreRow', () => {
     for (let p = 0; p < POSITIONS; p++) {
       const a = (mahalanobis(gauss, row(t, [H(1)], p)) - 2) / 0.5;
       const b = dir.scoreRow(row(t, [H(3), H(1)], p), 0) / 2;
-      expect(probe.scoreRow(row(t, [H(1), H(3)], p), 0)).toBeCloseTo(Math.max(a, b), 10);
+      expect(probe.scoreRow(row(t, [H(1), H(3)], p), 0)).toBeCloseTo(Math.max(a, b), 4);
+    }
+  });
+
+  it('mahalanobis low-rank (float32 SIMD path): the fitted distance, plain and as a layer update (rel. 1e-5)', () => {
+    const low = fitGaussian(clean, { covariance: 'lowrank', rank: 2 });
+    const plain = createProbe({ ...header('low', H(1), 'mahalanobis'), ...mahalanobisBody(low) });
+    const update = createProbe({ ...header('low-upd', [H(0), H(1)], 'mahalanobis'), ...mahalanobisBody(low, 'difference') });
+    for (let p = 0; p < POSITIONS; p++) {
+      const want = mahalanobis(low, row(t, [H(1)], p));
+      expect(Math.abs(plain.scoreRow(t.get(H(1))!.data, p * D) - want) / want).toBeLessThan(1e-5);
+      const x0 = row(t, [H(0)], p);
+      const diff = row(t, [H(1)], p).map((v, j) => v - x0[j]);
+      const wantDiff = mahalanobis(low, diff);
+      expect(Math.abs(update.scoreRow(row(t, [H(0), H(1)], p), 0) - wantDiff) / wantDiff).toBeLessThan(1e-5);
     }
   });
 

@@ -122,7 +122,8 @@ describe('probe file: write and read', () => {
     const dir: ProbeFile = { ...base, id: 'dom', dModel: 2, ...linearBody(lr, 'direction') };
     const { bias: _b, normalisation: _n, weights: _w, ...header } = base;
     const mah: ProbeFile = { ...header, id: 'generic-L4', dModel: 2, ...mahalanobisBody(g) };
-    for (const p of [lin, dir, mah]) expect(parseProbeFile(serializeProbeFile(p), FINGERPRINT)).toEqual(p);
+    const low: ProbeFile = { ...header, id: 'generic-low', dModel: 2, ...mahalanobisBody(fitGaussian(x, { covariance: 'lowrank', rank: 1 })) };
+    for (const p of [lin, dir, mah, low]) expect(parseProbeFile(serializeProbeFile(p), FINGERPRINT)).toEqual(p);
   });
 });
 
@@ -188,6 +189,22 @@ describe('probe file: validation (LW_ERR_PROBE_INVALID)', () => {
     expect(validateProbeFile(mk([1, 0.5, 2])).kind).toBe('mahalanobis');
     expect(codeOf(() => validateProbeFile(mk([1, 0.5])))).toBe('LW_ERR_PROBE_INVALID');
     expect(codeOf(() => validateProbeFile(mk([1, 0.5, -2])))).toBe('LW_ERR_PROBE_INVALID');
+  });
+
+  it('mahalanobis low-rank: 1..d−1 positive eigenvalues, k·d components, positive residual variance', () => {
+    const { bias: _b, normalisation: _n, weights: _w, ...header } = linearProbe();
+    const mk = (g: Record<string, unknown>) => ({
+      ...header,
+      kind: 'mahalanobis',
+      dModel: 3,
+      gaussian: { form: 'lowrank', shrinkage: 0.1, mean: [0, 0, 0], eigenvalues: [2, 1], components: [1, 0, 0, 0, 1, 0], residualVariance: 0.5, ...g },
+    });
+    expect(validateProbeFile(mk({})).kind).toBe('mahalanobis');
+    expect(codeOf(() => validateProbeFile(mk({ eigenvalues: [2, 1, 0.5], components: [1, 0, 0, 0, 1, 0, 0, 0, 1] })))).toBe('LW_ERR_PROBE_INVALID');
+    expect(codeOf(() => validateProbeFile(mk({ eigenvalues: [2, -1] })))).toBe('LW_ERR_PROBE_INVALID');
+    expect(codeOf(() => validateProbeFile(mk({ components: [1, 0, 0, 0, 1] })))).toBe('LW_ERR_PROBE_INVALID');
+    expect(codeOf(() => validateProbeFile(mk({ residualVariance: 0 })))).toBe('LW_ERR_PROBE_INVALID');
+    expect(codeOf(() => validateProbeFile(mk({ factor: [1] })))).toBe('LW_ERR_PROBE_INVALID');
   });
 
   it('ensemble: member hooks must be in the ensemble list, and every listed hook used', () => {

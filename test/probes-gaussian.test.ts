@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { isLatentwatchError } from '../src/errors.js';
-import { fitGaussian, ledoitWolfShrinkage, mahalanobis, mahalanobisRows } from '../src/probes/gaussian.js';
+import { fitGaussian, ledoitWolfShrinkage, mahalanobis, mahalanobisRows, symmetricEigen } from '../src/probes/gaussian.js';
 import { matrix, matrixFromRows } from '../src/probes/matrix.js';
 
 // numpy: Ledoit-Wolf by the explicit formula (checked in the script against scikit-learn's
@@ -74,5 +74,81 @@ describe('Gaussian fit and Mahalanobis distance vs numpy', () => {
     } catch (e) {
       expect(isLatentwatchError(e) && e.code).toBe('LW_ERR_PROBE_FIT');
     }
+  });
+
+  // Independent reference: numpy's eigh of the same shrunk covariance (the full form above is
+  // checked against numpy; its eigenpairs are computed here in float64 by the Jacobi routine).
+  describe('low-rank (probabilistic PCA) form', () => {
+    for (const c of expected.gaussian) {
+      const x = matrix(c.rows, c.cols, Float32Array.from(c.X));
+      const q = matrix(5, c.cols, Float32Array.from(c.queries));
+
+      it(`${c.name}: rank d−1 reproduces the full distance (rel. 1e-8)`, () => {
+        const full = mahalanobisRows(fitGaussian(x), q);
+        const low = fitGaussian(x, { covariance: 'lowrank', rank: c.cols - 1 });
+        expect(low.form).toBe('lowrank');
+        mahalanobisRows(low, q).forEach((v, i) => expect(Math.abs(v - full[i]) / full[i]).toBeLessThan(1e-8));
+      });
+
+      it(`${c.name}: components orthonormal, eigenvalues descending and Σv = λv`, () => {
+        const g = fitGaussian(x, { covariance: 'lowrank', rank: 3 });
+        if (g.form !== 'lowrank') throw new Error('form');
+        const d = c.cols;
+        const full = fitGaussian(x);
+        if (full.form !== 'cholesky') throw new Error('form');
+        // Σ = L·Lᵀ from the numpy-checked factor.
+        const L = (i: number, j: number) => (j <= i ? full.factor[(i * (i + 1)) / 2 + j] : 0);
+        for (let a = 0; a < 3; a++) {
+          if (a > 0) expect(g.eigenvalues[a]).toBeLessThanOrEqual(g.eigenvalues[a - 1]);
+          for (let b = 0; b < 3; b++) {
+            let s = 0;
+            for (let j = 0; j < d; j++) s += g.components[a * d + j] * g.components[b * d + j];
+            expect(Math.abs(s - (a === b ? 1 : 0))).toBeLessThan(1e-10);
+          }
+          for (let i = 0; i < d; i++) {
+            let sv = 0;
+            for (let j = 0; j < d; j++) {
+              let sij = 0;
+              for (let k = 0; k < d; k++) sij += L(i, k) * L(j, k);
+              sv += sij * g.components[a * d + j];
+            }
+            expect(Math.abs(sv - g.eigenvalues[a] * g.components[a * d + i])).toBeLessThan(1e-8 * g.eigenvalues[0]);
+          }
+        }
+        expect(g.residualVariance).toBeGreaterThan(0);
+        expect(g.residualVariance).toBeLessThanOrEqual(g.eigenvalues[2]);
+      });
+    }
+
+    it('Jacobi eigen-decomposition reconstructs the matrix', () => {
+      const n = 7;
+      const a = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) a[i * n + j] = a[j * n + i] = Math.sin(i * 3 + j * 7) + (i === j ? 3 : 0);
+      const { values, vectors } = symmetricEigen(a, n);
+      for (let i = 0; i < n; i++) {
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let k = 0; k < n; k++) s += vectors[i * n + k] * values[k] * vectors[j * n + k];
+          expect(Math.abs(s - a[i * n + j])).toBeLessThan(1e-10);
+        }
+      }
+    });
+
+    it('is deterministic and rejects a rank outside [1, d−1] with LW_ERR_PROBE_FIT', () => {
+      const c = expected.gaussian[0];
+      const x = matrix(c.rows, c.cols, Float32Array.from(c.X));
+      const a = fitGaussian(x, { covariance: 'lowrank', rank: 2 });
+      const b = fitGaussian(x, { covariance: 'lowrank', rank: 2 });
+      if (a.form !== 'lowrank' || b.form !== 'lowrank') throw new Error('form');
+      expect(Buffer.from(a.components.buffer).equals(Buffer.from(b.components.buffer))).toBe(true);
+      for (const rank of [0, c.cols, 2.5]) {
+        try {
+          fitGaussian(x, { covariance: 'lowrank', rank });
+          expect.unreachable();
+        } catch (e) {
+          expect(isLatentwatchError(e) && e.code).toBe('LW_ERR_PROBE_FIT');
+        }
+      }
+    });
   });
 });

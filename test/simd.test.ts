@@ -121,3 +121,38 @@ describe('SimdMatVec', () => {
     expect(() => a.matvec(h, new Float32Array(3), 0, new Float32Array(1))).toThrow(RangeError);
   });
 });
+
+describe('SimdMatVec.addLowerTriangular', () => {
+  for (const forceScalar of [false, true]) {
+    it(`lower triangle only, any n, beside ordinary matrices (${forceScalar ? 'scalar' : 'wasm'} path)`, () => {
+      const m = new SimdMatVec({ forceScalar });
+      const rng = createRng(11);
+      const plain = gaussians(rng, 3 * 20);
+      const hPlain = m.addMatrix(3, 20, plain);
+      const cases = [1, 5, 16, 17, 33, 384].map((n) => {
+        const w = gaussians(rng, n * n, n % 2 === 1);
+        return { n, w, h: m.addLowerTriangular(n, w) };
+      });
+      for (const { n, w, h } of [...cases, ...cases.reverse()]) {
+        const lower = Float64Array.from(w, (v, k) => (k % n <= Math.floor(k / n) ? v : 0));
+        for (const xOffset of [0, 3]) {
+          const x = gaussians(rng, xOffset + n) as Float32Array;
+          const out = new Float32Array(n);
+          m.matvec(h, x, xOffset, out);
+          const ref = reference(n, n, lower, x, xOffset);
+          for (let i = 0; i < n; i++) expect(Math.abs(out[i] - ref.dot[i])).toBeLessThanOrEqual(REL_TOL * ref.abs[i] + 1e-30);
+          m.input(h).set(x.subarray(xOffset, xOffset + n));
+          const out2 = new Float32Array(n);
+          m.matvecInput(h, out2);
+          expect(Array.from(out2)).toEqual(Array.from(out));
+        }
+      }
+      // The ordinary matrix registered first is unaffected.
+      const x = gaussians(rng, 20) as Float32Array;
+      const out = new Float32Array(3);
+      m.matvec(hPlain, x, 0, out);
+      const ref = reference(3, 20, plain, x, 0);
+      for (let i = 0; i < 3; i++) expect(Math.abs(out[i] - ref.dot[i])).toBeLessThanOrEqual(REL_TOL * ref.abs[i] + 1e-30);
+    });
+  }
+});

@@ -24,6 +24,8 @@ export interface TwinSpec {
   modelDir: string;
   adminKey: string;
   maxConcurrent: number;
+  precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
+  spinning?: boolean;
   variants: { name: string; probes: string[]; alertLog: string }[];
 }
 
@@ -32,7 +34,7 @@ const { config } = loadConfig({
   env: { LATENTWATCH_ADMIN_KEY: spec.adminKey, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
   argv: ['--model', spec.modelDir, '--port', '0', '--log-level', 'warn', '--max-concurrent', String(spec.maxConcurrent), '--max-queue', '256', '--max-tokens', '1024'],
 });
-const engine = await Engine.load(spec.modelDir, { maxBatch: config.limits.maxConcurrent });
+const engine = await Engine.load(spec.modelDir, { maxBatch: config.limits.maxConcurrent, precision: spec.precision, spinning: spec.spinning });
 const modelName = basename(spec.modelDir);
 const urls: Record<string, string> = {};
 const closers: (() => Promise<void>)[] = [];

@@ -291,10 +291,13 @@ export const fitAnomalyCommand: Command = {
   usage: `
 latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
                         [--prompts FILE] [--data DIR] [--target-fpr F] [--input update|resid]
-                        [--covariance full|diagonal] [--calibration-fraction F] [--id ID] [--label TEXT]
+                        [--covariance full|lowrank|diagonal] [--rank K] [--calibration-fraction F]
+                        [--id ID] [--label TEXT]
                         [--precision P] [--cache-dir DIR] [--threads N]
   Runs clean requests through the model as the daemon does (every position from 0, then
-  generated tokens), fits per layer a Gaussian (mean + Ledoit-Wolf shrunk covariance) to the
+  generated tokens), fits per layer a Gaussian (mean + Ledoit-Wolf shrunk covariance; scored in
+  O(d²/2) per token and layer; --covariance lowrank keeps only its top --rank eigenvectors, 32,
+  the rest isotropic: O(rank·d), for very wide models, and weaker, see docs/generic-detectors.md) to the
   update the layer adds to the residual stream (resid_post L - resid_post L-1; resid_post 0 at
   layer 0; --input resid: the residual itself), and writes an ensemble-max probe of Mahalanobis
   members whose threshold sits at --target-fpr (default 0.01) per request on clean requests kept
@@ -314,6 +317,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
         'target-fpr': { type: 'string' },
         input: { type: 'string' },
         covariance: { type: 'string' },
+        rank: { type: 'string' },
         'calibration-fraction': { type: 'string' },
         id: { type: 'string' },
         label: { type: 'string' },
@@ -323,8 +327,10 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
     const file = required(v.out, 'out');
     const input = (v.input ?? 'update') as 'update' | 'resid';
     if (input !== 'update' && input !== 'resid') throw lwError('LW_ERR_CLI_USAGE', `--input must be update or resid (got ${v.input})`);
-    const covariance = (v.covariance ?? 'full') as 'full' | 'diagonal';
-    if (covariance !== 'full' && covariance !== 'diagonal') throw lwError('LW_ERR_CLI_USAGE', `--covariance must be full or diagonal (got ${v.covariance})`);
+    const covariance = (v.covariance ?? 'full') as 'lowrank' | 'full' | 'diagonal';
+    if (!['lowrank', 'full', 'diagonal'].includes(covariance)) throw lwError('LW_ERR_CLI_USAGE', `--covariance must be lowrank, full or diagonal (got ${v.covariance})`);
+    const rank = num(v.rank, 'rank') ?? 32;
+    if (!Number.isInteger(rank) || rank < 1) throw lwError('LW_ERR_CLI_USAGE', `--rank must be a positive integer (got ${v.rank})`);
     const targetFpr = num(v['target-fpr'], 'target-fpr') ?? 0.01;
     const calFrac = num(v['calibration-fraction'], 'calibration-fraction') ?? 0.4;
     if (!(calFrac > 0 && calFrac < 1)) throw lwError('LW_ERR_CLI_USAGE', '--calibration-fraction must be in (0, 1)');
@@ -347,7 +353,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
       const { fit, calibration } = splitClean(pool, calFrac, String(corpus.seed));
       if (calibration.length === 0 || fit.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', `${pool.length} clean requests cannot give both a fit and a calibration share`);
       const cache = new MemberScoreCache({ modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize });
-      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
+      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
       // False-positive rate on the corpus's held-out requests, per style.
       const test = seqs.filter((s) => s.run!.split === 'test');
       const fprOnControls: Record<string, number> = {};

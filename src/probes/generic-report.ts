@@ -167,11 +167,15 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
   const detectors = new Map<string, Detector>();
   const trainedOn = new Map<string, string[]>();
   let step = 0;
-  const steps = o.unsupervisedOnly ? 2 : 6;
+  const steps = o.unsupervisedOnly ? 3 : 7;
   const common = { numLayers: m.numLayers, modelFingerprint: m.modelFingerprint, dModel: d, targetFpr, aggregator };
   detectors.set('anomaly-update', fitAnomalyDetector(fit, calibration, { ...common, input: 'update' }, cache));
   trainedOn.set('anomaly-update', []);
   progress(++step, steps, 'anomaly-update');
+  // The same detector with each covariance kept to rank 32: O(32·d) per member and token, not O(d²/2).
+  detectors.set('anomaly-update-r32', fitAnomalyDetector(fit, calibration, { ...common, input: 'update', covariance: 'lowrank', rank: 32 }, cache));
+  trainedOn.set('anomaly-update-r32', []);
+  progress(++step, steps, 'anomaly-update-r32');
   detectors.set('anomaly-resid', fitAnomalyDetector(fit, calibration, { ...common, input: 'resid', id: 'anomaly-resid', label: 'residual anomaly' }, cache));
   trainedOn.set('anomaly-resid', []);
   progress(++step, steps, 'anomaly-resid');

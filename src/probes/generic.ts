@@ -142,8 +142,11 @@ function roundAll(xs: ArrayLike<number>, digits: number): number[] {
 
 /** A Gaussian rounded to `digits` significant digits (so files stay small; scores move < 1e-5 relative). */
 function roundedGaussian(g: GaussianModel, digits: number): GaussianModel {
-  if (g.form === 'cholesky') return { form: 'cholesky', shrinkage: round(g.shrinkage, digits), mean: Float64Array.from(roundAll(g.mean, digits)), factor: Float64Array.from(roundAll(g.factor, digits)) };
-  return { form: 'diagonal', shrinkage: round(g.shrinkage, digits), mean: Float64Array.from(roundAll(g.mean, digits)), variance: Float64Array.from(roundAll(g.variance, digits)) };
+  const r = (a: Float64Array) => Float64Array.from(roundAll(a, digits));
+  const common = { shrinkage: round(g.shrinkage, digits), mean: r(g.mean) };
+  if (g.form === 'cholesky') return { form: 'cholesky', ...common, factor: r(g.factor) };
+  if (g.form === 'diagonal') return { form: 'diagonal', ...common, variance: r(g.variance) };
+  return { form: 'lowrank', ...common, components: r(g.components), eigenvalues: r(g.eigenvalues), residualVariance: round(g.residualVariance, digits) };
 }
 
 /** Rows of a member's input (update or resid) at positions ≥ skip of the given sequences. */
@@ -174,7 +177,9 @@ export interface AnomalyMemberOptions {
   layers: readonly number[];
   /** 'update' (default): resid_post L − resid_post L−1 for L ≥ 1, resid_post 0 at L = 0. 'resid': resid_post L. */
   input?: AnomalyInput;
-  covariance?: 'full' | 'diagonal';
+  covariance?: 'full' | 'diagonal' | 'lowrank';
+  /** Eigenvectors kept by 'lowrank' (default 32). */
+  rank?: number;
   shrinkage?: 'ledoit-wolf' | number;
   /** Leading positions of a request left out of the fit. Default GENERIC_SKIP. */
   skip?: number;
@@ -191,10 +196,12 @@ export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemb
     const data = anomalyRows(fit, layer, kind, d, skip);
     const rows = data.length / d;
     if (rows < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${rows} clean rows to fit on`);
-    const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, shrinkage: o.shrinkage }), digits);
+    const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, rank: o.rank, shrinkage: o.shrinkage }), digits);
+    // Member ids name the form too, so score caches never mix a low-rank member with a full one.
+    const tag = g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : '';
     return kind === 'update'
-      ? { id: `update-L${layer}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference') }
-      : { id: `resid-L${layer}`, hook: residPost(layer), body: mahalanobisBody(g) };
+      ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference') }
+      : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g) };
   });
 }
 
@@ -450,6 +457,12 @@ export const GENERIC_ID = 'generic-injection';
 export const GENERIC_LABEL = 'generic injection (any direction)';
 
 /** Fit the unsupervised anomaly detector on clean sequences and calibrate it on others. */
+function covarianceWords(o: Pick<AnomalyMemberOptions, 'covariance' | 'rank'>): string {
+  if (o.covariance === 'diagonal') return 'diagonal covariance';
+  if (o.covariance === 'lowrank') return `Ledoit–Wolf shrunk covariance kept to its top ${o.rank ?? 32} eigenvectors, the rest isotropic (probabilistic PCA)`;
+  return 'Ledoit–Wolf shrunk full covariance';
+}
+
 export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Seq[], o: AnomalyDetectorOptions, cache?: MemberScoreCache): Detector {
   const layers = o.layers ?? Array.from({ length: o.numLayers }, (_, l) => l);
   const input = o.input ?? 'update';
@@ -459,7 +472,7 @@ export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Se
   const what = input === 'update' ? 'the update of each layer (resid_post L − resid_post L−1; resid_post 0 at layer 0)' : 'resid_post of each layer';
   const description =
     o.description ??
-    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${o.covariance === 'diagonal' ? 'diagonal' : 'Ledoit–Wolf shrunk full'} covariance) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests; positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
+    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests; positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
   return buildDetector({
     members,
     calibration,

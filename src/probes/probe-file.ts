@@ -24,6 +24,7 @@
  *   linear, direction: bias, normalisation { mean, std }, weights  (weights on standardised inputs)
  *   mahalanobis:       gaussian { form: 'cholesky', shrinkage, mean, factor }   (packed lower L, Σ = LLᵀ)
  *                      or       { form: 'diagonal', shrinkage, mean, variance }
+ *                      or       { form: 'lowrank', shrinkage, mean, eigenvalues (k), components (k·d, rows), residualVariance }
  *                      [input: 'difference']  (optional, exactly two hooks: the Gaussian reads
  *                      row(hook[1]) − row(hook[0]), dModel wide: with resid_post L−1 and L, the
  *                      update block L added to the residual stream; absent = the concatenation)
@@ -67,7 +68,15 @@ export interface LinearBody {
 
 export type GaussianBody =
   | { readonly form: 'cholesky'; readonly shrinkage: number; readonly mean: readonly number[]; readonly factor: readonly number[] }
-  | { readonly form: 'diagonal'; readonly shrinkage: number; readonly mean: readonly number[]; readonly variance: readonly number[] };
+  | { readonly form: 'diagonal'; readonly shrinkage: number; readonly mean: readonly number[]; readonly variance: readonly number[] }
+  | {
+      readonly form: 'lowrank';
+      readonly shrinkage: number;
+      readonly mean: readonly number[];
+      readonly eigenvalues: readonly number[];
+      readonly components: readonly number[];
+      readonly residualVariance: number;
+    };
 
 export interface MahalanobisBody {
   readonly kind: 'mahalanobis';
@@ -128,10 +137,13 @@ export function linearBody(model: LinearModel, kind: 'linear' | 'direction' = 'l
 
 /** Body of a 'mahalanobis' probe from a fitted Gaussian (`input: 'difference'` for a two-hook update). */
 export function mahalanobisBody(model: GaussianModel, input?: 'difference'): MahalanobisBody {
+  const common = { shrinkage: model.shrinkage, mean: Array.from(model.mean) };
   const gaussian: GaussianBody =
     model.form === 'cholesky'
-      ? { form: 'cholesky', shrinkage: model.shrinkage, mean: Array.from(model.mean), factor: Array.from(model.factor) }
-      : { form: 'diagonal', shrinkage: model.shrinkage, mean: Array.from(model.mean), variance: Array.from(model.variance) };
+      ? { form: 'cholesky', ...common, factor: Array.from(model.factor) }
+      : model.form === 'diagonal'
+        ? { form: 'diagonal', ...common, variance: Array.from(model.variance) }
+        : { form: 'lowrank', ...common, eigenvalues: Array.from(model.eigenvalues), components: Array.from(model.components), residualVariance: model.residualVariance };
   return input === 'difference' ? { kind: 'mahalanobis', input, gaussian } : { kind: 'mahalanobis', gaussian };
 }
 
@@ -422,10 +434,19 @@ function leafBody(kind: LeafProbeKind, o: Record<string, unknown>, hookCount: nu
     }
     const withInput = (b: MahalanobisBody): MahalanobisBody => (input === undefined ? b : { kind: b.kind, input, gaussian: b.gaussian });
     const g = obj(o.gaussian, `${where}.gaussian`);
-    const form = oneOf(g.form, ['cholesky', 'diagonal'] as const, `${where}.gaussian.form`);
-    onlyKeys(g, ['form', 'shrinkage', 'mean', form === 'cholesky' ? 'factor' : 'variance'], `${where}.gaussian`);
+    const form = oneOf(g.form, ['cholesky', 'diagonal', 'lowrank'] as const, `${where}.gaussian.form`);
+    const formKeys = { cholesky: ['factor'], diagonal: ['variance'], lowrank: ['eigenvalues', 'components', 'residualVariance'] }[form];
+    onlyKeys(g, ['form', 'shrinkage', 'mean', ...formKeys], `${where}.gaussian`);
     const shrinkage = unit(g.shrinkage, `${where}.gaussian.shrinkage`);
     const mean = numbers(g.mean, inputDim, `${where}.gaussian.mean`);
+    if (form === 'lowrank') {
+      const ev = arr(g.eigenvalues, `${where}.gaussian.eigenvalues`);
+      if (ev.length < 1 || ev.length >= inputDim) throw invalid(`${where}.gaussian.eigenvalues`, `expected 1 to ${inputDim - 1} eigenvalues, got ${ev.length}`);
+      const eigenvalues = numbers(ev, ev.length, `${where}.gaussian.eigenvalues`, mustBePositive);
+      const components = numbers(g.components, eigenvalues.length * inputDim, `${where}.gaussian.components`);
+      const residualVariance = positive(g.residualVariance, `${where}.gaussian.residualVariance`);
+      return withInput({ kind, gaussian: { form, shrinkage, mean, eigenvalues, components, residualVariance } });
+    }
     if (form === 'diagonal') {
       return withInput({ kind, gaussian: { form, shrinkage, mean, variance: numbers(g.variance, inputDim, `${where}.gaussian.variance`, mustBePositive) } });
     }

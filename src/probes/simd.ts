@@ -148,6 +148,11 @@ interface Entry {
   data: Float32Array | null;
   /** The view `input()` returns; dropped when memory grows (growing detaches it). */
   view: Float32Array | null;
+  /**
+   * Lower-triangular matrices (addLowerTriangular): row blocks of 16, block b holding rows
+   * 16b..16b+15 over the first 16(b+1) columns, one kernel call each, all reading one input.
+   */
+  blocks: { addr: number; rows: number; colBytes: number }[] | null;
 }
 
 /** Below this width a JS copy loop beats allocating a subarray for `set`. */
@@ -183,21 +188,13 @@ export class SimdMatVec {
     if (data.length !== rows * cols) throw new RangeError(`addMatrix: data has ${data.length} values, expected ${rows * cols}`);
     const handle: MatrixHandle = Object.freeze({ id: this.entries.length, rows, cols });
     if (!this.memory) {
-      this.entries.push({ handle, addr: 0, xAddr: 0, stride: cols, data: Float32Array.from(data), view: new Float32Array(cols) });
+      this.entries.push({ handle, addr: 0, xAddr: 0, stride: cols, data: Float32Array.from(data), view: new Float32Array(cols), blocks: null });
       return handle;
     }
     const stride = Math.ceil(cols / LANES) * LANES;
     const addr = this.end;
     const xAddr = addr + rows * stride * 4;
-    this.end = xAddr + stride * 4;
-    this.maxRows = Math.max(this.maxRows, rows);
-    this.outAddr = this.end;
-    const need = this.outAddr + this.maxRows * 4;
-    if (need > this.memory.buffer.byteLength) {
-      this.memory.grow(Math.ceil((need - this.memory.buffer.byteLength) / PAGE));
-      this.f32 = new Float32Array(this.memory.buffer); // growing detaches the old views
-      for (const e of this.entries) e.view = null;
-    }
+    this.reserve(xAddr + stride * 4, rows);
     const f = this.f32;
     const base = addr >> 2;
     for (let r = 0; r < rows; r++) {
@@ -207,8 +204,61 @@ export class SimdMatVec {
       f.fill(0, to + cols, to + stride); // may be the old out region: padding must be zero
     }
     f.fill(0, xAddr >> 2, (xAddr >> 2) + stride); // input padding is never written again
-    this.entries.push({ handle, addr, xAddr, stride, data: null, view: null });
+    this.entries.push({ handle, addr, xAddr, stride, data: null, view: null, blocks: null });
     return handle;
+  }
+
+  /**
+   * Registers the lower triangle of a row-major n × n matrix (entries above the diagonal are not
+   * read): a matvec then costs n²/2 multiply-adds, not n². For whitening by an inverse Cholesky
+   * factor (Mahalanobis distances).
+   */
+  addLowerTriangular(n: number, data: Float32Array | Float64Array): MatrixHandle {
+    if (!Number.isInteger(n) || n < 1) throw new RangeError(`addLowerTriangular: n must be a positive integer, got ${n}`);
+    if (data.length !== n * n) throw new RangeError(`addLowerTriangular: data has ${data.length} values, expected ${n * n}`);
+    const handle: MatrixHandle = Object.freeze({ id: this.entries.length, rows: n, cols: n });
+    if (!this.memory) {
+      const lower = new Float32Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) lower[i * n + j] = data[i * n + j];
+      this.entries.push({ handle, addr: 0, xAddr: 0, stride: n, data: lower, view: new Float32Array(n), blocks: [] });
+      return handle;
+    }
+    const nb = Math.ceil(n / LANES);
+    let bytes = 0;
+    for (let b = 0; b < nb; b++) bytes += Math.min(LANES, n - b * LANES) * (b + 1) * LANES * 4;
+    const addr = this.end;
+    const xAddr = addr + bytes;
+    this.reserve(xAddr + nb * LANES * 4, nb * LANES);
+    const f = this.f32;
+    const blocks: { addr: number; rows: number; colBytes: number }[] = [];
+    let at = addr >> 2;
+    for (let b = 0; b < nb; b++) {
+      const rows = Math.min(LANES, n - b * LANES);
+      const width = (b + 1) * LANES;
+      blocks.push({ addr: at << 2, rows, colBytes: width * 4 });
+      for (let r = 0; r < rows; r++) {
+        const i = b * LANES + r;
+        for (let j = 0; j < width; j++) f[at + j] = j <= i ? data[i * n + j] : 0;
+        at += width;
+      }
+    }
+    f.fill(0, xAddr >> 2, (xAddr >> 2) + nb * LANES);
+    this.entries.push({ handle, addr, xAddr, stride: nb * LANES, data: null, view: null, blocks });
+    return handle;
+  }
+
+  /** Makes room for matrices up to byte `end` and an out region of `rows` floats after them. */
+  private reserve(end: number, rows: number): void {
+    const memory = this.memory as WasmMemory;
+    this.end = end;
+    this.maxRows = Math.max(this.maxRows, rows);
+    this.outAddr = this.end;
+    const need = this.outAddr + this.maxRows * 4;
+    if (need > memory.buffer.byteLength) {
+      memory.grow(Math.ceil((need - memory.buffer.byteLength) / PAGE));
+      this.f32 = new Float32Array(memory.buffer); // growing detaches the old views
+      for (const e of this.entries) e.view = null;
+    }
   }
 
   /** out[i] = Σ_j W[i][j] · x[xOffset + j] for every row i of the matrix. */
@@ -271,7 +321,9 @@ export class SimdMatVec {
   private run(e: Entry, out: Float32Array): void {
     const rows = e.handle.rows;
     if (out.length < rows) throw new RangeError(`matvec: out has ${out.length} slots, needs ${rows}`);
-    (this.kernel as Kernel)(e.addr, e.xAddr, this.outAddr, rows, e.stride * 4);
+    const kernel = this.kernel as Kernel;
+    if (e.blocks === null) kernel(e.addr, e.xAddr, this.outAddr, rows, e.stride * 4);
+    else for (let b = 0, o = this.outAddr; b < e.blocks.length; o += LANES * 4, b++) kernel(e.blocks[b].addr, e.xAddr, o, e.blocks[b].rows, e.blocks[b].colBytes);
     const f = this.f32;
     const ob = this.outAddr >> 2;
     for (let i = 0; i < rows; i++) out[i] = f[ob + i];
