@@ -82,17 +82,18 @@ describe('Probe.scoreRow', () => {
     for (let i = 0; i < 40; i++) expect(Math.abs(probe.scoreRow(clean.data as Float32Array, i * D) - want[i])).toBeLessThan(1e-6);
   });
 
-  // Full-covariance members score as ‖L⁻¹(x − mean)‖ in float32 (SIMD): within 1e-5 of the float64 solve.
+  // Full-covariance members score as ‖L⁻¹(x − mean)‖ with L⁻¹ and the input rounded to int16 (SIMD):
+  // within 2e-3 relative of the float64 solve (test/probes-fastpath.test.ts checks real activations).
   const rel = (a: number, b: number) => Math.abs(a - b) / Math.abs(b);
 
-  it('mahalanobis: the fitted distance (float32 whitening, rel. 1e-5), plain and as a layer update', () => {
+  it('mahalanobis: the fitted distance (int16 whitening, rel. 2e-3), plain and as a layer update', () => {
     const probe = createProbe(mahal);
-    for (let p = 0; p < POSITIONS; p++) expect(rel(probe.scoreRow(t.get(H(1))!.data, p * D), mahalanobis(gauss, row(t, [H(1)], p)))).toBeLessThan(1e-5);
+    for (let p = 0; p < POSITIONS; p++) expect(rel(probe.scoreRow(t.get(H(1))!.data, p * D), mahalanobis(gauss, row(t, [H(1)], p)))).toBeLessThan(2e-3);
     const update = createProbe({ ...header('upd', [H(0), H(1)], 'mahalanobis'), ...mahalanobisBody(gauss, 'difference') });
     for (let p = 0; p < POSITIONS; p++) {
       const x0 = row(t, [H(0)], p);
       const diff = row(t, [H(1)], p).map((v, j) => v - x0[j]);
-      expect(rel(update.scoreRow(row(t, [H(0), H(1)], p), 0), mahalanobis(gauss, diff))).toBeLessThan(1e-5);
+      expect(rel(update.scoreRow(row(t, [H(0), H(1)], p), 0), mahalanobis(gauss, diff))).toBeLessThan(2e-3);
     }
   });
 
@@ -103,7 +104,7 @@ describe('Probe.scoreRow', () => {
     for (let p = 0; p < POSITIONS; p++) {
       const a = (mahalanobis(gauss, row(t, [H(1)], p)) - 2) / 0.5;
       const b = dir.scoreRow(row(t, [H(3), H(1)], p), 0) / 2;
-      expect(probe.scoreRow(row(t, [H(1), H(3)], p), 0)).toBeCloseTo(Math.max(a, b), 4);
+      expect(Math.abs(probe.scoreRow(row(t, [H(1), H(3)], p), 0) - Math.max(a, b))).toBeLessThan(2e-3 * Math.max(1, Math.abs(Math.max(a, b))) * 2);
     }
   });
 

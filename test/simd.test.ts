@@ -156,3 +156,53 @@ describe('SimdMatVec.addLowerTriangular', () => {
     });
   }
 });
+
+describe('SimdMatVec.addLowerTriangular int16', () => {
+  it('int16 storage and input: within the rounding bound, zero and non-finite inputs handled', () => {
+    const m = new SimdMatVec();
+    const rng = createRng(5);
+    const f32 = m.addMatrix(2, 7, gaussians(rng, 14)); // a float matrix in the same memory
+    for (const n of [1, 17, 33, 64, 384, 896]) {
+      const w = gaussians(rng, n * n, true);
+      const h = m.addLowerTriangular(n, w, { int16: true });
+      const lower = Float64Array.from(w, (v, k) => (k % n <= Math.floor(k / n) ? v : 0));
+      for (const xOffset of [0, 5]) {
+        const x = gaussians(rng, xOffset + n) as Float32Array;
+        const out = new Float32Array(n);
+        m.matvec(h, x, xOffset, out);
+        const ref = reference(n, n, lower, x, xOffset);
+        // Rounding to int16 moves each w by ≤ max|w_row|/2q and each x by ≤ max|x|/2q, q ≥ 1000
+        // for these n: |error| ≤ (Σ|w|·max|x| + Σ|x|·max|w|) / 2000 per row.
+        let maxX = 0;
+        for (let j = 0; j < n; j++) maxX = Math.max(maxX, Math.abs(x[xOffset + j]));
+        for (let i = 0; i < n; i++) {
+          let sw = 0;
+          let sx = 0;
+          let mw = 0;
+          for (let j = 0; j <= i; j++) {
+            sw += Math.abs(lower[i * n + j]);
+            sx += Math.abs(x[xOffset + j]);
+            mw = Math.max(mw, Math.abs(lower[i * n + j]));
+          }
+          expect(Math.abs(out[i] - ref.dot[i])).toBeLessThanOrEqual((sw * maxX + sx * mw) / 2000 + 1e-9);
+        }
+        m.input(h).set(x.subarray(xOffset, xOffset + n));
+        const out2 = new Float32Array(n);
+        m.matvecInput(h, out2);
+        expect(Array.from(out2)).toEqual(Array.from(out));
+      }
+      const zero = new Float32Array(n);
+      m.matvec(h, new Float32Array(n), 0, zero);
+      expect(zero.every((v) => v === 0)).toBe(true);
+      const bad = new Float32Array(n).fill(1);
+      bad[0] = Number.NaN;
+      const nan = new Float32Array(n);
+      m.matvec(h, bad, 0, nan);
+      expect(nan.every((v) => Number.isNaN(v))).toBe(true);
+    }
+    const out = new Float32Array(2);
+    const x = gaussians(rng, 7) as Float32Array;
+    m.matvec(f32, x, 0, out);
+    expect(Number.isFinite(out[0])).toBe(true);
+  });
+});

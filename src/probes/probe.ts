@@ -123,7 +123,7 @@ function whitenedScorer(g: Extract<GaussianBody, { form: 'cholesky' }>, inputDim
   const d = difference ? inputDim / 2 : inputDim;
   const mean = Float32Array.from(g.mean);
   const simd = new SimdMatVec();
-  const h = simd.addLowerTriangular(d, invertLower(Float64Array.from(g.factor), d));
+  const h = simd.addLowerTriangular(d, invertLower(Float64Array.from(g.factor), d), { int16: true });
   const z = new Float32Array(d);
   return (activation, offset) => {
     const c = simd.input(h);
