@@ -214,6 +214,25 @@ describe('alert hub', () => {
     for (const c of expected.keys()) c.ws.close();
   });
 
+  it("raiseMany: one token's alerts get consecutive ids, one log transaction, and reach each subscriber in order (filters apply)", async () => {
+    const s = await startServer('many');
+    const t = 'token=user-key';
+    const all = await opened(client(`${s.ws}?${t}`));
+    const onlyB = await opened(client(`${s.ws}?${t}&probe=probe.b`));
+    await until(() => s.hub.subscriberCount === 2, 'subscribers');
+    const first = s.hub.raiseMany([draft({ probeId: 'probe.a' }), draft({ probeId: 'probe.b' }), draft({ probeId: 'probe.c' })], { forwardAtUs: 1 });
+    const second = s.hub.raiseMany([draft({ probeId: 'probe.b' })]);
+    const want = [...first, ...second].map((r) => r.alert);
+    expect(ids(want)).toEqual(range(want[0].id, want[0].id + 3));
+    expect(want.every((a, i) => a.id === [...first, ...second][i].alert.id)).toBe(true);
+    await until(() => all.alerts.length === 4 && onlyB.alerts.length === 2, 'delivery');
+    expect(ids(all.alerts)).toEqual(ids(want));
+    expect(ids(onlyB.alerts)).toEqual(ids(want.filter((a) => a.probeId === 'probe.b')));
+    expect(ids(s.log.since(0))).toEqual(ids(want));
+    all.ws.close();
+    onlyB.ws.close();
+  });
+
   it('sends heartbeats (JSON + ping) and drops a client that stops answering pings', async () => {
     const s = await startServer('heartbeat', { heartbeatIntervalMs: 60 });
     const live = await opened(client(`${s.ws}?token=user-key`));

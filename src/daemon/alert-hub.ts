@@ -79,6 +79,8 @@ export interface AlertHubStats {
 
 interface Client {
   ws: WebSocket;
+  /** The upgraded TCP socket under `ws`: corked while one token's alerts are queued to it. */
+  socket: Duplex;
   filter: AlertFilter;
   replaying: boolean;
   lastSentId: number;
@@ -189,7 +191,14 @@ export class AlertHub {
   /** `raise` for one token's alerts: one log transaction (one fsync), then each fanned out in id order. */
   raiseMany(drafts: readonly AlertDraft[], timing?: AlertTiming): AppendResult[] {
     const results = this.log.appendMany(drafts);
-    for (const r of results) this.publish(r.alert, timing);
+    // Corked, each subscriber's frames for this token leave in one write, not one per alert.
+    const cork = results.length > 1;
+    if (cork) for (const c of this.clients) c.socket.cork();
+    try {
+      for (const r of results) this.publish(r.alert, timing);
+    } finally {
+      if (cork) for (const c of this.clients) c.socket.uncork();
+    }
     return results;
   }
 
@@ -249,11 +258,11 @@ export class AlertHub {
       rejectUpgrade(socket, e);
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.addClient(ws, query));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.addClient(ws, socket, query));
   }
 
-  private addClient(ws: WebSocket, query: AlertQuery): void {
-    const c: Client = { ws, filter: query.filter, replaying: query.after !== undefined, lastSentId: query.after ?? 0, queued: 0, alive: true, closing: false };
+  private addClient(ws: WebSocket, socket: Duplex, query: AlertQuery): void {
+    const c: Client = { ws, socket, filter: query.filter, replaying: query.after !== undefined, lastSentId: query.after ?? 0, queued: 0, alive: true, closing: false };
     this.clients.add(c);
     this.onSubscribers?.(this.clients.size);
     ws.on('pong', () => {
