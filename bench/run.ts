@@ -104,8 +104,10 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
   const num = (k: string) => (typeof summary[k] === 'number' ? (summary[k] as number) : null);
   const ratio = (a: number | null, b: number | null) => (a !== null && b !== null && b !== 0 ? round(a / b, 3) : null);
   const decodeRatio = ratio(num('decode_tok_s_int4'), num('bandwidth_limit_tok_s_int4'));
+  const decodeRatioB128 = ratio(num('decode_tok_s_int4_b128'), num('bandwidth_limit_tok_s_int4_b128'));
   const targets: BenchResult['targets'] = [
     { name: 'int4 decode ÷ bandwidth limit', target: '≥ 0.8', measured: decodeRatio, met: decodeRatio === null ? null : decodeRatio >= 0.8 },
+    { name: 'int4 (block 128) decode ÷ bandwidth limit', target: '≥ 0.8', measured: decodeRatioB128, met: decodeRatioB128 === null ? null : decodeRatioB128 >= 0.8 },
     { name: 'monitor overhead %', target: '≤ 2', measured: num('monitor_overhead_pct'), met: num('monitor_overhead_pct') === null ? null : num('monitor_overhead_pct')! <= 2 },
     { name: 'alert p99 ms (loopback)', target: '≤ 10', measured: num('alert_p99_ms'), met: num('alert_p99_ms') === null ? null : num('alert_p99_ms')! <= 10 },
     { name: '4 streams ÷ 1 stream aggregate tok/s', target: '≥ 2', measured: num('concurrency4_speedup'), met: num('concurrency4_speedup') === null ? null : num('concurrency4_speedup')! >= 2 },
