@@ -4,7 +4,7 @@
  * started as `latentwatch serve` starts, clients over loopback HTTP/SSE and WebSocket).
  *
  *   npx tsx bench/daemon.ts [--quick] [--out FILE.json] [--md FILE.md] [--model DIR] [--big] [--big-model DIR]
- *       [--precision P] [--no-spinning]
+ *       [--precision P] [--spinning]
  *
  * --big also benches a bigger checkpoint (default /tmp/lw-bench/qwen2.5-0.5b-random, written by
  * bench/random-checkpoint.ts) with fewer repetitions and tokens.
@@ -156,7 +156,7 @@ export interface DaemonBenchOptions {
   quick?: boolean;
   /** Checkpoints to bench (default: the built-in model). */
   models?: string[];
-  /** onnxruntime's idle threads spin-wait between passes (default true, as the daemon). */
+  /** onnxruntime's idle threads spin-wait between passes (default false, as the daemon). */
   spinning?: boolean;
   /** Precision of the served graph per checkpoint: default fp32 for the built-in model, int4 for others. */
   precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
@@ -440,7 +440,7 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
   try {
     for (const m of o.models ?? [DEFAULT_MODEL_DIR]) {
       const precision = o.precision ?? (basename(m) === basename(DEFAULT_MODEL_DIR) ? 'fp32' : 'int4');
-      models.push(await benchModel(resolve(m), quick, root, log, { precision, spinning: o.spinning ?? true }));
+      models.push(await benchModel(resolve(m), quick, root, log, { precision, spinning: o.spinning ?? false }));
     }
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -541,7 +541,7 @@ async function main(argv: string[]): Promise<void> {
   const models = [a.get('model') ?? DEFAULT_MODEL_DIR];
   if (a.has('big') || a.has('big-model')) models.push(a.get('big-model') ?? '/tmp/lw-bench/qwen2.5-0.5b-random');
   const precision = a.get('precision') as DaemonBenchOptions['precision'];
-  const res = await runDaemonBench({ quick, models, precision, spinning: !a.has('no-spinning') });
+  const res = await runDaemonBench({ quick, models, precision, spinning: a.has('spinning') });
   const md = daemonBenchMarkdown(res);
   console.log(md);
   const out = a.get('out') ?? join(REPO, 'bench', 'out', `daemon${quick ? '-quick' : ''}.json`);

@@ -67,9 +67,10 @@ describe('daemon config', () => {
     expect(ruleForProbe(config, 'other', 0.7).severity).toBe('warning');
   });
 
-  it('spinning: on by default, off by env or flag (--no-spinning), type-checked', () => {
-    expect(loadConfig({ cwd: '/work', env: {}, argv: [] }).config.spinning).toBe(true);
-    expect(loadConfig({ cwd: '/work', env: { LATENTWATCH_SPINNING: '0' }, argv: [] }).config.spinning).toBe(false);
+  it('spinning: off by default, on by env or flag, the flag winning, type-checked', () => {
+    expect(loadConfig({ cwd: '/work', env: {}, argv: [] }).config.spinning).toBe(false);
+    expect(loadConfig({ cwd: '/work', env: { LATENTWATCH_SPINNING: '1' }, argv: [] }).config.spinning).toBe(true);
+    expect(loadConfig({ cwd: '/work', env: {}, argv: ['--spinning'] }).config.spinning).toBe(true);
     const flagged = loadConfig({ cwd: '/work', env: { LATENTWATCH_SPINNING: '1' }, argv: ['--no-spinning'] });
     expect(flagged.config.spinning).toBe(false);
     expect(flagged.sources.get('/spinning')).toBe('flag --spinning');

@@ -74,7 +74,7 @@ export function cpuNsOf(pid: number): number | null {
 }
 
 export function spawnDaemonProcess(o: DaemonProcessOptions): Promise<DaemonProcess> {
-  const child = spawn(process.execPath, [...childCommand(o.entry ?? 'daemon-child'), ...o.argv], {
+  const child = spawn(process.execPath, [...(process.env.LW_BENCH_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean), ...childCommand(o.entry ?? 'daemon-child'), ...o.argv], {
     cwd: PACKAGE_ROOT,
     env: { ...process.env, ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -34,7 +34,6 @@ const GATHER_WAIT_MS = 2;
 export class DecodeBatcher {
   private pending: PendingStep[] = [];
   private scheduled = false;
-  private gatherStart = 0;
   /** Sequences that have decoded at least once and are not released: the batch to wait for. */
   private readonly decoding = new Set<Sequence>();
   /** Live pooled sequences by slot, to give idle rows of a batch a safe write position. */
@@ -54,7 +53,7 @@ export class DecodeBatcher {
     if (this.bySlot.get(seq.storage.slot) === seq) this.bySlot.delete(seq.storage.slot);
     this.decoding.delete(seq);
     // A stream leaving may complete the batch the others wait for.
-    if (this.scheduled) setImmediate(() => this.gather());
+    this.gather(false);
   }
 
   /** One decode step of a pooled sequence; resolves when the batch it joined has run. */
@@ -65,25 +64,28 @@ export class DecodeBatcher {
       this.pending.push({ seq, token, o, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        this.gatherStart = performance.now();
-        setImmediate(() => this.gather());
+        // Fallback for streams that are slow to come back; no polling in between.
+        this.timer = setTimeout(() => this.gather(true), GATHER_WAIT_MS);
       }
+      this.gather(false);
     });
   }
 
-  /** Queue the pass once every decoding stream has submitted, or after GATHER_WAIT_MS. */
-  private gather(): void {
+  /**
+   * Queue the pass once every decoding stream has submitted (checked whenever a step arrives or a
+   * stream leaves), or when the GATHER_WAIT_MS timer fires (`force`).
+   */
+  private gather(force: boolean): void {
     if (!this.scheduled || this.queued) return;
-    const waiting = [...this.decoding].some((s) => !s.isReleased && !this.pending.some((p) => p.seq === s));
-    if (waiting && performance.now() - this.gatherStart < GATHER_WAIT_MS) {
-      setImmediate(() => this.gather());
-      return;
-    }
+    if (!force && [...this.decoding].some((s) => !s.isReleased && !this.pending.some((p) => p.seq === s))) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
     this.queued = true;
     void this.ctx.exclusive(() => this.runBatch());
   }
 
   private queued = false;
+  private timer: NodeJS.Timeout | undefined;
 
   private async runBatch(): Promise<void> {
     this.scheduled = false;
