@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { AlertHub, alertRoutes, CLOSE_SLOW_CONSUMER, type AlertHubOptions } from '../src/daemon/alert-hub.js';
+import { AlertHub, alertRoutes, CLOSE_SLOW_CONSUMER, textFrame, type AlertHubOptions } from '../src/daemon/alert-hub.js';
 import { AlertLog, type Alert, type AlertDraft } from '../src/daemon/alert-log.js';
 import { Authenticator } from '../src/daemon/auth.js';
 
@@ -231,6 +231,20 @@ describe('alert hub', () => {
     expect(ids(s.log.since(0))).toEqual(ids(want));
     all.ws.close();
     onlyB.ws.close();
+  });
+
+  it('frames alerts of every length class (7-, 16- and 64-bit payload lengths) so a real client reads them intact', async () => {
+    const s = await startServer('frames');
+    const c = await opened(client(`${s.ws}?token=user-key`));
+    await until(() => s.hub.subscriberCount === 1, 'subscriber');
+    const excerpts = ['', 'x'.repeat(500), 'é'.repeat(40_000)]; // the last one is > 65535 bytes in UTF-8
+    const raised = excerpts.map((textExcerpt) => s.hub.raise(textExcerpt ? draft({ textExcerpt }) : draft()).alert);
+    await until(() => c.alerts.length === 3, 'delivery');
+    expect(c.alerts).toEqual(raised);
+    expect(textFrame('a'.repeat(125)).length).toBe(127);
+    expect(textFrame('a'.repeat(126)).length).toBe(130);
+    expect(textFrame('a'.repeat(65536)).length).toBe(65546);
+    c.ws.close();
   });
 
   it('sends heartbeats (JSON + ping) and drops a client that stops answering pings', async () => {
