@@ -152,7 +152,7 @@ export interface DaemonBenchResult {
   quick: boolean;
   machine: MachineDescription;
   models: ModelDaemonBench[];
-  /** Flat keys for the top-level bench (issue 6), from the first (default) model. */
+  /** Flat keys for the top-level bench (issue 6): the first (default) model's, then the others' with a suffix. */
   summary: Record<string, number | null>;
   seconds: number;
 }
@@ -447,6 +447,30 @@ async function alertCount(d: DaemonProcess): Promise<number> {
   return sum;
 }
 
+function modelSummary(m: ModelDaemonBench): Record<string, number | null> {
+  const l1 = m.concurrency.levels.find((l) => l.streams === 1)!;
+  return {
+    monitor_overhead_pct: m.monitorOverhead.pct,
+    monitor_overhead_paired_pct: m.monitorOverhead.pairedPct,
+    monitor_overhead_cpu_pct: m.monitorOverhead.cpuPct,
+    monitor_us_per_token: m.monitorOverhead.monitorUsPerToken,
+    monitor_pct_of_token: m.monitorOverhead.monitorPctOfToken,
+    daemon_decode_tok_s_monitored: round(m.monitorOverhead.onTokS.median, 3),
+    daemon_decode_tok_s_unmonitored: round(m.monitorOverhead.offTokS.median, 3),
+    alert_p50_ms: m.alertLatency.one.p50Ms,
+    alert_p99_ms: Math.max(m.alertLatency.one.p99Ms, m.alertLatency.hundred.p99Ms),
+    alert_p99_ms_1_subscriber: m.alertLatency.one.p99Ms,
+    alert_p50_ms_100_subscribers: m.alertLatency.hundred.p50Ms,
+    alert_p99_ms_100_subscribers: m.alertLatency.hundred.p99Ms,
+    alert_p99_ms_memory_log: m.alertLatency.memoryLog.p99Ms,
+    concurrency1_tok_s: round(l1.aggregateTokS.median, 3),
+    concurrency4_tok_s: round(m.concurrency.levels[1].aggregateTokS.median, 3),
+    concurrency16_tok_s: round(m.concurrency.levels[2].aggregateTokS.median, 3),
+    concurrency4_speedup: m.concurrency.speedup4,
+    concurrency16_speedup: m.concurrency.speedup16,
+  };
+}
+
 export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<DaemonBenchResult> {
   const t0 = performance.now();
   const quick = o.quick ?? false;
@@ -462,34 +486,20 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
-  const m = models[0];
-  const l1 = m.concurrency.levels.find((l) => l.streams === 1)!;
+  // The first (default) model's figures under the plain keys; every other model's again with its
+  // precision and name as a suffix (e.g. concurrency4_speedup_int4_qwen2_5_0_5b_random).
+  const summary: Record<string, number | null> = { ...modelSummary(models[0]) };
+  for (const m of models.slice(1)) {
+    const tag = `${m.precision}_${m.modelName.replace(/[^A-Za-z0-9]+/g, '_').toLowerCase()}`;
+    for (const [k, v] of Object.entries(modelSummary(m))) summary[`${k}_${tag}`] = v;
+  }
   return {
     kind: 'latentwatch.bench.daemon',
     version: 1,
     quick,
     machine,
     models,
-    summary: {
-      monitor_overhead_pct: m.monitorOverhead.pct,
-      monitor_overhead_paired_pct: m.monitorOverhead.pairedPct,
-      monitor_overhead_cpu_pct: m.monitorOverhead.cpuPct,
-      monitor_us_per_token: m.monitorOverhead.monitorUsPerToken,
-      monitor_pct_of_token: m.monitorOverhead.monitorPctOfToken,
-      daemon_decode_tok_s_monitored: round(m.monitorOverhead.onTokS.median, 3),
-      daemon_decode_tok_s_unmonitored: round(m.monitorOverhead.offTokS.median, 3),
-      alert_p50_ms: m.alertLatency.one.p50Ms,
-      alert_p99_ms: Math.max(m.alertLatency.one.p99Ms, m.alertLatency.hundred.p99Ms),
-      alert_p99_ms_1_subscriber: m.alertLatency.one.p99Ms,
-      alert_p50_ms_100_subscribers: m.alertLatency.hundred.p50Ms,
-      alert_p99_ms_100_subscribers: m.alertLatency.hundred.p99Ms,
-      alert_p99_ms_memory_log: m.alertLatency.memoryLog.p99Ms,
-      concurrency1_tok_s: round(l1.aggregateTokS.median, 3),
-      concurrency4_tok_s: round(m.concurrency.levels[1].aggregateTokS.median, 3),
-      concurrency16_tok_s: round(m.concurrency.levels[2].aggregateTokS.median, 3),
-      concurrency4_speedup: m.concurrency.speedup4,
-      concurrency16_speedup: m.concurrency.speedup16,
-    },
+    summary,
     seconds: round((performance.now() - t0) / 1000, 1),
   };
 }

@@ -47,7 +47,7 @@ async function quietMachine(maxWaitMs: number): Promise<{ busy: number | null; w
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
 const CODE16M = join(REPO, 'models', 'qwen2-code-16m');
-const DEFAULT_CKPT = '/tmp/lw-bench/qwen2.5-0.5b-random';
+export const DEFAULT_CKPT = '/tmp/lw-bench/qwen2.5-0.5b-random';
 const DEFAULT_CACHE = '/tmp/lw-bench/builds';
 
 type Precision = 'fp32' | 'fp16' | 'int8' | 'int4';
