@@ -97,7 +97,9 @@ describe('Mahalanobis of a layer update (input: difference)', () => {
     ...mahalanobisBody(g, 'difference'),
   });
 
-  it('scores ‖Σ^(-1/2)(x₁ − x₀ − μ)‖ exactly as an explicit-inverse computation (rel. 1e-9)', () => {
+  // The daemon's scorer whitens with L⁻¹ rounded to int16 and rounds the input too (probes/simd.ts):
+  // within 2e-4 relative of the float64 explicit inverse here (test/probes-fastpath.test.ts: real data).
+  it('scores ‖Σ^(-1/2)(x₁ − x₀ − μ)‖ as an explicit-inverse computation does (rel. 2e-4)', () => {
     const probe = createProbe(file);
     expect(probe.inputDim).toBe(6);
     for (const [a, b] of [
@@ -107,8 +109,7 @@ describe('Mahalanobis of a layer update (input: difference)', () => {
     ]) {
       const row = Float32Array.from([...a, ...b]);
       const want = independentMahalanobis(upd, 0.25, b.map((v, j) => Math.fround(v) - Math.fround(a[j])));
-      expect(probe.scoreRow(row, 0)).toBeCloseTo(want, 6);
-      expect(Math.abs(probe.scoreRow(row, 0) - want) / Math.max(1e-12, want)).toBeLessThan(1e-6);
+      expect(Math.abs(probe.scoreRow(row, 0) - want) / Math.max(1e-12, want)).toBeLessThan(2e-4);
     }
   });
 
