@@ -10,6 +10,7 @@
  * every weight once per token.
  */
 import { Worker } from 'node:worker_threads';
+import { name, section, uleb } from '../../src/probes/simd.js';
 import { median } from './stats.js';
 
 export interface BandwidthOptions {
@@ -32,27 +33,13 @@ export interface BandwidthResult {
   maxGbPerSec: number;
 }
 
-function leb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-}
-
-const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
-const str = (s: string) => [...leb(s.length), ...Buffer.from(s, 'utf8')];
-
 /** (module (import "env" "mem" (memory pages pages shared)) (func (export "sum") (param i32 i32) (result f32) ...)) */
 export function sumModuleBytes(pages: number): Uint8Array {
   const I32 = 0x7f;
   const F32 = 0x7d;
   const V128 = 0x7b;
-  const simd = (op: number, ...imm: number[]) => [0xfd, ...leb(op), ...imm];
-  const load = (offset: number) => simd(0x00, ...leb(4), ...leb(offset)); // v128.load align=16
+  const simd = (op: number, ...imm: number[]) => [0xfd, ...uleb(op), ...imm];
+  const load = (offset: number) => simd(0x00, ...uleb(4), ...uleb(offset)); // v128.load align=16
   const F32X4_ADD = 0xe4;
   const body: number[] = [];
   // locals: 4 × v128 accumulators (indices 2..5)
@@ -63,7 +50,7 @@ export function sumModuleBytes(pages: number): Uint8Array {
     const acc = 2 + (i % 4);
     body.push(0x20, acc, 0x20, 0, ...load(i * 16), ...simd(F32X4_ADD), 0x21, acc);
   }
-  body.push(0x20, 0, 0x41, ...leb(128), 0x6a, 0x21, 0); // start += 128 (i32.const 128 is signed LEB: 0x80 0x01)
+  body.push(0x20, 0, 0x41, ...uleb(128), 0x6a, 0x21, 0); // start += 128 (i32.const 128 is signed LEB: 0x80 0x01)
   body.push(0x0c, 0, 0x0b, 0x0b); // br 0, end loop, end block
   body.push(0x20, 2, 0x20, 3, ...simd(F32X4_ADD), 0x20, 4, ...simd(F32X4_ADD), 0x20, 5, ...simd(F32X4_ADD));
   // horizontal sum of the 4 lanes: keep the vector in local 2
@@ -76,10 +63,10 @@ export function sumModuleBytes(pages: number): Uint8Array {
   const bytes = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, [1, 0x60, 2, I32, I32, 1, F32]),
-    ...section(2, [1, ...str('env'), ...str('mem'), 0x02, 0x03, ...leb(pages), ...leb(pages)]),
+    ...section(2, [1, ...name('env'), ...name('mem'), 0x02, 0x03, ...uleb(pages), ...uleb(pages)]),
     ...section(3, [1, 0]),
-    ...section(7, [1, ...str('sum'), 0x00, 0]),
-    ...section(10, [1, ...leb(body.length), ...body]),
+    ...section(7, [1, ...name('sum'), 0x00, 0]),
+    ...section(10, [1, ...uleb(body.length), ...body]),
   ];
   return Uint8Array.from(bytes);
 }

@@ -51,7 +51,8 @@ export interface TriangularOptions {
 const PAGE = 65536;
 const LANES = 16; // floats per kernel iteration; row padding unit
 
-function uleb(n: number): number[] {
+/** Unsigned LEB128 (wasm binary encoding; bench/lib/bandwidth.ts assembles with these too). */
+export function uleb(n: number): number[] {
   const out: number[] = [];
   do {
     let b = n & 0x7f;
@@ -76,8 +77,9 @@ function sleb(n: number): number[] {
   }
 }
 
-const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
-const name = (s: string): number[] => [...uleb(s.length), ...Array.from(s, (c) => c.charCodeAt(0))];
+export const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
+/** A wasm name (ASCII). */
+export const name = (s: string): number[] => [...uleb(s.length), ...Array.from(s, (c) => c.charCodeAt(0))];
 
 /**
  * (module (import "env" "mem" (memory 0))
