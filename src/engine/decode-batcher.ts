@@ -168,12 +168,14 @@ export class DecodeBatcher {
     this.stats.rows += batch.length;
     const logits = tensorData(out[GRAPH_NAMES.logits]);
     const V = c.vocabSize;
+    // Outputs are fresh buffers each pass: a lone row keeps them as they are, no copy.
+    const row = (data: Float32Array, r: number, width: number) => (B === 1 ? data : data.slice(r * width, (r + 1) * width));
     return batch.map((p) => {
       const r = p.seq.storage.slot - lo;
       p.seq.advance(1);
       const taps = new Map<string, TapValues>();
-      for (const t of p.o.taps ?? []) taps.set(t, { positions: 1, dModel: D, data: tensorData(out[t]).slice(r * D, (r + 1) * D) });
-      return { logits: logits.slice(r * V, (r + 1) * V), taps };
+      for (const t of p.o.taps ?? []) taps.set(t, { positions: 1, dModel: D, data: row(tensorData(out[t]), r, D) });
+      return { logits: row(logits, r, V), taps };
     });
   }
 }
