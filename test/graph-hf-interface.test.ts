@@ -144,7 +144,8 @@ describe('the default build is unchanged by the interface option', () => {
     try {
       for (const n of [GRAPH_NAMES.inputIds, GRAPH_NAMES.seqlensK, GRAPH_NAMES.totalSeqLen, GRAPH_NAMES.logitsIndex, GRAPH_NAMES.pastKey(0)]) expect(s.inputNames).toContain(n);
       expect(s.inputNames).not.toContain(HF_GRAPH_NAMES.attentionMask);
-      expect(s.outputNames).toContain(GRAPH_NAMES.presentKey(0));
+      expect(s.outputNames).toContain(GRAPH_NAMES.newKey(0));
+      expect(s.outputNames).not.toContain(HF_GRAPH_NAMES.presentKey(0));
     } finally {
       await s.release();
     }

@@ -2,13 +2,14 @@
  * Continuous batching of decode steps. Decode is bound by reading the weights; one pass over B rows
  * reads them once, so concurrent streams share the cost. Steps that arrive while a pass runs wait
  * for the next one; each batch covers the contiguous run of pool slots its rows occupy, and slots
- * in that run that have no step this time get a harmless write at their next free position.
+ * in that run that have no step this time ride along: their row of the pass is computed and
+ * dropped (the attention reads the pool; only active rows' new keys and values are written back).
  */
 import { GRAPH_NAMES } from '../model/graph.js';
 import { injectPort } from '../hooks.js';
 import type { KvPool } from './kv-pool.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type Tensor } from './runtime.js';
-import { injectionRows, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
+import { injectionRows, storeNew, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
 import type { TapValues } from './types.js';
 
 interface PendingStep {
@@ -36,7 +37,7 @@ export class DecodeBatcher {
   private scheduled = false;
   /** Sequences that have decoded at least once and are not released: the batch to wait for. */
   private readonly decoding = new Set<Sequence>();
-  /** Live pooled sequences by slot, to give idle rows of a batch a safe write position. */
+  /** Live pooled sequences by slot, to give idle rows of a batch their own (valid) length. */
   private readonly bySlot = new Map<number, Sequence>();
   readonly stats: BatchStats = { passes: 0, rows: 0 };
 
@@ -126,13 +127,13 @@ export class DecodeBatcher {
     for (const p of batch) rowOf.set(p.seq.storage.slot - lo, p);
     for (let r = 0; r < B; r++) {
       const p = rowOf.get(r);
-      // An idle live row writes at its next free position, which its own next pass overwrites.
+      // An idle row computes a dummy step after its own positions; nothing of it is kept.
       const len = p ? p.seq.length : (this.bySlot.get(lo + r)?.length ?? 0);
       ids[r] = p ? p.token : 0;
       seqlens[r] = len;
     }
-    // Room for every row's new position (idle rows write at their next position too).
-    this.pool.ensure(Math.max(...seqlens) + 1);
+    // Room for every active row's new position.
+    this.pool.ensure(Math.max(...batch.map((p) => p.seq.length)) + 1);
     const feeds: Record<string, Tensor> = {
       [GRAPH_NAMES.inputIds]: i64Tensor(ids, [B, 1]),
       [GRAPH_NAMES.seqlensK]: i32Tensor(seqlens, [B]),
@@ -143,12 +144,10 @@ export class DecodeBatcher {
     const dims = [B, c.numKvHeads, this.pool.slotLength, c.headDim];
     for (let l = 0; l < c.numLayers; l++) {
       const v = this.pool.range(l, lo, hi);
-      const kt = f32Tensor(v.keys, dims);
-      const vt = f32Tensor(v.values, dims);
-      feeds[GRAPH_NAMES.pastKey(l)] = kt;
-      feeds[GRAPH_NAMES.pastValue(l)] = vt;
-      fetches[GRAPH_NAMES.presentKey(l)] = kt;
-      fetches[GRAPH_NAMES.presentValue(l)] = vt;
+      feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(v.keys, dims);
+      feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(v.values, dims);
+      fetches[GRAPH_NAMES.newKey(l)] = null;
+      fetches[GRAPH_NAMES.newValue(l)] = null;
     }
     for (const port of this.ctx.ports) {
       const perRow = batch.map((p) => injectionRows(this.ctx, p.o.injections ?? [], port, p.seq.length, 1, p.o.promptLength ?? p.seq.length + 1).data);
@@ -164,6 +163,17 @@ export class DecodeBatcher {
     for (const t of wanted) fetches[t] = null;
 
     const out = await this.ctx.session.run(feeds, fetches);
+    // Each row's new key and value go into its slot at its next position (idle rows: nowhere).
+    const slotLen = this.pool.slotLength;
+    for (let l = 0; l < c.numLayers; l++) {
+      const keys = tensorData(out[GRAPH_NAMES.newKey(l)]);
+      const values = tensorData(out[GRAPH_NAMES.newValue(l)]);
+      for (const p of batch) {
+        const r = p.seq.storage.slot - lo;
+        storeNew(p.seq.storage.keys(l), slotLen, keys, r, c.numKvHeads, 1, p.seq.length, c.headDim);
+        storeNew(p.seq.storage.values(l), slotLen, values, r, c.numKvHeads, 1, p.seq.length, c.headDim);
+      }
+    }
     this.stats.passes++;
     this.stats.rows += batch.length;
     const logits = tensorData(out[GRAPH_NAMES.logits]);

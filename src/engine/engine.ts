@@ -60,7 +60,7 @@ export class Engine implements GraphContext {
     this.ports = new Set(build.options.ports.map(residPost));
     this.contextLength = Math.min(o.contextLength ?? cfg.maxPositions, cfg.maxPositions);
     this.prefillChunk = o.prefillChunk ?? 512;
-    // One spare position per slot: an idle row of a batch writes there harmlessly.
+    // Slots hold up to batchContext positions (+1: a sequence of exactly batchContext is pooled).
     this.pool = new KvPool(cfg, o.maxBatch ?? 8, Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
     this.maxPrivateLength = this.contextLength;
     this.batcher = new DecodeBatcher(this, this.pool);
@@ -100,6 +100,9 @@ export class Engine implements GraphContext {
     for (const t of this.taps) if (!outs.has(t)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks tap output ${t}`);
     for (const p of this.ports) if (!ins.has(injectPort(p))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks port input ${injectPort(p)}`);
     if (!outs.has(GRAPH_NAMES.logits)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'build lacks logits output');
+    for (let l = 0; l < this.config.numLayers; l++) {
+      if (!outs.has(GRAPH_NAMES.newKey(l)) || !outs.has(GRAPH_NAMES.newValue(l))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks the new key/value outputs of layer ${l}`);
+    }
   }
 
   exclusive<T>(fn: () => Promise<T>): Promise<T> {

@@ -7,6 +7,8 @@
  * Slots grow: onnxruntime's attention costs (and allocates scratch) in proportion to the buffer's
  * length, not the positions in use, so buffers start small and double as sequences need room,
  * copying what they hold. The cost is amortised: a sequence of n tokens is copied O(log n) times.
+ * Passes only read these buffers (the cache is a graph input); the engine writes each pass's new
+ * keys and values in afterwards (sequence.ts storeNew).
  */
 import type { ModelConfig } from '../model/config.js';
 

@@ -93,27 +93,42 @@ export class Sequence {
       const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
       feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
     }
-    const out = await this.ctx.exclusive(() => {
-      // Inside the exclusive section: growing the pool must not move buffers a running pass writes.
+    const out = await this.ctx.exclusive(async () => {
+      // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
       const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
-      // One spare position when pooled: an idle row of a later batch writes there.
-      this.storage.ensure(total + (this.storage.slot >= 0 ? 1 : 0));
+      this.storage.ensure(total);
       const dims = [1, c.numKvHeads, this.storage.length, c.headDim];
       for (let l = 0; l < c.numLayers; l++) {
-        const k = f32Tensor(this.storage.keys(l), dims);
-        const v = f32Tensor(this.storage.values(l), dims);
-        feeds[GRAPH_NAMES.pastKey(l)] = k;
-        feeds[GRAPH_NAMES.pastValue(l)] = v;
-        fetches[GRAPH_NAMES.presentKey(l)] = k;
-        fetches[GRAPH_NAMES.presentValue(l)] = v;
+        feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(this.storage.keys(l), dims);
+        feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(this.storage.values(l), dims);
+        fetches[GRAPH_NAMES.newKey(l)] = null;
+        fetches[GRAPH_NAMES.newValue(l)] = null;
       }
       for (const t of o.taps ?? []) fetches[t] = null;
-      return this.ctx.session.run(feeds, fetches);
+      const r = await this.ctx.session.run(feeds, fetches);
+      // The cache is an input: the pass's new keys and values come back separately and go in here.
+      const len = this.storage.length;
+      for (let l = 0; l < c.numLayers; l++) {
+        storeNew(this.storage.keys(l), len, tensorData(r[GRAPH_NAMES.newKey(l)]), 0, c.numKvHeads, n, start, c.headDim);
+        storeNew(this.storage.values(l), len, tensorData(r[GRAPH_NAMES.newValue(l)]), 0, c.numKvHeads, n, start, c.headDim);
+      }
+      return r;
     });
     this.len = total;
     const taps = new Map<string, TapValues>();
     for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: tensorData(out[t]) });
     return { logits: o.logits === 'none' ? new Float32Array(0) : tensorData(out[GRAPH_NAMES.logits]), taps };
+  }
+}
+
+/**
+ * Writes row `row` of a pass's new keys or values ([rows, kv_heads, n, head_dim]) into a cache laid
+ * out [kv_heads, cacheLen, head_dim], at positions start..start+n-1: one copy per kv head.
+ */
+export function storeNew(cache: Float32Array, cacheLen: number, fresh: Float32Array, row: number, kvHeads: number, n: number, start: number, headDim: number): void {
+  for (let h = 0; h < kvHeads; h++) {
+    const from = ((row * kvHeads + h) * n) * headDim;
+    cache.set(fresh.subarray(from, from + n * headDim), (h * cacheLen + start) * headDim);
   }
 }
 

@@ -10,7 +10,7 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type GraphInterface, type Precision } from './graph.js';
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
-export const BUILDER_VERSION = 1;
+export const BUILDER_VERSION = 2;
 
 export interface BuildRequest {
   precision?: Precision;

@@ -50,8 +50,9 @@ export const GRAPH_NAMES = {
   logits: 'logits',
   pastKey: (l: number) => `past_key.${l}`,
   pastValue: (l: number) => `past_value.${l}`,
-  presentKey: (l: number) => `present_key.${l}`,
-  presentValue: (l: number) => `present_value.${l}`,
+  /** The keys (rotated) and values of this pass's positions, [batch, kv_heads, seq, head_dim]. */
+  newKey: (l: number) => `new_key.${l}`,
+  newValue: (l: number) => `new_value.${l}`,
 } as const;
 
 /** Input and output names of an 'hf' build (Hugging Face optimum's decoder interface). */
@@ -171,6 +172,20 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   }
   const cosCache = g.f32('rotary.cos', [cfg.maxPositions, half], cos);
   const sinCache = g.f32('rotary.sin', [cfg.maxPositions, half], sin);
+  // Positions of this pass in each row's cache, [batch, kv_heads, seq, 1]: row b's seq new positions
+  // end at seqlens_k[b]. The engine reads its new keys and values there out of the attention's
+  // present cache (GatherND), so the cache itself never has to leave onnxruntime: onnxruntime-node
+  // copies every fetched output into a fresh buffer, and fetching the whole cache each step cost
+  // time in proportion to its length (docs/benchmarks.md, "Long context").
+  let newIndex = '';
+  if (!hf) {
+    const scalar = (name: string, v: bigint) => g.initializer(name, DT.INT64, [], new Uint8Array(new BigInt64Array([v]).buffer));
+    const seq = g.op('Gather', [g.op('Shape', [ids]), scalar('new.index1', 1n)], { axis: 0 });
+    const first = g.op('Sub', [g.op('Add', [g.op('Cast', [seqlensK], { to: DT.INT64 }), scalar('new.one', 1n)]), seq]);
+    const offsets = g.op('Range', [scalar('new.zero', 0n), seq, scalar('new.step', 1n)]);
+    const pos = g.op('Add', [g.op('Unsqueeze', [first, g.i64('new.axis1', [1])]), g.op('Unsqueeze', [offsets, g.i64('new.axis0', [0])])]);
+    newIndex = g.op('Expand', [g.op('Unsqueeze', [pos, g.i64('new.axes13', [1, 3])]), g.i64('new.heads', [1, KV, 1, 1])]);
+  }
   const qkShape = cfg.qkNorm ? g.i64('shape.heads', [0, 0, -1, hd]) : '';
   const flatShape = cfg.qkNorm ? g.i64('shape.flat', [0, 0, -1]) : '';
 
@@ -194,18 +209,26 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
       gqaIn = [qkv, '', ''];
     }
     const names = hf ? HF_GRAPH_NAMES : GRAPH_NAMES;
-    const [pastLen, presentLen] = hf ? ['past_sequence_length', 'total_sequence_length'] : ['cache_len', 'cache_len'];
+    const pastLen = hf ? 'past_sequence_length' : 'cache_len';
     const pastK = g.input(names.pastKey(l), DT.FLOAT, [B, KV, pastLen, hd]);
     const pastV = g.input(names.pastValue(l), DT.FLOAT, [B, KV, pastLen, hd]);
+    const [presentK, presentV] = hf ? [HF_GRAPH_NAMES.presentKey(l), HF_GRAPH_NAMES.presentValue(l)] : [`layers.${l}.present_key`, `layers.${l}.present_value`];
     const [attn] = g.node(
       'GroupQueryAttention',
       [...gqaIn, pastK, pastV, seqlensK, totalLen, cosCache, sinCache],
-      [`layers.${l}.attn`, names.presentKey(l), names.presentValue(l)],
+      [`layers.${l}.attn`, presentK, presentV],
       { num_heads: H, kv_num_heads: KV, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } },
       'com.microsoft',
     );
-    g.output(names.presentKey(l), DT.FLOAT, [B, KV, presentLen, hd]);
-    g.output(names.presentValue(l), DT.FLOAT, [B, KV, presentLen, hd]);
+    if (hf) {
+      g.output(presentK, DT.FLOAT, [B, KV, 'total_sequence_length', hd]);
+      g.output(presentV, DT.FLOAT, [B, KV, 'total_sequence_length', hd]);
+    } else {
+      for (const [present, out] of [[presentK, GRAPH_NAMES.newKey(l)], [presentV, GRAPH_NAMES.newValue(l)]]) {
+        g.node('GatherND', [present, newIndex], [out], { batch_dims: 2 });
+        g.output(out, DT.FLOAT, [B, KV, 'seq', hd]);
+      }
+    }
     const o = linear(attn, [`${p}self_attn.o_proj.weight`], H * hd, `layers.${l}.o`);
     const [x2, , , hMid] = g.node('SkipSimplifiedLayerNormalization', [o, h, vec(`${p}post_attention_layernorm.weight`, `layers.${l}.ln2`)], 4, { epsilon: eps }, 'com.microsoft');
 
