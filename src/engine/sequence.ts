@@ -1,6 +1,7 @@
 /**
- * One sequence's state on a loaded graph: its KV cache (fed as both past and present, so
- * onnxruntime updates it in place) and forward passes over new positions with taps and injections.
+ * One sequence's state on a loaded graph: its KV cache (a graph input; each pass's new keys and
+ * values come back as small outputs and are written in here) and forward passes over new
+ * positions with taps and injections.
  * Single-token decode steps of pooled sequences go through the engine's DecodeBatcher instead.
  */
 import { lwError } from '../errors.js';

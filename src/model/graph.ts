@@ -5,8 +5,10 @@
  *
  * Per layer: SkipSimplifiedLayerNormalization fuses each residual add with the next RMSNorm, and its
  * fourth output is the residual stream itself, so taps cost no extra compute. Attention is one
- * GroupQueryAttention node with rotary inside and a KV cache that may share its buffer with the
- * output (the engine feeds one preallocated tensor as both, so decode updates it in place).
+ * GroupQueryAttention node with rotary inside. The KV cache is an input only (`past_key.L`,
+ * `past_value.L`, [batch, kv_heads, cache_len, head_dim]); the pass returns just its own positions'
+ * keys and values (`new_key.L`, `new_value.L`, [batch, kv_heads, seq, head_dim]) for the engine to
+ * write into its cache, because onnxruntime-node copies every fetched output.
  *
  * The 'hf' interface (for peers such as transformers.js, never for the engine) has the inputs and
  * outputs of a Hugging Face optimum / onnxruntime-genai decoder export instead: `input_ids`,
