@@ -113,12 +113,15 @@ describe('detection', () => {
     sub.ws.close();
   });
 
-  it('an uninjected request raises nothing', async () => {
+  it('an uninjected request raises nothing; the monitor times each generated token', async () => {
     const before = await metric('latentwatch_alerts_total');
+    const watched = await metric('latentwatch_monitor_seconds_count');
     const r = await client.completions.create({ model: MODEL, prompt: 'def load(path):\n', max_tokens: 8, temperature: 0 });
     expect(verdictOf(r).probes[0].fired).toBe(false);
     expect(verdictOf(r).probes[0].alert_ids).toEqual([]);
     expect(await metric('latentwatch_alerts_total')).toBe(before);
+    expect(await metric('latentwatch_monitor_seconds_count')).toBe(watched + (r.usage?.completion_tokens ?? NaN));
+    expect(await metric('latentwatch_monitor_seconds_sum')).toBeGreaterThan(0);
   });
 
   it('injection needs the admin key and is refused with a coded 403 otherwise', async () => {

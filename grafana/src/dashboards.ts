@@ -26,6 +26,7 @@ import {
   HTTP_REQUESTS_TOTAL,
   HTTP_REQUEST_DURATION_SECONDS,
   INTER_TOKEN_LATENCY_SECONDS,
+  MONITOR_SECONDS,
   LATENT_DETECTIONS_TOTAL,
   METRIC_PREFIX,
   MODEL_INFO,
@@ -156,6 +157,11 @@ export function overview(): dashboard.DashboardBuilder {
     .add(
       timeSeries('End-to-end request latency', 'Request arrival to last token: p50, p90, p99.', 's') //
         .targets(quantileTargets(E2E_REQUEST_LATENCY_SECONDS, ['model'], I, '{{model}} ')),
+      8,
+    )
+    .add(
+      timeSeries('Monitor time per token', 'What watching costs: scoring every probe, the alert rules and alerts for one generated token (p50, p90, p99); compare with the inter-token latency.', 's') //
+        .targets(quantileTargets(MONITOR_SECONDS, ['model'], I, '{{model}} ')),
       8,
     )
     .add(

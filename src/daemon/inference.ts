@@ -251,7 +251,8 @@ export class InferenceService {
         injections: p.injection ? [p.injection] : [],
         signal,
       })) {
-        forwardAtUs = Math.round((performance.timeOrigin + performance.now()) * 1000);
+        const scoringFrom = performance.now();
+        forwardAtUs = Math.round((performance.timeOrigin + scoringFrom) * 1000);
         const scores = bank.score(step.taps);
         if (step.kind === 'prompt') {
           monitor.step({ position: step.position, text: '' }, scores);
@@ -261,6 +262,7 @@ export class InferenceService {
         }
         monitor.step(step, scores);
         const now = performance.now();
+        if (!p.canary && bank.probes.length > 0) metrics.observeMonitorSeconds(this.d.modelName, (now - scoringFrom) / 1000);
         if (firstTokenAt === undefined) firstTokenAt = now;
         else gaps.push((now - lastTokenAt) / 1000);
         lastTokenAt = now;

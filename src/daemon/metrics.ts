@@ -22,6 +22,7 @@ export const METRIC_PREFIX = 'latentwatch_';
 // Request metrics, named as vLLM names them.
 export const TIME_TO_FIRST_TOKEN_SECONDS = 'latentwatch_time_to_first_token_seconds';
 export const INTER_TOKEN_LATENCY_SECONDS = 'latentwatch_inter_token_latency_seconds';
+export const MONITOR_SECONDS = 'latentwatch_monitor_seconds';
 export const E2E_REQUEST_LATENCY_SECONDS = 'latentwatch_e2e_request_latency_seconds';
 export const PROMPT_TOKENS_TOTAL = 'latentwatch_prompt_tokens_total';
 export const GENERATION_TOKENS_TOTAL = 'latentwatch_generation_tokens_total';
@@ -71,6 +72,8 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   // mean: rate(latentwatch_time_to_first_token_seconds_sum[5m]) / rate(latentwatch_time_to_first_token_seconds_count[5m])
   family(TIME_TO_FIRST_TOKEN_SECONDS, 'histogram', 'Time from request arrival to the first generated token.', ['model']),
   family(INTER_TOKEN_LATENCY_SECONDS, 'histogram', 'Time between consecutive generated tokens of a request.', ['model']),
+  // What watching costs per token, beside the inter-token latency: p99 over p50 of the ITL.
+  family(MONITOR_SECONDS, 'histogram', 'Time the monitor spends on one generated token: every probe scored on its activations, the alert rules, verbalization, alerts raised.', ['model']),
   family(E2E_REQUEST_LATENCY_SECONDS, 'histogram', 'Time from request arrival to its last token.', ['model']),
   family(PROMPT_TOKENS_TOTAL, 'counter', 'Prompt tokens processed (prefill).', ['model']),
   // generation tokens/s: sum(rate(latentwatch_generation_tokens_total[$__rate_interval]))
@@ -140,6 +143,7 @@ export const PROBE_SCORE_BUCKETS = [
   ...Array.from({ length: 20 }, (_, i) => Math.round((i + 1) * 5) / 100),
   1.5, 2, 3, 5, 10, 20, 50,
 ];
+export const MONITOR_BUCKETS = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
 export const HTTP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 /** Keeps a label's cardinality bounded: an enumeration, or the first `max` distinct values, then "other". */
@@ -180,6 +184,7 @@ export function requestMetrics(registry: Registry) {
   return {
     timeToFirstToken: histogram<'model'>(registry, TIME_TO_FIRST_TOKEN_SECONDS, TTFT_BUCKETS),
     interTokenLatency: histogram<'model'>(registry, INTER_TOKEN_LATENCY_SECONDS, ITL_BUCKETS),
+    monitor: histogram<'model'>(registry, MONITOR_SECONDS, MONITOR_BUCKETS),
     e2eLatency: histogram<'model'>(registry, E2E_REQUEST_LATENCY_SECONDS, E2E_BUCKETS),
     promptTokens: counter<'model'>(registry, PROMPT_TOKENS_TOTAL),
     generationTokens: counter<'model'>(registry, GENERATION_TOKENS_TOTAL),
@@ -330,6 +335,11 @@ export class DaemonMetrics {
     if (s.timeToFirstTokenSeconds !== undefined) this.request.timeToFirstToken.observe(labels, s.timeToFirstTokenSeconds);
     for (const gap of s.interTokenLatenciesSeconds ?? []) this.request.interTokenLatency.observe(labels, gap);
     this.request.e2eLatency.observe(labels, s.e2eSeconds);
+  }
+
+  /** The monitor's time on one generated token (inference.ts). */
+  observeMonitorSeconds(model: string, seconds: number): void {
+    this.request.monitor.observe({ model: this.models.value(model) }, seconds);
   }
 
   /** One aggregated score at one position (monitor.ts `onScore`). */
