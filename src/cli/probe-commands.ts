@@ -40,7 +40,7 @@ function required<T>(v: T | undefined, name: string): T {
   return v;
 }
 
-async function loadEngine(v: { model?: string; precision?: string; 'cache-dir'?: string; threads?: string }): Promise<Engine> {
+async function loadEngine(v: { model?: string; precision?: string; 'cache-dir'?: string; threads?: string }, extra: { maxBatch?: number } = {}): Promise<Engine> {
   return Engine.load(required(v.model, 'model'), {
     precision: precision(v.precision),
     taps: 'all',
@@ -48,6 +48,7 @@ async function loadEngine(v: { model?: string; precision?: string; 'cache-dir'?:
     cacheDir: v['cache-dir'],
     threads: num(v.threads, 'threads'),
     progress: progressBar('build'),
+    ...extra,
   });
 }
 
@@ -262,20 +263,11 @@ latentwatch report --data DIR --out DIR [--no-diff-means]
 export const DEFAULT_CORPUS = fileURLToPath(new URL('../../configs/corpus/clean.json', import.meta.url));
 
 /**
- * Engine for the generic-detector commands. Batched decode is off (maxBatch 0): every sequence
- * gets its own cache, which sidesteps pooled slots whose recorded length goes stale when the pool
- * grows under a live sequence (prompts > 256 tokens); the numbers are the same either way.
+ * Engine for the generic-detector commands, which run one request at a time: batched decode off
+ * (maxBatch 0), so each sequence gets its own cache sized to it.
  */
-async function loadSoloEngine(v: { model?: string; precision?: string; 'cache-dir'?: string; threads?: string }): Promise<Engine> {
-  return Engine.load(required(v.model, 'model'), {
-    precision: precision(v.precision),
-    taps: 'all',
-    ports: 'all',
-    cacheDir: v['cache-dir'],
-    threads: num(v.threads, 'threads'),
-    maxBatch: 0,
-    progress: progressBar('build'),
-  });
+function loadSoloEngine(v: { model?: string; precision?: string; 'cache-dir'?: string; threads?: string }): Promise<Engine> {
+  return loadEngine(v, { maxBatch: 0 });
 }
 
 function layersOpt(v: string | undefined, numLayers: number): number[] {

@@ -21,6 +21,7 @@ import { Ajv } from 'ajv';
 import type { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
+import { concat } from '../model/graph.js';
 import { hash32, hashUnit } from './rng.js';
 
 export const CORPUS_FORMAT_VERSION = 1;
@@ -208,16 +209,7 @@ export async function runCorpus(engine: Engine, corpus: Corpus, layers: readonly
       if (step.taps.size === 0) continue;
       hooks.forEach((h, i) => parts[i].push(step.taps.get(h)!.data.slice()));
     }
-    const rows = parts.map((p) => {
-      const n = p.reduce((a, x) => a + x.length, 0);
-      const r = new Float32Array(n);
-      let o = 0;
-      for (const x of p) {
-        r.set(x, o);
-        o += x.length;
-      }
-      return r;
-    });
+    const rows = parts.map((p) => concat(p));
     const positions = rows[0].length / d;
     out.push({ ...req, promptTokens: promptIds.length, ids: ids.slice(0, positions), rows });
     progress?.(k + 1, requests.length, req.id);

@@ -34,6 +34,7 @@
  */
 import { lwError } from '../errors.js';
 import { parseResidPost, residPost } from '../hooks.js';
+import { concat } from '../model/graph.js';
 import { aggregateSequence, skipFrom, type AggregatorSpec } from './aggregators.js';
 import type { CorpusActivations, CorpusRun } from './corpus.js';
 import type { Dataset, TrialRecord } from './dataset.js';
@@ -162,14 +163,7 @@ function anomalyRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d
       parts.push(Float32Array.from(x, (v, i) => v - prev[i]));
     }
   }
-  const n = parts.reduce((a, p) => a + p.length, 0);
-  const out = new Float32Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concat(parts);
 }
 
 export interface AnomalyMemberOptions {
