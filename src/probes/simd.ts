@@ -100,56 +100,40 @@ export function matvecModuleBytes(): Uint8Array {
   const lane = (l: number) => simd(0x1f, l); // f32x4.extract_lane
   const [W, X, OUT, ROWS, COLB, XP, END, A0] = [0, 1, 2, 3, 4, 5, 6, 7];
 
-  const b: number[] = [2, 2, I32, 4, V128]; // locals: $xp $end (i32), 4 accumulators (v128)
-  b.push(...get(ROWS), 0x45, 0x0d, 0); // rows == 0: return
-  b.push(0x03, 0x40); // loop $row
-  b.push(...simd(0x0c, ...new Array<number>(16).fill(0)), ...tee(A0), ...tee(A0 + 1), ...tee(A0 + 2), ...set(A0 + 3));
-  b.push(...get(X), ...set(XP));
-  b.push(...get(W), ...get(COLB), 0x6a, ...set(END));
-  b.push(0x03, 0x40); // loop $col (do-while: a padded row has at least 16 floats)
-  for (let k = 0; k < 4; k++) {
-    b.push(...get(A0 + k), ...get(W), ...load(16 * k), ...get(XP), ...load(16 * k), ...MUL, ...ADD, ...set(A0 + k));
-  }
-  b.push(...get(W), ...i32c(64), 0x6a, ...tee(W));
-  b.push(...get(XP), ...i32c(64), 0x6a, ...set(XP));
-  b.push(...get(END), 0x49, 0x0d, 0); // w < end (i32.lt_u): br_if $col
-  b.push(0x0b);
-  // out[r] = horizontal sum of (a0 + a1) + (a2 + a3)
-  b.push(...get(OUT));
-  b.push(...get(A0), ...get(A0 + 1), ...ADD, ...get(A0 + 2), ...get(A0 + 3), ...ADD, ...ADD, ...tee(A0));
-  b.push(...lane(0), ...get(A0), ...lane(1), 0x92, ...get(A0), ...lane(2), ...get(A0), ...lane(3), 0x92, 0x92);
-  b.push(0x38, 2, 0); // f32.store align=4 offset=0
-  b.push(...get(OUT), ...i32c(4), 0x6a, ...set(OUT));
-  b.push(...get(ROWS), ...i32c(1), 0x6b, ...tee(ROWS), 0x0d, 0); // --rows != 0: br_if $row
-  b.push(0x0b, 0x0b); // end loop, end func
-
-  // matvec_i16: the same loop over int16 rows and input (32 per iteration: i32x4.dot_i16x8_s sums
-  // pairs of products); each accumulator is converted to f32 before the horizontal sum, so the
-  // int32 lanes only need to hold one row's share (the caller bounds the quantisation for that).
-  const DOT = simd(0xba); // i32x4.dot_i16x8_s
-  const IADD = simd(0xae); // i32x4.add
-  const CVT = simd(0xfa); // f32x4.convert_i32x4_s
-  const q: number[] = [2, 2, I32, 4, V128];
-  q.push(...get(ROWS), 0x45, 0x0d, 0);
-  q.push(0x03, 0x40);
-  q.push(...simd(0x0c, ...new Array<number>(16).fill(0)), ...tee(A0), ...tee(A0 + 1), ...tee(A0 + 2), ...set(A0 + 3));
-  q.push(...get(X), ...set(XP));
-  q.push(...get(W), ...get(COLB), 0x6a, ...set(END));
-  q.push(0x03, 0x40);
-  for (let k = 0; k < 4; k++) {
-    q.push(...get(A0 + k), ...get(W), ...load(16 * k), ...get(XP), ...load(16 * k), ...DOT, ...IADD, ...set(A0 + k));
-  }
-  q.push(...get(W), ...i32c(64), 0x6a, ...tee(W));
-  q.push(...get(XP), ...i32c(64), 0x6a, ...set(XP));
-  q.push(...get(END), 0x49, 0x0d, 0);
-  q.push(0x0b);
-  q.push(...get(OUT));
-  q.push(...get(A0), ...CVT, ...get(A0 + 1), ...CVT, ...ADD, ...get(A0 + 2), ...CVT, ...get(A0 + 3), ...CVT, ...ADD, ...ADD, ...tee(A0));
-  q.push(...lane(0), ...get(A0), ...lane(1), 0x92, ...get(A0), ...lane(2), ...get(A0), ...lane(3), 0x92, 0x92);
-  q.push(0x38, 2, 0);
-  q.push(...get(OUT), ...i32c(4), 0x6a, ...set(OUT));
-  q.push(...get(ROWS), ...i32c(1), 0x6b, ...tee(ROWS), 0x0d, 0);
-  q.push(0x0b, 0x0b);
+  /**
+   * One kernel body: for each row, 4 accumulators over the row (64 bytes per iteration: `product`
+   * of the row's and the input's v128s, then `accumulate`), converted by `toF32` and summed into
+   * out[r] as f32. f32: mul / add. int16 (matvec_i16): i32x4.dot_i16x8_s sums pairs of products,
+   * i32x4.add, and each accumulator converted to f32 before the horizontal sum, so the int32 lanes
+   * only need to hold one row's share (the caller bounds the quantisation for that).
+   */
+  const kernel = (product: number[], accumulate: number[], toF32: number[]): number[] => {
+    const b: number[] = [2, 2, I32, 4, V128]; // locals: $xp $end (i32), 4 accumulators (v128)
+    b.push(...get(ROWS), 0x45, 0x0d, 0); // rows == 0: return
+    b.push(0x03, 0x40); // loop $row
+    b.push(...simd(0x0c, ...new Array<number>(16).fill(0)), ...tee(A0), ...tee(A0 + 1), ...tee(A0 + 2), ...set(A0 + 3));
+    b.push(...get(X), ...set(XP));
+    b.push(...get(W), ...get(COLB), 0x6a, ...set(END));
+    b.push(0x03, 0x40); // loop $col (do-while: a padded row has at least one iteration's worth)
+    for (let k = 0; k < 4; k++) {
+      b.push(...get(A0 + k), ...get(W), ...load(16 * k), ...get(XP), ...load(16 * k), ...product, ...accumulate, ...set(A0 + k));
+    }
+    b.push(...get(W), ...i32c(64), 0x6a, ...tee(W));
+    b.push(...get(XP), ...i32c(64), 0x6a, ...set(XP));
+    b.push(...get(END), 0x49, 0x0d, 0); // w < end (i32.lt_u): br_if $col
+    b.push(0x0b);
+    // out[r] = horizontal sum of (a0 + a1) + (a2 + a3)
+    b.push(...get(OUT));
+    b.push(...get(A0), ...toF32, ...get(A0 + 1), ...toF32, ...ADD, ...get(A0 + 2), ...toF32, ...get(A0 + 3), ...toF32, ...ADD, ...ADD, ...tee(A0));
+    b.push(...lane(0), ...get(A0), ...lane(1), 0x92, ...get(A0), ...lane(2), ...get(A0), ...lane(3), 0x92, 0x92);
+    b.push(0x38, 2, 0); // f32.store align=4 offset=0
+    b.push(...get(OUT), ...i32c(4), 0x6a, ...set(OUT));
+    b.push(...get(ROWS), ...i32c(1), 0x6b, ...tee(ROWS), 0x0d, 0); // --rows != 0: br_if $row
+    b.push(0x0b, 0x0b); // end loop, end func
+    return b;
+  };
+  const b = kernel(MUL, ADD, []);
+  const q = kernel(simd(0xba), simd(0xae), simd(0xfa)); // i32x4.dot_i16x8_s, i32x4.add, f32x4.convert_i32x4_s
 
   return Uint8Array.from([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
@@ -193,7 +177,7 @@ interface Entry {
    */
   blocks: { addr: number; rows: number; colBytes: number }[] | null;
   /** int16 storage: per-row scales, the input bound, and a float staging input (input()). */
-  quant: { rowScale: Float32Array; q: number; staging: Float32Array } | null;
+  quant: { rowScale: Float32Array; q: number; staging: Float32Array; input: Int16Array | null } | null;
 }
 
 /** Below this width a JS copy loop beats allocating a subarray for `set`. */
@@ -266,62 +250,53 @@ export class SimdMatVec {
       this.entries.push({ handle, addr: 0, xAddr: 0, stride: n, data: lower, view: new Float32Array(n), blocks: [], quant: null });
       return handle;
     }
-    if (options.int16) return this.addLowerTriangularInt16(handle, n, data);
-    const nb = Math.ceil(n / LANES);
-    let bytes = 0;
-    for (let b = 0; b < nb; b++) bytes += Math.min(LANES, n - b * LANES) * (b + 1) * LANES * 4;
-    const addr = this.end;
-    const xAddr = addr + bytes;
-    this.reserve(xAddr + nb * LANES * 4, nb * LANES);
-    const f = this.f32;
-    const blocks: { addr: number; rows: number; colBytes: number }[] = [];
-    let at = addr >> 2;
-    for (let b = 0; b < nb; b++) {
-      const rows = Math.min(LANES, n - b * LANES);
-      const width = (b + 1) * LANES;
-      blocks.push({ addr: at << 2, rows, colBytes: width * 4 });
-      for (let r = 0; r < rows; r++) {
-        const i = b * LANES + r;
-        for (let j = 0; j < width; j++) f[at + j] = j <= i ? data[i * n + j] : 0;
-        at += width;
-      }
+    if (!options.int16) {
+      return this.addLowerBlocks(handle, n, LANES, 4, null, (i, width) => {
+        const row = new Float32Array(width);
+        for (let j = 0; j <= i; j++) row[j] = data[i * n + j];
+        return row;
+      });
     }
-    f.fill(0, xAddr >> 2, (xAddr >> 2) + nb * LANES);
-    this.entries.push({ handle, addr, xAddr, stride: nb * LANES, data: null, view: null, blocks, quant: null });
-    return handle;
-  }
-
-  /** int16 layout: blocks of 32 rows over the first 32(b+1) columns (the kernel takes 32 per step). */
-  private addLowerTriangularInt16(handle: MatrixHandle, n: number, data: Float32Array | Float64Array): MatrixHandle {
-    const B = 2 * LANES;
-    const nb = Math.ceil(n / B);
+    // int16: blocks of 32 rows (the int16 kernel takes 32 per step), each row scaled to ±q.
+    const nb = Math.ceil(n / (2 * LANES));
     // Each int32 lane adds one pair of products per step, nb steps at most: 2·q²·nb < 2³¹.
     const q = Math.min(16383, Math.floor(Math.sqrt(2 ** 30 / nb)));
+    const rowScale = new Float32Array(n);
+    return this.addLowerBlocks(handle, n, 2 * LANES, 2, { rowScale, q, staging: new Float32Array(n), input: null }, (i, width) => {
+      let max = 0;
+      for (let j = 0; j <= i; j++) max = Math.max(max, Math.abs(data[i * n + j]));
+      const inv = max > 0 ? q / max : 0;
+      rowScale[i] = max > 0 ? max / q : 0;
+      const row = new Int16Array(width);
+      for (let j = 0; j <= i; j++) row[j] = Math.round(data[i * n + j] * inv);
+      return row;
+    });
+  }
+
+  /**
+   * Lays out a lower-triangular matrix in row blocks: block b holds rows blockRows·b.. over the
+   * first blockRows·(b+1) columns (zero beyond the diagonal), `elemBytes` per element (4: float32,
+   * 2: int16), then its input region. `row(i, width)` gives row i's stored values.
+   */
+  private addLowerBlocks(handle: MatrixHandle, n: number, blockRows: number, elemBytes: 2 | 4, quant: Entry['quant'], row: (i: number, width: number) => Float32Array | Int16Array): MatrixHandle {
+    const nb = Math.ceil(n / blockRows);
     let bytes = 0;
-    for (let b = 0; b < nb; b++) bytes += Math.min(B, n - b * B) * (b + 1) * B * 2;
+    for (let b = 0; b < nb; b++) bytes += Math.min(blockRows, n - b * blockRows) * (b + 1) * blockRows * elemBytes;
     const addr = this.end;
     const xAddr = addr + bytes;
-    this.reserve(xAddr + nb * B * 2, n); // a multiple of 64 bytes: later regions stay aligned
-    const i16 = new Int16Array(this.f32.buffer);
-    const rowScale = new Float32Array(n);
+    const stride = nb * blockRows;
+    this.reserve(xAddr + stride * elemBytes, stride); // multiples of 64 bytes: later regions stay aligned
+    const view = elemBytes === 4 ? this.f32 : new Int16Array(this.f32.buffer);
     const blocks: { addr: number; rows: number; colBytes: number }[] = [];
-    let at = addr >> 1;
+    let at = addr / elemBytes;
     for (let b = 0; b < nb; b++) {
-      const rows = Math.min(B, n - b * B);
-      const width = (b + 1) * B;
-      blocks.push({ addr: at << 1, rows, colBytes: width * 2 });
-      for (let r = 0; r < rows; r++) {
-        const i = b * B + r;
-        let max = 0;
-        for (let j = 0; j <= i; j++) max = Math.max(max, Math.abs(data[i * n + j]));
-        const inv = max > 0 ? q / max : 0;
-        rowScale[i] = max > 0 ? max / q : 0;
-        for (let j = 0; j < width; j++) i16[at + j] = j <= i ? Math.round(data[i * n + j] * inv) : 0;
-        at += width;
-      }
+      const rows = Math.min(blockRows, n - b * blockRows);
+      const width = (b + 1) * blockRows;
+      blocks.push({ addr: at * elemBytes, rows, colBytes: width * elemBytes });
+      for (let r = 0; r < rows; r++, at += width) view.set(row(b * blockRows + r, width), at);
     }
-    i16.fill(0, xAddr >> 1, (xAddr >> 1) + nb * B);
-    this.entries.push({ handle, addr, xAddr, stride: nb * B, data: null, view: null, blocks, quant: { rowScale, q, staging: new Float32Array(n) } });
+    view.fill(0, xAddr / elemBytes, xAddr / elemBytes + stride); // input padding is never written again
+    this.entries.push({ handle, addr, xAddr, stride, data: null, view: null, blocks, quant });
     return handle;
   }
 
@@ -342,7 +317,7 @@ export class SimdMatVec {
       out.fill(max === 0 && Number.isFinite(sum) ? 0 : Number.NaN, 0, n);
       return;
     }
-    const i16 = new Int16Array(this.f32.buffer, e.xAddr, n);
+    const i16 = (e.quant!.input ??= new Int16Array(this.f32.buffer, e.xAddr, n)); // dropped when memory grows
     const s = q / max;
     for (let j = 0; j < n; j++) i16[j] = Math.round(x[xOffset + j] * s);
     const kernel = this.kernelI16 as Kernel;
@@ -364,7 +339,10 @@ export class SimdMatVec {
     if (need > memory.buffer.byteLength) {
       memory.grow(Math.ceil((need - memory.buffer.byteLength) / PAGE));
       this.f32 = new Float32Array(memory.buffer); // growing detaches the old views
-      for (const e of this.entries) e.view = null;
+      for (const e of this.entries) {
+        e.view = null;
+        if (e.quant) e.quant.input = null;
+      }
     }
   }
 
