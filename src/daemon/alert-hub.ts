@@ -209,7 +209,7 @@ export class AlertHub {
     for (const c of this.clients) {
       if (c.replaying || c.closing || alert.id <= c.lastSentId || !matchesFilter(alert, c.filter)) continue;
       frame ??= textFrame(JSON.stringify(timing?.forwardAtUs === undefined ? { type: 'alert', alert } : { type: 'alert', alert, forwardAtUs: timing.forwardAtUs }));
-      this.sendFrame(c, frame, alert.id);
+      this.send(c, frame, alert.id);
     }
   }
 
@@ -298,7 +298,7 @@ export class AlertHub {
       }
       let paused = false;
       for (const a of page) {
-        this.send(c, JSON.stringify({ type: 'alert', alert: a }), a.id);
+        this.send(c, textFrame(JSON.stringify({ type: 'alert', alert: a })), a.id);
         if (c.closing) return;
         if (c.ws.bufferedAmount > half) {
           paused = true;
@@ -329,44 +329,26 @@ export class AlertHub {
   }
 
   /**
-   * `send` for a frame built by textFrame, written straight to the socket: with 100 subscribers,
-   * framing each copy in ws was most of the fan-out's cost. Safe beside ws's own writes (heartbeat
-   * pings, close frames): the server does not compress (perMessageDeflate: false), so ws writes
-   * whole frames synchronously and frames never interleave; ws's bufferedAmount counts the socket's
+   * Sends a frame built by textFrame, written straight to the socket: with 100 subscribers,
+   * framing each copy in ws was most of the fan-out's cost. Safe beside ws's own writes (pings,
+   * close frames): the server does not compress (perMessageDeflate: false), so ws writes whole
+   * frames synchronously and frames never interleave; ws's bufferedAmount counts the socket's
    * buffer, so the slow-consumer check sees these bytes too.
    */
-  private sendFrame(c: Client, frame: Buffer, alertId: number): void {
+  private send(c: Client, frame: Buffer, alertId?: number): void {
     if (c.closing) return;
     if (c.ws.readyState !== c.ws.OPEN) {
-      c.closing = true;
+      c.closing = true; // the 'close' event will remove it
       return;
     }
     if (c.ws.bufferedAmount + frame.length > this.opts.bufferLimitBytes || c.queued + 1 > this.opts.maxQueuedMessages) {
       this.dropSlow(c);
       return;
     }
-    c.lastSentId = alertId;
-    c.queued++;
-    this.counters.messagesSent++;
-    c.socket.write(frame, () => {
-      c.queued--;
-    });
-  }
-
-  private send(c: Client, data: string, alertId?: number): void {
-    if (c.closing) return;
-    if (c.ws.readyState !== c.ws.OPEN) {
-      c.closing = true; // the 'close' event will remove it
-      return;
-    }
-    if (c.ws.bufferedAmount + Buffer.byteLength(data) > this.opts.bufferLimitBytes || c.queued + 1 > this.opts.maxQueuedMessages) {
-      this.dropSlow(c);
-      return;
-    }
     if (alertId !== undefined) c.lastSentId = alertId;
     c.queued++;
     this.counters.messagesSent++;
-    c.ws.send(data, () => {
+    c.socket.write(frame, () => {
       c.queued--;
     });
   }
@@ -380,7 +362,7 @@ export class AlertHub {
   }
 
   private beat(): void {
-    const data = JSON.stringify({ type: 'heartbeat', ts: new Date().toISOString() });
+    const frame = textFrame(JSON.stringify({ type: 'heartbeat', ts: new Date().toISOString() }));
     for (const c of this.clients) {
       if (c.closing) continue;
       if (!c.alive) {
@@ -391,7 +373,7 @@ export class AlertHub {
       }
       c.alive = false;
       c.ws.ping();
-      this.send(c, data);
+      this.send(c, frame);
     }
   }
 }
