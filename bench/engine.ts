@@ -27,14 +27,14 @@
  * ports, and KV-cache storage, each a serving child of its own.
  */
 import { availableParallelism, loadavg } from 'node:os';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { measureBandwidth, type BandwidthResult } from './lib/bandwidth.js';
 import { emitChildResult, runChild } from './lib/child.js';
 import { graphBytes, type GraphBytes } from './lib/graph-bytes.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, usageOf, writeJson, writeText } from './lib/report.js';
 import { waitForQuiet } from './lib/cpu-share.js';
 import { median, quantile, round, summarize, type Summary } from './lib/stats.js';
 
@@ -626,7 +626,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (a.has('help')) {
-    console.log(readFileSync(SELF, 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, ''));
+    console.log(usageOf(SELF));
     return;
   }
   const quick = a.has('quick');

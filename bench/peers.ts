@@ -45,7 +45,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { emitChildResult, runChild } from './lib/child.js';
 import { GGUF_WEIGHT_TYPES, type GgufWeightType } from './lib/gguf.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, usageOf, writeJson, writeText } from './lib/report.js';
 import { median, round, summarize, type Summary } from './lib/stats.js';
 import { installedVersion } from './lib/versions.js';
 
@@ -756,7 +756,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (a.has('help')) {
-    console.log(readFileSync(SELF, 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, ''));
+    console.log(usageOf(SELF));
     return;
   }
   const quick = a.has('quick');

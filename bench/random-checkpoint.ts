@@ -17,7 +17,7 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync,
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from './lib/report.js';
+import { parseArgs, usageOf } from './lib/report.js';
 
 export type StoreDtype = 'bf16' | 'f16' | 'f32';
 
@@ -321,7 +321,7 @@ export function writeRandomCheckpoint(dir: string, shape: RandomCheckpointShape 
 function main(argv: string[]): void {
   const a = parseArgs(argv, ['out', 'seed', 'std', 'dtype', 'shards', 'hidden', 'layers', 'heads', 'kv-heads', 'intermediate', 'vocab', 'max-positions', 'rope-theta']);
   if (a.has('help') || !a.get('out')) {
-    console.log(readFileSync(new URL(import.meta.url), 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, ''));
+    console.log(usageOf(new URL(import.meta.url)));
     process.exit(a.has('help') ? 0 : 2);
   }
   const shape: RandomCheckpointShape = {

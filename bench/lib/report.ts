@@ -1,5 +1,5 @@
 /** Bench output: Markdown tables for people, JSON files for machines, and a tiny argv parser. */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export type Cell = string | number | null | undefined;
@@ -21,6 +21,11 @@ export function markdownTable(headers: readonly string[], rows: readonly (readon
 }
 
 /** Writes pretty JSON, creating the directory. */
+/** A bench script's --help: its opening doc comment, without the comment markers. */
+export function usageOf(file: string | URL): string {
+  return readFileSync(file, 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, '');
+}
+
 export function writeJson(path: string, value: unknown): void {
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
