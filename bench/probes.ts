@@ -20,13 +20,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
-import { computeConceptVectors, ConceptStore, writeConceptVectors } from '../src/probes/concepts.js';
-import { Dataset } from '../src/probes/dataset.js';
+import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
+import { ConceptStore } from '../src/probes/concept-store.js';
+import { Dataset } from '../src/lab/dataset.js';
 import { loadProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
-import { createRng } from '../src/probes/rng.js';
-import { trainProbe } from '../src/probes/train.js';
-import { loadTrialConfig, resolveTrialConfig, type TrialConfig } from '../src/probes/trial-config.js';
-import { runTrials } from '../src/probes/trials.js';
+import { createRng } from '../src/rng.js';
+import { trainProbe } from '../src/lab/train.js';
+import { loadTrialConfig, resolveTrialConfig, type TrialConfig } from '../src/lab/trial-config.js';
+import { runTrials } from '../src/lab/trials.js';
 import { describeMachine } from './lib/machine.js';
 
 const { values: v } = parseArgs({

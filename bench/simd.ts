@@ -10,7 +10,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { dot } from '../src/probes/matrix.js';
-import { createRng } from '../src/probes/rng.js';
+import { createRng } from '../src/rng.js';
 import { SimdMatVec } from '../src/probes/simd.js';
 import { median } from './lib/stats.js';
 

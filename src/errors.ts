@@ -34,14 +34,16 @@ export const ERRORS = {
   LW_ERR_PROBE_MODEL_MISMATCH: { status: 409, message: 'probe was made for a different model' },
   LW_ERR_PROBE_INPUT_MISMATCH: { status: 500, message: 'activations do not match what the probe needs' },
   LW_ERR_PROBE_FIT: { status: 400, message: 'training data cannot fit the requested probe' },
-  // trials: concept vectors, injection trials and their datasets (src/probes/concepts.ts, trials.ts, dataset.ts)
+  // concepts: stored concept vectors, resolved by name (src/probes/concept-store.ts; written by src/lab/concepts.ts)
+  LW_ERR_CONCEPTS_NOT_FOUND: { status: 404, message: 'concept vectors or a named concept not found' },
+  LW_ERR_CONCEPTS_INVALID: { status: 400, message: 'concept-vector files are malformed' },
+  LW_ERR_CONCEPTS_MODEL_MISMATCH: { status: 409, message: 'concept vectors were made for a different model' },
+  // trials: injection trials and their datasets (src/lab/trials.ts, dataset.ts)
   LW_ERR_TRIALS_CONFIG_NOT_FOUND: { status: 404, message: 'trial config file not found' },
   LW_ERR_TRIALS_CONFIG_INVALID: { status: 400, message: 'trial config is invalid' },
   LW_ERR_TRIALS_TEMPLATE: { status: 400, message: 'trial prompts cannot be built for this model' },
   LW_ERR_TRIALS_ANSWER_TOKEN: { status: 400, message: 'an answer string is not a single token of this tokenizer' },
-  LW_ERR_TRIALS_CONCEPTS_NOT_FOUND: { status: 404, message: 'concept vectors or a named concept not found' },
-  LW_ERR_TRIALS_CONCEPTS_INVALID: { status: 400, message: 'concept-vector files are malformed' },
-  LW_ERR_TRIALS_MODEL_MISMATCH: { status: 409, message: 'concept vectors or trial data were made for a different model' },
+  LW_ERR_TRIALS_MODEL_MISMATCH: { status: 409, message: 'trial data were made for a different model' },
   LW_ERR_TRIALS_DATASET_NOT_FOUND: { status: 404, message: 'trial dataset not found' },
   LW_ERR_TRIALS_DATASET_INVALID: { status: 400, message: 'trial dataset is malformed' },
   LW_ERR_TRIALS_DATASET_CONFLICT: { status: 409, message: 'output directory holds trials from another config or model' },

@@ -7,8 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Engine } from '../src/engine/engine.js';
 import { residPost } from '../src/hooks.js';
-import { seededRandom } from '../src/engine/sampler.js';
-import { fitDiffMeans } from '../src/probes/logistic.js';
+import { createRng } from '../src/rng.js';
+import { fitDiffMeans } from '../src/lab/logistic.js';
 import { matrix } from '../src/probes/matrix.js';
 import { linearBody, writeProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
 import { createProbe } from '../src/probes/probe.js';
@@ -31,7 +31,7 @@ export interface TestProbe {
 export async function trainTestProbe(): Promise<TestProbe> {
   const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE });
   const D = engine.config.hiddenSize;
-  const rnd = seededRandom(1234);
+  const rnd = createRng(1234).next;
   const v = Float32Array.from({ length: D }, () => rnd() * 2 - 1);
   const n = Math.hypot(...v);
   for (let i = 0; i < D; i++) v[i] /= n;

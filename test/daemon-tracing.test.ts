@@ -1,6 +1,6 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tracing } from '@opentelemetry/sdk-node';
+import * as tracing from '@opentelemetry/sdk-trace-node';
 import { describe, expect, it } from 'vitest';
 import { lwError } from '../src/errors.js';
 import type { RequestVerdict } from '../src/daemon/monitor.js';

@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { AlertLog, type Alert } from '../src/daemon/alert-log.js';
 import { DEFAULT_VERBALIZATION_PHRASES } from '../src/daemon/config.js';
-import { RequestMonitor, VerbalizationDetector, type AlertRule, type MonitorOptions } from '../src/daemon/monitor.js';
+import { RequestMonitor, type AlertRule, type MonitorOptions } from '../src/daemon/monitor.js';
+import { VerbalizationDetector } from '../src/probes/verbalization.js';
 import { createAggregator, type AggregatorSpec } from '../src/probes/aggregators.js';
 
 const logs: AlertLog[] = [];

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { isLatentwatchError } from '../src/errors.js';
-import { fitGaussian, mahalanobis } from '../src/probes/gaussian.js';
-import { fitLogistic, predictProbability } from '../src/probes/logistic.js';
+import { fitGaussian } from '../src/lab/gaussian-fit.js';
+import { mahalanobis } from '../src/probes/gaussian.js';
+import { fitLogistic, predictProbability } from '../src/lab/logistic.js';
 import { matrix } from '../src/probes/matrix.js';
 import { linearBody, mahalanobisBody, parseProbeFile, serializeProbeFile, type ProbeFile, type ProbeHeader, type ProbeKind } from '../src/probes/probe-file.js';
 import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isLatentwatchError, type ErrorCode } from '../src/errors.js';
-import { fitGaussian } from '../src/probes/gaussian.js';
-import { fitLogistic } from '../src/probes/logistic.js';
+import { fitGaussian } from '../src/lab/gaussian-fit.js';
+import { fitLogistic } from '../src/lab/logistic.js';
 import { matrixFromRows } from '../src/probes/matrix.js';
 import {
   linearBody,

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { isLatentwatchError } from '../src/errors.js';
-import { fitGaussian, ledoitWolfShrinkage, mahalanobis, mahalanobisRows, symmetricEigen } from '../src/probes/gaussian.js';
+import { fitGaussian, ledoitWolfShrinkage, mahalanobisRows, symmetricEigen } from '../src/lab/gaussian-fit.js';
+import { mahalanobis } from '../src/probes/gaussian.js';
 import { matrix, matrixFromRows } from '../src/probes/matrix.js';
 
 // numpy: Ledoit-Wolf by the explicit formula (checked in the script against scikit-learn's

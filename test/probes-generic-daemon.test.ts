@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import { bundledProbes, startDaemon, type Daemon } from '../src/daemon/daemon.js';
-import { createRng } from '../src/probes/rng.js';
+import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
 import { CODE16M, tempDir } from './helpers.js';
 

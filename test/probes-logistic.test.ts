@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { isLatentwatchError } from '../src/errors.js';
-import { decisionFunction, fitDiffMeans, fitLogistic, predictProbability, standardisation } from '../src/probes/logistic.js';
+import { decisionFunction, fitDiffMeans, fitLogistic, predictProbability, standardisation } from '../src/lab/logistic.js';
 import { matrix, matrixFromRows } from '../src/probes/matrix.js';
 
 // Expected values: numpy Newton on the same objective, from test/fixtures/probes/make_expected.py.

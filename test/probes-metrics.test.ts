@@ -9,7 +9,7 @@ import {
   thresholdAtFpr,
   tprAtFpr,
   tprAtThreshold,
-} from '../src/probes/metrics.js';
+} from '../src/lab/metrics.js';
 
 // Brute-force numpy values (all positive/negative pairs; every candidate threshold) from
 // test/fixtures/probes/make_expected.py.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { barChart, lineChart, niceTicks } from '../src/probes/svg-plot.js';
+import { barChart, lineChart, niceTicks } from '../src/lab/svg-plot.js';
 
 /**
  * Minimal XML well-formedness check (no dependency): one root, every tag closed in order,

@@ -1,6 +1,6 @@
 /** Small trial configs for the probe pipeline tests (real engine, small real checkpoints). */
 import { resolve } from 'node:path';
-import { resolveTrialConfig, type TrialConfig } from '../src/probes/trial-config.js';
+import { resolveTrialConfig, type TrialConfig } from '../src/lab/trial-config.js';
 
 export const CONFIGS = new URL('../configs/', import.meta.url).pathname;
 

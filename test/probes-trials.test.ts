@@ -7,13 +7,15 @@ import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
 import { residPost } from '../src/hooks.js';
-import { computeConceptVectors, ConceptStore, l2norm, scaleVector, writeConceptVectors } from '../src/probes/concepts.js';
-import { Dataset, decodeRows, encodeRows } from '../src/probes/dataset.js';
+import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
+import { ConceptStore, l2norm, scaleVector } from '../src/probes/concept-store.js';
+import { Dataset, decodeRows, encodeRows } from '../src/lab/dataset.js';
 import { floatToHalf } from '../src/model/quantize.js';
 import { halfToFloat } from '../src/model/safetensors.js';
-import { answerTokenIds, LogitLens } from '../src/probes/lens.js';
-import { loadTrialConfig } from '../src/probes/trial-config.js';
-import { PromptBuilder, runTrial, runTrials, verbalizes, type TrialSpec } from '../src/probes/trials.js';
+import { answerTokenIds, LogitLens } from '../src/lab/lens.js';
+import { loadTrialConfig } from '../src/lab/trial-config.js';
+import { PromptBuilder, runTrial, runTrials, type TrialSpec } from '../src/lab/trials.js';
+import { verbalizes } from '../src/probes/verbalization.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
@@ -223,11 +225,11 @@ describe('concept vectors and trial datasets on qwen2-code-16m', () => {
   });
 
   it('concept stores refuse another model, unknown names and missing files with coded errors', () => {
-    expect(() => ConceptStore.open(conceptsDir, 'lw1-someothermodel')).toThrow(expect.objectContaining({ code: 'LW_ERR_TRIALS_MODEL_MISMATCH' }));
+    expect(() => ConceptStore.open(conceptsDir, 'lw1-someothermodel')).toThrow(expect.objectContaining({ code: 'LW_ERR_CONCEPTS_MODEL_MISMATCH' }));
     const store = ConceptStore.open(conceptsDir, null);
-    expect(() => store.vector('Unicorns', 2)).toThrow(expect.objectContaining({ code: 'LW_ERR_TRIALS_CONCEPTS_NOT_FOUND' }));
-    expect(() => store.vector('Oceans', 99)).toThrow(expect.objectContaining({ code: 'LW_ERR_TRIALS_CONCEPTS_NOT_FOUND' }));
-    expect(() => ConceptStore.open(tempDir(), null)).toThrow(expect.objectContaining({ code: 'LW_ERR_TRIALS_CONCEPTS_NOT_FOUND' }));
+    expect(() => store.vector('Unicorns', 2)).toThrow(expect.objectContaining({ code: 'LW_ERR_CONCEPTS_NOT_FOUND' }));
+    expect(() => store.vector('Oceans', 99)).toThrow(expect.objectContaining({ code: 'LW_ERR_CONCEPTS_NOT_FOUND' }));
+    expect(() => ConceptStore.open(tempDir(), null)).toThrow(expect.objectContaining({ code: 'LW_ERR_CONCEPTS_NOT_FOUND' }));
   });
 
   it('same seed, same dataset bytes; an interrupted run resumes to the same bytes; another seed differs', async () => {

@@ -30,7 +30,7 @@ import { WebSocket } from 'ws';
 import { parse as parseYaml } from 'yaml';
 import { metricNames, substituteVariables } from '../grafana/src/promql.js';
 import { type DashboardJson, type DashboardQuery, dashboardQueries } from '../grafana/src/queries.js';
-import { writeConceptVectors } from '../src/probes/concepts.js';
+import { writeConceptVectors } from '../src/lab/concepts.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, trainTestProbe, type TestProbe } from './daemon-fixture.js';
 import { CODE16M, tempDir } from './helpers.js';
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createRng, type Rng } from '../src/probes/rng.js';
+import { createRng, type Rng } from '../src/rng.js';
 import { matvecModuleBytes, simdAvailable, SimdMatVec, type MatrixHandle } from '../src/probes/simd.js';
 
 // Float32 sums of up to 1000 terms in 16 partial sums: error well under 1e-5 of Σ|w·x|.

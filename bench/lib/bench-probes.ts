@@ -10,8 +10,8 @@
 import { join } from 'node:path';
 import { Engine } from '../../src/engine/engine.js';
 import { residPost } from '../../src/hooks.js';
-import { seededRandom } from '../../src/engine/sampler.js';
-import { fitDiffMeans } from '../../src/probes/logistic.js';
+import { createRng } from '../../src/rng.js';
+import { fitDiffMeans } from '../../src/lab/logistic.js';
 import { matrix } from '../../src/probes/matrix.js';
 import { linearBody, writeProbeFile, type ProbeFile } from '../../src/probes/probe-file.js';
 import { createProbe } from '../../src/probes/probe.js';
@@ -59,7 +59,7 @@ export async function trainBenchProbes(modelDir: string, o: BenchProbeOptions): 
     const injectLayer = o.injectLayer ?? Math.min(3, Math.floor(L / 2));
     const layers = o.layers ?? Array.from({ length: L - injectLayer - 1 }, (_, i) => injectLayer + 1 + i);
     if (layers.length === 0) throw new Error(`no probe layers after injection layer ${injectLayer} (${L} layers)`);
-    const rnd = seededRandom(o.seed ?? 1234);
+    const rnd = createRng(o.seed ?? 1234).next;
     const v = Float32Array.from({ length: D }, () => rnd() * 2 - 1);
     const n = Math.hypot(...v);
     for (let i = 0; i < D; i++) v[i] /= n;

@@ -4,7 +4,6 @@ import { lwError } from '../errors.js';
 
 export interface Command {
   name: string;
-  summary: string;
   usage: string;
   run(argv: string[]): Promise<void>;
 }

@@ -31,7 +31,6 @@ function provider(v: string | undefined): Provider {
 
 export const buildCommand: Command = {
   name: 'build',
-  summary: 'convert a checkpoint to a cached ONNX graph with taps and injection ports',
   usage: `
 latentwatch build [--model DIR] [--precision fp32|fp16|int8|int4] [--taps all|L,L] [--ports all|none|L,L]
                   [--block-size N] [--cache-dir DIR] [--force]
@@ -51,7 +50,6 @@ latentwatch build [--model DIR] [--precision fp32|fp16|int8|int4] [--taps all|L,
 
 export const generateCommand: Command = {
   name: 'generate',
-  summary: 'generate text from a prompt or a chat message',
   usage: `
 latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N] [--temperature T]
                      [--top-p P] [--top-k K] [--seed S] [--ignore-eos] [--precision P] [--json]
@@ -109,7 +107,6 @@ latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N
 
 export const activationsCommand: Command = {
   name: 'activations',
-  summary: 'write the residual stream at one hook for every prompt token to a safetensors file',
   usage: `
 latentwatch activations [--model DIR] --prompt TEXT --hook blocks.L.hook_resid_post --out FILE.safetensors
                         [--inject-hook H --inject-vector FILE --inject-scale A] [--precision P]

@@ -5,19 +5,20 @@ import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
 import { PRECISIONS, type Precision } from '../model/graph.js';
-import { computeConceptVectors, ConceptStore, writeConceptVectors } from '../probes/concepts.js';
-import { Dataset } from '../probes/dataset.js';
-import { evaluateProbeFile, type EvalReport } from '../probes/eval.js';
-import { corpusRequests, loadCorpus, runCorpus } from '../probes/corpus.js';
-import { corpusSeq, detectorTokenScores, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, GENERIC_SKIP, MemberScoreCache, recalibrateProbe, requestScore, splitClean, trialSeq, withMeta, type Seq } from '../probes/generic.js';
-import { writeGenericReport } from '../probes/generic-report.js';
+import { computeConceptVectors, writeConceptVectors } from '../lab/concepts.js';
+import { ConceptStore } from '../probes/concept-store.js';
+import { Dataset } from '../lab/dataset.js';
+import { evaluateProbeFile, type EvalReport } from '../lab/eval.js';
+import { corpusRequests, loadCorpus, runCorpus } from '../lab/corpus.js';
+import { corpusSeq, detectorTokenScores, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, GENERIC_SKIP, MemberScoreCache, recalibrateProbe, requestScore, splitClean, trialSeq, withMeta, type Seq } from '../lab/generic.js';
+import { writeGenericReport } from '../lab/generic-report.js';
 import { loadProbe } from '../probes/probe.js';
 import { readProbeFile, writeProbeFile } from '../probes/probe-file.js';
-import { fprAtThreshold } from '../probes/metrics.js';
-import { writeReport } from '../probes/report.js';
-import { trainProbe, type FitterKind } from '../probes/train.js';
-import { loadTrialConfig, PROTOCOLS, type PositionSet, type Protocol, type TrialConfig } from '../probes/trial-config.js';
-import { runTrials } from '../probes/trials.js';
+import { fprAtThreshold } from '../lab/metrics.js';
+import { writeReport } from '../lab/report.js';
+import { trainProbe, type FitterKind } from '../lab/train.js';
+import { loadTrialConfig, PROTOCOLS, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
+import { runTrials } from '../lab/trials.js';
 import { num, parse, progressBar, type Command } from './args.js';
 
 const engineOptions = {
@@ -83,7 +84,6 @@ const out = (x: unknown) => process.stdout.write(`${JSON.stringify(x, null, 2)}\
 
 export const conceptsCommand: Command = {
   name: 'concepts',
-  summary: 'compute concept vectors and contrast-pair directions for a model',
   usage: `
 latentwatch concepts --model DIR --config FILE --out DIR [--precision P] [--cache-dir DIR] [--threads N]
   Runs the concept prompts of the trial config (vectors.template over vectors.words, and the
@@ -107,7 +107,6 @@ latentwatch concepts --model DIR --config FILE --out DIR [--precision P] [--cach
 
 export const trialsCommand: Command = {
   name: 'trials',
-  summary: 'run concept-injection trials and controls into a resumable dataset',
   usage: `
 latentwatch trials --model DIR --config FILE --out DIR [--concepts DIR] [--limit N]
                    [--precision P] [--cache-dir DIR] [--threads N]
@@ -136,7 +135,6 @@ latentwatch trials --model DIR --config FILE --out DIR [--concepts DIR] [--limit
 
 export const trainProbeCommand: Command = {
   name: 'train-probe',
-  summary: 'train a linear probe on a trial dataset and write a *.probe.json',
   usage: `
 latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--target-fpr F]
                         [--kind logistic|diff-means] [--positions watch|after|inside|all]
@@ -217,7 +215,6 @@ function evalTable(e: EvalReport): string {
 
 export const evalProbeCommand: Command = {
   name: 'eval-probe',
-  summary: 'evaluate a probe on the held-out concepts and controls of a trial dataset',
   usage: `
 latentwatch eval-probe --probe FILE --data DIR [--json] [--positions watch|after|inside|all]
                        [--protocols inject-then-ask,continuous] [--families concept]
@@ -240,7 +237,6 @@ latentwatch eval-probe --probe FILE --data DIR [--json] [--positions watch|after
 
 export const reportCommand: Command = {
   name: 'report',
-  summary: 'write report.md, report.json and SVG charts for a trial dataset',
   usage: `
 latentwatch report --data DIR --out DIR [--no-diff-means]
   Trains logistic and difference-of-means probes at every traced layer (the dataset's training
@@ -279,7 +275,6 @@ function layersOpt(v: string | undefined, numLayers: number): number[] {
 
 export const fitAnomalyCommand: Command = {
   name: 'fit-anomaly',
-  summary: 'fit the unsupervised generic-injection detector on clean prompts (no injection trials)',
   usage: `
 latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
                         [--prompts FILE] [--data DIR] [--target-fpr F] [--input update|resid]
@@ -369,7 +364,6 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
 
 export const genericReportCommand: Command = {
   name: 'generic-report',
-  summary: 'fit and evaluate generic-injection detectors across vector families; report + shipped probe',
   usage: `
 latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--write-probe FILE]
                            [--compare FILE.probe.json]... [--families a,b] [--target-fpr F]
@@ -435,7 +429,6 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
 
 export const calibrateProbeCommand: Command = {
   name: 'calibrate-probe',
-  summary: "reset a probe's threshold on clean requests scored as the daemon scores them (prompt included)",
   usage: `
 latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--prompts FILE] [--data DIR]
                             [--skip N] [--target-fpr F] [--logit] [--precision P] [--cache-dir DIR] [--threads N]
@@ -476,4 +469,3 @@ latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--pr
   },
 };
 
-export const probeCommands: Command[] = [conceptsCommand, trialsCommand, trainProbeCommand, evalProbeCommand, reportCommand, fitAnomalyCommand, genericReportCommand, calibrateProbeCommand];

@@ -6,7 +6,6 @@ import type { Command } from './args.js';
 
 export const serveCommand: Command = {
   name: 'serve',
-  summary: 'serve the model (OpenAI-compatible API) with per-token probes, alerts and metrics',
   usage: `
 latentwatch serve [--model DIR] [--probe FILE ...] [--config FILE] [--port N] [options]
   With no --model, serves the built-in default model (models/qwen2-code-16m) and its probes.

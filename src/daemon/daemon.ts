@@ -10,7 +10,7 @@ import { Engine } from '../engine/engine.js';
 import { parseResidPost, residPost } from '../hooks.js';
 import { hookList, readProbeFile } from '../probes/probe-file.js';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../paths.js';
-import { ConceptStore } from '../probes/concepts.js';
+import { ConceptStore } from '../probes/concept-store.js';
 import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';

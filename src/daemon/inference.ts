@@ -10,7 +10,7 @@ import { residPost } from '../hooks.js';
 import type { Engine } from '../engine/engine.js';
 import type { Injection } from '../engine/types.js';
 import type { ProbeBank, Probe } from '../probes/probe.js';
-import type { ConceptStore } from '../probes/concepts.js';
+import type { ConceptStore } from '../probes/concept-store.js';
 import type { AlertHub } from './alert-hub.js';
 import type { Principal } from './auth.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';

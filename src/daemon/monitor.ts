@@ -37,6 +37,7 @@
  *     alert's `silent` is final, at the cost of silent alerts arriving at the end of the request.
  *     The alert keeps the time (`ts`), position and score of the detection.
  */
+import { VerbalizationDetector } from '../probes/verbalization.js';
 import type { AlertDraft } from './alert-log.js';
 import type { AlertEmitMode, Severity } from './config.js';
 
@@ -320,80 +321,4 @@ export class RequestMonitor {
     }
     this.raise(batch);
   }
-}
-
-/**
- * Streams text and reports whether it verbalises: any phrase as a substring, or any concept word
- * as a whole word (plural -s/-es accepted), case-insensitive and whitespace-normalised, across
- * chunk boundaries. Keeps only a short tail, so cost is linear in the text.
- */
-export class VerbalizationDetector {
-  private readonly phrases: string[];
-  private readonly concepts: RegExp[];
-  private readonly keep: number;
-  private tail = '';
-  private hit: string | null = null;
-
-  constructor(phrases: readonly string[], conceptWords: readonly string[] = []) {
-    this.phrases = phrases.map((p) => normalise(p)).filter((p) => p.length > 0);
-    const words = conceptWords.map((w) => normalise(w)).filter((w) => w.length > 0);
-    // A concept must be followed by a non-letter to count (else "dust" would match "dusty" mid-stream);
-    // finish() accepts the end of the text as a boundary.
-    this.concepts = words.map((w) => new RegExp(`(?:^|[^\\p{L}\\p{N}])${escapeRegExp(w)}(?:s|es)?(?=[^\\p{L}\\p{N}]|$)`, 'u'));
-    this.keep = Math.max(1, ...this.phrases.map((p) => p.length), ...words.map((w) => w.length + 4)) + 1;
-  }
-
-  get verbalized(): boolean {
-    return this.hit !== null;
-  }
-
-  /** What matched first (phrase or concept word), or null. */
-  get matched(): string | null {
-    return this.hit;
-  }
-
-  push(text: string): boolean {
-    if (this.hit !== null) return true;
-    const window = normalise(this.tail + text, false);
-    for (const p of this.phrases) {
-      if (window.includes(p)) {
-        this.hit = p;
-        return true;
-      }
-    }
-    for (const re of this.concepts) {
-      // Mid-stream, a match ending at the window's end may continue in the next chunk: require a boundary char.
-      const m = re.exec(window);
-      if (m && m.index + m[0].length < window.length) {
-        this.hit = m[0].replace(/^[^\p{L}\p{N}]/u, '');
-        return true;
-      }
-    }
-    // Keep a short tail; mark a cut through a word so that its rest does not pass for a whole word.
-    const cut = window.length - this.keep;
-    this.tail = cut > 0 ? (/[\p{L}\p{N}]/u.test(window[cut - 1]) ? 'x' : ' ') + window.slice(cut) : window;
-    return false;
-  }
-
-  /** End of text: a concept word at the very end now counts. */
-  finish(): boolean {
-    if (this.hit !== null) return true;
-    for (const re of this.concepts) {
-      const m = re.exec(this.tail);
-      if (m) {
-        this.hit = m[0].replace(/^[^\p{L}\p{N}]/u, '');
-        return true;
-      }
-    }
-    return false;
-  }
-}
-
-function normalise(s: string, trim = true): string {
-  const out = s.toLowerCase().replace(/[\u2018\u2019]/g, "'").replace(/\s+/g, ' ');
-  return trim ? out.trim() : out;
-}
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

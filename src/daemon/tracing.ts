@@ -168,7 +168,7 @@ export interface TelemetryHandle {
 }
 
 /**
- * Start the OpenTelemetry Node SDK with the OTLP/HTTP trace exporter when the environment asks:
+ * Start OpenTelemetry tracing (the Node trace SDK with the OTLP/HTTP exporter) when the environment asks:
  * OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set, or LATENTWATCH_OTEL=1
  * (then the exporter's default, http://localhost:4318/v1/traces). OTEL_SDK_DISABLED=true wins.
  * Returns null (and loads nothing) otherwise. Traces only: no metrics or logs exporters, no
@@ -180,13 +180,17 @@ export async function startTelemetryFromEnv(env: Readonly<Record<string, string 
   const traces = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
   if (!base && !traces && env.LATENTWATCH_OTEL !== '1') return null;
   const endpoint = traces || (base ? `${base.replace(/\/+$/, '')}/v1/traces` : 'http://localhost:4318/v1/traces');
-  const [{ NodeSDK, resources }, { OTLPTraceExporter }] = await Promise.all([import('@opentelemetry/sdk-node'), import('@opentelemetry/exporter-trace-otlp-http')]);
-  const sdk = new NodeSDK({
-    serviceName: env.OTEL_SERVICE_NAME?.trim() || 'latentwatch',
-    resource: resources.resourceFromAttributes({ 'service.version': version }),
-    traceExporter: new OTLPTraceExporter({ url: endpoint }),
-    instrumentations: [],
-  });
-  sdk.start();
-  return { endpoint, shutdown: () => sdk.shutdown() };
+  // The trace SDK and the OTLP/HTTP exporter only: @opentelemetry/sdk-node would pull gRPC, Zipkin
+  // and the metrics and logs SDKs for a traces-only setup.
+  const [{ NodeTracerProvider, BatchSpanProcessor }, { defaultResource, detectResources, envDetector, resourceFromAttributes }, { OTLPTraceExporter }] = await Promise.all([
+    import('@opentelemetry/sdk-trace-node'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/exporter-trace-otlp-http'),
+  ]);
+  const resource = defaultResource()
+    .merge(detectResources({ detectors: [envDetector] })) // OTEL_RESOURCE_ATTRIBUTES
+    .merge(resourceFromAttributes({ 'service.name': env.OTEL_SERVICE_NAME?.trim() || 'latentwatch', 'service.version': version }));
+  const provider = new NodeTracerProvider({ resource, spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: endpoint }))] });
+  provider.register();
+  return { endpoint, shutdown: () => provider.shutdown() };
 }

@@ -3,19 +3,8 @@
  * generation exactly.
  */
 import { lwError } from '../errors.js';
+import { createRng } from '../rng.js';
 import type { SamplingOptions } from './types.js';
-
-/** mulberry32: small, fast, and good enough for choosing tokens. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function validateSampling(o: SamplingOptions): void {
   const bad = (why: string) => {
@@ -38,7 +27,7 @@ export class Sampler {
     this.temperature = o.temperature ?? 0;
     this.topK = o.topK ?? 0;
     this.topP = o.topP ?? 1;
-    this.random = seededRandom(o.seed ?? Math.floor(Math.random() * 2 ** 32));
+    this.random = createRng(o.seed ?? Math.floor(Math.random() * 2 ** 32)).next;
   }
 
   sample(logits: Float32Array): number {

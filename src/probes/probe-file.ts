@@ -37,11 +37,12 @@
  * LW_ERR_PROBE_INVALID naming the offending path, then refuses a file made for another model
  * with LW_ERR_PROBE_MODEL_MISMATCH.
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomicAsync } from '../atomic-write.js';
 import { ERRORS, isLatentwatchError, lwError, type LatentwatchError } from '../errors.js';
 import { validateAggregatorSpec, type AggregatorSpec } from './aggregators.js';
 import type { GaussianModel } from './gaussian.js';
-import type { LinearModel } from './logistic.js';
+import type { LinearModel } from './linear.js';
 
 export const PROBE_FORMAT_VERSION = 1;
 
@@ -266,12 +267,9 @@ export async function readProbeFile(path: string, expectedModelFingerprint: stri
   return parseProbeFile(text, expectedModelFingerprint, path);
 }
 
-/** Write a probe file atomically (temp file + rename), so a reader never sees half a file. */
+/** Write a probe file atomically, so a reader never sees half a file. */
 export async function writeProbeFile(path: string, file: ProbeFile): Promise<void> {
-  const text = serializeProbeFile(file);
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, text, 'utf8');
-  await rename(tmp, path);
+  await writeFileAtomicAsync(path, serializeProbeFile(file));
 }
 
 // ---- validation helpers -------------------------------------------------------------------

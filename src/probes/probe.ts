@@ -18,7 +18,7 @@
 import { lwError } from '../errors.js';
 import { createAggregator, type Aggregator, type AggregatorSpec } from './aggregators.js';
 import { mahalanobis, type GaussianModel } from './gaussian.js';
-import { foldStandardisation, sigmoid } from './logistic.js';
+import { foldStandardisation, sigmoid } from './linear.js';
 import { SimdMatVec } from './simd.js';
 import { hookList, readProbeFile, type EnsembleMember, type GaussianBody, type LeafBody, type ProbeFile, type ProbeKind } from './probe-file.js';
 

@@ -19,15 +19,8 @@
  * X is never copied: standardisation is folded into the passes (z = X·(w/std) + b − mean·(w/std)).
  */
 import { lwError } from '../errors.js';
-import { axpy, choleskyInPlace, choleskySolve, dot, type Matrix } from './matrix.js';
-
-/** A fitted linear score: `bias + Σⱼ weightsⱼ · (xⱼ − meanⱼ) / stdⱼ`. */
-export interface LinearModel {
-  readonly mean: Float64Array;
-  readonly std: Float64Array;
-  readonly weights: Float64Array;
-  readonly bias: number;
-}
+import { foldStandardisation, sigmoid, type LinearModel } from '../probes/linear.js';
+import { axpy, choleskyInPlace, choleskySolve, dot, type Matrix } from '../probes/matrix.js';
 
 export interface LogisticOptions {
   /** λ in the objective above; must be > 0 (it keeps the optimum finite on separable data). Default 1e-3. */
@@ -105,33 +98,6 @@ export function predictProbability(model: LinearModel, x: Matrix): Float64Array 
   const z = decisionFunction(model, x);
   for (let i = 0; i < z.length; i++) z[i] = sigmoid(z[i]);
   return z;
-}
-
-/** Numerically stable logistic function. */
-export function sigmoid(z: number): number {
-  if (z >= 0) return 1 / (1 + Math.exp(-z));
-  const e = Math.exp(z);
-  return e / (1 + e);
-}
-
-/**
- * Fold standardisation into raw-space coefficients: `bias + w·(x−mean)/std = c + v·x` with
- * v = w/std and c = bias − Σ meanⱼ vⱼ. One dot product per row on the hot path.
- */
-export function foldStandardisation(
-  weights: ArrayLike<number>,
-  bias: number,
-  mean: ArrayLike<number>,
-  std: ArrayLike<number>,
-): { v: Float64Array; c: number } {
-  const d = weights.length;
-  const v = new Float64Array(d);
-  let c = bias;
-  for (let j = 0; j < d; j++) {
-    v[j] = weights[j] / std[j];
-    c -= mean[j] * v[j];
-  }
-  return { v, c };
 }
 
 /**

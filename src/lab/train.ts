@@ -15,14 +15,15 @@
  */
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
-import type { AggregatorSpec } from './aggregators.js';
+import type { AggregatorSpec } from '../probes/aggregators.js';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { figures, isCleanNegative, isPositive, scoreSplit, selectPositions, summarise, TraceCache, type EvalReport, type Figures, type RowScorer, type Selection } from './eval.js';
-import { fitDiffMeans, fitLogistic, foldStandardisation, sigmoid, type LinearModel } from './logistic.js';
-import { dot } from './matrix.js';
+import { fitDiffMeans, fitLogistic } from './logistic.js';
+import { foldStandardisation, sigmoid, type LinearModel } from '../probes/linear.js';
+import { dot } from '../probes/matrix.js';
 import { thresholdAtFpr } from './metrics.js';
-import { linearBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
-import { createRng, hash32, hashUnit, shuffled } from './rng.js';
+import { linearBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
+import { createRng, hash32, hashUnit, shuffled } from '../rng.js';
 import type { PositionSet, Protocol } from './trial-config.js';
 
 export type FitterKind = 'logistic' | 'diff-means';

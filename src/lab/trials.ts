@@ -22,10 +22,12 @@ import { Sampler } from '../engine/sampler.js';
 import type { Injection, SamplingOptions } from '../engine/types.js';
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
-import { ConceptStore, scaleVector, useChatTemplate } from './concepts.js';
+import { ConceptStore, scaleVector } from '../probes/concept-store.js';
+import { verbalizes } from '../probes/verbalization.js';
+import { useChatTemplate } from './concepts.js';
 import { CONTROL_CONDITIONS, DatasetWriter, encodeRows, sha256, type Condition, type DatasetManifest, type TrialRecord, type WindowKind } from './dataset.js';
 import { answerTokenIds, LogitLens, readoutFromLogits, type AnswerIds, type Readout } from './lens.js';
-import { createRng, hash32, hashUnit, shuffled } from './rng.js';
+import { createRng, hash32, hashUnit, shuffled } from '../rng.js';
 import { fillTemplate, resolveLayers, type Protocol, type QuestionSpec, type TrialConfig } from './trial-config.js';
 import { createFamily, randomFamily, type VectorFamily } from './trial-families.js';
 import { readFileSync } from 'node:fs';
@@ -414,7 +416,7 @@ export function conceptStoreHash(store: ConceptStore): string {
 /** Everything a run needs that depends on (engine, config, store) but not on one trial. */
 export function prepareRun(engine: Engine, config: TrialConfig, store: ConceptStore) {
   if (store.modelFingerprint !== engine.fingerprint) {
-    throw lwError('LW_ERR_TRIALS_MODEL_MISMATCH', `concept vectors in ${store.dir} are for model ${store.modelFingerprint}, the engine runs ${engine.fingerprint}`);
+    throw lwError('LW_ERR_CONCEPTS_MODEL_MISMATCH', `concept vectors in ${store.dir} are for model ${store.modelFingerprint}, the engine runs ${engine.fingerprint}`);
   }
   const tok = engine.tokenizer;
   if (!tok) throw lwError('LW_ERR_TRIALS_TEMPLATE', `${engine.checkpoint.dir} has no tokenizer.json`);
@@ -499,16 +501,6 @@ export function specFor(plan: TrialPlan, run: ReturnType<typeof prepareRun>, con
     prompt: { context: contextIdx, filler: usesFiller ? filler : null, question: questionIdx, questionKind: plan.questionKind },
     injectedNorm,
   };
-}
-
-/** Whether generated text verbalises detection: a configured phrase, or (matchConcept) the concept word. */
-export function verbalizes(text: string, phrases: readonly string[], concept: string | null): boolean {
-  const lower = text.toLowerCase();
-  if (phrases.some((p) => lower.includes(p.toLowerCase()))) return true;
-  if (concept === null) return false;
-  const stem = concept.length > 4 ? concept.replace(/(es|s)$/i, '') : concept;
-  const esc = stem.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  return new RegExp(`\\b${esc}(s|es)?\\b`, 'i').test(text);
 }
 
 /** Run (or resume) every trial of `config` into `outDir`. */

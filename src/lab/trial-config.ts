@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { lwError } from '../errors.js';
-import type { AggregatorSpec } from './aggregators.js';
+import type { AggregatorSpec } from '../probes/aggregators.js';
 
 export const TRIAL_CONFIG_VERSION = 1;
 

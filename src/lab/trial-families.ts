@@ -20,8 +20,8 @@
  *                like random. `basis(item, layer)` exposes the spanning directions.
  */
 import { lwError } from '../errors.js';
-import type { ConceptStore } from './concepts.js';
-import { createRng, hash32, shuffled } from './rng.js';
+import type { ConceptStore } from '../probes/concept-store.js';
+import { createRng, hash32, shuffled } from '../rng.js';
 import type { CrossLayerSource, FamilySpec } from './trial-config.js';
 
 export interface VectorFamily {
@@ -56,7 +56,7 @@ export function createFamily(spec: FamilySpec, ctx: FamilyContext): VectorFamily
   switch (spec.kind) {
     case 'concept': {
       const items = pick(store.names('concept'), spec.items);
-      for (const it of items) if (!store.find(it)) throw lwError('LW_ERR_TRIALS_CONCEPTS_NOT_FOUND', `concept ${it} is not in ${store.dir}`);
+      for (const it of items) if (!store.find(it)) throw lwError('LW_ERR_CONCEPTS_NOT_FOUND', `concept ${it} is not in ${store.dir}`);
       return {
         name: spec.name,
         kind: 'concept',
@@ -81,7 +81,7 @@ export function createFamily(spec: FamilySpec, ctx: FamilyContext): VectorFamily
       return randomFamily(spec.name, Array.from({ length: spec.count }, (_, i) => `random-${i}`), ctx);
     case 'cross-layer': {
       const items = pick(store.names('concept'), spec.items);
-      for (const it of items) if (!store.find(it)) throw lwError('LW_ERR_TRIALS_CONCEPTS_NOT_FOUND', `concept ${it} is not in ${store.dir}`);
+      for (const it of items) if (!store.find(it)) throw lwError('LW_ERR_CONCEPTS_NOT_FOUND', `concept ${it} is not in ${store.dir}`);
       const sourceLayer = (layer: number) => crossLayerSource(spec.source, layer, store.numLayers);
       return {
         name: spec.name,
@@ -123,7 +123,7 @@ function subspaceFamily(spec: Extract<FamilySpec, { kind: 'subspace' }>, ctx: Fa
   const items = Array.from({ length: spec.count }, (_, i) => `subspace-${i}`);
   const pool = spec.basis === 'concept' ? pick(store.names('concept'), spec.pool ?? 'all') : [];
   if (spec.basis === 'concept') {
-    for (const it of pool) if (!store.find(it)) throw lwError('LW_ERR_TRIALS_CONCEPTS_NOT_FOUND', `concept ${it} is not in ${store.dir}`);
+    for (const it of pool) if (!store.find(it)) throw lwError('LW_ERR_CONCEPTS_NOT_FOUND', `concept ${it} is not in ${store.dir}`);
     if (spec.rank > pool.length) throw lwError('LW_ERR_TRIALS_CONFIG_INVALID', `subspace family ${spec.name}: rank ${spec.rank} > ${pool.length} pool concepts`);
   }
   /** Concept names spanning an item (the same at every layer). */

@@ -35,15 +35,16 @@
 import { lwError } from '../errors.js';
 import { parseResidPost, residPost } from '../hooks.js';
 import { concat } from '../model/graph.js';
-import { aggregateSequence, skipFrom, type AggregatorSpec } from './aggregators.js';
+import { aggregateSequence, skipFrom, type AggregatorSpec } from '../probes/aggregators.js';
 import type { CorpusActivations, CorpusRun } from './corpus.js';
 import type { Dataset, TrialRecord } from './dataset.js';
-import { fitGaussian, type GaussianModel } from './gaussian.js';
+import { fitGaussian } from './gaussian-fit.js';
+import { type GaussianModel } from '../probes/gaussian.js';
 import { fitLogistic } from './logistic.js';
 import { thresholdAtFpr } from './metrics.js';
-import { createProbe, type Probe } from './probe.js';
-import { hookList, linearBody, mahalanobisBody, validateProbeFile, type EnsembleMember, type LeafBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
-import { hashUnit } from './rng.js';
+import { createProbe, type Probe } from '../probes/probe.js';
+import { hookList, linearBody, mahalanobisBody, validateProbeFile, type EnsembleMember, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
+import { hashUnit } from '../rng.js';
 
 /** Leading positions of a request that generic detectors neither fit on nor score. */
 export const GENERIC_SKIP = 4;

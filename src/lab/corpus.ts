@@ -22,7 +22,7 @@ import type { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
 import { concat } from '../model/graph.js';
-import { hash32, hashUnit } from './rng.js';
+import { hash32, hashUnit } from '../rng.js';
 
 export const CORPUS_FORMAT_VERSION = 1;
 

@@ -1,5 +1,8 @@
 /**
- * Seeded randomness for trials: every random choice of a trial (context, filler, question, random
+ * The one seeded generator (mulberry32) and string hash: token sampling, trials and fitting all draw
+ * from here, so a seed means the same thing everywhere.
+ *
+ * Trials: every random choice of a trial (context, filler, question, random
  * direction) comes from a generator seeded by hashing the config seed with the trial's id, so a
  * trial's content does not depend on which trials ran before it (resumable, reorderable, and the
  * same seed gives the same bytes).

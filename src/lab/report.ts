@@ -15,7 +15,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { selectPositions, TraceCache, trialScore, type EvalReport, type Figures } from './eval.js';
-import { foldStandardisation, sigmoid } from './logistic.js';
+import { foldStandardisation, sigmoid } from '../probes/linear.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
 import { fitValidationSplit, trainLayer, type FitterKind, type LayerResult, type TrainOptions } from './train.js';
 import type { Protocol } from './trial-config.js';

@@ -14,7 +14,7 @@
  * writes the same bytes as an uninterrupted one. No timestamps or paths are stored.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { lwError } from '../errors.js';
 import { floatToHalf } from '../model/quantize.js';
@@ -350,11 +350,4 @@ export class Dataset {
     for (const fd of this.fds.values()) closeSync(fd);
     this.fds.clear();
   }
-}
-
-/** Replace a file atomically. */
-export function atomicWriteFile(path: string, data: string | Uint8Array): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, data);
-  renameSync(tmp, path);
 }

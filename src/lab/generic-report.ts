@@ -21,7 +21,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lwError } from '../errors.js';
-import type { AggregatorSpec } from './aggregators.js';
+import type { AggregatorSpec } from '../probes/aggregators.js';
 import type { CorpusActivations } from './corpus.js';
 import type { Dataset } from './dataset.js';
 import {
@@ -41,8 +41,8 @@ import {
   type Seq,
 } from './generic.js';
 import { auroc, fprAtThreshold, tprAtFpr } from './metrics.js';
-import { createProbe, type Probe } from './probe.js';
-import type { ProbeFigures } from './probe-file.js';
+import { createProbe, type Probe } from '../probes/probe.js';
+import type { ProbeFigures } from '../probes/probe-file.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
 
 export interface GenericReportOptions {

@@ -19,11 +19,11 @@
  */
 import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
-import { aggregateSequence, type AggregatorSpec } from './aggregators.js';
+import { aggregateSequence, type AggregatorSpec } from '../probes/aggregators.js';
 import { CONTROL_CONDITIONS, type Condition, type Dataset, type TrialRecord } from './dataset.js';
 import { auroc, fprAtThreshold, tprAtFpr, tprAtThreshold } from './metrics.js';
-import { createProbe, type Probe } from './probe.js';
-import { readProbeFile } from './probe-file.js';
+import { createProbe, type Probe } from '../probes/probe.js';
+import { readProbeFile } from '../probes/probe-file.js';
 import type { PositionSet, Protocol } from './trial-config.js';
 
 /** [from, to) indices into a trial's trace rows for a position set; null when empty. */
