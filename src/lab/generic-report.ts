@@ -18,8 +18,6 @@
  *
  * Writes report.md, report.json and SVG charts; deterministic (same inputs, same bytes).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { lwError } from '../errors.js';
 import type { AggregatorSpec } from '../probes/aggregators.js';
 import type { CorpusActivations } from './corpus.js';
@@ -43,6 +41,7 @@ import {
 import { auroc, fprAtThreshold, tprAtFpr } from './metrics.js';
 import { createProbe, type Probe } from '../probes/probe.js';
 import type { ProbeFigures } from '../probes/probe-file.js';
+import { aggregatorName, fmt, markdownText, tableHeader, tableRow, UNIT_Y_AXIS, writeReportFiles } from './report-format.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
 
 export interface GenericReportOptions {
@@ -377,7 +376,8 @@ function checkScorer(det: Detector, cache: MemberScoreCache, seqs: Seq[]): { seq
 
 // ---- rendering ----------------------------------------------------------------------------------
 
-const fmt = (x: number | null | undefined, digits = 3): string => (x === null || x === undefined || !Number.isFinite(x) ? '–' : x.toFixed(digits));
+/** A cell's "AUROC / TPR@1%" pair, the form most tables here print. */
+const aurocTpr = (c: Cell, aurocDigits = 3, tprDigits = aurocDigits): string => `${fmt(c.auroc, aurocDigits)} / ${fmt(c['tpr_at_fpr_0.01'], tprDigits)}`;
 
 export function renderGenericMarkdown(d: GenericReportData): string {
   const L: string[] = [];
@@ -390,34 +390,31 @@ export function renderGenericMarkdown(d: GenericReportData): string {
     '',
     `Families (positives): ${fams.map((f) => `\`${f.name}\` (${f.kind}, ${f.trials} trials${f.trained ? ', **trained on** by the supervised detectors: only its eval split counts' : ', never trained on'})`).join('; ')}. Held-out concepts (${d.dataset.evalConcepts.length}): ${d.dataset.evalConcepts.join(', ')}. Negatives: ${d.dataset.cleanEvalTrials} eval-split clean trials.`,
     '',
-    `Every figure scores what the daemon scores: every position of the request from position 0 (prompt included) through the generated tokens (view **all**); a request's score is the maximum over positions of the running aggregate (aggregator ${aggName(d.setup.aggregator)}: positions below \`skip\` are not scored, see "Clean requests by position"). View **watch** (from the question on, the issue-3 view) is given beside it. AUROC and TPR at 1% FPR use the eval clean trials as negatives; "flagged" is the fraction over the detector's own threshold. Detectors were fitted on ${d.setup.fitRequests} clean requests (${d.setup.fitPositions} positions: corpus prompts and train-split clean trials) and calibrated (member scales, thresholds at ${d.setup.targetFpr} FPR per request) on ${d.setup.calibrationRequests} other clean requests.`,
+    `Every figure scores what the daemon scores: every position of the request from position 0 (prompt included) through the generated tokens (view **all**); a request's score is the maximum over positions of the running aggregate (aggregator ${aggregatorName(d.setup.aggregator)}: positions below \`skip\` are not scored, see "Clean requests by position"). View **watch** (from the question on, the issue-3 view) is given beside it. AUROC and TPR at 1% FPR use the eval clean trials as negatives; "flagged" is the fraction over the detector's own threshold. Detectors were fitted on ${d.setup.fitRequests} clean requests (${d.setup.fitPositions} positions: corpus prompts and train-split clean trials) and calibrated (member scales, thresholds at ${d.setup.targetFpr} FPR per request) on ${d.setup.calibrationRequests} other clean requests.`,
     '',
   );
   L.push(`## Shipped detector: \`${shipped.name}\` (id \`${shipped.id}\`)`, '', shipped.description, '');
   L.push(`Threshold ${fmt(shipped.threshold, 4)} on the aggregated score; members: ${shipped.members.join(', ')}.`, '');
   L.push('![AUROC per family and strength](auroc-by-strength.svg)', '', '![TPR at 1% FPR per family and strength](tpr1-by-strength.svg)', '');
   L.push('### Per family and strength (view all)', '');
-  L.push(`| family | trained on | ${d.dataset.strengths.map((s) => `AUROC ×${s}`).join(' | ')} | ${d.dataset.strengths.map((s) => `TPR@1% ×${s}`).join(' | ')} | ${d.dataset.strengths.map((s) => `flagged ×${s}`).join(' | ')} |`);
-  L.push(`|---|---|${d.dataset.strengths.map(() => '---|').join('').repeat(3)}`);
+  L.push(...tableHeader(['family', 'trained on', ...d.dataset.strengths.map((s) => `AUROC ×${s}`), ...d.dataset.strengths.map((s) => `TPR@1% ×${s}`), ...d.dataset.strengths.map((s) => `flagged ×${s}`)]));
   for (const f of fams) {
     const cs = d.dataset.strengths.map((s) => shipped.byFamilyStrength.all.find((c) => c.family === f.name && c.strength === s)!);
-    L.push(`| ${f.name} | ${shipped.trainedOn.includes(f.name) ? 'yes' : 'no'} | ${cs.map((c) => fmt(c.auroc)).join(' | ')} | ${cs.map((c) => fmt(c['tpr_at_fpr_0.01'])).join(' | ')} | ${cs.map((c) => fmt(c.tprAtThreshold)).join(' | ')} |`);
+    L.push(tableRow([f.name, shipped.trainedOn.includes(f.name) ? 'yes' : 'no', ...cs.map((c) => fmt(c.auroc)), ...cs.map((c) => fmt(c['tpr_at_fpr_0.01'])), ...cs.map((c) => fmt(c.tprAtThreshold))]));
   }
   L.push('');
   L.push('### Per family, injection layer and strength (view all): AUROC / TPR@1%', '');
-  L.push(`| family | ${d.dataset.injectionLayers.flatMap((l) => d.dataset.strengths.map((s) => `L${l} ×${s}`)).join(' | ')} |`);
-  L.push(`|---|${d.dataset.injectionLayers.flatMap(() => d.dataset.strengths.map(() => '---|')).join('')}`);
+  L.push(...tableHeader(['family', ...d.dataset.injectionLayers.flatMap((l) => d.dataset.strengths.map((s) => `L${l} ×${s}`))]));
   for (const f of fams) {
     const cs = d.dataset.injectionLayers.flatMap((l) => d.dataset.strengths.map((s) => shipped.byFamilyLayerStrength.find((c) => c.family === f.name && c.layer === l && c.strength === s)!));
-    L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc, 2)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
+    L.push(tableRow([f.name, ...cs.map((c) => aurocTpr(c, 2))]));
   }
   L.push('');
   const protocolTable = (view: View) => {
-    L.push(`| family | ${d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => `${p} ×${s}`)).join(' | ')} |`);
-    L.push(`|---|${d.dataset.protocols.flatMap(() => d.dataset.strengths.map(() => '---|')).join('')}`);
+    L.push(...tableHeader(['family', ...d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => `${p} ×${s}`))]));
     for (const f of fams) {
       const cs = d.dataset.protocols.flatMap((p) => d.dataset.strengths.map((s) => shipped.byFamilyProtocolStrength[view].find((c) => c.family === f.name && c.protocol === p && c.strength === s)!));
-      L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc, 2)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
+      L.push(tableRow([f.name, ...cs.map((c) => aurocTpr(c, 2))]));
     }
     L.push('');
   };
@@ -425,59 +422,53 @@ export function renderGenericMarkdown(d: GenericReportData): string {
   protocolTable('all');
   L.push('### View watch (from the question on): AUROC / TPR@1%', '');
   L.push("Here a monitor joins after the first turn. For inject-then-ask the injected positions are then never scored: what remains is the latent trace, the change in what later layers' attention reads from the perturbed KV cache, which shows in their updates. The negatives are the clean trials from the question on, whose question and prefix text is the same few strings (and occurs in the fit data), so this view is the easier one.", '');
-  L.push(`| family | ${d.dataset.strengths.map((s) => `×${s}`).join(' | ')} |`, `|---|${d.dataset.strengths.map(() => '---|').join('')}`);
+  L.push(...tableHeader(['family', ...d.dataset.strengths.map((s) => `×${s}`)]));
   for (const f of fams) {
     const cs = d.dataset.strengths.map((s) => shipped.byFamilyStrength.watch.find((c) => c.family === f.name && c.strength === s)!);
-    L.push(`| ${f.name} | ${cs.map((c) => `${fmt(c.auroc)} / ${fmt(c['tpr_at_fpr_0.01'])}`).join(' | ')} |`);
+    L.push(tableRow([f.name, ...cs.map((c) => aurocTpr(c))]));
   }
   L.push('');
   L.push('Per protocol, view watch:', '');
   protocolTable('watch');
   L.push('## False positives on clean requests (at each detector\'s threshold)', '', '![Clean FPR](clean-fpr.svg)', '');
-  L.push(`| set | kind | requests | positions | ${d.detectors.map((x) => x.name).join(' | ')} |`, `|---|---|---|---|${d.detectors.map(() => '---|').join('')}`);
+  L.push(...tableHeader(['set', 'kind', 'requests', 'positions', ...d.detectors.map((x) => x.name)]));
   for (const c of shipped.cleanFpr) {
-    L.push(`| ${c.set} | ${c.kind} | ${c.requests} | ${c.positions} | ${d.detectors.map((x) => fmt(x.cleanFpr.find((y) => y.set === c.set)?.fpr)).join(' | ')} |`);
+    L.push(tableRow([c.set, c.kind, c.requests, c.positions, ...d.detectors.map((x) => fmt(x.cleanFpr.find((y) => y.set === c.set)?.fpr))]));
   }
   L.push('');
   L.push('## Per probe layer: each anomaly-update member alone (view all, every family pooled): AUROC / TPR@1%', '');
   L.push('A member reads one layer\'s update; an injection at resid_post L shows in the update of layer L and nowhere else, so each member sees its own injection layer (the diagonal) and the ensemble needs every layer.', '', '![AUROC per probe layer](auroc-per-layer.svg)', '');
   const plKeys = d.dataset.injectionLayers.flatMap((l) => d.dataset.strengths.map((s) => [l, s] as const));
-  L.push(`| member | ${plKeys.map(([l, s]) => `inj. L${l} ×${s}`).join(' | ')} |`, `|---|${plKeys.map(() => '---|').join('')}`);
-  for (const pl of d.perLayer) L.push(`| ${pl.member} | ${plKeys.map(([l, s]) => pl.cells.find((c) => c.layer === l && c.strength === s)!).map((c) => `${fmt(c.auroc, 2)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
+  L.push(...tableHeader(['member', ...plKeys.map(([l, s]) => `inj. L${l} ×${s}`)]));
+  for (const pl of d.perLayer) L.push(tableRow([pl.member, ...plKeys.map(([l, s]) => aurocTpr(pl.cells.find((c) => c.layer === l && c.strength === s)!, 2))]));
   L.push('');
   L.push('## Clean requests by position', '');
   L.push(`The shipped detector's per-token score (calibrated: 0 = a member's clean median, 1 = its 99th percentile) on the ${d.setup.fitRequests + d.setup.calibrationRequests} clean fit and calibration requests, by absolute position. Positions below the aggregator's \`skip\` (${d.setup.aggregator.skip ?? 0}) are not scored: position 0 is the attention sink, and the first few tokens, with little context, sit far in the clean tail.`, '');
-  L.push(`| position | ${d.positionProfile.map((p) => p.position).join(' | ')} |`, `|---|${d.positionProfile.map(() => '---|').join('')}`);
-  L.push(`| median | ${d.positionProfile.map((p) => fmt(p.median, 2)).join(' | ')} |`);
-  L.push(`| 99th percentile | ${d.positionProfile.map((p) => fmt(p.q99, 2)).join(' | ')} |`);
+  L.push(...tableHeader(['position', ...d.positionProfile.map((p) => String(p.position))]));
+  L.push(tableRow(['median', ...d.positionProfile.map((p) => fmt(p.median, 2))]));
+  L.push(tableRow(['99th percentile', ...d.positionProfile.map((p) => fmt(p.q99, 2))]));
   L.push('');
   L.push('## Every detector at ×0.5 (view all): AUROC / TPR@1%', '', '![AUROC at 0.5x](detectors-auroc.svg)', '', '![TPR at 1% FPR at 0.5x](detectors-tpr1.svg)', '');
-  L.push(`| detector | trained on | ${fams.map((f) => f.name).join(' | ')} |`, `|---|---|${fams.map(() => '---|').join('')}`);
+  L.push(...tableHeader(['detector', 'trained on', ...fams.map((f) => f.name)]));
   for (const x of d.detectors) {
     const cs = fams.map((f) => x.byFamilyStrength.all.find((c) => c.family === f.name && c.strength === 0.5)!);
-    L.push(`| ${x.name} | ${x.trainedOn.length > 0 ? x.trainedOn.join(' + ') : 'no injection'} | ${cs.map((c) => `${fmt(c.auroc)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
+    L.push(tableRow([x.name, x.trainedOn.length > 0 ? x.trainedOn.join(' + ') : 'no injection', ...cs.map((c) => aurocTpr(c, 3, 2))]));
   }
   L.push('');
   L.push('Same, view watch:', '');
-  L.push(`| detector | ${fams.map((f) => f.name).join(' | ')} |`, `|---|${fams.map(() => '---|').join('')}`);
+  L.push(...tableHeader(['detector', ...fams.map((f) => f.name)]));
   for (const x of d.detectors) {
     const cs = fams.map((f) => x.byFamilyStrength.watch.find((c) => c.family === f.name && c.strength === 0.5)!);
-    L.push(`| ${x.name} | ${cs.map((c) => `${fmt(c.auroc)} / ${fmt(c['tpr_at_fpr_0.01'], 2)}`).join(' | ')} |`);
+    L.push(tableRow([x.name, ...cs.map((c) => aurocTpr(c, 3, 2))]));
   }
   L.push('');
   L.push('## Detectors', '');
-  for (const x of d.detectors) L.push(`- \`${x.name}\` (${aggName(x.aggregator)}, threshold ${fmt(x.threshold, 4)}): ${x.description}`);
+  for (const x of d.detectors) L.push(`- \`${x.name}\` (${aggregatorName(x.aggregator)}, threshold ${fmt(x.threshold, 4)}): ${x.description}`);
   L.push('');
   L.push(`Unseen families (never in any detector's training): ${unseen.join(', ')}. The daemon's scorer on the shipped file reproduces the report's scores to ${d.scorerCheck.maxAbsDiff.toExponential(1)} on ${d.scorerCheck.sequences} checked requests.`, '');
-  return `${L.join('\n')}\n`;
+  return markdownText(L);
 }
 
-function aggName(a: AggregatorSpec): string {
-  const base = a.kind === 'ema' ? `ema(${a.alpha})` : a.kind === 'rolling-mean' || a.kind === 'rolling-max' ? `${a.kind}(${a.window})` : a.kind;
-  return a.skip ? `${base}, skip ${a.skip}` : base;
-}
-
-const Y01 = { yDomain: [0, 1] as const, yTicks: [0, 0.2, 0.4, 0.6, 0.8, 1] };
 
 export function renderGenericCharts(d: GenericReportData): Map<string, string> {
   const files = new Map<string, string>();
@@ -485,12 +476,12 @@ export function renderGenericCharts(d: GenericReportData): Map<string, string> {
   const fams = d.dataset.families.map((f) => f.name);
   const bySt = (metric: 'auroc' | 'tpr_at_fpr_0.01'): LineSeries[] =>
     fams.map((f) => ({ name: f, points: d.dataset.strengths.map((s): [number, number | null] => [s, shipped.byFamilyStrength.all.find((c) => c.family === f && c.strength === s)?.[metric] ?? null]) }));
-  const xs = { xLabel: 'strength (× mean residual norm)', xTicks: d.dataset.strengths, xDomain: [0, Math.max(...d.dataset.strengths)] as const, ...Y01 };
+  const xs = { xLabel: 'strength (× mean residual norm)', xTicks: d.dataset.strengths, xDomain: [0, Math.max(...d.dataset.strengths)] as const, ...UNIT_Y_AXIS };
   files.set('auroc-by-strength.svg', lineChart({ title: `${shipped.name}: AUROC per family (view all)`, yLabel: 'AUROC', series: bySt('auroc'), referenceLines: [{ y: 0.5, label: 'chance' }], ...xs }));
   files.set('tpr1-by-strength.svg', lineChart({ title: `${shipped.name}: TPR at 1% FPR per family (view all)`, yLabel: 'TPR @ 1% FPR', series: bySt('tpr_at_fpr_0.01'), ...xs }));
   const at05 = (metric: 'auroc' | 'tpr_at_fpr_0.01') => d.detectors.map((x) => ({ name: x.name, values: fams.map((f) => x.byFamilyStrength.all.find((c) => c.family === f && c.strength === 0.5)?.[metric] ?? null) }));
-  files.set('detectors-auroc.svg', barChart({ title: 'AUROC at ×0.5 per family and detector (view all)', yLabel: 'AUROC', categories: fams, series: at05('auroc'), width: 900, ...Y01 }));
-  files.set('detectors-tpr1.svg', barChart({ title: 'TPR at 1% FPR, ×0.5, per family and detector (view all)', yLabel: 'TPR @ 1% FPR', categories: fams, series: at05('tpr_at_fpr_0.01'), width: 900, ...Y01 }));
+  files.set('detectors-auroc.svg', barChart({ title: 'AUROC at ×0.5 per family and detector (view all)', yLabel: 'AUROC', categories: fams, series: at05('auroc'), width: 900, ...UNIT_Y_AXIS }));
+  files.set('detectors-tpr1.svg', barChart({ title: 'TPR at 1% FPR, ×0.5, per family and detector (view all)', yLabel: 'TPR @ 1% FPR', categories: fams, series: at05('tpr_at_fpr_0.01'), width: 900, ...UNIT_Y_AXIS }));
   files.set(
     'auroc-per-layer.svg',
     lineChart({
@@ -500,7 +491,7 @@ export function renderGenericCharts(d: GenericReportData): Map<string, string> {
       xTicks: d.perLayer.map((p) => p.layer),
       series: d.dataset.injectionLayers.map((l) => ({ name: `injected at L${l}`, points: d.perLayer.map((p): [number, number | null] => [p.layer, p.cells.find((c) => c.layer === l && c.strength === 0.5)?.auroc ?? null]) })),
       referenceLines: [{ y: 0.5, label: 'chance' }],
-      ...Y01,
+      ...UNIT_Y_AXIS,
     }),
   );
   const sets = shipped.cleanFpr.map((c) => c.set.replace(/^corpus: /, ''));
@@ -521,9 +512,6 @@ export function renderGenericCharts(d: GenericReportData): Map<string, string> {
 /** Compute and write report.md, report.json and the charts; returns the data and the shipped detector. */
 export function writeGenericReport(ds: Dataset, corpus: CorpusActivations, outDir: string, o: GenericReportOptions = {}): { data: GenericReportData; shipped: Detector } {
   const { data, shipped } = computeGenericReport(ds, corpus, o);
-  mkdirSync(outDir, { recursive: true });
-  for (const [name, svg] of renderGenericCharts(data)) writeFileSync(join(outDir, name), svg);
-  writeFileSync(join(outDir, 'report.md'), renderGenericMarkdown(data));
-  writeFileSync(join(outDir, 'report.json'), `${JSON.stringify(data, null, 2)}\n`);
+  writeReportFiles(outDir, renderGenericCharts(data), renderGenericMarkdown(data), data);
   return { data, shipped };
 }

@@ -11,11 +11,10 @@
  *   - verbal detection (text), the yes-readout, and probe detection side by side.
  * Every number in report.md is also in report.json. Deterministic: same dataset, same bytes.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { selectPositions, TraceCache, trialScore, type EvalReport, type Figures } from './eval.js';
 import { foldStandardisation, sigmoid } from '../probes/linear.js';
+import { aggregatorName, fmt, markdownText, tableHeader, tableRow, UNIT_Y_AXIS, writeReportFiles } from './report-format.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
 import { fitValidationSplit, trainLayer, type FitterKind, type LayerResult, type TrainOptions } from './train.js';
 import type { Protocol } from './trial-config.js';
@@ -81,8 +80,10 @@ export interface ReportData {
   detection: DetectionRow[];
 }
 
-const fmt = (x: number | null | undefined, digits = 3): string => (x === null || x === undefined || !Number.isFinite(x) ? '–' : x.toFixed(digits));
 const mean = (xs: readonly number[]): number => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length);
+
+/** The control conditions, in the order every table and chart shows them. */
+const CONTROLS = ['none', 'random', 'unrelated-question', 'generation-only'] as const;
 
 function better(a: Figures, b: Figures): boolean {
   const ta = a['tpr_at_fpr_0.01'] ?? -1;
@@ -213,7 +214,7 @@ function detectionRates(records: readonly TrialRecord[], protocols: Protocol[], 
   for (const protocol of protocols) {
     for (const s of strengths) row('inject (held-out concepts)', protocol, s, records.filter((r) => r.condition === 'inject' && r.familyKind === 'concept' && r.protocol === protocol && r.strength === s));
   }
-  for (const c of ['none', 'random', 'unrelated-question', 'generation-only'] as const) row(c, 'all', null, records.filter((r) => r.condition === c));
+  for (const c of CONTROLS) row(c, 'all', null, records.filter((r) => r.condition === c));
   return out;
 }
 
@@ -221,8 +222,6 @@ function detectionRates(records: readonly TrialRecord[], protocols: Protocol[], 
 
 /** Short bar labels for the controls (the axis has room for about ten characters a bar group). */
 const SHORT: Record<string, string> = { 'unrelated-question': 'unrel. q.', 'generation-only': 'gen. only' };
-
-const Y01 = { yDomain: [0, 1] as const, yTicks: [0, 0.2, 0.4, 0.6, 0.8, 1] };
 
 /** The SVG files of a report: name → text. */
 export function renderCharts(d: ReportData): Map<string, string> {
@@ -236,17 +235,16 @@ export function renderCharts(d: ReportData): Map<string, string> {
         points: logistic.map((l): [number, number | null] => [l.layer, l.evaluation.byStrength.find((b) => b.protocol === p && b.strength === s)?.[metric] ?? null]),
       })),
     );
-  const common = { xLabel: 'probe layer (resid_post)', xTicks, ...Y01 };
+  const common = { xLabel: 'probe layer (resid_post)', xTicks, ...UNIT_Y_AXIS };
   files.set('auroc-per-layer.svg', lineChart({ title: 'Held-out concepts: AUROC per probe layer and strength', yLabel: 'AUROC', series: perStrength('auroc'), referenceLines: [{ y: 0.5, label: 'chance' }], ...common }));
   files.set('tpr1-per-layer.svg', lineChart({ title: 'Held-out concepts: TPR at 1% FPR per probe layer and strength', yLabel: 'TPR @ 1% FPR', series: perStrength('tpr_at_fpr_0.01'), ...common }));
   files.set('tpr5-per-layer.svg', lineChart({ title: 'Held-out concepts: TPR at 5% FPR per probe layer and strength', yLabel: 'TPR @ 5% FPR', series: perStrength('tpr_at_fpr_0.05'), ...common }));
-  const controls = ['none', 'random', 'unrelated-question', 'generation-only'];
   files.set(
     'controls-per-layer.svg',
     lineChart({
       title: `Controls: fraction flagged at the probe threshold (target FPR ${d.training.targetFpr})`,
       yLabel: 'flagged',
-      series: controls.map((c) => ({ name: c, points: logistic.map((l): [number, number | null] => [l.layer, l.evaluation.controls[c]?.fpr ?? null]) })),
+      series: CONTROLS.map((c) => ({ name: c, points: logistic.map((l): [number, number | null] => [l.layer, l.evaluation.controls[c]?.fpr ?? null]) })),
       referenceLines: [{ y: d.training.targetFpr, label: 'target' }],
       ...common,
     }),
@@ -256,7 +254,7 @@ export function renderCharts(d: ReportData): Map<string, string> {
     lineChart({
       title: 'Controls: AUROC against clean trials',
       yLabel: 'AUROC vs none',
-      series: controls.filter((c) => c !== 'none').map((c) => ({ name: c, points: logistic.map((l): [number, number | null] => [l.layer, l.evaluation.controls[c]?.aurocVsNone ?? null]) })),
+      series: CONTROLS.filter((c) => c !== 'none').map((c) => ({ name: c, points: logistic.map((l): [number, number | null] => [l.layer, l.evaluation.controls[c]?.aurocVsNone ?? null]) })),
       referenceLines: [{ y: 0.5, label: 'chance' }],
       ...common,
     }),
@@ -284,7 +282,7 @@ export function renderCharts(d: ReportData): Map<string, string> {
         { name: 'probe fired', values: det.map((r) => r.probe) },
       ],
       width: 900,
-      ...Y01,
+      ...UNIT_Y_AXIS,
     }),
   );
   return files;
@@ -305,25 +303,24 @@ export function renderMarkdown(d: ReportData): string {
   );
   L.push('## Held-out concepts, per probe layer (logistic)', '');
   L.push('![AUROC per layer](auroc-per-layer.svg)', '', '![TPR at 1% FPR](tpr1-per-layer.svg)', '', '![TPR at 5% FPR](tpr5-per-layer.svg)', '');
-  L.push('| probe layer | aggregator | AUROC | TPR@1% | TPR@5% | TPR at threshold | FPR at threshold (clean) | ' + ds.protocols.map((p) => `AUROC ${p}`).join(' | ') + ' |');
-  L.push('|---|---|---|---|---|---|---|' + ds.protocols.map(() => '---|').join(''));
+  L.push(...tableHeader(['probe layer', 'aggregator', 'AUROC', 'TPR@1%', 'TPR@5%', 'TPR at threshold', 'FPR at threshold (clean)', ...ds.protocols.map((p) => `AUROC ${p}`)]));
   for (const l of logistic) {
     const e = l.evaluation;
-    L.push(`| ${l.layer}${l.layer === d.best.layer ? ' (chosen)' : ''} | ${aggName(l.aggregator)} | ${fmt(e.auroc)} | ${fmt(e['tpr_at_fpr_0.01'])} | ${fmt(e['tpr_at_fpr_0.05'])} | ${fmt(e.tpr)} | ${fmt(e.fpr)} | ${ds.protocols.map((p) => fmt(e.byProtocol[p]?.auroc)).join(' | ')} |`);
+    L.push(tableRow([`${l.layer}${l.layer === d.best.layer ? ' (chosen)' : ''}`, aggregatorName(l.aggregator), fmt(e.auroc), fmt(e['tpr_at_fpr_0.01']), fmt(e['tpr_at_fpr_0.05']), fmt(e.tpr), fmt(e.fpr), ...ds.protocols.map((p) => fmt(e.byProtocol[p]?.auroc))]));
   }
   L.push('');
   for (const metric of ['auroc', 'tpr_at_fpr_0.01'] as const) {
     L.push(`### ${metric === 'auroc' ? 'AUROC' : 'TPR at 1% FPR'} per probe layer and strength (pooled over injection layers)`, '');
     const cols = ds.protocols.flatMap((p) => ds.strengths.map((s) => ({ p, s })));
-    L.push(`| probe layer | ${cols.map((c) => `${c.p} ×${c.s}`).join(' | ')} |`, `|---|${cols.map(() => '---|').join('')}`);
-    for (const l of logistic) L.push(`| ${l.layer} | ${cols.map((c) => fmt(l.evaluation.byStrength.find((b) => b.protocol === c.p && b.strength === c.s)?.[metric])).join(' | ')} |`);
+    L.push(...tableHeader(['probe layer', ...cols.map((c) => `${c.p} ×${c.s}`)]));
+    for (const l of logistic) L.push(tableRow([l.layer, ...cols.map((c) => fmt(l.evaluation.byStrength.find((b) => b.protocol === c.p && b.strength === c.s)?.[metric]))]));
     L.push('');
   }
   L.push(`## The chosen probe (layer ${best.layer}) per injection layer and strength`, '');
-  L.push(`Aggregator ${aggName(best.aggregator)}, threshold ${fmt(best.threshold, 4)}.`, '');
-  L.push('| protocol | injection layer | strength | positives | AUROC | TPR@1% | TPR@5% | TPR at threshold |', '|---|---|---|---|---|---|---|---|');
+  L.push(`Aggregator ${aggregatorName(best.aggregator)}, threshold ${fmt(best.threshold, 4)}.`, '');
+  L.push(...tableHeader(['protocol', 'injection layer', 'strength', 'positives', 'AUROC', 'TPR@1%', 'TPR@5%', 'TPR at threshold']));
   const cells = [...best.evaluation.cells].sort((a, b) => a.protocol.localeCompare(b.protocol) || a.layer - b.layer || a.strength - b.strength);
-  for (const c of cells) L.push(`| ${c.protocol} | ${c.layer} | ×${c.strength} | ${c.positives} | ${fmt(c.auroc)} | ${fmt(c['tpr_at_fpr_0.01'])} | ${fmt(c['tpr_at_fpr_0.05'])} | ${fmt(c.tprAtThreshold)} |`);
+  for (const c of cells) L.push(tableRow([c.protocol, c.layer, `×${c.strength}`, c.positives, fmt(c.auroc), fmt(c['tpr_at_fpr_0.01']), fmt(c['tpr_at_fpr_0.05']), fmt(c.tprAtThreshold)]));
   L.push('');
   L.push('## Controls', '');
   L.push('![Controls flagged](controls-per-layer.svg)', '', '![Controls AUROC](controls-auroc-per-layer.svg)', '');
@@ -331,15 +328,15 @@ export function renderMarkdown(d: ReportData): string {
     '`none`: clean trials (the flagged fraction is the false-positive rate). `random`: a Gaussian direction of the same norm injected the same way. `unrelated-question`: a concept injected, then an unrelated yes/no question. `generation-only`: a concept injected only into generated tokens (the question positions are clean). For the injected controls a flag is not necessarily wrong: the numbers say how concept-specific the probe is.',
     '',
   );
-  L.push('| probe layer | ' + ['none', 'random', 'unrelated-question', 'generation-only'].map((c) => `${c} flagged (AUROC vs none)`).join(' | ') + ' |', '|---|---|---|---|---|');
+  L.push(...tableHeader(['probe layer', ...CONTROLS.map((c) => `${c} flagged (AUROC vs none)`)]));
   for (const l of logistic) {
     const c = l.evaluation.controls;
-    L.push(`| ${l.layer} | ${['none', 'random', 'unrelated-question', 'generation-only'].map((k) => `${fmt(c[k]?.fpr)} (${k === 'none' ? 'n=' + (c[k]?.trials ?? 0) : fmt(c[k]?.aurocVsNone)})`).join(' | ')} |`);
+    L.push(tableRow([l.layer, ...CONTROLS.map((k) => `${fmt(c[k]?.fpr)} (${k === 'none' ? 'n=' + (c[k]?.trials ?? 0) : fmt(c[k]?.aurocVsNone)})`)]));
   }
   L.push('');
   L.push('## Difference-of-means baseline', '');
-  L.push('| probe layer | AUROC | TPR@1% | TPR@5% | FPR at threshold |', '|---|---|---|---|---|');
-  for (const l of diff) L.push(`| ${l.layer} | ${fmt(l.evaluation.auroc)} | ${fmt(l.evaluation['tpr_at_fpr_0.01'])} | ${fmt(l.evaluation['tpr_at_fpr_0.05'])} | ${fmt(l.evaluation.fpr)} |`);
+  L.push(...tableHeader(['probe layer', 'AUROC', 'TPR@1%', 'TPR@5%', 'FPR at threshold']));
+  for (const l of diff) L.push(tableRow([l.layer, fmt(l.evaluation.auroc), fmt(l.evaluation['tpr_at_fpr_0.01']), fmt(l.evaluation['tpr_at_fpr_0.05']), fmt(l.evaluation.fpr)]));
   L.push('');
   L.push('## Yes/no logit shift per layer (logit lens)', '');
   L.push(
@@ -348,30 +345,21 @@ export function renderMarkdown(d: ReportData): string {
   );
   for (const p of ds.protocols) L.push(`![Logit shift ${p}](logit-shift-${p}.svg)`, '');
   const lensLayers = d.logitShift[0]?.lensShift.length ?? 0;
-  L.push(`| protocol | injection layer | strength | ${Array.from({ length: lensLayers }, (_, l) => `L${l}`).join(' | ')} | direct Δlogit | ΔP(yes)−ΔP(no) |`, `|---|---|---|${Array.from({ length: lensLayers }, () => '---|').join('')}---|---|`);
-  for (const r of d.logitShift) L.push(`| ${r.protocol} | ${r.injectionLayer} | ×${r.strength} | ${r.lensShift.map((v) => fmt(v, 2)).join(' | ')} | ${fmt(r.directShift, 2)} | ${fmt(r.probabilityShift, 3)} |`);
+  L.push(...tableHeader(['protocol', 'injection layer', 'strength', ...Array.from({ length: lensLayers }, (_, l) => `L${l}`), 'direct Δlogit', 'ΔP(yes)−ΔP(no)']));
+  for (const r of d.logitShift) L.push(tableRow([r.protocol, r.injectionLayer, `×${r.strength}`, ...r.lensShift.map((v) => fmt(v, 2)), fmt(r.directShift, 2), fmt(r.probabilityShift, 3)]));
   L.push('');
   L.push('## Verbal vs probe detection', '');
   L.push('![Verbal vs probe](verbal-vs-probe.svg)', '');
   L.push(`Eval split. verbalised: the generated text contains a configured phrase or the concept word; P(yes) > P(no): the readout after the answer prefix; probe: the chosen probe (layer ${best.layer}) fires.`, '');
-  L.push('| condition | protocol | strength | trials | verbalised | P(yes) > P(no) | probe fired |', '|---|---|---|---|---|---|---|');
-  for (const r of d.detection) L.push(`| ${r.condition} | ${r.protocol} | ${r.strength === null ? '–' : `×${r.strength}`} | ${r.trials} | ${fmt(r.verbal)} | ${fmt(r.saidYes)} | ${fmt(r.probe)} |`);
+  L.push(...tableHeader(['condition', 'protocol', 'strength', 'trials', 'verbalised', 'P(yes) > P(no)', 'probe fired']));
+  for (const r of d.detection) L.push(tableRow([r.condition, r.protocol, r.strength === null ? '–' : `×${r.strength}`, r.trials, fmt(r.verbal), fmt(r.saidYes), fmt(r.probe)]));
   L.push('');
-  return L.join('\n');
-}
-
-function aggName(a: LayerResult['aggregator']): string {
-  if (a.kind === 'ema') return `ema(${a.alpha})`;
-  if (a.kind === 'rolling-mean' || a.kind === 'rolling-max') return `${a.kind}(${a.window})`;
-  return a.kind;
+  return markdownText(L);
 }
 
 /** Compute and write report.md, report.json and the charts into `outDir`. */
 export function writeReport(ds: Dataset, outDir: string, o: ReportOptions = {}): ReportData {
   const data = computeReport(ds, o);
-  mkdirSync(outDir, { recursive: true });
-  for (const [name, svg] of renderCharts(data)) writeFileSync(join(outDir, name), svg);
-  writeFileSync(join(outDir, 'report.md'), renderMarkdown(data));
-  writeFileSync(join(outDir, 'report.json'), `${JSON.stringify(data, null, 2)}\n`);
+  writeReportFiles(outDir, renderCharts(data), renderMarkdown(data), data);
   return data;
 }
