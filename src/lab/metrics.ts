@@ -15,14 +15,7 @@
  * scores higher than a random negative, ties counting one half (average ranks over tied scores).
  */
 export function auroc(positives: ArrayLike<number>, negatives: ArrayLike<number>): number {
-  const nPos = positives.length;
-  const nNeg = negatives.length;
-  checkScores(positives, 'positives');
-  checkScores(negatives, 'negatives');
-  const all = new Float64Array(nPos + nNeg);
-  for (let i = 0; i < nPos; i++) all[i] = positives[i];
-  for (let i = 0; i < nNeg; i++) all[nPos + i] = negatives[i];
-  const order = sortedOrder(all);
+  const { nPos, nNeg, all, order } = pooled(positives, negatives);
   // Sum of 1-based ranks of the positives, each tie group getting its average rank.
   let rankSumPos = 0;
   let i = 0;
@@ -49,14 +42,8 @@ export interface RocPoint {
  * diagonal segment, so the trapezoid area under the points equals `auroc`.
  */
 export function rocCurve(positives: ArrayLike<number>, negatives: ArrayLike<number>): RocPoint[] {
-  const nPos = positives.length;
-  const nNeg = negatives.length;
-  checkScores(positives, 'positives');
-  checkScores(negatives, 'negatives');
-  const all = new Float64Array(nPos + nNeg);
-  for (let i = 0; i < nPos; i++) all[i] = positives[i];
-  for (let i = 0; i < nNeg; i++) all[nPos + i] = negatives[i];
-  const order = sortedOrder(all).reverse();
+  const { nPos, nNeg, all, order: ascending } = pooled(positives, negatives);
+  const order = ascending.reverse();
   const points: RocPoint[] = [];
   let tp = 0;
   let fp = 0;
@@ -149,6 +136,21 @@ function fractionAbove(scores: ArrayLike<number>, threshold: number): number {
 function checkScores(scores: ArrayLike<number>, what: string): void {
   if (scores.length === 0) throw new RangeError(`${what}: no scores`);
   for (let i = 0; i < scores.length; i++) if (Number.isNaN(scores[i])) throw new RangeError(`${what}[${i}] is NaN`);
+}
+
+/**
+ * Positives then negatives in one array (checked: non-empty, no NaN), with the indices sorted by
+ * ascending score; an index below nPos is a positive.
+ */
+function pooled(positives: ArrayLike<number>, negatives: ArrayLike<number>): { nPos: number; nNeg: number; all: Float64Array; order: number[] } {
+  const nPos = positives.length;
+  const nNeg = negatives.length;
+  checkScores(positives, 'positives');
+  checkScores(negatives, 'negatives');
+  const all = new Float64Array(nPos + nNeg);
+  for (let i = 0; i < nPos; i++) all[i] = positives[i];
+  for (let i = 0; i < nNeg; i++) all[nPos + i] = negatives[i];
+  return { nPos, nNeg, all, order: sortedOrder(all) };
 }
 
 /** Indices sorted by ascending value (stable, so equal values keep input order). */
