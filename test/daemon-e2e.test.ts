@@ -9,7 +9,7 @@ import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnDaemon, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
-import { CODE16M, tempDir } from './helpers.js';
+import { CODE16M, tempDir, waitUntil } from './helpers.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon } from '../src/daemon/daemon.js';
 
@@ -52,11 +52,6 @@ async function metric(name: string, labels: Record<string, string> = {}): Promis
   }
   return sum;
 }
-
-const until = async (cond: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-};
 
 describe('OpenAI SDK against the daemon', () => {
   it('non-streaming chat and completions, with the verdict attached', async () => {
@@ -103,7 +98,7 @@ describe('detection', () => {
     expect(v.silent).toBe(true); // code text never says "injected thought"
     const ids = v.probes[0].alert_ids;
     expect(ids.length).toBeGreaterThan(0);
-    await until(() => sub.alerts.length >= ids.length);
+    await waitUntil(() => sub.alerts.length >= ids.length, { timeoutMs: 5000, what: `the subscriber to receive alerts ${ids.join(', ')}`, detail: () => `received ${sub.alerts.map((a) => a.id).join(', ')}` });
     expect(sub.alerts.map((a) => a.id)).toEqual(ids);
     expect(sub.alerts.every((a) => a.silent && a.probeId === 'test-injection')).toBe(true);
     expect(await metric('latentwatch_alerts_total', { probe: 'test-injection' })).toBe(alertsBefore + ids.length);
@@ -146,6 +141,14 @@ describe('bad input gets a coded 4xx and the server keeps serving', () => {
     ['a wrong key', () => post(JSON.stringify({ model: MODEL, prompt: 'x' }), { authorization: 'Bearer nope' }), 401, 'LW_ERR_AUTH_INVALID_KEY'],
     ['an unknown route', () => fetch(`${daemon.url}/v1/nope`), 404, 'LW_ERR_API_NOT_FOUND'],
   ];
+  // What a greedy request answers on an untroubled server; after each bad request it answers the same.
+  const greedy = () => client.completions.create({ model: MODEL, prompt: 'def ', max_tokens: 2, temperature: 0 });
+  let reference: Awaited<ReturnType<typeof greedy>>;
+  beforeAll(async () => {
+    reference = await greedy();
+    expect(reference.usage!.completion_tokens).toBe(2);
+    expect(reference.choices[0].text.length).toBeGreaterThan(0);
+  });
   for (const [name, send, status, code] of cases) {
     it(name, async () => {
       const r = await send();
@@ -153,8 +156,9 @@ describe('bad input gets a coded 4xx and the server keeps serving', () => {
       const body = (await r.json()) as { error: { code: string; message: string } };
       expect(body.error.code).toBe(code);
       expect(typeof body.error.message).toBe('string');
-      const ok = await client.completions.create({ model: MODEL, prompt: 'def ', max_tokens: 2 });
-      expect(ok.choices[0].text.length).toBeGreaterThanOrEqual(0);
+      const ok = await greedy();
+      expect(ok.choices[0].text).toBe(reference.choices[0].text);
+      expect(ok.usage!.completion_tokens).toBe(2);
     });
   }
 });
@@ -170,12 +174,15 @@ describe('disconnects', () => {
       // the SDK may end the iteration or throw on abort; either way the connection is gone
     }
     expect(n).toBeLessThan(50);
-    await until(() => false, 300);
-    const ready = (await (await fetch(`${daemon.url}/readyz`)).json()) as { running: number };
-    expect(ready.running).toBe(0);
+    await waitUntil(async () => ((await (await fetch(`${daemon.url}/readyz`)).json()) as { running: number }).running === 0, {
+      timeoutMs: 5000,
+      what: 'the cancelled generation to leave its slot (readyz running = 0)',
+    });
+    // Nothing generates for the dropped stream any more: across one further request, the token
+    // counter moves by exactly that request's tokens.
     const tokensAfter = await metric('latentwatch_generation_tokens_total');
-    await new Promise((r) => setTimeout(r, 300));
-    expect(await metric('latentwatch_generation_tokens_total')).toBe(tokensAfter);
+    const next = await client.completions.create({ model: MODEL, prompt: 'def ', max_tokens: 4, temperature: 0 });
+    expect(await metric('latentwatch_generation_tokens_total')).toBe(tokensAfter + next.usage!.completion_tokens);
   });
 });
 
@@ -183,10 +190,8 @@ describe('kill -9 during traffic', () => {
   it('after restart no acknowledged alert is missing, and a resuming subscriber gets exactly the ones it missed', async () => {
     const dir = tempDir('lw-kill-');
     const dbPath = join(dir, 'alerts.db');
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const base = `http://127.0.0.1:${port}`;
-    let child = await spawnDaemon(probe, port, dbPath);
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/alerts`, { headers: { authorization: `Bearer ${API_KEY}` } });
+    const first = await spawnDaemon(probe, dbPath);
+    const ws = new WebSocket(`${first.url.replace('http', 'ws')}/v1/alerts`, { headers: { authorization: `Bearer ${API_KEY}` } });
     const seen: number[] = [];
     ws.on('message', (m) => {
       const msg = JSON.parse(String(m));
@@ -195,25 +200,35 @@ describe('kill -9 during traffic', () => {
     ws.on('error', () => {});
     await new Promise((r) => ws.once('open', r));
     const acknowledged = new Set<number>();
-    const c = new OpenAI({ baseURL: `${base}/v1`, apiKey: ADMIN_KEY, maxRetries: 0 });
+    const injectBody = (prompt: string, maxTokens: number) =>
+      ({ model: MODEL, prompt, max_tokens: maxTokens, temperature: 0, latentwatch: { inject: { vector: probe.vector, layer: INJECT_LAYER, scale: probe.scale, window: 'generation' } } }) as OpenAI.CompletionCreateParamsNonStreaming;
+    const c = new OpenAI({ baseURL: `${first.url}/v1`, apiKey: ADMIN_KEY, maxRetries: 0 });
+    let killed = false;
+    const failedBeforeKill: string[] = [];
     const traffic = Array.from({ length: 6 }, async (_, i) => {
       for (let k = 0; k < 50; k++) {
         try {
-          const r = await c.completions.create({ model: MODEL, prompt: `def f${i}_${k}(x):\n`, max_tokens: 40, temperature: 0, latentwatch: { inject: { vector: probe.vector, layer: INJECT_LAYER, scale: probe.scale, window: 'generation' } } } as OpenAI.CompletionCreateParamsNonStreaming);
+          const r = await c.completions.create(injectBody(`def f${i}_${k}(x):\n`, 40));
           for (const id of verdictOf(r).probes[0].alert_ids) acknowledged.add(id);
-        } catch {
+        } catch (e) {
+          // After the kill every request fails; before it, none may.
+          if (!killed) failedBeforeKill.push(String(e));
           return;
         }
       }
     });
-    await until(() => seen.length >= 5, 30_000);
-    child.kill('SIGKILL');
+    await waitUntil(() => seen.length >= 5, { timeoutMs: 30_000, what: 'the subscriber to see 5 alerts before the kill', detail: () => first.log().slice(-2000) });
+    killed = true;
+    first.child.kill('SIGKILL');
     await Promise.all(traffic);
+    expect(failedBeforeKill).toEqual([]);
     for (const id of seen) acknowledged.add(id);
     ws.terminate();
     expect(acknowledged.size).toBeGreaterThan(0);
 
-    child = await spawnDaemon(probe, port, dbPath);
+    const second = await spawnDaemon(probe, dbPath);
+    const { child } = second;
+    const base = second.url;
     try {
       const all = (await (await fetch(`${base}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${API_KEY}` } })).json()) as { data: { id: number }[] };
       const stored = new Set<number>(all.data.map((a: { id: number }) => a.id));
@@ -222,15 +237,20 @@ describe('kill -9 during traffic', () => {
       const last = Math.max(...seen);
       const expected = [...stored].filter((id) => id > last).sort((a, b) => a - b);
       const resumed: number[] = [];
-      const ws2 = new WebSocket(`ws://127.0.0.1:${port}/v1/alerts?last_id=${last}`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      const ws2 = new WebSocket(`${base.replace('http', 'ws')}/v1/alerts?last_id=${last}`, { headers: { authorization: `Bearer ${API_KEY}` } });
       ws2.on('message', (m) => {
         const msg = JSON.parse(String(m));
         if (msg.type === 'alert') resumed.push(msg.alert.id);
       });
       await new Promise((r) => ws2.once('open', r));
-      await until(() => resumed.length >= expected.length, 5000);
-      await new Promise((r) => setTimeout(r, 200));
-      expect(resumed).toEqual(expected);
+      await waitUntil(() => resumed.length >= expected.length, { timeoutMs: 5000, what: `the resumed subscriber to receive ${expected.length} missed alerts`, detail: () => `got ${resumed.join(', ')}` });
+      // A fresh alert marks the end of the replay: frames arrive in order, so anything the replay
+      // sent twice or beyond the missed ones would come before it.
+      const fresh = verdictOf(await new OpenAI({ baseURL: `${base}/v1`, apiKey: ADMIN_KEY, maxRetries: 0 }).completions.create(injectBody('def after_restart(x):\n', 4))).probes[0].alert_ids;
+      expect(fresh.length).toBeGreaterThan(0);
+      await waitUntil(() => resumed.includes(fresh.at(-1)!), { timeoutMs: 5000, what: `the resumed subscriber to receive the fresh alert ${fresh.at(-1)}`, detail: () => `got ${resumed.join(', ')}` });
+      expect(resumed.slice(0, expected.length)).toEqual(expected);
+      expect(resumed).toEqual([...expected, ...fresh]);
       ws2.close();
     } finally {
       child.kill('SIGTERM');
@@ -265,9 +285,8 @@ describe('limits, health and shutdown', () => {
   });
 
   it('SIGTERM lets a running stream finish, refuses new work, and exits 0', async () => {
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const child = await spawnDaemon(probe, port, join(tempDir('lw-term-'), 'alerts.db'));
-    const c = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    const { child, url } = await spawnDaemon(probe, join(tempDir('lw-term-'), 'alerts.db'));
+    const c = new OpenAI({ baseURL: `${url}/v1`, apiKey: API_KEY, maxRetries: 0 });
     const stream = await c.completions.create({ model: MODEL, prompt: 'class Config:\n    def __init__(self, path):\n        self.', max_tokens: 200, temperature: 0, stream: true });
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     let text = '';
@@ -279,9 +298,15 @@ describe('limits, health and shutdown', () => {
       if (!signalled && text.length > 5) {
         signalled = true;
         child.kill('SIGTERM');
-        await new Promise((r) => setTimeout(r, 100));
-        const r = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => null);
-        if (r) expect(r.status).toBe(503);
+        // While this stream drains, the server still listens: readyz turns 503 and new work is refused.
+        await waitUntil(async () => (await fetch(`${url}/readyz`)).status === 503, { timeoutMs: 5000, what: 'readyz to answer 503 after SIGTERM' });
+        const refused = await fetch(`${url}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` },
+          body: JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 2 }),
+        });
+        expect(refused.status).toBe(503);
+        expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('LW_ERR_API_SHUTTING_DOWN');
       }
     }
     expect(finish).toBe('length');
@@ -328,7 +353,7 @@ describe('canary', () => {
       });
       await new Promise((r) => ws.once('open', r));
       expect(await d.canary!.runOnce()).toBe('failure');
-      await until(() => alerts.some((a) => a.kind === 'canary_failure'));
+      await waitUntil(() => alerts.some((a) => a.kind === 'canary_failure'), { timeoutMs: 5000, what: 'the canary_failure alert to reach the subscriber' });
       expect(alerts.find((a) => a.kind === 'canary_failure')).toMatchObject({ severity: 'critical' });
       expect(await (await fetch(`${d.url}/metrics`)).text()).toMatch(/^latentwatch_canary_success 0$/m);
       ws.close();

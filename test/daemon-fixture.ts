@@ -14,7 +14,7 @@ import { linearBody, writeProbeFile, type ProbeFile } from '../src/probes/probe-
 import { createProbe } from '../src/probes/probe.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
-import { CODE16M, TEST_CACHE, tempDir } from './helpers.js';
+import { CODE16M, TEST_CACHE, tempDir, waitUntil } from './helpers.js';
 
 export const INJECT_LAYER = 3;
 export const PROBE_LAYER = 5;
@@ -109,24 +109,55 @@ export async function startTestDaemon(probe: TestProbe, extraArgv: string[] = []
 
 const BIN = new URL('../bin/latentwatch.js', import.meta.url).pathname;
 
-/** The daemon as a separate process (for kill -9); resolves once it listens. */
-export async function spawnDaemon(probe: TestProbe, port: number, alertLog: string): Promise<ChildProcess> {
-  const child = spawn('node', [BIN, 'serve', '--model', CODE16M, '--probe', probe.path, '--port', String(port), '--alert-log', alertLog, '--log-level', 'warn'], {
-    env: { ...process.env, LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
-    stdio: ['ignore', 'ignore', 'pipe'],
+export interface ServeProcess {
+  child: ChildProcess;
+  /** http://127.0.0.1:PORT, the address the daemon reported listening on. */
+  url: string;
+  port: number;
+  /** Everything it wrote so far (stdout log and stderr). */
+  log(): string;
+}
+
+/**
+ * `latentwatch serve` as a separate process (for kill -9 and signals) on a port it binds itself
+ * (`--port 0`): resolves once it has logged its address and /readyz answers 200. Logs at info, the
+ * level of the "listening on URL" line; `argv` may add flags (a later --log-level wins).
+ */
+export async function spawnServe(argv: readonly string[], env: Record<string, string>, o: { what?: string; timeoutMs?: number } = {}): Promise<ServeProcess> {
+  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--log-level', 'info', ...argv], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  let stderr = '';
-  child.stderr!.on('data', (b) => (stderr += String(b)));
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`daemon exited ${child.exitCode}: ${stderr}`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/readyz`);
-      if (r.ok) return child;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`daemon did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 100));
+  let log = '';
+  let url: string | null = null;
+  const onData = (b: Buffer) => {
+    log += String(b);
+    url ??= /listening on (http:\/\/[^\s"]+)/.exec(log)?.[1] ?? null;
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const what = o.what ?? 'latentwatch serve';
+  try {
+    await waitUntil(
+      async () => {
+        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`exited ${child.exitCode ?? child.signalCode}`);
+        return url !== null && (await fetch(`${url}/readyz`)).ok;
+      },
+      { timeoutMs: o.timeoutMs ?? 120_000, stepMs: 100, what: `${what} to listen and be ready`, detail: () => log.slice(-4000) },
+    );
+  } catch (e) {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    throw e;
   }
+  return { child, url: url!, port: Number(new URL(url!).port), log: () => log };
+}
+
+/** The daemon on the test probe as a separate process (for kill -9); resolves once it is ready. */
+export function spawnDaemon(probe: TestProbe, alertLog: string): Promise<ServeProcess> {
+  return spawnServe(['--model', CODE16M, '--probe', probe.path, '--alert-log', alertLog], {
+    LATENTWATCH_API_KEY: API_KEY,
+    LATENTWATCH_ADMIN_KEY: ADMIN_KEY,
+    LATENTWATCH_ALLOW_INJECTION: '1',
+    LATENTWATCH_HOST: '127.0.0.1',
+  });
 }

@@ -1,4 +1,5 @@
 import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readSafetensorsHeader, readTensorRaw } from '../src/model/safetensors.js';
@@ -40,4 +41,58 @@ export function argmaxRows(logits: Float32Array, vocab: number): number[] {
     out.push(best);
   }
   return out;
+}
+
+export interface WaitOptions {
+  /** Give up after this long (ms). */
+  timeoutMs: number;
+  /** What is awaited, for the error message ("the subscriber to receive 3 alerts"). */
+  what: string;
+  /** Poll interval (ms); default 20. */
+  stepMs?: number;
+  /** Extra context appended to the timeout error (a child's log, the last value seen). */
+  detail?: () => string;
+}
+
+/**
+ * Polls `cond` until it holds; throws if it does not within `timeoutMs`, naming what was awaited.
+ * A `cond` that throws counts as "not yet" (a server still starting); the last error is reported.
+ */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, o: WaitOptions): Promise<void> {
+  const start = Date.now();
+  let lastError: unknown;
+  for (;;) {
+    try {
+      if (await cond()) return;
+      lastError = undefined;
+    } catch (e) {
+      lastError = e;
+    }
+    if (Date.now() - start > o.timeoutMs) {
+      const why = lastError === undefined ? '' : ` (last error: ${lastError instanceof Error ? lastError.message : String(lastError)})`;
+      const detail = o.detail ? `\n${o.detail()}` : '';
+      throw new Error(`timed out after ${o.timeoutMs} ms waiting for ${o.what}${why}${detail}`);
+    }
+    await new Promise((r) => setTimeout(r, o.stepMs ?? 20));
+  }
+}
+
+/**
+ * A TCP port on 127.0.0.1 that the OS reports free (listen on port 0, read the port, close). For
+ * servers that cannot bind port 0 and report it themselves; call it right before starting them.
+ */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      if (typeof addr !== 'object' || addr === null) {
+        s.close();
+        reject(new Error(`no port from the OS: ${String(addr)}`));
+        return;
+      }
+      s.close(() => resolve(addr.port));
+    });
+  });
 }
