@@ -155,6 +155,50 @@ describe('daemon config', () => {
   });
 });
 
+describe('execution provider', () => {
+  it('defaults to cpu; set by --provider or LATENTWATCH_PROVIDER, the flag winning', () => {
+    expect(loadConfig({ cwd: dir }).config.provider).toBe('cpu');
+    const fromFlag = loadConfig({ cwd: dir, argv: ['--provider', 'cpu'], env: { LATENTWATCH_PROVIDER: 'cuda' } });
+    expect(fromFlag.config.provider).toBe('cpu');
+    expect(fromFlag.sources.get('/provider')).toBe('flag --provider');
+    const fromEnv = loadConfig({ cwd: dir, env: { LATENTWATCH_PROVIDER: 'cuda' } });
+    expect(fromEnv.config.provider).toBe('cuda');
+    expect(fromEnv.sources.get('/provider')).toBe('env LATENTWATCH_PROVIDER');
+    expect(loadConfig({ configFile: file('gpu.json', { provider: 'cuda' }) }).config.provider).toBe('cuda');
+  });
+
+  it('an unknown provider is LW_ERR_CONFIG_INVALID at /provider, naming where it came from', () => {
+    const e = thrown(() => loadConfig({ cwd: dir, argv: ['--provider=tpu'] }));
+    expect(e.code).toBe('LW_ERR_CONFIG_INVALID');
+    expect(e.details?.path).toBe('/provider');
+    expect(e.details?.source).toBe('flag --provider');
+    expect(thrown(() => loadConfig({ cwd: dir, env: { LATENTWATCH_PROVIDER: 'CPU' } })).details?.path).toBe('/provider');
+  });
+});
+
+describe('serve flags go through the shared parser', () => {
+  it('apply in command-line order: the last of --X / --no-X wins', () => {
+    expect(parseFlags(['--no-spinning', '--spinning']).layer).toEqual({ spinning: true });
+    expect(parseFlags(['--spinning', '--no-spinning']).layer).toEqual({ spinning: false });
+    expect(parseFlags(['--port', '1', '--port=2']).layer).toEqual({ port: 2 });
+  });
+
+  it('refuse what the CLI parser refuses, naming the flag', () => {
+    for (const [argv, flag] of [
+      [['--spinning=1'], '--spinning'], // booleans take no value
+      [['--no-port'], '--no-port'], // only booleans have a --no- form
+      [['--port', '--spinning'], '--port'], // a value that looks like a flag is a missing value
+      [['--', '--port', '1'], '--'],
+      [['-p', '1'], '-p'],
+    ] as const) {
+      const e = thrown(() => parseFlags(argv));
+      expect(e.code).toBe('LW_ERR_CONFIG_FLAG_UNKNOWN');
+      expect(e.details?.flag).toBe(flag);
+    }
+    expect(parseFlags(['--served-model-name=-odd']).layer).toEqual({ servedModelName: '-odd' });
+  });
+});
+
 describe('in-memory alert log from flags and environment', () => {
   it('keeps :memory: as SQLite in-memory, not a file named after it', () => {
     const fromFlag = loadConfig({ argv: ['--alert-log', ':memory:'], cwd: '/tmp' }).config;

@@ -1,6 +1,6 @@
 /** Small helpers shared by the CLI commands: option parsing with coded errors, progress output. */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { lwError } from '../errors.js';
+import { parseCommandLine, type FlagOptions, type FlagValues } from '../flags.js';
 
 export interface Command {
   name: string;
@@ -8,18 +8,14 @@ export interface Command {
   run(argv: string[]): Promise<void>;
 }
 
-export function parse<T extends NonNullable<ParseArgsConfig['options']>>(argv: string[], options: T, usage: string) {
-  try {
-    const r = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true });
-    if ((r.values as Record<string, unknown>).help) {
-      process.stdout.write(usage.trimStart() + '\n');
-      process.exit(0);
-    }
-    return r.values;
-  } catch (e) {
-    if ((e as { code?: string }).code === 'LW_ERR_CLI_USAGE') throw e;
-    throw lwError('LW_ERR_CLI_USAGE', (e as Error).message);
+/** The command's options (plus --help/-h, which prints `usage` and exits); LW_ERR_CLI_USAGE on bad flags. */
+export function parse<T extends FlagOptions>(argv: string[], options: T, usage: string): FlagValues<T> {
+  const { values } = parseCommandLine(argv, { ...options, help: { type: 'boolean', short: 'h' } }, 'LW_ERR_CLI_USAGE');
+  if ((values as Record<string, unknown>).help) {
+    process.stdout.write(usage.trimStart() + '\n');
+    process.exit(0);
   }
+  return values as FlagValues<T>;
 }
 
 export function num(v: string | undefined, name: string, fallback?: number): number | undefined {

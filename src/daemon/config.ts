@@ -20,8 +20,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
+import { Type, type Static } from 'typebox';
 import { lwError } from '../errors.js';
+import { parseCommandLine } from '../flags.js';
+import { closedObject, nullable, schemaValidator } from '../schema.js';
 
 export const SEVERITIES = ['info', 'warning', 'critical'] as const;
 export type Severity = (typeof SEVERITIES)[number];
@@ -41,97 +44,114 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const ALERT_EMIT_MODES = ['immediate', 'settled'] as const;
 export type AlertEmitMode = (typeof ALERT_EMIT_MODES)[number];
 
-export interface AlertRuleConfig {
-  /** Overrides the probe file's decision threshold (on the aggregated score). */
-  threshold?: number;
-  /** Consecutive positions at or above the threshold before an alert is raised. */
-  minConsecutive: number;
-  /** After an alert, no new alert for this probe in this request for this many positions... */
-  cooldownTokens: number;
-  /** ...and for this many seconds (both must have passed). */
-  cooldownSeconds: number;
-  severity: Severity;
-}
+/** onnxruntime execution providers the daemon can run on (`cuda` needs the CUDA libraries: README, "GPU"). */
+export const PROVIDERS = ['cpu', 'cuda'] as const;
 
-export interface DaemonConfig {
-  /** Checkpoint directory; null = the built-in default model. */
-  modelDir: string | null;
-  /** Weight precision of the served graph (int4/int8: MatMulNBits; fp16: fp16 storage). */
-  precision: 'fp32' | 'fp16' | 'int8' | 'int4';
-  /** onnxruntime intra-op threads; 0 = one per core. */
-  threads: number;
-  /**
-   * Whether idle onnxruntime threads spin-wait between passes (onnxruntime's own default is on).
-   * Off by default here: the daemon's event loop (scoring, streaming, alerts) needs the cores between
-   * passes. Measured on 2 cores (bench/daemon.ts): 4 streams 1.9–2.0× one stream instead of 1.2–1.7×,
-   * alert p99 with 100 subscribers 8.6 ms instead of 12–14 ms, at up to ~10% single-stream speed.
-   */
-  spinning: boolean;
-  /** Name answered in /v1/models and matched against `model` in requests; null = derived from the model. */
-  servedModelName: string | null;
-  /** `*.probe.json` files to load. */
-  probes: string[];
-  host: string;
-  port: number;
-  /** Inference keys (`Authorization: Bearer <key>`); empty = open, and local-only (see above). */
-  apiKeys: string[];
-  /** Admin key for injection and admin routes; null = no admin access. */
-  adminKey: string | null;
-  /** Honour admin injection requests (`LATENTWATCH_ALLOW_INJECTION=1`). */
-  allowInjection: boolean;
-  logLevel: LogLevel;
-  limits: {
-    bodyLimitBytes: number;
-    maxTokens: number;
-    maxConcurrent: number;
-    maxQueue: number;
-  };
-  alerts: {
-    /** Applies to every probe; `rules[probeId]` overrides it key by key. */
-    defaultRule: AlertRuleConfig;
-    rules: Record<string, Partial<AlertRuleConfig>>;
-    emit: AlertEmitMode;
-    /** Characters of generated text carried in an alert's `textExcerpt`; 0 = none. */
-    excerptChars: number;
-  };
-  verbalization: {
-    /** Case-insensitive phrases whose presence in the generated text counts as verbalising. */
-    phrases: string[];
-    /** Also count the injected/canary concept word (whole word, case-insensitive) when known. */
-    matchConceptWord: boolean;
-  };
-  alertLog: {
-    /** SQLite file (':memory:' for tests). */
-    path: string;
-    /** Rows older than this are deleted; 0 = keep forever. */
-    retentionDays: number;
-    /** At most this many rows are kept (oldest deleted first); 0 = no limit. */
-    retentionRows: number;
-    /** Alerts kept in memory while the disk fails (see alert-log.ts). */
-    pendingLimit: number;
-    /** How often retention runs and pending alerts are retried. */
-    maintenanceIntervalSeconds: number;
-  };
-  websocket: {
-    /** A subscriber whose unsent bytes exceed this is closed with 4008 'slow consumer'. */
-    bufferLimitBytes: number;
-    /** ...or whose messages not yet handed to the kernel exceed this. */
-    maxQueuedMessages: number;
-    heartbeatIntervalSeconds: number;
-    /** Rows read from the log per replay step when a subscriber resumes. */
-    replayPageSize: number;
-  };
-  canary: {
-    enabled: boolean;
-    intervalSeconds: number;
-    /** Concept injected by the canary; null = the first concept stored for the model. */
-    concept: string | null;
-  };
-  shutdown: {
-    /** SIGTERM: streams still running after this are cancelled. */
-    deadlineSeconds: number;
-  };
-}
+const nonEmpty = Type.String({ minLength: 1 });
+const PROBE_ID = '^[A-Za-z0-9_.:-]+$';
+
+const ALERT_RULE_SCHEMA = closedObject({
+  /** Overrides the probe file's decision threshold (on the aggregated score). */
+  threshold: Type.Optional(Type.Number()),
+  /** Consecutive positions at or above the threshold before an alert is raised. */
+  minConsecutive: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  /** After an alert, no new alert for this probe in this request for this many positions... */
+  cooldownTokens: Type.Integer({ minimum: 0 }),
+  /** ...and for this many seconds (both must have passed). */
+  cooldownSeconds: Type.Number({ minimum: 0 }),
+  severity: Type.Enum(SEVERITIES),
+});
+export type AlertRuleConfig = Static<typeof ALERT_RULE_SCHEMA>;
+
+/** The one schema; the TypeScript types below are derived from it. Every object is closed, so typos fail loudly. */
+export const CONFIG_SCHEMA = closedObject(
+  {
+    $schema: Type.Optional(Type.String()),
+    /** Checkpoint directory; null = the built-in default model. */
+    modelDir: nullable(nonEmpty),
+    /** Weight precision of the served graph (int4/int8: MatMulNBits; fp16: fp16 storage). */
+    precision: Type.Enum(['fp32', 'fp16', 'int8', 'int4']),
+    /** onnxruntime execution provider. */
+    provider: Type.Enum(PROVIDERS),
+    /** onnxruntime intra-op threads; 0 = one per core. */
+    threads: Type.Integer({ minimum: 0, maximum: 1024 }),
+    /**
+     * Whether idle onnxruntime threads spin-wait between passes (onnxruntime's own default is on).
+     * Off by default here: the daemon's event loop (scoring, streaming, alerts) needs the cores between
+     * passes. Measured on 2 cores (bench/daemon.ts): 4 streams 1.9–2.0× one stream instead of 1.2–1.7×,
+     * alert p99 with 100 subscribers 8.6 ms instead of 12–14 ms, at up to ~10% single-stream speed.
+     */
+    spinning: Type.Boolean(),
+    /** Name answered in /v1/models and matched against `model` in requests; null = derived from the model. */
+    servedModelName: nullable(Type.String({ minLength: 1, maxLength: 256 })),
+    /** `*.probe.json` files to load. */
+    probes: Type.Array(nonEmpty),
+    host: Type.String({ minLength: 1, maxLength: 255, pattern: '^[^\\s/]+$' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535 }),
+    /** Inference keys (`Authorization: Bearer <key>`); empty = open, and local-only (see above). */
+    apiKeys: Type.Array(Type.String({ pattern: '^\\S+$' }), { uniqueItems: true }),
+    /** Admin key for injection and admin routes; null = no admin access. */
+    adminKey: nullable(Type.String({ pattern: '^\\S+$' })),
+    /** Honour admin injection requests (`LATENTWATCH_ALLOW_INJECTION=1`). */
+    allowInjection: Type.Boolean(),
+    logLevel: Type.Enum(LOG_LEVELS),
+    limits: closedObject({
+      bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 1_073_741_824 }),
+      maxTokens: Type.Integer({ minimum: 1, maximum: 1_048_576 }),
+      maxConcurrent: Type.Integer({ minimum: 1, maximum: 1024 }),
+      maxQueue: Type.Integer({ minimum: 0, maximum: 1_000_000 }),
+    }),
+    alerts: closedObject({
+      /** Applies to every probe; `rules[probeId]` overrides it key by key. */
+      defaultRule: ALERT_RULE_SCHEMA,
+      rules: Type.Record(Type.String(), Type.Partial(ALERT_RULE_SCHEMA, { additionalProperties: false }), { propertyNames: { pattern: PROBE_ID } }),
+      emit: Type.Enum(ALERT_EMIT_MODES),
+      /** Characters of generated text carried in an alert's `textExcerpt`; 0 = none. */
+      excerptChars: Type.Integer({ minimum: 0, maximum: 4096 }),
+    }),
+    verbalization: closedObject({
+      /** Case-insensitive phrases whose presence in the generated text counts as verbalising. */
+      phrases: Type.Array(Type.String({ minLength: 1, maxLength: 200 })),
+      /** Also count the injected/canary concept word (whole word, case-insensitive) when known. */
+      matchConceptWord: Type.Boolean(),
+    }),
+    alertLog: closedObject({
+      /** SQLite file (':memory:' for tests). */
+      path: nonEmpty,
+      /** Rows older than this are deleted; 0 = keep forever. */
+      retentionDays: Type.Number({ minimum: 0 }),
+      /** At most this many rows are kept (oldest deleted first); 0 = no limit. */
+      retentionRows: Type.Integer({ minimum: 0 }),
+      /** Alerts kept in memory while the disk fails (see alert-log.ts). */
+      pendingLimit: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+      /** How often retention runs and pending alerts are retried. */
+      maintenanceIntervalSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 86_400 }),
+    }),
+    websocket: closedObject({
+      /** A subscriber whose unsent bytes exceed this is closed with 4008 'slow consumer'. */
+      bufferLimitBytes: Type.Integer({ minimum: 1024 }),
+      /** ...or whose messages not yet handed to the kernel exceed this. */
+      maxQueuedMessages: Type.Integer({ minimum: 1 }),
+      heartbeatIntervalSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 3600 }),
+      /** Rows read from the log per replay step when a subscriber resumes. */
+      replayPageSize: Type.Integer({ minimum: 1, maximum: 100_000 }),
+    }),
+    canary: closedObject({
+      enabled: Type.Boolean(),
+      intervalSeconds: Type.Number({ minimum: 1 }),
+      /** Concept injected by the canary; null = the first concept stored for the model. */
+      concept: nullable(nonEmpty),
+    }),
+    shutdown: closedObject({
+      /** SIGTERM: streams still running after this are cancelled. */
+      deadlineSeconds: Type.Number({ minimum: 0, maximum: 3600 }),
+    }),
+  },
+  { $id: 'https://latentwatch.dev/schemas/daemon-config.json' },
+);
+
+/** The validated configuration (`$schema` is allowed in a config file, and means nothing). */
+export type DaemonConfig = Omit<Static<typeof CONFIG_SCHEMA>, '$schema'>;
 
 /** Deeply readonly view of the validated configuration. */
 export type DeepReadonly<T> = T extends (infer U)[]
@@ -158,6 +178,7 @@ export const DEFAULT_VERBALIZATION_PHRASES: readonly string[] = [
 export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   modelDir: null,
   precision: 'fp32',
+  provider: 'cpu',
   threads: 0,
   spinning: false,
   servedModelName: null,
@@ -187,128 +208,13 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   shutdown: { deadlineSeconds: 10 },
 } satisfies Omit<DaemonConfig, 'host'>);
 
-const nonEmpty = { type: 'string', minLength: 1 } as const;
-const severity = { enum: [...SEVERITIES] } as const;
-const ruleProps = {
-  threshold: { type: 'number' },
-  minConsecutive: { type: 'integer', minimum: 1, maximum: 1_000_000 },
-  cooldownTokens: { type: 'integer', minimum: 0 },
-  cooldownSeconds: { type: 'number', minimum: 0 },
-  severity,
-} as const;
-const PROBE_ID = '^[A-Za-z0-9_.:-]+$';
-
-/** The one schema. Every object is closed (`additionalProperties: false`) so typos fail loudly. */
-export const CONFIG_SCHEMA = {
-  $id: 'https://latentwatch.dev/schemas/daemon-config.json',
-  type: 'object',
-  additionalProperties: false,
-  required: [
-    'modelDir', 'precision', 'threads', 'spinning', 'servedModelName', 'probes', 'host', 'port', 'apiKeys', 'adminKey', 'allowInjection', 'logLevel',
-    'limits', 'alerts', 'verbalization', 'alertLog', 'websocket', 'canary', 'shutdown',
-  ],
-  properties: {
-    $schema: { type: 'string' },
-    modelDir: { type: ['string', 'null'], minLength: 1 },
-    precision: { enum: ['fp32', 'fp16', 'int8', 'int4'] },
-    threads: { type: 'integer', minimum: 0, maximum: 1024 },
-    spinning: { type: 'boolean' },
-    servedModelName: { type: ['string', 'null'], minLength: 1, maxLength: 256 },
-    probes: { type: 'array', items: nonEmpty },
-    host: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[^\\s/]+$' },
-    port: { type: 'integer', minimum: 0, maximum: 65535 },
-    apiKeys: { type: 'array', items: { type: 'string', pattern: '^\\S+$' }, uniqueItems: true },
-    adminKey: { type: ['string', 'null'], pattern: '^\\S+$' },
-    allowInjection: { type: 'boolean' },
-    logLevel: { enum: [...LOG_LEVELS] },
-    limits: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['bodyLimitBytes', 'maxTokens', 'maxConcurrent', 'maxQueue'],
-      properties: {
-        bodyLimitBytes: { type: 'integer', minimum: 1024, maximum: 1_073_741_824 },
-        maxTokens: { type: 'integer', minimum: 1, maximum: 1_048_576 },
-        maxConcurrent: { type: 'integer', minimum: 1, maximum: 1024 },
-        maxQueue: { type: 'integer', minimum: 0, maximum: 1_000_000 },
-      },
-    },
-    alerts: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['defaultRule', 'rules', 'emit', 'excerptChars'],
-      properties: {
-        defaultRule: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['minConsecutive', 'cooldownTokens', 'cooldownSeconds', 'severity'],
-          properties: ruleProps,
-        },
-        rules: {
-          type: 'object',
-          propertyNames: { pattern: PROBE_ID },
-          additionalProperties: { type: 'object', additionalProperties: false, properties: ruleProps },
-        },
-        emit: { enum: [...ALERT_EMIT_MODES] },
-        excerptChars: { type: 'integer', minimum: 0, maximum: 4096 },
-      },
-    },
-    verbalization: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['phrases', 'matchConceptWord'],
-      properties: {
-        phrases: { type: 'array', items: { type: 'string', minLength: 1, maxLength: 200 } },
-        matchConceptWord: { type: 'boolean' },
-      },
-    },
-    alertLog: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['path', 'retentionDays', 'retentionRows', 'pendingLimit', 'maintenanceIntervalSeconds'],
-      properties: {
-        path: nonEmpty,
-        retentionDays: { type: 'number', minimum: 0 },
-        retentionRows: { type: 'integer', minimum: 0 },
-        pendingLimit: { type: 'integer', minimum: 1, maximum: 1_000_000 },
-        maintenanceIntervalSeconds: { type: 'number', exclusiveMinimum: 0, maximum: 86_400 },
-      },
-    },
-    websocket: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['bufferLimitBytes', 'maxQueuedMessages', 'heartbeatIntervalSeconds', 'replayPageSize'],
-      properties: {
-        bufferLimitBytes: { type: 'integer', minimum: 1024 },
-        maxQueuedMessages: { type: 'integer', minimum: 1 },
-        heartbeatIntervalSeconds: { type: 'number', exclusiveMinimum: 0, maximum: 3600 },
-        replayPageSize: { type: 'integer', minimum: 1, maximum: 100_000 },
-      },
-    },
-    canary: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['enabled', 'intervalSeconds', 'concept'],
-      properties: {
-        enabled: { type: 'boolean' },
-        intervalSeconds: { type: 'number', minimum: 1 },
-        concept: { type: ['string', 'null'], minLength: 1 },
-      },
-    },
-    shutdown: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['deadlineSeconds'],
-      properties: { deadlineSeconds: { type: 'number', minimum: 0, maximum: 3600 } },
-    },
-  },
-} as const;
-
 type ValueKind = 'string' | 'int' | 'number' | 'bool' | 'list' | 'path' | 'paths';
 
 /** Layer 3: environment variables → JSON pointer. */
 export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKind }>> = Object.freeze({
   LATENTWATCH_MODEL: { pointer: '/modelDir', kind: 'path' },
   LATENTWATCH_PRECISION: { pointer: '/precision', kind: 'string' },
+  LATENTWATCH_PROVIDER: { pointer: '/provider', kind: 'string' },
   LATENTWATCH_THREADS: { pointer: '/threads', kind: 'int' },
   LATENTWATCH_SPINNING: { pointer: '/spinning', kind: 'bool' },
   LATENTWATCH_SERVED_MODEL_NAME: { pointer: '/servedModelName', kind: 'string' },
@@ -340,6 +246,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
   Object.freeze({
     model: { pointer: '/modelDir', kind: 'path', help: 'checkpoint directory (default: the built-in model)' },
     precision: { pointer: '/precision', kind: 'string', help: 'fp32|fp16|int8|int4 weights' },
+    provider: { pointer: '/provider', kind: 'string', help: `${PROVIDERS.join('|')} onnxruntime execution provider (default cpu)` },
     threads: { pointer: '/threads', kind: 'int', help: 'onnxruntime intra-op threads (0: one per core)' },
     spinning: { pointer: '/spinning', kind: 'bool', help: 'idle onnxruntime threads spin-wait between passes (default off)' },
     'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },
@@ -387,11 +294,7 @@ export function isLoopbackHost(host: string): boolean {
   return LOOPBACK_HOSTS.includes(host.toLowerCase()) || /^127(\.\d{1,3}){3}$/.test(host);
 }
 
-let validator: ReturnType<Ajv['compile']> | undefined;
-function validate(candidate: unknown): ErrorObject[] {
-  validator ??= new Ajv({ allErrors: true, strict: true, allowUnionTypes: true }).compile(CONFIG_SCHEMA);
-  return validator(candidate) ? [] : [...(validator.errors ?? [])];
-}
+const validate = schemaValidator(CONFIG_SCHEMA);
 
 /** Merge the layers, validate once, freeze. Throws LW_ERR_CONFIG_* errors. */
 export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
@@ -463,8 +366,16 @@ export function ruleForProbe(config: FrozenConfig, probeId: string, probeThresho
   return { ...rule, threshold: rule.threshold ?? probeThreshold };
 }
 
+/** What FLAGS asks of the shared parser: `--config`, a string per valued flag, `--X`/`--no-X` per boolean. */
+const FLAG_OPTIONS: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' } };
+for (const [name, spec] of Object.entries(FLAGS)) {
+  if (spec.kind === 'bool') FLAG_OPTIONS[name] = FLAG_OPTIONS[`no-${name}`] = { type: 'boolean' };
+  else FLAG_OPTIONS[name] = { type: 'string' };
+}
+
 /**
- * Parse `latentwatch serve` flags into a config layer (paths resolved against `cwd`).
+ * Parse `latentwatch serve` flags into a config layer (paths resolved against `cwd`), through the
+ * shared parser (src/flags.ts). Flags apply in command-line order, so the last of `--X`/`--no-X` wins.
  * Throws LW_ERR_CONFIG_FLAG_UNKNOWN.
  */
 export function parseFlags(argv: readonly string[], cwd: string = process.cwd()): {
@@ -476,38 +387,15 @@ export function parseFlags(argv: readonly string[], cwd: string = process.cwd())
   const origins = new Map<string, string>();
   let configFile: string | undefined;
   const repeated = new Map<string, string[]>();
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (!arg.startsWith('--') || arg === '--') throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `unexpected argument ${JSON.stringify(arg)}`, { flag: arg });
-    const eq = arg.indexOf('=');
-    let name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
-    let inline = eq >= 0 ? arg.slice(eq + 1) : undefined;
-    const takeValue = (): string => {
-      if (inline !== undefined) return inline;
-      const next = argv[i + 1];
-      if (next === undefined || next.startsWith('--')) throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `--${name} needs a value`, { flag: `--${name}` });
-      i++;
-      return next;
-    };
-    if (name === 'config') {
-      configFile = resolve(cwd, takeValue());
+  for (const token of parseCommandLine(argv, FLAG_OPTIONS, 'LW_ERR_CONFIG_FLAG_UNKNOWN').tokens) {
+    if (token.name === 'config') {
+      configFile = resolve(cwd, token.value as string);
       continue;
     }
-    let negated = false;
-    if (name.startsWith('no-') && FLAGS[name.slice(3)]?.kind === 'bool') {
-      negated = true;
-      name = name.slice(3);
-    }
+    const negated = !(token.name in FLAGS);
+    const name = negated ? token.name.slice('no-'.length) : token.name;
     const spec = FLAGS[name];
-    if (spec === undefined) throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `--${name}`, { flag: `--${name}` });
-    let value: unknown;
-    if (spec.kind === 'bool') {
-      if (negated && inline !== undefined) throw lwError('LW_ERR_CONFIG_FLAG_UNKNOWN', `--no-${name} takes no value`, { flag: `--no-${name}` });
-      value = negated ? false : inline === undefined ? true : coerce(inline, 'bool', '');
-      inline = undefined;
-    } else {
-      value = coerce(takeValue(), spec.kind, cwd);
-    }
+    let value: unknown = spec.kind === 'bool' ? !negated : coerce(token.value as string, spec.kind, cwd);
     if (spec.repeat) {
       const list = repeated.get(spec.pointer) ?? [];
       list.push(String(value));

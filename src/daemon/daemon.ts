@@ -55,6 +55,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const probeHooks = (await Promise.all(probePaths.map((p) => readProbeFile(p, null)))).flatMap((f) => [...hookList(f.hook)]);
   const engine = await Engine.load(modelDir, {
     precision: config.precision,
+    provider: config.provider,
     threads: config.threads || undefined,
     spinning: config.spinning,
     taps: [...new Set(probeHooks.map(parseResidPost))],
