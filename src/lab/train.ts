@@ -15,6 +15,7 @@
  */
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
+import { concat } from '../model/graph.js';
 import type { AggregatorSpec } from '../probes/aggregators.js';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { figures, isCleanNegative, isPositive, scoreSplit, selectPositions, summarise, TraceCache, type EvalReport, type Figures, type RowScorer, type Selection } from './eval.js';
@@ -123,13 +124,8 @@ export function gatherRows(cache: TraceCache, records: readonly TrialRecord[], l
     parts.push(rows.subarray(sel[0] * d, sel[1] * d));
     for (let p = sel[0]; p < sel[1]; p++) labels.push(label(r));
   }
-  const x = new Float32Array(labels.length * d);
-  let off = 0;
-  for (const p of parts) {
-    x.set(p, off);
-    off += p.length;
-  }
-  return { x, y: Uint8Array.from(labels), rows: labels.length };
+  // The fitters only read x, so a lone part may stay a view of the trace cache.
+  return { x: concat(parts), y: Uint8Array.from(labels), rows: labels.length };
 }
 
 function scorerOf(model: LinearModel, kind: FitterKind, d: number): RowScorer {

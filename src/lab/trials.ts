@@ -22,6 +22,7 @@ import { Sampler } from '../engine/sampler.js';
 import type { Injection, SamplingOptions } from '../engine/types.js';
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
+import { concat } from '../model/graph.js';
 import { ConceptStore, scaleVector } from '../probes/concept-store.js';
 import { verbalizes } from '../probes/verbalization.js';
 import { useChatTemplate } from './concepts.js';
@@ -144,7 +145,10 @@ export async function runTrial(engine: Engine, spec: TrialSpec, lens: LogitLens)
       }
     }
     const end = c + ids.length;
-    const rows = parts.map((p) => concat(p, (end - traceStart) * D));
+    const traceFloats = (end - traceStart) * D;
+    const rows = parts.map((p) => concat(p));
+    // Every traced position must have come back exactly once, else the rows are misaligned.
+    for (const r of rows) if (r.length !== traceFloats) throw new Error(`trace assembly: ${r.length} floats, expected ${traceFloats}`);
     let clean: TrialResult['clean'] = null;
     if (spec.pairedClean && injection) {
       // The same two passes without any port input, so layers the injection cannot reach read bit-identically.
@@ -188,17 +192,6 @@ function firstStop(text: string, stops: readonly string[]): number {
     if (i >= 0 && (best < 0 || i < best)) best = i;
   }
   return best;
-}
-
-function concat(parts: Float32Array[], length: number): Float32Array {
-  const out = new Float32Array(length);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  if (off !== length) throw new Error(`trace assembly: ${off} floats, expected ${length}`);
-  return out;
 }
 
 // ---- prompts ------------------------------------------------------------------------------------

@@ -272,8 +272,11 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   });
 }
 
-/** Concatenates float arrays (returns the only part itself). */
-export function concat(parts: Float32Array[]): Float32Array {
+/**
+ * Concatenates float arrays; a single part comes back as itself, not copied. The project's one
+ * copy: the graph builder (fused biases), the engine (prompt taps) and the lab (trial traces, fit rows).
+ */
+export function concat(parts: readonly Float32Array[]): Float32Array {
   if (parts.length === 1) return parts[0];
   const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
   let off = 0;
