@@ -45,8 +45,7 @@
  */
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { basename, join, resolve } from 'node:path';
 import { loadConfig, ruleForProbe } from '../src/daemon/config.js';
 import { bundledProbes } from '../src/daemon/daemon.js';
 import { createMetrics } from '../src/daemon/metrics.js';
@@ -58,10 +57,9 @@ import { nowUs, streamRequest, subscribe, until, type ReceivedAlert, type Stream
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 import { median, quantile, round, summarize, type Summary } from './lib/stats.js';
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** Worker threads the 99 other subscribers of the 100-subscriber latency run are spread over. */
 const FLEET_WORKERS = 4;
 const ADMIN_KEY = 'bench-admin-key';
@@ -569,17 +567,7 @@ async function main(argv: string[]): Promise<void> {
   if (a.has('big') || a.has('big-model')) models.push(a.get('big-model') ?? '/tmp/lw-bench/qwen2.5-0.5b-random');
   const precision = a.get('precision') as DaemonBenchOptions['precision'];
   const res = await runDaemonBench({ quick, models, precision, spinning: a.has('spinning') });
-  const md = daemonBenchMarkdown(res);
-  console.log(md);
-  const out = a.get('out') ?? join(REPO, 'bench', 'out', `daemon${quick ? '-quick' : ''}.json`);
-  writeJson(out, res);
-  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
-  console.error(`wrote ${out}`);
+  writeBenchResult(a, `daemon${quick ? '-quick' : ''}`, res, daemonBenchMarkdown(res));
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, main);

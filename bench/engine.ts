@@ -27,14 +27,13 @@
  * ports, and KV-cache storage, each a serving child of its own.
  */
 import { availableParallelism, loadavg } from 'node:os';
-import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { measureBandwidth, type BandwidthResult } from './lib/bandwidth.js';
-import { emitChildResult, runChild } from './lib/child.js';
+import { emitChildResult, runChild, runChildStep } from './lib/child.js';
 import { graphBytes, type GraphBytes } from './lib/graph-bytes.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, usageOf, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, runIfMain, usageOf, writeBenchResult } from './lib/report.js';
 import { waitForQuiet } from './lib/cpu-share.js';
 import { median, quantile, round, summarize, type Summary } from './lib/stats.js';
 
@@ -616,15 +615,7 @@ export function engineBenchMarkdown(r: EngineBenchResult): string {
 
 async function main(argv: string[]): Promise<void> {
   const a = parseArgs(argv, ['out', 'md', 'runs', 'rounds', 'only', 'ckpt', 'cache', 'child', 'spec', 'threads', 'quiet-wait']);
-  const child = a.get('child');
-  if (child) {
-    const spec = JSON.parse(a.get('spec') ?? '{}');
-    if (child === 'build') await childBuild(spec);
-    else if (child === 'serve') await childServe(spec);
-    else if (child === 'noop') await childNoop();
-    else throw new Error(`unknown child ${child}`);
-    return;
-  }
+  if (await runChildStep(a.get('child'), a.get('spec'), { build: childBuild, serve: childServe, noop: childNoop })) return;
   if (a.has('help')) {
     console.log(usageOf(SELF));
     return;
@@ -642,17 +633,7 @@ async function main(argv: string[]): Promise<void> {
     threads: a.has('threads') ? a.num('threads', availableParallelism()) : undefined,
     quietWaitMs: a.has('quiet-wait') ? a.num('quiet-wait', 0) * 1000 : undefined,
   });
-  const md = engineBenchMarkdown(res);
-  console.log(md);
-  const out = a.get('out') ?? join(REPO, 'bench', 'out', `engine${quick ? '-quick' : ''}.json`);
-  writeJson(out, res);
-  writeText(a.get('md') ?? out.replace(/\.json$/, '') + '.md', `${md}\n`);
-  console.error(`wrote ${out}`);
+  writeBenchResult(a, `engine${quick ? '-quick' : ''}`, res, engineBenchMarkdown(res));
 }
 
-if (process.argv[1] && existsSync(process.argv[1]) && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, main);

@@ -38,14 +38,14 @@
  *
  * Big files go under /tmp/lw-bench (builds, GGUFs, the transformers.js model layout).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { emitChildResult, runChild } from './lib/child.js';
+import { fileURLToPath } from 'node:url';
+import { emitChildResult, runChild, runChildStep } from './lib/child.js';
 import { GGUF_WEIGHT_TYPES, type GgufWeightType } from './lib/gguf.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, usageOf, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, runIfMain, usageOf, writeBenchResult } from './lib/report.js';
 import { median, round, summarize, type Summary } from './lib/stats.js';
 import { installedVersion } from './lib/versions.js';
 
@@ -746,15 +746,7 @@ export function peersBenchMarkdown(r: PeersBenchResult): string {
 
 async function main(argv: string[]): Promise<void> {
   const a = parseArgs(argv, ['out', 'md', 'runs', 'rounds', 'threads', 'gguf', 'ckpt', 'cache', 'gguf-dir', 'budget', 'quiet-wait', 'child', 'spec']);
-  const child = a.get('child');
-  if (child) {
-    const spec = JSON.parse(a.get('spec') ?? '{}');
-    if (child === 'prepare') await childPrepare(spec);
-    else if (child === 'compare') await childCompare(spec);
-    else if (child === 'gguf-check') await childGgufCheck(spec);
-    else throw new Error(`unknown child ${child}`);
-    return;
-  }
+  if (await runChildStep(a.get('child'), a.get('spec'), { prepare: childPrepare, compare: childCompare, 'gguf-check': childGgufCheck })) return;
   if (a.has('help')) {
     console.log(usageOf(SELF));
     return;
@@ -777,17 +769,7 @@ async function main(argv: string[]): Promise<void> {
     quietWaitSeconds: a.has('quiet-wait') ? a.num('quiet-wait', 10) : undefined,
     installLlamaCpp: !a.has('no-install'),
   });
-  const md = peersBenchMarkdown(res);
-  console.log(md);
-  const out = a.get('out') ?? join(REPO, 'bench', 'out', `peers${quick ? '-quick' : ''}.json`);
-  writeJson(out, res);
-  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
-  console.error(`wrote ${out}`);
+  writeBenchResult(a, `peers${quick ? '-quick' : ''}`, res, peersBenchMarkdown(res));
 }
 
-if (process.argv[1] && existsSync(process.argv[1]) && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, main);

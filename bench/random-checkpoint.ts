@@ -16,8 +16,7 @@
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { parseArgs, usageOf } from './lib/report.js';
+import { parseArgs, runIfMain, usageOf } from './lib/report.js';
 
 export type StoreDtype = 'bf16' | 'f16' | 'f32';
 
@@ -351,4 +350,4 @@ function main(argv: string[]): void {
   );
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) main(process.argv.slice(2));
+runIfMain(import.meta.url, main);

@@ -14,17 +14,15 @@
  * monitor_overhead_pct, alert_p99_ms, concurrency4_speedup; plus the rest of both benches' summaries.
  */
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { join } from 'node:path';
 import { daemonBenchMarkdown, runDaemonBench, type DaemonBenchResult } from './daemon.js';
 import { DEFAULT_CKPT, engineBenchMarkdown, runEngineBench, type EngineBenchResult } from './engine.js';
 import { peersBenchMarkdown, runPeersBench, type PeersBenchResult } from './peers.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 import { round } from './lib/stats.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 export const REQUIRED_KEYS = ['decode_tok_s_int4', 'bandwidth_limit_tok_s_int4', 'decode_tok_s_transformersjs_int4', 'monitor_overhead_pct', 'alert_p99_ms', 'concurrency4_speedup'] as const;
 
@@ -167,19 +165,9 @@ async function main(argv: string[]): Promise<void> {
   const a = parseArgs(argv, ['out', 'md']);
   const quick = a.has('quick');
   const r = await runBench({ quick, skipEngine: a.has('skip-engine'), skipPeers: a.has('skip-peers'), skipDaemon: a.has('skip-daemon') });
-  const md = benchMarkdown(r);
-  console.log(md);
-  const out = a.get('out') ?? join(REPO, 'bench', 'out', `bench${quick ? '-quick' : ''}.json`);
-  writeJson(out, r);
-  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
-  console.error(`wrote ${out}`);
+  writeBenchResult(a, `bench${quick ? '-quick' : ''}`, r, benchMarkdown(r));
   const failed = [r.engine, r.peers, r.daemon].some((x) => x !== null && 'error' in x);
   if (failed) process.exitCode = 1;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, main);

@@ -13,18 +13,16 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { join, resolve } from 'node:path';
 import { bundledProbes } from '../src/daemon/daemon.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { trainBenchProbes } from './lib/bench-probes.js';
 import { scrape, streamRequest, subscribe, until, type Subscriber } from './lib/clients.js';
 import { spawnDaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
+import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 import { quantile, round } from './lib/stats.js';
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const ADMIN_KEY = 'soak-admin-key';
 const MB = 2 ** 20;
 const PROMPTS = ['def parse(line):\n', 'class Stack:\n    def push(self, x):\n', 'import json\n\ndef load(path):\n', 'for i in range(10):\n', '# sort a list\ndef sort(xs):\n'];
@@ -184,18 +182,8 @@ export function soakMarkdown(r: SoakResult): string {
 async function main(argv: string[]): Promise<void> {
   const a = parseArgs(argv, ['seconds', 'streams', 'http', 'subscribers', 'out', 'md', 'model']);
   const r = await runSoak({ seconds: a.num('seconds', 300), streams: a.num('streams', 4), http: a.num('http', 2), subscribers: a.num('subscribers', 10), modelDir: a.get('model') });
-  const md = soakMarkdown(r);
-  console.log(md);
-  const out = a.get('out') ?? join(REPO, 'bench', 'out', 'soak.json');
-  writeJson(out, r);
-  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${md}\n`);
-  console.error(`wrote ${out}`);
+  writeBenchResult(a, 'soak', r, soakMarkdown(r));
   if (r.errors.length > 0 || r.http5xx > 0 || r.alerts.missing > 0) process.exitCode = 1;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, main);

@@ -78,3 +78,14 @@ export function emitChildResult(result: unknown): void {
   const maxRssBytes = process.resourceUsage().maxRSS * 1024;
   process.stdout.write(`${MARK}${JSON.stringify({ result, maxRssBytes })}\n`);
 }
+
+/**
+ * In a script run as a child (`--child NAME --spec JSON`): runs step NAME on the parsed spec and
+ * returns true; returns false when this process is no child.
+ */
+export async function runChildStep(child: string | undefined, specJson: string | undefined, steps: Record<string, (spec: never) => Promise<void>>): Promise<boolean> {
+  if (!child) return false;
+  if (!Object.hasOwn(steps, child)) throw new Error(`unknown child ${child}`);
+  await (steps[child] as (spec: unknown) => Promise<void>)(JSON.parse(specJson ?? '{}'));
+  return true;
+}

@@ -1,6 +1,13 @@
-/** Bench output: Markdown tables for people, JSON files for machines, and a tiny argv parser. */
+/**
+ * Bench output: Markdown tables for people, JSON files for machines, a tiny argv parser and the
+ * scripts' shared entry point.
+ */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+/** Where a script's result goes unless --out says otherwise. */
+const BENCH_OUT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'out');
 
 export type Cell = string | number | null | undefined;
 
@@ -20,12 +27,12 @@ export function markdownTable(headers: readonly string[], rows: readonly (readon
   return lines.join('\n');
 }
 
-/** Writes pretty JSON, creating the directory. */
 /** A bench script's --help: its opening doc comment, without the comment markers. */
 export function usageOf(file: string | URL): string {
   return readFileSync(file, 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, '');
 }
 
+/** Writes pretty JSON, creating the directory. */
 export function writeJson(path: string, value: unknown): void {
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
@@ -89,4 +96,30 @@ export function parseArgs(argv: readonly string[], valued: readonly string[] = [
     },
     has: (name) => flags.has(name) || values.has(name),
   };
+}
+
+/**
+ * A script's result: the Markdown on stdout, the JSON at --out (default bench/out/NAME.json) and
+ * the Markdown beside it as .md (or at --md).
+ */
+export function writeBenchResult(a: ParsedArgs, name: string, result: unknown, markdown: string): void {
+  console.log(markdown);
+  const out = a.get('out') ?? join(BENCH_OUT, `${name}.json`);
+  writeJson(out, result);
+  writeText(a.get('md') ?? `${out.replace(/\.json$/, '')}.md`, `${markdown}\n`);
+  console.error(`wrote ${out}`);
+}
+
+/**
+ * Runs `main` with the arguments when the module at `moduleUrl` is the process's entry point (a
+ * script bench/run.ts imports must not run itself); a failure is printed and exits 1.
+ */
+export function runIfMain(moduleUrl: string, main: (argv: string[]) => Promise<void> | void): void {
+  if (!process.argv[1] || moduleUrl !== pathToFileURL(resolve(process.argv[1])).href) return;
+  Promise.resolve()
+    .then(() => main(process.argv.slice(2)))
+    .catch((e: unknown) => {
+      console.error(e);
+      process.exit(1);
+    });
 }
