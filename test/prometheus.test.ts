@@ -22,7 +22,6 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,11 +30,10 @@ import { parse as parseYaml } from 'yaml';
 import { metricNames, substituteVariables } from '../grafana/src/promql.js';
 import { type DashboardJson, type DashboardQuery, dashboardQueries } from '../grafana/src/queries.js';
 import { writeConceptVectors } from '../src/lab/concepts.js';
-import { ADMIN_KEY, API_KEY, INJECT_LAYER, trainTestProbe, type TestProbe } from './daemon-fixture.js';
-import { CODE16M, tempDir } from './helpers.js';
+import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnServe, trainTestProbe, type ServeProcess, type TestProbe } from './daemon-fixture.js';
+import { CODE16M, freePort, tempDir, waitUntil } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'latentwatch.js');
 const RULES = join(ROOT, 'deploy', 'prometheus', 'rules', 'latentwatch.rules.yml');
 const DASHBOARDS = join(ROOT, 'grafana', 'dashboards');
 const MODEL = 'qwen2-code-16m';
@@ -56,11 +54,8 @@ let subscriber: WebSocket | undefined;
 /** Evaluation time for every query: a few scrapes after the last traffic. */
 let queryTime: number;
 
-interface Replica {
+interface Replica extends ServeProcess {
   name: string;
-  port: number;
-  child: ChildProcess;
-  log: string;
   /** The Prometheus instance label. */
   instance: string;
 }
@@ -74,32 +69,6 @@ function need(cmd: string): void {
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, log: () => string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await check()) return;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs} ms:\n${log().slice(-4000)}`);
-    await sleep(200);
-  }
-}
 
 /**
  * A copy of the default model (symlinks) with one stored concept vector, the test probe's direction,
@@ -133,34 +102,17 @@ function modelWithCanaryConcept(dir: string): string {
   return dir;
 }
 
+/** A `latentwatch serve` replica on a port it binds itself (port 0), found in its log. */
 async function startReplica(name: string, modelDir: string, env: Record<string, string>): Promise<Replica> {
-  const port = await freePort();
-  const child = spawn(
-    process.execPath,
-    [BIN, 'serve', '--model', modelDir, '--served-model-name', MODEL, '--probe', probe.path, '--port', String(port), '--alert-log', join(work, `${name}-alerts.db`), '--log-level', 'warn'],
-    {
-      env: { ...process.env, LATENTWATCH_HOST: '127.0.0.1', LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
+  const s = await spawnServe(
+    ['--model', modelDir, '--served-model-name', MODEL, '--probe', probe.path, '--alert-log', join(work, `${name}-alerts.db`)],
+    { LATENTWATCH_HOST: '127.0.0.1', LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', ...env },
+    { what: `latentwatch serve (${name})`, timeoutMs: 240_000 },
   );
-  const r: Replica = { name, port, child, log: '', instance: `127.0.0.1:${port}` };
-  child.stdout!.on('data', (b) => (r.log += String(b)));
-  child.stderr!.on('data', (b) => (r.log += String(b)));
-  await waitFor(
-    `latentwatch serve (${name})`,
-    async () => {
-      if (child.exitCode !== null) return true;
-      return (await fetch(`http://127.0.0.1:${port}/readyz`)).ok;
-    },
-    240_000,
-    () => r.log,
-  );
-  if (child.exitCode !== null) throw new Error(`latentwatch serve (${name}) exited ${child.exitCode}:\n${r.log.slice(-4000)}`);
-  return r;
+  return { ...s, name, instance: `127.0.0.1:${s.port}` };
 }
 
 async function startPrometheus(): Promise<void> {
-  promPort = await freePort();
   const config = join(work, 'prometheus.yml');
   writeFileSync(
     config,
@@ -182,6 +134,8 @@ async function startPrometheus(): Promise<void> {
   // The config (and the rules it loads) must pass promtool before Prometheus runs it.
   const check = spawnSync('promtool', ['check', 'config', config], { encoding: 'utf8' });
   if (check.status !== 0) throw new Error(`promtool check config failed:\n${check.stdout}${check.stderr}`);
+  // Prometheus cannot report a port it bound itself: take a free one from the OS right before.
+  promPort = await freePort();
   prometheus = spawn(
     'prometheus',
     [
@@ -194,7 +148,7 @@ async function startPrometheus(): Promise<void> {
   );
   prometheus.stdout!.on('data', (b) => (promLog += String(b)));
   prometheus.stderr!.on('data', (b) => (promLog += String(b)));
-  await waitFor('prometheus', async () => (await fetch(`http://127.0.0.1:${promPort}/-/ready`)).ok, 60_000, () => promLog);
+  await waitUntil(async () => (await fetch(`http://127.0.0.1:${promPort}/-/ready`)).ok, { timeoutMs: 60_000, stepMs: 200, what: 'prometheus to be ready', detail: () => promLog.slice(-4000) });
 }
 
 // ---- the daemon's API ------------------------------------------------------------------------
@@ -290,7 +244,24 @@ async function activeAlerts(name: string): Promise<{ labels: Record<string, stri
 
 /** Waits until every rule has been evaluated after `t` (seconds). */
 async function rulesEvaluatedAfter(t: number): Promise<void> {
-  await waitFor('rule evaluations', async () => (await promRules()).every((r) => Date.parse(r.lastEvaluation) / 1000 > t), 30_000, () => promLog);
+  await waitUntil(async () => (await promRules()).every((r) => Date.parse(r.lastEvaluation) / 1000 > t), {
+    timeoutMs: 30_000,
+    stepMs: 200,
+    what: `every rule to be evaluated after t=${t.toFixed(3)}`,
+    detail: () => promLog.slice(-4000),
+  });
+}
+
+/** Waits until Prometheus holds a scrape of `replica` taken after `t` (seconds): what it counted before `t` is in the TSDB. */
+async function scrapedAfter(replica: Replica, t: number): Promise<void> {
+  let last = NaN;
+  await waitUntil(
+    async () => {
+      last = value(await promQuery(`timestamp(up{instance="${replica.instance}"})`, Date.now() / 1000))[0];
+      return last > t;
+    },
+    { timeoutMs: 30_000, stepMs: 200, what: `a scrape of ${replica.name} after t=${t.toFixed(3)}`, detail: () => `last scrape at ${last}\n${promLog.slice(-2000)}` },
+  );
 }
 
 let silentBeforeInjection: { labels: Record<string, string>; state: string }[] = [];
@@ -313,18 +284,27 @@ beforeAll(async () => {
     subscriber!.once('error', reject);
   });
 
-  // Round 1: plain traffic, then (after its scrapes and evaluations) the first admin injection.
+  // Round 1: plain traffic, then (once Prometheus has scraped it and evaluated the rules on it) the
+  // first admin injection, scraped in turn.
   await plainTraffic(1);
-  await sleep(2500);
+  await scrapedAfter(traffic, Date.now() / 1000);
   await rulesEvaluatedAfter(Date.now() / 1000);
   silentBeforeInjection = (await activeAlerts('SilentLatentDetection')).filter((a) => a.labels.instance === traffic.instance);
   await injectedRequest(1);
-  await sleep(3000);
+  await scrapedAfter(traffic, Date.now() / 1000);
   // Round 2 moves every counter that round 1 created.
   await plainTraffic(2);
   await injectedRequest(2);
-  // Two more scrapes; the canary replica has run its canary several times by now.
-  await sleep(3000);
+  await scrapedAfter(traffic, Date.now() / 1000);
+  // The canary replica (a run every 2 s) has run at least twice, as Prometheus sees it.
+  let canaryRuns = NaN;
+  await waitUntil(
+    async () => {
+      canaryRuns = value(await promQuery(`sum(latentwatch_canary_runs_total{instance="${canary.instance}"})`, Date.now() / 1000))[0];
+      return canaryRuns >= 2;
+    },
+    { timeoutMs: 30_000, stepMs: 200, what: 'Prometheus to see two canary runs', detail: () => `latentwatch_canary_runs_total = ${canaryRuns}\n${canary.log().slice(-2000)}` },
+  );
   queryTime = Date.now() / 1000;
   await rulesEvaluatedAfter(queryTime - 0.5);
 }, 420_000);
