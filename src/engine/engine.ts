@@ -13,12 +13,12 @@ import { ensureBuild, type BuildInfo, type BuildRequest } from '../model/build.j
 import { concat, GRAPH_NAMES, type BuildProgress } from '../model/graph.js';
 import { StreamingDetokenizer } from './detokenizer.js';
 import { RuntimeSession, type Provider } from './runtime.js';
-import { Sampler, StopStringMatcher } from './sampler.js';
+import { logprobsOf, Sampler, StopStringMatcher } from './sampler.js';
 import { DecodeBatcher } from './decode-batcher.js';
 import { KvPool, privateStorage, type KvStorage } from './kv-pool.js';
 import { Sequence, type ForwardOptions, type ForwardResult, type GraphContext } from './sequence.js';
 import { Tokenizer } from './tokenizer.js';
-import type { GenerateRequest, Step } from './types.js';
+import type { GenerateRequest, Step, TokenAlternative, TokenLogprob } from './types.js';
 
 export interface EngineOptions extends BuildRequest {
   provider?: Provider;
@@ -156,6 +156,12 @@ export class Engine implements GraphContext {
         contextLength: this.contextLength,
       });
     }
+    for (const [name, k] of [['logprobs', req.logprobs], ['prompt logprobs', req.promptLogprobs]] as const) {
+      if (k !== undefined && !(Number.isInteger(k) && k >= 0 && k <= 20)) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', `${name} must be an integer in [0, 20]`);
+    }
+    for (const id of req.sampling?.logitBias?.keys() ?? []) {
+      if (!(Number.isInteger(id) && id >= 0 && id < this.config.vocabSize)) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', `logit_bias names token id ${id}, outside the vocabulary`, { param: 'logit_bias' });
+    }
     const sampler = new Sampler(req.sampling);
     const stops = new Set([...(req.ignoreEos ? [] : this.eosTokenIds), ...(req.stopTokenIds ?? [])]);
     const stopText = new StopStringMatcher(req.stopStrings ?? []);
@@ -170,19 +176,31 @@ export class Engine implements GraphContext {
       // Prefill in chunks; the prompt step carries every prompt position's taps.
       let logits: Float32Array = new Float32Array(0);
       const promptTaps = new Map<string, Float32Array[]>();
-      for (let i = 0; i < promptLength; i += this.prefillChunk) {
+      const V = this.config.vocabSize;
+      // Prompt logprobs need logits at every prompt position: chunks then stay under ~32 MB of logits.
+      const wantPrompt = req.promptLogprobs !== undefined;
+      const chunk = wantPrompt ? Math.max(1, Math.min(this.prefillChunk, Math.floor(2 ** 23 / V))) : this.prefillChunk;
+      const promptLogprobs: (TokenLogprob | null)[] = [null];
+      for (let i = 0; i < promptLength; i += chunk) {
         aborted();
-        const r = await seq.forward(req.promptIds.slice(i, i + this.prefillChunk), fwd);
-        logits = r.logits;
+        const ids = req.promptIds.slice(i, i + chunk);
+        const r = await seq.forward(ids, wantPrompt ? { ...fwd, logits: 'all' } : fwd);
+        logits = wantPrompt ? r.logits.subarray((ids.length - 1) * V) : r.logits;
         for (const [k, v] of r.taps) promptTaps.set(k, [...(promptTaps.get(k) ?? []), v.data]);
+        // Row j predicts prompt token i + j + 1.
+        for (let j = 0; wantPrompt && j < ids.length && i + j + 1 < promptLength; j++) {
+          promptLogprobs.push(this.logprobOf(r.logits.subarray(j * V, (j + 1) * V), req.promptIds[i + j + 1], req.promptLogprobs!));
+        }
       }
-      yield {
+      const promptStep: Step = {
         kind: 'prompt',
         tokenId: -1,
-        text: '',
+        text: req.promptText ? (this.tokenizer?.decode(req.promptIds) ?? '') : '',
         position: promptLength - 1,
         taps: new Map([...promptTaps].map(([k, parts]) => [k, { positions: promptLength, dModel: this.config.hiddenSize, data: concat(parts) }])),
       };
+      if (wantPrompt) promptStep.promptLogprobs = promptLogprobs;
+      yield promptStep;
       if (req.maxTokens === 0) return;
 
       // Each token step is emitted after the pass that reads that token, so it carries its own
@@ -201,15 +219,27 @@ export class Engine implements GraphContext {
           stepTaps = r.taps;
         }
         let text = '';
+        let matched = false;
         if (!isStop) {
-          const s = stopText.push(detok.push(token) + (last ? detok.flush() : ''));
+          const s = stopText.push(detok.push(token));
           text = s.text;
-          if (s.stopped) last = true;
+          matched = s.stopped;
         }
-        if (last && !isStop) text += stopText.flush();
+        if (last && !matched) {
+          // Ending for any reason but a stop-string match (EOS, a stop id, the length limit): the
+          // text the detokenizer and the stop-string matcher hold back belongs to the output. It
+          // may still complete a stop string.
+          const s = stopText.push(detok.flush());
+          text += s.text;
+          matched = s.stopped;
+          if (!matched) text += stopText.flush();
+        }
+        if (matched) last = true;
         const step: Step = { kind: 'token', tokenId: token, text, position, taps: stepTaps };
         if (req.returnLogits) step.logits = tokenLogits;
-        if (last) step.finishReason = isStop || n < req.maxTokens ? 'stop' : 'length';
+        // The distribution the token was drawn from, as the model gave it (the sampler adjusts a copy).
+        if (req.logprobs !== undefined && !isStop) step.logprob = this.logprobOf(tokenLogits, token, req.logprobs);
+        if (last) step.finishReason = isStop || matched || n < req.maxTokens ? 'stop' : 'length';
         yield step;
         if (last) return;
         token = sampler.sample(logits);
@@ -217,6 +247,17 @@ export class Engine implements GraphContext {
     } finally {
       seq.release();
     }
+  }
+
+  /** A token's log-probability and its position's `k` most probable alternatives, with their text and bytes. */
+  private logprobOf(logits: Float32Array, tokenId: number, k: number): TokenLogprob {
+    const r = logprobsOf(logits, tokenId, k);
+    return { ...this.alternative(tokenId, r.logprob), top: r.top.map((t) => this.alternative(t.tokenId, t.logprob)) };
+  }
+
+  private alternative(tokenId: number, logprob: number): TokenAlternative {
+    const bytes = this.tokenizer?.tokenBytes(tokenId) ?? [];
+    return { tokenId, token: new TextDecoder().decode(Uint8Array.from(bytes)), bytes, logprob };
   }
 
   async close(): Promise<void> {

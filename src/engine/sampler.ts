@@ -1,6 +1,7 @@
 /**
- * Token sampling: greedy, temperature, top-k, top-p, with a seeded generator so a seed reproduces a
- * generation exactly.
+ * Token sampling: greedy, temperature, top-k, top-p, logit bias and OpenAI's frequency and presence
+ * penalties, with a seeded generator so a seed reproduces a generation exactly. Also the log-softmax
+ * behind logprobs.
  */
 import { lwError } from '../errors.js';
 import { createRng } from '../rng.js';
@@ -14,6 +15,13 @@ export function validateSampling(o: SamplingOptions): void {
   if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) bad('top_p must be in (0, 1]');
   if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) bad('top_k must be a non-negative integer');
   if (o.seed !== undefined && !Number.isInteger(o.seed)) bad('seed must be an integer');
+  for (const [name, v] of [['frequency_penalty', o.frequencyPenalty], ['presence_penalty', o.presencePenalty]] as const) {
+    if (v !== undefined && !(v >= -2 && v <= 2)) bad(`${name} must be in [-2, 2]`);
+  }
+  for (const [id, b] of o.logitBias ?? []) {
+    if (!(Number.isInteger(id) && id >= 0)) bad(`logit_bias key ${id} is not a token id`);
+    if (!(b >= -100 && b <= 100)) bad(`logit_bias value for ${id} must be in [-100, 100]`);
+  }
 }
 
 export class Sampler {
@@ -21,16 +29,45 @@ export class Sampler {
   private readonly temperature: number;
   private readonly topK: number;
   private readonly topP: number;
+  private readonly frequencyPenalty: number;
+  private readonly presencePenalty: number;
+  private readonly logitBias: ReadonlyMap<number, number>;
+  /** How often each token id has been sampled so far (the generated tokens), for the penalties. */
+  private readonly counts = new Map<number, number>();
 
   constructor(o: SamplingOptions = {}) {
     validateSampling(o);
     this.temperature = o.temperature ?? 0;
     this.topK = o.topK ?? 0;
     this.topP = o.topP ?? 1;
+    this.frequencyPenalty = o.frequencyPenalty ?? 0;
+    this.presencePenalty = o.presencePenalty ?? 0;
+    this.logitBias = new Map([...(o.logitBias ?? [])].filter(([, b]) => b !== 0));
     this.random = createRng(o.seed ?? Math.floor(Math.random() * 2 ** 32)).next;
   }
 
-  sample(logits: Float32Array): number {
+  /** Samples the next token and counts it as generated (the penalties look at every earlier pick). */
+  sample(raw: Float32Array): number {
+    const token = this.pick(this.adjust(raw));
+    this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
+    return token;
+  }
+
+  /**
+   * The logits after logit bias and OpenAI's penalties, `logit[j] += bias[j] - count[j] ×
+   * frequency_penalty - (count[j] > 0) × presence_penalty`, applied before temperature as OpenAI
+   * documents. A copy when anything changes: the caller's row stays the model's own.
+   */
+  private adjust(raw: Float32Array): Float32Array {
+    const penalise = (this.frequencyPenalty !== 0 || this.presencePenalty !== 0) && this.counts.size > 0;
+    if (!penalise && this.logitBias.size === 0) return raw;
+    const logits = Float32Array.from(raw);
+    for (const [id, b] of this.logitBias) if (id < logits.length) logits[id] += b;
+    if (penalise) for (const [id, c] of this.counts) logits[id] -= c * this.frequencyPenalty + this.presencePenalty;
+    return logits;
+  }
+
+  private pick(logits: Float32Array): number {
     const best = argmax(logits);
     const max = logits[best];
     // NaN or infinite logits mean a broken forward pass (e.g. an overflowing injection): fail the
@@ -88,6 +125,37 @@ export class Sampler {
     }
     return ids;
   }
+}
+
+export interface Logprob {
+  tokenId: number;
+  logprob: number;
+}
+
+/**
+ * Log-softmax of a logits row, in float64: the chosen token's log-probability and the `k` most
+ * probable tokens (most probable first; ties by lower id). Callers pass the model's own logits.
+ */
+export function logprobsOf(logits: Float32Array, tokenId: number, k: number): { logprob: number; top: Logprob[] } {
+  const max = logits[argmax(logits)];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const lse = max + Math.log(sum);
+  // Top k by insertion into a short sorted list: k is at most 20, the row up to ~150k ids.
+  const top: number[] = [];
+  const before = (a: number, b: number) => logits[a] > logits[b] || (logits[a] === logits[b] && a < b);
+  if (k > 0) {
+    for (let i = 0; i < logits.length; i++) {
+      if (top.length === k && !before(i, top[k - 1])) continue;
+      let j = Math.min(top.length, k - 1);
+      top[j] = i;
+      while (j > 0 && before(i, top[j - 1])) {
+        top[j] = top[j - 1];
+        top[--j] = i;
+      }
+    }
+  }
+  return { logprob: logits[tokenId] - lse, top: top.map((id) => ({ tokenId: id, logprob: logits[id] - lse })) };
 }
 
 /** Index of the largest value; a NaN anywhere wins, so callers see it. */

@@ -82,6 +82,8 @@ export class Tokenizer {
   private readonly templates: ReadonlyMap<string, string>;
   private readonly compiled = new Map<string, Template>();
   private readonly specialTokenVars: Readonly<Record<string, unknown>>;
+  /** Whether vocabulary entries are byte-level BPE spellings (GPT-2's byte→character table). */
+  private readonly byteLevel: boolean;
 
   /** Ids that end generation: generation_config's `eos_token_id` (number or list), then tokenizer_config's `eos_token`. */
   readonly eosTokenIds: readonly number[];
@@ -109,6 +111,7 @@ export class Tokenizer {
     // transformers has defaulted clean_up_tokenization_spaces to false since 4.45; the JS port defaults to
     // true, which turns "a , b" into "a, b" (wrong for code). Follow transformers.
     this.cleanUpSpaces = config.clean_up_tokenization_spaces === true;
+    this.byteLevel = JSON.stringify(files.tokenizer.decoder ?? null).includes('"ByteLevel"');
     this.templates = readTemplates(files.chatTemplate ?? config.chat_template);
 
     const vars: Record<string, unknown> = {};
@@ -150,6 +153,27 @@ export class Tokenizer {
       skip_special_tokens: opts.skipSpecialTokens ?? false,
       clean_up_tokenization_spaces: this.cleanUpSpaces,
     });
+  }
+
+  /**
+   * The bytes one token stands for (logprobs report them: a token may hold part of a UTF-8
+   * character, which its decoded text cannot show). Byte-level vocabularies spell bytes as
+   * characters; other tokens are their decoded text's UTF-8. Unknown ids: no bytes.
+   */
+  tokenBytes(id: number): number[] {
+    const spelling = this.hf.id_to_token(id);
+    if (spelling === undefined) return [];
+    if (this.byteLevel) {
+      const table = unicodeToByte();
+      const bytes: number[] = [];
+      for (const ch of spelling) {
+        const b = table.get(ch);
+        if (b === undefined) return [...Buffer.from(this.decode([id]), 'utf8')];
+        bytes.push(b);
+      }
+      return bytes;
+    }
+    return [...Buffer.from(this.decode([id]), 'utf8')];
   }
 
   /** Id of a vocabulary entry or added token, in the vocabulary's own spelling (byte-level BPE writes a space as `Ġ`). */
@@ -317,4 +341,18 @@ async function readJson(dir: string, name: string): Promise<Record<string, unkno
 
 function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+let byteTable: Map<string, number> | undefined;
+
+/** The inverse of GPT-2's `bytes_to_unicode`: printable bytes stand for themselves, the rest are shifted to U+0100 and up. */
+function unicodeToByte(): Map<string, number> {
+  if (byteTable) return byteTable;
+  byteTable = new Map();
+  let shifted = 0;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    byteTable.set(String.fromCodePoint(printable ? b : 256 + shifted++), b);
+  }
+  return byteTable;
 }

@@ -25,6 +25,11 @@ export interface SamplingOptions {
   topK?: number;
   topP?: number;
   seed?: number;
+  /** OpenAI's penalties over the generated tokens, in [-2, 2]; 0 (default) changes nothing. */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /** Added to a token id's logit before sampling, each in [-100, 100]. */
+  logitBias?: ReadonlyMap<number, number>;
 }
 
 export interface GenerateRequest {
@@ -41,7 +46,35 @@ export interface GenerateRequest {
   injections?: Injection[];
   /** Return the full logits row of each step. */
   returnLogits?: boolean;
+  /**
+   * Give each generated token (stop tokens excepted) a `logprob` with this many alternatives
+   * (0..20); absent: none.
+   */
+  logprobs?: number;
+  /** Give the prompt step `promptLogprobs` with this many alternatives (logits at every prompt position). */
+  promptLogprobs?: number;
+  /** Give the prompt step the prompt's text (decoded, special tokens kept). */
+  promptText?: boolean;
   signal?: AbortSignal;
+}
+
+/** One token with its log-probability, as the API reports it. */
+export interface TokenAlternative {
+  tokenId: number;
+  /** The token's own text (U+FFFD where it holds part of a UTF-8 character). */
+  token: string;
+  /** The token's bytes. */
+  bytes: number[];
+  logprob: number;
+}
+
+/**
+ * A token's log-probability under the model's distribution at its position: log-softmax of the raw
+ * logits, before logit bias, penalties, temperature, top-k and top-p (what OpenAI reports).
+ */
+export interface TokenLogprob extends TokenAlternative {
+  /** The most probable tokens at that position, most probable first. */
+  top: TokenAlternative[];
 }
 
 /** Activations for the positions processed in one forward pass: [positions, d_model] row-major. */
@@ -56,12 +89,16 @@ export interface Step {
   kind: 'prompt' | 'token';
   /** Generated token id (kind 'token'). */
   tokenId: number;
-  /** Text this token completes (never half a UTF-8 character; may be ''). */
+  /** Text this token completes (never half a UTF-8 character; may be ''); the prompt step: the prompt's text when `promptText`. */
   text: string;
   /** Index of this position in the full sequence. */
   position: number;
   taps: Map<string, TapValues>;
   logits?: Float32Array;
+  /** Kind 'token', when `logprobs` was asked for and the token is not a stop token. */
+  logprob?: TokenLogprob;
+  /** Kind 'prompt', when `promptLogprobs` was asked for: one per prompt token, null for the first (nothing precedes it). */
+  promptLogprobs?: (TokenLogprob | null)[];
   /** Set on the last step: why generation ended. */
   finishReason?: 'stop' | 'length';
 }
