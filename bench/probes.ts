@@ -29,6 +29,7 @@ import { trainProbe } from '../src/lab/train.js';
 import { loadTrialConfig, resolveTrialConfig, type TrialConfig } from '../src/lab/trial-config.js';
 import { runTrials } from '../src/lab/trials.js';
 import { describeMachine } from './lib/machine.js';
+import { round as r } from './lib/stats.js';
 
 const { values: v } = parseArgs({
   options: {
@@ -83,8 +84,6 @@ function quickConfig(base: TrialConfig): TrialConfig {
   raw.controls.none = { trialsPerProtocol: 60 };
   return resolveTrialConfig(raw, join(PACKAGE_ROOT, 'configs', 'trials'), 'quick bench config');
 }
-
-const r = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 
 async function main(): Promise<void> {
   const machine = describeMachine();
