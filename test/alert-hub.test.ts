@@ -4,9 +4,11 @@ import { join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { AlertHub, alertRoutes, CLOSE_SLOW_CONSUMER, textFrame, type AlertHubOptions } from '../src/daemon/alert-hub.js';
+import { AlertHub, CLOSE_SLOW_CONSUMER, textFrame, type AlertHubOptions } from '../src/daemon/alert-hub.js';
 import { AlertLog, type Alert, type AlertDraft } from '../src/daemon/alert-log.js';
+import { alertRoutes } from '../src/daemon/alert-routes.js';
 import { Authenticator } from '../src/daemon/auth.js';
+import { installErrorHandlers } from '../src/daemon/http-errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'lw-hub-'));
 const servers: Server[] = [];
@@ -29,6 +31,7 @@ async function startServer(name: string, hubOptions: Partial<AlertHubOptions> = 
   const auth = new Authenticator(keys);
   const hub = new AlertHub({ log, auth, bufferLimitBytes: 1 << 20, maxQueuedMessages: 100_000, heartbeatIntervalMs: 60_000, ...hubOptions });
   const app = Fastify();
+  installErrorHandlers(app); // as server.ts: the routes answer through the root handlers
   await app.register(alertRoutes, { hub, log, auth });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const addr = app.server.address();

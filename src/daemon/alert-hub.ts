@@ -1,6 +1,7 @@
 /**
  * Alert fan-out over WebSocket (`ws`, a noServer WebSocketServer on the fastify server's
- * 'upgrade' event) at /v1/alerts, plus GET /v1/alerts for polling.
+ * 'upgrade' event) at /v1/alerts. Polling (GET /v1/alerts) is alert-routes.ts; the query both
+ * read is alert-query.ts.
  *
  * Connect: `ws://host/v1/alerts?token=KEY&probe=P&severity=warning&model=M&silent=1&last_id=N`
  * (or `Authorization: Bearer KEY`). Auth as the API: an API key or the admin key, open when no
@@ -39,14 +40,14 @@
  * (missing/invalid key), 400 (bad query), 409 (cursor ahead of this log: it comes from another
  * replica's log or a deleted one; resume from 0), 503 (shutting down).
  */
-import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
+import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { lwError } from '../errors.js';
-import { SEVERITIES, type Severity } from './config.js';
-import { ALERT_KINDS, matchesFilter, type Alert, type AlertDraft, type AlertFilter, type AlertKind, type AlertLog, type AppendResult } from './alert-log.js';
-import { extractToken, sendHttpError, toHttpError, type Authenticator } from './auth.js';
+import { matchesFilter, type Alert, type AlertDraft, type AlertFilter, type AlertLog, type AppendResult } from './alert-log.js';
+import { checkCursor, parseAlertQuery, type AlertQuery } from './alert-query.js';
+import { extractToken, type Authenticator } from './auth.js';
+import { rejectUpgrade } from './http-errors.js';
 
 export const ALERTS_PATH = '/v1/alerts';
 /** Close code for a client whose buffer exceeded its bound (4000–4999: application codes). */
@@ -66,15 +67,12 @@ export interface AlertHubOptions {
   stallTimeoutMs?: number;
   /** After a 4008 close, terminate if the close handshake has not finished (default 5 s). */
   closeGraceMs?: number;
-  /** Told when the number of subscribers changes (metrics gauge). */
-  onSubscribers?: (count: number) => void;
 }
 
 export interface AlertHubStats {
   subscribers: number;
   slowConsumerDisconnects: number;
   heartbeatTimeouts: number;
-  messagesSent: number;
 }
 
 interface Client {
@@ -99,74 +97,19 @@ export interface AlertTiming {
   forwardAtUs?: number;
 }
 
-export interface AlertQuery {
-  filter: AlertFilter;
-  /** `last_id` (WebSocket resume) or `since` (polling). */
-  after?: number;
-  limit?: number;
-}
-
-/** Parse alert filters and cursors from a query. Throws LW_ERR_ALERT_BAD_QUERY (400). */
-export function parseAlertQuery(get: (name: string) => readonly string[]): AlertQuery {
-  const one = (name: string): string | undefined => {
-    const v = get(name);
-    if (v.length > 1) throw lwError('LW_ERR_ALERT_BAD_QUERY', `${name} given more than once`, { param: name });
-    return v[0];
-  };
-  const int = (name: string, min: number): number | undefined => {
-    const v = one(name);
-    if (v === undefined) return undefined;
-    if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v)) || Number(v) < min) {
-      throw lwError('LW_ERR_ALERT_BAD_QUERY', `${name} must be an integer >= ${min}`, { param: name });
-    }
-    return Number(v);
-  };
-  const filter: AlertFilter = {};
-  const probes = get('probe').flatMap((p) => p.split(',')).map((p) => p.trim()).filter((p) => p.length > 0);
-  if (probes.length > 0) filter.probe = probes;
-  const severity = one('severity');
-  if (severity !== undefined) {
-    if (!(SEVERITIES as readonly string[]).includes(severity)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `severity must be one of ${SEVERITIES.join(', ')}`, { param: 'severity' });
-    filter.minSeverity = severity as Severity;
-  }
-  const model = one('model');
-  if (model !== undefined && model !== '') filter.model = model;
-  const silent = one('silent');
-  if (silent !== undefined) {
-    if (!['1', 'true', '0', 'false'].includes(silent)) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'silent must be 1 or 0', { param: 'silent' });
-    if (silent === '1' || silent === 'true') filter.silentOnly = true;
-  }
-  const kind = one('kind');
-  if (kind !== undefined) {
-    if (!(ALERT_KINDS as readonly string[]).includes(kind)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `kind must be one of ${ALERT_KINDS.join(', ')}`, { param: 'kind' });
-    filter.kind = kind as AlertKind;
-  }
-  const q: AlertQuery = { filter };
-  const lastId = int('last_id', 0);
-  const since = int('since', 0);
-  if (lastId !== undefined && since !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'give last_id or since, not both', { param: 'since' });
-  const after = lastId ?? since;
-  if (after !== undefined) q.after = after;
-  const limit = int('limit', 1);
-  if (limit !== undefined) q.limit = limit;
-  return q;
-}
-
 export class AlertHub {
   private readonly log: AlertLog;
   private readonly auth: Authenticator;
   private readonly wss: WebSocketServer;
   private readonly clients = new Set<Client>();
-  private readonly opts: Required<Omit<AlertHubOptions, 'log' | 'auth' | 'onSubscribers'>>;
-  private readonly onSubscribers: AlertHubOptions['onSubscribers'];
+  private readonly opts: Required<Omit<AlertHubOptions, 'log' | 'auth'>>;
   private heartbeat: NodeJS.Timeout | undefined;
-  private counters = { slowConsumerDisconnects: 0, heartbeatTimeouts: 0, messagesSent: 0 };
+  private counters = { slowConsumerDisconnects: 0, heartbeatTimeouts: 0 };
   private closed = false;
 
   constructor(options: AlertHubOptions) {
     this.log = options.log;
     this.auth = options.auth;
-    this.onSubscribers = options.onSubscribers;
     this.opts = {
       bufferLimitBytes: options.bufferLimitBytes,
       maxQueuedMessages: options.maxQueuedMessages,
@@ -203,7 +146,7 @@ export class AlertHub {
   }
 
   /** Fan out an alert that is already in the log (see `raise`). Never blocks on a client. */
-  publish(alert: Alert, timing?: AlertTiming): void {
+  private publish(alert: Alert, timing?: AlertTiming): void {
     // Framed once for every subscriber: the same bytes go to each socket.
     let frame: Buffer | undefined;
     for (const c of this.clients) {
@@ -265,7 +208,6 @@ export class AlertHub {
   private addClient(ws: WebSocket, socket: Duplex, query: AlertQuery): void {
     const c: Client = { ws, socket, filter: query.filter, replaying: query.after !== undefined, lastSentId: query.after ?? 0, queued: 0, alive: true, closing: false };
     this.clients.add(c);
-    this.onSubscribers?.(this.clients.size);
     ws.on('pong', () => {
       c.alive = true;
     });
@@ -277,7 +219,6 @@ export class AlertHub {
     ws.on('close', () => {
       c.closing = true;
       this.clients.delete(c);
-      this.onSubscribers?.(this.clients.size);
     });
     if (c.replaying) void this.replay(c);
   }
@@ -347,7 +288,6 @@ export class AlertHub {
     }
     if (alertId !== undefined) c.lastSentId = alertId;
     c.queued++;
-    this.counters.messagesSent++;
     c.socket.write(frame, () => {
       c.queued--;
     });
@@ -377,66 +317,6 @@ export class AlertHub {
     }
   }
 }
-
-/**
- * Ids are never reused (alert-log.ts), so a cursor above the last id this log handed out cannot
- * come from it: another replica's log, or a deleted one. Answer 409 rather than wait silently for
- * ids to catch up (which would skip every alert until then).
- */
-function checkCursor(after: number | undefined, log: AlertLog, param: string): void {
-  if (after !== undefined && after > log.lastId) {
-    throw lwError('LW_ERR_ALERT_CURSOR_AHEAD', `${param}=${after} but the newest alert id is ${log.lastId}; resume from 0`, { param, lastId: log.lastId });
-  }
-}
-
-function rejectUpgrade(socket: Duplex, err: unknown): void {
-  const h = toHttpError(err);
-  const body = JSON.stringify(h.body);
-  const reason = STATUS_CODES[h.status] ?? 'Error';
-  const headers = [
-    `HTTP/1.1 ${h.status} ${reason}`,
-    'Connection: close',
-    'Content-Type: application/json; charset=utf-8',
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    ...Object.entries(h.headers).map(([k, v]) => `${k}: ${v}`),
-  ];
-  socket.end(`${headers.join('\r\n')}\r\n\r\n${body}`);
-}
-
-export interface AlertRoutesOptions {
-  hub: AlertHub;
-  log: AlertLog;
-  auth: Authenticator;
-}
-
-/**
- * fastify plugin: GET /v1/alerts?since=ID&limit=N (&probe, severity, model, silent, kind) for
- * polling, answering `{object:"list", data:[alerts], last_id, has_more}` (pass `last_id` back as
- * `since`), and the WebSocket upgrade on the same path. Closes the hub with the server.
- */
-export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: FastifyInstance, opts: AlertRoutesOptions) => {
-  opts.hub.attach(app.server);
-  // preClose, not onClose: open WebSocket connections would keep the HTTP server from closing.
-  app.addHook('preClose', async () => {
-    await opts.hub.close();
-  });
-  app.setErrorHandler((err, _req, reply) => sendHttpError(reply, err));
-  app.get(ALERTS_PATH, async (req) => {
-    const raw = req.query as Record<string, string | string[] | undefined>;
-    const get = (name: string): string[] => {
-      const v = raw[name];
-      return v === undefined ? [] : Array.isArray(v) ? v : [v];
-    };
-    opts.auth.authenticate(extractToken(req.headers, get('token')[0]));
-    const q = parseAlertQuery(get);
-    const after = q.after ?? 0;
-    checkCursor(after, opts.log, 'since');
-    const limit = Math.min(q.limit ?? 100, 1000);
-    const rows = opts.log.since(after, q.filter, limit + 1);
-    const data = rows.slice(0, limit);
-    return { object: 'list', data, last_id: data.length > 0 ? data[data.length - 1].id : after, has_more: rows.length > limit };
-  });
-};
 
 /** An unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends one. */
 export function textFrame(text: string): Buffer {

@@ -12,7 +12,7 @@ import type { Injection } from '../engine/types.js';
 import type { ProbeBank, Probe } from '../probes/probe.js';
 import type { ConceptStore } from '../probes/concept-store.js';
 import type { AlertHub } from './alert-hub.js';
-import type { Principal } from './auth.js';
+import { requireInjection, type Principal } from './auth.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
 import type { DaemonMetrics } from './metrics.js';
 import { RequestMonitor, type RequestVerdict } from './monitor.js';
@@ -121,8 +121,7 @@ export class InferenceService {
   private resolveInjection(p: PreparedRequest, principal: Principal): void {
     const inj = p.job.inject!;
     // The canary is the daemon's own, enabled in its config: it needs neither key nor the switch.
-    if (!p.canary && principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', 'injection needs Authorization: Bearer <admin key>');
-    if (!p.canary && !this.d.config.allowInjection) throw lwError('LW_ERR_AUTH_INJECTION_DISABLED', 'enable it with LATENTWATCH_ALLOW_INJECTION=1 or allowInjection in the config file');
+    if (!p.canary) requireInjection(principal, this.d.config.allowInjection);
     const hook = residPost(inj.layer);
     if (!this.d.engine.ports.has(hook)) throw lwError('LW_ERR_API_BAD_REQUEST', `layer ${inj.layer} has no injection port (0..${this.d.engine.config.numLayers - 1})`, { param: 'latentwatch.inject.layer' });
     const scale = inj.scale ?? 1;
@@ -308,7 +307,7 @@ function checkFinite(vector: Float32Array, scale: number): void {
   }
 }
 
-export function verdictBody(v: RequestVerdict, p: PreparedRequest): VerdictBody {
+function verdictBody(v: RequestVerdict, p: PreparedRequest): VerdictBody {
   const probes = Object.values(v.probes).map((x) => ({
     id: x.probeId,
     label: x.probeLabel,

@@ -5,10 +5,12 @@
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { lwError } from '../errors.js';
-import { alertRoutes, type AlertHub } from './alert-hub.js';
+import type { AlertHub } from './alert-hub.js';
 import type { AlertLog } from './alert-log.js';
-import { extractToken, sendHttpError, toHttpError, type Authenticator } from './auth.js';
+import { alertRoutes } from './alert-routes.js';
+import { extractToken, type Authenticator } from './auth.js';
 import type { FrozenConfig } from './config.js';
+import { installErrorHandlers, sendHttpError, toHttpError } from './http-errors.js';
 import type { InferenceService } from './inference.js';
 import type { DaemonMetrics } from './metrics.js';
 import { chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
@@ -36,12 +38,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
   });
 
-  app.setErrorHandler((err, req, reply) => {
-    const h = toHttpError(err);
-    if (h.status >= 500) req.log.error({ err }, 'request failed');
-    return sendHttpError(reply, err);
-  });
-  app.setNotFoundHandler((req, reply) => sendHttpError(reply, lwError('LW_ERR_API_NOT_FOUND', `${req.method} ${req.url.split('?')[0]}`)));
+  installErrorHandlers(app);
   app.addHook('onResponse', async (req, reply) => {
     d.metrics.recordHttp(req.routeOptions.url, reply.statusCode, reply.elapsedTime / 1000);
   });

@@ -1,0 +1,72 @@
+/**
+ * The query of /v1/alerts, read alike by polling (alert-routes.ts) and the WebSocket upgrade
+ * (alert-hub.ts): filters (`probe`, `severity`, `model`, `silent`, `kind`), the cursor (`last_id`
+ * or `since`) and `limit`. Bad values are LW_ERR_ALERT_BAD_QUERY (400).
+ */
+import { lwError } from '../errors.js';
+import { ALERT_KINDS, type AlertFilter, type AlertKind, type AlertLog } from './alert-log.js';
+import { SEVERITIES, type Severity } from './config.js';
+
+export interface AlertQuery {
+  filter: AlertFilter;
+  /** `last_id` (WebSocket resume) or `since` (polling). */
+  after?: number;
+  limit?: number;
+}
+
+/** Parse alert filters and cursors from a query. Throws LW_ERR_ALERT_BAD_QUERY (400). */
+export function parseAlertQuery(get: (name: string) => readonly string[]): AlertQuery {
+  const one = (name: string): string | undefined => {
+    const v = get(name);
+    if (v.length > 1) throw lwError('LW_ERR_ALERT_BAD_QUERY', `${name} given more than once`, { param: name });
+    return v[0];
+  };
+  const int = (name: string, min: number): number | undefined => {
+    const v = one(name);
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v)) || Number(v) < min) {
+      throw lwError('LW_ERR_ALERT_BAD_QUERY', `${name} must be an integer >= ${min}`, { param: name });
+    }
+    return Number(v);
+  };
+  const filter: AlertFilter = {};
+  const probes = get('probe').flatMap((p) => p.split(',')).map((p) => p.trim()).filter((p) => p.length > 0);
+  if (probes.length > 0) filter.probe = probes;
+  const severity = one('severity');
+  if (severity !== undefined) {
+    if (!(SEVERITIES as readonly string[]).includes(severity)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `severity must be one of ${SEVERITIES.join(', ')}`, { param: 'severity' });
+    filter.minSeverity = severity as Severity;
+  }
+  const model = one('model');
+  if (model !== undefined && model !== '') filter.model = model;
+  const silent = one('silent');
+  if (silent !== undefined) {
+    if (!['1', 'true', '0', 'false'].includes(silent)) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'silent must be 1 or 0', { param: 'silent' });
+    if (silent === '1' || silent === 'true') filter.silentOnly = true;
+  }
+  const kind = one('kind');
+  if (kind !== undefined) {
+    if (!(ALERT_KINDS as readonly string[]).includes(kind)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `kind must be one of ${ALERT_KINDS.join(', ')}`, { param: 'kind' });
+    filter.kind = kind as AlertKind;
+  }
+  const q: AlertQuery = { filter };
+  const lastId = int('last_id', 0);
+  const since = int('since', 0);
+  if (lastId !== undefined && since !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'give last_id or since, not both', { param: 'since' });
+  const after = lastId ?? since;
+  if (after !== undefined) q.after = after;
+  const limit = int('limit', 1);
+  if (limit !== undefined) q.limit = limit;
+  return q;
+}
+
+/**
+ * Ids are never reused (alert-log.ts), so a cursor above the last id this log handed out cannot
+ * come from it: another replica's log, or a deleted one. Answer 409 rather than wait silently for
+ * ids to catch up (which would skip every alert until then).
+ */
+export function checkCursor(after: number | undefined, log: AlertLog, param: string): void {
+  if (after !== undefined && after > log.lastId) {
+    throw lwError('LW_ERR_ALERT_CURSOR_AHEAD', `${param}=${after} but the newest alert id is ${log.lastId}; resume from 0`, { param, lastId: log.lastId });
+  }
+}

@@ -1,0 +1,40 @@
+/**
+ * fastify plugin for /v1/alerts: GET for polling, `?since=ID&limit=N` (&probe, severity, model,
+ * silent, kind), answering `{object:"list", data:[alerts], last_id, has_more}` (pass `last_id` back
+ * as `since`); and the hub's WebSocket upgrade on the same path, closed with the server.
+ * It sets no error handler: its errors go through the root one (http-errors.ts), which logs 5xx.
+ */
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
+import { ALERTS_PATH, type AlertHub } from './alert-hub.js';
+import type { AlertLog } from './alert-log.js';
+import { checkCursor, parseAlertQuery } from './alert-query.js';
+import { extractToken, type Authenticator } from './auth.js';
+
+export interface AlertRoutesOptions {
+  hub: AlertHub;
+  log: AlertLog;
+  auth: Authenticator;
+}
+
+export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: FastifyInstance, opts: AlertRoutesOptions) => {
+  opts.hub.attach(app.server);
+  // preClose, not onClose: open WebSocket connections would keep the HTTP server from closing.
+  app.addHook('preClose', async () => {
+    await opts.hub.close();
+  });
+  app.get(ALERTS_PATH, async (req) => {
+    const raw = req.query as Record<string, string | string[] | undefined>;
+    const get = (name: string): string[] => {
+      const v = raw[name];
+      return v === undefined ? [] : Array.isArray(v) ? v : [v];
+    };
+    opts.auth.authenticate(extractToken(req.headers, get('token')[0]));
+    const q = parseAlertQuery(get);
+    const after = q.after ?? 0;
+    checkCursor(after, opts.log, 'since');
+    const limit = Math.min(q.limit ?? 100, 1000);
+    const rows = opts.log.since(after, q.filter, limit + 1);
+    const data = rows.slice(0, limit);
+    return { object: 'list', data, last_id: data.length > 0 ? data[data.length - 1].id : after, has_more: rows.length > limit };
+  });
+};
