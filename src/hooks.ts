@@ -1,10 +1,9 @@
 /**
- * Hook-point names (TransformerLens style) and the table mapping them to graph inputs/outputs.
- * One place builds names; the engine checks this table against a session's real names at load.
+ * Hook-point names (TransformerLens style) and the graph names built from them: a tap's output is
+ * named after its hook, an injection port is `inject.<hook>`. One place builds names; the engine
+ * checks them against a session's real names at load.
  */
 import { lwError } from './errors.js';
-
-export type HookKind = 'resid_post';
 
 export function residPost(layer: number): string {
   return `blocks.${layer}.hook_resid_post`;
@@ -22,9 +21,4 @@ export function parseResidPost(hook: string): number {
   const m = RESID_POST.exec(hook);
   if (!m) throw lwError('LW_ERR_ENGINE_HOOK_UNKNOWN', `${hook} (expected blocks.L.hook_resid_post)`);
   return Number(m[1]);
-}
-
-/** Graph output name for a tap: the hook name itself. */
-export function tapOutput(hook: string): string {
-  return hook;
 }

@@ -89,12 +89,12 @@ describe('Probe.scoreRow', () => {
 
   it('mahalanobis: the fitted distance (int16 whitening, rel. 2e-3), plain and as a layer update', () => {
     const probe = createProbe(mahal);
-    for (let p = 0; p < POSITIONS; p++) expect(rel(probe.scoreRow(t.get(H(1))!.data, p * D), mahalanobis(gauss, row(t, [H(1)], p)))).toBeLessThan(2e-3);
+    for (let p = 0; p < POSITIONS; p++) expect(rel(probe.scoreRow(t.get(H(1))!.data, p * D), mahalanobis(gauss, row(t, [H(1)], p), 0, new Float64Array(D)))).toBeLessThan(2e-3);
     const update = createProbe({ ...header('upd', [H(0), H(1)], 'mahalanobis'), ...mahalanobisBody(gauss, 'difference') });
     for (let p = 0; p < POSITIONS; p++) {
       const x0 = row(t, [H(0)], p);
       const diff = row(t, [H(1)], p).map((v, j) => v - x0[j]);
-      expect(rel(update.scoreRow(row(t, [H(0), H(1)], p), 0), mahalanobis(gauss, diff))).toBeLessThan(2e-3);
+      expect(rel(update.scoreRow(row(t, [H(0), H(1)], p), 0), mahalanobis(gauss, diff, 0, new Float64Array(D)))).toBeLessThan(2e-3);
     }
   });
 
@@ -103,7 +103,7 @@ describe('Probe.scoreRow', () => {
     const dir = createProbe(twoHook);
     expect(probe.inputDim).toBe(2 * D);
     for (let p = 0; p < POSITIONS; p++) {
-      const a = (mahalanobis(gauss, row(t, [H(1)], p)) - 2) / 0.5;
+      const a = (mahalanobis(gauss, row(t, [H(1)], p), 0, new Float64Array(D)) - 2) / 0.5;
       const b = dir.scoreRow(row(t, [H(3), H(1)], p), 0) / 2;
       expect(Math.abs(probe.scoreRow(row(t, [H(1), H(3)], p), 0) - Math.max(a, b))).toBeLessThan(2e-3 * Math.max(1, Math.abs(Math.max(a, b))) * 2);
     }
@@ -114,11 +114,11 @@ describe('Probe.scoreRow', () => {
     const plain = createProbe({ ...header('low', H(1), 'mahalanobis'), ...mahalanobisBody(low) });
     const update = createProbe({ ...header('low-upd', [H(0), H(1)], 'mahalanobis'), ...mahalanobisBody(low, 'difference') });
     for (let p = 0; p < POSITIONS; p++) {
-      const want = mahalanobis(low, row(t, [H(1)], p));
+      const want = mahalanobis(low, row(t, [H(1)], p), 0, new Float64Array(D));
       expect(Math.abs(plain.scoreRow(t.get(H(1))!.data, p * D) - want) / want).toBeLessThan(1e-5);
       const x0 = row(t, [H(0)], p);
       const diff = row(t, [H(1)], p).map((v, j) => v - x0[j]);
-      const wantDiff = mahalanobis(low, diff);
+      const wantDiff = mahalanobis(low, diff, 0, new Float64Array(D));
       expect(Math.abs(update.scoreRow(row(t, [H(0), H(1)], p), 0) - wantDiff) / wantDiff).toBeLessThan(1e-5);
     }
   });

@@ -35,7 +35,7 @@ describe('generic detector fast path vs float64 on real activations', () => {
         const rows = hookList(m.hook).map((h) => r.taps.get(h)!.data.subarray(p * d, (p + 1) * d));
         const x = m.input === 'difference' ? Float64Array.from(rows[1], (v, j) => v - rows[0][j]) : Float64Array.from(rows[0]);
         const g = { form: 'cholesky' as const, shrinkage: m.gaussian.shrinkage, mean: Float64Array.from(m.gaussian.mean), factor: Float64Array.from(m.gaussian.factor) };
-        want = Math.max(want, (mahalanobis(g, x) - m.calibration.center) / m.calibration.scale);
+        want = Math.max(want, (mahalanobis(g, x, 0, new Float64Array(d)) - m.calibration.center) / m.calibration.scale);
       }
       worst = Math.max(worst, Math.abs(fast[p] - want) / Math.max(1, Math.abs(want)));
     }

@@ -47,7 +47,7 @@ describe('Gaussian fit and Mahalanobis distance vs numpy', () => {
     const g = fitGaussian(matrixFromRows([[1, 0], [-1, 0], [0, 1], [0, -1]]));
     expect(g.shrinkage).toBe(0);
     // Σ = 0.5·I → distance = ‖x‖ / √0.5.
-    expect(mahalanobis(g, Float64Array.from([3, 4]))).toBeCloseTo(5 / Math.sqrt(0.5), 12);
+    expect(mahalanobis(g, Float64Array.from([3, 4]), 0, new Float64Array(2))).toBeCloseTo(5 / Math.sqrt(0.5), 12);
   });
 
   it('reads a row at an offset and reuses scratch', () => {

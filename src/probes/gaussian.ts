@@ -57,15 +57,15 @@ export type GaussianModel =
 
 /**
  * Mahalanobis distance √((x − mean)ᵀ Σ⁻¹ (x − mean)) of the row at `offset` in `row`.
- * `scratch` (length ≥ d) avoids an allocation per call on the hot path.
+ * `scratch` (length ≥ d) is the caller's, reused across calls: no allocation per row.
  */
-export function mahalanobis(model: GaussianModel, row: Float32Array | Float64Array, offset = 0, scratch?: Float64Array): number {
+export function mahalanobis(model: GaussianModel, row: Float32Array | Float64Array, offset: number, scratch: Float64Array): number {
   const mean = model.mean;
   const d = mean.length;
   let q = 0;
   if (model.form === 'lowrank') {
     const { components: v, eigenvalues: lambda } = model;
-    const z = scratch ?? new Float64Array(d);
+    const z = scratch;
     let norm2 = 0;
     for (let j = 0; j < d; j++) {
       const c = row[offset + j] - mean[j];
@@ -89,7 +89,7 @@ export function mahalanobis(model: GaussianModel, row: Float32Array | Float64Arr
     }
     return Math.sqrt(q);
   }
-  const z = scratch ?? new Float64Array(d);
+  const z = scratch;
   const l = model.factor;
   let rowStart = 0; // packed index of L[i][0]
   for (let i = 0; i < d; i++) {
