@@ -11,99 +11,156 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
+import { Type, type Static } from 'typebox';
 import { lwError } from '../errors.js';
-import type { AggregatorSpec } from '../probes/aggregators.js';
+import { closedObject, nullable, schemaValidator } from '../schema.js';
 
 export const TRIAL_CONFIG_VERSION = 1;
 
-export type Protocol = 'inject-then-ask' | 'continuous';
-export const PROTOCOLS: readonly Protocol[] = ['inject-then-ask', 'continuous'];
+export const PROTOCOLS = ['inject-then-ask', 'continuous'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+
+const str = Type.String();
+const nonEmpty = Type.String({ minLength: 1 });
+const nonEmptyStrings = Type.Array(nonEmpty, { minItems: 1 });
+const count = Type.Integer({ minimum: 0 });
+const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]*$';
 
 /** Layers as indices, or as fractions of depth (round(f × numLayers), clipped), so one config fits any depth. */
-export type LayerSpec = number[] | { depth: number[] };
+const LAYER_SPEC_SCHEMA = Type.Union([
+  Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 }),
+  closedObject({ depth: Type.Array(Type.Number({ minimum: 0, maximum: 1 }), { minItems: 1 }) }),
+]);
+export type LayerSpec = Static<typeof LAYER_SPEC_SCHEMA>;
 
-export type StrengthMode = 'relative' | 'absolute' | 'vector';
+const STRENGTH_MODE_SCHEMA = Type.Enum(['relative', 'absolute', 'vector']);
+export type StrengthMode = Static<typeof STRENGTH_MODE_SCHEMA>;
+
+const QUESTION_SCHEMA = closedObject({ question: nonEmpty, prefix: str });
+export type QuestionSpec = Static<typeof QUESTION_SCHEMA>;
+
+const CONTRAST_SET_SCHEMA = closedObject({
+  name: Type.String({ pattern: NAME_PATTERN }),
+  pairs: Type.Array(Type.Tuple([nonEmpty, nonEmpty]), { minItems: 1 }),
+});
+export type ContrastSet = Static<typeof CONTRAST_SET_SCHEMA>;
+
+/** Which items of a family's pool: all of them, the first N, or these names. */
+const ITEMS_SCHEMA = Type.Union([Type.Literal('all'), Type.Integer({ minimum: 1 }), nonEmptyStrings]);
+
+/**
+ * Where a cross-layer family takes its vectors: a fixed layer, an offset from the injection layer
+ * (clipped to the model), or a depth fraction (round(f × numLayers), clipped).
+ */
+const CROSS_LAYER_SOURCE_SCHEMA = Type.Union([
+  closedObject({ layer: Type.Integer({ minimum: 0 }) }),
+  closedObject({ offset: Type.Integer() }),
+  closedObject({ depth: Type.Number({ minimum: 0, maximum: 1 }) }),
+]);
+export type CrossLayerSource = Static<typeof CROSS_LAYER_SOURCE_SCHEMA>;
 
 /**
  * Where injection vectors come from. Positives of the trial grid are drawn from each family; the
  * `random` control reuses the `random` kind. Adding a family = a kind here + a case in
  * trial-families.ts (issue 7: cross-layer, subspace...).
  */
-export type FamilySpec =
-  | { name: string; kind: 'concept'; items: 'all' | number | string[] }
-  | { name: string; kind: 'contrast'; items: 'all' | number | string[] }
-  | { name: string; kind: 'random'; count: number }
-  | { name: string; kind: 'cross-layer'; items: 'all' | number | string[]; source: CrossLayerSource }
-  | { name: string; kind: 'subspace'; basis: 'concept' | 'random'; rank: number; count: number; pool?: 'all' | number | string[] };
-
-/**
- * Where a cross-layer family takes its vectors: a fixed layer, an offset from the injection layer
- * (clipped to the model), or a depth fraction (round(f × numLayers), clipped).
- */
-export type CrossLayerSource = { layer: number } | { offset: number } | { depth: number };
-
-export interface QuestionSpec {
-  question: string;
-  prefix: string;
-}
-
-export interface ContrastSet {
-  name: string;
-  pairs: [string, string][];
-}
+const FAMILY_SPEC_SCHEMA = Type.Union([
+  closedObject({ name: nonEmpty, kind: Type.Enum(['concept', 'contrast']), items: ITEMS_SCHEMA }),
+  closedObject({ name: nonEmpty, kind: Type.Literal('random'), count: Type.Integer({ minimum: 1 }) }),
+  closedObject({ name: nonEmpty, kind: Type.Literal('cross-layer'), items: ITEMS_SCHEMA, source: CROSS_LAYER_SOURCE_SCHEMA }),
+  closedObject({
+    name: nonEmpty,
+    kind: Type.Literal('subspace'),
+    basis: Type.Enum(['concept', 'random']),
+    rank: Type.Integer({ minimum: 1, maximum: 4096 }),
+    count: Type.Integer({ minimum: 1 }),
+    pool: Type.Optional(ITEMS_SCHEMA),
+  }),
+]);
+export type FamilySpec = Static<typeof FAMILY_SPEC_SCHEMA>;
 
 /** Which positions of a trial a probe reads: see docs/trials.md ("Positions"). */
-export type PositionSet = 'watch' | 'after' | 'inside' | 'all';
+const POSITION_SET_SCHEMA = Type.Enum(['watch', 'after', 'inside', 'all']);
+export type PositionSet = Static<typeof POSITION_SET_SCHEMA>;
 
-export interface TrialConfig {
-  formatVersion: 1;
-  name: string;
-  description: string;
-  seed: number;
-  chat: 'auto' | 'always' | 'never';
-  vectors: {
-    template: string;
-    words: { concepts: string[]; baseline: string[] };
-    contrast: ContrastSet[];
-  };
-  prompts: {
-    system: string | null;
-    contexts: string[];
-    contextReply: string | null;
-    fillers: string[];
-    detect: QuestionSpec[];
-    unrelated: QuestionSpec[];
-  };
-  answer: { yes: string[]; no: string[]; pairedClean: boolean };
-  generation: { maxTokens: number; temperature: number; topK: number; topP: number; stopStrings: string[] };
-  verbalization: { phrases: string[]; matchConcept: boolean };
-  injection: {
-    layers: LayerSpec;
-    strength: { mode: StrengthMode; values: number[] };
-    protocols: Protocol[];
-    families: FamilySpec[];
-    repeats: number;
-  };
-  controls: {
-    none: { trialsPerProtocol: number };
-    random: { trialsPerCell: number };
-    unrelatedQuestion: { trialsPerCell: number };
-    generationOnly: { trialsPerCell: number };
-  };
-  split: { evalConcepts: number | string[]; evalFraction: number };
-  trace: { layers: 'all' | LayerSpec; contextPositions: number; dtype: 'f16' | 'f32' };
-  output: { trialsPerShard: number };
-  training: {
-    targetFpr: number;
-    positions: PositionSet;
-    protocols: Protocol[];
-    families: string[];
-    l2: number;
-    validationFraction: number;
-    aggregators: AggregatorSpec[];
-  };
-}
+/** Per-token aggregators a trained probe may use (the subset of aggregators.ts's specs a config can name). */
+const AGGREGATOR_SCHEMA = Type.Union([
+  closedObject({ kind: Type.Enum(['last', 'max', 'mean']) }),
+  closedObject({ kind: Type.Literal('ema'), alpha: Type.Number({ exclusiveMinimum: 0, maximum: 1 }) }),
+  closedObject({ kind: Type.Enum(['rolling-mean', 'rolling-max']), window: Type.Integer({ minimum: 1, maximum: 65536 }) }),
+]);
+
+const protocols = Type.Array(Type.Enum(PROTOCOLS), { minItems: 1, uniqueItems: true });
+const trialsPerCell = closedObject({ trialsPerCell: count });
+
+/**
+ * The one schema of a resolved config (after defaults and file references); the types above and
+ * TrialConfig are derived from it. Alternatives are mutually exclusive, so anyOf means oneOf here.
+ */
+export const TRIAL_CONFIG_SCHEMA = closedObject(
+  {
+    $schema: Type.Optional(str),
+    formatVersion: Type.Literal(TRIAL_CONFIG_VERSION),
+    name: Type.String({ pattern: NAME_PATTERN }),
+    description: str,
+    seed: Type.Integer({ minimum: 0, maximum: 4294967295 }),
+    chat: Type.Enum(['auto', 'always', 'never']),
+    vectors: closedObject({
+      template: Type.String({ pattern: '\\{word(_lower)?\\}' }),
+      words: closedObject({ description: Type.Optional(str), concepts: nonEmptyStrings, baseline: nonEmptyStrings }),
+      contrast: Type.Array(CONTRAST_SET_SCHEMA),
+    }),
+    prompts: closedObject({
+      system: nullable(str),
+      contexts: nonEmptyStrings,
+      contextReply: nullable(str),
+      fillers: nonEmptyStrings,
+      detect: Type.Array(QUESTION_SCHEMA, { minItems: 1 }),
+      unrelated: Type.Array(QUESTION_SCHEMA),
+    }),
+    answer: closedObject({ yes: nonEmptyStrings, no: nonEmptyStrings, pairedClean: Type.Boolean() }),
+    generation: closedObject({
+      maxTokens: Type.Integer({ minimum: 0, maximum: 4096 }),
+      temperature: Type.Number({ minimum: 0, maximum: 100 }),
+      topK: Type.Integer({ minimum: 0 }),
+      topP: Type.Number({ exclusiveMinimum: 0, maximum: 1 }),
+      stopStrings: Type.Array(nonEmpty),
+    }),
+    verbalization: closedObject({ phrases: Type.Array(nonEmpty), matchConcept: Type.Boolean() }),
+    injection: closedObject({
+      layers: LAYER_SPEC_SCHEMA,
+      strength: closedObject({ mode: STRENGTH_MODE_SCHEMA, values: Type.Array(Type.Number({ exclusiveMinimum: 0 }), { minItems: 1 }) }),
+      protocols,
+      families: Type.Array(FAMILY_SPEC_SCHEMA, { minItems: 1 }),
+      repeats: Type.Integer({ minimum: 1 }),
+    }),
+    controls: closedObject({
+      none: closedObject({ trialsPerProtocol: count }),
+      random: trialsPerCell,
+      unrelatedQuestion: trialsPerCell,
+      generationOnly: trialsPerCell,
+    }),
+    split: closedObject({
+      evalConcepts: Type.Union([Type.Number({ exclusiveMinimum: 0, exclusiveMaximum: 1 }), Type.Integer({ minimum: 1 }), nonEmptyStrings]),
+      evalFraction: Type.Number({ exclusiveMinimum: 0, exclusiveMaximum: 1 }),
+    }),
+    trace: closedObject({ layers: Type.Union([Type.Literal('all'), LAYER_SPEC_SCHEMA]), contextPositions: count, dtype: Type.Enum(['f16', 'f32']) }),
+    output: closedObject({ trialsPerShard: Type.Integer({ minimum: 1 }) }),
+    training: closedObject({
+      targetFpr: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
+      positions: POSITION_SET_SCHEMA,
+      protocols,
+      families: nonEmptyStrings,
+      l2: Type.Number({ exclusiveMinimum: 0 }),
+      validationFraction: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
+      aggregators: Type.Array(AGGREGATOR_SCHEMA, { minItems: 1 }),
+    }),
+  },
+  { $id: 'https://latentwatch.dev/schemas/trial-config.json' },
+);
+
+/** A resolved trial config (`$schema` is dropped while resolving). */
+export type TrialConfig = Omit<Static<typeof TRIAL_CONFIG_SCHEMA>, '$schema'>;
 
 /** Defaults for every optional field (docs/trials.md lists them). Arrays replace, objects merge. */
 export const TRIAL_CONFIG_DEFAULTS = {
@@ -142,198 +199,7 @@ export const TRIAL_CONFIG_DEFAULTS = {
   },
 } as const;
 
-const str = { type: 'string' } as const;
-const nonEmpty = { type: 'string', minLength: 1 } as const;
-const nonEmptyStrings = { type: 'array', items: nonEmpty, minItems: 1 } as const;
-const layerSpec = {
-  oneOf: [
-    { type: 'array', items: { type: 'integer', minimum: 0 }, minItems: 1 },
-    { type: 'object', additionalProperties: false, required: ['depth'], properties: { depth: { type: 'array', items: { type: 'number', minimum: 0, maximum: 1 }, minItems: 1 } } },
-  ],
-} as const;
-const question = { type: 'object', additionalProperties: false, required: ['question', 'prefix'], properties: { question: nonEmpty, prefix: str } } as const;
-const items = { oneOf: [{ const: 'all' }, { type: 'integer', minimum: 1 }, nonEmptyStrings] } as const;
-const count = { type: 'integer', minimum: 0 } as const;
-const aggregator = {
-  oneOf: [
-    { type: 'object', additionalProperties: false, required: ['kind'], properties: { kind: { enum: ['last', 'max', 'mean'] } } },
-    { type: 'object', additionalProperties: false, required: ['kind', 'alpha'], properties: { kind: { const: 'ema' }, alpha: { type: 'number', exclusiveMinimum: 0, maximum: 1 } } },
-    { type: 'object', additionalProperties: false, required: ['kind', 'window'], properties: { kind: { enum: ['rolling-mean', 'rolling-max'] }, window: { type: 'integer', minimum: 1, maximum: 65536 } } },
-  ],
-} as const;
-
-/** The one schema of a resolved config (after defaults and file references). */
-export const TRIAL_CONFIG_SCHEMA = {
-  $id: 'https://latentwatch.dev/schemas/trial-config.json',
-  type: 'object',
-  additionalProperties: false,
-  required: ['formatVersion', 'name', 'description', 'seed', 'chat', 'vectors', 'prompts', 'answer', 'generation', 'verbalization', 'injection', 'controls', 'split', 'trace', 'output', 'training'],
-  properties: {
-    $schema: str,
-    formatVersion: { const: TRIAL_CONFIG_VERSION },
-    name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' },
-    description: str,
-    seed: { type: 'integer', minimum: 0, maximum: 4294967295 },
-    chat: { enum: ['auto', 'always', 'never'] },
-    vectors: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['template', 'words', 'contrast'],
-      properties: {
-        template: { type: 'string', pattern: '\\{word(_lower)?\\}' },
-        words: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['concepts', 'baseline'],
-          properties: { description: str, concepts: nonEmptyStrings, baseline: nonEmptyStrings },
-        },
-        contrast: {
-          type: 'array',
-          items: {
-            type: 'object',
-            additionalProperties: false,
-            required: ['name', 'pairs'],
-            properties: {
-              name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' },
-              pairs: { type: 'array', minItems: 1, items: { type: 'array', minItems: 2, maxItems: 2, items: nonEmpty } },
-            },
-          },
-        },
-      },
-    },
-    prompts: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['system', 'contexts', 'contextReply', 'fillers', 'detect', 'unrelated'],
-      properties: {
-        system: { type: ['string', 'null'] },
-        contexts: nonEmptyStrings,
-        contextReply: { type: ['string', 'null'] },
-        fillers: nonEmptyStrings,
-        detect: { type: 'array', items: question, minItems: 1 },
-        unrelated: { type: 'array', items: question },
-      },
-    },
-    answer: { type: 'object', additionalProperties: false, required: ['yes', 'no', 'pairedClean'], properties: { yes: nonEmptyStrings, no: nonEmptyStrings, pairedClean: { type: 'boolean' } } },
-    generation: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['maxTokens', 'temperature', 'topK', 'topP', 'stopStrings'],
-      properties: {
-        maxTokens: { type: 'integer', minimum: 0, maximum: 4096 },
-        temperature: { type: 'number', minimum: 0, maximum: 100 },
-        topK: { type: 'integer', minimum: 0 },
-        topP: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
-        stopStrings: { type: 'array', items: nonEmpty },
-      },
-    },
-    verbalization: { type: 'object', additionalProperties: false, required: ['phrases', 'matchConcept'], properties: { phrases: { type: 'array', items: nonEmpty }, matchConcept: { type: 'boolean' } } },
-    injection: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['layers', 'strength', 'protocols', 'families', 'repeats'],
-      properties: {
-        layers: layerSpec,
-        strength: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['mode', 'values'],
-          properties: { mode: { enum: ['relative', 'absolute', 'vector'] }, values: { type: 'array', items: { type: 'number', exclusiveMinimum: 0 }, minItems: 1 } },
-        },
-        protocols: { type: 'array', items: { enum: [...PROTOCOLS] }, minItems: 1, uniqueItems: true },
-        families: {
-          type: 'array',
-          minItems: 1,
-          items: {
-            oneOf: [
-              { type: 'object', additionalProperties: false, required: ['name', 'kind', 'items'], properties: { name: nonEmpty, kind: { enum: ['concept', 'contrast'] }, items } },
-              { type: 'object', additionalProperties: false, required: ['name', 'kind', 'count'], properties: { name: nonEmpty, kind: { const: 'random' }, count: { type: 'integer', minimum: 1 } } },
-              {
-                type: 'object',
-                additionalProperties: false,
-                required: ['name', 'kind', 'items', 'source'],
-                properties: {
-                  name: nonEmpty,
-                  kind: { const: 'cross-layer' },
-                  items,
-                  source: {
-                    oneOf: [
-                      { type: 'object', additionalProperties: false, required: ['layer'], properties: { layer: { type: 'integer', minimum: 0 } } },
-                      { type: 'object', additionalProperties: false, required: ['offset'], properties: { offset: { type: 'integer' } } },
-                      { type: 'object', additionalProperties: false, required: ['depth'], properties: { depth: { type: 'number', minimum: 0, maximum: 1 } } },
-                    ],
-                  },
-                },
-              },
-              {
-                type: 'object',
-                additionalProperties: false,
-                required: ['name', 'kind', 'basis', 'rank', 'count'],
-                properties: {
-                  name: nonEmpty,
-                  kind: { const: 'subspace' },
-                  basis: { enum: ['concept', 'random'] },
-                  rank: { type: 'integer', minimum: 1, maximum: 4096 },
-                  count: { type: 'integer', minimum: 1 },
-                  pool: items,
-                },
-              },
-            ],
-          },
-        },
-        repeats: { type: 'integer', minimum: 1 },
-      },
-    },
-    controls: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['none', 'random', 'unrelatedQuestion', 'generationOnly'],
-      properties: {
-        none: { type: 'object', additionalProperties: false, required: ['trialsPerProtocol'], properties: { trialsPerProtocol: count } },
-        random: { type: 'object', additionalProperties: false, required: ['trialsPerCell'], properties: { trialsPerCell: count } },
-        unrelatedQuestion: { type: 'object', additionalProperties: false, required: ['trialsPerCell'], properties: { trialsPerCell: count } },
-        generationOnly: { type: 'object', additionalProperties: false, required: ['trialsPerCell'], properties: { trialsPerCell: count } },
-      },
-    },
-    split: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['evalConcepts', 'evalFraction'],
-      properties: {
-        evalConcepts: { oneOf: [{ type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1 }, { type: 'integer', minimum: 1 }, nonEmptyStrings] },
-        evalFraction: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1 },
-      },
-    },
-    trace: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['layers', 'contextPositions', 'dtype'],
-      properties: { layers: { oneOf: [{ const: 'all' }, layerSpec] }, contextPositions: count, dtype: { enum: ['f16', 'f32'] } },
-    },
-    output: { type: 'object', additionalProperties: false, required: ['trialsPerShard'], properties: { trialsPerShard: { type: 'integer', minimum: 1 } } },
-    training: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['targetFpr', 'positions', 'protocols', 'families', 'l2', 'validationFraction', 'aggregators'],
-      properties: {
-        targetFpr: { type: 'number', minimum: 0, exclusiveMaximum: 1 },
-        positions: { enum: ['watch', 'after', 'inside', 'all'] },
-        protocols: { type: 'array', items: { enum: [...PROTOCOLS] }, minItems: 1, uniqueItems: true },
-        families: nonEmptyStrings,
-        l2: { type: 'number', exclusiveMinimum: 0 },
-        validationFraction: { type: 'number', minimum: 0, exclusiveMaximum: 1 },
-        aggregators: { type: 'array', items: aggregator, minItems: 1 },
-      },
-    },
-  },
-} as const;
-
-let validator: ReturnType<Ajv['compile']> | undefined;
-
-function schemaErrors(candidate: unknown): ErrorObject[] {
-  validator ??= new Ajv({ allErrors: true, strict: true, allowUnionTypes: true }).compile(TRIAL_CONFIG_SCHEMA);
-  return validator(candidate) ? [] : [...(validator.errors ?? [])];
-}
+const schemaErrors = schemaValidator(TRIAL_CONFIG_SCHEMA);
 
 function invalid(source: string, pointer: string, what: string): never {
   throw lwError('LW_ERR_TRIALS_CONFIG_INVALID', `${source}: ${pointer || '/'}: ${what}`, { path: pointer || '/', source });
