@@ -7,7 +7,7 @@ import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.
 import { ConceptStore } from '../src/probes/concept-store.js';
 import { Dataset } from '../src/lab/dataset.js';
 import { evaluateProbe, evaluateProbeFile, selectPositions } from '../src/lab/eval.js';
-import { createProbe, loadProbe } from '../src/probes/probe.js';
+import { createProbe, loadProbe, ProbeBank } from '../src/probes/probe.js';
 import { readProbeFile, serializeProbeFile, writeProbeFile } from '../src/probes/probe-file.js';
 import { writeReport } from '../src/lab/report.js';
 import { trainProbe } from '../src/lab/train.js';
@@ -70,8 +70,18 @@ describe('probe training on trial data', () => {
     const sel = selectPositions(rec, 'watch')!;
     const rows = ds.traceRows(rec, r.chosen.layer);
     const d = ds.manifest.dModel;
-    const bank = probe.scoreRow(rows, sel[0] * d);
-    expect(bank).toBeGreaterThanOrEqual(0);
+    const score = probe.scoreRow(rows, sel[0] * d);
+    // The logistic probe's score, σ(bias + w · (x − mean)/std), in float64 from the file's numbers.
+    expect(r.probe.kind).toBe('linear');
+    if (r.probe.kind !== 'linear') throw new Error('unreachable');
+    const { bias, weights, normalisation } = r.probe;
+    let z = bias;
+    for (let j = 0; j < d; j++) z += (weights[j] * (rows[sel[0] * d + j] - normalisation.mean[j])) / normalisation.std[j];
+    expect(score).toBeCloseTo(1 / (1 + Math.exp(-z)), 5);
+    // ProbeBank, given the trial's rows as a tap, scores that position the same.
+    const tap = { positions: rows.length / d, dModel: d, data: rows };
+    const [bank] = new ProbeBank([probe]).score(new Map([[probe.hooks[0], tap]]));
+    expect(bank.scores[sel[0]]).toBe(Math.fround(score));
     expect(evaluateProbe(probe, ds).auroc).toBe(e.auroc);
   });
 

@@ -269,7 +269,13 @@ describe('concept vectors and trial datasets on qwen2-code-16m', () => {
     for (const r of ds.records) {
       expect(r.label).toBe(r.condition === 'none' ? 0 : 1);
       if (r.concept !== null) expect(r.split).toBe(ds.manifest.split.evalConcepts.includes(r.concept) ? 'eval' : 'train');
-      expect(r.readout.pYes).toBeGreaterThanOrEqual(0);
+      // Full-softmax probabilities of finite logits: positive, at most 1 together, and their ratio is
+      // the logits' difference; saidYes is pYes > pNo.
+      expect(r.readout.pYes).toBeGreaterThan(0);
+      expect(r.readout.pNo).toBeGreaterThan(0);
+      expect(r.readout.pYes + r.readout.pNo).toBeLessThanOrEqual(1);
+      expect(Math.log(r.readout.pYes / r.readout.pNo)).toBeCloseTo(r.readout.logitYes - r.readout.logitNo, 6);
+      expect(r.saidYes).toBe(r.readout.pYes > r.readout.pNo);
       expect(r.lens.logitYes).toHaveLength(8);
       expect(r.trace.start).toBe(r.segments.question[0] - 3);
       expect(r.trace.end).toBe(r.segments.generated[1]);
