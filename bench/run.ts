@@ -54,42 +54,23 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
   const log = o.log ?? ((l: string) => console.error(l));
   const machine = describeMachine();
   const summary: Record<string, number | string | null> = {};
-  let engine: BenchResult['engine'] = null;
-  let peers: BenchResult['peers'] = null;
-  let daemon: BenchResult['daemon'] = null;
   // One failing half must not lose the other: record the error and go on.
-  if (!o.skipEngine) {
-    log('== engine bench');
+  const runHalf = async <T extends { summary: Record<string, number | string | null> }>(name: string, run: () => Promise<T>): Promise<T | { error: string }> => {
+    log(`== ${name} bench`);
     try {
-      engine = await runEngineBench({ quick, log });
-      Object.assign(summary, engine.summary);
+      const r = await run();
+      Object.assign(summary, r.summary);
+      return r;
     } catch (e) {
-      engine = { error: String((e as Error).stack ?? e) };
-      log(`engine bench failed: ${String(e)}`);
+      log(`${name} bench failed: ${String(e)}`);
+      return { error: String((e as Error).stack ?? e) };
     }
-  }
-  if (!o.skipPeers) {
-    log('== peers bench');
-    try {
-      peers = await runPeersBench({ quick, log });
-      Object.assign(summary, peers.summary);
-    } catch (e) {
-      peers = { error: String((e as Error).stack ?? e) };
-      log(`peers bench failed: ${String(e)}`);
-    }
-  }
-  if (!o.skipDaemon) {
-    log('== daemon bench');
-    try {
-      // Beside the built-in model, the Qwen2.5-0.5B shape at int4 (written by the engine bench)
-      // when present: a model whose decode reads its weights from memory, as production models do.
-      daemon = await runDaemonBench({ quick, log, models: [DEFAULT_MODEL_DIR, ...(existsSync(join(DEFAULT_CKPT, 'config.json')) ? [DEFAULT_CKPT] : [])] });
-      Object.assign(summary, daemon.summary);
-    } catch (e) {
-      daemon = { error: String((e as Error).stack ?? e) };
-      log(`daemon bench failed: ${String(e)}`);
-    }
-  }
+  };
+  const engine = o.skipEngine ? null : await runHalf('engine', () => runEngineBench({ quick, log }));
+  const peers = o.skipPeers ? null : await runHalf('peers', () => runPeersBench({ quick, log }));
+  // Beside the built-in model, the Qwen2.5-0.5B shape at int4 (written by the engine bench)
+  // when present: a model whose decode reads its weights from memory, as production models do.
+  const daemon = o.skipDaemon ? null : await runHalf('daemon', () => runDaemonBench({ quick, log, models: [DEFAULT_MODEL_DIR, ...(existsSync(join(DEFAULT_CKPT, 'config.json')) ? [DEFAULT_CKPT] : [])] }));
   const why = (k: string): string => {
     const half = ['monitor_overhead_pct', 'alert_p99_ms', 'concurrency4_speedup'].includes(k) ? 'daemon' : k === 'decode_tok_s_transformersjs_int4' ? 'peers' : 'engine';
     const r = half === 'daemon' ? daemon : half === 'peers' ? peers : engine;
