@@ -17,8 +17,9 @@ import type { Daemon } from '../src/daemon/daemon.js';
 import { GRAPH_NAMES } from '../src/model/graph.js';
 import { injectPort, residPost } from '../src/hooks.js';
 import type { Tensor } from '../src/engine/runtime.js';
-import { scrape, streamRequest, until } from '../bench/lib/clients.js';
+import { scrape, streamRequest } from '../bench/lib/clients.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
+import { waitUntil } from './helpers.js';
 
 const MODEL = 'qwen2-code-16m';
 /** The marked request's prompt: 37 token ids, a length no other prompt here has. */
@@ -71,7 +72,7 @@ describe('engine faults mid-request', () => {
       // Two healthy streams are decoding when the marked requests arrive.
       let healthyTokens = 0;
       const healthy = [0, 1].map(() => streamRequest(d.url, '/v1/completions', { model: MODEL, ...long }, { key: API_KEY, onEvent: () => healthyTokens++ }));
-      await until(() => healthyTokens >= 6, 10_000);
+      await waitUntil(() => healthyTokens >= 6, { timeoutMs: 10_000, what: 'two healthy streams to be decoding (6 events)', detail: () => `${healthyTokens} events` });
       const plain = await post(d, { prompt: MARKED_PROMPT, max_tokens: 8 });
       expect(plain.status).toBe(500);
       expect(((await plain.json()) as ErrorBody).error).toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED', type: 'server_error' });

@@ -191,7 +191,9 @@ describe('ProbeBank', () => {
     expect(() => new ProbeBank([probes[0], probes[0]])).toThrow(/share the id/);
   });
 
-  it('a probe file for the d=896 hot path scores in well under a millisecond per token', () => {
+  // Speed is measured by bench/daemon.ts (the monitor's work per token: ProbeBank.score over the
+  // taps of one token) and bench/probes.ts --generic, not asserted here.
+  it('eight d=896 probes on the hot path: repeated scoring of the same taps gives the same scores', () => {
     const d = 896;
     const g = rng(9);
     const big = createProbe({
@@ -200,10 +202,21 @@ describe('ProbeBank', () => {
     });
     const many = new ProbeBank(Array.from({ length: 8 }, (_, i) => createProbe({ ...big.file, id: `p${i}` })));
     const t = new Map([[H(0), { positions: 1, dModel: d, data: Float32Array.from({ length: d }, g) }]]);
-    for (let i = 0; i < 200; i++) many.score(t); // warm up
-    const t0 = performance.now();
+    const first = many.score(t);
+    // The logit, w · (x − mean) (bias 0, std 1), against float64; each of the eight scores is its σ.
+    const f = big.file;
+    if (f.kind !== 'linear') throw new Error('the hot-path probe is linear');
+    const x = t.get(H(0))!.data;
+    let z = 0;
+    let scale = 0;
+    for (let j = 0; j < d; j++) {
+      z += f.weights[j] * (x[j] - f.normalisation.mean[j]);
+      scale += Math.abs(f.weights[j] * (x[j] - f.normalisation.mean[j]));
+    }
+    const logit = createProbe({ ...f, id: 'logit', kind: 'direction' }).scoreRow(x, 0);
+    expect(Math.abs(logit - z)).toBeLessThan(1e-5 * scale);
+    for (const s of first) expect(s.scores[0]).toBeCloseTo(1 / (1 + Math.exp(-logit)), 6);
     for (let i = 0; i < 2000; i++) many.score(t);
-    const perStep = (performance.now() - t0) / 2000;
-    expect(perStep).toBeLessThan(1); // 8 probes × d=896 per generated token
+    expect(many.score(t).map((s) => Array.from(s.scores))).toEqual(first.map((s) => Array.from(s.scores)));
   });
 });

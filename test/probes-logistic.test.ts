@@ -116,7 +116,8 @@ describe('logistic regression vs numpy Newton', () => {
     expect(fit.weights[0]).toBeGreaterThan(1);
   });
 
-  it('fits n = 5000, d = 896 in a few seconds (L-BFGS)', () => {
+  // Fit time (~2-3 s on the 2-core dev box) is a speed figure: bench/probes.ts times probe training.
+  it('fits n = 5000, d = 896 to convergence (L-BFGS)', () => {
     const n = 5000;
     const d = 896;
     const rnd = mulberry32(1);
@@ -139,12 +140,9 @@ describe('logistic regression vs numpy Newton', () => {
         data[i * d + j] = v;
       }
     }
-    const t0 = performance.now();
     const fit = fitLogistic(matrix(n, d, data), y);
-    const ms = performance.now() - t0;
-    console.log(`fitLogistic n=${n} d=${d}: ${ms.toFixed(0)} ms, ${fit.iterations} iterations (${fit.solver})`);
+    console.log(`fitLogistic n=${n} d=${d}: ${fit.iterations} iterations (${fit.solver})`);
     expect(fit.converged).toBe(true);
-    expect(ms).toBeLessThan(30_000); // generous for shared CI runners; ~2-3 s on a 2-core dev box
   });
 });
 

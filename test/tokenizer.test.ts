@@ -60,16 +60,10 @@ const MODELS = [
 describe.each(MODELS)('$name tokenizer', ({ name, pkg }) => {
   const ref = reference[name];
   let tok: Tokenizer;
-  let loadMs = 0;
 
+  // Load time (0.3–0.5 s on the 2-core dev machine) is a speed figure, not asserted here.
   beforeAll(async () => {
-    const t0 = performance.now();
     tok = await Tokenizer.fromDir(packageDir(pkg));
-    loadMs = performance.now() - t0;
-  });
-
-  it('loads quickly (0.3–0.5 s measured; bound generous for shared CI machines)', () => {
-    expect(loadMs).toBeLessThan(5000);
   });
 
   it('encodes every reference text to exactly the ids Hugging Face gives', () => {
