@@ -186,6 +186,11 @@ export interface CorpusActivations {
   dModel: number;
   layers: number[];
   requests: CorpusRun[];
+  /**
+   * Requests whose prompt and generation do not fit the model's context: the daemon would refuse
+   * them (LW_ERR_ENGINE_CONTEXT_LENGTH), so they are skipped and counted rather than failing the run.
+   */
+  skippedTooLong: { id: string; tokens: number }[];
 }
 
 /** Run every request of the corpus as the daemon would, keeping resid_post at `layers` for every position. */
@@ -196,11 +201,14 @@ export async function runCorpus(engine: Engine, corpus: Corpus, layers: readonly
   const d = engine.config.hiddenSize;
   const requests = corpusRequests(corpus);
   const out: CorpusRun[] = [];
+  const skippedTooLong: CorpusActivations['skippedTooLong'] = [];
   for (const [k, req] of requests.entries()) {
     const promptIds = tok.encode(req.text);
     const maxTokens = corpus.generation.maxTokens;
     if (promptIds.length + maxTokens > engine.contextLength) {
-      throw lwError('LW_ERR_CORPUS_INVALID', `${corpus.name}: ${req.id} has ${promptIds.length} tokens; with ${maxTokens} generated that exceeds the context length ${engine.contextLength}`);
+      skippedTooLong.push({ id: req.id, tokens: promptIds.length });
+      progress?.(k + 1, requests.length, `${req.id} skipped: ${promptIds.length} tokens + ${maxTokens} exceed the context ${engine.contextLength}`);
+      continue;
     }
     const parts: Float32Array[][] = hooks.map(() => []);
     const ids = [...promptIds];
@@ -214,5 +222,6 @@ export async function runCorpus(engine: Engine, corpus: Corpus, layers: readonly
     out.push({ ...req, promptTokens: promptIds.length, ids: ids.slice(0, positions), rows });
     progress?.(k + 1, requests.length, req.id);
   }
-  return { modelFingerprint: engine.fingerprint, corpus: corpus.name, dModel: d, layers: [...layers], requests: out };
+  if (out.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', `${corpus.name}: every request exceeds the context length ${engine.contextLength}`);
+  return { modelFingerprint: engine.fingerprint, corpus: corpus.name, dModel: d, layers: [...layers], requests: out, skippedTooLong };
 }
