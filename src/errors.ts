@@ -61,6 +61,7 @@ export const ERRORS = {
   // api: HTTP request handling
   LW_ERR_API_BAD_REQUEST: { status: 400, message: 'invalid request' },
   LW_ERR_API_INVALID_JSON: { status: 400, message: 'request body is not valid JSON' },
+  LW_ERR_API_UNSUPPORTED_PARAMETER: { status: 400, message: 'request parameter not supported by this daemon' },
   LW_ERR_API_MAX_TOKENS: { status: 400, message: 'max_tokens exceeds the configured limit' },
   LW_ERR_API_NOT_FOUND: { status: 404, message: 'no such route' },
   LW_ERR_API_MODEL_NOT_FOUND: { status: 404, message: 'the requested model is not served here' },
@@ -81,6 +82,11 @@ export const ERRORS = {
   // corpus: clean-prompt corpora for anomaly detectors (src/probes/corpus.ts)
   LW_ERR_CORPUS_NOT_FOUND: { status: 404, message: 'clean-prompt corpus file not found' },
   LW_ERR_CORPUS_INVALID: { status: 400, message: 'clean-prompt corpus is invalid' },
+  // learn: the daemon learning a detector from its own traffic (src/daemon/learning.ts, src/probes/learn.ts)
+  LW_ERR_LEARN_UNSUPPORTED: { status: 400, message: 'this probe cannot be learned from traffic' },
+  LW_ERR_LEARN_BUSY: { status: 409, message: 'a learning run is already in progress' },
+  LW_ERR_LEARN_MODEL_MISMATCH: { status: 409, message: 'learning statistics were collected on a different model' },
+  LW_ERR_LEARN_STATE_INVALID: { status: 500, message: 'learning statistics file is malformed' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -90,12 +90,13 @@ describe('logprobs on engine steps', () => {
     const lp = prompt[0].promptLogprobs!;
     expect(prompt[0].text).toBe('def load(path):\n');
     expect(lp).toHaveLength(promptIds.length);
-    expect(lp[0]).toBeNull();
+    expect(lp[0]).toMatchObject({ tokenId: promptIds[0], token: 'def', logprob: null, top: [] });
     for (let i = 1; i < promptIds.length; i++) {
       const ref = logSoftmax(all.logits.subarray((i - 1) * V, i * V));
       // Separate passes over the same positions: float32 noise only.
-      expect(Math.abs(lp[i]!.logprob - ref[promptIds[i]])).toBeLessThan(1e-4);
-      expect(lp[i]!.tokenId).toBe(promptIds[i]);
+      expect(Math.abs(lp[i].logprob! - ref[promptIds[i]])).toBeLessThan(1e-4);
+      expect(lp[i].top).toHaveLength(2);
+      expect(lp[i].tokenId).toBe(promptIds[i]);
     }
   });
 

@@ -16,7 +16,7 @@ import { requireInjection, type Principal } from './auth.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
 import type { DaemonMetrics } from './metrics.js';
 import { RequestMonitor, type RequestVerdict } from './monitor.js';
-import { usage, type FinishReason, type Job, type Usage } from './openai.js';
+import { generateOptions, usage, type FinishReason, type Job, type Usage } from './openai.js';
 import { startRequestSpan } from './tracing.js';
 
 export interface InferenceDeps {
@@ -244,7 +244,7 @@ export class InferenceService {
       for await (const step of engine.generate({
         promptIds: p.promptIds,
         maxTokens: p.maxTokens,
-        sampling: { temperature: job.temperature, topP: job.topP, topK: job.topK, seed: job.seed },
+        ...generateOptions(job),
         stopStrings: job.stop,
         taps: bank.hooks(),
         injections: p.injection ? [p.injection] : [],
@@ -253,6 +253,7 @@ export class InferenceService {
         const scoringFrom = performance.now();
         forwardAtUs = Math.round((performance.timeOrigin + scoringFrom) * 1000);
         const scores = bank.score(step.taps);
+        job.extras?.record(step);
         if (step.kind === 'prompt') {
           monitor.step({ position: step.position, text: '' }, scores);
           trace.endPrefill();

@@ -18,7 +18,7 @@ import { DecodeBatcher } from './decode-batcher.js';
 import { KvPool, privateStorage, type KvStorage } from './kv-pool.js';
 import { Sequence, type ForwardOptions, type ForwardResult, type GraphContext } from './sequence.js';
 import { Tokenizer } from './tokenizer.js';
-import type { GenerateRequest, Step, TokenAlternative, TokenLogprob } from './types.js';
+import type { GenerateRequest, PromptTokenLogprob, Step, TokenAlternative, TokenLogprob } from './types.js';
 
 export interface EngineOptions extends BuildRequest {
   provider?: Provider;
@@ -180,7 +180,7 @@ export class Engine implements GraphContext {
       // Prompt logprobs need logits at every prompt position: chunks then stay under ~32 MB of logits.
       const wantPrompt = req.promptLogprobs !== undefined;
       const chunk = wantPrompt ? Math.max(1, Math.min(this.prefillChunk, Math.floor(2 ** 23 / V))) : this.prefillChunk;
-      const promptLogprobs: (TokenLogprob | null)[] = [null];
+      const promptLogprobs: PromptTokenLogprob[] = wantPrompt ? [{ ...this.alternative(req.promptIds[0], 0), logprob: null, top: [] }] : [];
       for (let i = 0; i < promptLength; i += chunk) {
         aborted();
         const ids = req.promptIds.slice(i, i + chunk);

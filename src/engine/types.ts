@@ -77,6 +77,11 @@ export interface TokenLogprob extends TokenAlternative {
   top: TokenAlternative[];
 }
 
+/** A prompt token's log-probability given the tokens before it: null for the first (nothing precedes it; `top` is then empty). */
+export interface PromptTokenLogprob extends Omit<TokenLogprob, 'logprob'> {
+  logprob: number | null;
+}
+
 /** Activations for the positions processed in one forward pass: [positions, d_model] row-major. */
 export interface TapValues {
   positions: number;
@@ -97,8 +102,8 @@ export interface Step {
   logits?: Float32Array;
   /** Kind 'token', when `logprobs` was asked for and the token is not a stop token. */
   logprob?: TokenLogprob;
-  /** Kind 'prompt', when `promptLogprobs` was asked for: one per prompt token, null for the first (nothing precedes it). */
-  promptLogprobs?: (TokenLogprob | null)[];
+  /** Kind 'prompt', when `promptLogprobs` was asked for: one per prompt token. */
+  promptLogprobs?: PromptTokenLogprob[];
   /** Set on the last step: why generation ended. */
   finishReason?: 'stop' | 'length';
 }
