@@ -31,7 +31,16 @@ function draft(i: number, extra: Partial<AlertDraft> = {}): AlertDraft {
 }
 
 beforeAll(() => {
-  for (const f of ['src/errors.ts', 'src/daemon/config.ts', 'src/daemon/alert-log.ts']) {
+  // src/daemon/alert-log.ts and every project module it imports, found by following relative imports.
+  const files = new Set<string>();
+  const visit = (f: string) => {
+    if (files.has(f)) return;
+    files.add(f);
+    const text = readFileSync(join(root, f), 'utf8');
+    for (const m of text.matchAll(/(?:from|import)\s*'(\.{1,2}\/[^']+)\.js'/g)) visit(join(dirname(f), `${m[1]}.ts`));
+  };
+  visit('src/daemon/alert-log.ts');
+  for (const f of files) {
     const out = ts.transpileModule(readFileSync(join(root, f), 'utf8'), {
       compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: false },
     }).outputText;
@@ -185,7 +194,7 @@ describe('alert log', () => {
     expect(results.map((r) => r.alert.id)).toEqual(Array.from({ length: 30 }, (_, i) => 4 + i));
     expect(results.every((r) => r.retained)).toBe(true);
     const firstFailed = results.findIndex((r) => !r.durable);
-    expect(firstFailed).toBeGreaterThanOrEqual(0);
+    expect(firstFailed, 'some append found the disk full').not.toBe(-1);
     // Once one alert is pending, later ones queue behind it, in order.
     expect(results.slice(firstFailed).every((r) => !r.durable)).toBe(true);
     const stats = log.stats();
