@@ -47,7 +47,12 @@ export function bundledProbes(modelDir: string): string[] {
     .map((f) => join(dir, f));
 }
 
-export async function startDaemon(config: FrozenConfig, notices: readonly string[] = []): Promise<Daemon> {
+export interface StartOptions {
+  /** Where log lines go (default stdout): tests read them. */
+  logStream?: Pick<NodeJS.WritableStream, 'write'>;
+}
+
+export async function startDaemon(config: FrozenConfig, notices: readonly string[] = [], options: StartOptions = {}): Promise<Daemon> {
   const modelDir = config.modelDir ?? DEFAULT_MODEL_DIR;
   const probePaths = config.probes.length > 0 ? [...config.probes] : bundledProbes(modelDir);
   // The graph taps only the layers the probes read, and has injection ports only when something
@@ -107,6 +112,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     modelName,
     modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },
     ready: () => accepting,
+    ...(options.logStream ? { logStream: options.logStream } : {}),
   });
   onLogState = (e) => {
     if (e.state === 'failing') app.log.error({ error: e.error, pending: e.pending }, 'alert log writes failing: alerts still go to subscribers and wait in memory for the disk');

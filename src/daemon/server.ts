@@ -13,6 +13,7 @@ import type { FrozenConfig } from './config.js';
 import { installErrorHandlers, sendHttpError, toHttpError } from './http-errors.js';
 import type { InferenceService } from './inference.js';
 import type { DaemonMetrics } from './metrics.js';
+import { redactUrl, SecretScrubber, setProcessSecrets } from './redact.js';
 import { chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
 
 export interface ServerDeps {
@@ -27,11 +28,31 @@ export interface ServerDeps {
   modelInfo: Record<string, unknown>;
   /** False while starting or draining: /readyz answers 503 and the API refuses work. */
   ready: () => boolean;
+  /** Where log lines go (default stdout); tests capture them here. */
+  logStream?: Pick<NodeJS.WritableStream, 'write'>;
+}
+
+/** Keys the daemon knows; none may reach a log line (redact.ts). */
+function configuredSecrets(config: FrozenConfig): string[] {
+  return [...config.apiKeys, ...(config.adminKey === null ? [] : [config.adminKey])];
 }
 
 export function buildServer(d: ServerDeps): FastifyInstance {
+  const secrets = configuredSecrets(d.config);
+  setProcessSecrets(secrets);
+  const scrubber = new SecretScrubber(secrets);
   const app = Fastify({
-    logger: d.config.logLevel === 'silent' ? false : { level: d.config.logLevel },
+    logger:
+      d.config.logLevel === 'silent'
+        ? false
+        : {
+            level: d.config.logLevel,
+            stream: scrubber.stream(d.logStream ?? process.stdout),
+            // fastify's own request serializer, but the URL without credentials (`?token=` is the documented WebSocket auth).
+            serializers: {
+              req: (req: FastifyRequest) => ({ method: req.method, url: redactUrl(req.url), host: req.host, remoteAddress: req.ip, remotePort: req.socket?.remotePort }),
+            },
+          },
     bodyLimit: d.config.limits.bodyLimitBytes,
     // Streams are long-lived; request timeouts are the client's business.
     requestTimeout: 0,

@@ -19,6 +19,7 @@
  */
 import { context, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import type { RequestVerdict } from './monitor.js';
+import { scrubSecrets } from './redact.js';
 
 export const TRACER_NAME = 'latentwatch';
 export const EVALUATION_EVENT = 'gen_ai.evaluation.result';
@@ -145,8 +146,10 @@ export class RequestTrace {
       const code = (error as { code?: unknown }).code;
       const type = typeof code === 'string' ? code : error instanceof Error ? error.name : 'Error';
       this.span.setAttribute('error.type', type);
-      this.span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
-      if (error instanceof Error) this.span.recordException(error);
+      // Error text can echo input; no configured key reaches a trace attribute (redact.ts).
+      const message = scrubSecrets(error instanceof Error ? error.message : String(error));
+      this.span.setStatus({ code: SpanStatusCode.ERROR, message });
+      if (error instanceof Error) this.span.recordException({ name: error.name, message, ...(error.stack === undefined ? {} : { stack: scrubSecrets(error.stack) }) });
     }
     this.span.end();
   }
