@@ -13,10 +13,9 @@
  */
 import type { Dataset, TrialRecord } from './dataset.js';
 import { selectPositions, TraceCache, trialScore, type EvalReport, type Figures } from './eval.js';
-import { foldStandardisation, sigmoid } from '../probes/linear.js';
 import { aggregatorName, fmt, markdownText, tableHeader, tableRow, UNIT_Y_AXIS, writeReportFiles } from './report-format.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
-import { fitValidationSplit, trainLayer, type FitterKind, type LayerResult, type TrainOptions } from './train.js';
+import { fitValidationSplit, scorerOf, trainLayer, type FitterKind, type LayerResult, type TrainOptions } from './train.js';
 import type { Protocol } from './trial-config.js';
 
 export interface ReportOptions extends Pick<TrainOptions, 'targetFpr' | 'positions' | 'protocols' | 'families' | 'l2' | 'validationFraction' | 'aggregators'> {
@@ -124,19 +123,16 @@ export function computeReport(ds: Dataset, o: ReportOptions = {}): ReportData {
   // Probe detection per trial (eval split) at the best probe's threshold, for the detection table.
   const probeFired = new Map<number, boolean>();
   {
-    const { v, c } = foldStandardisation(best.model.weights, best.model.bias, best.model.mean, best.model.std);
+    // The scorer training set the threshold with (a hand-written dot product here summed in another order).
     const d = m.dModel;
+    const score = scorerOf(best.model, 'logistic', d);
     for (const r of ds.records) {
       if (r.split !== 'eval') continue;
       const sel = selectPositions(r, resolved.selection.positions);
       if (!sel) continue;
       const rows = cache.rows(r, [best.layer]);
       const scores: number[] = [];
-      for (let p = sel[0]; p < sel[1]; p++) {
-        let s = c;
-        for (let i = 0; i < d; i++) s += rows[p * d + i] * v[i];
-        scores.push(sigmoid(s));
-      }
+      for (let p = sel[0]; p < sel[1]; p++) scores.push(score(rows, p * d));
       probeFired.set(r.index, trialScore(scores, best.aggregator) > best.threshold);
     }
   }

@@ -128,7 +128,8 @@ export function gatherRows(cache: TraceCache, records: readonly TrialRecord[], l
   return { x: concat(parts), y: Uint8Array.from(labels), rows: labels.length };
 }
 
-function scorerOf(model: LinearModel, kind: FitterKind, d: number): RowScorer {
+/** The row scorer of a fitted model: what training sets the threshold with, so reports must score with it too. */
+export function scorerOf(model: LinearModel, kind: FitterKind, d: number): RowScorer {
   const { v, c } = foldStandardisation(model.weights, model.bias, model.mean, model.std);
   return kind === 'logistic' ? (rows, off) => sigmoid(c + dot(rows, off, v, 0, d)) : (rows, off) => c + dot(rows, off, v, 0, d);
 }
