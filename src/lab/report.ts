@@ -15,7 +15,7 @@ import type { Dataset, TrialRecord } from './dataset.js';
 import { selectPositions, TraceCache, trialScore, type EvalReport, type Figures } from './eval.js';
 import { aggregatorName, fmt, markdownText, tableHeader, tableRow, UNIT_Y_AXIS, writeReportFiles } from './report-format.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
-import { fitValidationSplit, scorerOf, trainLayer, type FitterKind, type LayerResult, type TrainOptions } from './train.js';
+import { better, fitValidationSplit, resolveOptions, scorerOf, trainLayer, type FitterKind, type LayerResult, type TrainOptions } from './train.js';
 import type { Protocol } from './trial-config.js';
 
 export interface ReportOptions extends Pick<TrainOptions, 'targetFpr' | 'positions' | 'protocols' | 'families' | 'l2' | 'validationFraction' | 'aggregators'> {
@@ -84,25 +84,11 @@ const mean = (xs: readonly number[]): number => (xs.length === 0 ? NaN : xs.redu
 /** The control conditions, in the order every table and chart shows them. */
 const CONTROLS = ['none', 'random', 'unrelated-question', 'generation-only'] as const;
 
-function better(a: Figures, b: Figures): boolean {
-  const ta = a['tpr_at_fpr_0.01'] ?? -1;
-  const tb = b['tpr_at_fpr_0.01'] ?? -1;
-  return ta !== tb ? ta > tb : (a.auroc ?? -1) > (b.auroc ?? -1);
-}
-
 /** Compute everything the report shows. */
 export function computeReport(ds: Dataset, o: ReportOptions = {}): ReportData {
   const m = ds.manifest;
   const cfg = m.config;
-  const t = cfg.training;
-  const resolved = {
-    kind: 'logistic' as FitterKind,
-    targetFpr: o.targetFpr ?? t.targetFpr,
-    selection: { protocols: o.protocols ?? t.protocols, families: o.families ?? t.families, positions: o.positions ?? t.positions },
-    l2: o.l2 ?? t.l2,
-    validationFraction: o.validationFraction ?? t.validationFraction,
-    aggregators: o.aggregators ?? t.aggregators,
-  };
+  const resolved = resolveOptions(ds, o);
   const split = fitValidationSplit(ds, resolved.selection, resolved.validationFraction);
   const kinds: FitterKind[] = o.diffMeans === false ? ['logistic'] : ['logistic', 'diff-means'];
   const cache = new TraceCache(ds, 0);

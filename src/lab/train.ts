@@ -67,7 +67,8 @@ export interface TrainResult {
   seconds: number;
 }
 
-interface Resolved {
+/** Training options with the dataset's config defaults filled in. */
+export interface Resolved {
   kind: FitterKind;
   targetFpr: number;
   selection: Selection;
@@ -76,7 +77,8 @@ interface Resolved {
   aggregators: AggregatorSpec[];
 }
 
-function resolveOptions(ds: Dataset, o: TrainOptions): Resolved {
+/** Fill in the dataset's config defaults and check the result (train-probe and report resolve alike). */
+export function resolveOptions(ds: Dataset, o: TrainOptions): Resolved {
   const t = ds.manifest.config.training;
   const r: Resolved = {
     kind: o.kind ?? 'logistic',
@@ -134,12 +136,13 @@ export function scorerOf(model: LinearModel, kind: FitterKind, d: number): RowSc
   return kind === 'logistic' ? (rows, off) => sigmoid(c + dot(rows, off, v, 0, d)) : (rows, off) => c + dot(rows, off, v, 0, d);
 }
 
-const better = (a: Figures, b: Figures): boolean => {
+/** Whether validation figures `a` beat `b`: higher TPR at 1% FPR, then higher AUROC. */
+export function better(a: Figures, b: Figures): boolean {
   const ta = a['tpr_at_fpr_0.01'] ?? -1;
   const tb = b['tpr_at_fpr_0.01'] ?? -1;
   if (ta !== tb) return ta > tb;
   return (a.auroc ?? -1) > (b.auroc ?? -1);
-};
+}
 
 /** Fit, pick the aggregator and threshold, and evaluate one layer. */
 export function trainLayer(cache: TraceCache, layer: number, o: Resolved, split: { fit: Set<number>; validation: Set<number> }): LayerResult {
