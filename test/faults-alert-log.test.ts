@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
-import { scrape, subscribe, until } from '../bench/lib/clients.js';
+import { scrape, subscribe } from '../bench/lib/clients.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
-import { tempDir } from './helpers.js';
+import { tempDir, waitUntil } from './helpers.js';
 
 const MODEL = 'qwen2-code-16m';
 let probe: TestProbe;
@@ -78,7 +78,7 @@ describe('alert log on a failing disk while the daemon serves', () => {
         const pending = d.log.stats().pending;
         expect(pending).toBeGreaterThanOrEqual(5);
         // Live delivery did not wait for the disk.
-        expect(await until(() => sub.alerts.length >= acked.length, 5000)).toBe(true);
+        await waitUntil(() => sub.alerts.length >= acked.length, { timeoutMs: 5000, what: `the subscriber to receive all ${acked.length} acknowledged alerts live`, detail: () => `received ${sub.alerts.length}` });
         expect(sub.alerts.map((a) => a.id)).toEqual(acked);
         // Counted and surfaced.
         expect(await scrape(d.url, 'latentwatch_alert_log_failures_total')).toBeGreaterThan(0);
@@ -94,7 +94,7 @@ describe('alert log on a failing disk while the daemon serves', () => {
 
         // The disk recovers: the maintenance timer writes the pending alerts without new traffic.
         mode.heal(d.log.database);
-        expect(await until(() => d.log.stats().pending === 0, 5000)).toBe(true);
+        await waitUntil(() => d.log.stats().pending === 0, { timeoutMs: 5000, what: 'the maintenance timer to write the pending alerts', detail: () => JSON.stringify(d.log.stats()) });
         expect((await readyz(d)).alert_log).toMatchObject({ ok: true, pending: 0, last_error: null });
         expect(await scrape(d.url, 'latentwatch_alert_log_pending')).toBe(0);
         acked.push(...(await injected(d, 200)));
