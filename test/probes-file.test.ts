@@ -207,6 +207,17 @@ describe('probe file: validation (LW_ERR_PROBE_INVALID)', () => {
     expect(codeOf(() => validateProbeFile(mk({ factor: [1] })))).toBe('LW_ERR_PROBE_INVALID');
   });
 
+  it('schema errors name the path inside the branch the value names (kind, form)', () => {
+    const { bias: _b, normalisation: _n, weights: _w, ...header } = linearProbe();
+    const diag = { ...header, kind: 'mahalanobis', dModel: 3, gaussian: { form: 'diagonal', shrinkage: 0, mean: [0, 0, 0], variance: [1, 1, -1] } };
+    expect(() => validateProbeFile(diag)).toThrow(/\$\.gaussian\.variance\[2\]/);
+    expect(() => validateProbeFile({ ...diag, gaussian: { ...diag.gaussian, factor: [1] } })).toThrow(/\$\.gaussian\.factor: unknown key/);
+    const o = structuredClone(good);
+    delete sub(o, 'evaluation').auroc;
+    expect(() => parseProbeFile(JSON.stringify(o), FINGERPRINT)).toThrow(/\$\.evaluation\.auroc: missing \(use null/);
+    expect(() => parseProbeFile(JSON.stringify({ ...good, hook: [] }), FINGERPRINT)).toThrow(/\$\.hook: .*fewer than 1/);
+  });
+
   it('ensemble: member hooks must be in the ensemble list, and every listed hook used', () => {
     const { bias: _b, normalisation: _n, weights: _w, ...header } = linearProbe();
     const member = { id: 'm', kind: 'direction', hook: 'blocks.4.hook_resid_post', calibration: { center: 0, scale: 1 }, bias: 0, normalisation: { mean: [0, 0, 0], std: [1, 1, 1] }, weights: [1, 0, 0] };

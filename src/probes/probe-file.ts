@@ -33,93 +33,118 @@
  *
  * Writing is deterministic: the same probe gives the same bytes (fixed key order, number arrays
  * on one line, numbers as JavaScript's shortest round-trip form, fprOnControls keys sorted,
- * trailing newline). Reading validates everything (lengths, finiteness, ranges) and fails with
+ * trailing newline). Reading checks the shape against PROBE_FILE_SCHEMA (TypeBox, run by ajv; the
+ * types are derived from it), then what JSON Schema cannot say (lengths against dModel, hook use), and fails with
  * LW_ERR_PROBE_INVALID naming the offending path, then refuses a file made for another model
  * with LW_ERR_PROBE_MODEL_MISMATCH.
  */
 import { readFile } from 'node:fs/promises';
+import type { ErrorObject } from 'ajv';
+import { Type, type Static, type TObject, type TProperties } from 'typebox';
 import { writeFileAtomicAsync } from '../atomic-write.js';
 import { ERRORS, isLatentwatchError, lwError, type LatentwatchError } from '../errors.js';
+import { closedObject, nullable, schemaValidator, taggedUnion, type DeepReadonly } from '../schema.js';
 import { validateAggregatorSpec, type AggregatorSpec } from './aggregators.js';
 import type { GaussianModel } from './gaussian.js';
 import type { LinearModel } from './linear.js';
 
 export const PROBE_FORMAT_VERSION = 1;
 
-export type ProbeKind = 'linear' | 'direction' | 'mahalanobis' | 'ensemble-max';
+export const PROBE_KINDS = ['linear', 'direction', 'mahalanobis', 'ensemble-max'] as const;
+export type ProbeKind = (typeof PROBE_KINDS)[number];
 export type LeafProbeKind = Exclude<ProbeKind, 'ensemble-max'>;
-export const PROBE_KINDS: readonly ProbeKind[] = ['linear', 'direction', 'mahalanobis', 'ensemble-max'];
 
-export interface ProbeFigures {
-  readonly trials: number;
-  readonly concepts: readonly string[];
-  readonly auroc: number | null;
-  readonly 'tpr_at_fpr_0.01': number | null;
-  readonly 'tpr_at_fpr_0.05': number | null;
+// ---- the schema (types below are derived from it) -----------------------------------------
+
+const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
+const HOOK_PATTERN = '^[A-Za-z0-9_]+(\\.[A-Za-z0-9_]+)*$';
+
+// ajv's number type already refuses NaN and ±Infinity (an in-memory probe can hold them).
+const finite = Type.Number();
+const positive = Type.Number({ exclusiveMinimum: 0 });
+const unit = Type.Number({ minimum: 0, maximum: 1 });
+/** Lengths depend on dModel and the hooks: checked after the schema (checkShapes). */
+const numbers = Type.Array(finite);
+const probeId = Type.String({ pattern: ID_PATTERN });
+const hookName = Type.String({ pattern: HOOK_PATTERN });
+const hooks = Type.Union([hookName, Type.Array(hookName, { minItems: 1, uniqueItems: true })]);
+
+const FIGURES_SCHEMA = closedObject({
+  trials: Type.Integer({ minimum: 0 }),
+  concepts: Type.Array(Type.String()),
+  auroc: nullable(unit),
+  'tpr_at_fpr_0.01': nullable(unit),
+  'tpr_at_fpr_0.05': nullable(unit),
   /** False-positive rate on each control condition (no injection, random vector, …). */
-  readonly fprOnControls?: Readonly<Record<string, number>>;
-}
+  fprOnControls: Type.Optional(Type.Record(Type.String(), unit)),
+});
 
-export interface LinearBody {
-  readonly kind: 'linear' | 'direction';
-  readonly bias: number;
-  readonly normalisation: { readonly mean: readonly number[]; readonly std: readonly number[] };
-  readonly weights: readonly number[];
-}
-
-export type GaussianBody =
-  | { readonly form: 'cholesky'; readonly shrinkage: number; readonly mean: readonly number[]; readonly factor: readonly number[] }
-  | { readonly form: 'diagonal'; readonly shrinkage: number; readonly mean: readonly number[]; readonly variance: readonly number[] }
-  | {
-      readonly form: 'lowrank';
-      readonly shrinkage: number;
-      readonly mean: readonly number[];
-      readonly eigenvalues: readonly number[];
-      readonly components: readonly number[];
-      readonly residualVariance: number;
-    };
-
-export interface MahalanobisBody {
-  readonly kind: 'mahalanobis';
-  /** 'difference': the row is hook[1] − hook[0] (two hooks). Absent: the hooks' rows concatenated. */
-  readonly input?: 'difference';
-  readonly gaussian: GaussianBody;
-}
-
-export type LeafBody = LinearBody | MahalanobisBody;
-
-export type EnsembleMember = LeafBody & {
-  readonly id: string;
-  readonly hook: string | readonly string[];
-  /** calibrated = (score − center) / scale, so members on different scales compare. */
-  readonly calibration: { readonly center: number; readonly scale: number };
+const LINEAR_BODY = {
+  kind: Type.Enum(['linear', 'direction']),
+  bias: finite,
+  normalisation: closedObject({ mean: numbers, std: Type.Array(positive) }),
+  weights: numbers,
 };
 
-export interface EnsembleBody {
-  readonly kind: 'ensemble-max';
-  readonly members: readonly EnsembleMember[];
-}
+const GAUSSIAN_COMMON = { shrinkage: unit, mean: numbers };
+const GAUSSIAN_SCHEMA = taggedUnion('form', [
+  closedObject({ form: Type.Literal('cholesky'), ...GAUSSIAN_COMMON, factor: numbers }),
+  closedObject({ form: Type.Literal('diagonal'), ...GAUSSIAN_COMMON, variance: Type.Array(positive) }),
+  closedObject({ form: Type.Literal('lowrank'), ...GAUSSIAN_COMMON, eigenvalues: Type.Array(positive, { minItems: 1 }), components: numbers, residualVariance: positive }),
+]);
 
-export interface ProbeHeader {
-  readonly formatVersion: typeof PROBE_FORMAT_VERSION;
-  readonly id: string;
-  readonly kind: ProbeKind;
-  readonly label: string;
-  readonly description: string;
-  readonly modelFingerprint: string;
-  readonly hook: string | readonly string[];
-  readonly dModel: number;
-  readonly threshold: number;
-  readonly targetFpr: number;
-  readonly aggregator: AggregatorSpec;
-  readonly training: ProbeFigures;
-  readonly evaluation: ProbeFigures;
-}
+const MAHALANOBIS_BODY = {
+  kind: Type.Literal('mahalanobis'),
+  /** 'difference': the row is hook[1] − hook[0] (two hooks). Absent: the hooks' rows concatenated. */
+  input: Type.Optional(Type.Enum(['difference'])),
+  gaussian: GAUSSIAN_SCHEMA,
+};
 
-export type ProbeFile = ProbeHeader & (LinearBody | MahalanobisBody | EnsembleBody);
-export type LinearProbeFile = ProbeHeader & LinearBody;
-export type MahalanobisProbeFile = ProbeHeader & MahalanobisBody;
-export type EnsembleProbeFile = ProbeHeader & EnsembleBody;
+const MEMBER_HEADER = {
+  id: probeId,
+  hook: hooks,
+  /** calibrated = (score − center) / scale, so members on different scales compare. */
+  calibration: closedObject({ center: finite, scale: positive }),
+};
+const MEMBER_SCHEMA = taggedUnion('kind', [closedObject({ ...MEMBER_HEADER, ...LINEAR_BODY }), closedObject({ ...MEMBER_HEADER, ...MAHALANOBIS_BODY })]);
+
+const HEADER = {
+  formatVersion: Type.Literal(PROBE_FORMAT_VERSION),
+  id: probeId,
+  label: Type.String({ minLength: 1 }),
+  description: Type.String(),
+  modelFingerprint: Type.String({ minLength: 1 }),
+  hook: hooks,
+  dModel: Type.Integer({ minimum: 1 }),
+  threshold: finite,
+  targetFpr: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
+  /** Checked by aggregators.ts (validateAggregatorSpec), the one owner of aggregator specs. */
+  aggregator: Type.Unsafe<AggregatorSpec>({}),
+  training: FIGURES_SCHEMA,
+  evaluation: FIGURES_SCHEMA,
+};
+
+/** The shape of a probe file; what JSON Schema cannot say (lengths against dModel, hook use) is checkShapes'. */
+export const PROBE_FILE_SCHEMA = taggedUnion('kind', [
+  closedObject({ ...HEADER, ...LINEAR_BODY }),
+  closedObject({ ...HEADER, ...MAHALANOBIS_BODY }),
+  closedObject({ ...HEADER, kind: Type.Literal('ensemble-max'), members: Type.Array(MEMBER_SCHEMA, { minItems: 1 }) }),
+]);
+
+/** Bodies and header alone, for code that builds probe files piece by piece. */
+type PartOf<P extends TProperties> = DeepReadonly<Static<TObject<P>>>;
+export type ProbeFigures = DeepReadonly<Static<typeof FIGURES_SCHEMA>>;
+export type LinearBody = PartOf<typeof LINEAR_BODY>;
+export type GaussianBody = DeepReadonly<Static<typeof GAUSSIAN_SCHEMA>>;
+export type MahalanobisBody = PartOf<typeof MAHALANOBIS_BODY>;
+export type LeafBody = LinearBody | MahalanobisBody;
+export type EnsembleMember = DeepReadonly<Static<typeof MEMBER_SCHEMA>>;
+export type ProbeFile = DeepReadonly<Static<typeof PROBE_FILE_SCHEMA>>;
+export type ProbeHeader = PartOf<typeof HEADER> & { readonly kind: ProbeKind };
+export type EnsembleBody = Omit<Extract<ProbeFile, { kind: 'ensemble-max' }>, keyof typeof HEADER>;
+export type LinearProbeFile = Extract<ProbeFile, { kind: 'linear' | 'direction' }>;
+export type MahalanobisProbeFile = Extract<ProbeFile, { kind: 'mahalanobis' }>;
+export type EnsembleProbeFile = Extract<ProbeFile, { kind: 'ensemble-max' }>;
 
 /** The hook list of a probe or member, whichever form the file used. */
 export function hookList(hook: string | readonly string[]): readonly string[] {
@@ -158,61 +183,50 @@ export function leafInputDim(body: { kind: string; input?: string }, hooks: numb
  * written order). Throws LW_ERR_PROBE_INVALID with the path of the first problem.
  */
 export function validateProbeFile(value: unknown): ProbeFile {
-  const o = obj(value, '$');
-  if (o.formatVersion !== PROBE_FORMAT_VERSION) {
-    throw invalid('$.formatVersion', `unsupported format version ${JSON.stringify(o.formatVersion)} (this build reads ${PROBE_FORMAT_VERSION})`);
+  const version = typeof value === 'object' && value !== null ? (value as Record<string, unknown>).formatVersion : undefined;
+  if (version !== undefined && version !== PROBE_FORMAT_VERSION) {
+    throw invalid('$.formatVersion', `unsupported format version ${JSON.stringify(version)} (this build reads ${PROBE_FORMAT_VERSION})`);
   }
-  const kind = oneOf(o.kind, PROBE_KINDS, '$.kind');
-  const bodyKeys = kind === 'ensemble-max' ? ['members'] : kind === 'mahalanobis' ? (o.input === undefined ? ['gaussian'] : ['input', 'gaussian']) : ['bias', 'normalisation', 'weights'];
-  onlyKeys(o, [...HEADER_KEYS, ...bodyKeys], '$');
-  const dModel = positiveInt(o.dModel, '$.dModel');
-  const hook = hooks(o.hook, '$.hook');
+  const errors = schemaErrors(value);
+  if (errors.length > 0) {
+    // A type error beside another error at the same place is an alternative that did not apply
+    // (e.g. `hook: []` is no string, but its real problem is being empty): report the other.
+    const at = errors[0].instancePath;
+    throw schemaProblem(errors.find((e) => e.instancePath === at && !['type', 'anyOf', 'if'].includes(e.keyword)) ?? errors[0]);
+  }
+  const file = value as ProbeFile;
   const header = {
     formatVersion: PROBE_FORMAT_VERSION,
-    id: probeId(o.id, '$.id'),
-    kind,
-    label: nonEmptyString(o.label, '$.label'),
-    description: str(o.description, '$.description'),
-    modelFingerprint: nonEmptyString(o.modelFingerprint, '$.modelFingerprint'),
-    hook,
-    dModel,
-    threshold: finite(o.threshold, '$.threshold'),
-    targetFpr: fprTarget(o.targetFpr, '$.targetFpr'),
-    aggregator: validateAggregatorSpec(o.aggregator, '$.aggregator'),
-    training: figures(o.training, '$.training'),
-    evaluation: figures(o.evaluation, '$.evaluation'),
+    id: file.id,
+    kind: file.kind,
+    label: file.label,
+    description: file.description,
+    modelFingerprint: file.modelFingerprint,
+    hook: copyHooks(file.hook),
+    dModel: file.dModel,
+    threshold: file.threshold,
+    targetFpr: file.targetFpr,
+    aggregator: validateAggregatorSpec(file.aggregator, '$.aggregator'),
+    training: figures(file.training),
+    evaluation: figures(file.evaluation),
   } as const;
-  const hookNames = hookList(hook);
-  if (kind === 'ensemble-max') {
-    const members = arr(o.members, '$.members');
-    if (members.length === 0) throw invalid('$.members', 'expected at least one member');
-    const ids = new Set<string>();
-    const used = new Set<string>();
-    const out: EnsembleMember[] = members.map((m, i) => {
-      const where = `$.members[${i}]`;
-      const mo = obj(m, where);
-      const mkind = oneOf(mo.kind, ['linear', 'direction', 'mahalanobis'] as const, `${where}.kind`);
-      const mBodyKeys = mkind === 'mahalanobis' ? (mo.input === undefined ? ['gaussian'] : ['input', 'gaussian']) : ['bias', 'normalisation', 'weights'];
-      onlyKeys(mo, ['id', 'kind', 'hook', 'calibration', ...mBodyKeys], where);
-      const id = probeId(mo.id, `${where}.id`);
-      if (ids.has(id)) throw invalid(`${where}.id`, `duplicate member id ${id}`);
-      ids.add(id);
-      const mhook = hooks(mo.hook, `${where}.hook`);
-      for (const h of hookList(mhook)) {
-        if (!hookNames.includes(h)) throw invalid(`${where}.hook`, `${h} is not in the ensemble's hook list`);
-        used.add(h);
-      }
-      const c = obj(mo.calibration, `${where}.calibration`);
-      onlyKeys(c, ['center', 'scale'], `${where}.calibration`);
-      const calibration = { center: finite(c.center, `${where}.calibration.center`), scale: positive(c.scale, `${where}.calibration.scale`) };
-      const body = leafBody(mkind, mo, hookList(mhook).length, dModel, where);
-      return { id, kind: body.kind, hook: mhook, calibration, ...bodyWithoutKind(body) } as EnsembleMember;
-    });
-    for (const h of hookNames) if (!used.has(h)) throw invalid('$.hook', `${h} is used by no member`);
-    return { ...header, kind, members: out };
-  }
-  const body = leafBody(kind, o, hookNames.length, dModel, '$');
-  return { ...header, ...body } as ProbeFile;
+  const hookNames = hookList(file.hook);
+  if (file.kind !== 'ensemble-max') return { ...header, ...leafBody(file, hookNames.length, file.dModel, '$') } as ProbeFile;
+  const ids = new Set<string>();
+  const used = new Set<string>();
+  const members = file.members.map((m, i): EnsembleMember => {
+    const where = `$.members[${i}]`;
+    if (ids.has(m.id)) throw invalid(`${where}.id`, `duplicate member id ${m.id}`);
+    ids.add(m.id);
+    for (const h of hookList(m.hook)) {
+      if (!hookNames.includes(h)) throw invalid(`${where}.hook`, `${h} is not in the ensemble's hook list`);
+      used.add(h);
+    }
+    const { kind, ...body } = leafBody(m, hookList(m.hook).length, file.dModel, where);
+    return { id: m.id, kind, hook: copyHooks(m.hook), calibration: { center: m.calibration.center, scale: m.calibration.scale }, ...body } as EnsembleMember;
+  });
+  for (const h of hookNames) if (!used.has(h)) throw invalid('$.hook', `${h} is used by no member`);
+  return { ...header, kind: 'ensemble-max', members };
 }
 
 /**
@@ -274,202 +288,92 @@ export async function writeProbeFile(path: string, file: ProbeFile): Promise<voi
 
 // ---- validation helpers -------------------------------------------------------------------
 
-const HEADER_KEYS = [
-  'formatVersion',
-  'id',
-  'kind',
-  'label',
-  'description',
-  'modelFingerprint',
-  'hook',
-  'dModel',
-  'threshold',
-  'targetFpr',
-  'aggregator',
-  'training',
-  'evaluation',
-];
-
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const HOOK_PATTERN = /^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$/;
+const schemaErrors = schemaValidator(PROBE_FILE_SCHEMA);
 
 function invalid(where: string, what: string): LatentwatchError {
   return lwError('LW_ERR_PROBE_INVALID', `${where}: ${what}`, { path: where });
 }
 
-function obj(v: unknown, where: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid(where, 'expected an object');
-  return v as Record<string, unknown>;
+/** JSON pointer → the `$.a.b[1]` form the errors have always used. */
+function dollarPath(pointer: string): string {
+  return pointer
+    .split('/')
+    .slice(1)
+    .map((k) => k.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .reduce((path, k) => (/^\d+$/.test(k) ? `${path}[${k}]` : `${path}.${k}`), '$');
 }
 
-function arr(v: unknown, where: string): readonly unknown[] {
-  if (!Array.isArray(v)) throw invalid(where, 'expected an array');
-  return v;
-}
+const EXPECTED_TYPE: Record<string, string> = { number: 'a finite number', integer: 'an integer', string: 'a string', object: 'an object', array: 'an array', null: 'null' };
 
-function onlyKeys(o: Record<string, unknown>, allowed: readonly string[], where: string): void {
-  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw invalid(`${where}.${k}`, 'unknown key');
-  for (const k of allowed) if (o[k] === undefined) throw invalid(`${where}.${k}`, 'missing');
-}
-
-function str(v: unknown, where: string): string {
-  if (typeof v !== 'string') throw invalid(where, 'expected a string');
-  return v;
-}
-
-function nonEmptyString(v: unknown, where: string): string {
-  const s = str(v, where);
-  if (s.length === 0) throw invalid(where, 'expected a non-empty string');
-  return s;
-}
-
-function probeId(v: unknown, where: string): string {
-  const s = str(v, where);
-  if (!ID_PATTERN.test(s)) throw invalid(where, `expected ${ID_PATTERN.source}`);
-  return s;
-}
-
-function oneOf<T extends string>(v: unknown, options: readonly T[], where: string): T {
-  if (typeof v !== 'string' || !options.includes(v as T)) throw invalid(where, `expected one of ${options.join(', ')}`);
-  return v as T;
-}
-
-function finite(v: unknown, where: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalid(where, 'expected a finite number');
-  return v;
-}
-
-function positive(v: unknown, where: string): number {
-  const x = finite(v, where);
-  if (!(x > 0)) throw invalid(where, 'expected a number > 0');
-  return x;
-}
-
-function positiveInt(v: unknown, where: string): number {
-  const x = finite(v, where);
-  if (!Number.isInteger(x) || x < 1) throw invalid(where, 'expected a positive integer');
-  return x;
-}
-
-function unit(v: unknown, where: string): number {
-  const x = finite(v, where);
-  if (!(x >= 0 && x <= 1)) throw invalid(where, 'expected a number in [0, 1]');
-  return x;
-}
-
-function fprTarget(v: unknown, where: string): number {
-  const x = finite(v, where);
-  if (!(x >= 0 && x < 1)) throw invalid(where, 'expected a number in [0, 1)');
-  return x;
-}
-
-function hooks(v: unknown, where: string): string | readonly string[] {
-  if (typeof v === 'string') {
-    if (!HOOK_PATTERN.test(v)) throw invalid(where, `expected a hook name like blocks.4.hook_resid_post`);
-    return v;
+/** One ajv error as LW_ERR_PROBE_INVALID, worded as the hand-written checks were. */
+function schemaProblem(e: ErrorObject): LatentwatchError {
+  const where = dollarPath(e.instancePath);
+  const p = e.params as Record<string, unknown>;
+  switch (e.keyword) {
+    case 'required':
+      return invalid(`${where}.${String(p.missingProperty)}`, /\.(training|evaluation)$/.test(where) ? 'missing (use null when not defined)' : 'missing');
+    case 'additionalProperties':
+      return invalid(`${where}.${String(p.additionalProperty)}`, 'unknown key');
+    case 'enum':
+      return invalid(where, `expected one of ${(p.allowedValues as unknown[]).join(', ')}`);
+    case 'type':
+      return invalid(where, `expected ${String(p.type).split(',').map((t) => EXPECTED_TYPE[t] ?? t).join(' or ')}`);
+    case 'pattern':
+      return invalid(where, `expected ${String(p.pattern)}`);
+    default:
+      return invalid(where, e.message ?? e.keyword);
   }
-  const a = arr(v, where);
-  if (a.length === 0) throw invalid(where, 'expected a hook name or a non-empty list of them');
-  const seen = new Set<string>();
-  return a.map((h, i) => {
-    if (typeof h !== 'string' || !HOOK_PATTERN.test(h)) throw invalid(`${where}[${i}]`, 'expected a hook name like blocks.4.hook_resid_post');
-    if (seen.has(h)) throw invalid(`${where}[${i}]`, `duplicate hook ${h}`);
-    seen.add(h);
-    return h;
-  });
 }
 
-/** A list of `length` finite numbers, each passing `check` (a message when it fails). */
-function numbers(v: unknown, length: number, where: string, check?: (x: number) => string | null): number[] {
-  const a = arr(v, where);
-  if (a.length !== length) throw invalid(where, `expected ${length} numbers, got ${a.length}`);
-  const out = new Array<number>(length);
-  for (let i = 0; i < length; i++) {
-    const x = a[i];
-    if (typeof x !== 'number' || !Number.isFinite(x)) throw invalid(`${where}[${i}]`, 'expected a finite number');
-    if (check) {
-      const problem = check(x);
-      if (problem) throw invalid(`${where}[${i}]`, problem);
-    }
-    out[i] = x;
-  }
-  return out;
+function copyHooks(hook: string | readonly string[]): string | readonly string[] {
+  return typeof hook === 'string' ? hook : [...hook];
 }
 
-const mustBePositive = (x: number): string | null => (x > 0 ? null : 'expected a number > 0');
+/** A copy of `values` after checking it holds `length` of them (the schema checked each number). */
+function sized(values: readonly number[], length: number, where: string): number[] {
+  if (values.length !== length) throw invalid(where, `expected ${length} numbers, got ${values.length}`);
+  return Array.from(values);
+}
 
-function figures(v: unknown, where: string): ProbeFigures {
-  const o = obj(v, where);
-  const keys = ['trials', 'concepts', 'auroc', 'tpr_at_fpr_0.01', 'tpr_at_fpr_0.05'];
-  for (const k of Object.keys(o)) if (![...keys, 'fprOnControls'].includes(k)) throw invalid(`${where}.${k}`, 'unknown key');
-  for (const k of keys) if (o[k] === undefined) throw invalid(`${where}.${k}`, 'missing (use null when not defined)');
-  const trials = finite(o.trials, `${where}.trials`);
-  if (!Number.isInteger(trials) || trials < 0) throw invalid(`${where}.trials`, 'expected a non-negative integer');
-  const concepts = arr(o.concepts, `${where}.concepts`).map((c, i) => str(c, `${where}.concepts[${i}]`));
-  const nullableUnit = (k: string): number | null => (o[k] === null ? null : unit(o[k], `${where}.${k}`));
-  const out: ProbeFigures = {
-    trials,
-    concepts,
-    auroc: nullableUnit('auroc'),
-    'tpr_at_fpr_0.01': nullableUnit('tpr_at_fpr_0.01'),
-    'tpr_at_fpr_0.05': nullableUnit('tpr_at_fpr_0.05'),
-  };
-  if (o.fprOnControls === undefined) return out;
-  const c = obj(o.fprOnControls, `${where}.fprOnControls`);
+function figures(f: ProbeFigures): ProbeFigures {
+  const out: ProbeFigures = { trials: f.trials, concepts: [...f.concepts], auroc: f.auroc, 'tpr_at_fpr_0.01': f['tpr_at_fpr_0.01'], 'tpr_at_fpr_0.05': f['tpr_at_fpr_0.05'] };
+  if (f.fprOnControls === undefined) return out;
   const controls: Record<string, number> = {};
-  for (const k of Object.keys(c).sort()) controls[k] = unit(c[k], `${where}.fprOnControls.${k}`);
+  for (const k of Object.keys(f.fprOnControls).sort()) controls[k] = f.fprOnControls[k];
   return { ...out, fprOnControls: controls };
 }
 
-function leafBody(kind: LeafProbeKind, o: Record<string, unknown>, hookCount: number, dModel: number, where: string): LeafBody {
-  let inputDim = hookCount * dModel;
-  if (kind === 'mahalanobis') {
-    let input: 'difference' | undefined;
-    if (o.input !== undefined) {
-      input = oneOf(o.input, ['difference'] as const, `${where}.input`);
-      if (hookCount !== 2) throw invalid(`${where}.input`, `'difference' needs exactly two hooks, got ${hookCount}`);
-      inputDim = dModel;
-    }
-    const withInput = (b: MahalanobisBody): MahalanobisBody => (input === undefined ? b : { kind: b.kind, input, gaussian: b.gaussian });
-    const g = obj(o.gaussian, `${where}.gaussian`);
-    const form = oneOf(g.form, ['cholesky', 'diagonal', 'lowrank'] as const, `${where}.gaussian.form`);
-    const formKeys = { cholesky: ['factor'], diagonal: ['variance'], lowrank: ['eigenvalues', 'components', 'residualVariance'] }[form];
-    onlyKeys(g, ['form', 'shrinkage', 'mean', ...formKeys], `${where}.gaussian`);
-    const shrinkage = unit(g.shrinkage, `${where}.gaussian.shrinkage`);
-    const mean = numbers(g.mean, inputDim, `${where}.gaussian.mean`);
-    if (form === 'lowrank') {
-      const ev = arr(g.eigenvalues, `${where}.gaussian.eigenvalues`);
-      if (ev.length < 1 || ev.length >= inputDim) throw invalid(`${where}.gaussian.eigenvalues`, `expected 1 to ${inputDim - 1} eigenvalues, got ${ev.length}`);
-      const eigenvalues = numbers(ev, ev.length, `${where}.gaussian.eigenvalues`, mustBePositive);
-      const components = numbers(g.components, eigenvalues.length * inputDim, `${where}.gaussian.components`);
-      const residualVariance = positive(g.residualVariance, `${where}.gaussian.residualVariance`);
-      return withInput({ kind, gaussian: { form, shrinkage, mean, eigenvalues, components, residualVariance } });
-    }
-    if (form === 'diagonal') {
-      return withInput({ kind, gaussian: { form, shrinkage, mean, variance: numbers(g.variance, inputDim, `${where}.gaussian.variance`, mustBePositive) } });
-    }
-    const factor = numbers(g.factor, (inputDim * (inputDim + 1)) / 2, `${where}.gaussian.factor`);
-    for (let i = 0, k = 0; i < inputDim; k += i + 2, i++) {
-      if (!(factor[k] > 0)) throw invalid(`${where}.gaussian.factor[${k}]`, `diagonal entry L[${i}][${i}] must be > 0`);
-    }
-    return withInput({ kind, gaussian: { form, shrinkage, mean, factor } });
+/** The canonical body of a schema-valid leaf, after the checks that depend on dModel and the hooks. */
+function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string): LeafBody {
+  if (o.kind !== 'mahalanobis') {
+    const inputDim = hookCount * dModel;
+    return {
+      kind: o.kind,
+      bias: o.bias,
+      normalisation: { mean: sized(o.normalisation.mean, inputDim, `${where}.normalisation.mean`), std: sized(o.normalisation.std, inputDim, `${where}.normalisation.std`) },
+      weights: sized(o.weights, inputDim, `${where}.weights`),
+    };
   }
-  const n = obj(o.normalisation, `${where}.normalisation`);
-  onlyKeys(n, ['mean', 'std'], `${where}.normalisation`);
-  return {
-    kind,
-    bias: finite(o.bias, `${where}.bias`),
-    normalisation: {
-      mean: numbers(n.mean, inputDim, `${where}.normalisation.mean`),
-      std: numbers(n.std, inputDim, `${where}.normalisation.std`, mustBePositive),
-    },
-    weights: numbers(o.weights, inputDim, `${where}.weights`),
-  };
-}
-
-function bodyWithoutKind(body: LeafBody): Omit<LinearBody, 'kind'> | Omit<MahalanobisBody, 'kind'> {
-  if (body.kind === 'mahalanobis') return body.input === undefined ? { gaussian: body.gaussian } : { input: body.input, gaussian: body.gaussian };
-  return { bias: body.bias, normalisation: body.normalisation, weights: body.weights };
+  if (o.input === 'difference' && hookCount !== 2) throw invalid(`${where}.input`, `'difference' needs exactly two hooks, got ${hookCount}`);
+  const inputDim = leafInputDim(o, hookCount, dModel);
+  const g = o.gaussian;
+  const at = `${where}.gaussian`;
+  const common = { shrinkage: g.shrinkage, mean: sized(g.mean, inputDim, `${at}.mean`) };
+  let gaussian: GaussianBody;
+  if (g.form === 'lowrank') {
+    const k = g.eigenvalues.length;
+    if (k >= inputDim) throw invalid(`${at}.eigenvalues`, `expected 1 to ${inputDim - 1} eigenvalues, got ${k}`);
+    gaussian = { form: g.form, ...common, eigenvalues: Array.from(g.eigenvalues), components: sized(g.components, k * inputDim, `${at}.components`), residualVariance: g.residualVariance };
+  } else if (g.form === 'diagonal') {
+    gaussian = { form: g.form, ...common, variance: sized(g.variance, inputDim, `${at}.variance`) };
+  } else {
+    const factor = sized(g.factor, (inputDim * (inputDim + 1)) / 2, `${at}.factor`);
+    for (let i = 0, k = 0; i < inputDim; k += i + 2, i++) {
+      if (!(factor[k] > 0)) throw invalid(`${at}.factor[${k}]`, `diagonal entry L[${i}][${i}] must be > 0`);
+    }
+    gaussian = { form: g.form, ...common, factor };
+  }
+  return o.input === undefined ? { kind: o.kind, gaussian } : { kind: o.kind, input: o.input, gaussian };
 }
 
 // ---- deterministic writer ----------------------------------------------------------------
