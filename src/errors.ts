@@ -79,7 +79,7 @@ export const ERRORS = {
   LW_ERR_ALERT_LOG_READ: { status: 500, message: 'alert log read failed' },
   LW_ERR_ALERT_BAD_QUERY: { status: 400, message: 'invalid alert query or filter' },
   LW_ERR_ALERT_CURSOR_AHEAD: { status: 409, message: 'alert cursor is ahead of this alert log' },
-  // corpus: clean-prompt corpora for anomaly detectors (src/probes/corpus.ts)
+  // corpus: clean-prompt corpora for anomaly detectors (src/lab/corpus.ts)
   LW_ERR_CORPUS_NOT_FOUND: { status: 404, message: 'clean-prompt corpus file not found' },
   LW_ERR_CORPUS_INVALID: { status: 400, message: 'clean-prompt corpus is invalid' },
   // learn: the daemon learning a detector from its own traffic (src/daemon/learning.ts, src/probes/learn.ts)
