@@ -156,7 +156,7 @@ describe('frequency and presence penalties', () => {
     // The premise: the greedy continuation repeats itself ("path = path\n        self.path ...").
     expect(maxRepeats(base)).toBeGreaterThanOrEqual(4);
     expect(await tokensOf({ frequency_penalty: 0, presence_penalty: 0 })).toEqual(base);
-    for (const extra of [{ frequency_penalty: 2 }, { presence_penalty: 2 }]) {
+    for (const extra of [{ frequency_penalty: 2 }, { presence_penalty: 2 }] as Record<string, number>[]) {
       const penalised = await tokensOf(extra);
       expect(penalised).not.toEqual(base);
       expect(maxRepeats(penalised)).toBeLessThan(maxRepeats(base));
