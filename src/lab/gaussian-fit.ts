@@ -5,7 +5,8 @@
  */
 import { lwError } from '../errors.js';
 import { mahalanobis, type GaussianModel } from '../probes/gaussian.js';
-import { axpy, choleskyInPlace, dot, packLower, type Matrix } from '../probes/matrix.js';
+import { choleskyModel, ledoitWolfFromMoments, shrinkInPlace } from '../probes/moments.js';
+import { axpy, dot, type Matrix } from '../probes/matrix.js';
 import { createRng } from '../rng.js';
 
 export interface GaussianOptions {
@@ -54,19 +55,10 @@ export function fitGaussian(x: Matrix, options: GaussianOptions = {}): GaussianM
 
   const cov = empiricalCovariance(x, mean);
   const s = options.shrinkage === undefined || options.shrinkage === 'ledoit-wolf' ? ledoitWolfFromCovariance(x, mean, cov) : options.shrinkage;
-  if (!(s >= 0 && s <= 1)) throw lwError('LW_ERR_PROBE_FIT', `shrinkage must be in [0, 1], got ${s}`);
-  let trace = 0;
-  for (let j = 0; j < d; j++) trace += cov[j * d + j];
-  const mu = trace / d;
-  for (let i = 0; i < d; i++) {
-    for (let j = 0; j <= i; j++) cov[i * d + j] *= 1 - s;
-    cov[i * d + i] += s * mu;
-  }
+  // The shrink and factor steps are the daemon's too (probes/moments.ts: learning from traffic).
+  shrinkInPlace(cov, d, s);
   if (form === 'lowrank') return lowRankModel(cov, d, mean, s, options.rank ?? 32);
-  if (!choleskyInPlace(cov, d)) {
-    throw lwError('LW_ERR_PROBE_FIT', `shrunk covariance is not positive definite (n=${n}, d=${d}, shrinkage=${s}); use more rows or more shrinkage`);
-  }
-  return { form: 'cholesky', mean, shrinkage: s, factor: packLower(cov, d) };
+  return choleskyModel(cov, d, n, mean, s);
 }
 
 /** The Ledoit–Wolf shrinkage for the rows of x (scikit-learn's `ledoit_wolf_shrinkage`, data centred). */
@@ -118,20 +110,13 @@ function empiricalCovariance(x: Matrix, mean: Float64Array): Float64Array {
 }
 
 /**
- * Ledoit–Wolf shrinkage from the empirical covariance S of centred rows cᵢ:
- *   μ = tr(S)/d,  δ = ‖S − μI‖²_F / d,  β = (Σᵢ ‖cᵢ‖⁴ / n − ‖S‖²_F) / (d·n),  s = min(β, δ) / δ.
- * (Σᵢ ‖cᵢ‖⁴ is the entry sum of (X∘X)ᵀ(X∘X) that scikit-learn forms blockwise.)
+ * Ledoit–Wolf shrinkage of the rows of x: Σᵢ ‖cᵢ‖⁴ of the centred rows (the entry sum of
+ * (X∘X)ᵀ(X∘X) that scikit-learn forms blockwise), then the formula in probes/moments.ts, which the
+ * daemon applies to moments of live traffic.
  */
 function ledoitWolfFromCovariance(x: Matrix, mean: Float64Array, cov: Float64Array): number {
   const { rows: n, cols: d, data } = x;
-  if (d === 1) return 0; // one feature: every shrinkage gives the same estimate
-  let trace = 0;
-  let frob2 = 0;
-  for (let a = 0; a < d; a++) {
-    trace += cov[a * d + a];
-    frob2 += dot(cov, a * d, cov, a * d, d);
-  }
-  const mu = trace / d;
+  if (d === 1) return 0;
   let sumNorm4 = 0;
   for (let i = 0; i < n; i++) {
     const o = i * d;
@@ -142,11 +127,7 @@ function ledoitWolfFromCovariance(x: Matrix, mean: Float64Array, cov: Float64Arr
     }
     sumNorm4 += r2 * r2;
   }
-  const beta = (sumNorm4 / n - frob2) / (d * n);
-  const delta = (frob2 - 2 * mu * trace + d * mu * mu) / d;
-  if (!(delta > 0)) return 0; // S is already a multiple of I
-  const b = Math.min(beta, delta);
-  return b <= 0 ? 0 : b / delta;
+  return ledoitWolfFromMoments(cov, d, n, sumNorm4);
 }
 
 /**

@@ -35,16 +35,18 @@
 import { lwError } from '../errors.js';
 import { parseResidPost, residPost } from '../hooks.js';
 import { concat } from '../model/graph.js';
-import { aggregateSequence, skipFrom, type AggregatorSpec } from '../probes/aggregators.js';
+import { type AggregatorSpec } from '../probes/aggregators.js';
+// The calibration rules live in src/probes: the daemon learns the same detector from traffic.
+import { calibrate, ensembleFile, memberFile, requestScore, round, roundAll, roundedGaussian, roundThreshold, thresholdAtFpr, type DetectorMeta, type MemberFit } from '../probes/calibration.js';
 import type { CorpusActivations, CorpusRun } from './corpus.js';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { fitGaussian } from './gaussian-fit.js';
-import { type GaussianModel } from '../probes/gaussian.js';
 import { fitLogistic } from './logistic.js';
-import { thresholdAtFpr } from './metrics.js';
 import { createProbe, type Probe } from '../probes/probe.js';
-import { hookList, linearBody, mahalanobisBody, validateProbeFile, type EnsembleMember, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
+import { linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
 import { hashUnit } from '../rng.js';
+
+export { calibrate, ensembleFile, requestScore, type DetectorMeta, type MemberFit };
 
 /** Leading positions of a request that generic detectors neither fit on nor score. */
 export const GENERIC_SKIP = 4;
@@ -101,55 +103,9 @@ export function scoreSeq(probe: Probe, seq: Seq): Float32Array {
   return out;
 }
 
-/**
- * A request's score: the maximum, over positions ≥ `from` (absolute), of the running aggregate of
- * per-position scores (aggregated from the sequence's first stored position, the aggregator's
- * `skip` counted in absolute positions). −Infinity when no position qualifies.
- */
-export function requestScore(scores: ArrayLike<number>, aggregator: AggregatorSpec, start = 0, from = start): number {
-  const agg = aggregateSequence(skipFrom(aggregator, start), scores);
-  let m = -Infinity;
-  for (let p = Math.max(0, from - start); p < agg.length; p++) if (agg[p] > m) m = agg[p];
-  return m;
-}
-
 // ---- members ------------------------------------------------------------------------------------
 
 export type AnomalyInput = 'update' | 'resid';
-
-/** A fitted member before calibration: its hooks and leaf body. */
-export interface MemberFit {
-  id: string;
-  hook: string | string[];
-  body: LeafBody;
-}
-
-/** Calibration of per-token scores on clean tokens: median and (q99 − median). */
-export function calibrate(scores: ArrayLike<number>): { center: number; scale: number } {
-  const xs = Float64Array.from(scores).sort();
-  if (xs.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration tokens');
-  const q = (p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))];
-  const center = q(0.5);
-  const spread = q(0.99) - center;
-  return { center: round(center, 7), scale: round(spread > 0 ? spread : 1, 7) };
-}
-
-function round(x: number, digits: number): number {
-  return x === 0 || !Number.isFinite(x) ? x : Number(x.toPrecision(digits));
-}
-
-function roundAll(xs: ArrayLike<number>, digits: number): number[] {
-  return Array.from(xs, (x) => round(x, digits));
-}
-
-/** A Gaussian rounded to `digits` significant digits (so files stay small; scores move < 1e-5 relative). */
-function roundedGaussian(g: GaussianModel, digits: number): GaussianModel {
-  const r = (a: Float64Array) => Float64Array.from(roundAll(a, digits));
-  const common = { shrinkage: round(g.shrinkage, digits), mean: r(g.mean) };
-  if (g.form === 'cholesky') return { form: 'cholesky', ...common, factor: r(g.factor) };
-  if (g.form === 'diagonal') return { form: 'diagonal', ...common, variance: r(g.variance) };
-  return { form: 'lowrank', ...common, components: r(g.components), eigenvalues: r(g.eigenvalues), residualVariance: round(g.residualVariance, digits) };
-}
 
 /** Rows of a member's input (update or resid) at positions ≥ skip of the given sequences. */
 function anomalyRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d: number, skip: number): Float32Array {
@@ -293,45 +249,9 @@ export function fitLinearMembers(positives: readonly Seq[], negatives: readonly 
 
 // ---- assembling probe files ---------------------------------------------------------------------
 
-export interface DetectorMeta {
-  id: string;
-  label: string;
-  description: string;
-  modelFingerprint: string;
-  dModel: number;
-  targetFpr: number;
-  aggregator: AggregatorSpec;
-  training: ProbeFigures;
-  evaluation: ProbeFigures;
-}
-
-/** A leaf probe file of one member (scored alone, e.g. to calibrate it). */
+/** A leaf probe of one member (scored alone, e.g. to calibrate it). */
 export function memberProbe(m: MemberFit, meta: Pick<DetectorMeta, 'modelFingerprint' | 'dModel'>): Probe {
-  const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
-  const file = { formatVersion: 1, id: m.id, label: m.id, description: '', modelFingerprint: meta.modelFingerprint, hook: m.hook, dModel: meta.dModel, threshold: 0, targetFpr: 0, aggregator: { kind: 'last' }, training: none, evaluation: none, ...m.body } as ProbeFile;
-  return createProbe(validateProbeFile(file));
-}
-
-/** Ensemble-max file of calibrated members (hooks: the union, in layer order). */
-export function ensembleFile(members: readonly (MemberFit & { calibration: { center: number; scale: number } })[], meta: DetectorMeta, threshold: number): ProbeFile {
-  const hooks = [...new Set(members.flatMap((m) => hookList(m.hook)))].sort((a, b) => parseResidPost(a) - parseResidPost(b));
-  const file = {
-    formatVersion: 1,
-    id: meta.id,
-    kind: 'ensemble-max',
-    label: meta.label,
-    description: meta.description,
-    modelFingerprint: meta.modelFingerprint,
-    hook: hooks,
-    dModel: meta.dModel,
-    threshold,
-    targetFpr: meta.targetFpr,
-    aggregator: meta.aggregator,
-    training: meta.training,
-    evaluation: meta.evaluation,
-    members: members.map((m) => ({ id: m.id, hook: m.hook, calibration: m.calibration, ...m.body }) as EnsembleMember),
-  };
-  return validateProbeFile(file);
+  return createProbe(memberFile(m, meta));
 }
 
 /**
@@ -401,7 +321,7 @@ export function buildDetector(o: BuildDetectorOptions): Detector {
   });
   const req = o.calibration.map((s) => requestScore(detectorTokenScores({ members }, o.cache, s), o.meta.aggregator, s.start)).filter(Number.isFinite);
   if (req.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
-  const threshold = round(thresholdAtFpr(req, o.meta.targetFpr), 9);
+  const threshold = roundThreshold(thresholdAtFpr(req, o.meta.targetFpr));
   const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
   const meta: DetectorMeta = { training: none, evaluation: none, ...o.meta };
   return { file: ensembleFile(members, meta, threshold), members, aggregator: meta.aggregator, threshold };
@@ -497,7 +417,7 @@ export function recalibrateProbe(file: ProbeFile, clean: readonly Seq[], o: { sk
   const score = (s: Seq) => requestScore(scoreSeq(probe, s), aggregator, s.start);
   const cal = clean.map(score).filter(Number.isFinite);
   if (cal.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean requests to set the threshold on');
-  const threshold = round(thresholdAtFpr(cal, targetFpr), 9);
+  const threshold = roundThreshold(thresholdAtFpr(cal, targetFpr));
   const fpr: Record<string, number> = {};
   for (const [k, xs] of Object.entries(o.fprOn ?? {})) {
     const v = xs.map(score).filter(Number.isFinite);

@@ -82,32 +82,9 @@ export function tprAtThreshold(positives: ArrayLike<number>, threshold: number):
   return fractionAbove(positives, threshold);
 }
 
-/**
- * The deployed threshold for a target false-positive rate: the SMALLEST threshold t among the
- * negative scores such that fprAtThreshold(negatives, t) ≤ targetFpr (with `score > t` firing).
- * Because the rule is strict, t is always one of the negative scores, and at least
- * the largest one qualifies, so the result is finite. targetFpr must be in [0, 1).
- *
- * Example: negatives [1, 2, 3, 4], target 0.25 → 3 (only 4 > 3: FPR 0.25); target 0.2 → 4 (FPR 0).
- * With few negatives the achieved FPR can sit well below the target (100 negatives and target
- * 0.001 → the largest negative, FPR 0): report the achieved figure beside the target.
- */
-export function thresholdAtFpr(negatives: ArrayLike<number>, targetFpr: number): number {
-  checkScores(negatives, 'negatives');
-  if (!(targetFpr >= 0 && targetFpr < 1)) throw new RangeError(`targetFpr must be in [0, 1), got ${targetFpr}`);
-  const m = negatives.length;
-  const sorted = Float64Array.from(negatives).sort();
-  // Walk distinct values upward; above(i) = count of negatives strictly greater than sorted[i].
-  let i = 0;
-  while (i < m) {
-    let j = i;
-    while (j + 1 < m && sorted[j + 1] === sorted[i]) j++;
-    const above = m - 1 - j;
-    if (above / m <= targetFpr) return sorted[i];
-    i = j + 1;
-  }
-  return sorted[m - 1]; // unreachable: the largest value has 0 above it
-}
+// One rule with the daemon's learning (src/probes/calibration.ts).
+import { thresholdAtFpr } from '../probes/calibration.js';
+export { thresholdAtFpr };
 
 /** TPR at the threshold `thresholdAtFpr(negatives, targetFpr)` picks: what deployment would achieve. */
 export function tprAtFpr(positives: ArrayLike<number>, negatives: ArrayLike<number>, targetFpr: number): number {

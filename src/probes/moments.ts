@@ -1,0 +1,175 @@
+/**
+ * A Gaussian (mean + Ledoit–Wolf shrunk full covariance) from sufficient statistics, so the daemon
+ * can learn a detector from live traffic keeping numbers, never rows (docs/daemon.md, "Learning
+ * from your traffic"). The lab's fitGaussian (lab/gaussian-fit.ts) calls the same Ledoit–Wolf and
+ * shrink steps below: one implementation of the rule.
+ *
+ * Moments are taken around a fixed shift a (the first row): y = x − a. Activations of a layer
+ * share a large common offset, and Σx xᵀ − n·m mᵀ in float64 would lose the small spread to
+ * cancellation; around a row of the same distribution the sums stay the size of the spread.
+ *
+ * Kept per member: n, a, Σy, Σ y yᵀ (packed lower triangle), Σ‖y‖²·y and Σ‖y‖⁴. With m = mean(y),
+ * c = y − m, r = ‖y‖², t = m·y, k = ‖m‖²:  ‖c‖⁴ = (r − 2t + k)², so
+ *   Σ‖c‖⁴ = Σr² + 4·mᵀ(Σ y yᵀ)m + n·k² − 4·m·Σ(r·y) + 2k·Σr − 4k·m·Σy,
+ * which is what Ledoit–Wolf's π̂ needs (the β term below).
+ */
+import { lwError } from '../errors.js';
+import type { GaussianModel } from './gaussian.js';
+import { choleskyInPlace, dot, packLower } from './matrix.js';
+
+export class MomentAccumulator {
+  n = 0;
+  readonly shift: Float64Array;
+  readonly sum: Float64Array;
+  /** Σ y yᵀ, lower triangle packed by rows (d(d+1)/2). */
+  readonly sumOuter: Float64Array;
+  /** Σ ‖y‖² y. */
+  readonly sumNorm2Row: Float64Array;
+  sumNorm4 = 0;
+  private readonly y: Float64Array;
+
+  constructor(readonly d: number) {
+    this.shift = new Float64Array(d);
+    this.sum = new Float64Array(d);
+    this.sumOuter = new Float64Array((d * (d + 1)) / 2);
+    this.sumNorm2Row = new Float64Array(d);
+    this.y = new Float64Array(d);
+  }
+
+  /** Add the row of `d` numbers at `offset`. */
+  add(row: ArrayLike<number>, offset: number): void {
+    const { d, y, shift, sum, sumOuter, sumNorm2Row } = this;
+    if (this.n === 0) for (let j = 0; j < d; j++) shift[j] = row[offset + j];
+    let r = 0;
+    for (let j = 0; j < d; j++) {
+      const v = row[offset + j] - shift[j];
+      if (!Number.isFinite(v)) throw lwError('LW_ERR_PROBE_FIT', `feature ${j} has a non-finite value`);
+      y[j] = v;
+      r += v * v;
+    }
+    let k = 0;
+    for (let a = 0; a < d; a++) {
+      const ya = y[a];
+      sum[a] += ya;
+      sumNorm2Row[a] += r * ya;
+      for (let b = 0; b <= a; b++) sumOuter[k++] += ya * y[b];
+    }
+    this.sumNorm4 += r * r;
+    this.n++;
+  }
+
+  /** All the numbers, in a fixed layout (persistence). */
+  toArray(): Float64Array {
+    const { d } = this;
+    const out = new Float64Array(momentLength(d));
+    out[0] = this.n;
+    out[1] = this.sumNorm4;
+    let o = 2;
+    for (const a of [this.shift, this.sum, this.sumNorm2Row, this.sumOuter]) {
+      out.set(a, o);
+      o += a.length;
+    }
+    return out;
+  }
+
+  static fromArray(d: number, data: Float64Array): MomentAccumulator {
+    if (data.length !== momentLength(d)) throw lwError('LW_ERR_PROBE_FIT', `moments of width ${d} need ${momentLength(d)} numbers, got ${data.length}`);
+    const m = new MomentAccumulator(d);
+    m.n = data[0];
+    m.sumNorm4 = data[1];
+    let o = 2;
+    for (const a of [m.shift, m.sum, m.sumNorm2Row, m.sumOuter]) {
+      a.set(data.subarray(o, o + a.length));
+      o += a.length;
+    }
+    return m;
+  }
+}
+
+/** Numbers a MomentAccumulator of width d holds. */
+export function momentLength(d: number): number {
+  return 2 + 3 * d + (d * (d + 1)) / 2;
+}
+
+/** Mean, population covariance S (full d×d, both triangles) and Σ‖xᵢ − mean‖⁴ from moments. */
+export function centredMoments(acc: MomentAccumulator): { mean: Float64Array; cov: Float64Array; sumNorm4: number } {
+  const { d, n } = acc;
+  if (n < 2) throw lwError('LW_ERR_PROBE_FIT', `need at least 2 rows, got ${n}`);
+  const m = Float64Array.from(acc.sum, (s) => s / n);
+  const mean = Float64Array.from(m, (v, j) => v + acc.shift[j]);
+  for (let j = 0; j < d; j++) if (!Number.isFinite(mean[j])) throw lwError('LW_ERR_PROBE_FIT', `feature ${j} has non-finite values`);
+  const cov = new Float64Array(d * d);
+  // mᵀ(Σ y yᵀ)m, Σr = tr(Σ y yᵀ), and S = Σ y yᵀ / n − m mᵀ.
+  let quad = 0;
+  let sumR = 0;
+  let k = 0;
+  for (let a = 0; a < d; a++) {
+    for (let b = 0; b <= a; b++) {
+      const s = acc.sumOuter[k++];
+      quad += (a === b ? 1 : 2) * m[a] * m[b] * s;
+      if (a === b) sumR += s;
+      const v = s / n - m[a] * m[b];
+      cov[a * d + b] = v;
+      cov[b * d + a] = v;
+    }
+  }
+  let kk = 0;
+  let mDotRy = 0;
+  let mDotSum = 0;
+  for (let j = 0; j < d; j++) {
+    kk += m[j] * m[j];
+    mDotRy += m[j] * acc.sumNorm2Row[j];
+    mDotSum += m[j] * acc.sum[j];
+  }
+  const sumNorm4 = acc.sumNorm4 + 4 * quad + n * kk * kk - 4 * mDotRy + 2 * kk * sumR - 4 * kk * mDotSum;
+  return { mean, cov, sumNorm4: Math.max(0, sumNorm4) };
+}
+
+/**
+ * Ledoit–Wolf shrinkage from the empirical covariance S (full d×d) of n rows and Σᵢ ‖cᵢ‖⁴ of the
+ * centred rows (scikit-learn's `ledoit_wolf_shrinkage`):
+ *   μ = tr(S)/d,  δ = ‖S − μI‖²_F / d,  β = (Σᵢ ‖cᵢ‖⁴ / n − ‖S‖²_F) / (d·n),  s = min(β, δ) / δ.
+ */
+export function ledoitWolfFromMoments(cov: Float64Array, d: number, n: number, sumNorm4: number): number {
+  if (d === 1) return 0; // one feature: every shrinkage gives the same estimate
+  let trace = 0;
+  let frob2 = 0;
+  for (let a = 0; a < d; a++) {
+    trace += cov[a * d + a];
+    frob2 += dot(cov, a * d, cov, a * d, d);
+  }
+  const mu = trace / d;
+  const beta = (sumNorm4 / n - frob2) / (d * n);
+  const delta = (frob2 - 2 * mu * trace + d * mu * mu) / d;
+  if (!(delta > 0)) return 0; // S is already a multiple of I
+  const b = Math.min(beta, delta);
+  return b <= 0 ? 0 : b / delta;
+}
+
+/** Σ = (1 − s)·S + s·(tr(S)/d)·I, in place on the lower triangle of the full d×d `cov`. */
+export function shrinkInPlace(cov: Float64Array, d: number, s: number): void {
+  if (!(s >= 0 && s <= 1)) throw lwError('LW_ERR_PROBE_FIT', `shrinkage must be in [0, 1], got ${s}`);
+  let trace = 0;
+  for (let j = 0; j < d; j++) trace += cov[j * d + j];
+  const mu = trace / d;
+  for (let i = 0; i < d; i++) {
+    for (let j = 0; j <= i; j++) cov[i * d + j] *= 1 - s;
+    cov[i * d + i] += s * mu;
+  }
+}
+
+/** The Cholesky-form model of a shrunk covariance (lower triangle of `cov`, overwritten). */
+export function choleskyModel(cov: Float64Array, d: number, n: number, mean: Float64Array, s: number): GaussianModel {
+  if (!choleskyInPlace(cov, d)) {
+    throw lwError('LW_ERR_PROBE_FIT', `shrunk covariance is not positive definite (n=${n}, d=${d}, shrinkage=${s}); use more rows or more shrinkage`);
+  }
+  return { form: 'cholesky', mean, shrinkage: s, factor: packLower(cov, d) };
+}
+
+/** fitGaussian's full form (Ledoit–Wolf shrinkage, Cholesky factor), from moments alone. */
+export function fitGaussianFromMoments(acc: MomentAccumulator): GaussianModel {
+  const { mean, cov, sumNorm4 } = centredMoments(acc);
+  const s = ledoitWolfFromMoments(cov, acc.d, acc.n, sumNorm4);
+  shrinkInPlace(cov, acc.d, s);
+  return choleskyModel(cov, acc.d, acc.n, mean, s);
+}
