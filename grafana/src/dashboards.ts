@@ -20,6 +20,8 @@ import {
   ALERT_LOG_WRITES_TOTAL,
   BUILD_INFO,
   CANARY_RUNS_TOTAL,
+  LEARN_REQUESTS_TOTAL,
+  PROBE_VERSION,
   CANARY_SUCCESS,
   E2E_REQUEST_LATENCY_SECONDS,
   GENERATION_TOKENS_TOTAL,
@@ -380,6 +382,18 @@ export function latentSignals(): dashboard.DashboardBuilder {
         .overrideByName('failure', fixedColor('red'))
         .overrideByName('error', fixedColor('purple')),
       16,
+    );
+
+  g.row('Learning from traffic')
+    .add(
+      timeSeries('Probe version', 'Version of each probe in use: 0 = as loaded from its file, k = the k-th version learned from this deployment\'s traffic (docs/daemon.md, "Learning from your traffic").', 'short') //
+        .targets([query(`max by (probe) (${PROBE_VERSION}{${I}})`, '{{probe}}')]),
+      12,
+    )
+    .add(
+      timeSeries('Requests learned from', 'Clean requests folded into a learning run per second (fit and calibration shares), per probe.', 'reqps') //
+        .targets([query(`sum by (probe) (rate(${LEARN_REQUESTS_TOTAL}{${I}}[${RATE}]))`, '{{probe}}')]),
+      12,
     );
   return d;
 }

@@ -48,6 +48,9 @@ export type AlertEmitMode = (typeof ALERT_EMIT_MODES)[number];
 export const PROVIDERS = ['cpu', 'cuda'] as const;
 
 const nonEmpty = Type.String({ minLength: 1 });
+/** Bounds on a learning run's requests (enough to split into fit and calibration; memory-bounded). */
+export const LEARN_MIN_REQUESTS = 10;
+export const LEARN_MAX_REQUESTS = 10_000;
 const PROBE_ID = '^[A-Za-z0-9_.:-]+$';
 
 const ALERT_RULE_SCHEMA = closedObject({
@@ -146,6 +149,17 @@ export const CONFIG_SCHEMA = closedObject(
       /** SIGTERM: streams still running after this are cancelled. */
       deadlineSeconds: Type.Number({ minimum: 0, maximum: 3600 }),
     }),
+    /** Where the daemon keeps what it learns: learned probes and learning statistics (docs/daemon.md). */
+    stateDir: nonEmpty,
+    /** Learning a detector from live clean traffic (docs/daemon.md, "Learning from your traffic"). */
+    learn: closedObject({
+      /** Learn from the next N clean requests at start-up, unless a learned probe exists; 0 = off. */
+      requests: Type.Union([Type.Literal(0), Type.Integer({ minimum: LEARN_MIN_REQUESTS, maximum: LEARN_MAX_REQUESTS })]),
+      /** The loaded probe to relearn (an ensemble of full-covariance Gaussian members). */
+      probe: Type.String({ pattern: PROBE_ID }),
+      /** False alerts per clean request the threshold is set at. */
+      targetFpr: Type.Number({ exclusiveMinimum: 0, maximum: 0.5 }),
+    }),
   },
   { $id: 'https://latentwatch.dev/schemas/daemon-config.json' },
 );
@@ -206,6 +220,8 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, replayPageSize: 500 },
   canary: { enabled: false, intervalSeconds: 300, concept: null },
   shutdown: { deadlineSeconds: 10 },
+  stateDir: '.latentwatch',
+  learn: { requests: 0, probe: 'generic-injection', targetFpr: 0.01 },
 } satisfies Omit<DaemonConfig, 'host'>);
 
 type ValueKind = 'string' | 'int' | 'number' | 'bool' | 'list' | 'path' | 'paths';
@@ -233,6 +249,8 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_CANARY: { pointer: '/canary/enabled', kind: 'bool' },
   LATENTWATCH_CANARY_INTERVAL: { pointer: '/canary/intervalSeconds', kind: 'number' },
   LATENTWATCH_SHUTDOWN_DEADLINE: { pointer: '/shutdown/deadlineSeconds', kind: 'number' },
+  LATENTWATCH_STATE_DIR: { pointer: '/stateDir', kind: 'path' },
+  LATENTWATCH_LEARN: { pointer: '/learn/requests', kind: 'int' },
 });
 /** Names the config file; not a config value itself. */
 export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
@@ -263,6 +281,8 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     canary: { pointer: '/canary/enabled', kind: 'bool', help: 'run the periodic injection canary' },
     'canary-interval': { pointer: '/canary/intervalSeconds', kind: 'number', help: 'seconds between canary runs' },
     'shutdown-deadline': { pointer: '/shutdown/deadlineSeconds', kind: 'number', help: 'seconds to finish streams on SIGTERM' },
+    'state-dir': { pointer: '/stateDir', kind: 'path', help: 'directory for learned probes and learning statistics' },
+    learn: { pointer: '/learn/requests', kind: 'int', help: `learn the generic detector from the next N clean requests (${LEARN_MIN_REQUESTS}..${LEARN_MAX_REQUESTS}; skipped when a learned probe exists)` },
   });
 
 export interface LoadConfigOptions {
@@ -305,6 +325,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   const flags = parseFlags(options.argv ?? [], cwd);
   const merged = structuredClone(DEFAULTS) as Record<string, unknown>;
   (merged.alertLog as { path: string }).path = resolve(cwd, DEFAULTS.alertLog.path);
+  merged.stateDir = resolve(cwd, DEFAULTS.stateDir);
   recordSources(merged, '', 'default', sources);
 
   const file = options.configFile ?? flags.configFile ?? nonBlank(env[CONFIG_FILE_ENV]);
@@ -448,6 +469,7 @@ function resolveFilePaths(layer: Record<string, unknown>, base: string): void {
   if ('modelDir' in layer) layer.modelDir = abs(layer.modelDir);
   if (Array.isArray(layer.probes)) layer.probes = layer.probes.map(abs);
   if (isPlainObject(layer.alertLog) && 'path' in layer.alertLog) layer.alertLog.path = abs(layer.alertLog.path);
+  if ('stateDir' in layer) layer.stateDir = abs(layer.stateDir);
 }
 
 function mergeInto(target: Record<string, unknown>, layer: Record<string, unknown>, origin: string, pointer: string, sources: Map<string, string>): void {

@@ -18,6 +18,8 @@ import { Authenticator } from './auth.js';
 import { Canary } from './canary.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
 import { InferenceService } from './inference.js';
+import { learnRoutes } from './learn-routes.js';
+import { LearningService, withLearnedProbes } from './learning.js';
 import { createMetrics } from './metrics.js';
 import { toJob } from './openai.js';
 import { buildServer } from './server.js';
@@ -31,6 +33,9 @@ export interface Daemon {
   /** The alert log and hub (diagnostics and fault-injection tests). */
   log: AlertLog;
   hub: AlertHub;
+  /** The live probe set (a learned probe swaps in here) and the learning service. */
+  bank: ProbeBank;
+  learning: LearningService;
   /** Graceful stop: drain, wait up to the deadline, cancel, flush. */
   close(): Promise<void>;
 }
@@ -68,7 +73,9 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     maxBatch: config.limits.maxConcurrent,
   });
   const modelName = config.servedModelName ?? basename(modelDir);
-  const probes = await Promise.all(probePaths.map((p) => loadProbe(p, engine.fingerprint)));
+  // A probe learned from this deployment's traffic (stateDir/learned) replaces the loaded one of its id.
+  const learned = await withLearnedProbes(config.stateDir, await Promise.all(probePaths.map((p) => loadProbe(p, engine.fingerprint))), engine.fingerprint);
+  const probes = learned.probes;
   for (const p of probes) for (const h of p.hooks) if (!engine.taps.has(h)) throw new Error(`probe ${p.id} reads ${h}, which the build does not tap`);
   const bank = new ProbeBank(probes);
   const conceptsDir = join(modelDir, 'concepts');
@@ -100,7 +107,8 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   });
   metrics.bindAlertLog(log);
   metrics.bindAlertHub(hub);
-  const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName });
+  const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
+  const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
   let accepting = true;
   const app = buildServer({
     config,
@@ -121,6 +129,18 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
   app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
   for (const n of notices) app.log.warn(n);
+  for (const w of learned.warnings) app.log.warn({ code: w.code }, w.msg);
+  for (const [id, v] of learned.versions) app.log.info({ probe: id, version: v.version, path: v.path, threshold: v.threshold, learnedAt: v.learnedAt }, `using ${id} v${v.version}, learned from this deployment's traffic`);
+  learning.log = app.log;
+  // Only the admin key can start learning: the routes answer 401/403 to anyone else.
+  void app.register(learnRoutes, { auth, learning, config });
+  // Statistics left by a previous process resume; `--learn N` starts a run only when nothing is
+  // being learned or refused and no learned version is in use (restarting with the flag does not
+  // relearn, and refused statistics are not overwritten without an admin asking).
+  const resumed = learning.resume();
+  if (!resumed && !learning.refusedState && config.learn.requests > 0 && !learning.hasLearned(config.learn.probe)) {
+    learning.start({ probe: config.learn.probe, requests: config.learn.requests, targetFpr: config.learn.targetFpr }, 'config');
+  }
 
   let canary: Canary | undefined;
   if (config.canary.enabled) {
@@ -159,9 +179,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       // abort the generations.
       app.server.closeAllConnections();
       await app.close();
+      await learning.flush();
       stopMaintenance();
       log.close();
       await engine.close();
     })());
-  return { app, url, engine, probes, canary, log, hub, close };
+  return { app, url, engine, probes, canary, log, hub, bank, learning, close };
 }

@@ -18,6 +18,7 @@ import type { DaemonMetrics } from './metrics.js';
 import { RequestMonitor, type RequestVerdict } from './monitor.js';
 import { generateOptions, usage, type FinishReason, type Job, type Usage } from './openai.js';
 import { startRequestSpan } from './tracing.js';
+import type { LearnTap } from './learning.js';
 
 export interface InferenceDeps {
   engine: Engine;
@@ -27,6 +28,8 @@ export interface InferenceDeps {
   metrics: DaemonMetrics;
   concepts: ConceptStore | null;
   modelName: string;
+  /** Learning from clean traffic (learning.ts); absent: nothing is learned. */
+  learning?: { tap(): LearnTap | null };
 }
 
 /** The `latentwatch` object of a response. */
@@ -198,7 +201,11 @@ export class InferenceService {
   async *run(p: PreparedRequest, signal: AbortSignal): AsyncGenerator<InferenceEvent> {
     const arrival = performance.now();
     await this.admit(signal);
-    const { engine, bank, config, metrics, hub } = this.d;
+    const { engine, config, metrics, hub } = this.d;
+    // The probes this request started with, to its end, whatever a learned probe swaps in meanwhile.
+    const bank = this.d.bank.snapshot();
+    // Canary and injected requests are not clean traffic: never learned from.
+    const learn = p.canary || p.injection !== undefined || p.job.inject !== undefined ? null : (this.d.learning?.tap() ?? null);
     const job = p.job;
     const trace = startRequestSpan({
       operation: job.kind === 'chat' ? 'chat' : 'text_completion',
@@ -253,6 +260,7 @@ export class InferenceService {
         const scoringFrom = performance.now();
         forwardAtUs = Math.round((performance.timeOrigin + scoringFrom) * 1000);
         const scores = bank.score(step.taps);
+        learn?.observe(step.taps);
         job.extras?.record(step);
         if (step.kind === 'prompt') {
           monitor.step({ position: step.position, text: '' }, scores);
@@ -292,6 +300,8 @@ export class InferenceService {
       trace.end(error);
       verdict = verdictBody(final, p);
     }
+    // Only a request that completed counts (errors threw above; a cancelled one has its signal aborted).
+    if (learn && !signal.aborted) learn.commit();
     yield { type: 'done', finishReason, usage: usage(p.promptIds.length, generated), verdict };
   }
 }

@@ -42,6 +42,9 @@ export const ALERT_LOG_DROPPED_TOTAL = 'latentwatch_alert_log_dropped_total';
 // Canary.
 export const CANARY_SUCCESS = 'latentwatch_canary_success';
 export const CANARY_RUNS_TOTAL = 'latentwatch_canary_runs_total';
+// Learning from traffic (learning.ts).
+export const LEARN_REQUESTS_TOTAL = 'latentwatch_learn_requests_total';
+export const PROBE_VERSION = 'latentwatch_probe_version';
 // Identity.
 export const MODEL_INFO = 'latentwatch_model_info';
 export const BUILD_INFO = 'latentwatch_build_info';
@@ -98,6 +101,9 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   family(CANARY_SUCCESS, 'gauge', '1 if the last canary run saw its probe fire, else 0.'),
   // canary failure share: sum(rate(latentwatch_canary_runs_total{result!="success"}[1h])) / sum(rate(latentwatch_canary_runs_total[1h]))
   family(CANARY_RUNS_TOTAL, 'counter', 'Canary runs by result (success, failure, error).', ['result']),
+  // learning progress: increase(latentwatch_learn_requests_total[$__rate_interval]); a new version shows as a step of probe_version.
+  family(LEARN_REQUESTS_TOTAL, 'counter', 'Clean requests a learning run folded in (fit or calibration share).', ['probe']),
+  family(PROBE_VERSION, 'gauge', 'Version of the probe in use: 0 = as loaded from its file, k = the k-th version learned from traffic.', ['probe']),
   family(MODEL_INFO, 'gauge', 'The served model: always 1.', ['model', 'fingerprint', 'precision']),
   family(BUILD_INFO, 'gauge', 'The daemon build: always 1.', ['version', 'node']),
   // 5xx share: sum(rate(latentwatch_http_requests_total{status_class="5xx"}[5m])) / sum(rate(latentwatch_http_requests_total[5m]))
@@ -242,6 +248,13 @@ export function canaryMetrics(registry: Registry) {
   };
 }
 
+export function learnMetrics(registry: Registry) {
+  return {
+    requests: counter<'probe'>(registry, LEARN_REQUESTS_TOTAL),
+    version: gauge<'probe'>(registry, PROBE_VERSION),
+  };
+}
+
 export function infoMetrics(registry: Registry) {
   return {
     model: gauge<'model' | 'fingerprint' | 'precision'>(registry, MODEL_INFO),
@@ -284,6 +297,7 @@ export class DaemonMetrics {
   readonly delivery: ReturnType<typeof alertDeliveryMetrics>;
   readonly canary: ReturnType<typeof canaryMetrics>;
   readonly info: ReturnType<typeof infoMetrics>;
+  readonly learn: ReturnType<typeof learnMetrics>;
   readonly http: ReturnType<typeof httpMetrics>;
   private readonly sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource } = {};
   private readonly models: LabelGuard;
@@ -301,6 +315,7 @@ export class DaemonMetrics {
     this.delivery = alertDeliveryMetrics(this.registry, this.sources);
     this.canary = canaryMetrics(this.registry);
     this.info = infoMetrics(this.registry);
+    this.learn = learnMetrics(this.registry);
     this.http = httpMetrics(this.registry);
     this.info.build.set({ version: options.version, node: process.version }, 1);
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
@@ -361,6 +376,18 @@ export class DaemonMetrics {
   /** At the end of a request, once per probe that fired, with the final verbalization status. */
   recordDetection(probeId: string, verbalized: boolean): void {
     this.probe.latentDetections.inc({ probe: this.probes.value(probeId), verbalized: verbalized ? 'true' : 'false' });
+  }
+
+  /** One clean request folded into a learning run. */
+  recordLearnRequest(probeId: string): void {
+    this.learn.requests.inc({ probe: this.probes.value(probeId) });
+  }
+
+  /** The version of a probe in use (0: as loaded; k: learned); also starts its learn counter at 0. */
+  setProbeVersion(probeId: string, version: number): void {
+    const probe = this.probes.value(probeId);
+    this.learn.version.set({ probe }, version);
+    this.learn.requests.inc({ probe }, 0);
   }
 
   recordCanary(result: CanaryResult): void {

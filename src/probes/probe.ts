@@ -227,19 +227,51 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
  * Several probes scored together on the taps of one forward pass. `hooks()` tells the engine
  * which taps to request; `score` checks the taps match, then returns one array of per-position
  * scores per probe (fresh arrays the caller may keep; gather buffers are reused).
+ *
+ * The daemon's bank is live: `swap` replaces a probe (a learned detector) for requests that start
+ * afterwards, while a request holds `snapshot()`, the set it started with, to its end. A swap
+ * builds a new immutable set and replaces the reference, so a snapshot never changes.
  */
 export class ProbeBank {
-  readonly probes: readonly Probe[];
-  private readonly gather: (Float32Array | null)[];
+  private set: { probes: readonly Probe[]; gather: (Float32Array | null)[] };
 
   constructor(probes: readonly Probe[]) {
+    this.set = ProbeBank.build(probes);
+  }
+
+  private static build(probes: readonly Probe[]): { probes: readonly Probe[]; gather: (Float32Array | null)[] } {
     const ids = new Set<string>();
     for (const p of probes) {
       if (ids.has(p.id)) throw lwError('LW_ERR_PROBE_INVALID', `two probes share the id ${p.id}`);
       ids.add(p.id);
     }
-    this.probes = [...probes];
-    this.gather = this.probes.map((p) => (p.hooks.length > 1 ? new Float32Array(p.inputDim) : null));
+    const list = Object.freeze([...probes]);
+    return { probes: list, gather: list.map((p) => (p.hooks.length > 1 ? new Float32Array(p.inputDim) : null)) };
+  }
+
+  get probes(): readonly Probe[] {
+    return this.set.probes;
+  }
+
+  /**
+   * Replace the probe with `probe.id` by `probe`, for requests that start from now on. It must read
+   * the same hooks (the served graph taps only those). Returns the probe it replaced.
+   */
+  swap(probe: Probe): Probe {
+    const old = this.set.probes.find((p) => p.id === probe.id);
+    if (!old) throw lwError('LW_ERR_PROBE_INVALID', `no loaded probe has the id ${probe.id}`);
+    if (old.dModel !== probe.dModel || old.hooks.length !== probe.hooks.length || old.hooks.some((h) => !probe.hooks.includes(h))) {
+      throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `probe ${probe.id}: the replacement reads ${probe.hooks.join(', ')}, the loaded one ${old.hooks.join(', ')}`);
+    }
+    this.set = ProbeBank.build(this.set.probes.map((p) => (p === old ? probe : p)));
+    return old;
+  }
+
+  /** The probes loaded now, fixed: later swaps do not change it (one per request). */
+  snapshot(): ProbeBank {
+    const s = Object.create(ProbeBank.prototype) as ProbeBank;
+    s.set = this.set;
+    return s;
   }
 
   /** Every hook some probe reads, each once, in first-use order. */
@@ -251,13 +283,14 @@ export class ProbeBank {
 
   score(taps: ReadonlyMap<string, TapTensor>): ProbeScores[] {
     const out: ProbeScores[] = [];
-    for (let k = 0; k < this.probes.length; k++) {
-      const probe = this.probes[k];
+    const { probes, gather: buffers } = this.set;
+    for (let k = 0; k < probes.length; k++) {
+      const probe = probes[k];
       const d = probe.dModel;
       const first = this.tap(taps, probe, probe.hooks[0]);
       const positions = first.positions;
       const scores = new Float32Array(positions);
-      const gather = this.gather[k];
+      const gather = buffers[k];
       if (gather === null) {
         for (let p = 0; p < positions; p++) scores[p] = probe.scoreRow(first.data, p * d);
       } else {

@@ -1,0 +1,378 @@
+/**
+ * Learning a Gaussian ensemble detector (the generic-injection kind: per member a Mahalanobis
+ * distance of a layer's update or residual) from a stream of clean requests, keeping statistics,
+ * never rows or text. The daemon drives it (src/daemon/learning.ts); the rules are the lab's
+ * (fitGaussian's Ledoit–Wolf fit through probes/moments.ts, calibration through
+ * probes/calibration.ts), so a learned file means what a lab file means.
+ *
+ * Two shares of requests, in the order they finish:
+ * - the first `fitRequests` feed each member's moments (positions ≥ skip), and when the share is
+ *   full each member's Gaussian is fitted from its moments (the candidate);
+ * - the rest are scored by the candidate's members; only those per-position scores are kept, to
+ *   calibrate the members (median, 99th percentile) and set the threshold at the target false-alert
+ *   rate per request, as the lab's buildDetector does.
+ * A request's rows stay in memory only until it is folded in (RequestRows): only numbers derived
+ * from many rows (moments) or one number per position and member (scores) are kept or persisted.
+ */
+import { lwError } from '../errors.js';
+import { parseResidPost } from '../hooks.js';
+import type { AggregatorSpec } from './aggregators.js';
+import { calibrate, ensembleFile, memberFile, NO_FIGURES, requestScore, round, roundedGaussian, roundThreshold, thresholdAtFpr, type MemberFit } from './calibration.js';
+import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
+import { createProbe, type Probe, type TapTensor } from './probe.js';
+import { hookList, mahalanobisBody, type ProbeFile } from './probe-file.js';
+
+/** One member to learn: a single hook (its residual) or two (the update hook[1] − hook[0]). */
+export interface LearnMember {
+  readonly id: string;
+  readonly hooks: readonly string[];
+  readonly difference: boolean;
+}
+
+export interface LearnSpec {
+  readonly probeId: string;
+  readonly label: string;
+  readonly modelFingerprint: string;
+  readonly dModel: number;
+  readonly aggregator: AggregatorSpec;
+  readonly targetFpr: number;
+  /** Requests in all; the first `fitRequests` of them feed the fit. */
+  readonly requests: number;
+  readonly fitRequests: number;
+  readonly members: readonly LearnMember[];
+  /** Positions of a request kept at most (later ones are neither fitted nor scored). */
+  readonly maxPositions: number;
+}
+
+/** Positions skipped by an aggregator (and left out of the fit), as the lab's GENERIC_SKIP. */
+export function skipOf(spec: Pick<LearnSpec, 'aggregator'>): number {
+  return spec.aggregator.skip ?? 0;
+}
+
+/**
+ * The members of a loaded probe that can be relearned: an ensemble-max of full-covariance
+ * Mahalanobis members, each on one hook or on the difference of two. Anything else (a linear
+ * member, a low-rank or diagonal Gaussian) is refused with LW_ERR_LEARN_UNSUPPORTED.
+ */
+export function learnableMembers(file: ProbeFile): LearnMember[] {
+  if (file.kind !== 'ensemble-max') throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id} is ${file.kind}, not an ensemble of Gaussian members`, { probe: file.id });
+  return file.members.map((m) => {
+    if (m.kind !== 'mahalanobis' || m.gaussian.form !== 'cholesky') {
+      throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} is not a full-covariance Gaussian`, { probe: file.id, member: m.id });
+    }
+    const hooks = [...hookList(m.hook)];
+    const difference = m.input === 'difference';
+    if (hooks.length !== (difference ? 2 : 1)) throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} reads ${hooks.length} hooks`, { probe: file.id, member: m.id });
+    return { id: m.id, hooks, difference };
+  });
+}
+
+/** Every hook the members read, each once. */
+export function learnHooks(members: readonly LearnMember[]): string[] {
+  return [...new Set(members.flatMap((m) => m.hooks))];
+}
+
+/** One request's tapped rows, held until the request ends (then folded in or dropped). */
+export class RequestRows {
+  positions = 0;
+  private readonly rows: Float32Array[][];
+
+  constructor(
+    readonly hooks: readonly string[],
+    readonly dModel: number,
+    readonly maxPositions: number,
+  ) {
+    this.rows = hooks.map(() => []);
+  }
+
+  /** The taps of one forward pass (a prompt or one generated position). */
+  observe(taps: ReadonlyMap<string, TapTensor>): void {
+    const first = taps.get(this.hooks[0]);
+    if (!first) return;
+    const take = Math.min(first.positions, this.maxPositions - this.positions);
+    if (take <= 0) return;
+    const d = this.dModel;
+    this.hooks.forEach((h, k) => {
+      const t = taps.get(h);
+      if (!t || t.dModel !== d || t.positions !== first.positions) throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `learning needs ${h} with ${first.positions}×${d} rows`);
+      this.rows[k].push(t.data.slice(0, take * d));
+    });
+    this.positions += take;
+  }
+
+  /** Rows of hook k, [positions, d], contiguous. */
+  hookRows(k: number): Float32Array {
+    const parts = this.rows[k];
+    if (parts.length === 1) return parts[0];
+    const out = new Float32Array(this.positions * this.dModel);
+    let o = 0;
+    for (const p of parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    this.rows[k] = [out];
+    return out;
+  }
+}
+
+export type LearnPhase = 'fit' | 'calibrate' | 'complete';
+
+export interface LearnResult {
+  file: ProbeFile;
+  threshold: number;
+  achievedFpr: number;
+  fitRequests: number;
+  fitPositions: number;
+  calibrationRequests: number;
+  calibrationPositions: number;
+}
+
+/** The learning state: moments of the fit share, the candidate, the calibration share's scores. */
+export class DetectorLearner {
+  fitRequests = 0;
+  fitPositions = 0;
+  calibrationPositions = 0;
+  readonly moments: MomentAccumulator[];
+  /** Per calibration request: one Float32Array of per-position scores per member. */
+  readonly calibration: Float32Array[][] = [];
+  private candidate: { fits: MemberFit[]; probes: Probe[] } | null = null;
+  private readonly hookIndex: Map<string, number>;
+  private readonly scratch: Float32Array;
+
+  constructor(readonly spec: LearnSpec) {
+    if (spec.fitRequests < 1 || spec.fitRequests >= spec.requests) throw lwError('LW_ERR_PROBE_FIT', `fit share ${spec.fitRequests} of ${spec.requests} requests leaves no calibration share`);
+    this.moments = spec.members.map(() => new MomentAccumulator(spec.dModel));
+    this.hookIndex = new Map(learnHooks(spec.members).map((h, i) => [h, i]));
+    this.scratch = new Float32Array(2 * spec.dModel);
+  }
+
+  get phase(): LearnPhase {
+    if (this.fitRequests < this.spec.fitRequests) return 'fit';
+    return this.calibration.length < this.spec.requests - this.spec.fitRequests ? 'calibrate' : 'complete';
+  }
+
+  get requestsSeen(): number {
+    return this.fitRequests + this.calibration.length;
+  }
+
+  /** Fresh row buffers for a request (the hooks this learner reads). */
+  newRequest(): RequestRows {
+    return new RequestRows([...this.hookIndex.keys()], this.spec.dModel, this.spec.maxPositions);
+  }
+
+  /**
+   * Fold one finished clean request in. Returns the share it went to; a request with no position
+   * past `skip` counts for nothing ('empty'). Fits the candidate when the fit share fills.
+   */
+  add(r: RequestRows): 'fit' | 'calibrate' | 'empty' | 'complete' {
+    const phase = this.phase;
+    if (phase === 'complete') return 'complete';
+    const skip = skipOf(this.spec);
+    if (r.positions <= skip) return 'empty';
+    const d = this.spec.dModel;
+    if (phase === 'fit') {
+      this.spec.members.forEach((m, i) => {
+        const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
+        const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
+        const x = this.scratch;
+        for (let p = skip; p < r.positions; p++) {
+          const o = p * d;
+          // float32 differences, as the lab's anomalyRows forms them
+          if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
+          this.moments[i].add(b ? x : a, b ? 0 : o);
+        }
+      });
+      this.fitRequests++;
+      this.fitPositions += r.positions - skip;
+      return 'fit';
+    }
+    const probes = this.candidateProbes();
+    const scores = this.spec.members.map((m, i) => {
+      const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
+      const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
+      const out = new Float32Array(r.positions);
+      const x = this.scratch;
+      for (let p = 0; p < r.positions; p++) {
+        const o = p * d;
+        if (b) {
+          x.set(a.subarray(o, o + d), 0);
+          x.set(b.subarray(o, o + d), d);
+          out[p] = probes[i].scoreRow(x, 0);
+        } else out[p] = probes[i].scoreRow(a, o);
+      }
+      return out;
+    });
+    this.calibration.push(scores);
+    this.calibrationPositions += r.positions - skip;
+    return 'calibrate';
+  }
+
+  /** The fitted (uncalibrated) members; fitted on first use once the fit share is full. */
+  members(): MemberFit[] {
+    if (this.candidate) return this.candidate.fits;
+    if (this.phase === 'fit') throw lwError('LW_ERR_PROBE_FIT', `the fit share has ${this.fitRequests} of ${this.spec.fitRequests} requests`);
+    const fits: MemberFit[] = this.spec.members.map((m, i) => {
+      if (this.moments[i].n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${this.moments[i].n} positions to fit on`);
+      const g = roundedGaussian(fitGaussianFromMoments(this.moments[i]), 7);
+      return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined) };
+    });
+    const meta = { modelFingerprint: this.spec.modelFingerprint, dModel: this.spec.dModel };
+    this.candidate = { fits, probes: fits.map((f) => createProbe(memberFile(f, meta))) };
+    return fits;
+  }
+
+  private candidateProbes(): Probe[] {
+    this.members();
+    return this.candidate!.probes;
+  }
+
+  /** Calibrate the members, set the threshold and write the file (the lab's buildDetector rules). */
+  finish(extraDescription = ''): LearnResult {
+    if (this.phase !== 'complete') throw lwError('LW_ERR_PROBE_FIT', `learning is not complete (${this.requestsSeen} of ${this.spec.requests} requests)`);
+    const { spec } = this;
+    const skip = skipOf(spec);
+    const fits = this.members();
+    const members = fits.map((m, i) => {
+      const toks: number[] = [];
+      for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) toks.push(req[i][p]);
+      return { ...m, calibration: calibrate(toks) };
+    });
+    const req = this.calibration
+      .map((scores) => {
+        const tok = new Float64Array(scores[0].length).fill(-Infinity);
+        members.forEach((m, i) => {
+          const inv = 1 / m.calibration.scale;
+          const s = scores[i];
+          for (let p = 0; p < s.length; p++) {
+            const v = (s[p] - m.calibration.center) * inv;
+            if (v > tok[p] || Number.isNaN(v)) tok[p] = v;
+          }
+        });
+        return requestScore(tok, spec.aggregator, 0);
+      })
+      .filter(Number.isFinite);
+    if (req.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
+    const threshold = roundThreshold(thresholdAtFpr(req, spec.targetFpr));
+    const achievedFpr = req.filter((x) => x > threshold).length / req.length;
+    const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
+    const description =
+      `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
+      `members calibrated to their clean median and 99th percentile and combined by max; threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}); positions 0–${skip - 1} not scored.${extraDescription}`;
+    const file = ensembleFile(members, {
+      id: spec.probeId,
+      label: spec.label,
+      description,
+      modelFingerprint: spec.modelFingerprint,
+      dModel: spec.dModel,
+      targetFpr: spec.targetFpr,
+      aggregator: spec.aggregator,
+      training: { ...NO_FIGURES, trials: this.fitRequests },
+      evaluation: { ...NO_FIGURES, trials: this.calibration.length, fprOnControls: { 'clean-traffic': achievedFpr } },
+    }, threshold);
+    return { file, threshold, achievedFpr, fitRequests: this.fitRequests, fitPositions: this.fitPositions, calibrationRequests: this.calibration.length, calibrationPositions: this.calibrationPositions };
+  }
+
+  // ---- persistence ------------------------------------------------------------------------------
+
+  /**
+   * The state as bytes: a magic line, a JSON header line (the spec, counts, layout), then the
+   * members' moments (float64) and the calibration scores (float32). Numbers only: no rows, no text.
+   */
+  serialize(extra: Record<string, unknown> = {}): Uint8Array {
+    const d = this.spec.dModel;
+    const header = {
+      format: LEARN_STATE_FORMAT,
+      ...extra,
+      spec: this.spec,
+      fitRequests: this.fitRequests,
+      fitPositions: this.fitPositions,
+      calibrationPositions: this.calibrationPositions,
+      calibration: this.calibration.map((r) => r[0].length),
+    };
+    const head = Buffer.from(`${LEARN_STATE_MAGIC}\n${JSON.stringify(header)}\n`, 'utf8');
+    const mBytes = this.moments.length * momentLength(d) * 8;
+    const cBytes = this.calibration.reduce((a, r) => a + r.length * r[0].length * 4, 0);
+    const out = new Uint8Array(head.length + mBytes + cBytes);
+    out.set(head, 0);
+    let o = head.length;
+    for (const m of this.moments) {
+      const a = m.toArray();
+      out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
+      o += a.byteLength;
+    }
+    for (const r of this.calibration) {
+      for (const s of r) {
+        out.set(new Uint8Array(s.buffer, s.byteOffset, s.byteLength), o);
+        o += s.byteLength;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Read a state written by serialize. Throws LW_ERR_LEARN_STATE_INVALID for anything malformed and
+   * LW_ERR_LEARN_MODEL_MISMATCH when it was collected on another model than `expectedFingerprint`.
+   */
+  static deserialize(bytes: Uint8Array, expectedFingerprint: string, source = 'learning state'): { learner: DetectorLearner; header: Record<string, unknown> } {
+    const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const nl1 = buf.indexOf(10);
+    const nl2 = nl1 < 0 ? -1 : buf.indexOf(10, nl1 + 1);
+    if (nl1 < 0 || nl2 < 0 || buf.subarray(0, nl1).toString('utf8') !== LEARN_STATE_MAGIC) throw bad(source, 'not a latentwatch learning state');
+    let header: Record<string, unknown>;
+    try {
+      header = JSON.parse(buf.subarray(nl1 + 1, nl2).toString('utf8')) as Record<string, unknown>;
+    } catch (e) {
+      throw bad(source, `header is not JSON: ${(e as Error).message}`);
+    }
+    const spec = header.spec as LearnSpec | undefined;
+    if (header.format !== LEARN_STATE_FORMAT || typeof spec !== 'object' || spec === null || typeof spec.modelFingerprint !== 'string') throw bad(source, 'unknown format');
+    if (spec.modelFingerprint !== expectedFingerprint) {
+      throw lwError('LW_ERR_LEARN_MODEL_MISMATCH', `${source}: collected on model ${spec.modelFingerprint}, the loaded model is ${expectedFingerprint}`, {
+        stateModelFingerprint: spec.modelFingerprint,
+        expectedModelFingerprint: expectedFingerprint,
+      });
+    }
+    let learner: DetectorLearner;
+    try {
+      learner = new DetectorLearner(spec);
+    } catch (e) {
+      throw bad(source, (e as Error).message);
+    }
+    const cal = header.calibration;
+    const counts = [header.fitRequests, header.fitPositions, header.calibrationPositions];
+    if (!Array.isArray(cal) || !cal.every((n) => Number.isInteger(n) && n > 0) || !counts.every((n) => Number.isInteger(n) && (n as number) >= 0)) throw bad(source, 'bad counts');
+    const d = spec.dModel;
+    const mLen = momentLength(d) * 8;
+    const need = nl2 + 1 + spec.members.length * mLen + (cal as number[]).reduce((a, n) => a + n * spec.members.length * 4, 0);
+    if (buf.length !== need) throw bad(source, `expected ${need} bytes, found ${buf.length}`);
+    // Copies (ArrayBuffer.slice), aligned for the typed arrays whatever the header's length.
+    const copy = (from: number, bytes: number) => buf.buffer.slice(buf.byteOffset + from, buf.byteOffset + from + bytes);
+    let o = nl2 + 1;
+    spec.members.forEach((_, i) => {
+      const a = new Float64Array(copy(o, mLen));
+      learner.moments[i] = MomentAccumulator.fromArray(d, a);
+      o += mLen;
+    });
+    for (const n of cal as number[]) {
+      learner.calibration.push(
+        spec.members.map(() => {
+          const s = new Float32Array(copy(o, n * 4));
+          o += n * 4;
+          return s;
+        }),
+      );
+    }
+    learner.fitRequests = header.fitRequests as number;
+    learner.fitPositions = header.fitPositions as number;
+    learner.calibrationPositions = header.calibrationPositions as number;
+    if (learner.fitRequests > spec.fitRequests || learner.calibration.length > spec.requests - spec.fitRequests) throw bad(source, 'more requests than the plan');
+    return { learner, header };
+  }
+}
+
+const LEARN_STATE_MAGIC = 'LWLEARN1';
+const LEARN_STATE_FORMAT = 'latentwatch-learning-state/1';
+
+function bad(source: string, what: string) {
+  return lwError('LW_ERR_LEARN_STATE_INVALID', `${source}: ${what}`);
+}

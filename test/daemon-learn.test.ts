@@ -1,0 +1,271 @@
+/**
+ * Learning the generic detector from live traffic (issue 12), on the real daemon with the built-in
+ * model and its bundled probes, over real HTTP and real files: admin-only, bounded, injected
+ * requests not counted, statistics persisted and resumed across a restart, the learned probe
+ * written with its fingerprint and counts and swapped in (the verdict's threshold changes), kept
+ * across a restart, and another model's statistics or probe refused. Also: the Gaussian fitted
+ * from sufficient statistics matches the lab's fitGaussian on the same rows.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { fitGaussian } from '../src/lab/gaussian-fit.js';
+import { loadConfig } from '../src/daemon/config.js';
+import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import { fitGaussianFromMoments, MomentAccumulator } from '../src/probes/moments.js';
+import { DetectorLearner } from '../src/probes/learn.js';
+import { matrix } from '../src/probes/matrix.js';
+import { createRng } from '../src/rng.js';
+import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
+import { CODE16M, tempDir } from './helpers.js';
+
+const expected = JSON.parse(readFileSync(new URL('./fixtures/probes/expected.json', import.meta.url), 'utf8')) as { gaussian: { name: string; rows: number; cols: number; X: number[] }[] };
+
+/** fitGaussian (rows) against fitGaussianFromMoments (the same rows folded into moments). */
+function compare(rows: number, cols: number, data: Float32Array) {
+  const lab = fitGaussian(matrix(rows, cols, data));
+  const acc = new MomentAccumulator(cols);
+  for (let i = 0; i < rows; i++) acc.add(data, i * cols);
+  const mom = fitGaussianFromMoments(acc);
+  if (lab.form !== 'cholesky' || mom.form !== 'cholesky') throw new Error('expected the full form');
+  const rel = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+    let worst = 0;
+    let scale = 0;
+    for (let i = 0; i < a.length; i++) {
+      worst = Math.max(worst, Math.abs(a[i] - b[i]));
+      scale = Math.max(scale, Math.abs(b[i]));
+    }
+    return worst / scale;
+  };
+  return { shrinkage: [mom.shrinkage, lab.shrinkage], mean: rel(mom.mean, lab.mean), factor: rel(mom.factor, lab.factor) };
+}
+
+describe('Gaussian from sufficient statistics = fitGaussian on the rows', () => {
+  // Tolerance: shrinkage within 1e-9 absolute, mean and Cholesky factor within 1e-9 of their largest entry.
+  for (const c of expected.gaussian) {
+    it(`${c.name} (the numpy reference's rows)`, () => {
+      const r = compare(c.rows, c.cols, Float32Array.from(c.X));
+      expect(Math.abs(r.shrinkage[0] - r.shrinkage[1])).toBeLessThan(1e-9);
+      expect(r.mean).toBeLessThan(1e-9);
+      expect(r.factor).toBeLessThan(1e-9);
+    });
+  }
+  it('rows with a large common offset and correlated features (d = 48, n = 600), as layer activations have', () => {
+    const rng = createRng(7);
+    const d = 48;
+    const n = 600;
+    const mix = Float64Array.from({ length: d * d }, () => rng.gaussian() / Math.sqrt(d));
+    const data = new Float32Array(n * d);
+    for (let i = 0; i < n; i++) {
+      const z = Array.from({ length: d }, () => rng.gaussian());
+      for (let a = 0; a < d; a++) {
+        let v = 0;
+        for (let b = 0; b < d; b++) v += mix[a * d + b] * z[b];
+        data[i * d + a] = 300 + 40 * Math.sin(a) + v;
+      }
+    }
+    const r = compare(n, d, data);
+    expect(r.shrinkage[1]).toBeGreaterThan(0);
+    expect(Math.abs(r.shrinkage[0] - r.shrinkage[1])).toBeLessThan(1e-9);
+    expect(r.mean).toBeLessThan(1e-9);
+    expect(r.factor).toBeLessThan(1e-9);
+  });
+});
+
+// ---- the daemon -----------------------------------------------------------------------------------
+
+const SHIPPED = JSON.parse(readFileSync(join(CODE16M, 'probes', 'generic-injection.probe.json'), 'utf8')) as { threshold: number; modelFingerprint: string };
+const PROMPTS = [
+  'def parse(text):\n    return [line.strip() for line in text.splitlines()]\n',
+  'The committee reviewed twelve proposals and selected three for funding.',
+  'User: How do I reverse a list in Python?\nAssistant:',
+  'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: latentwatch\n',
+  'import json\n\nwith open("config.json") as f:\n    cfg = json.load(f)\n',
+  'class Stack:\n    def __init__(self):\n        self.items = []\n',
+  'The river rose overnight and the town closed the old bridge until morning.',
+  'SELECT name, count(*) FROM orders GROUP BY name ORDER BY 2 DESC;',
+  'for i in range(10):\n    if i % 3 == 0:\n        print(i)\n',
+  '# Release notes\n\n- faster start-up\n- fewer allocations in the monitor\n',
+  'async function load(url) {\n  const r = await fetch(url);\n  return r.json();\n}\n',
+  'def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n',
+];
+
+const daemons: Daemon[] = [];
+afterAll(async () => {
+  for (const d of daemons) await d.close();
+});
+
+async function start(stateDir: string, argv: string[] = []): Promise<Daemon> {
+  const { config } = loadConfig({
+    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
+    argv: ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-learn-alerts-'), 'alerts.db'), '--state-dir', stateDir, ...argv],
+  });
+  const d = await startDaemon(config);
+  daemons.push(d);
+  return d;
+}
+
+async function stop(d: Daemon): Promise<void> {
+  await d.close();
+  daemons.splice(daemons.indexOf(d), 1);
+}
+
+// Response bodies are read field by field and checked by the assertions themselves.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Body = Record<string, any>;
+
+type Verdict = { probes: { id: string; threshold: number; max_score: number | null }[] };
+
+async function complete(d: Daemon, prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<Verdict> {
+  const r = await fetch(`${d.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
+  });
+  expect(r.status).toBe(200);
+  return ((await r.json()) as { latentwatch: Verdict }).latentwatch;
+}
+
+async function admin(d: Daemon, method: 'GET' | 'POST', body?: unknown, key: string | null = ADMIN_KEY): Promise<{ status: number; body: Body }> {
+  const headers: Record<string, string> = {};
+  if (key !== null) headers.authorization = `Bearer ${key}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const r = await fetch(`${d.url}/v1/admin/learn`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: r.status, body: (await r.json()) as Body };
+}
+
+const genericThreshold = (v: Verdict) => v.probes.find((p) => p.id === 'generic-injection')!.threshold;
+
+async function metric(d: Daemon, name: string): Promise<number | undefined> {
+  const text = await (await fetch(`${d.url}/metrics`)).text();
+  const m = new RegExp(`^${name}\\{probe="generic-injection"\\} (\\S+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+describe('learning the generic detector from live traffic', () => {
+  const stateDir = tempDir('lw-learn-state-');
+  const learnedPath = join(stateDir, 'learned', 'generic-injection.v1.probe.json');
+  let learnedThreshold = NaN;
+
+  it('admin only, bounded, collects clean requests only, persists statistics (numbers, no text) and resumes after a restart', async () => {
+    const d = await start(stateDir);
+    expect((await admin(d, 'GET', undefined, null)).status).toBe(401);
+    const user = await admin(d, 'POST', { requests: 12 }, API_KEY);
+    expect(user.status).toBe(403);
+    expect(user.body.error.code).toBe('LW_ERR_AUTH_ADMIN_REQUIRED');
+    expect((await admin(d, 'GET', undefined, API_KEY)).status).toBe(403);
+    for (const [body, code] of [
+      [{ requests: 5 }, 'LW_ERR_API_BAD_REQUEST'],
+      [{ requests: 1e9 }, 'LW_ERR_API_BAD_REQUEST'],
+      [{ requests: 12, target_fpr: 2 }, 'LW_ERR_API_BAD_REQUEST'],
+      [{ requests: 12, bogus: 1 }, 'LW_ERR_API_BAD_REQUEST'],
+      [{ requests: 12, probe: 'concept-injection' }, 'LW_ERR_LEARN_UNSUPPORTED'],
+      [{ requests: 12, probe: 'nope' }, 'LW_ERR_LEARN_UNSUPPORTED'],
+    ] as const) {
+      const r = await admin(d, 'POST', body);
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      expect(r.body.error.code).toBe(code);
+    }
+    // Refused requests changed nothing.
+    expect((await admin(d, 'GET')).body.phase).toBe('idle');
+    expect(existsSync(join(stateDir, 'learned'))).toBe(false);
+
+    const started = await admin(d, 'POST', { probe: 'generic-injection', requests: 12, target_fpr: 0.01 });
+    expect(started.status).toBe(202);
+    expect(started.body).toMatchObject({ phase: 'collecting', probe: 'generic-injection', requests: { target: 12, seen: 0, fit_target: 7 } });
+    expect((await admin(d, 'POST', { requests: 12 })).body.error.code).toBe('LW_ERR_LEARN_BUSY');
+
+    // An admin-injected request is not clean traffic: not counted.
+    const rng = createRng(42);
+    const vector = Array.from({ length: 384 }, () => rng.gaussian());
+    const norm = Math.hypot(...vector);
+    await complete(d, PROMPTS[0], { latentwatch: { inject: { vector: vector.map((x) => x / norm), layer: 4, scale: 18, window: 'all' } } }, ADMIN_KEY);
+    expect((await admin(d, 'GET')).body.requests.seen).toBe(0);
+
+    for (const p of PROMPTS.slice(0, 5)) expect(genericThreshold(await complete(d, p))).toBe(SHIPPED.threshold);
+    const mid = (await admin(d, 'GET')).body;
+    expect(mid).toMatchObject({ phase: 'collecting', requests: { seen: 5, fit: 5, calibration: 0 } });
+    expect(mid.positions.fit).toBeGreaterThan(5 * 8);
+    expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(5);
+    await stop(d); // flushes the statistics
+
+    const stats = readFileSync(join(stateDir, 'learned', 'generic-injection.learning'));
+    for (const p of PROMPTS.slice(0, 5)) expect(stats.includes(Buffer.from(p.slice(0, 20)))).toBe(false);
+
+    const again = await start(stateDir);
+    expect((await admin(again, 'GET')).body).toMatchObject({ phase: 'collecting', origin: 'api', requests: { target: 12, seen: 5, fit: 5 } });
+  }, 300_000);
+
+  it('finishes after N requests: writes the versioned probe with fingerprint and counts, swaps it in, reports it', async () => {
+    const d = daemons[0];
+    for (const p of PROMPTS.slice(5)) await complete(d, p);
+    let status: Body = {};
+    for (let i = 0; i < 200 && (status = (await admin(d, 'GET')).body).phase !== 'done'; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(status.phase).toBe('done');
+    expect(status.last).toMatchObject({ probe: 'generic-injection', version: 1, requests: { fit: 7, calibration: 5 }, targetFpr: 0.01 });
+    expect(existsSync(learnedPath)).toBe(true);
+    expect(existsSync(join(stateDir, 'learned', 'generic-injection.learning'))).toBe(false);
+    const file = JSON.parse(readFileSync(learnedPath, 'utf8'));
+    expect(file.modelFingerprint).toBe(d.engine.fingerprint);
+    expect(file.id).toBe('generic-injection');
+    expect(file.training.trials).toBe(7);
+    expect(file.evaluation.trials).toBe(5);
+    expect(file.members).toHaveLength(8);
+    const manifest = JSON.parse(readFileSync(learnedPath.replace('.probe.json', '.learn.json'), 'utf8'));
+    expect(manifest).toMatchObject({ version: 1, modelFingerprint: d.engine.fingerprint, requests: { fit: 7, calibration: 5 }, targetFpr: 0.01, threshold: file.threshold });
+    expect(manifest.positions.fit).toBeGreaterThan(0);
+    expect(manifest.achievedFpr).toBeLessThanOrEqual(0.01);
+    expect(typeof manifest.learnedAt).toBe('string');
+    learnedThreshold = file.threshold;
+    expect(learnedThreshold).not.toBe(SHIPPED.threshold);
+    // New requests are scored by the learned probe.
+    expect(genericThreshold(await complete(d, 'def main():\n    run()\n'))).toBe(learnedThreshold);
+    expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
+    expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(7);
+    console.log(`learned generic-injection: threshold ${learnedThreshold} (shipped ${SHIPPED.threshold}), compute ${status.last.compute_seconds} s, finish ${status.last.finish_seconds} s`);
+  }, 300_000);
+
+  it('a restart keeps the learned probe, and --learn does not relearn over it', async () => {
+    await stop(daemons[0]);
+    const d = await start(stateDir, ['--learn', '12']);
+    expect(d.probes.find((p) => p.id === 'generic-injection')!.threshold).toBe(learnedThreshold);
+    expect((await admin(d, 'GET')).body).toMatchObject({ phase: 'idle', active: { 'generic-injection': { version: 1, threshold: learnedThreshold } } });
+    expect(genericThreshold(await complete(d, PROMPTS[1]))).toBe(learnedThreshold);
+    expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
+    await stop(d);
+  }, 300_000);
+
+  it("another model's statistics and learned probe are refused with coded errors; the shipped probe serves", async () => {
+    const other = tempDir('lw-learn-other-');
+    mkdirSync(join(other, 'learned'), { recursive: true });
+    // Statistics as a daemon on another model would write them.
+    const learner = new DetectorLearner({
+      probeId: 'generic-injection',
+      label: 'generic injection (any direction)',
+      modelFingerprint: 'lw1-00000000000000000000000000000000',
+      dModel: 384,
+      aggregator: { kind: 'rolling-mean', window: 8, skip: 4 },
+      targetFpr: 0.01,
+      requests: 12,
+      fitRequests: 7,
+      members: [{ id: 'resid-L0', hooks: ['blocks.0.hook_resid_post'], difference: false }],
+      maxPositions: 1024,
+    });
+    const statsFile = join(other, 'learned', 'generic-injection.learning');
+    const bytes = learner.serialize({ origin: 'api' });
+    writeFileSync(statsFile, bytes);
+    const probeText = readFileSync(learnedPath, 'utf8').replace(/"modelFingerprint": "[^"]+"/, '"modelFingerprint": "lw1-00000000000000000000000000000000"');
+    writeFileSync(join(other, 'learned', 'generic-injection.v1.probe.json'), probeText);
+
+    const d = await start(other, ['--learn', '12']);
+    const s = (await admin(d, 'GET')).body;
+    expect(s.refused.code).toBe('LW_ERR_LEARN_MODEL_MISMATCH');
+    expect(s.active['generic-injection'].version).toBe(0);
+    // --learn does not overwrite refused statistics: nothing starts, the file is as it was.
+    expect(s.phase).toBe('idle');
+    expect(genericThreshold(await complete(d, PROMPTS[2]))).toBe(SHIPPED.threshold);
+    expect(await metric(d, 'latentwatch_probe_version')).toBe(0);
+    await stop(d);
+    expect(Buffer.compare(readFileSync(statsFile), Buffer.from(bytes))).toBe(0);
+  }, 300_000);
+});
