@@ -216,13 +216,14 @@ describe('learning the generic detector from live traffic', () => {
     expect(manifest.positions.fit).toBeGreaterThan(0);
     expect(manifest.achievedFpr).toBeLessThanOrEqual(0.01);
     expect(typeof manifest.learnedAt).toBe('string');
+    expect(status.last.fit_seconds).toBeGreaterThan(0);
     learnedThreshold = file.threshold;
     expect(learnedThreshold).not.toBe(SHIPPED.threshold);
     // New requests are scored by the learned probe.
     expect(genericThreshold(await complete(d, 'def main():\n    run()\n'))).toBe(learnedThreshold);
     expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
     expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(7);
-    console.log(`learned generic-injection: threshold ${learnedThreshold} (shipped ${SHIPPED.threshold}), compute ${status.last.compute_seconds} s, finish ${status.last.finish_seconds} s`);
+    console.log(`learned generic-injection: threshold ${learnedThreshold} (shipped ${SHIPPED.threshold}), fit from moments ${status.last.fit_seconds} s, calibrate + threshold + load ${status.last.compute_seconds} s, write + swap in total ${status.last.finish_seconds} s`);
   }, 300_000);
 
   it('a restart keeps the learned probe, and --learn does not relearn over it', async () => {

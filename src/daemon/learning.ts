@@ -62,6 +62,8 @@ interface Run {
   startedAt: string;
   origin: string;
   writing: boolean;
+  /** Seconds the members' Gaussians took to fit from moments (event loop held), once fitted. */
+  fitSeconds?: number;
 }
 
 export interface LearningDeps {
@@ -164,6 +166,7 @@ export class LearningService {
             target_fpr: l.spec.targetFpr,
             requests: { target: l.spec.requests, seen: l.requestsSeen, fit: l.fitRequests, fit_target: l.spec.fitRequests, calibration: l.calibration.length },
             positions: { fit: l.fitPositions, calibration: l.calibrationPositions },
+            ...(r.fitSeconds === undefined ? {} : { fit_seconds: r.fitSeconds }),
           }
         : {}),
       active: Object.fromEntries(this.d.bank.probes.map((p) => [p.id, { version: this.d.versions.get(p.id)?.version ?? 0, threshold: p.threshold }])),
@@ -296,6 +299,7 @@ export class LearningService {
         return;
       }
       const seconds = (performance.now() - t0) / 1000;
+      run.fitSeconds = round3(seconds);
       this.phase = 'calibrating';
       this.log.info({ probe: l.spec.probeId, requests: l.fitRequests, positions: l.fitPositions, fitSeconds: round3(seconds) }, `learning ${l.spec.probeId}: fitted ${l.spec.members.length} members from moments`);
     }
@@ -340,7 +344,7 @@ export class LearningService {
       this.d.metrics.setProbeVersion(id, version);
       rmSync(statsPath(this.d.stateDir, id), { force: true });
       const totalSeconds = (performance.now() - t0) / 1000;
-      this.last = { ...manifest, path, compute_seconds: round3(computeSeconds), finish_seconds: round3(totalSeconds) };
+      this.last = { ...manifest, path, fit_seconds: run.fitSeconds ?? null, compute_seconds: round3(computeSeconds), finish_seconds: round3(totalSeconds) };
       this.run = null;
       this.phase = 'done';
       this.log.info(
