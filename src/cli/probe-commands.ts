@@ -1,7 +1,6 @@
 /** `latentwatch concepts | trials | train-probe | eval-probe | report`: the offline probe pipeline. */
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
 import { PRECISIONS, type Precision } from '../model/graph.js';
@@ -19,6 +18,7 @@ import { writeReport } from '../lab/report.js';
 import { trainProbe, type FitterKind } from '../lab/train.js';
 import { loadTrialConfig, PROTOCOLS, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
 import { runTrials } from '../lab/trials.js';
+import { DEFAULT_CORPUS } from '../paths.js';
 import { num, parse, progressBar, type Command } from './args.js';
 
 const engineOptions = {
@@ -254,9 +254,6 @@ latentwatch report --data DIR --out DIR [--no-diff-means]
     out({ out: outDir, files: ['report.md', 'report.json'], bestLayer: r.best.layer, heldOut: { auroc: best.evaluation.auroc, 'tpr_at_fpr_0.01': best.evaluation['tpr_at_fpr_0.01'] }, seconds: (performance.now() - t0) / 1000 });
   },
 };
-
-/** The clean corpus shipped in configs/ (resolved from this file, so it works from src/ and dist/). */
-export const DEFAULT_CORPUS = fileURLToPath(new URL('../../configs/corpus/clean.json', import.meta.url));
 
 /**
  * Engine for the generic-detector commands, which run one request at a time: batched decode off
