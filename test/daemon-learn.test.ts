@@ -17,7 +17,7 @@ import { DetectorLearner } from '../src/probes/learn.js';
 import { matrix } from '../src/probes/matrix.js';
 import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
-import { CODE16M, tempDir } from './helpers.js';
+import { CODE16M, tempDir, waitUntil } from './helpers.js';
 
 const expected = JSON.parse(readFileSync(new URL('./fixtures/probes/expected.json', import.meta.url), 'utf8')) as { gaussian: { name: string; rows: number; cols: number; X: number[] }[] };
 
@@ -200,8 +200,7 @@ describe('learning the generic detector from live traffic', () => {
     const d = daemons[0];
     for (const p of PROMPTS.slice(5)) await complete(d, p);
     let status: Body = {};
-    for (let i = 0; i < 200 && (status = (await admin(d, 'GET')).body).phase !== 'done'; i++) await new Promise((r) => setTimeout(r, 50));
-    expect(status.phase).toBe('done');
+    await waitUntil(async () => (status = (await admin(d, 'GET')).body).phase === 'done', { timeoutMs: 30_000, what: 'the learn run to finish (phase done)' });
     expect(status.last).toMatchObject({ probe: 'generic-injection', version: 1, requests: { fit: 7, calibration: 5 }, targetFpr: 0.01 });
     expect(existsSync(learnedPath)).toBe(true);
     expect(existsSync(join(stateDir, 'learned', 'generic-injection.learning'))).toBe(false);
