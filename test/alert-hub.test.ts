@@ -66,6 +66,7 @@ function draft(extra: Partial<AlertDraft> = {}): AlertDraft {
     silent: true,
     verbalized: false,
     kind: 'detection',
+    tenant: 'key-1', // the name of 'user-key', the servers' one API key: a user key sees its own tenant's alerts
     ...extra,
   };
 }

@@ -34,7 +34,7 @@ const verdictOf = (r: unknown) => (r as { latentwatch: Verdict }).latentwatch;
 const inject = (window = 'all') => ({ latentwatch: { inject: { vector: probe.vector, layer: INJECT_LAYER, scale: probe.scale, window } } });
 
 function subscribe(query = ''): { ws: WebSocket; alerts: { id: number; silent: boolean; probeId: string }[]; opened: Promise<void> } {
-  const ws = new WebSocket(`${daemon.url.replace('http', 'ws')}/v1/alerts${query}`, { headers: { authorization: `Bearer ${API_KEY}` } });
+  const ws = new WebSocket(`${daemon.url.replace('http', 'ws')}/v1/alerts${query}`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
   const alerts: { id: number; silent: boolean; probeId: string }[] = [];
   ws.on('message', (m) => {
     const msg = JSON.parse(String(m));
@@ -103,7 +103,7 @@ describe('detection', () => {
     expect(sub.alerts.every((a) => a.silent && a.probeId === 'test-injection')).toBe(true);
     expect(await metric('latentwatch_alerts_total', { probe: 'test-injection' })).toBe(alertsBefore + ids.length);
     expect(await metric('latentwatch_latent_detections_total', { probe: 'test-injection', verbalized: 'false' })).toBe(silentBefore + 1);
-    const polled = (await (await fetch(`${daemon.url}/v1/alerts?since=${ids[0] - 1}`, { headers: { authorization: `Bearer ${API_KEY}` } })).json()) as { data: { id: number }[] };
+    const polled = (await (await fetch(`${daemon.url}/v1/alerts?since=${ids[0] - 1}`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json()) as { data: { id: number }[] };
     expect(polled.data.map((a: { id: number }) => a.id)).toEqual(expect.arrayContaining(ids));
     sub.ws.close();
   });
@@ -194,7 +194,7 @@ describe('kill -9 during traffic', () => {
     const dir = tempDir('lw-kill-');
     const dbPath = join(dir, 'alerts.db');
     const first = await spawnDaemon(probe, dbPath);
-    const ws = new WebSocket(`${first.url.replace('http', 'ws')}/v1/alerts`, { headers: { authorization: `Bearer ${API_KEY}` } });
+    const ws = new WebSocket(`${first.url.replace('http', 'ws')}/v1/alerts`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
     const seen: number[] = [];
     ws.on('message', (m) => {
       const msg = JSON.parse(String(m));
@@ -233,14 +233,14 @@ describe('kill -9 during traffic', () => {
     const { child } = second;
     const base = second.url;
     try {
-      const all = (await (await fetch(`${base}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${API_KEY}` } })).json()) as { data: { id: number }[] };
+      const all = (await (await fetch(`${base}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json()) as { data: { id: number }[] };
       const stored = new Set<number>(all.data.map((a: { id: number }) => a.id));
       for (const id of acknowledged) expect(stored.has(id), `alert ${id}`).toBe(true);
       // Resume from the last id this subscriber saw: exactly the stored alerts after it.
       const last = Math.max(...seen);
       const expected = [...stored].filter((id) => id > last).sort((a, b) => a - b);
       const resumed: number[] = [];
-      const ws2 = new WebSocket(`${base.replace('http', 'ws')}/v1/alerts?last_id=${last}`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      const ws2 = new WebSocket(`${base.replace('http', 'ws')}/v1/alerts?last_id=${last}`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
       ws2.on('message', (m) => {
         const msg = JSON.parse(String(m));
         if (msg.type === 'alert') resumed.push(msg.alert.id);
@@ -348,7 +348,7 @@ describe('canary', () => {
   it('a canary whose probe cannot fire is a failure alert delivered to subscribers', async () => {
     const d = await canaryDaemon(1e9); // far above any calibrated score
     try {
-      const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/alerts?last_id=0`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/alerts?last_id=0`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
       const alerts: { kind: string; severity: string }[] = [];
       ws.on('message', (m) => {
         const msg = JSON.parse(String(m));

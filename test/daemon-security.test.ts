@@ -2,9 +2,12 @@
  * Issue 13: keys in logs, tenancy, origins and hosts, slow prompts, signals, slow consumers and
  * HTTP mismatches, through the real daemon (real sockets, `ws` client, HTTP).
  */
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { AlertLog, type Alert } from '../src/daemon/alert-log.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
 import { ADMIN_KEY, API_KEY, trainTestProbe, type TestProbe } from './daemon-fixture.js';
@@ -38,9 +41,15 @@ async function start(env: Record<string, string> = {}, argv: string[] = []): Pro
   return { daemon, url: daemon.url, ws: daemon.url.replace(/^http/, 'ws'), logs: () => text };
 }
 
-function openWs(url: string, options: WebSocket.ClientOptions = {}): Promise<WebSocket> {
+/** Connect; `alerts` (if given) collects alert messages from the first frame on (a replay can arrive with the handshake). */
+function openWs(url: string, options: WebSocket.ClientOptions = {}, alerts?: Alert[]): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, options);
+    if (alerts)
+      ws.on('message', (m) => {
+        const msg = JSON.parse(String(m)) as { alert?: Alert };
+        if (msg.alert) alerts.push(msg.alert);
+      });
     ws.once('open', () => resolve(ws));
     ws.once('error', reject);
     ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
@@ -68,5 +77,90 @@ describe('1. keys never reach the log', () => {
     expect(logs).not.toContain(API_KEY);
     expect(logs).not.toContain(ADMIN_KEY);
     expect(logs).not.toContain(wrong);
+  });
+});
+
+/** A config file whose rule fires on every position (so any request, with any key, raises alerts). */
+function alwaysFiresConfig(extra: Record<string, unknown> = {}): string {
+  const path = join(tempDir('lw-sec-cfg-'), 'config.json');
+  writeFileSync(path, JSON.stringify({ alerts: { rules: { 'test-injection': { threshold: -1e30, cooldownTokens: 1000 } } }, ...extra }));
+  return path;
+}
+
+async function complete(url: string, key: string, extra: Record<string, unknown> = {}): Promise<Response> {
+  return fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model: 'qwen2-code-16m', prompt: 'def f(x):\n', max_tokens: 2, temperature: 0, ...extra }),
+  });
+}
+
+async function poll(url: string, key: string, query = ''): Promise<{ status: number; body: { data: Alert[] } & { error?: { code: string } } }> {
+  const r = await fetch(`${url}/v1/alerts?since=0${query}`, { headers: { authorization: `Bearer ${key}` } });
+  return { status: r.status, body: (await r.json()) as { data: Alert[] } };
+}
+
+describe('2. tenancy', () => {
+  it('alerts carry the key name; a user key sees only its own (polling and WebSocket), the admin key all', async () => {
+    const d = await start({ LATENTWATCH_API_KEY: '', LATENTWATCH_API_KEYS: 'alice:alice-secret-key,bob:bob-secret-key' }, ['--config', alwaysFiresConfig()]);
+    const bobSeen: Alert[] = [];
+    const bobWs = await openWs(`${d.ws}/v1/alerts`, { headers: { authorization: 'Bearer bob-secret-key' } }, bobSeen);
+    expect((await complete(d.url, 'alice-secret-key')).status).toBe(200);
+    expect((await complete(d.url, 'bob-secret-key')).status).toBe(200);
+    const all = (await poll(d.url, ADMIN_KEY)).body.data;
+    expect(new Set(all.map((a) => a.tenant))).toEqual(new Set(['alice', 'bob']));
+    const alice = await poll(d.url, 'alice-secret-key');
+    expect(alice.body.data.length).toBeGreaterThan(0);
+    expect(alice.body.data.every((a) => a.tenant === 'alice')).toBe(true);
+    expect(alice.body.data.length).toBe(all.filter((a) => a.tenant === 'alice').length);
+    // Asking for another tenant's alerts is refused, not silently narrowed.
+    const peek = await poll(d.url, 'alice-secret-key', '&tenant=bob');
+    expect(peek.status).toBe(403);
+    expect(peek.body.error?.code).toBe('LW_ERR_AUTH_ADMIN_REQUIRED');
+    expect((await poll(d.url, ADMIN_KEY, '&tenant=bob')).body.data.every((a) => a.tenant === 'bob')).toBe(true);
+    await waitUntil(() => bobSeen.length === all.filter((a) => a.tenant === 'bob').length, { timeoutMs: 5000, what: "bob's live alerts" });
+    expect(bobSeen.every((a) => a.tenant === 'bob')).toBe(true);
+    // A user key resuming from 0 replays only its own.
+    const replay: Alert[] = [];
+    const aliceWs = await openWs(`${d.ws}/v1/alerts?last_id=0&token=alice-secret-key`, {}, replay);
+    await waitUntil(() => replay.length === alice.body.data.length, { timeoutMs: 5000, what: "alice's replay" });
+    expect(replay.every((a) => a.tenant === 'alice')).toBe(true);
+    bobWs.close();
+    aliceWs.close();
+    const metrics = await (await fetch(`${d.url}/metrics`)).text();
+    expect(metrics).toMatch(/latentwatch_tenant_alerts_total\{tenant="alice"\} [1-9]/);
+    expect(metrics).not.toContain('secret-key');
+    expect(d.logs()).toContain('"tenant":"alice"');
+    expect(d.logs()).not.toContain('secret-key');
+  });
+
+  it('an open daemon has one tenant, "anonymous", and everyone sees it', async () => {
+    const d = await start({ LATENTWATCH_API_KEY: '', LATENTWATCH_ADMIN_KEY: '', LATENTWATCH_ALLOW_INJECTION: '0' }, ['--config', alwaysFiresConfig()]);
+    expect((await complete(d.url, 'whatever')).status).toBe(200);
+    const r = await fetch(`${d.url}/v1/alerts?since=0`);
+    const data = ((await r.json()) as { data: Alert[] }).data;
+    expect(data.length).toBeGreaterThan(0);
+    expect(data.every((a) => a.tenant === 'anonymous')).toBe(true);
+  });
+
+  it('a version-1 alert log (no tenant column) is migrated: old rows become "anonymous"', () => {
+    const path = join(tempDir('lw-sec-v1-'), 'alerts.db');
+    const db = new Database(path);
+    db.exec(`CREATE TABLE alerts (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL,
+      probe_id TEXT NOT NULL, probe_label TEXT NOT NULL, severity TEXT NOT NULL, severity_rank INTEGER NOT NULL, score REAL NOT NULL,
+      threshold REAL NOT NULL, token_index INTEGER NOT NULL, silent INTEGER NOT NULL, verbalized INTEGER NOT NULL, text_excerpt TEXT);
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      INSERT INTO alerts VALUES (1, 0, 'detection', 'r1', 'm', 'p', 'P', 'warning', 1, 1, 0.5, 3, 1, 0, NULL);
+      PRAGMA user_version = 1;`);
+    db.close();
+    const log = AlertLog.open({ path });
+    log.append({ requestId: 'r2', model: 'm', probeId: 'p', probeLabel: 'P', severity: 'warning', score: 1, threshold: 0.5, tokenIndex: 1, silent: true, verbalized: false, kind: 'detection', tenant: 'alice' });
+    expect(log.since(0).map((a) => [a.id, a.tenant])).toEqual([
+      [1, 'anonymous'],
+      [2, 'alice'],
+    ]);
+    expect(log.since(0, { tenant: 'alice' }).map((a) => a.id)).toEqual([2]);
+    expect(log.database.pragma('user_version', { simple: true })).toBe(2);
+    log.close();
   });
 });

@@ -61,7 +61,7 @@ describe('alert log on a failing disk while the daemon serves', () => {
       });
 
       it('subscribers get every alert live, the failure is counted and shown, and nothing acknowledged is lost', async () => {
-        const sub = subscribe(d.url, { key: API_KEY });
+        const sub = subscribe(d.url, { key: ADMIN_KEY }); // the admin key reads every tenant's alerts (injection runs as admin)
         await sub.opened;
         const acked: number[] = [];
         acked.push(...(await injected(d, 0)));
@@ -89,7 +89,7 @@ describe('alert log on a failing disk while the daemon serves', () => {
         expect(r.alert_log.pending).toBe(pending);
         expect(r.alert_log.last_error).toMatch(mode.error);
         // Pollers see pending alerts too.
-        const polled = (await (await fetch(`${d.url}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${API_KEY}` } })).json()) as { data: { id: number }[] };
+        const polled = (await (await fetch(`${d.url}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json()) as { data: { id: number }[] };
         expect(polled.data.map((a) => a.id)).toEqual(acked);
 
         // The disk recovers: the maintenance timer writes the pending alerts without new traffic.

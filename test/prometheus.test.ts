@@ -278,7 +278,7 @@ beforeAll(async () => {
   await startPrometheus();
 
   // A WebSocket subscriber on the traffic replica, so its subscriber gauge reads 1.
-  subscriber = new WebSocket(`ws://127.0.0.1:${traffic.port}/v1/alerts`, { headers: { authorization: `Bearer ${API_KEY}` } });
+  subscriber = new WebSocket(`ws://127.0.0.1:${traffic.port}/v1/alerts`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
   await new Promise<void>((resolve, reject) => {
     subscriber!.once('open', () => resolve());
     subscriber!.once('error', reject);

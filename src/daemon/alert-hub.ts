@@ -6,11 +6,12 @@
  * Connect: `ws://host/v1/alerts?token=KEY&probe=P&severity=warning&model=M&silent=1&last_id=N`
  * (or `Authorization: Bearer KEY`). Auth as the API: an API key or the admin key, open when no
  * API key is configured. Filters: `probe` (repeat or comma-separate for several), `severity`
- * (minimum: info < warning < critical), `model`, `silent=1` (only silent alerts), `kind`.
+ * (minimum: info < warning < critical), `model`, `silent=1` (only silent alerts), `kind`, `tenant`.
+ * Tenancy (auth.ts): a user key gets only alerts its own tenant's requests raised; the admin key all.
  *
  * Messages (server → client, JSON text frames):
  *   {"type":"alert","alert":{id, ts, requestId, model, probeId, probeLabel, severity, score,
- *      threshold, tokenIndex, silent, verbalized, textExcerpt?, kind}}
+ *      threshold, tokenIndex, silent, verbalized, textExcerpt?, kind, tenant}}
  *      Live alerts raised by a request also carry `"forwardAtUs"`: epoch microseconds, on the
  *      daemon's monotonic clock (performance.timeOrigin + performance.now()), at which the forward
  *      pass of the token whose scores raised the alert returned (`ts` has millisecond resolution);
@@ -45,7 +46,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { lwError } from '../errors.js';
 import { matchesFilter, type Alert, type AlertDraft, type AlertFilter, type AlertLog, type AppendResult } from './alert-log.js';
-import { checkCursor, parseAlertQuery, type AlertQuery } from './alert-query.js';
+import { checkCursor, parseAlertQuery, scopeToTenant, type AlertQuery } from './alert-query.js';
 import { extractToken, type Authenticator } from './auth.js';
 import { rejectUpgrade } from './http-errors.js';
 
@@ -194,8 +195,9 @@ export class AlertHub {
     let query: AlertQuery;
     try {
       if (this.closed) throw lwError('LW_ERR_API_SHUTTING_DOWN');
-      this.auth.authenticate(extractToken(req.headers, url.searchParams.get('token')));
+      const principal = this.auth.authenticate(extractToken(req.headers, url.searchParams.get('token')));
       query = parseAlertQuery((name) => url.searchParams.getAll(name));
+      scopeToTenant(query, this.auth, principal);
       if (query.limit !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'limit applies to polling only', { param: 'limit' });
       checkCursor(query.after, this.log, 'last_id');
     } catch (e) {

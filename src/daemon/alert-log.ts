@@ -68,10 +68,15 @@ export interface Alert {
   verbalized: boolean;
   textExcerpt?: string;
   kind: AlertKind;
+  /** Name of the API key whose request raised it (auth.ts: "anonymous" on an open daemon, "system" for the canary). */
+  tenant: string;
 }
 
-/** What a producer hands to `append`: everything but the id (and optionally the time). */
-export type AlertDraft = Omit<Alert, 'id' | 'ts'> & { ts?: string };
+/** What a producer hands to `append`: everything but the id (and optionally the time and tenant: default "anonymous"). */
+export type AlertDraft = Omit<Alert, 'id' | 'ts' | 'tenant'> & { ts?: string; tenant?: string };
+
+/** The tenant of an alert raised without one, and of rows written before alerts had tenants. */
+export const DEFAULT_TENANT = 'anonymous';
 
 export interface AlertFilter {
   /** One probe id or several. */
@@ -82,6 +87,8 @@ export interface AlertFilter {
   /** Only alerts with silent = true. */
   silentOnly?: boolean;
   kind?: AlertKind;
+  /** Only this tenant's alerts (a user key's view; auth.ts `alertTenant`). */
+  tenant?: string;
 }
 
 export interface AppendResult {
@@ -146,6 +153,7 @@ interface Row {
   silent: number;
   verbalized: number;
   text_excerpt: string | null;
+  tenant: string;
 }
 
 export class AlertLog {
@@ -197,16 +205,21 @@ export class AlertLog {
         token_index INTEGER NOT NULL,
         silent INTEGER NOT NULL,
         verbalized INTEGER NOT NULL,
-        text_excerpt TEXT
+        text_excerpt TEXT,
+        tenant TEXT NOT NULL DEFAULT '${DEFAULT_TENANT}'
       );
       CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     `);
-    db.pragma('user_version = 1');
+    // Version 1 had no tenant: its rows become "anonymous" (on a keyed daemon, only the admin key sees them).
+    const columns = db.prepare('PRAGMA table_info(alerts)').all() as { name: string }[];
+    if (!columns.some((c) => c.name === 'tenant')) db.exec(`ALTER TABLE alerts ADD COLUMN tenant TEXT NOT NULL DEFAULT '${DEFAULT_TENANT}'`);
+    db.exec('CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id)');
+    db.pragma('user_version = 2');
     this.insertStmt = db.prepare(`INSERT INTO alerts (id, ts, kind, request_id, model, probe_id, probe_label, severity,
-      severity_rank, score, threshold, token_index, silent, verbalized, text_excerpt)
+      severity_rank, score, threshold, token_index, silent, verbalized, text_excerpt, tenant)
       VALUES (@id, @ts, @kind, @request_id, @model, @probe_id, @probe_label, @severity, @severity_rank, @score,
-      @threshold, @token_index, @silent, @verbalized, @text_excerpt)`);
+      @threshold, @token_index, @silent, @verbalized, @text_excerpt, @tenant)`);
     this.reserveStmt = db.prepare(`INSERT INTO meta (key, value) VALUES ('reserved_through', ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
 
@@ -331,6 +344,10 @@ export class AlertLog {
     if (filter.kind !== undefined) {
       where.push('kind = ?');
       args.push(filter.kind);
+    }
+    if (filter.tenant !== undefined) {
+      where.push('tenant = ?');
+      args.push(filter.tenant);
     }
     let rows: Row[];
     try {
@@ -471,6 +488,7 @@ export function matchesFilter(a: Alert, f: AlertFilter): boolean {
   if (f.model !== undefined && a.model !== f.model) return false;
   if (f.silentOnly && !a.silent) return false;
   if (f.kind !== undefined && a.kind !== f.kind) return false;
+  if (f.tenant !== undefined && a.tenant !== f.tenant) return false;
   return true;
 }
 
@@ -492,6 +510,7 @@ function normalise(d: AlertDraft, id: number, nowMs: number): Alert {
     silent: d.silent,
     verbalized: d.verbalized,
     kind: d.kind,
+    tenant: d.tenant ?? DEFAULT_TENANT,
   };
   if (d.textExcerpt !== undefined) alert.textExcerpt = d.textExcerpt;
   return alert;
@@ -514,6 +533,7 @@ function toRow(a: Alert): Row & { severity_rank: number } {
     silent: a.silent ? 1 : 0,
     verbalized: a.verbalized ? 1 : 0,
     text_excerpt: a.textExcerpt ?? null,
+    tenant: a.tenant,
   };
 }
 
@@ -532,6 +552,7 @@ function fromRow(r: Row): Alert {
     silent: r.silent === 1,
     verbalized: r.verbalized === 1,
     kind: r.kind as AlertKind,
+    tenant: r.tenant,
   };
   if (r.text_excerpt !== null) a.textExcerpt = r.text_excerpt;
   return a;

@@ -5,6 +5,7 @@
  */
 import { lwError } from '../errors.js';
 import { ALERT_KINDS, type AlertFilter, type AlertKind, type AlertLog } from './alert-log.js';
+import type { Authenticator, Principal } from './auth.js';
 import { SEVERITIES, type Severity } from './config.js';
 
 export interface AlertQuery {
@@ -49,6 +50,8 @@ export function parseAlertQuery(get: (name: string) => readonly string[]): Alert
     if (!(ALERT_KINDS as readonly string[]).includes(kind)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `kind must be one of ${ALERT_KINDS.join(', ')}`, { param: 'kind' });
     filter.kind = kind as AlertKind;
   }
+  const tenant = one('tenant');
+  if (tenant !== undefined && tenant !== '') filter.tenant = tenant;
   const q: AlertQuery = { filter };
   const lastId = int('last_id', 0);
   const since = int('since', 0);
@@ -58,6 +61,18 @@ export function parseAlertQuery(get: (name: string) => readonly string[]): Alert
   const limit = int('limit', 1);
   if (limit !== undefined) q.limit = limit;
   return q;
+}
+
+/**
+ * Tenancy (auth.ts): a user key reads only its own tenant's alerts; asking for another tenant's
+ * (`tenant=`) needs the admin key (403). The admin key, or anyone on an open daemon, reads all
+ * (`tenant=` then filters).
+ */
+export function scopeToTenant(q: AlertQuery, auth: Authenticator, principal: Principal): void {
+  const own = auth.alertTenant(principal);
+  if (own === undefined) return;
+  if (q.filter.tenant !== undefined && q.filter.tenant !== own) throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', "reading another tenant's alerts needs the admin key", { param: 'tenant' });
+  q.filter.tenant = own;
 }
 
 /**

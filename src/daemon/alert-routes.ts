@@ -7,8 +7,9 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { ALERTS_PATH, type AlertHub } from './alert-hub.js';
 import type { AlertLog } from './alert-log.js';
-import { checkCursor, parseAlertQuery } from './alert-query.js';
-import { extractToken, type Authenticator } from './auth.js';
+import { checkCursor, parseAlertQuery, scopeToTenant } from './alert-query.js';
+import type { Authenticator } from './auth.js';
+import { principalOf } from './request-guard.js';
 
 export interface AlertRoutesOptions {
   hub: AlertHub;
@@ -22,14 +23,15 @@ export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: F
   app.addHook('preClose', async () => {
     await opts.hub.close();
   });
-  app.get(ALERTS_PATH, async (req) => {
+  // Authenticated by the request guard (request-guard.ts; `?token=` accepted here); a user key reads its own tenant's alerts.
+  app.get(ALERTS_PATH, { config: { auth: 'query' } }, async (req) => {
     const raw = req.query as Record<string, string | string[] | undefined>;
     const get = (name: string): string[] => {
       const v = raw[name];
       return v === undefined ? [] : Array.isArray(v) ? v : [v];
     };
-    opts.auth.authenticate(extractToken(req.headers, get('token')[0]));
     const q = parseAlertQuery(get);
+    scopeToTenant(q, opts.auth, principalOf(req, opts.auth));
     const after = q.after ?? 0;
     checkCursor(after, opts.log, 'since');
     const limit = Math.min(q.limit ?? 100, 1000);

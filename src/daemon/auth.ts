@@ -5,6 +5,12 @@
  * config.ts then keeps the daemon on loopback). The admin key is accepted wherever a user key is.
  * Keys are compared in constant time (SHA-256 of both sides, then timingSafeEqual, over every
  * configured key without an early exit), so neither the key nor its length leaks through timing.
+ *
+ * Tenancy: each API key has a name (config.ts `namedApiKeys`), the tenant of the requests made
+ * with it. Alerts carry the tenant of the request that raised them; a user key sees only its own
+ * tenant's alerts, the admin key (tenant "admin") sees every tenant's. An open daemon (no API key)
+ * has one tenant, "anonymous", and everyone sees all of it. The daemon's own alerts (canary
+ * failures) belong to "system". The name, never the key, goes to alerts, logs and metrics.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -15,10 +21,19 @@ export interface Principal {
   role: Role;
   /** false when no key was needed (open daemon). */
   authenticated: boolean;
+  /** The key's name (see the module comment); ANONYMOUS_TENANT on an open daemon, ADMIN_TENANT for the admin key. */
+  tenant: string;
 }
 
+export const ANONYMOUS_TENANT = 'anonymous';
+export const ADMIN_TENANT = 'admin';
+export const SYSTEM_TENANT = 'system';
+/** Names a configured key may not take. */
+export const RESERVED_TENANTS: readonly string[] = [ANONYMOUS_TENANT, ADMIN_TENANT, SYSTEM_TENANT];
+
 export interface AuthKeys {
-  apiKeys: readonly string[];
+  /** Bare keys are named by position (key-1, key-2, …), as config.ts `namedApiKeys` names them. */
+  apiKeys: readonly (string | { readonly name: string; readonly key: string })[];
   adminKey: string | null;
 }
 
@@ -37,10 +52,13 @@ export function extractToken(headers: IncomingHttpHeaders, queryToken?: string |
 
 export class Authenticator {
   private readonly apiDigests: Buffer[];
+  private readonly apiNames: string[];
   private readonly adminDigest: Buffer | null;
 
   constructor(keys: AuthKeys) {
-    this.apiDigests = keys.apiKeys.map(digest);
+    const named = keys.apiKeys.map((k, i) => (typeof k === 'string' ? { name: `key-${i + 1}`, key: k } : k));
+    this.apiDigests = named.map((k) => digest(k.key));
+    this.apiNames = named.map((k) => k.name);
     this.adminDigest = keys.adminKey === null ? null : digest(keys.adminKey);
   }
 
@@ -51,13 +69,28 @@ export class Authenticator {
 
   /** Classify a token without throwing: 'admin', 'user', or null (missing or wrong). */
   identify(token: string | undefined): Role | null {
+    return this.resolve(token)?.role ?? null;
+  }
+
+  /** `identify` with the key's tenant. */
+  resolve(token: string | undefined): { role: Role; tenant: string } | null {
     if (token === undefined) return null;
     const d = digest(token);
     let admin = false;
     if (this.adminDigest !== null) admin = timingSafeEqual(d, this.adminDigest);
-    let user = false;
-    for (const k of this.apiDigests) user = timingSafeEqual(d, k) || user; // no early exit
-    return admin ? 'admin' : user ? 'user' : null;
+    let user = -1;
+    this.apiDigests.forEach((k, i) => {
+      if (timingSafeEqual(d, k)) user = i; // no early exit
+    });
+    return admin ? { role: 'admin', tenant: ADMIN_TENANT } : user >= 0 ? { role: 'user', tenant: this.apiNames[user] } : null;
+  }
+
+  /**
+   * Whose alerts a principal may read: its own tenant's, or undefined for all (the admin key; an
+   * open daemon, whose one tenant everyone shares).
+   */
+  alertTenant(principal: Principal): string | undefined {
+    return principal.role === 'admin' || this.open ? undefined : principal.tenant;
   }
 
   /**
@@ -65,9 +98,9 @@ export class Authenticator {
    * With no API key configured anyone passes; a presented admin key still yields the admin role.
    */
   authenticate(token: string | undefined): Principal {
-    const role = this.identify(token);
-    if (role !== null) return { role, authenticated: true };
-    if (this.open) return { role: 'user', authenticated: false };
+    const who = this.resolve(token);
+    if (who !== null) return { ...who, authenticated: true };
+    if (this.open) return { role: 'user', authenticated: false, tenant: ANONYMOUS_TENANT };
     if (token === undefined) throw lwError('LW_ERR_AUTH_MISSING_KEY', 'send Authorization: Bearer <key>');
     throw lwError('LW_ERR_AUTH_INVALID_KEY');
   }

@@ -25,6 +25,7 @@ import { Type, type Static } from 'typebox';
 import { lwError } from '../errors.js';
 import { parseCommandLine } from '../flags.js';
 import { closedObject, nullable, schemaValidator } from '../schema.js';
+import { RESERVED_TENANTS } from './auth.js';
 
 export const SEVERITIES = ['info', 'warning', 'critical'] as const;
 export type Severity = (typeof SEVERITIES)[number];
@@ -52,6 +53,9 @@ const nonEmpty = Type.String({ minLength: 1 });
 export const LEARN_MIN_REQUESTS = 10;
 export const LEARN_MAX_REQUESTS = 10_000;
 const PROBE_ID = '^[A-Za-z0-9_.:-]+$';
+const API_KEY = Type.String({ pattern: '^\\S+$' });
+/** A key's name (its tenant): short, and safe as a log field and a metric label value. */
+const TENANT_NAME = '^[A-Za-z0-9_.-]{1,64}$';
 
 const ALERT_RULE_SCHEMA = closedObject({
   /** Overrides the probe file's decision threshold (on the aggregated score). */
@@ -91,8 +95,12 @@ export const CONFIG_SCHEMA = closedObject(
     probes: Type.Array(nonEmpty),
     host: Type.String({ minLength: 1, maxLength: 255, pattern: '^[^\\s/]+$' }),
     port: Type.Integer({ minimum: 0, maximum: 65535 }),
-    /** Inference keys (`Authorization: Bearer <key>`); empty = open, and local-only (see above). */
-    apiKeys: Type.Array(Type.String({ pattern: '^\\S+$' }), { uniqueItems: true }),
+    /**
+     * Inference keys (`Authorization: Bearer <key>`); empty = open, and local-only (see above). Each
+     * is a key (named by position: key-1, key-2, …) or `{name, key}`; the name is the key's tenant
+     * in alerts, logs and metrics (the key itself never is). Unique names and keys (checked below).
+     */
+    apiKeys: Type.Array(Type.Union([API_KEY, closedObject({ name: Type.String({ pattern: TENANT_NAME }), key: API_KEY })])),
     /** Admin key for injection and admin routes; null = no admin access. */
     adminKey: nullable(Type.String({ pattern: '^\\S+$' })),
     /** Honour admin injection requests (`LATENTWATCH_ALLOW_INJECTION=1`). */
@@ -224,7 +232,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   learn: { requests: 0, probe: 'generic-injection', targetFpr: 0.01 },
 } satisfies Omit<DaemonConfig, 'host'>);
 
-type ValueKind = 'string' | 'int' | 'number' | 'bool' | 'list' | 'path' | 'paths';
+type ValueKind = 'string' | 'int' | 'number' | 'bool' | 'list' | 'namedList' | 'path' | 'paths';
 
 /** Layer 3: environment variables → JSON pointer. */
 export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKind }>> = Object.freeze({
@@ -238,6 +246,8 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_HOST: { pointer: '/host', kind: 'string' },
   LATENTWATCH_PORT: { pointer: '/port', kind: 'int' },
   LATENTWATCH_API_KEY: { pointer: '/apiKeys', kind: 'list' },
+  /** `name:key,name:key`: named keys (the name is the tenant). */
+  LATENTWATCH_API_KEYS: { pointer: '/apiKeys', kind: 'namedList' },
   LATENTWATCH_ADMIN_KEY: { pointer: '/adminKey', kind: 'string' },
   LATENTWATCH_ALLOW_INJECTION: { pointer: '/allowInjection', kind: 'bool' },
   LATENTWATCH_LOG_LEVEL: { pointer: '/logLevel', kind: 'string' },
@@ -336,6 +346,9 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
     mergeInto(merged, layer, `file ${path}`, '', sources);
   }
 
+  if (nonBlank(env.LATENTWATCH_API_KEY) !== undefined && nonBlank(env.LATENTWATCH_API_KEYS) !== undefined) {
+    throw lwError('LW_ERR_CONFIG_INVALID', '/apiKeys: set LATENTWATCH_API_KEY or LATENTWATCH_API_KEYS, not both', { path: '/apiKeys', source: 'env LATENTWATCH_API_KEYS' });
+  }
   const envLayer: Record<string, unknown> = {};
   const envOrigins = new Map<string, string>();
   for (const [name, spec] of Object.entries(ENV_VARS)) {
@@ -365,7 +378,8 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
       source: sources.get('/host'),
     });
   }
-  if (config.adminKey !== null && config.apiKeys.includes(config.adminKey)) {
+  checkApiKeys(config, sources);
+  if (config.adminKey !== null && namedApiKeys(config).some((k) => k.key === config.adminKey)) {
     throw lwError('LW_ERR_CONFIG_INVALID', '/adminKey: the admin key must differ from every API key', {
       path: '/adminKey',
       source: sources.get('/adminKey'),
@@ -379,6 +393,27 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   if (config.alertLog.path === ':memory:') notices.push('alert log is in memory (:memory:): alerts do not survive a restart');
 
   return { config: deepFreeze(config) as FrozenConfig, notices: Object.freeze(notices), sources };
+}
+
+/** Every API key with its name: `{name, key}` as configured, a bare key named by its position (key-1, key-2, …). */
+export function namedApiKeys(config: Pick<FrozenConfig, 'apiKeys'>): { name: string; key: string }[] {
+  return config.apiKeys.map((k, i) => (typeof k === 'string' ? { name: `key-${i + 1}`, key: k } : { name: k.name, key: k.key }));
+}
+
+/** Names and keys are unique, and no name is one the daemon gives its own tenants. */
+function checkApiKeys(config: DaemonConfig, sources: Map<string, string>): void {
+  const names = new Set<string>();
+  const keys = new Set<string>();
+  namedApiKeys(config).forEach(({ name, key }, i) => {
+    const fail = (why: string) => {
+      throw lwError('LW_ERR_CONFIG_INVALID', `/apiKeys/${i}: ${why}`, { path: `/apiKeys/${i}`, source: sources.get('/apiKeys') });
+    };
+    if (RESERVED_TENANTS.includes(name)) fail(`the name ${name} is reserved (${RESERVED_TENANTS.join(', ')})`);
+    if (names.has(name)) fail(`the name ${name} is given twice`);
+    if (keys.has(key)) fail('the same key is given twice'); // never the key itself: it would be logged
+    names.add(name);
+    keys.add(key);
+  });
 }
 
 /** The alert rule for one probe: defaultRule, then rules[probeId], then the probe file's threshold if neither set one. */
@@ -534,6 +569,13 @@ function coerce(raw: string, kind: ValueKind, cwd: string): unknown {
     }
     case 'list':
       return trimmed.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+    case 'namedList':
+      // name:key (split at the first colon); an entry without one keeps an empty name, which the schema refuses with its path.
+      return trimmed
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s.length > 0)
+        .map((s) => (s.includes(':') ? { name: s.slice(0, s.indexOf(':')).trim(), key: s.slice(s.indexOf(':') + 1).trim() } : { name: '', key: s }));
     case 'paths':
       return trimmed
         .split(',')

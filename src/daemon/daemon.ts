@@ -14,7 +14,7 @@ import { ConceptStore } from '../probes/concept-store.js';
 import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
-import { Authenticator } from './auth.js';
+import { Authenticator, SYSTEM_TENANT } from './auth.js';
 import { Canary } from './canary.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
 import { InferenceService } from './inference.js';
@@ -151,11 +151,11 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       model: modelName,
       concept,
       record: (r) => metrics.recordCanary(r),
-      raise: (draft) => metrics.recordAlert(hub.raise(draft).alert),
+      raise: (draft) => metrics.recordAlert(hub.raise({ ...draft, tenant: SYSTEM_TENANT }).alert),
       log: (msg, extra) => app.log.error(extra ?? {}, msg),
       run: () => {
         const job = toJob('completion', { model: modelName, prompt: 'def main():\n', max_tokens: 8, temperature: 0, latentwatch: { inject: { concept, layer, scale: 1, window: 'all' } } });
-        const prepared = inference.prepare(job, { role: 'admin', authenticated: true }, 'canary');
+        const prepared = inference.prepare(job, { role: 'admin', authenticated: true, tenant: SYSTEM_TENANT }, 'canary');
         return inference.run(prepared, new AbortController().signal);
       },
     });

@@ -62,6 +62,8 @@ export interface PreparedRequest {
   injection?: Injection;
   injectionInfo?: VerdictBody['injection'];
   conceptWords: string[];
+  /** The requesting key's name (auth.ts): its alerts carry it. */
+  tenant: string;
   /**
    * A canary self-test: its detections are expected, so they raise no alerts and count in no
    * request or detection metric (the canary reports through its own metric and failure alert).
@@ -115,7 +117,7 @@ export class InferenceService {
     if (promptIds.length + maxTokens > engine.contextLength) {
       throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${promptIds.length} prompt tokens + max_tokens ${maxTokens} > context ${engine.contextLength}`, { param: 'max_tokens' });
     }
-    const prepared: PreparedRequest = { job, requestId: randomUUID(), promptIds, maxTokens, conceptWords: [] };
+    const prepared: PreparedRequest = { job, requestId: randomUUID(), promptIds, maxTokens, conceptWords: [], tenant: principal.tenant };
     if (origin === 'canary') prepared.canary = true;
     if (job.inject) this.resolveInjection(prepared, principal);
     return prepared;
@@ -223,6 +225,7 @@ export class InferenceService {
     const monitor = new RequestMonitor({
       requestId: p.requestId,
       model: this.d.modelName,
+      tenant: p.tenant,
       probes: bank.probes.map((probe: Probe) => ({ probe, rule: ruleForProbe(config, probe.id, probe.threshold) })),
       verbalization: config.verbalization,
       conceptWords: p.conceptWords,

@@ -32,6 +32,7 @@ export const NUM_REQUESTS_WAITING = 'latentwatch_num_requests_waiting';
 export const PROBE_SCORE = 'latentwatch_probe_score';
 export const LATENT_DETECTIONS_TOTAL = 'latentwatch_latent_detections_total';
 export const ALERTS_TOTAL = 'latentwatch_alerts_total';
+export const TENANT_ALERTS_TOTAL = 'latentwatch_tenant_alerts_total';
 // Alert delivery.
 export const WEBSOCKET_SUBSCRIBERS = 'latentwatch_websocket_subscribers';
 export const WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL = 'latentwatch_websocket_slow_consumer_disconnects_total';
@@ -90,6 +91,8 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   //               / sum(rate(latentwatch_latent_detections_total[$__rate_interval]))
   family(LATENT_DETECTIONS_TOTAL, 'counter', 'Requests in which a probe fired, by whether the text verbalised it.', ['probe', 'verbalized']),
   family(ALERTS_TOTAL, 'counter', 'Alerts raised (detections and canary failures).', ['probe', 'severity']),
+  // tenant = the API key's name (auth.ts), never the key; bounded by the configured keys.
+  family(TENANT_ALERTS_TOTAL, 'counter', 'Alerts raised, by the tenant (API key name) whose request raised them.', ['tenant']),
   family(WEBSOCKET_SUBSCRIBERS, 'gauge', 'Connected /v1/alerts WebSocket subscribers.'),
   family(WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL, 'counter', 'Subscribers closed with 4008 (slow consumer).'),
   // write failure share: rate(latentwatch_alert_log_failures_total[5m])
@@ -304,6 +307,8 @@ export class DaemonMetrics {
   private readonly probes: LabelGuard;
   private readonly routes: LabelGuard;
   private readonly severities = new LabelGuard(0, SEVERITIES);
+  readonly tenantAlerts: Counter<'tenant'>;
+  private readonly tenants = new LabelGuard(64);
 
   constructor(options: MetricsOptions) {
     const max = options.maxLabelValues ?? 64;
@@ -316,6 +321,7 @@ export class DaemonMetrics {
     this.canary = canaryMetrics(this.registry);
     this.info = infoMetrics(this.registry);
     this.learn = learnMetrics(this.registry);
+    this.tenantAlerts = counter<'tenant'>(this.registry, TENANT_ALERTS_TOTAL);
     this.http = httpMetrics(this.registry);
     this.info.build.set({ version: options.version, node: process.version }, 1);
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
@@ -369,8 +375,9 @@ export class DaemonMetrics {
     this.probe.alerts.inc({ probe, severity: this.severities.value(severity) }, 0);
   }
 
-  recordAlert(alert: { probeId: string; severity: Severity }): void {
+  recordAlert(alert: { probeId: string; severity: Severity; tenant?: string }): void {
     this.probe.alerts.inc({ probe: this.probes.value(alert.probeId), severity: this.severities.value(alert.severity) });
+    if (alert.tenant !== undefined) this.tenantAlerts.inc({ tenant: this.tenants.value(alert.tenant) });
   }
 
   /** At the end of a request, once per probe that fired, with the final verbalization status. */

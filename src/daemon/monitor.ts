@@ -64,6 +64,8 @@ export interface AlertRule {
 export interface MonitorOptions {
   requestId: string;
   model: string;
+  /** Name of the key that made the request (auth.ts); every alert carries it. */
+  tenant?: string;
   probes: readonly { probe: MonitoredProbe; rule: AlertRule }[];
   verbalization: { phrases: readonly string[]; matchConceptWord: boolean };
   /** Concept words of this request (the injected concept, the canary's concept). */
@@ -290,6 +292,7 @@ export class RequestMonitor {
       verbalized,
       kind: 'detection',
     };
+    if (this.opts.tenant !== undefined) d.tenant = this.opts.tenant;
     const excerpt = this.excerpt();
     if (excerpt !== undefined) d.textExcerpt = excerpt;
     return d;

@@ -8,11 +8,12 @@ import { lwError } from '../errors.js';
 import type { AlertHub } from './alert-hub.js';
 import type { AlertLog } from './alert-log.js';
 import { alertRoutes } from './alert-routes.js';
-import { extractToken, type Authenticator } from './auth.js';
-import type { FrozenConfig } from './config.js';
+import type { Authenticator } from './auth.js';
+import { namedApiKeys, type FrozenConfig } from './config.js';
 import { installErrorHandlers, sendHttpError, toHttpError } from './http-errors.js';
 import type { InferenceService } from './inference.js';
 import type { DaemonMetrics } from './metrics.js';
+import { installRequestGuard, principalOf } from './request-guard.js';
 import { redactUrl, SecretScrubber, setProcessSecrets } from './redact.js';
 import { chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
 
@@ -34,7 +35,7 @@ export interface ServerDeps {
 
 /** Keys the daemon knows; none may reach a log line (redact.ts). */
 function configuredSecrets(config: FrozenConfig): string[] {
-  return [...config.apiKeys, ...(config.adminKey === null ? [] : [config.adminKey])];
+  return [...namedApiKeys(config).map((k) => k.key), ...(config.adminKey === null ? [] : [config.adminKey])];
 }
 
 export function buildServer(d: ServerDeps): FastifyInstance {
@@ -60,6 +61,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   });
 
   installErrorHandlers(app);
+  installRequestGuard(app, { auth: d.auth });
   app.addHook('onResponse', async (req, reply) => {
     d.metrics.recordHttp(req.routeOptions.url, reply.statusCode, reply.elapsedTime / 1000);
   });
@@ -80,13 +82,12 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     reply.header('content-type', d.metrics.contentType);
     return d.metrics.text();
   });
-  app.get('/v1/models', async (req) => {
-    d.auth.authenticate(extractToken(req.headers));
+  app.get('/v1/models', { config: { auth: true } }, async () => {
     return { object: 'list', data: [{ id: d.modelName, object: 'model', created: 0, owned_by: 'latentwatch', ...d.modelInfo }] };
   });
 
   const completion = (kind: ApiKind) => async (req: FastifyRequest, reply: FastifyReply) => {
-    const principal = d.auth.authenticate(extractToken(req.headers));
+    const principal = principalOf(req);
     if (!d.ready()) throw lwError('LW_ERR_API_SHUTTING_DOWN');
     const job = toJob(kind, req.body as ChatBody | CompletionBody);
     const prepared = d.inference.prepare(job, principal);
@@ -132,8 +133,8 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     }
     res.end('data: [DONE]\n\n');
   };
-  app.post('/v1/chat/completions', { schema: { body: chatRequestSchema } }, completion('chat'));
-  app.post('/v1/completions', { schema: { body: completionRequestSchema } }, completion('completion'));
+  app.post('/v1/chat/completions', { schema: { body: chatRequestSchema }, config: { auth: true } }, completion('chat'));
+  app.post('/v1/completions', { schema: { body: completionRequestSchema }, config: { auth: true } }, completion('completion'));
 
   void app.register(alertRoutes, { hub: d.hub, log: d.log, auth: d.auth });
   return app;
