@@ -16,7 +16,7 @@ import { readProbeFile, writeProbeFile } from '../probes/probe-file.js';
 import { fprAtThreshold } from '../lab/metrics.js';
 import { writeReport } from '../lab/report.js';
 import { trainProbe, type FitterKind } from '../lab/train.js';
-import { loadTrialConfig, PROTOCOLS, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
+import { loadTrialConfig, PROTOCOLS, readWordList, withHeldOutWords, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
 import { runTrials } from '../lab/trials.js';
 import { DEFAULT_CORPUS } from '../paths.js';
 import { num, parse, progressBar, type Command } from './args.js';
@@ -108,23 +108,30 @@ latentwatch concepts --model DIR --config FILE --out DIR [--precision P] [--cach
 export const trialsCommand: Command = {
   name: 'trials',
   usage: `
-latentwatch trials --model DIR --config FILE --out DIR [--concepts DIR] [--limit N]
+latentwatch trials --model DIR --config FILE --out DIR [--concepts DIR] [--limit N] [--words FILE]
                    [--precision P] [--cache-dir DIR] [--threads N]
   Runs every trial the config plans (protocols × vector families × layers × strengths, and the
   controls) and streams them to DIR: dataset.json, index.jsonl, shards/*.bin, concepts/.
   Re-running with the same config and model skips finished trials; a different config or model
   in DIR is refused (LW_ERR_TRIALS_DATASET_CONFLICT). --concepts uses existing concept vectors
   instead of computing them into DIR/concepts. --limit stops after N new trials.
+  --words FILE (one word per line, or a JSON list; relative to the current directory) tests new
+  concept words without editing the config: they are added to the concept words and are exactly
+  the held-out concepts (used only for evaluation; every configured concept trains).
   Prints {"planned", "skipped", "ran", "seconds", "trialsPerMinute"}.`,
   async run(argv) {
-    const v = parse(argv, { ...engineOptions, concepts: { type: 'string' }, limit: { type: 'string' } }, this.usage);
-    const config = loadTrialConfig(required(v.config, 'config'));
+    const v = parse(argv, { ...engineOptions, concepts: { type: 'string' }, limit: { type: 'string' }, words: { type: 'string' } }, this.usage);
+    const loaded = loadTrialConfig(required(v.config, 'config'));
+    const config = v.words !== undefined ? withHeldOutWords(loaded, readWordList(v.words)) : loaded;
     const outDir = required(v.out, 'out');
     const limit = num(v.limit, 'limit');
     if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) throw lwError('LW_ERR_CLI_USAGE', '--limit must be a non-negative integer');
     const engine = await loadEngine(v);
     try {
       const store = v.concepts !== undefined ? ConceptStore.open(v.concepts, engine.fingerprint) : await conceptVectors(engine, config, join(outDir, 'concepts'));
+      const have = new Set(store.names('concept').map((n) => n.toLowerCase()));
+      const missing = config.vectors.words.concepts.filter((w) => !have.has(w.toLowerCase()));
+      if (missing.length > 0) throw lwError('LW_ERR_CLI_USAGE', `--concepts ${v.concepts} has no vectors for ${missing.join(', ')} (leave --concepts out to compute them)`);
       const summary = await runTrials({ engine, config, store, outDir, limit, progress: progressBar('trials') });
       out(summary);
     } finally {
@@ -204,6 +211,8 @@ function evalTable(e: EvalReport): string {
     `  AUROC ${f(e.auroc)}   TPR@1%FPR ${f(e['tpr_at_fpr_0.01'])}   TPR@5%FPR ${f(e['tpr_at_fpr_0.05'])}   at threshold: TPR ${f(e.tpr)} FPR ${f(e.fpr)}`,
     'controls (fraction flagged at the threshold; AUROC against clean):',
     ...Object.entries(e.controls).map(([k, c]) => `  ${k.padEnd(20)} ${f(c.fpr)}  (n=${c.trials}${c.aurocVsNone === null ? '' : `, AUROC ${f(c.aurocVsNone)}`})`),
+    'per strength, pooled over protocols and injection layers: AUROC / TPR@1%FPR / TPR at threshold',
+    ...e.pooledByStrength.map((b) => `  ×${b.strength}`.padEnd(32) + ` ${f(b.auroc)} / ${f(b['tpr_at_fpr_0.01'])} / ${f(b.tprAtThreshold)}  (n=${b.positives})`),
     'per protocol, injection layer and strength: AUROC / TPR@1%FPR / TPR at threshold',
     ...[...e.cells]
       .sort((a, b) => a.protocol.localeCompare(b.protocol) || a.layer - b.layer || a.strength - b.strength)
@@ -221,7 +230,8 @@ latentwatch eval-probe --probe FILE --data DIR [--json] [--positions watch|after
   Scores the dataset's eval split (concepts never used in training, clean trials, controls). A probe
   made for another model is refused (LW_ERR_PROBE_MODEL_MISMATCH). --json prints auroc,
   tpr_at_fpr_0.01, tpr_at_fpr_0.05, fpr and fpr_on_controls (none, random, unrelated-question,
-  generation-only), per-protocol and per-cell figures.`,
+  generation-only), per-protocol and per-cell figures, per (protocol, strength) (byStrength) and
+  per strength pooled over protocols (pooledByStrength).`,
   async run(argv) {
     const v = parse(argv, { probe: { type: 'string' }, data: { type: 'string' }, json: { type: 'boolean' }, positions: { type: 'string' }, protocols: { type: 'string' }, families: { type: 'string' } }, this.usage);
     const ds = Dataset.open(required(v.data, 'data'));

@@ -183,6 +183,8 @@ export interface EvalReport {
   cells: CellFigures[];
   /** The same pooled over injection layers: one entry per (protocol, strength). */
   byStrength: (Figures & { protocol: Protocol; strength: number; tprAtThreshold: number | null })[];
+  /** The same pooled over protocols too: one entry per strength, against every eval clean trial. */
+  pooledByStrength: (Figures & { strength: number; tprAtThreshold: number | null })[];
   skippedEmpty: number;
 }
 
@@ -224,7 +226,7 @@ export function scoreSplit(cache: TraceCache, split: 'train' | 'eval', layers: r
 const scoresOf = (xs: { score: number }[]) => xs.map((x) => x.score);
 
 /** Evaluation figures of a scored eval split at a deployed threshold. */
-export function summarise(sc: ScoredSplit, threshold: number): Pick<EvalReport, 'positives' | 'negatives' | 'auroc' | 'tpr_at_fpr_0.01' | 'tpr_at_fpr_0.05' | 'tpr' | 'fpr' | 'fpr_on_controls' | 'controls' | 'byProtocol' | 'cells' | 'byStrength' | 'skippedEmpty'> {
+export function summarise(sc: ScoredSplit, threshold: number): Pick<EvalReport, 'positives' | 'negatives' | 'auroc' | 'tpr_at_fpr_0.01' | 'tpr_at_fpr_0.05' | 'tpr' | 'fpr' | 'fpr_on_controls' | 'controls' | 'byProtocol' | 'cells' | 'byStrength' | 'pooledByStrength' | 'skippedEmpty'> {
   const pos = scoresOf(sc.positives);
   const neg = scoresOf(sc.negatives);
   const all = figures(pos, neg);
@@ -261,6 +263,11 @@ export function summarise(sc: ScoredSplit, threshold: number): Pick<EvalReport, 
     const xs = scoresOf(sc.positives.filter((x) => `${x.r.protocol}|${x.r.strength}` === key));
     byStrength.push({ protocol: protocol as Protocol, strength: Number(strength), ...figures(xs, negOf(protocol)), tprAtThreshold: tprAtThreshold(xs, threshold) });
   }
+  const pooledByStrength: EvalReport['pooledByStrength'] = [];
+  for (const strength of [...new Set(sc.positives.flatMap((x) => (x.r.strength === null ? [] : [x.r.strength])))].sort((a, b) => a - b)) {
+    const xs = scoresOf(sc.positives.filter((x) => x.r.strength === strength));
+    pooledByStrength.push({ strength, ...figures(xs, neg), tprAtThreshold: tprAtThreshold(xs, threshold) });
+  }
   return {
     positives: all.positives,
     negatives: all.negatives,
@@ -274,6 +281,7 @@ export function summarise(sc: ScoredSplit, threshold: number): Pick<EvalReport, 
     byProtocol,
     cells,
     byStrength,
+    pooledByStrength,
     skippedEmpty: sc.skipped,
   };
 }

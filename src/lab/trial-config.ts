@@ -349,3 +349,63 @@ export function resolveLayers(spec: 'all' | LayerSpec, numLayers: number, where 
 export function fillTemplate(template: string, key: 'word' | 'filler', value: string): string {
   return template.split(`{${key}_lower}`).join(value.toLowerCase()).split(`{${key}}`).join(value);
 }
+
+/**
+ * A word-list file for `trials --words`: one word per line (blank lines ignored), or a JSON list of
+ * strings. `path` is resolved against the current directory, like any command-line path.
+ */
+export function readWordList(path: string): string[] {
+  const abs = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(abs, 'utf8');
+  } catch (e) {
+    throw lwError('LW_ERR_TRIALS_CONFIG_NOT_FOUND', `word list ${abs}`, { path: abs }, e);
+  }
+  const trimmed = text.trim();
+  let words: unknown;
+  if (trimmed.startsWith('[')) {
+    try {
+      words = JSON.parse(trimmed);
+    } catch (e) {
+      return invalid(abs, '', `not a JSON list of words: ${(e as Error).message}`);
+    }
+    if (!Array.isArray(words) || !words.every((w) => typeof w === 'string')) invalid(abs, '', 'expected a JSON list of strings');
+  } else {
+    words = trimmed.split(/\r?\n/);
+  }
+  const list = (words as string[]).map((w) => w.trim()).filter((w) => w !== '');
+  if (list.length === 0) invalid(abs, '', 'the word list is empty');
+  return list;
+}
+
+/**
+ * The config with `words` added to the concept words (a word already there, in any case, is kept
+ * as spelled in the config) and held out: `split.evalConcepts` becomes exactly these words, so
+ * every other concept trains and each given word is used only for evaluation. Validated again, so
+ * a word that is a baseline word, or given twice, fails as in a config file.
+ */
+export function withHeldOutWords(config: Readonly<TrialConfig>, words: readonly string[], source = 'trial config with --words'): Readonly<TrialConfig> {
+  const c = structuredClone(config) as TrialConfig;
+  const dup = duplicates(words);
+  if (dup.length > 0) invalid(source, '/split/evalConcepts', `duplicate words: ${dup.join(', ')}`);
+  const concepts = [...c.vectors.words.concepts];
+  const held = words.map((w) => {
+    const known = concepts.find((x) => x.toLowerCase() === w.toLowerCase());
+    if (known !== undefined) return known;
+    concepts.push(w);
+    return w;
+  });
+  if (held.length >= concepts.length) invalid(source, '/split/evalConcepts', `holding out all ${concepts.length} concept words leaves none to train on`);
+  const added = concepts.length - c.vectors.words.concepts.length;
+  c.vectors.words = { ...c.vectors.words, concepts };
+  // Families that name their concepts (or take the first N) must still run the added words.
+  c.injection.families = c.injection.families.map((f) => {
+    if ((f.kind !== 'concept' && f.kind !== 'cross-layer') || f.items === 'all') return f;
+    const items = f.items;
+    return { ...f, items: typeof items === 'number' ? items + added : [...items, ...held.filter((w) => !items.includes(w))] };
+  });
+  c.split = { ...c.split, evalConcepts: held };
+  // Resolved configs hold no file references, so the base directory is never read.
+  return resolveTrialConfig(c, process.cwd(), source);
+}
