@@ -58,6 +58,8 @@ export const ERRORS = {
   LW_ERR_AUTH_INVALID_KEY: { status: 401, message: 'invalid API key' },
   LW_ERR_AUTH_ADMIN_REQUIRED: { status: 403, message: 'this operation requires the admin key' },
   LW_ERR_AUTH_INJECTION_DISABLED: { status: 403, message: 'injection is disabled on this daemon' },
+  LW_ERR_AUTH_ORIGIN_FORBIDDEN: { status: 403, message: 'requests from this browser origin are not allowed' },
+  LW_ERR_AUTH_HOST_FORBIDDEN: { status: 403, message: 'this daemon answers only requests addressed to a loopback host' },
   // api: HTTP request handling
   LW_ERR_API_BAD_REQUEST: { status: 400, message: 'invalid request' },
   LW_ERR_API_INVALID_JSON: { status: 400, message: 'request body is not valid JSON' },

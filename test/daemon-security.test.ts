@@ -3,6 +3,7 @@
  * HTTP mismatches, through the real daemon (real sockets, `ws` client, HTTP).
  */
 import { writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -162,5 +163,64 @@ describe('2. tenancy', () => {
     expect(log.since(0, { tenant: 'alice' }).map((a) => a.id)).toEqual([2]);
     expect(log.database.pragma('user_version', { simple: true })).toBe(2);
     log.close();
+  });
+});
+
+/** A raw HTTP GET with any headers (fetch will not send a foreign Host). */
+function rawGet(url: string, headers: Record<string, string>): Promise<{ status: number; body: { error?: { code: string } } }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { headers }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += String(c)));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text ? (JSON.parse(text) as { error?: { code: string } }) : {} }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+function refusedUpgrade(url: string, options: WebSocket.ClientOptions): Promise<{ status: number; code: string }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, options);
+    ws.once('open', () => reject(new Error('upgraded')));
+    ws.once('unexpected-response', (_req, res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += String(c)));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(text) as { error: { code: string } }).error.code }));
+    });
+    ws.once('error', () => undefined);
+  });
+}
+
+describe('3. browsers and DNS rebinding', () => {
+  it('a foreign Origin is refused on the WebSocket upgrade, polling and the API unless allowed', async () => {
+    const d = await start({}, ['--allowed-origin', 'https://ok.example']);
+    const auth = { authorization: `Bearer ${API_KEY}` };
+    expect(await refusedUpgrade(`${d.ws}/v1/alerts`, { headers: auth, origin: 'https://evil.example' })).toEqual({ status: 403, code: 'LW_ERR_AUTH_ORIGIN_FORBIDDEN' });
+    const polled = await rawGet(`${d.url}/v1/alerts?since=0`, { ...auth, origin: 'https://evil.example' });
+    expect([polled.status, polled.body.error?.code]).toEqual([403, 'LW_ERR_AUTH_ORIGIN_FORBIDDEN']);
+    expect((await rawGet(`${d.url}/v1/models`, { ...auth, origin: 'null' })).status).toBe(403);
+    // Allowed, or no Origin at all (not a browser): served.
+    (await openWs(`${d.ws}/v1/alerts`, { headers: auth, origin: 'https://ok.example' })).close();
+    expect((await rawGet(`${d.url}/v1/alerts?since=0`, { ...auth, origin: 'https://ok.example' })).status).toBe(200);
+    expect((await rawGet(`${d.url}/v1/alerts?since=0`, auth)).status).toBe(200);
+    // /metrics and health are not the API: no Origin check.
+    expect((await rawGet(`${d.url}/healthz`, { origin: 'https://evil.example' })).status).toBe(200);
+  });
+
+  it('a key-less daemon answers only loopback Host headers, on every route and the upgrade', async () => {
+    const d = await start({ LATENTWATCH_API_KEY: '' });
+    const port = new URL(d.url).port;
+    for (const host of ['evil.example', `evil.example:${port}`, `127.0.0.2:${port}`, `localhost:${Number(port) + 1}`]) {
+      for (const path of ['/healthz', '/metrics', '/v1/models', '/v1/alerts?since=0', '/nope']) {
+        const r = await rawGet(`${d.url}${path}`, { host });
+        expect([host, path, r.status, r.body.error?.code]).toEqual([host, path, 403, 'LW_ERR_AUTH_HOST_FORBIDDEN']);
+      }
+    }
+    expect(await refusedUpgrade(`${d.ws}/v1/alerts`, { headers: { host: `evil.example:${port}` } })).toEqual({ status: 403, code: 'LW_ERR_AUTH_HOST_FORBIDDEN' });
+    for (const host of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'localhost', 'LOCALHOST']) {
+      expect([host, (await rawGet(`${d.url}/v1/models`, { host })).status]).toEqual([host, 200]);
+    }
+    (await openWs(`${d.ws}/v1/alerts`)).close();
   });
 });

@@ -38,10 +38,10 @@
  *
  * Close codes: 4008 slow consumer; 1001 daemon shutting down; 1011 the log cannot be read for a
  * replay. Before the upgrade, failures are HTTP answers with OpenAI error bodies: 401
- * (missing/invalid key), 400 (bad query), 409 (cursor ahead of this log: it comes from another
+ * (missing/invalid key), 403 (foreign Origin or Host: request-guard.ts), 400 (bad query), 409 (cursor ahead of this log: it comes from another
  * replica's log or a deleted one; resume from 0), 503 (shutting down).
  */
-import type { IncomingMessage, Server } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { lwError } from '../errors.js';
@@ -107,6 +107,7 @@ export class AlertHub {
   private heartbeat: NodeJS.Timeout | undefined;
   private counters = { slowConsumerDisconnects: 0, heartbeatTimeouts: 0 };
   private closed = false;
+  private check: ((headers: IncomingHttpHeaders) => void) | undefined;
 
   constructor(options: AlertHubOptions) {
     this.log = options.log;
@@ -157,8 +158,9 @@ export class AlertHub {
     }
   }
 
-  /** Handle upgrades for /v1/alerts on this server (fastify: `app.server`). */
-  attach(server: Server): void {
+  /** Handle upgrades for /v1/alerts on this server (fastify: `app.server`); `check` refuses foreign Origins and Hosts (request-guard.ts). */
+  attach(server: Server, check?: (headers: IncomingHttpHeaders) => void): void {
+    this.check = check;
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       const url = new URL(req.url ?? '/', 'http://localhost');
       if (url.pathname !== ALERTS_PATH) {
@@ -195,6 +197,7 @@ export class AlertHub {
     let query: AlertQuery;
     try {
       if (this.closed) throw lwError('LW_ERR_API_SHUTTING_DOWN');
+      this.check?.(req.headers);
       const principal = this.auth.authenticate(extractToken(req.headers, url.searchParams.get('token')));
       query = parseAlertQuery((name) => url.searchParams.getAll(name));
       scopeToTenant(query, this.auth, principal);

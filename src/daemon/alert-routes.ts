@@ -4,6 +4,7 @@
  * as `since`); and the hub's WebSocket upgrade on the same path, closed with the server.
  * It sets no error handler: its errors go through the root one (http-errors.ts), which logs 5xx.
  */
+import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { ALERTS_PATH, type AlertHub } from './alert-hub.js';
 import type { AlertLog } from './alert-log.js';
@@ -15,10 +16,12 @@ export interface AlertRoutesOptions {
   hub: AlertHub;
   log: AlertLog;
   auth: Authenticator;
+  /** Host and Origin checks for the WebSocket upgrade (request-guard.ts `checkHeaders`; fastify's hooks do not see upgrades). */
+  checkHeaders?: (headers: IncomingHttpHeaders) => void;
 }
 
 export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: FastifyInstance, opts: AlertRoutesOptions) => {
-  opts.hub.attach(app.server);
+  opts.hub.attach(app.server, opts.checkHeaders);
   // preClose, not onClose: open WebSocket connections would keep the HTTP server from closing.
   app.addHook('preClose', async () => {
     await opts.hub.close();

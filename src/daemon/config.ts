@@ -103,6 +103,12 @@ export const CONFIG_SCHEMA = closedObject(
     apiKeys: Type.Array(Type.Union([API_KEY, closedObject({ name: Type.String({ pattern: TENANT_NAME }), key: API_KEY })])),
     /** Admin key for injection and admin routes; null = no admin access. */
     adminKey: nullable(Type.String({ pattern: '^\\S+$' })),
+    /**
+     * Browser origins (`https://app.example.com`; `*` = any) allowed to call the API and open the
+     * /v1/alerts WebSocket. A request with any other Origin header gets a 403 (a page on another
+     * site must not drive the daemon through a user's browser). Empty by default.
+     */
+    allowedOrigins: Type.Array(Type.String({ minLength: 1, maxLength: 2048 })),
     /** Honour admin injection requests (`LATENTWATCH_ALLOW_INJECTION=1`). */
     allowInjection: Type.Boolean(),
     logLevel: Type.Enum(LOG_LEVELS),
@@ -208,6 +214,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   port: 8000,
   apiKeys: [],
   adminKey: null,
+  allowedOrigins: [],
   allowInjection: false,
   logLevel: 'info',
   limits: { bodyLimitBytes: 1_048_576, maxTokens: 4096, maxConcurrent: 4, maxQueue: 64 },
@@ -250,6 +257,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_API_KEYS: { pointer: '/apiKeys', kind: 'namedList' },
   LATENTWATCH_ADMIN_KEY: { pointer: '/adminKey', kind: 'string' },
   LATENTWATCH_ALLOW_INJECTION: { pointer: '/allowInjection', kind: 'bool' },
+  LATENTWATCH_ALLOWED_ORIGINS: { pointer: '/allowedOrigins', kind: 'list' },
   LATENTWATCH_LOG_LEVEL: { pointer: '/logLevel', kind: 'string' },
   LATENTWATCH_BODY_LIMIT: { pointer: '/limits/bodyLimitBytes', kind: 'int' },
   LATENTWATCH_MAX_TOKENS: { pointer: '/limits/maxTokens', kind: 'int' },
@@ -282,6 +290,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     host: { pointer: '/host', kind: 'string', help: 'listen address (127.0.0.1 unless an API key is set)' },
     port: { pointer: '/port', kind: 'int', help: 'listen port' },
     'allow-injection': { pointer: '/allowInjection', kind: 'bool', help: 'honour admin injection requests' },
+    'allowed-origin': { pointer: '/allowedOrigins', kind: 'string', repeat: true, help: 'browser Origin allowed to use the API and /v1/alerts (repeatable; * = any)' },
     'log-level': { pointer: '/logLevel', kind: 'string', help: LOG_LEVELS.join('|') },
     'body-limit': { pointer: '/limits/bodyLimitBytes', kind: 'int', help: 'request body limit in bytes' },
     'max-tokens': { pointer: '/limits/maxTokens', kind: 'int', help: 'largest max_tokens accepted' },

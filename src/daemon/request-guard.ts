@@ -6,8 +6,19 @@
  * Routes opt in with `config: { auth: true }` (the token from `Authorization: Bearer`) or
  * `config: { auth: 'query' }` (also `?token=`, for /v1/alerts). The principal is kept for the
  * handler (`principalOf`), and the request's logger gains the tenant (the key's name, never the key).
+ *
+ * Browsers (`checkHeaders`, also run on the /v1/alerts WebSocket upgrade):
+ *   - Origin: a request to the API carrying an Origin header not in `allowedOrigins` is refused
+ *     (403 LW_ERR_AUTH_ORIGIN_FORBIDDEN): a page on another site must not use the daemon through
+ *     a visitor's browser (WebSockets are not covered by CORS; a `text/plain` POST needs no preflight).
+ *   - Host: a key-less daemon (loopback only, config.ts) answers only requests addressed to
+ *     localhost, 127.0.0.1 or [::1] (optionally with its port), on every route (403
+ *     LW_ERR_AUTH_HOST_FORBIDDEN). DNS rebinding points a foreign name at 127.0.0.1; the Host header
+ *     still carries the foreign name.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { IncomingHttpHeaders } from 'node:http';
+import { lwError } from '../errors.js';
 import { extractToken, type Authenticator, type Principal } from './auth.js';
 
 export type RouteAuth = true | 'query';
@@ -41,11 +52,35 @@ function authenticateRequest(req: FastifyRequest, auth: Authenticator, mode: Rou
 
 export interface GuardOptions {
   auth: Authenticator;
+  allowedOrigins: readonly string[];
+  /** The port the server listens on (Host checks), once known. */
+  port: () => number | undefined;
+}
+
+const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
+
+/** Host and Origin checks (see the module comment); `api`: the route is part of the API (Origin applies). Throws 403s. */
+export function checkHeaders(headers: IncomingHttpHeaders, o: GuardOptions, api: boolean): void {
+  if (o.auth.open) {
+    const host = (headers.host ?? '').toLowerCase();
+    const m = /^(localhost|127\.0\.0\.1|\[::1\])(?::(\d{1,5}))?$/.exec(host);
+    const port = o.port();
+    if (!m || !LOOPBACK_NAMES.includes(m[1]) || (m[2] !== undefined && port !== undefined && Number(m[2]) !== port)) {
+      throw lwError('LW_ERR_AUTH_HOST_FORBIDDEN', `Host ${JSON.stringify(host.slice(0, 100))}; use http://127.0.0.1${port === undefined ? '' : `:${port}`}`);
+    }
+  }
+  const origin = headers.origin;
+  if (api && origin !== undefined) {
+    const normal = origin.trim().replace(/\/+$/, '').toLowerCase();
+    const allowed = o.allowedOrigins.some((a) => a === '*' || a.trim().replace(/\/+$/, '').toLowerCase() === normal);
+    if (!allowed) throw lwError('LW_ERR_AUTH_ORIGIN_FORBIDDEN', `Origin ${JSON.stringify(origin.slice(0, 200))} (allow it with --allowed-origin or allowedOrigins)`);
+  }
 }
 
 export function installRequestGuard(app: FastifyInstance, o: GuardOptions): void {
   app.addHook('onRequest', async (req, reply) => {
     const mode = req.routeOptions.config?.auth;
+    checkHeaders(req.headers, o, mode !== undefined);
     if (mode === undefined) return;
     const principal = authenticateRequest(req, o.auth, mode);
     // Every later line of this request (errors, "request completed") names its tenant.

@@ -13,7 +13,7 @@ import { namedApiKeys, type FrozenConfig } from './config.js';
 import { installErrorHandlers, sendHttpError, toHttpError } from './http-errors.js';
 import type { InferenceService } from './inference.js';
 import type { DaemonMetrics } from './metrics.js';
-import { installRequestGuard, principalOf } from './request-guard.js';
+import { checkHeaders, installRequestGuard, principalOf, type GuardOptions } from './request-guard.js';
 import { redactUrl, SecretScrubber, setProcessSecrets } from './redact.js';
 import { chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
 
@@ -61,7 +61,15 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   });
 
   installErrorHandlers(app);
-  installRequestGuard(app, { auth: d.auth });
+  const guard: GuardOptions = {
+    auth: d.auth,
+    allowedOrigins: d.config.allowedOrigins,
+    port: () => {
+      const a = app.server.address();
+      return typeof a === 'object' && a !== null ? a.port : undefined;
+    },
+  };
+  installRequestGuard(app, guard);
   app.addHook('onResponse', async (req, reply) => {
     d.metrics.recordHttp(req.routeOptions.url, reply.statusCode, reply.elapsedTime / 1000);
   });
@@ -136,6 +144,6 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   app.post('/v1/chat/completions', { schema: { body: chatRequestSchema }, config: { auth: true } }, completion('chat'));
   app.post('/v1/completions', { schema: { body: completionRequestSchema }, config: { auth: true } }, completion('completion'));
 
-  void app.register(alertRoutes, { hub: d.hub, log: d.log, auth: d.auth });
+  void app.register(alertRoutes, { hub: d.hub, log: d.log, auth: d.auth, checkHeaders: (h) => checkHeaders(h, guard, true) });
   return app;
 }
