@@ -109,6 +109,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   metrics.bindAlertHub(hub);
   const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
+  inference.warm();
   let accepting = true;
   const app = buildServer({
     config,

@@ -17,6 +17,7 @@ import { ruleForProbe, type FrozenConfig } from './config.js';
 import type { DaemonMetrics } from './metrics.js';
 import { RequestMonitor, type RequestVerdict } from './monitor.js';
 import { generateOptions, usage, type FinishReason, type Job, type Usage } from './openai.js';
+import { maxTokenBytes, promptCharsAtLeast } from './prompt-bound.js';
 import { startRequestSpan } from './tracing.js';
 import type { LearnTap } from './learning.js';
 
@@ -75,11 +76,19 @@ export class InferenceService {
   private running = 0;
   private readonly waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private draining = false;
+  /** Longest token in UTF-8 bytes (prompt-bound.ts); computed on the first request or by `warm()`. */
+  private maxTokenBytes: number | undefined;
 
   constructor(private readonly d: InferenceDeps) {}
 
   get load(): { running: number; waiting: number } {
     return { running: this.running, waiting: this.waiters.length };
+  }
+
+  /** Work done once before serving (the prompt bound's vocabulary scan), so no request pays for it. */
+  warm(): void {
+    const tok = this.d.engine.tokenizer;
+    if (tok) this.maxTokenBytes ??= maxTokenBytes(tok, this.d.engine.config.vocabSize);
   }
 
   /** Stop admitting; queued requests are refused with 503. */
@@ -95,6 +104,13 @@ export class InferenceService {
     if (job.model !== this.d.modelName) throw lwError('LW_ERR_API_MODEL_NOT_FOUND', `${job.model} (this daemon serves ${this.d.modelName})`, { param: 'model' });
     const tok = engine.tokenizer;
     if (!tok) throw lwError('LW_ERR_TOKENIZER_NOT_FOUND', 'the served model has no tokenizer');
+    const promptParam = job.kind === 'chat' ? 'messages' : 'prompt';
+    // Refuse a prompt too long for the context by its length, before tokenising it on the event loop (prompt-bound.ts).
+    this.maxTokenBytes ??= maxTokenBytes(tok, engine.config.vocabSize);
+    const chars = promptCharsAtLeast(job);
+    if (chars > engine.contextLength * this.maxTokenBytes) {
+      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `the prompt has ${chars} characters, more than ${engine.contextLength} tokens of at most ${this.maxTokenBytes} bytes each (the context holds ${engine.contextLength})`, { param: promptParam });
+    }
     let promptIds: number[];
     if (job.kind === 'chat') {
       promptIds = tok.encodeChat(job.messages ?? [], { addGenerationPrompt: true });
@@ -108,7 +124,7 @@ export class InferenceService {
     if (promptIds.length === 0) throw lwError('LW_ERR_API_BAD_REQUEST', 'the prompt encodes to no tokens', { param: 'prompt' });
     const room = engine.contextLength - promptIds.length;
     if (room < 1) {
-      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `the prompt has ${promptIds.length} tokens; the context holds ${engine.contextLength}`, { param: 'messages' });
+      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `the prompt has ${promptIds.length} tokens; the context holds ${engine.contextLength}`, { param: promptParam });
     }
     if (job.maxTokens !== undefined && job.maxTokens > config.limits.maxTokens) {
       throw lwError('LW_ERR_API_MAX_TOKENS', `max_tokens ${job.maxTokens} > ${config.limits.maxTokens}`, { param: 'max_tokens' });

@@ -33,6 +33,9 @@ export interface ServerDeps {
   logStream?: Pick<NodeJS.WritableStream, 'write'>;
 }
 
+/** Body limit of every route but the completions (which take limits.bodyLimitBytes). */
+export const SMALL_BODY_LIMIT = 64 * 1024;
+
 /** Keys the daemon knows; none may reach a log line (redact.ts). */
 function configuredSecrets(config: FrozenConfig): string[] {
   return [...namedApiKeys(config).map((k) => k.key), ...(config.adminKey === null ? [] : [config.adminKey])];
@@ -54,7 +57,8 @@ export function buildServer(d: ServerDeps): FastifyInstance {
               req: (req: FastifyRequest) => ({ method: req.method, url: redactUrl(req.url), host: req.host, remoteAddress: req.ip, remotePort: req.socket?.remotePort }),
             },
           },
-    bodyLimit: d.config.limits.bodyLimitBytes,
+    // Only the completion routes take large bodies (their own bodyLimit below); every other route gets this.
+    bodyLimit: Math.min(d.config.limits.bodyLimitBytes, SMALL_BODY_LIMIT),
     // Streams are long-lived; request timeouts are the client's business.
     requestTimeout: 0,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
@@ -141,8 +145,9 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     }
     res.end('data: [DONE]\n\n');
   };
-  app.post('/v1/chat/completions', { schema: { body: chatRequestSchema }, config: { auth: true } }, completion('chat'));
-  app.post('/v1/completions', { schema: { body: completionRequestSchema }, config: { auth: true } }, completion('completion'));
+  const bodyLimit = d.config.limits.bodyLimitBytes;
+  app.post('/v1/chat/completions', { schema: { body: chatRequestSchema }, config: { auth: true }, bodyLimit }, completion('chat'));
+  app.post('/v1/completions', { schema: { body: completionRequestSchema }, config: { auth: true }, bodyLimit }, completion('completion'));
 
   void app.register(alertRoutes, { hub: d.hub, log: d.log, auth: d.auth, checkHeaders: (h) => checkHeaders(h, guard, true) });
   return app;
