@@ -14,7 +14,7 @@
  * loading, graph build, HTTP) is the real thing.
  */
 import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, tempDir, waitUntil } from './helpers.js';
@@ -95,6 +95,8 @@ beforeAll(() => {
 
 afterAll(() => {
   for (const c of children) if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(-c.pid, 'SIGKILL');
+  // The copy, the tarball and the installed tree come to about 570 MB per run.
+  if (work) rmSync(work, { recursive: true, force: true });
 });
 
 describe('npm pack', () => {
