@@ -74,6 +74,9 @@ export const ERRORS = {
   LW_ERR_API_INTERNAL: { status: 500, message: 'internal server error' },
   LW_ERR_API_SHUTTING_DOWN: { status: 503, message: 'the daemon is shutting down' },
   LW_ERR_API_NOT_READY: { status: 503, message: 'the daemon is not ready' },
+  // serve: starting the daemon (src/daemon/daemon.ts)
+  LW_ERR_SERVE_PORT_IN_USE: { status: 500, message: 'the listen address is already in use' },
+  LW_ERR_SERVE_LISTEN: { status: 500, message: 'the daemon cannot listen on the configured address' },
   // alert: alert log and alert delivery (src/daemon/alert-log.ts, alert-hub.ts)
   LW_ERR_ALERT_LOG_OPEN: { status: 500, message: 'alert log cannot be opened' },
   LW_ERR_ALERT_LOG_WRITE: { status: 500, message: 'alert log write failed; the alert is kept in memory until the log recovers' },

@@ -2,6 +2,7 @@
  * Issue 13: keys in logs, tenancy, origins and hosts, slow prompts, signals, slow consumers and
  * HTTP mismatches, through the real daemon (real sockets, `ws` client, HTTP).
  */
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
@@ -11,7 +12,9 @@ import WebSocket from 'ws';
 import { AlertLog, type Alert } from '../src/daemon/alert-log.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
-import { ADMIN_KEY, API_KEY, trainTestProbe, type TestProbe } from './daemon-fixture.js';
+import { ADMIN_KEY, API_KEY, spawnServe, trainTestProbe, type TestProbe } from './daemon-fixture.js';
+
+const BIN = new URL('../bin/latentwatch.js', import.meta.url).pathname;
 import { CODE16M, tempDir, waitUntil } from './helpers.js';
 
 let probe: TestProbe;
@@ -262,5 +265,53 @@ describe('4. one user cannot stall everyone', () => {
     // With a key, the same bodies get their own errors.
     expect((await post('{not json', API_KEY)).status).toBe(400);
     expect((await post(JSON.stringify({ prompt: 'x'.repeat(10_000) }), API_KEY)).status).toBe(413);
+  });
+});
+
+describe('9. signals and start-up', () => {
+  it('SIGHUP does not stop the daemon; a port in use is a coded error without a stack', async () => {
+    const a = await spawnServe(['--model', CODE16M, '--probe', probe.path, '--alert-log', join(tempDir('lw-sec-hup-'), 'alerts.db')], { LATENTWATCH_HOST: '127.0.0.1' });
+    try {
+      a.child.kill('SIGHUP');
+      await waitUntil(() => a.log().includes('SIGHUP ignored'), { timeoutMs: 10_000, what: 'the SIGHUP log line', detail: a.log });
+      expect(a.child.exitCode).toBeNull();
+      expect((await fetch(`${a.url}/readyz`)).status).toBe(200);
+      const b = spawn(process.execPath, [BIN, 'serve', '--model', CODE16M, '--probe', probe.path, '--port', String(a.port), '--alert-log', join(tempDir('lw-sec-busy-'), 'alerts.db')], {
+        env: { ...process.env, LATENTWATCH_HOST: '127.0.0.1' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      b.stdout.on('data', (c: Buffer) => (out += String(c)));
+      b.stderr.on('data', (c: Buffer) => (out += String(c)));
+      const code = await new Promise<number | null>((resolve) => b.once('exit', (c) => resolve(c)));
+      expect(code).toBe(1);
+      expect(out).toContain('LW_ERR_SERVE_PORT_IN_USE');
+      expect(out).not.toMatch(/\n\s+at /); // no stack trace
+    } finally {
+      a.child.kill('SIGTERM');
+      await new Promise((resolve) => (a.child.exitCode !== null ? resolve(null) : a.child.once('exit', resolve)));
+    }
+    expect(a.child.exitCode).toBe(0);
+  });
+
+  it('requests refused while draining are logged at info without a stack', async () => {
+    const d = await start({}, ['--shutdown-deadline', '5']);
+    daemons.pop(); // closed here
+    const running = complete(d.url, API_KEY, { max_tokens: 600, temperature: 0 });
+    await new Promise((r) => setTimeout(r, 200));
+    const closing = d.daemon.close();
+    const refused = await complete(d.url, API_KEY);
+    expect(refused.status).toBe(503);
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('LW_ERR_API_SHUTTING_DOWN');
+    await running;
+    await closing;
+    const lines = d.logs().split('\n').filter((l) => l.includes('LW_ERR_API_SHUTTING_DOWN'));
+    expect(lines.length).toBeGreaterThan(0);
+    for (const l of lines) {
+      const rec = JSON.parse(l) as { level: number; err?: unknown };
+      expect(rec.level).toBeLessThanOrEqual(40);
+      expect(rec.err).toBeUndefined();
+      expect(l).not.toContain('"stack"');
+    }
   });
 });

@@ -34,6 +34,8 @@ ${Object.entries(FLAGS)
           .finally(resolve);
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
+      // SIGHUP (a closed terminal, a reload habit) would otherwise kill the daemon mid-stream; it reloads nothing, so it is ignored.
+      process.on('SIGHUP', () => daemon.app.log.warn('SIGHUP ignored: the daemon does not reload its configuration (SIGTERM drains and stops it)'));
       process.once('SIGINT', () => stop('SIGINT'));
     });
   },

@@ -14,6 +14,7 @@ import { ConceptStore } from '../probes/concept-store.js';
 import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
+import { lwError } from '../errors.js';
 import { Authenticator, SYSTEM_TENANT } from './auth.js';
 import { Canary } from './canary.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
@@ -163,7 +164,19 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     if (!engine.ports.has(residPost(layer))) throw new Error(`canary layer ${layer} has no injection port`);
   }
 
-  await app.listen({ host: config.host, port: config.port });
+  try {
+    await app.listen({ host: config.host, port: config.port });
+  } catch (e) {
+    // A taken or unusable address is the operator's to fix: a coded error, not a stack; release what start-up opened.
+    await app.close().catch(() => undefined);
+    stopMaintenance();
+    log.close();
+    await engine.close();
+    const code = (e as { code?: unknown }).code;
+    if (code === 'EADDRINUSE') throw lwError('LW_ERR_SERVE_PORT_IN_USE', `${config.host}:${config.port} (another process listens there; pick another --port)`, { host: config.host, port: config.port });
+    if (typeof code === 'string') throw lwError('LW_ERR_SERVE_LISTEN', `${config.host}:${config.port}: ${code}`, { host: config.host, port: config.port, code }, e);
+    throw e;
+  }
   const addr = app.server.address();
   const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : `http://${config.host}:${config.port}`;
   canary?.start(config.canary.intervalSeconds);

@@ -92,13 +92,19 @@ export function sendHttpError(reply: FastifyReply, err: unknown): FastifyReply {
   return reply.code(h.status).headers(h.headers).send(h.body);
 }
 
+/** 5xx codes that are the daemon's state (draining, not ready), logged at info without a stack. */
+const REFUSALS: ReadonlySet<string> = new Set<ErrorCode>(['LW_ERR_API_SHUTTING_DOWN', 'LW_ERR_API_NOT_READY']);
+
 /**
  * The root error and not-found handlers. Set on the root instance only: fastify gives a plugin's
  * routes the root handler unless the plugin sets its own, which would bypass the 5xx log.
  */
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err, req, reply) => {
-    if (toHttpError(err).status >= 500) req.log.error({ err }, 'request failed');
+    const h = toHttpError(err);
+    // Refusals while starting or draining are expected, not failures: one info line, no stack.
+    if (REFUSALS.has(h.body.error.code)) req.log.info({ code: h.body.error.code }, 'request refused');
+    else if (h.status >= 500) req.log.error({ err }, 'request failed');
     return sendHttpError(reply, err);
   });
   app.setNotFoundHandler((req, reply) => sendHttpError(reply, lwError('LW_ERR_API_NOT_FOUND', `${req.method} ${req.url.split('?')[0]}`)));
