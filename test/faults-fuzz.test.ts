@@ -80,9 +80,9 @@ const validCommon = {
   stream: fc.oneof(fc.boolean(), fc.constant(null)),
   stream_options: fc.oneof(fc.record({ include_usage: fc.boolean() }, { requiredKeys: [] }), fc.constant(null)),
   user: text,
-  frequency_penalty: fc.oneof(fc.double({ noNaN: true, noDefaultInfinity: true }), fc.constant(null)),
-  presence_penalty: fc.oneof(fc.double({ noNaN: true, noDefaultInfinity: true }), fc.constant(null)),
-  logprobs: fc.oneof(fc.boolean(), fc.constant(null)),
+  // OpenAI's range [-2, 2] (values outside it are the mutated bodies' business).
+  frequency_penalty: fc.oneof(fc.double({ min: -2, max: 2, noNaN: true }), fc.constantFrom(-2, 0, 2, null)),
+  presence_penalty: fc.oneof(fc.double({ min: -2, max: 2, noNaN: true }), fc.constantFrom(-2, 0, 2, null)),
   latentwatch: fc.record({ inject: injectArb }, { requiredKeys: ['inject'] }),
 };
 
@@ -91,6 +91,8 @@ const completionBody = fc.record(
     ...validCommon,
     prompt: fc.oneof(text, fc.array(fc.integer({ min: 0, max: 8191 }), { minLength: 1, maxLength: 20 }), fc.array(text, { minLength: 1, maxLength: 1 })),
     echo: fc.boolean(),
+    // Completions take the legacy form: how many alternatives per token (0–5).
+    logprobs: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.constant(null)),
   },
   { requiredKeys: ['model', 'prompt'] },
 );
@@ -98,12 +100,16 @@ const completionBody = fc.record(
 const message = fc.record(
   {
     role: fc.constantFrom('system', 'developer', 'user', 'assistant', 'tool'),
-    content: fc.oneof(text, fc.constant(null), fc.array(fc.record({ type: fc.oneof(fc.constantFrom('text', 'image_url'), text), text }, { requiredKeys: ['type'] }), { maxLength: 3 })),
+    // Mostly text parts (image parts are refused with a coded 400, which the mutated bodies cover).
+    content: fc.oneof(text, fc.constant(null), fc.array(fc.record({ type: fc.oneof({ weight: 4, arbitrary: fc.constant('text') }, { weight: 1, arbitrary: fc.oneof(fc.constant('image_url'), text) }), text }, { requiredKeys: ['type'] }), { maxLength: 3 })),
     name: text,
   },
   { requiredKeys: ['role'] },
 );
-const chatBody = fc.record({ ...validCommon, messages: fc.array(message, { minLength: 1, maxLength: 4 }) }, { requiredKeys: ['model', 'messages'] });
+const chatBody = fc.record(
+  { ...validCommon, messages: fc.array(message, { minLength: 1, maxLength: 4 }), logprobs: fc.oneof(fc.boolean(), fc.constant(null)), top_logprobs: fc.integer({ min: 0, max: 20 }) },
+  { requiredKeys: ['model', 'messages'] },
+);
 
 /** A valid body with one key (known or not; top level or inside latentwatch.inject) set to anything. */
 const mutated = (valid: fc.Arbitrary<Record<string, unknown>>, keys: readonly string[]) =>
