@@ -252,13 +252,14 @@ describe('alert hub', () => {
   });
 
   it('sends heartbeats (JSON + ping) and drops a client that stops answering pings', async () => {
-    const s = await startServer('heartbeat', { heartbeatIntervalMs: 60 });
+    const s = await startServer('heartbeat', { heartbeatIntervalMs: 60, closeGraceMs: 100 });
     const live = await opened(client(`${s.ws}?token=user-key`));
     const mute = await opened(client(`${s.ws}?token=user-key`));
     mute.ws.pause(); // stops reading: no pongs
     await until(() => live.heartbeats >= 3 && live.pings >= 3, 'heartbeats');
     await until(() => s.hub.stats().heartbeatTimeouts === 1, 'mute client dropped');
-    expect(s.hub.subscriberCount).toBe(1);
+    expect(s.hub.stats().dropped).toEqual({ buffer: 0, pong_timeout: 1, replay_stall: 0 }); // closed with 4008, then terminated after the grace
+    await until(() => s.hub.subscriberCount === 1, 'mute client gone');
     mute.ws.terminate();
     live.ws.close();
   });

@@ -315,3 +315,27 @@ describe('9. signals and start-up', () => {
     }
   });
 });
+
+describe('10. slow consumers', () => {
+  it('a subscriber that stops reading is closed with 4008 after the pong timeout and counted by reason; connects and disconnects are logged without the key', async () => {
+    const cfg = join(tempDir('lw-sec-ws-'), 'config.json');
+    writeFileSync(cfg, JSON.stringify({ websocket: { pongTimeoutSeconds: 0.4 } }));
+    const d = await start({}, ['--config', cfg]);
+    const stalled = await openWs(`${d.ws}/v1/alerts?token=${API_KEY}`);
+    const healthy = await openWs(`${d.ws}/v1/alerts`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+    const code = closed(stalled);
+    (stalled as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause(); // stops reading: no pong
+    await waitUntil(() => d.daemon.hub.stats().dropped.pong_timeout === 1, { timeoutMs: 5000, what: 'the stalled reader to be dropped' });
+    (stalled as unknown as { _socket: { resume(): void } })._socket.resume();
+    expect(await code).toBe(4008);
+    await new Promise((r) => setTimeout(r, 1000)); // the healthy one keeps answering pings
+    expect(healthy.readyState).toBe(WebSocket.OPEN);
+    expect(d.daemon.hub.stats().dropped).toEqual({ buffer: 0, pong_timeout: 1, replay_stall: 0 });
+    const metrics = await (await fetch(`${d.url}/metrics`)).text();
+    expect(metrics).toContain('latentwatch_alert_subscribers_dropped_total{reason="pong_timeout"} 1');
+    healthy.close();
+    await waitUntil(() => (d.logs().match(/alert subscriber disconnected/g) ?? []).length === 2, { timeoutMs: 5000, what: 'two disconnect lines' });
+    expect(d.logs()).toContain('alert subscriber connected');
+    expect(d.logs()).not.toContain(API_KEY);
+  });
+});

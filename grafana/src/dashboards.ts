@@ -14,6 +14,8 @@ import { PromQueryFormat } from '@grafana/grafana-foundation-sdk/prometheus';
 import * as table from '@grafana/grafana-foundation-sdk/table';
 import {
   ALERTS_TOTAL,
+  ALERT_SUBSCRIBERS_DROPPED_TOTAL,
+  TENANT_ALERTS_TOTAL,
   ALERT_LOG_DROPPED_TOTAL,
   ALERT_LOG_FAILURES_TOTAL,
   ALERT_LOG_PENDING,
@@ -443,8 +445,16 @@ export function alertDelivery(): dashboard.DashboardBuilder {
     )
     .add(
       stackedBars('Slow-consumer disconnects', 'Subscribers closed with 4008 (slow consumer) per second, per replica.', 'short') //
-        .targets([query(`sum by (instance) (rate(${WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL}{${I}}[${RATE}]))`, '{{instance}}')]),
+        .targets([
+          query(`sum by (instance) (rate(${WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL}{${I}}[${RATE}]))`, '{{instance}}', 'A'),
+          query(`sum by (reason) (rate(${ALERT_SUBSCRIBERS_DROPPED_TOTAL}{${I}}[${RATE}]))`, 'all replicas: {{reason}}', 'B'),
+        ]),
       12,
+    )
+    .add(
+      stackedBars('Alerts by tenant', 'Alerts raised per second, by the tenant (API key name) whose request raised them.', 'short') //
+        .targets([query(`sum by (tenant) (rate(${TENANT_ALERTS_TOTAL}{${I}}[${RATE}]))`, '{{tenant}}')]),
+      24,
     );
 
   g.row('Alert log')

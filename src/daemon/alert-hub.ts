@@ -49,6 +49,7 @@ import { matchesFilter, type Alert, type AlertDraft, type AlertFilter, type Aler
 import { checkCursor, parseAlertQuery, scopeToTenant, type AlertQuery } from './alert-query.js';
 import { extractToken, type Authenticator } from './auth.js';
 import { rejectUpgrade } from './http-errors.js';
+import { redactUrl } from './redact.js';
 
 export const ALERTS_PATH = '/v1/alerts';
 /** Close code for a client whose buffer exceeded its bound (4000–4999: application codes). */
@@ -68,12 +69,21 @@ export interface AlertHubOptions {
   stallTimeoutMs?: number;
   /** After a 4008 close, terminate if the close handshake has not finished (default 5 s). */
   closeGraceMs?: number;
+  /** A client that has not answered a ping this long is a stalled reader: closed with 4008 (default 10 s). */
+  pongTimeoutMs?: number;
 }
+
+/** Why a subscriber was closed with 4008: its buffer bound, no pong in time, or a replay that could not drain. */
+export const DROP_REASONS = ['buffer', 'pong_timeout', 'replay_stall'] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
 
 export interface AlertHubStats {
   subscribers: number;
+  /** Every 4008 close (the sum of `dropped`). */
   slowConsumerDisconnects: number;
+  /** Clients dropped for not answering a ping (also in dropped.pong_timeout). */
   heartbeatTimeouts: number;
+  dropped: Record<DropReason, number>;
 }
 
 interface Client {
@@ -86,6 +96,8 @@ interface Client {
   /** Messages passed to ws.send whose callback has not fired (not yet written to the kernel). */
   queued: number;
   alive: boolean;
+  /** When the unanswered ping was sent (undefined: none outstanding). */
+  pingSentAt: number | undefined;
   closing: boolean;
 }
 
@@ -105,9 +117,12 @@ export class AlertHub {
   private readonly clients = new Set<Client>();
   private readonly opts: Required<Omit<AlertHubOptions, 'log' | 'auth'>>;
   private heartbeat: NodeJS.Timeout | undefined;
-  private counters = { slowConsumerDisconnects: 0, heartbeatTimeouts: 0 };
+  private liveness: NodeJS.Timeout | undefined;
+  private dropped: Record<DropReason, number> = { buffer: 0, pong_timeout: 0, replay_stall: 0 };
   private closed = false;
   private check: ((headers: IncomingHttpHeaders) => void) | undefined;
+  /** Connects, disconnects and drops are logged here (alert-routes.ts sets the server's logger). */
+  logger: { info(obj: object, msg: string): void } | undefined;
 
   constructor(options: AlertHubOptions) {
     this.log = options.log;
@@ -119,10 +134,15 @@ export class AlertHub {
       replayPageSize: options.replayPageSize ?? 500,
       stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
       closeGraceMs: options.closeGraceMs ?? 5_000,
+      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
     };
     this.wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024, perMessageDeflate: false });
     this.heartbeat = setInterval(() => this.beat(), this.opts.heartbeatIntervalMs);
     this.heartbeat.unref();
+    // A reader that stopped reading answers no ping: found within 1.5 × pongTimeoutMs, not at the
+    // next heartbeats (30–60 s), and closed like any other slow consumer.
+    this.liveness = setInterval(() => this.checkLiveness(), Math.max(10, this.opts.pongTimeoutMs / 2));
+    this.liveness.unref();
   }
 
   /**
@@ -177,7 +197,8 @@ export class AlertHub {
   }
 
   stats(): AlertHubStats {
-    return { subscribers: this.clients.size, ...this.counters };
+    const total = DROP_REASONS.reduce((n, r) => n + this.dropped[r], 0);
+    return { subscribers: this.clients.size, slowConsumerDisconnects: total, heartbeatTimeouts: this.dropped.pong_timeout, dropped: { ...this.dropped } };
   }
 
   /** Close every subscriber with 1001 and stop the heartbeat. */
@@ -185,6 +206,7 @@ export class AlertHub {
     if (this.closed) return;
     this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.liveness) clearInterval(this.liveness);
     for (const c of this.clients) {
       c.closing = true;
       c.ws.close(CLOSE_GOING_AWAY, 'shutting down');
@@ -207,18 +229,26 @@ export class AlertHub {
       rejectUpgrade(socket, e);
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.addClient(ws, socket, query));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const c = this.addClient(ws, socket, query);
+      // The URL without credentials (redact.ts), the tenant's name, never the key.
+      const fields = { url: redactUrl(req.url ?? ''), scope: query.filter.tenant ?? 'all tenants', remoteAddress: req.socket.remoteAddress, subscribers: this.clients.size };
+      this.logger?.info(fields, 'alert subscriber connected');
+      ws.once('close', (code) => this.logger?.info({ ...fields, code, subscribers: this.clients.size, dropped: c.closing && code === CLOSE_SLOW_CONSUMER }, 'alert subscriber disconnected'));
+    });
   }
 
-  private addClient(ws: WebSocket, socket: Duplex, query: AlertQuery): void {
-    const c: Client = { ws, socket, filter: query.filter, replaying: query.after !== undefined, lastSentId: query.after ?? 0, queued: 0, alive: true, closing: false };
+  private addClient(ws: WebSocket, socket: Duplex, query: AlertQuery): Client {
+    const c: Client = { ws, socket, filter: query.filter, replaying: query.after !== undefined, lastSentId: query.after ?? 0, queued: 0, alive: true, pingSentAt: undefined, closing: false };
     this.clients.add(c);
     ws.on('pong', () => {
       c.alive = true;
+      c.pingSentAt = undefined;
     });
     ws.on('message', () => {
       // Clients have nothing to say; any message counts as liveness.
       c.alive = true;
+      c.pingSentAt = undefined;
     });
     ws.on('error', () => ws.terminate());
     ws.on('close', () => {
@@ -226,6 +256,7 @@ export class AlertHub {
       this.clients.delete(c);
     });
     if (c.replaying) void this.replay(c);
+    return c;
   }
 
   /** Send the log after c.lastSentId, page by page, then switch the client to live. */
@@ -264,7 +295,7 @@ export class AlertHub {
     const deadline = Date.now() + this.opts.stallTimeoutMs;
     while (!c.closing && (c.ws.bufferedAmount > level || c.queued > this.opts.maxQueuedMessages / 2)) {
       if (Date.now() > deadline) {
-        this.dropSlow(c);
+        this.dropSlow(c, 'replay_stall');
         return false;
       }
       await new Promise((r) => setTimeout(r, 5));
@@ -288,7 +319,7 @@ export class AlertHub {
       return;
     }
     if (c.ws.bufferedAmount + frame.length > this.opts.bufferLimitBytes || c.queued + 1 > this.opts.maxQueuedMessages) {
-      this.dropSlow(c);
+      this.dropSlow(c, 'buffer');
       return;
     }
     if (alertId !== undefined) c.lastSentId = alertId;
@@ -298,10 +329,11 @@ export class AlertHub {
     });
   }
 
-  private dropSlow(c: Client): void {
+  private dropSlow(c: Client, reason: DropReason): void {
     if (c.closing) return;
     c.closing = true;
-    this.counters.slowConsumerDisconnects++;
+    this.dropped[reason]++;
+    this.logger?.info({ reason, subscribers: this.clients.size - 1 }, 'alert subscriber dropped (4008 slow consumer)');
     c.ws.close(CLOSE_SLOW_CONSUMER, CLOSE_SLOW_CONSUMER_REASON);
     setTimeout(() => c.ws.terminate(), this.opts.closeGraceMs).unref();
   }
@@ -311,14 +343,26 @@ export class AlertHub {
     for (const c of this.clients) {
       if (c.closing) continue;
       if (!c.alive) {
-        this.counters.heartbeatTimeouts++;
-        c.closing = true;
-        c.ws.terminate();
+        this.dropSlow(c, 'pong_timeout');
         continue;
       }
       c.alive = false;
-      c.ws.ping();
+      this.ping(c);
       this.send(c, frame);
+    }
+  }
+
+  private ping(c: Client): void {
+    c.pingSentAt ??= Date.now();
+    c.ws.ping();
+  }
+
+  private checkLiveness(): void {
+    const now = Date.now();
+    for (const c of this.clients) {
+      if (c.closing) continue;
+      if (c.pingSentAt === undefined) this.ping(c);
+      else if (now - c.pingSentAt >= this.opts.pongTimeoutMs) this.dropSlow(c, 'pong_timeout');
     }
   }
 }

@@ -22,6 +22,7 @@ export interface AlertRoutesOptions {
 
 export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: FastifyInstance, opts: AlertRoutesOptions) => {
   opts.hub.attach(app.server, opts.checkHeaders);
+  opts.hub.logger = app.log;
   // preClose, not onClose: open WebSocket connections would keep the HTTP server from closing.
   app.addHook('preClose', async () => {
     await opts.hub.close();

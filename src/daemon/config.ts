@@ -150,6 +150,8 @@ export const CONFIG_SCHEMA = closedObject(
       /** ...or whose messages not yet handed to the kernel exceed this. */
       maxQueuedMessages: Type.Integer({ minimum: 1 }),
       heartbeatIntervalSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 3600 }),
+      /** A subscriber that answers no ping this long stopped reading: closed with 4008 (pings go out every half of it). */
+      pongTimeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 600 }),
       /** Rows read from the log per replay step when a subscriber resumes. */
       replayPageSize: Type.Integer({ minimum: 1, maximum: 100_000 }),
     }),
@@ -232,7 +234,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
     pendingLimit: 10_000,
     maintenanceIntervalSeconds: 60,
   },
-  websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, replayPageSize: 500 },
+  websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, pongTimeoutSeconds: 10, replayPageSize: 500 },
   canary: { enabled: false, intervalSeconds: 300, concept: null },
   shutdown: { deadlineSeconds: 10 },
   stateDir: '.latentwatch',

@@ -104,6 +104,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     bufferLimitBytes: config.websocket.bufferLimitBytes,
     maxQueuedMessages: config.websocket.maxQueuedMessages,
     heartbeatIntervalMs: config.websocket.heartbeatIntervalSeconds * 1000,
+    pongTimeoutMs: config.websocket.pongTimeoutSeconds * 1000,
     replayPageSize: config.websocket.replayPageSize,
   });
   metrics.bindAlertLog(log);

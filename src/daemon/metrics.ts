@@ -36,6 +36,7 @@ export const TENANT_ALERTS_TOTAL = 'latentwatch_tenant_alerts_total';
 // Alert delivery.
 export const WEBSOCKET_SUBSCRIBERS = 'latentwatch_websocket_subscribers';
 export const WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL = 'latentwatch_websocket_slow_consumer_disconnects_total';
+export const ALERT_SUBSCRIBERS_DROPPED_TOTAL = 'latentwatch_alert_subscribers_dropped_total';
 export const ALERT_LOG_WRITES_TOTAL = 'latentwatch_alert_log_writes_total';
 export const ALERT_LOG_FAILURES_TOTAL = 'latentwatch_alert_log_failures_total';
 export const ALERT_LOG_PENDING = 'latentwatch_alert_log_pending';
@@ -95,6 +96,8 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   family(TENANT_ALERTS_TOTAL, 'counter', 'Alerts raised, by the tenant (API key name) whose request raised them.', ['tenant']),
   family(WEBSOCKET_SUBSCRIBERS, 'gauge', 'Connected /v1/alerts WebSocket subscribers.'),
   family(WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL, 'counter', 'Subscribers closed with 4008 (slow consumer).'),
+  // reason: buffer (unsent bytes or messages over the bound), pong_timeout (stopped reading), replay_stall.
+  family(ALERT_SUBSCRIBERS_DROPPED_TOTAL, 'counter', 'Subscribers closed with 4008 (slow consumer), by reason.', ['reason']),
   // write failure share: rate(latentwatch_alert_log_failures_total[5m])
   //   / (rate(latentwatch_alert_log_writes_total[5m]) + rate(latentwatch_alert_log_failures_total[5m]))
   family(ALERT_LOG_WRITES_TOTAL, 'counter', 'Alerts committed to the SQLite alert log.'),
@@ -215,7 +218,7 @@ export interface AlertLogStatsSource {
   stats(): { writes: number; failures: number; pending: number; dropped: number };
 }
 export interface AlertHubStatsSource {
-  stats(): { subscribers: number; slowConsumerDisconnects: number };
+  stats(): { subscribers: number; slowConsumerDisconnects: number; dropped?: Readonly<Record<string, number>> };
 }
 
 /** Counters that mirror a monotonically increasing source value at scrape time. */
@@ -229,12 +232,25 @@ function mirrored(read: () => number | undefined): (this: Counter<string>) => vo
   };
 }
 
+/** `mirrored` per reason label (alert-hub.ts DROP_REASONS); every reason starts at 0. */
+function droppedByReason(read: () => Readonly<Record<string, number>> | undefined): (this: Counter<'reason'>) => void {
+  const last = new Map<string, number>();
+  return function (this: Counter<'reason'>) {
+    for (const [reason, v] of Object.entries(read() ?? {})) {
+      const prev = last.get(reason) ?? 0;
+      this.inc({ reason }, Math.max(0, v - prev));
+      last.set(reason, Math.max(prev, v));
+    }
+  };
+}
+
 export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource }) {
   return {
     subscribers: gauge(registry, WEBSOCKET_SUBSCRIBERS, function () {
       if (sources.hub) this.set(sources.hub.stats().subscribers);
     }),
     slowConsumerDisconnects: counter(registry, WEBSOCKET_SLOW_CONSUMER_DISCONNECTS_TOTAL, mirrored(() => sources.hub?.stats().slowConsumerDisconnects)),
+    subscribersDropped: counter<'reason'>(registry, ALERT_SUBSCRIBERS_DROPPED_TOTAL, droppedByReason(() => sources.hub?.stats().dropped)),
     logWrites: counter(registry, ALERT_LOG_WRITES_TOTAL, mirrored(() => sources.log?.stats().writes)),
     logFailures: counter(registry, ALERT_LOG_FAILURES_TOTAL, mirrored(() => sources.log?.stats().failures)),
     logPending: gauge(registry, ALERT_LOG_PENDING, function () {
