@@ -479,16 +479,9 @@ function mergeLayer(target: Record<string, unknown>, layer: Record<string, unkno
   // Each value of an env/flag layer has its own origin; merge pointer by pointer.
   for (const [pointer, origin] of origins) {
     const value = getPointer(layer, pointer);
-    const parts = pointer.split('/').slice(1);
-    const last = parts.pop() as string;
-    let node = target;
-    for (const p of parts) {
-      if (!isPlainObject(node[p])) node[p] = {};
-      node = node[p] as Record<string, unknown>;
-    }
-    node[last] = value;
+    setPointer(target, pointer, value);
     clearSources(sources, pointer);
-    recordSources(node[last], pointer, origin, sources);
+    recordSources(value, pointer, origin, sources);
   }
 }
 
