@@ -13,7 +13,7 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
 import { scrape, subscribe } from '../bench/lib/clients.js';
-import { ADMIN_KEY, API_KEY, INJECT_LAYER, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
+import { ADMIN_KEY, INJECT_LAYER, startTestDaemon, trainTestProbe, type TestProbe } from './daemon-fixture.js';
 import { tempDir, waitUntil } from './helpers.js';
 
 const MODEL = 'qwen2-code-16m';
