@@ -70,6 +70,8 @@ export const ERRORS = {
   LW_ERR_API_METHOD_NOT_ALLOWED: { status: 405, message: 'method not allowed on this route' },
   LW_ERR_API_BODY_TOO_LARGE: { status: 413, message: 'request body exceeds the configured limit' },
   LW_ERR_API_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'unsupported content type' },
+  LW_ERR_API_HEADERS_TOO_LARGE: { status: 431, message: 'request headers exceed the size limit' },
+  LW_ERR_API_REQUEST_TIMEOUT: { status: 408, message: 'the request was not received in time' },
   LW_ERR_API_QUEUE_FULL: { status: 429, message: 'too many requests: the queue is full' },
   LW_ERR_API_INTERNAL: { status: 500, message: 'internal server error' },
   LW_ERR_API_SHUTTING_DOWN: { status: 503, message: 'the daemon is shutting down' },
@@ -77,6 +79,8 @@ export const ERRORS = {
   // serve: starting the daemon (src/daemon/daemon.ts)
   LW_ERR_SERVE_PORT_IN_USE: { status: 500, message: 'the listen address is already in use' },
   LW_ERR_SERVE_LISTEN: { status: 500, message: 'the daemon cannot listen on the configured address' },
+  // canary: the periodic injection self-test (src/daemon/canary.ts)
+  LW_ERR_CANARY_CONCEPTS_MISSING: { status: 500, message: 'the canary needs concept vectors stored for the model' },
   // alert: alert log and alert delivery (src/daemon/alert-log.ts, alert-hub.ts)
   LW_ERR_ALERT_LOG_OPEN: { status: 500, message: 'alert log cannot be opened' },
   LW_ERR_ALERT_LOG_WRITE: { status: 500, message: 'alert log write failed; the alert is kept in memory until the log recovers' },

@@ -81,6 +81,18 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const bank = new ProbeBank(probes);
   const conceptsDir = join(modelDir, 'concepts');
   const concepts = existsSync(join(conceptsDir, 'concepts.json')) ? ConceptStore.open(conceptsDir, engine.fingerprint) : null;
+  // The canary injects a stored concept: without one, stop here (before anything else is opened)
+  // with a code and the command that makes them, not a stack from deep in start-up.
+  const canaryConcept = config.canary.enabled ? (config.canary.concept ?? concepts?.names()[0]) : undefined;
+  if (config.canary.enabled && (!concepts || canaryConcept === undefined || !concepts.has(canaryConcept))) {
+    await engine.close();
+    const make = `make them with \`latentwatch concepts --model ${modelDir} --config configs/trials/base.json --out ${conceptsDir}\` (configs/trials/instruct.json for a chat model), or serve without --canary`;
+    throw lwError(
+      'LW_ERR_CANARY_CONCEPTS_MISSING',
+      !concepts ? `${conceptsDir} holds no concept vectors; ${make}` : `${conceptsDir} has no concept ${JSON.stringify(canaryConcept ?? '')} (canary.concept); ${make}`,
+      { conceptsDir, concept: canaryConcept ?? null },
+    );
+  }
 
   const metrics = createMetrics({ version: VERSION });
   metrics.setModelInfo({ model: modelName, fingerprint: engine.fingerprint, precision: engine.build.options.precision });
@@ -113,6 +125,14 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
   inference.warm();
   let accepting = true;
+  // Serving with no probe is allowed (a plain OpenAI server) but watches nothing: say so loudly, in
+  // the log and on /readyz, with how to make one.
+  const warnings: string[] = [];
+  if (probes.length === 0) {
+    warnings.push(
+      `no probe loaded: nothing is watched and no alert can fire. Make one with \`latentwatch fit-anomaly --model ${modelDir} --out ${join(modelDir, 'probes', 'generic-injection.probe.json')}\` (loaded from DIR/probes/ at the next start) or pass --probe FILE; see docs/daemon.md, "Probes for a new model"`,
+    );
+  }
   const app = buildServer({
     config,
     auth,
@@ -123,6 +143,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     modelName,
     modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },
     ready: () => accepting,
+    warnings,
     ...(options.logStream ? { logStream: options.logStream } : {}),
   });
   onLogState = (e) => {
@@ -131,6 +152,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   };
   app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
   app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
+  for (const w of warnings) app.log.warn(w);
   for (const n of notices) app.log.warn(n);
   for (const w of learned.warnings) app.log.warn({ code: w.code }, w.msg);
   for (const [id, v] of learned.versions) app.log.info({ probe: id, version: v.version, path: v.path, threshold: v.threshold, learnedAt: v.learnedAt }, `using ${id} v${v.version}, learned from this deployment's traffic`);
@@ -147,8 +169,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
 
   let canary: Canary | undefined;
   if (config.canary.enabled) {
-    const concept = config.canary.concept ?? concepts?.names()[0];
-    if (!concepts || !concept) throw new Error('the canary needs concept vectors stored for the model (DIR/concepts)');
+    const concept = canaryConcept!; // checked above
     const layer = Math.floor(engine.config.numLayers / 2);
     canary = new Canary({
       model: modelName,

@@ -6,7 +6,7 @@
  */
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isLatentwatchError, lwError, type ErrorCode, type LatentwatchError } from '../errors.js';
 
 export interface OpenAIErrorBody {
@@ -48,6 +48,8 @@ export function toHttpError(err: unknown): HttpError {
   const param = typeof e.details?.param === 'string' ? e.details.param : null;
   const headers: Record<string, string> = {};
   if (e.status === 401) headers['www-authenticate'] = 'Bearer realm="latentwatch"';
+  // RFC 9110: a 405 names the methods the route takes.
+  if (e.status === 405 && typeof e.details?.allow === 'string') headers.allow = e.details.allow;
   if (e.status === 429 || e.status === 503) {
     const retry = e.details?.retryAfterSeconds;
     headers['retry-after'] = String(typeof retry === 'number' ? Math.max(1, Math.ceil(retry)) : 1);
@@ -100,6 +102,14 @@ const REFUSALS: ReadonlySet<string> = new Set<ErrorCode>(['LW_ERR_API_SHUTTING_D
  * routes the root handler unless the plugin sets its own, which would bypass the 5xx log.
  */
 export function installErrorHandlers(app: FastifyInstance): void {
+  // Methods per route path (set before any route is added, so plugins' routes are seen too): a
+  // known path asked with another method is a 405 naming them, not a 404.
+  const methods = new Map<string, Set<string>>();
+  app.addHook('onRoute', (r) => {
+    const set = methods.get(r.url) ?? new Set<string>();
+    for (const m of [r.method].flat()) set.add(m);
+    methods.set(r.url, set);
+  });
   app.setErrorHandler((err, req, reply) => {
     const h = toHttpError(err);
     // Refusals while starting or draining are expected, not failures: one info line, no stack.
@@ -107,11 +117,85 @@ export function installErrorHandlers(app: FastifyInstance): void {
     else if (h.status >= 500) req.log.error({ err }, 'request failed');
     return sendHttpError(reply, err);
   });
-  app.setNotFoundHandler((req, reply) => sendHttpError(reply, lwError('LW_ERR_API_NOT_FOUND', `${req.method} ${req.url.split('?')[0]}`)));
+  app.setNotFoundHandler((req: FastifyRequest, reply) => {
+    const path = req.url.split('?')[0];
+    const allowed = methods.get(path);
+    if (allowed && !allowed.has(req.method)) {
+      const allow = [...allowed].sort().join(', ');
+      return sendHttpError(reply, lwError('LW_ERR_API_METHOD_NOT_ALLOWED', `${req.method} ${path} (allowed: ${allow})`, { allow }));
+    }
+    return sendHttpError(reply, lwError('LW_ERR_API_NOT_FOUND', `${req.method} ${path}`));
+  });
 }
 
-/** Answer a refused WebSocket upgrade (no fastify reply exists yet) with the same error body, then close. */
-export function rejectUpgrade(socket: Duplex, err: unknown): void {
+/** Own keys that would reach an object's prototype if the body were merged or spread (secure-json-parse's rule). */
+function forbiddenKey(root: unknown): string | undefined {
+  const stack: [unknown, string][] = [[root, '']];
+  while (stack.length > 0) {
+    const [v, path] = stack.pop()!;
+    if (typeof v !== 'object' || v === null) continue;
+    for (const k of Object.keys(v)) {
+      const child = (v as Record<string, unknown>)[k];
+      const at = path === '' ? k : `${path}.${k}`;
+      if (k === '__proto__') return at;
+      if (k === 'constructor' && typeof child === 'object' && child !== null && Object.hasOwn(child, 'prototype')) return `${at}.prototype`;
+      stack.push([child, at]);
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The only body parser: `application/json`. fastify's default one also takes `text/plain` (a string
+ * the schema then refuses with a misleading 400: it is a 415 here), and reports a `__proto__` key
+ * as "not valid JSON" (its secure-json-parse error is swallowed): here it is a 400 naming the key.
+ */
+export function installJsonBodyParser(app: FastifyInstance): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    const text = body as string;
+    if (text.length === 0) return done(lwError('LW_ERR_API_INVALID_JSON', 'the body is empty'), undefined);
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (e) {
+      return done(lwError('LW_ERR_API_INVALID_JSON', (e as Error).message.slice(0, 200)), undefined);
+    }
+    const key = forbiddenKey(value);
+    if (key !== undefined) return done(lwError('LW_ERR_API_BAD_REQUEST', 'body must not contain __proto__ or constructor.prototype keys', { param: key }), undefined);
+    done(null, value);
+  });
+}
+
+/**
+ * Errors node's HTTP parser raises before fastify sees a request (headers over `maxHeaderSize`, a
+ * timeout, a malformed request line): the same coded bodies instead of fastify's own. Passed as
+ * fastify's `clientErrorHandler`, so `this` is the instance.
+ */
+export function clientErrorHandler(this: FastifyInstance, err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const coded =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? lwError('LW_ERR_API_HEADERS_TOO_LARGE', 'the request line and headers are over the limit (node --max-http-header-size)')
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? lwError('LW_ERR_API_REQUEST_TIMEOUT')
+        : lwError('LW_ERR_API_BAD_REQUEST', `malformed HTTP request (${err.code ?? 'parse error'})`);
+  this.log.debug({ code: coded.code, cause: err.code }, 'client error');
+  // A response already under way on this socket (keep-alive) must not get a second status line.
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (!socket.writable || inFlight) {
+    socket.destroy();
+    return;
+  }
+  writeRawError(socket, coded);
+  // Closing with unread bytes (the rest of an oversized header) can reset the connection before the
+  // client reads the answer: drain for a moment, then close.
+  socket.resume();
+  setTimeout(() => socket.destroy(), 2000).unref();
+}
+
+/** Write a whole HTTP/1.1 error response on a raw socket and close it (no fastify reply exists). */
+function writeRawError(socket: Duplex, err: unknown): void {
   const h = toHttpError(err);
   const body = JSON.stringify(h.body);
   const reason = STATUS_CODES[h.status] ?? 'Error';
@@ -123,4 +207,9 @@ export function rejectUpgrade(socket: Duplex, err: unknown): void {
     ...Object.entries(h.headers).map(([k, v]) => `${k}: ${v}`),
   ];
   socket.end(`${headers.join('\r\n')}\r\n\r\n${body}`);
+}
+
+/** Answer a refused WebSocket upgrade (no fastify reply exists yet) with the same error body, then close. */
+export function rejectUpgrade(socket: Duplex, err: unknown): void {
+  writeRawError(socket, err);
 }

@@ -10,7 +10,7 @@ import type { AlertLog } from './alert-log.js';
 import { alertRoutes } from './alert-routes.js';
 import type { Authenticator } from './auth.js';
 import { namedApiKeys, type FrozenConfig } from './config.js';
-import { installErrorHandlers, sendHttpError, toHttpError } from './http-errors.js';
+import { clientErrorHandler, installErrorHandlers, installJsonBodyParser, sendHttpError, toHttpError } from './http-errors.js';
 import type { InferenceService } from './inference.js';
 import type { DaemonMetrics } from './metrics.js';
 import { checkHeaders, installRequestGuard, principalOf, type GuardOptions } from './request-guard.js';
@@ -29,6 +29,8 @@ export interface ServerDeps {
   modelInfo: Record<string, unknown>;
   /** False while starting or draining: /readyz answers 503 and the API refuses work. */
   ready: () => boolean;
+  /** Start-up warnings an operator should see beyond the log (e.g. no probe loaded): /readyz lists them. */
+  warnings?: readonly string[];
   /** Where log lines go (default stdout); tests capture them here. */
   logStream?: Pick<NodeJS.WritableStream, 'write'>;
 }
@@ -62,9 +64,12 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     // Streams are long-lived; request timeouts are the client's business.
     requestTimeout: 0,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+    // Oversized headers and malformed requests get coded bodies too (node answers them before fastify routes).
+    clientErrorHandler,
   });
 
   installErrorHandlers(app);
+  installJsonBodyParser(app);
   const guard: GuardOptions = {
     auth: d.auth,
     allowedOrigins: d.config.allowedOrigins,
@@ -87,6 +92,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     return {
       status: 'ready',
       ...d.inference.load,
+      ...(d.warnings && d.warnings.length > 0 ? { warnings: d.warnings } : {}),
       alert_log: { ok: !d.log.isFailing, pending: st.pending, failures: st.failures, dropped: st.dropped, last_error: d.log.isFailing ? st.lastError : null },
     };
   });
