@@ -15,7 +15,7 @@ import { loadProbe } from '../probes/probe.js';
 import { readProbeFile, writeProbeFile } from '../probes/probe-file.js';
 import { fprAtThreshold } from '../lab/metrics.js';
 import { writeReport } from '../lab/report.js';
-import { trainProbe, type FitterKind } from '../lab/train.js';
+import { trainProbe, type FeatureInput, type FitterKind } from '../lab/train.js';
 import { loadTrialConfig, PROTOCOLS, readWordList, withHeldOutWords, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
 import { runTrials } from '../lab/trials.js';
 import { DEFAULT_CORPUS } from '../paths.js';
@@ -143,14 +143,17 @@ latentwatch trials --model DIR --config FILE --out DIR [--concepts DIR] [--limit
 export const trainProbeCommand: Command = {
   name: 'train-probe',
   usage: `
-latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--target-fpr F]
+latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...|all] [--input resid|update] [--target-fpr F]
                         [--kind logistic|diff-means] [--positions watch|after|inside|all]
                         [--protocols inject-then-ask,continuous] [--families concept]
-                        [--id ID] [--label TEXT]
+                        [--l2 X] [--id ID] [--label TEXT]
   Fits per layer on the training concepts, picks the layer (best: highest validation TPR at 1% FPR,
   then AUROC) and the aggregator on validation concepts, sets the threshold at the target FPR on
   validation clean trials, and evaluates on the held-out concepts. Defaults come from the
-  dataset's config (training section). Prints the chosen layer and its figures.`,
+  dataset's config (training section). Prints the chosen layer and its figures.
+  --input update reads what each layer adds (resid_post L − resid_post L−1; stored as a probe on
+  both hooks), resid (the default) resid_post L. --layer L,L,... or all fits one probe on the
+  concatenation of those layers' features.`,
   async run(argv) {
     const v = parse(
       argv,
@@ -159,6 +162,8 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--tar
         out: { type: 'string' },
         layer: { type: 'string' },
         'target-fpr': { type: 'string' },
+        input: { type: 'string' },
+        l2: { type: 'string' },
         kind: { type: 'string' },
         positions: { type: 'string' },
         protocols: { type: 'string' },
@@ -170,13 +175,15 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--tar
     );
     const data = required(v.data, 'data');
     const file = required(v.out, 'out');
-    const layer = v.layer === undefined || v.layer === 'best' ? 'best' : num(v.layer, 'layer');
-    if (layer !== 'best' && (layer === undefined || !Number.isInteger(layer) || layer < 0)) throw lwError('LW_ERR_CLI_USAGE', `--layer must be a layer index or best (got ${v.layer})`);
+    const ds = Dataset.open(data);
+    const layer = layerOpt(v.layer, ds.manifest.traceLayers);
+    if (v.input !== undefined && v.input !== 'resid' && v.input !== 'update') throw lwError('LW_ERR_CLI_USAGE', `--input must be resid or update (got ${v.input})`);
     const kind = (v.kind ?? 'logistic') as FitterKind;
     if (kind !== 'logistic' && kind !== 'diff-means') throw lwError('LW_ERR_CLI_USAGE', `--kind must be logistic or diff-means (got ${v.kind})`);
-    const ds = Dataset.open(data);
     const r = trainProbe(ds, {
-      layer: layer as number | 'best',
+      layer,
+      input: v.input as FeatureInput | undefined,
+      l2: l2Opt(v.l2),
       kind,
       targetFpr: num(v['target-fpr'], 'target-fpr'),
       positions: positionsOpt(v.positions),
@@ -191,6 +198,7 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--tar
       id: r.probe.id,
       hook: r.probe.hook,
       layer: r.chosen.layer,
+      features: r.chosen.features,
       kind: r.probe.kind,
       aggregator: r.chosen.aggregator,
       threshold: r.chosen.threshold,
@@ -202,6 +210,21 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best] [--tar
     });
   },
 };
+
+function l2Opt(v: string | undefined): number | undefined {
+  const x = num(v, 'l2');
+  if (x !== undefined && !(x > 0)) throw lwError('LW_ERR_CLI_USAGE', `--l2 must be positive (got ${v})`);
+  return x;
+}
+
+/** --layer: an index, best, a comma list (concatenated) or all (every traced layer, concatenated); absent: the config's. */
+function layerOpt(v: string | undefined, traced: readonly number[]): number | 'best' | number[] | undefined {
+  if (v === undefined || v === 'best') return v;
+  if (v === 'all') return [...traced];
+  const xs = v.split(',').map((x) => Number(x.trim()));
+  if (xs.some((x) => !Number.isInteger(x) || x < 0)) throw lwError('LW_ERR_CLI_USAGE', `--layer must be a layer index, best, L,L,... or all (got ${v})`);
+  return xs.length === 1 ? xs[0] : xs;
+}
 
 function evalTable(e: EvalReport): string {
   const f = (x: number | null | undefined) => (x === null || x === undefined ? '–' : x.toFixed(3));

@@ -110,13 +110,14 @@ export function computeReport(ds: Dataset, o: ReportOptions = {}): ReportData {
   const probeFired = new Map<number, boolean>();
   {
     // The scorer training set the threshold with (a hand-written dot product here summed in another order).
-    const d = m.dModel;
+    // The model is over the concatenated rows of its hooks (two for update features).
+    const d = m.dModel * best.hooks.length;
     const score = scorerOf(best.model, 'logistic', d);
     for (const r of ds.records) {
       if (r.split !== 'eval') continue;
       const sel = selectPositions(r, resolved.selection.positions);
       if (!sel) continue;
-      const rows = cache.rows(r, [best.layer]);
+      const rows = cache.rows(r, best.hooks);
       const scores: number[] = [];
       for (let p = sel[0]; p < sel[1]; p++) scores.push(score(rows, p * d));
       probeFired.set(r.index, trialScore(scores, best.aggregator) > best.threshold);

@@ -29,8 +29,23 @@ import type { PositionSet, Protocol } from './trial-config.js';
 
 export type FitterKind = 'logistic' | 'diff-means';
 
+/**
+ * What a probe reads at a layer L: 'resid' is resid_post L; 'update' is what block L adds,
+ * resid_post L − resid_post L−1 (resid_post 0 at L = 0). An injection at L shifts every later
+ * residual but only the update of L, whose natural spread is far smaller (docs/generic-detectors.md).
+ */
+export type FeatureInput = 'resid' | 'update';
+
+/** The features of one fit: `input` at each of `layers`, concatenated per position. */
+export interface FeatureSet {
+  layers: readonly number[];
+  input: FeatureInput;
+}
+
 export interface TrainOptions {
-  layer?: number | 'best';
+  /** One layer, the best single layer on validation, or the concatenation of several layers. */
+  layer?: number | 'best' | readonly number[];
+  input?: FeatureInput;
   kind?: FitterKind;
   targetFpr?: number;
   positions?: PositionSet;
@@ -46,7 +61,11 @@ export interface TrainOptions {
 }
 
 export interface LayerResult {
+  /** The deepest feature layer (the only one unless several were concatenated). */
   layer: number;
+  features: FeatureSet;
+  /** resid_post layers the probe reads, in file order; `model` is over their concatenated rows. */
+  hooks: number[];
   kind: FitterKind;
   model: LinearModel;
   aggregator: AggregatorSpec;
@@ -70,6 +89,7 @@ export interface TrainResult {
 /** Training options with the dataset's config defaults filled in. */
 export interface Resolved {
   kind: FitterKind;
+  input: FeatureInput;
   targetFpr: number;
   selection: Selection;
   l2: number;
@@ -82,6 +102,7 @@ export function resolveOptions(ds: Dataset, o: TrainOptions): Resolved {
   const t = ds.manifest.config.training;
   const r: Resolved = {
     kind: o.kind ?? 'logistic',
+    input: o.input ?? t.input ?? 'resid',
     targetFpr: o.targetFpr ?? t.targetFpr,
     selection: { protocols: o.protocols ?? t.protocols, families: o.families ?? t.families, positions: o.positions ?? t.positions },
     l2: o.l2 ?? t.l2,
@@ -114,16 +135,67 @@ function groupOf(r: TrialRecord): string {
   return r.concept ?? r.item ?? r.id;
 }
 
-/** Rows (selected positions) of the given trials at one layer, with labels. */
-export function gatherRows(cache: TraceCache, records: readonly TrialRecord[], layer: number, positions: PositionSet, label: (r: TrialRecord) => 0 | 1): { x: Float32Array; y: Uint8Array; rows: number } {
+/** resid_post layers a feature set reads, sorted. */
+export function featureHooks(f: FeatureSet): number[] {
+  const hooks = new Set<number>();
+  for (const l of f.layers) {
+    hooks.add(l);
+    if (f.input === 'update' && l > 0) hooks.add(l - 1);
+  }
+  return [...hooks].sort((a, b) => a - b);
+}
+
+/** A trial's feature rows, [positions, layers × dModel]. */
+export function featureRows(cache: TraceCache, r: TrialRecord, f: FeatureSet): Float32Array {
+  const blocks = f.layers.map((l) => {
+    const cur = cache.rows(r, [l]);
+    if (f.input === 'resid' || l === 0) return cur;
+    const prev = cache.rows(r, [l - 1]);
+    const out = new Float32Array(cur.length);
+    for (let i = 0; i < cur.length; i++) out[i] = cur[i] - prev[i];
+    return out;
+  });
+  if (blocks.length === 1) return blocks[0];
   const d = cache.ds.manifest.dModel;
+  const n = blocks[0].length / d;
+  const k = blocks.length;
+  const out = new Float32Array(n * d * k);
+  for (let p = 0; p < n; p++) blocks.forEach((b, j) => out.set(b.subarray(p * d, (p + 1) * d), (p * k + j) * d));
+  return out;
+}
+
+/**
+ * A model over feature rows as one over the hooks' concatenated rows (what the probe file stores
+ * and the daemon scores): it is linear in the residuals, so standardisation folds into the weights
+ * and an update's weights go +w on hook L and −w on hook L−1. A single resid layer is kept as fitted.
+ */
+export function foldFeatures(model: LinearModel, f: FeatureSet, d: number): { hooks: number[]; model: LinearModel } {
+  const hooks = featureHooks(f);
+  if (f.input === 'resid' && f.layers.length === 1) return { hooks, model };
+  const { v, c } = foldStandardisation(model.weights, model.bias, model.mean, model.std);
+  const w = new Float64Array(hooks.length * d);
+  f.layers.forEach((l, j) => {
+    const at = hooks.indexOf(l) * d;
+    for (let i = 0; i < d; i++) w[at + i] += v[j * d + i];
+    if (f.input === 'update' && l > 0) {
+      const prev = hooks.indexOf(l - 1) * d;
+      for (let i = 0; i < d; i++) w[prev + i] -= v[j * d + i];
+    }
+  });
+  return { hooks, model: { mean: new Float64Array(w.length), std: new Float64Array(w.length).fill(1), weights: w, bias: c } };
+}
+
+/** Rows (selected positions) of the given trials for a feature set (or one resid layer), with labels. */
+export function gatherRows(cache: TraceCache, records: readonly TrialRecord[], features: FeatureSet | number, positions: PositionSet, label: (r: TrialRecord) => 0 | 1): { x: Float32Array; y: Uint8Array; rows: number } {
+  const f: FeatureSet = typeof features === 'number' ? { layers: [features], input: 'resid' } : features;
+  const width = cache.ds.manifest.dModel * f.layers.length;
   const parts: Float32Array[] = [];
   const labels: number[] = [];
   for (const r of records) {
     const sel = selectPositions(r, positions);
     if (!sel) continue;
-    const rows = cache.rows(r, [layer]);
-    parts.push(rows.subarray(sel[0] * d, sel[1] * d));
+    const rows = featureRows(cache, r, f);
+    parts.push(rows.subarray(sel[0] * width, sel[1] * width));
     for (let p = sel[0]; p < sel[1]; p++) labels.push(label(r));
   }
   // The fitters only read x, so a lone part may stay a view of the trace cache.
@@ -145,24 +217,26 @@ export function better(a: Figures, b: Figures): boolean {
 }
 
 /** Fit, pick the aggregator and threshold, and evaluate one layer. */
-export function trainLayer(cache: TraceCache, layer: number, o: Resolved, split: { fit: Set<number>; validation: Set<number> }): LayerResult {
+export function trainLayer(cache: TraceCache, layer: number | readonly number[], o: Resolved, split: { fit: Set<number>; validation: Set<number> }): LayerResult {
   const ds = cache.ds;
   const d = ds.manifest.dModel;
   const s = o.selection;
+  const features: FeatureSet = { layers: typeof layer === 'number' ? [layer] : [...layer], input: o.input };
   const fitRecords = ds.records.filter((r) => split.fit.has(r.index));
-  const { x, y, rows } = gatherRows(cache, fitRecords, layer, s.positions, (r) => (isPositive(r, s) ? 1 : 0));
-  const matrix = { rows, cols: d, data: x };
-  let model: LinearModel;
+  const { x, y, rows } = gatherRows(cache, fitRecords, features, s.positions, (r) => (isPositive(r, s) ? 1 : 0));
+  const matrix = { rows, cols: d * features.layers.length, data: x };
+  let fitted: LinearModel;
   let iterations: number | null = null;
   if (o.kind === 'logistic') {
     const f = fitLogistic(matrix, y, { l2: o.l2, classWeight: 'balanced' });
-    model = f;
+    fitted = f;
     iterations = f.iterations;
   } else {
-    model = fitDiffMeans(matrix, y);
+    fitted = fitDiffMeans(matrix, y);
   }
-  const scorer = scorerOf(model, o.kind, d);
-  const layers = [layer];
+  // Everything below scores the folded model on raw hook rows, exactly as eval-probe and the daemon will.
+  const { hooks: layers, model } = foldFeatures(fitted, features, d);
+  const scorer = scorerOf(model, o.kind, d * layers.length);
   const trainScored = scoreSplit(cache, 'train', layers, scorer, o.aggregators, s, (r) => split.validation.has(r.index) || split.fit.has(r.index));
   const partFigures = (k: number, which: Set<number>): { figs: Figures; neg: number[] } => {
     const pos = trainScored[k].positives.filter((p) => which.has(p.r.index)).map((p) => p.score);
@@ -181,7 +255,7 @@ export function trainLayer(cache: TraceCache, layer: number, o: Resolved, split:
   const evaluation: EvalReport = {
     probe: '',
     kind: o.kind === 'logistic' ? 'linear' : 'direction',
-    hook: residPost(layer),
+    hook: hookField(layers),
     threshold,
     targetFpr: o.targetFpr,
     aggregator,
@@ -192,7 +266,18 @@ export function trainLayer(cache: TraceCache, layer: number, o: Resolved, split:
     overlapWithTraining: [],
     ...summarise(evalScored, threshold),
   };
-  return { layer, kind: o.kind, model, aggregator, threshold, candidates, fit: partFigures(best, split.fit).figs, validation: candidates[best].validation, evaluation, fitRows: rows, iterations };
+  return { layer: Math.max(...features.layers), features, hooks: layers, kind: o.kind, model, aggregator, threshold, candidates, fit: partFigures(best, split.fit).figs, validation: candidates[best].validation, evaluation, fitRows: rows, iterations };
+}
+
+/** A probe file's hook field: one name, or the list for several resid_post layers. */
+function hookField(layers: readonly number[]): string | string[] {
+  return layers.length === 1 ? residPost(layers[0]) : layers.map((l) => residPost(l));
+}
+
+function featureText(f: FeatureSet): string {
+  if (f.input === 'resid' && f.layers.length === 1) return residPost(f.layers[0]); // as before features existed: same bytes
+  const what = f.input === 'update' ? 'the update (resid_post L − resid_post L−1) of' : 'resid_post';
+  return `${what} ${f.layers.length === 1 ? `layer ${f.layers[0]}` : `layers ${f.layers.join(', ')} (concatenated)`}`;
 }
 
 function probeFigures(trials: number, concepts: string[], f: { auroc: number | null; 'tpr_at_fpr_0.01': number | null; 'tpr_at_fpr_0.05': number | null }, fprOnControls?: Record<string, number | null>): ProbeFigures {
@@ -209,11 +294,14 @@ export function trainProbe(ds: Dataset, o: TrainOptions = {}): TrainResult {
   const r = resolveOptions(ds, o);
   const split = fitValidationSplit(ds, r.selection, r.validationFraction);
   const traced = ds.manifest.traceLayers;
-  const want = o.layer ?? 'best';
-  if (want !== 'best' && !traced.includes(want)) throw lwError('LW_ERR_PROBE_FIT', `layer ${want} was not traced (traced: ${traced.join(', ')})`);
-  const layers = want === 'best' ? traced : [want];
+  const want = o.layer ?? ds.manifest.config.training.layer ?? 'best';
+  const wanted = want === 'best' ? [] : typeof want === 'number' ? [want] : want;
+  for (const l of wanted) if (!traced.includes(l)) throw lwError('LW_ERR_PROBE_FIT', `layer ${l} was not traced (traced: ${traced.join(', ')})`);
+  if (r.input === 'update') for (const l of want === 'best' ? traced : wanted) if (l > 0 && !traced.includes(l - 1)) throw lwError('LW_ERR_PROBE_FIT', `the update of layer ${l} needs layer ${l - 1}, which was not traced`);
+  if (Array.isArray(want) && want.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no layers to train on');
+  const candidates: (number | readonly number[])[] = want === 'best' ? traced : [want as number | readonly number[]];
   const cache = new TraceCache(ds, 0);
-  const results = layers.map((l) => trainLayer(cache, l, r, split));
+  const results = candidates.map((l) => trainLayer(cache, l, r, split));
   let chosen = results[0];
   for (const x of results.slice(1)) if (better(x.validation, chosen.validation)) chosen = x;
   ds.close();
@@ -225,7 +313,7 @@ export function trainProbe(ds: Dataset, o: TrainOptions = {}): TrainResult {
   const kind = r.kind === 'logistic' ? 'linear' : 'direction';
   const description =
     o.description ??
-    `${r.kind === 'logistic' ? 'L2 logistic regression (balanced classes)' : 'difference-of-means direction'} on ${residPost(chosen.layer)}, trained on ${r.selection.protocols.join(' + ')} trials of ${r.selection.families.join(', ')} vectors (trial config "${cfg.name}", ${r.selection.positions} positions); threshold at ${r.targetFpr} FPR on validation clean trials; evaluated on ${chosen.evaluation.heldOutConcepts.length} held-out concepts.`;
+    `${r.kind === 'logistic' ? 'L2 logistic regression (balanced classes)' : 'difference-of-means direction'} on ${featureText(chosen.features)}, trained on ${r.selection.protocols.join(' + ')} trials of ${r.selection.families.join(', ')} vectors (trial config "${cfg.name}", ${r.selection.positions} positions); threshold at ${r.targetFpr} FPR on validation clean trials; evaluated on ${chosen.evaluation.heldOutConcepts.length} held-out concepts.`;
   const ev = chosen.evaluation;
   const probe = {
     formatVersion: 1,
@@ -233,7 +321,7 @@ export function trainProbe(ds: Dataset, o: TrainOptions = {}): TrainResult {
     label: o.label ?? 'concept injection',
     description,
     modelFingerprint: ds.manifest.modelFingerprint,
-    hook: residPost(chosen.layer),
+    hook: hookField(chosen.hooks),
     dModel: ds.manifest.dModel,
     threshold: chosen.threshold,
     targetFpr: r.targetFpr,

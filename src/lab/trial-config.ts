@@ -154,6 +154,9 @@ export const TRIAL_CONFIG_SCHEMA = closedObject(
       l2: Type.Number({ exclusiveMinimum: 0 }),
       validationFraction: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
       aggregators: Type.Array(AGGREGATOR_SCHEMA, { minItems: 1 }),
+      // Optional with no default, so configs that leave them out keep their resolved bytes (and hashes).
+      input: Type.Optional(Type.Enum(['resid', 'update'])),
+      layer: Type.Optional(Type.Union([Type.Literal('best'), Type.Integer({ minimum: 0 }), Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1, uniqueItems: true })])),
     }),
   },
   { $id: 'https://latentwatch.dev/schemas/trial-config.json' },
