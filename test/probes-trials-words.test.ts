@@ -71,6 +71,12 @@ describe('trials --words', () => {
     expect(new Set(injected.filter((r) => r.split === 'eval').map((r) => r.concept))).toEqual(new Set(['Glaciers', 'Lanterns']));
     expect(injected.filter((r) => r.concept === 'Glaciers' || r.concept === 'Lanterns').every((r) => r.split === 'eval')).toBe(true);
 
+    // Stored vectors without the new word are refused, not silently run without it.
+    writeFileSync(join(dir, 'more.json'), '["Orchids"]');
+    await expect(cli('trials', '--model', CODE16M, '--config', config, '--out', join(dir, 'more'), '--words', 'more.json', '--concepts', join(data, 'concepts'), '--cache-dir', TEST_CACHE)).rejects.toMatchObject({
+      stderr: expect.stringMatching(/LW_ERR_CLI_USAGE.*Orchids/),
+    });
+
     const probe = join(dir, 'p.probe.json');
     await cli('train-probe', '--data', data, '--out', probe);
     const ev = JSON.parse((await cli('eval-probe', '--probe', probe, '--data', data, '--json')).stdout) as { pooledByStrength: { strength: number; positives: number }[]; byStrength: { strength: number; positives: number }[] };
