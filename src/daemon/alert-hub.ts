@@ -11,7 +11,7 @@
  *
  * Messages (server → client, JSON text frames):
  *   {"type":"alert","alert":{id, ts, requestId, model, probeId, probeLabel, severity, score,
- *      threshold, tokenIndex, silent, verbalized, textExcerpt?, kind, tenant}}
+ *      threshold, tokenIndex, silent, verbalized, textExcerpt?, concept?, kind, tenant}}
  *      Live alerts raised by a request also carry `"forwardAtUs"`: epoch microseconds, on the
  *      daemon's monotonic clock (performance.timeOrigin + performance.now()), at which the forward
  *      pass of the token whose scores raised the alert returned (`ts` has millisecond resolution);

@@ -67,9 +67,26 @@ export interface Alert {
   silent: boolean;
   verbalized: boolean;
   textExcerpt?: string;
+  /**
+   * Detections: the stored concept closest to what the detector saw, when the match is clear
+   * (src/probes/concept-naming.ts); null when no concept store is loaded, the probe cannot be read
+   * this way, or no concept clears the floor. Absent on canary failures.
+   */
+  concept?: AlertConcept | null;
   kind: AlertKind;
   /** Name of the API key whose request raised it (auth.ts: "anonymous" on an open daemon, "system" for the canary). */
   tenant: string;
+}
+
+/** The closest stored concept of a detection (issue 12). */
+export interface AlertConcept {
+  name: string;
+  /** The layer whose update was most anomalous, where the cosine was taken. */
+  layer: number;
+  /** Cosine with that concept's vector (in the detector member's whitened space), rounded to 4 digits. */
+  cosine: number;
+  /** Cosine − the runner-up concept's cosine. */
+  margin: number;
 }
 
 /** What a producer hands to `append`: everything but the id (and optionally the time and tenant: default "anonymous"). */
@@ -154,6 +171,8 @@ interface Row {
   verbalized: number;
   text_excerpt: string | null;
   tenant: string;
+  /** JSON of Alert.concept (the text 'null' for a detection without one); SQL NULL when absent. */
+  concept: string | null;
 }
 
 export class AlertLog {
@@ -206,7 +225,8 @@ export class AlertLog {
         silent INTEGER NOT NULL,
         verbalized INTEGER NOT NULL,
         text_excerpt TEXT,
-        tenant TEXT NOT NULL DEFAULT '${DEFAULT_TENANT}'
+        tenant TEXT NOT NULL DEFAULT '${DEFAULT_TENANT}',
+        concept TEXT
       );
       CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -214,12 +234,14 @@ export class AlertLog {
     // Version 1 had no tenant: its rows become "anonymous" (on a keyed daemon, only the admin key sees them).
     const columns = db.prepare('PRAGMA table_info(alerts)').all() as { name: string }[];
     if (!columns.some((c) => c.name === 'tenant')) db.exec(`ALTER TABLE alerts ADD COLUMN tenant TEXT NOT NULL DEFAULT '${DEFAULT_TENANT}'`);
+    // Version 2 had no concept: its rows read back without one.
+    if (!columns.some((c) => c.name === 'concept')) db.exec('ALTER TABLE alerts ADD COLUMN concept TEXT');
     db.exec('CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id)');
-    db.pragma('user_version = 2');
+    db.pragma('user_version = 3');
     this.insertStmt = db.prepare(`INSERT INTO alerts (id, ts, kind, request_id, model, probe_id, probe_label, severity,
-      severity_rank, score, threshold, token_index, silent, verbalized, text_excerpt, tenant)
+      severity_rank, score, threshold, token_index, silent, verbalized, text_excerpt, tenant, concept)
       VALUES (@id, @ts, @kind, @request_id, @model, @probe_id, @probe_label, @severity, @severity_rank, @score,
-      @threshold, @token_index, @silent, @verbalized, @text_excerpt, @tenant)`);
+      @threshold, @token_index, @silent, @verbalized, @text_excerpt, @tenant, @concept)`);
     this.reserveStmt = db.prepare(`INSERT INTO meta (key, value) VALUES ('reserved_through', ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
 
@@ -513,6 +535,7 @@ function normalise(d: AlertDraft, id: number, nowMs: number): Alert {
     tenant: d.tenant ?? DEFAULT_TENANT,
   };
   if (d.textExcerpt !== undefined) alert.textExcerpt = d.textExcerpt;
+  if (d.concept !== undefined) alert.concept = d.concept === null ? null : { ...d.concept };
   return alert;
 }
 
@@ -534,6 +557,7 @@ function toRow(a: Alert): Row & { severity_rank: number } {
     verbalized: a.verbalized ? 1 : 0,
     text_excerpt: a.textExcerpt ?? null,
     tenant: a.tenant,
+    concept: a.concept === undefined ? null : JSON.stringify(a.concept),
   };
 }
 
@@ -555,5 +579,6 @@ function fromRow(r: Row): Alert {
     tenant: r.tenant,
   };
   if (r.text_excerpt !== null) a.textExcerpt = r.text_excerpt;
+  if (r.concept !== null && r.concept !== undefined) a.concept = JSON.parse(r.concept) as AlertConcept | null;
   return a;
 }

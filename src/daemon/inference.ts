@@ -9,8 +9,10 @@ import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
 import type { Engine } from '../engine/engine.js';
 import type { Injection } from '../engine/types.js';
-import type { ProbeBank, Probe } from '../probes/probe.js';
+import type { ProbeBank, Probe, TapTensor } from '../probes/probe.js';
 import type { ConceptStore } from '../probes/concept-store.js';
+import { ConceptNamer } from '../probes/concept-naming.js';
+import type { AlertConcept } from './alert-log.js';
 import type { AlertHub } from './alert-hub.js';
 import { requireInjection, type Principal } from './auth.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
@@ -49,6 +51,8 @@ export interface VerdictBody {
     alert_ids: number[];
     verbalized: boolean;
     silent: boolean;
+    /** The first clear concept match among this probe's alerts (concept-naming.ts); null: none. */
+    closest_concept: AlertConcept | null;
   }[];
   injection?: { layer: number; scale: number; window: string; concept?: string };
 }
@@ -78,6 +82,8 @@ export class InferenceService {
   private draining = false;
   /** Longest token in UTF-8 bytes (prompt-bound.ts); computed on the first request or by `warm()`. */
   private maxTokenBytes: number | undefined;
+  /** Concept namer per loaded probe (a learned probe swapped in gets its own), made on its first alert. */
+  private readonly namers = new WeakMap<Probe, ConceptNamer | null>();
 
   constructor(private readonly d: InferenceDeps) {}
 
@@ -211,6 +217,24 @@ export class InferenceService {
     this.publishLoad();
   }
 
+  /**
+   * The closest stored concept of a detection at `position`, from the taps of the forward pass that
+   * raised it; null without a concept store, for a probe the rule cannot read, or below the floor.
+   */
+  private nameConcept(probe: Probe | undefined, taps: ReadonlyMap<string, TapTensor> | null, firstPosition: number, position: number): AlertConcept | null {
+    const store = this.d.concepts;
+    if (!store || !probe || !taps) return null;
+    let namer = this.namers.get(probe);
+    if (namer === undefined) {
+      namer = ConceptNamer.create(probe, store);
+      this.namers.set(probe, namer);
+    }
+    const m = namer?.name(taps, firstPosition, position) ?? null;
+    if (m === null) return null;
+    const r4 = (x: number) => Math.round(x * 1e4) / 1e4;
+    return { name: m.name, layer: m.layer, cosine: r4(m.cosine), margin: r4(m.margin) };
+  }
+
   private publishLoad(): void {
     this.d.metrics.setQueue(this.d.modelName, this.running, this.waiters.length);
   }
@@ -238,6 +262,9 @@ export class InferenceService {
     });
     // When the current step's forward pass returned (epoch µs, monotonic): live alerts carry it.
     let forwardAtUs = 0;
+    // The current forward pass's taps and the absolute position of their first row (concept naming).
+    let stepTaps: ReadonlyMap<string, TapTensor> | null = null;
+    let stepFirst = 0;
     const monitor = new RequestMonitor({
       requestId: p.requestId,
       model: this.d.modelName,
@@ -254,6 +281,7 @@ export class InferenceService {
           return r.alert.id;
         });
       },
+      nameConcept: (probeId, position) => this.nameConcept(bank.probes.find((x) => x.id === probeId), stepTaps, stepFirst, position),
       onScore: (probeId, score) => {
         if (!p.canary) metrics.observeProbeScore(probeId, score);
       },
@@ -279,6 +307,9 @@ export class InferenceService {
         const scoringFrom = performance.now();
         forwardAtUs = Math.round((performance.timeOrigin + scoringFrom) * 1000);
         const scores = bank.score(step.taps);
+        stepTaps = step.taps;
+        const firstTap = step.taps.values().next().value;
+        stepFirst = firstTap === undefined ? step.position : step.position - firstTap.positions + 1;
         learn?.observe(step.taps);
         job.extras?.record(step);
         if (step.kind === 'prompt') {
@@ -348,6 +379,7 @@ function verdictBody(v: RequestVerdict, p: PreparedRequest): VerdictBody {
     alert_ids: x.alertIds,
     verbalized: x.verbalized,
     silent: x.silent,
+    closest_concept: x.closestConcept ?? null,
   }));
   const body: VerdictBody = { request_id: v.requestId, verbalized: v.verbalized, silent: probes.some((x) => x.silent), probes };
   if (p.injectionInfo) body.injection = p.injectionInfo;

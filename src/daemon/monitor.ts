@@ -38,7 +38,7 @@
  *     The alert keeps the time (`ts`), position and score of the detection.
  */
 import { VerbalizationDetector } from '../probes/verbalization.js';
-import type { AlertDraft } from './alert-log.js';
+import type { AlertConcept, AlertDraft } from './alert-log.js';
 import type { AlertEmitMode, Severity } from './config.js';
 
 /** What the probes module's aggregators provide (src/probes/aggregators.ts satisfies it). */
@@ -78,6 +78,11 @@ export interface MonitorOptions {
    * `raiseMany`). One call per step, so the log commits a token's alerts in one transaction.
    */
   raise: (drafts: readonly AlertDraft[]) => number[];
+  /**
+   * Names the closest stored concept of a detection of `probeId` at `position` (concept-naming.ts),
+   * called once per alert (never per token); null: no clear match. Absent: alerts carry no `concept`.
+   */
+  nameConcept?: (probeId: string, position: number) => AlertConcept | null;
   /** Every aggregated score (metrics: latentwatch_probe_score). */
   onScore?: (probeId: string, score: number) => void;
   /** Clock in epoch ms (tests). */
@@ -101,6 +106,11 @@ export interface ProbeVerdict {
   silent: boolean;
   /** Position where the rule first held. */
   firstFiredAt: number | null;
+  /**
+   * The first clear concept match among this probe's alerts in the request; null when none was
+   * named (or no alert was raised); undefined when the monitor has no `nameConcept`.
+   */
+  closestConcept?: AlertConcept | null;
 }
 
 export interface RequestVerdict {
@@ -132,6 +142,7 @@ interface ProbeState {
   firstFiredAt: number | null;
   alertIds: number[];
   held: AlertDraft[];
+  concept: AlertConcept | null;
 }
 
 export class RequestMonitor {
@@ -166,6 +177,7 @@ export class RequestMonitor {
         firstFiredAt: null,
         alertIds: [],
         held: [],
+        concept: null,
       });
     }
     this.detector = new VerbalizationDetector(options.verbalization.phrases, options.verbalization.matchConceptWord ? (options.conceptWords ?? []) : []);
@@ -239,6 +251,7 @@ export class RequestMonitor {
         silent: s.fired && !verbalized,
         firstFiredAt: s.firstFiredAt,
       };
+      if (this.opts.nameConcept) probes[id].closestConcept = s.concept;
     }
     this.verdict = { requestId: this.opts.requestId, model: this.opts.model, verbalized, verbalizedAt: this.verbalizedAt, probes };
     return this.verdict;
@@ -293,6 +306,11 @@ export class RequestMonitor {
       kind: 'detection',
     };
     if (this.opts.tenant !== undefined) d.tenant = this.opts.tenant;
+    if (this.opts.nameConcept) {
+      const c = this.opts.nameConcept(s.probe.id, pos);
+      d.concept = c;
+      if (c !== null && s.concept === null) s.concept = c;
+    }
     const excerpt = this.excerpt();
     if (excerpt !== undefined) d.textExcerpt = excerpt;
     return d;

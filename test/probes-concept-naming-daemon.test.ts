@@ -1,0 +1,96 @@
+/**
+ * Issue 12: an alert names the closest stored concept when the match is clear. A real daemon on the
+ * built-in model with its shipped probes: an admin-injected stored concept (0.5× and 1× the layer's
+ * mean residual norm) fires generic-injection, whose verdict (`closest_concept`) and alert
+ * (`concept`, in the polling output) name that concept; a clean request names nothing; an injected
+ * random direction fires but names nothing (its top-1 cosine stays below the floor, as measured in
+ * docs/reports/concept-naming/).
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/daemon/config.js';
+import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import type { Alert } from '../src/daemon/alert-log.js';
+import { createRng } from '../src/rng.js';
+import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
+import { CODE16M, tempDir } from './helpers.js';
+
+type Concept = { name: string; layer: number; cosine: number; margin: number } | null;
+type Verdict = { probes: { id: string; fired: boolean; alert_ids: number[]; closest_concept: Concept }[] };
+
+let daemon: Daemon;
+
+beforeAll(async () => {
+  const { config } = loadConfig({
+    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
+    argv: ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-naming-'), 'alerts.db')],
+  });
+  daemon = await startDaemon(config);
+}, 120_000);
+afterAll(async () => {
+  await daemon?.close();
+});
+
+const PROMPT = 'def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n';
+
+async function complete(prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<Verdict> {
+  const r = await fetch(`${daemon.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
+  });
+  expect(r.status).toBe(200);
+  return ((await r.json()) as { latentwatch: Verdict }).latentwatch;
+}
+
+async function alerts(ids: number[]): Promise<Alert[]> {
+  const r = await fetch(`${daemon.url}/v1/alerts?after=${Math.min(...ids) - 1}&limit=1000`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+  expect(r.status).toBe(200);
+  const body = (await r.json()) as { data: Alert[] };
+  return body.data.filter((a) => ids.includes(a.id));
+}
+
+describe('concept naming in alerts and verdicts', () => {
+  for (const [concept, layer, scale] of [
+    ['Dust', 4, 0.5],
+    ['Oceans', 2, 1],
+    ['Peace', 6, 0.5],
+  ] as const) {
+    it(`an injected concept (${concept}, layer ${layer}, ×${scale}) fires and is named`, async () => {
+      const v = await complete(PROMPT, { latentwatch: { inject: { concept, layer, scale, window: 'all' } } }, ADMIN_KEY);
+      const g = v.probes.find((p) => p.id === 'generic-injection')!;
+      expect(g.fired).toBe(true);
+      expect(g.closest_concept).not.toBeNull();
+      expect(g.closest_concept!.name).toBe(concept);
+      expect(g.closest_concept!.layer).toBe(layer);
+      expect(g.closest_concept!.cosine).toBeGreaterThanOrEqual(0.5);
+      expect(g.alert_ids.length).toBeGreaterThan(0);
+      const raised = await alerts(g.alert_ids);
+      expect(raised.length).toBe(g.alert_ids.length);
+      expect(raised[0].concept).toEqual(g.closest_concept);
+      // The persisted row reads back the same (SQLite log, JSON column).
+      expect(daemon.log.since(g.alert_ids[0] - 1, {}, 1)[0].concept).toEqual(g.closest_concept);
+    });
+  }
+
+  it('a clean request fires nothing and names nothing', async () => {
+    const v = await complete(PROMPT);
+    for (const p of v.probes) {
+      expect(p.fired).toBe(false);
+      expect(p.closest_concept).toBeNull();
+    }
+  });
+
+  it('an injected random direction fires generic-injection but names no concept (below the floor)', async () => {
+    const rng = createRng(42);
+    const vector = Array.from({ length: 384 }, () => rng.gaussian());
+    const norm = Math.hypot(...vector);
+    const v = await complete(PROMPT, { latentwatch: { inject: { vector: vector.map((x) => x / norm), layer: 4, scale: 18, window: 'all' } } }, ADMIN_KEY);
+    const g = v.probes.find((p) => p.id === 'generic-injection')!;
+    expect(g.fired).toBe(true);
+    expect(g.closest_concept).toBeNull();
+    const raised = await alerts(g.alert_ids);
+    expect(raised.length).toBeGreaterThan(0);
+    for (const a of raised) expect(a.concept).toBeNull();
+  });
+});
