@@ -71,7 +71,8 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
     const rssAtLaunch = d.rssBytes() ?? NaN;
     await Promise.all(PROMPTS.slice(0, 4).map((p) => streamRequest(d.url, '/v1/completions', { model, prompt: p, max_tokens: 32 })));
     const rssStart = d.rssBytes() ?? NaN;
-    for (let i = 0; i < settings.subscribers; i++) subs.push(subscribe(d.url));
+    // Injected requests are the admin's tenant: only the admin key sees every alert.
+    for (let i = 0; i < settings.subscribers; i++) subs.push(subscribe(d.url, { key: ADMIN_KEY }));
     await Promise.all(subs.map((s) => s.opened));
     log(`soak: ${settings.seconds} s, ${settings.streams} stream workers, ${settings.http} HTTP workers, ${settings.subscribers} subscribers; RSS ${(rssStart / MB).toFixed(0)} MiB after warm-up`);
 
