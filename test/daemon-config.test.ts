@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { isLatentwatchError, type LatentwatchError } from '../src/errors.js';
 import { CONFIG_SCHEMA, DEFAULTS, loadConfig, parseFlags, ruleForProbe } from '../src/daemon/config.js';
+import { thrown } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'lw-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -12,16 +12,6 @@ function file(name: string, value: unknown): string {
   const p = join(dir, name);
   writeFileSync(p, typeof value === 'string' ? value : JSON.stringify(value));
   return p;
-}
-
-function thrown(fn: () => unknown): LatentwatchError {
-  try {
-    fn();
-  } catch (e) {
-    if (isLatentwatchError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a LatentwatchError');
 }
 
 describe('daemon config', () => {

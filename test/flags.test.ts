@@ -1,16 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { isLatentwatchError, type LatentwatchError } from '../src/errors.js';
 import { parseCommandLine } from '../src/flags.js';
-
-function thrown(fn: () => unknown): LatentwatchError {
-  try {
-    fn();
-  } catch (e) {
-    if (isLatentwatchError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a LatentwatchError');
-}
+import { thrown } from './helpers.js';
 
 const OPTIONS = { model: { type: 'string' }, probe: { type: 'string', multiple: true }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } as const;
 

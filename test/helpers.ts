@@ -3,6 +3,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readSafetensorsHeader, readTensorRaw } from '../src/model/safetensors.js';
+import { isLatentwatchError, type LatentwatchError } from '../src/errors.js';
 
 export const FIXTURES = new URL('./fixtures/', import.meta.url).pathname;
 export const QWEN2_TINY = join(FIXTURES, 'qwen2-tiny');
@@ -95,4 +96,15 @@ export function freePort(): Promise<number> {
       s.close(() => resolve(addr.port));
     });
   });
+}
+
+/** The coded error `fn` throws (a test fails if it throws something else or nothing). */
+export function thrown(fn: () => unknown): LatentwatchError {
+  try {
+    fn();
+  } catch (e) {
+    if (isLatentwatchError(e)) return e;
+    throw e;
+  }
+  throw new Error('expected a LatentwatchError');
 }

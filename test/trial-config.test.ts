@@ -2,19 +2,9 @@
 import { readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { isLatentwatchError, type LatentwatchError } from '../src/errors.js';
 import { loadTrialConfig, resolveTrialConfig, TRIAL_CONFIG_DEFAULTS, TRIAL_CONFIG_SCHEMA } from '../src/lab/trial-config.js';
 import { CONFIGS, tinyConfigObject } from './probes-trials-helpers.js';
-
-function thrown(fn: () => unknown): LatentwatchError {
-  try {
-    fn();
-  } catch (e) {
-    if (isLatentwatchError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a LatentwatchError');
-}
+import { thrown } from './helpers.js';
 
 const resolveTiny = (over: Record<string, unknown>) => resolveTrialConfig(tinyConfigObject(over), resolve(CONFIGS, 'trials'), 'tiny');
 
