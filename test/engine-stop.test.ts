@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
 import type { GenerateRequest, Step } from '../src/engine/types.js';
-import { CODE16M, TEST_CACHE } from './helpers.js';
+import { CODE16M, TEST_CACHE, logSoftmax } from './helpers.js';
 
 let engine: Engine;
 beforeAll(async () => {
@@ -60,14 +60,6 @@ describe('held-back stop-string prefixes at the end of generation', () => {
 });
 
 describe('logprobs on engine steps', () => {
-  const logSoftmax = (row: Float32Array) => {
-    let max = -Infinity;
-    for (const x of row) max = Math.max(max, x);
-    let sum = 0;
-    for (const x of row) sum += Math.exp(x - max);
-    return Array.from(row, (x) => x - max - Math.log(sum));
-  };
-
   it('each generated token: log-softmax of the logits it was sampled from, top-k sorted; the prompt: teacher-forced', async () => {
     const promptIds = engine.tokenizer!.encode('def load(path):\n');
     const { steps } = await run({ promptIds, maxTokens: 8, ignoreEos: true, returnLogits: true, logprobs: 5 });

@@ -108,3 +108,12 @@ export function thrown(fn: () => unknown): LatentwatchError {
   }
   throw new Error('expected a LatentwatchError');
 }
+
+/** Log-softmax of one logits row in float64: the tests' own reference, independent of src/. */
+export const logSoftmax = (row: Float32Array) => {
+  let max = -Infinity;
+  for (const x of row) max = Math.max(max, x);
+  let sum = 0;
+  for (const x of row) sum += Math.exp(x - max);
+  return Array.from(row, (x) => x - max - Math.log(sum));
+};

@@ -10,7 +10,7 @@ import type { Daemon } from '../src/daemon/daemon.js';
 import { Engine } from '../src/engine/engine.js';
 import type { SamplingOptions, Step } from '../src/engine/types.js';
 import { API_KEY, startTestDaemon, trainTestProbe } from './daemon-fixture.js';
-import { CODE16M, TEST_CACHE } from './helpers.js';
+import { CODE16M, TEST_CACHE, logSoftmax } from './helpers.js';
 
 const MODEL = 'qwen2-code-16m';
 let daemon: Daemon;
@@ -26,14 +26,6 @@ afterAll(async () => {
   await daemon?.close();
   await engine?.close();
 });
-
-const logSoftmax = (row: Float32Array) => {
-  let max = -Infinity;
-  for (const x of row) max = Math.max(max, x);
-  let sum = 0;
-  for (const x of row) sum += Math.exp(x - max);
-  return Array.from(row, (x) => x - max - Math.log(sum));
-};
 
 /** The engine's own greedy run: each text token with its logits row. */
 async function reference(promptIds: number[], maxTokens: number, sampling: SamplingOptions = {}): Promise<Step[]> {
