@@ -384,7 +384,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
         evaluation: { trials: test.length, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null, fprOnControls },
       });
       await writeProbeFile(file, det.file);
-      out({ out: file, id: det.file.id, label: det.file.label, members: det.members.map((m) => m.id), threshold: det.threshold, targetFpr, aggregator: det.aggregator, fitRequests: fit.length, calibrationRequests: calibration.length, testRequests: test.length, fprOnHeldOut: fprOnControls, seconds: (performance.now() - t0) / 1000 });
+      out({ out: file, id: det.file.id, label: det.file.label, members: det.members.map((m) => m.id), threshold: det.threshold, targetFpr, aggregator: det.aggregator, fitRequests: fit.length, calibrationRequests: calibration.length, testRequests: test.length, skippedTooLong: acts.skippedTooLong, fprOnHeldOut: fprOnControls, seconds: (performance.now() - t0) / 1000 });
     } finally {
       ds?.close();
       await engine.close();
