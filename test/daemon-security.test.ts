@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
-import { AlertLog, type Alert } from '../src/daemon/alert-log.js';
+import { ALERT_LOG_SCHEMA_VERSION, AlertLog, type Alert } from '../src/daemon/alert-log.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
 import { ADMIN_KEY, API_KEY, spawnServe, trainTestProbe, type TestProbe } from './daemon-fixture.js';
@@ -164,7 +164,7 @@ describe('2. tenancy', () => {
       [2, 'alice'],
     ]);
     expect(log.since(0, { tenant: 'alice' }).map((a) => a.id)).toEqual([2]);
-    expect(log.database.pragma('user_version', { simple: true })).toBe(2);
+    expect(log.database.pragma('user_version', { simple: true })).toBe(ALERT_LOG_SCHEMA_VERSION);
     log.close();
   });
 });

@@ -44,6 +44,9 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { lwError } from '../errors.js';
+
+/** Schema version in SQLite's user_version: 1 first, 2 added `tenant`, 3 added `concept` (older files are migrated on open). */
+export const ALERT_LOG_SCHEMA_VERSION = 3;
 import { SEVERITIES, severityRank, type Severity } from './config.js';
 
 export type AlertKind = 'detection' | 'canary_failure';
@@ -237,7 +240,7 @@ export class AlertLog {
     // Version 2 had no concept: its rows read back without one.
     if (!columns.some((c) => c.name === 'concept')) db.exec('ALTER TABLE alerts ADD COLUMN concept TEXT');
     db.exec('CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id)');
-    db.pragma('user_version = 3');
+    db.pragma(`user_version = ${ALERT_LOG_SCHEMA_VERSION}`);
     this.insertStmt = db.prepare(`INSERT INTO alerts (id, ts, kind, request_id, model, probe_id, probe_label, severity,
       severity_rank, score, threshold, token_index, silent, verbalized, text_excerpt, tenant, concept)
       VALUES (@id, @ts, @kind, @request_id, @model, @probe_id, @probe_label, @severity, @severity_rank, @score,
