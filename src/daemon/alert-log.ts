@@ -44,10 +44,10 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { lwError } from '../errors.js';
+import { SEVERITIES, severityRank, type Severity } from './config.js';
 
 /** Schema version in SQLite's user_version: 1 first, 2 added `tenant`, 3 added `concept` (older files are migrated on open). */
 export const ALERT_LOG_SCHEMA_VERSION = 3;
-import { SEVERITIES, severityRank, type Severity } from './config.js';
 
 export type AlertKind = 'detection' | 'canary_failure';
 export const ALERT_KINDS: readonly AlertKind[] = ['detection', 'canary_failure'];
