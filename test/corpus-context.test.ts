@@ -4,8 +4,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
-import { resolveCorpus, runCorpus } from '../src/lab/corpus.js';
-import { CODE16M, TEST_CACHE } from './helpers.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadCorpora, resolveCorpus, runCorpus } from '../src/lab/corpus.js';
+import { CODE16M, TEST_CACHE, tempDir } from './helpers.js';
 
 let engine: Engine;
 beforeAll(async () => {
@@ -24,6 +26,24 @@ describe('runCorpus and the context length', () => {
     const acts = await runCorpus(engine, corpus, [2]);
     expect(acts.skippedTooLong).toEqual([{ id: 'code/1', tokens }]);
     expect(acts.requests.map((r) => r.id)).toEqual(['code/0', 'code/2']);
+  });
+
+  it("runs each request with its own generation length (a traffic line's max_tokens; merged files)", async () => {
+    const dir = tempDir('lw-corpus-len-');
+    const traffic = join(dir, 't.jsonl');
+    writeFileSync(traffic, '{"prompt": "def add(a, b):\\n", "max_tokens": 0}\n{"prompt": "def add(a, b):\\n", "max_tokens": 3}\n"x = 1\\n"\n');
+    const config = join(dir, 'c.json');
+    writeFileSync(config, JSON.stringify({ formatVersion: 1, name: 'c', generation: { maxTokens: 1 }, split: { testFraction: 0 }, styles: [{ name: 'code', prompts: ['x = 1\n'] }] }));
+    const acts = await runCorpus(engine, loadCorpora([config, traffic], { maxTokens: 2 }), [2]);
+    const d = engine.config.hiddenSize;
+    const generated = acts.requests.map((r) => [r.id, r.maxTokens, r.ids.length - r.promptTokens, r.rows[0].length / d - r.promptTokens]);
+    // Every generated token is a scored position (none stop early on these prompts): prompt + maxTokens.
+    expect(generated).toEqual([
+      ['code/0', 1, 1, 1],
+      ['traffic/0', 0, 0, 0],
+      ['traffic/1', 3, 3, 3],
+      ['traffic/2', 2, 2, 2],
+    ]);
   });
 
   it('a corpus of which nothing fits is LW_ERR_CORPUS_INVALID', async () => {

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { aggregateSequence, createAggregator, skipFrom, validateAggregatorSpec } from '../src/probes/aggregators.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
-import { corpusRequests, loadCorpus, resolveCorpus } from '../src/lab/corpus.js';
+import { corpusRequests, loadCorpora, loadCorpus, resolveCorpus } from '../src/lab/corpus.js';
 import { calibrate, detectorTokenScores, fitAnomalyDetector, MemberScoreCache, requestScore, scoreSeq, type Seq } from '../src/lab/generic.js';
 import { fitGaussian } from '../src/lab/gaussian-fit.js';
 import { createProbe, loadProbe } from '../src/probes/probe.js';
@@ -318,10 +318,71 @@ describe('clean corpus', () => {
       ['traffic', 1],
       ['code', 1],
     ]);
-    expect(corpusRequests(c).every((r) => r.split === 'fit')).toBe(true);
+    expect(corpusRequests(c).map((r) => r.maxTokens)).toEqual([8, 8]);
     writeFileSync(p, '{"text": 1}\n');
     expect(() => loadCorpus(p)).toThrow(expect.objectContaining({ code: 'LW_ERR_CORPUS_INVALID' }));
     expect(() => loadCorpus(join(tmp, 'missing.json'))).toThrow(expect.objectContaining({ code: 'LW_ERR_CORPUS_NOT_FOUND' }));
+  });
+
+  const trafficLines = (n: number, style?: string) => Array.from({ length: n }, (_, i) => JSON.stringify(style ? { prompt: `request ${i}`, style } : `request ${i}`)).join('\n') + '\n';
+
+  it('JSONL traffic holds out a hashed 0.3 share per style, the same on every load (issue 12)', () => {
+    const p = join(tmp, 'held.jsonl');
+    writeFileSync(p, trafficLines(40) + trafficLines(20, 'code'));
+    const c = loadCorpus(p);
+    expect(c.split.testFraction).toBe(0.3);
+    const reqs = corpusRequests(c);
+    for (const st of ['traffic', 'code']) {
+      const mine = reqs.filter((r) => r.style === st);
+      expect(mine.some((r) => r.split === 'test')).toBe(true);
+      expect(mine.some((r) => r.split === 'fit')).toBe(true);
+    }
+    const share = reqs.filter((r) => r.split === 'test').length / reqs.length;
+    expect(share).toBeGreaterThan(0.1);
+    expect(share).toBeLessThan(0.5);
+    // Hashed by style and index, as corpusRequests does for a config's styles: lines appended later do not move earlier ones.
+    writeFileSync(p, trafficLines(40) + trafficLines(20, 'code') + trafficLines(10));
+    const more = corpusRequests(loadCorpus(p));
+    for (const r of reqs) expect(more.find((m) => m.id === r.id)!.split).toBe(r.split);
+  });
+
+  it('a JSONL line carries its own max_tokens; --max-tokens sets the rest; bad values name the line', () => {
+    const p = join(tmp, 'len.jsonl');
+    writeFileSync(p, '{"prompt": "a", "max_tokens": 3}\n"b"\n{"prompt": "c", "max_tokens": 0}\n');
+    expect(corpusRequests(loadCorpus(p)).map((r) => r.maxTokens)).toEqual([3, 8, 0]);
+    expect(corpusRequests(loadCorpus(p, { maxTokens: 5 })).map((r) => r.maxTokens)).toEqual([3, 5, 0]);
+    for (const bad of ['-1', '2.5', '"4"', '5000']) {
+      writeFileSync(p, `"ok"\n{"prompt": "a", "max_tokens": ${bad}}\n`);
+      expect(() => loadCorpus(p)).toThrow(expect.objectContaining({ code: 'LW_ERR_CORPUS_INVALID', message: expect.stringContaining('line 2') }));
+    }
+    writeFileSync(p, '"ok"\n');
+    expect(() => loadCorpus(p, { maxTokens: -2 })).toThrow(expect.objectContaining({ code: 'LW_ERR_CORPUS_INVALID' }));
+  });
+
+  it('several files merge: styles distinct, ids unique, each split and length as alone', () => {
+    const config = new URL('../configs/corpus/clean.json', import.meta.url).pathname;
+    const a = join(tmp, 'merge-a.jsonl');
+    const b = join(tmp, 'merge-b.jsonl');
+    writeFileSync(a, trafficLines(12) + '{"prompt": "x", "style": "chat", "max_tokens": 2}\n');
+    writeFileSync(b, trafficLines(6));
+    const alone = { config: corpusRequests(loadCorpus(config)), a: corpusRequests(loadCorpus(a)), b: corpusRequests(loadCorpus(b)) };
+    const m = loadCorpora([config, a, b]);
+    const reqs = corpusRequests(m);
+    expect(reqs.length).toBe(alone.config.length + alone.a.length + alone.b.length);
+    expect(new Set(reqs.map((r) => r.id)).size).toBe(reqs.length);
+    expect(new Set(m.styles.map((s) => s.name)).size).toBe(m.styles.length);
+    expect(m.styles.map((s) => s.name)).toEqual(expect.arrayContaining(['code-python', 'chat', 'traffic', 'chat-2', 'traffic-2']));
+    expect(m.generation).toEqual(loadCorpus(config).generation);
+    const strip = (r: { id: string; style: string }) => ({ ...r, id: undefined, style: undefined });
+    expect(reqs.slice(0, alone.config.length)).toEqual(alone.config);
+    expect(reqs.slice(alone.config.length, alone.config.length + alone.a.length).map(strip)).toEqual(alone.a.map(strip));
+    expect(reqs.slice(alone.config.length + alone.a.length).map(strip)).toEqual(alone.b.map(strip));
+    expect(reqs.find((r) => r.style === 'chat-2')).toMatchObject({ id: 'chat-2/0', maxTokens: 2, text: 'x' });
+    // A traffic file after a config takes the config's length unless --max-tokens says otherwise.
+    const cfg = join(tmp, 'merge-cfg.json');
+    writeFileSync(cfg, JSON.stringify({ formatVersion: 1, name: 'c', generation: { maxTokens: 4 }, styles: [{ name: 'p', prompts: ['q'] }] }));
+    expect(corpusRequests(loadCorpora([cfg, b])).map((r) => r.maxTokens)).toEqual([4, 4, 4, 4, 4, 4, 4]);
+    expect(corpusRequests(loadCorpora([cfg, b], { maxTokens: 1 })).map((r) => r.maxTokens)).toEqual([4, 1, 1, 1, 1, 1, 1]);
   });
 });
 

@@ -8,7 +8,7 @@ import { computeConceptVectors, writeConceptVectors } from '../lab/concepts.js';
 import { ConceptStore } from '../probes/concept-store.js';
 import { Dataset } from '../lab/dataset.js';
 import { evaluateProbeFile, type EvalReport } from '../lab/eval.js';
-import { corpusRequests, loadCorpus, runCorpus } from '../lab/corpus.js';
+import { corpusRequests, loadCorpora, loadCorpus, runCorpus, type Corpus } from '../lab/corpus.js';
 import { corpusSeq, detectorTokenScores, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, GENERIC_SKIP, MemberScoreCache, recalibrateProbe, requestScore, splitClean, trialSeq, withMeta, type Seq } from '../lab/generic.js';
 import { writeGenericReport } from '../lab/generic-report.js';
 import { loadProbe } from '../probes/probe.js';
@@ -292,6 +292,13 @@ latentwatch report --data DIR --out DIR [--no-diff-means]
  * Engine for the generic-detector commands, which run one request at a time: batched decode off
  * (maxBatch 0), so each sequence gets its own cache sized to it.
  */
+/** --prompts (repeatable; default the shipped corpus) and --max-tokens, loaded and merged. */
+function promptsOpt(v: { prompts?: string[]; 'max-tokens'?: string }): Corpus {
+  const maxTokens = num(v['max-tokens'], 'max-tokens');
+  if (maxTokens !== undefined && (!Number.isInteger(maxTokens) || maxTokens < 0 || maxTokens > 4096)) throw lwError('LW_ERR_CLI_USAGE', `--max-tokens must be an integer in 0..4096 (got ${v['max-tokens']})`);
+  return loadCorpora(v.prompts !== undefined && v.prompts.length > 0 ? v.prompts : [DEFAULT_CORPUS], { maxTokens });
+}
+
 function loadSoloEngine(v: { model?: string; precision?: string; 'cache-dir'?: string; threads?: string }): Promise<Engine> {
   return loadEngine(v, { maxBatch: 0 });
 }
@@ -307,7 +314,7 @@ export const fitAnomalyCommand: Command = {
   name: 'fit-anomaly',
   usage: `
 latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
-                        [--prompts FILE] [--data DIR] [--target-fpr F] [--input update|resid]
+                        [--prompts FILE]... [--max-tokens N] [--data DIR] [--target-fpr F] [--input update|resid]
                         [--covariance full|lowrank|diagonal] [--rank K] [--calibration-fraction F]
                         [--id ID] [--label TEXT]
                         [--precision P] [--cache-dir DIR] [--threads N]
@@ -320,16 +327,22 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
   members whose threshold sits at --target-fpr (default 0.01) per request on clean requests kept
   out of the fit (--calibration-fraction, default 0.4). It flags an added vector of any direction.
   --prompts: a corpus config (.json, default configs/corpus/clean.json: code, prose, chat, long
-  context; its held-out prompts measure the false-positive rate) or live traffic (.jsonl, one
-  prompt per line: a JSON string or {"prompt", "style"}). --data adds the clean train-split trials
-  of a trial dataset. Prints the probe's figures, including the FPR per held-out style.`,
+  context) or live traffic (.jsonl, one prompt per line: a JSON string or {"prompt", "style",
+  "max_tokens"}); of either a hashed share (split.testFraction; 0.3 for traffic) is held out and
+  measures the false-positive rate. Give --prompts more than once to merge files (e.g. the shipped
+  corpus and your traffic): styles stay distinct (a repeated name gets -2), each request keeps the
+  split it has alone, and the first file's generation settings are the default of traffic files.
+  --max-tokens: tokens generated for traffic lines without their own max_tokens (default: the
+  first file's generation.maxTokens, 8). --data adds the clean train-split trials of a trial
+  dataset. Prints the probe's figures, including the FPR per held-out style.`,
   async run(argv) {
     const v = parse(
       argv,
       {
         ...engineOptions,
         layers: { type: 'string' },
-        prompts: { type: 'string' },
+        prompts: { type: 'string', multiple: true },
+        'max-tokens': { type: 'string' },
         data: { type: 'string' },
         'target-fpr': { type: 'string' },
         input: { type: 'string' },
@@ -351,7 +364,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
     const targetFpr = num(v['target-fpr'], 'target-fpr') ?? 0.01;
     const calFrac = num(v['calibration-fraction'], 'calibration-fraction') ?? 0.4;
     if (!(calFrac > 0 && calFrac < 1)) throw lwError('LW_ERR_CLI_USAGE', '--calibration-fraction must be in (0, 1)');
-    const corpus = loadCorpus(v.prompts ?? DEFAULT_CORPUS);
+    const corpus = promptsOpt(v);
     const ds = v.data !== undefined ? Dataset.open(v.data) : undefined;
     const t0 = performance.now();
     const engine = await loadSoloEngine(v);
@@ -460,8 +473,8 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
 export const calibrateProbeCommand: Command = {
   name: 'calibrate-probe',
   usage: `
-latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--prompts FILE] [--data DIR]
-                            [--skip N] [--target-fpr F] [--logit] [--precision P] [--cache-dir DIR] [--threads N]
+latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--prompts FILE]... [--max-tokens N]
+                            [--data DIR] [--skip N] [--target-fpr F] [--logit] [--precision P] [--cache-dir DIR] [--threads N]
   The daemon scores every position of a request from position 0. A probe whose threshold was set on
   a narrower view (issue 3's probes: from the question on) fires far more often on whole prompts.
   This keeps the probe's weights, leaves the first --skip positions unscored (default ${GENERIC_SKIP}: the
@@ -470,13 +483,14 @@ latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--pr
   configs/corpus/clean.json) and, with --data, the dataset's train-split clean trials. --logit
   scores a logistic ('linear') probe as its logit ('direction'): its probabilities saturate at 1
   on whole prompts, so no probability threshold separates. Prints the false-positive rate at the
-  new threshold on the corpus's held-out prompts, per style.`,
+  new threshold on the corpus's held-out prompts, per style. --prompts and --max-tokens as for
+  fit-anomaly (repeatable; .jsonl traffic holds out a hashed 0.3).`,
   async run(argv) {
-    const v = parse(argv, { ...engineOptions, probe: { type: 'string' }, prompts: { type: 'string' }, data: { type: 'string' }, skip: { type: 'string' }, 'target-fpr': { type: 'string' }, logit: { type: 'boolean' } }, this.usage);
+    const v = parse(argv, { ...engineOptions, probe: { type: 'string' }, prompts: { type: 'string', multiple: true }, 'max-tokens': { type: 'string' }, data: { type: 'string' }, skip: { type: 'string' }, 'target-fpr': { type: 'string' }, logit: { type: 'boolean' } }, this.usage);
     const fileOut = required(v.out, 'out');
     const skip = num(v.skip, 'skip') ?? GENERIC_SKIP;
     if (!Number.isInteger(skip) || skip < 0) throw lwError('LW_ERR_CLI_USAGE', '--skip must be a non-negative integer');
-    const corpus = loadCorpus(v.prompts ?? DEFAULT_CORPUS);
+    const corpus = promptsOpt(v);
     const ds = v.data !== undefined ? Dataset.open(v.data) : undefined;
     const engine = await loadSoloEngine(v);
     try {

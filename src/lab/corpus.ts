@@ -7,8 +7,11 @@
  * - a corpus config (configs/corpus/*.json): styles of prompts (code, prose, chat, long context…),
  *   each a list of texts; styles marked `holdout` are never fitted on, and of the others a seeded
  *   share (`split.testFraction`, by hashing seed, style and index) is held out as well;
- * - live traffic: a JSONL file, one prompt per line (a JSON string, or {"prompt", "style"?}); every
- *   line is fitted on (style "traffic" unless given).
+ * - live traffic: a JSONL file, one prompt per line (a JSON string, or {"prompt", "style"?,
+ *   "max_tokens"?}); style "traffic" unless given; the same hashed held-out share as a config
+ *   (test fraction 0.3, seed 0, by style and index within the style).
+ * Several inputs merge (`loadCorpora`): each request keeps the split, generation length and
+ * sampling seed it has alone; a style name already taken by an earlier input gets a suffix (-2…).
  * Errors: LW_ERR_CORPUS_NOT_FOUND, LW_ERR_CORPUS_INVALID (with the JSON pointer or line).
  *
  * `runCorpus` runs each request through `engine.generate` exactly as the daemon does (tokenizer
@@ -42,7 +45,17 @@ export interface Corpus {
   generation: { maxTokens: number; temperature: number };
   split: { testFraction: number };
   styles: CorpusStyle[];
+  /**
+   * Per style (same order), per prompt: its own generation length (JSONL `max_tokens`), or
+   * undefined for `generation.maxTokens`. Not part of the config format.
+   */
+  maxTokens?: (number | undefined)[][];
+  /** A merged corpus (`mergeCorpora`): its requests, each as in its own input. */
+  requests?: CorpusRequest[];
 }
+
+/** Traffic defaults: 8 greedy tokens, 0.3 held out (hashed with seed 0). */
+export const TRAFFIC_DEFAULTS = { seed: 0, generation: { maxTokens: 8, temperature: 0 }, testFraction: 0.3 } as const;
 
 const nonEmpty = { type: 'string', minLength: 1 } as const;
 const CORPUS_SCHEMA = {
@@ -110,11 +123,21 @@ export function resolveCorpus(value: unknown, source = 'corpus'): Corpus {
   };
 }
 
+export interface LoadCorpusOptions {
+  /** Generation length of JSONL lines without their own `max_tokens` (default 8). */
+  maxTokens?: number;
+  /** Sampling temperature of JSONL lines (default 0: greedy). */
+  temperature?: number;
+}
+
+const MAX_TOKENS_LIMIT = 4096;
+
 /**
  * Read a corpus: a corpus config (.json) or live traffic (.jsonl: one prompt per line, a JSON
- * string or {"prompt": "...", "style": "..."}; all fitted on, 8 greedy tokens per request).
+ * string or {"prompt": "...", "style": "...", "max_tokens": N}; 8 greedy tokens per request
+ * unless the line or `opts.maxTokens` says otherwise; a hashed 0.3 of each style held out).
  */
-export function loadCorpus(path: string): Corpus {
+export function loadCorpus(path: string, opts: LoadCorpusOptions = {}): Corpus {
   const abs = resolve(path);
   let text: string;
   try {
@@ -123,7 +146,9 @@ export function loadCorpus(path: string): Corpus {
     throw lwError('LW_ERR_CORPUS_NOT_FOUND', abs, { path: abs }, e);
   }
   if (abs.endsWith('.jsonl')) {
-    const byStyle = new Map<string, string[]>();
+    const defaultMax = opts.maxTokens ?? TRAFFIC_DEFAULTS.generation.maxTokens;
+    if (!Number.isInteger(defaultMax) || defaultMax < 0 || defaultMax > MAX_TOKENS_LIMIT) invalid(abs, '', `max tokens must be an integer in 0..${MAX_TOKENS_LIMIT} (got ${defaultMax})`);
+    const byStyle = new Map<string, { prompts: string[]; maxTokens: (number | undefined)[] }>();
     text.split('\n').forEach((line, n) => {
       if (line.trim() === '') return;
       let v: unknown;
@@ -132,14 +157,31 @@ export function loadCorpus(path: string): Corpus {
       } catch {
         invalid(abs, `line ${n + 1}`, 'not JSON');
       }
-      const o = typeof v === 'string' ? { prompt: v } : (v as { prompt?: unknown; style?: unknown } | null);
-      if (o === null || typeof o !== 'object' || typeof o.prompt !== 'string' || o.prompt === '') invalid(abs, `line ${n + 1}`, 'expected a non-empty JSON string or {"prompt": string, "style"?: string}');
-      const style = typeof o.style === 'string' && o.style !== '' ? o.style : 'traffic';
-      byStyle.set(style, [...(byStyle.get(style) ?? []), o.prompt]);
+      const o = typeof v === 'string' ? { prompt: v } : (v as { prompt?: unknown; style?: unknown; max_tokens?: unknown; maxTokens?: unknown } | null);
+      if (o === null || typeof o !== 'object' || typeof o.prompt !== 'string' || o.prompt === '') invalid(abs, `line ${n + 1}`, 'expected a non-empty JSON string or {"prompt": string, "style"?: string, "max_tokens"?: integer}');
+      const mt = 'max_tokens' in o ? o.max_tokens : 'maxTokens' in o ? o.maxTokens : undefined;
+      if (mt !== undefined && (typeof mt !== 'number' || !Number.isInteger(mt) || mt < 0 || mt > MAX_TOKENS_LIMIT)) invalid(abs, `line ${n + 1}`, `max_tokens must be an integer in 0..${MAX_TOKENS_LIMIT} (got ${JSON.stringify(mt)})`);
+      const style = typeof o.style === 'string' && o.style !== '' ? o.style.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]/, 's') : 'traffic';
+      const st = byStyle.get(style) ?? { prompts: [], maxTokens: [] };
+      st.prompts.push(o.prompt);
+      st.maxTokens.push(mt as number | undefined);
+      byStyle.set(style, st);
     });
     if (byStyle.size === 0) invalid(abs, '', 'no prompts');
-    const name = 'traffic';
-    return resolveCorpus({ formatVersion: 1, name, description: `prompts of ${abs}`, split: { testFraction: 0 }, styles: [...byStyle].map(([s, prompts]) => ({ name: s.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]/, 's'), prompts })) }, abs);
+    const c = resolveCorpus(
+      {
+        formatVersion: 1,
+        name: 'traffic',
+        description: `prompts of ${abs}`,
+        seed: TRAFFIC_DEFAULTS.seed,
+        generation: { maxTokens: defaultMax, temperature: opts.temperature ?? TRAFFIC_DEFAULTS.generation.temperature },
+        split: { testFraction: TRAFFIC_DEFAULTS.testFraction },
+        styles: [...byStyle].map(([name, st]) => ({ name, prompts: st.prompts })),
+      },
+      abs,
+    );
+    c.maxTokens = [...byStyle.values()].map((st) => st.maxTokens);
+    return c;
   }
   let value: unknown;
   try {
@@ -150,6 +192,52 @@ export function loadCorpus(path: string): Corpus {
   return resolveCorpus(value, abs);
 }
 
+/**
+ * Read one or more corpus files and merge them (`mergeCorpora`). The first file's generation
+ * settings are the default of JSONL traffic files after it (`opts.maxTokens` overrides the length);
+ * a corpus config keeps its own.
+ */
+export function loadCorpora(paths: readonly string[], opts: LoadCorpusOptions = {}): Corpus {
+  if (paths.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', 'no corpus file given');
+  const first = loadCorpus(paths[0], opts);
+  const rest = paths.slice(1).map((p) => loadCorpus(p, { maxTokens: opts.maxTokens ?? first.generation.maxTokens, temperature: opts.temperature ?? first.generation.temperature }));
+  return rest.length === 0 ? first : mergeCorpora([first, ...rest]);
+}
+
+/**
+ * One corpus of several: every request keeps the split, generation length and sampling seed it has
+ * in its own corpus; a style whose name an earlier corpus already uses is renamed name-2, name-3…,
+ * so styles stay distinct and request ids (style/index) unique. Seed and generation are the first's.
+ */
+export function mergeCorpora(parts: readonly Corpus[]): Corpus {
+  const taken = new Set<string>();
+  const styles: CorpusStyle[] = [];
+  const requests: CorpusRequest[] = [];
+  for (const c of parts) {
+    const rename = new Map<string, string>();
+    for (const s of c.styles) {
+      let name = s.name;
+      for (let k = 2; taken.has(name); k++) name = `${s.name}-${k}`;
+      taken.add(name);
+      rename.set(s.name, name);
+      styles.push({ ...s, name, prompts: [...s.prompts] });
+    }
+    for (const r of corpusRequests(c)) {
+      const style = rename.get(r.style)!;
+      requests.push({ ...r, id: `${style}/${r.index}`, style });
+    }
+  }
+  const [first] = parts;
+  return {
+    ...first,
+    name: parts.map((c) => c.name).join('+'),
+    description: parts.map((c) => c.description).join('; '),
+    styles,
+    maxTokens: undefined,
+    requests,
+  };
+}
+
 export interface CorpusRequest {
   id: string;
   style: string;
@@ -157,18 +245,25 @@ export interface CorpusRequest {
   /** 'fit': may be fitted on; 'test': held out (holdout styles, and a seeded share of the rest). */
   split: 'fit' | 'test';
   text: string;
+  /** Tokens to generate after the prompt. */
+  maxTokens: number;
+  temperature: number;
+  /** Seed of sampled generation (temperature > 0). */
+  sampleSeed: number;
 }
 
-/** Every request of a corpus, in order, with its split. */
+/** Every request of a corpus, in order, with its split and generation settings. */
 export function corpusRequests(c: Corpus): CorpusRequest[] {
+  if (c.requests) return c.requests.map((r) => ({ ...r }));
   const out: CorpusRequest[] = [];
-  for (const s of c.styles) {
+  c.styles.forEach((s, k) => {
     s.prompts.forEach((text, index) => {
       const id = `${s.name}/${index}`;
       const test = s.holdout || (c.split.testFraction > 0 && hashUnit(`${c.seed}|corpus|${id}`) < c.split.testFraction);
-      out.push({ id, style: s.name, index, split: test ? 'test' : 'fit', text });
+      const maxTokens = c.maxTokens?.[k]?.[index] ?? c.generation.maxTokens;
+      out.push({ id, style: s.name, index, split: test ? 'test' : 'fit', text, maxTokens, temperature: c.generation.temperature, sampleSeed: hash32(`${c.seed}|sample|${id}`) });
     });
-  }
+  });
   return out;
 }
 
@@ -204,7 +299,7 @@ export async function runCorpus(engine: Engine, corpus: Corpus, layers: readonly
   const skippedTooLong: CorpusActivations['skippedTooLong'] = [];
   for (const [k, req] of requests.entries()) {
     const promptIds = tok.encode(req.text);
-    const maxTokens = corpus.generation.maxTokens;
+    const maxTokens = req.maxTokens;
     if (promptIds.length + maxTokens > engine.contextLength) {
       skippedTooLong.push({ id: req.id, tokens: promptIds.length });
       progress?.(k + 1, requests.length, `${req.id} skipped: ${promptIds.length} tokens + ${maxTokens} exceed the context ${engine.contextLength}`);
@@ -212,7 +307,7 @@ export async function runCorpus(engine: Engine, corpus: Corpus, layers: readonly
     }
     const parts: Float32Array[][] = hooks.map(() => []);
     const ids = [...promptIds];
-    for await (const step of engine.generate({ promptIds, maxTokens, sampling: { temperature: corpus.generation.temperature, seed: hash32(`${corpus.seed}|sample|${req.id}`) }, taps: hooks })) {
+    for await (const step of engine.generate({ promptIds, maxTokens, sampling: { temperature: req.temperature, seed: req.sampleSeed }, taps: hooks })) {
       if (step.kind === 'token') ids.push(step.tokenId);
       if (step.taps.size === 0) continue;
       hooks.forEach((h, i) => parts[i].push(step.taps.get(h)!.data.slice()));
