@@ -15,6 +15,7 @@ import { createProbe } from '../src/probes/probe.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
 import { CODE16M, TEST_CACHE, tempDir, waitUntil } from './helpers.js';
+import { expect } from 'vitest';
 
 export const INJECT_LAYER = 3;
 export const PROBE_LAYER = 5;
@@ -98,6 +99,20 @@ export async function trainTestProbe(): Promise<TestProbe> {
 
 export const ADMIN_KEY = 'admin-secret-key';
 export const API_KEY = 'user-secret-key';
+
+/**
+ * A greedy 8-token completion on the built-in model; asserts 200 and returns the `latentwatch`
+ * verdict (typed by the caller: tests read different fields of it).
+ */
+export async function completeVerdict<V>(url: string, prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<V> {
+  const r = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
+  });
+  expect(r.status).toBe(200);
+  return ((await r.json()) as { latentwatch: V }).latentwatch;
+}
 
 export async function startTestDaemon(probe: TestProbe, extraArgv: string[] = [], env: Record<string, string> = {}): Promise<Daemon> {
   const { config } = loadConfig({

@@ -16,7 +16,7 @@ import { fitGaussianFromMoments, MomentAccumulator } from '../src/probes/moments
 import { DetectorLearner } from '../src/probes/learn.js';
 import { matrix } from '../src/probes/matrix.js';
 import { createRng } from '../src/rng.js';
-import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
+import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
 import { CODE16M, tempDir, waitUntil } from './helpers.js';
 
 const expected = JSON.parse(readFileSync(new URL('./fixtures/probes/expected.json', import.meta.url), 'utf8')) as { gaussian: { name: string; rows: number; cols: number; X: number[] }[] };
@@ -116,15 +116,7 @@ type Body = Record<string, any>;
 
 type Verdict = { probes: { id: string; threshold: number; max_score: number | null }[] };
 
-async function complete(d: Daemon, prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<Verdict> {
-  const r = await fetch(`${d.url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
-    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
-  });
-  expect(r.status).toBe(200);
-  return ((await r.json()) as { latentwatch: Verdict }).latentwatch;
-}
+const complete = (d: Daemon, prompt: string, extra: Record<string, unknown> = {}, key = API_KEY) => completeVerdict<Verdict>(d.url, prompt, extra, key);
 
 async function admin(d: Daemon, method: 'GET' | 'POST', body?: unknown, key: string | null = ADMIN_KEY): Promise<{ status: number; body: Body }> {
   const headers: Record<string, string> = {};

@@ -12,7 +12,7 @@ import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
 import type { Alert } from '../src/daemon/alert-log.js';
 import { createRng } from '../src/rng.js';
-import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
+import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
 import { CODE16M, tempDir } from './helpers.js';
 
 type Concept = { name: string; layer: number; cosine: number; margin: number } | null;
@@ -33,15 +33,7 @@ afterAll(async () => {
 
 const PROMPT = 'def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n';
 
-async function complete(prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<Verdict> {
-  const r = await fetch(`${daemon.url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
-    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
-  });
-  expect(r.status).toBe(200);
-  return ((await r.json()) as { latentwatch: Verdict }).latentwatch;
-}
+const complete = (prompt: string, extra: Record<string, unknown> = {}, key = API_KEY) => completeVerdict<Verdict>(daemon.url, prompt, extra, key);
 
 async function alerts(ids: number[]): Promise<Alert[]> {
   const r = await fetch(`${daemon.url}/v1/alerts?after=${Math.min(...ids) - 1}&limit=1000`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import { bundledProbes, startDaemon, type Daemon } from '../src/daemon/daemon.js';
 import { createRng } from '../src/rng.js';
-import { ADMIN_KEY, API_KEY } from './daemon-fixture.js';
+import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
 import { CODE16M, tempDir } from './helpers.js';
 
 type Verdict = { probes: { id: string; label?: string; fired: boolean; max_score: number | null; threshold: number }[] };
@@ -29,15 +29,7 @@ afterAll(async () => {
   await daemon?.close();
 });
 
-async function complete(prompt: string, extra: Record<string, unknown> = {}, key = API_KEY): Promise<Verdict> {
-  const r = await fetch(`${daemon.url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
-    body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0, ...extra }),
-  });
-  expect(r.status).toBe(200);
-  return ((await r.json()) as { latentwatch: Verdict }).latentwatch;
-}
+const complete = (prompt: string, extra: Record<string, unknown> = {}, key = API_KEY) => completeVerdict<Verdict>(daemon.url, prompt, extra, key);
 
 describe('bundled probes: concept-injection + generic-injection', () => {
   it('both load, with their labels', () => {
