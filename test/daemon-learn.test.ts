@@ -146,6 +146,11 @@ describe('learning the generic detector from live traffic', () => {
     expect(user.status).toBe(403);
     expect(user.body.error.code).toBe('LW_ERR_AUTH_ADMIN_REQUIRED');
     expect((await admin(d, 'GET', undefined, API_KEY)).status).toBe(403);
+    // Like every API route: the key is checked before the body is read, and browsers are refused.
+    const noKeyBadBody = await fetch(`${d.url}/v1/admin/learn`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{not json' });
+    expect([noKeyBadBody.status, ((await noKeyBadBody.json()) as Body).error.code]).toEqual([401, 'LW_ERR_AUTH_MISSING_KEY']);
+    const browser = await fetch(`${d.url}/v1/admin/learn`, { headers: { authorization: `Bearer ${ADMIN_KEY}`, origin: 'https://evil.example' } });
+    expect([browser.status, ((await browser.json()) as Body).error.code]).toEqual([403, 'LW_ERR_AUTH_ORIGIN_FORBIDDEN']);
     for (const [body, code] of [
       [{ requests: 5 }, 'LW_ERR_API_BAD_REQUEST'],
       [{ requests: 1e9 }, 'LW_ERR_API_BAD_REQUEST'],

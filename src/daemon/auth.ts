@@ -107,10 +107,15 @@ export class Authenticator {
 }
 
 /**
- * Admin injection: the admin role and injection enabled, else a coded 403. The principal comes
- * from `authenticate`, which has already answered a missing or wrong key with a 401.
+ * The admin role, else a coded 403 saying what needed it. The principal comes from
+ * `authenticate`, which has already answered a missing or wrong key with a 401.
  */
+export function requireAdmin(principal: Principal, what: string): void {
+  if (principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', `${what} needs Authorization: Bearer <admin key>`);
+}
+
+/** Admin injection: the admin role and injection enabled, else a coded 403. */
 export function requireInjection(principal: Principal, allowInjection: boolean): void {
-  if (principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', 'injection needs Authorization: Bearer <admin key>');
+  requireAdmin(principal, 'injection');
   if (!allowInjection) throw lwError('LW_ERR_AUTH_INJECTION_DISABLED', 'enable it with LATENTWATCH_ALLOW_INJECTION=1 or allowInjection in the config file');
 }

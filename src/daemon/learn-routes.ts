@@ -6,9 +6,10 @@
  */
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { lwError } from '../errors.js';
-import { extractToken, type Authenticator } from './auth.js';
+import { requireAdmin, type Authenticator } from './auth.js';
 import type { FrozenConfig } from './config.js';
 import type { LearningService } from './learning.js';
+import { principalOf } from './request-guard.js';
 
 export const LEARN_PATH = '/v1/admin/learn';
 
@@ -19,16 +20,15 @@ export interface LearnRoutesOptions {
 }
 
 export const learnRoutes: FastifyPluginAsync<LearnRoutesOptions> = async (app: FastifyInstance, opts: LearnRoutesOptions) => {
-  const requireAdmin = (req: FastifyRequest) => {
-    const principal = opts.auth.authenticate(extractToken(req.headers));
-    if (principal.role !== 'admin') throw lwError('LW_ERR_AUTH_ADMIN_REQUIRED', 'learning needs Authorization: Bearer <admin key>');
-  };
-  app.get(LEARN_PATH, async (req) => {
-    requireAdmin(req);
+  // config.auth: the request guard authenticates before the body is read and applies the Origin
+  // check, as on every API route; the handlers then require the admin role.
+  const adminOnly = (req: FastifyRequest) => requireAdmin(principalOf(req, opts.auth), 'learning');
+  app.get(LEARN_PATH, { config: { auth: true } }, async (req) => {
+    adminOnly(req);
     return opts.learning.status();
   });
-  app.post(LEARN_PATH, async (req, reply) => {
-    requireAdmin(req);
+  app.post(LEARN_PATH, { config: { auth: true } }, async (req, reply) => {
+    adminOnly(req);
     const body = req.body;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw lwError('LW_ERR_API_BAD_REQUEST', 'expected a JSON object {"probe", "requests", "target_fpr"}');
     const b = body as Record<string, unknown>;
