@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { AlertHub, CLOSE_SLOW_CONSUMER, textFrame, type AlertHubOptions } from '../src/daemon/alert-hub.js';
 import { AlertLog, type Alert, type AlertDraft } from '../src/daemon/alert-log.js';
+import { SqliteAlertStore } from '../src/daemon/alert-store.js';
 import { alertRoutes } from '../src/daemon/alert-routes.js';
 import { Authenticator } from '../src/daemon/auth.js';
 import { installErrorHandlers } from '../src/daemon/http-errors.js';
@@ -29,10 +30,11 @@ interface Server {
 async function startServer(name: string, hubOptions: Partial<AlertHubOptions> = {}, keys = { apiKeys: ['user-key'], adminKey: 'admin-key' as string | null }): Promise<Server> {
   const log = AlertLog.open({ path: name === ':memory:' ? ':memory:' : join(dir, `${name}.db`) });
   const auth = new Authenticator(keys);
-  const hub = new AlertHub({ log, auth, bufferLimitBytes: 1 << 20, maxQueuedMessages: 100_000, heartbeatIntervalMs: 60_000, ...hubOptions });
+  const store = new SqliteAlertStore(log);
+  const hub = new AlertHub({ store, auth, bufferLimitBytes: 1 << 20, maxQueuedMessages: 100_000, heartbeatIntervalMs: 60_000, ...hubOptions });
   const app = Fastify();
   installErrorHandlers(app); // as server.ts: the routes answer through the root handlers
-  await app.register(alertRoutes, { hub, log, auth });
+  await app.register(alertRoutes, { hub, store, auth });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const addr = app.server.address();
   if (addr === null || typeof addr === 'string') throw new Error('no address');
@@ -150,7 +152,7 @@ describe('alert hub', () => {
     const byQuery = await opened(client(`${s.ws}?token=user-key`));
     const byHeader = await opened(client(s.ws, { authorization: 'Bearer admin-key' }));
     await until(() => s.hub.subscriberCount === 2, 'two subscribers');
-    const a = s.hub.raise(draft()).alert;
+    const a = (await s.hub.raise(draft())).alert;
     await until(() => byQuery.alerts.length === 1 && byHeader.alerts.length === 1, 'delivery');
     expect(byQuery.alerts[0]).toEqual(a);
     byQuery.ws.close();
@@ -187,7 +189,7 @@ describe('alert hub', () => {
     const severities = ['info', 'warning', 'critical'] as const;
     for (let i = 0; i < 24; i++) {
       raised.push(
-        s.hub.raise(
+        (await s.hub.raise(
           draft({
             probeId: probes[i % 3],
             severity: severities[Math.floor(i / 3) % 3],
@@ -196,7 +198,7 @@ describe('alert hub', () => {
             model: i % 4 === 0 ? 'big' : 'tiny',
             kind: i === 23 ? 'canary_failure' : 'detection',
           }),
-        ).alert,
+        )).alert,
       );
     }
     const expected = new Map<Client, Alert[]>([
@@ -224,8 +226,8 @@ describe('alert hub', () => {
     const all = await opened(client(`${s.ws}?${t}`));
     const onlyB = await opened(client(`${s.ws}?${t}&probe=probe.b`));
     await until(() => s.hub.subscriberCount === 2, 'subscribers');
-    const first = s.hub.raiseMany([draft({ probeId: 'probe.a' }), draft({ probeId: 'probe.b' }), draft({ probeId: 'probe.c' })], { forwardAtUs: 1 });
-    const second = s.hub.raiseMany([draft({ probeId: 'probe.b' })]);
+    const first = await s.hub.raiseMany([draft({ probeId: 'probe.a' }), draft({ probeId: 'probe.b' }), draft({ probeId: 'probe.c' })], { forwardAtUs: 1 });
+    const second = await s.hub.raiseMany([draft({ probeId: 'probe.b' })]);
     const want = [...first, ...second].map((r) => r.alert);
     expect(ids(want)).toEqual(range(want[0].id, want[0].id + 3));
     expect(want.every((a, i) => a.id === [...first, ...second][i].alert.id)).toBe(true);
@@ -242,7 +244,8 @@ describe('alert hub', () => {
     const c = await opened(client(`${s.ws}?token=user-key`));
     await until(() => s.hub.subscriberCount === 1, 'subscriber');
     const excerpts = ['', 'x'.repeat(500), 'é'.repeat(40_000)]; // the last one is > 65535 bytes in UTF-8
-    const raised = excerpts.map((textExcerpt) => s.hub.raise(textExcerpt ? draft({ textExcerpt }) : draft()).alert);
+    const raised: Alert[] = [];
+    for (const textExcerpt of excerpts) raised.push((await s.hub.raise(textExcerpt ? draft({ textExcerpt }) : draft())).alert);
     await until(() => c.alerts.length === 3, 'delivery');
     expect(c.alerts).toEqual(raised);
     expect(textFrame('a'.repeat(125)).length).toBe(127);
@@ -358,7 +361,7 @@ describe('alert hub', () => {
     const live = await opened(client(`${s.ws}?token=user-key`));
     s.hub.raise(draft());
     s.log.database.pragma('query_only = 1');
-    for (let i = 0; i < 5; i++) expect(s.hub.raise(draft()).durable).toBe(false);
+    for (let i = 0; i < 5; i++) expect((await s.hub.raise(draft())).durable).toBe(false);
     await until(() => live.alerts.length === 6, 'live delivery during the outage');
     const resumed = client(`${s.ws}?token=user-key&last_id=2`);
     await until(() => resumed.alerts.length === 4, 'resume from memory');

@@ -10,6 +10,7 @@ import Fastify from 'fastify';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AlertHub } from '../src/daemon/alert-hub.js';
 import { AlertLog } from '../src/daemon/alert-log.js';
+import { SqliteAlertStore } from '../src/daemon/alert-store.js';
 import { alertRoutes } from '../src/daemon/alert-routes.js';
 import { Authenticator } from '../src/daemon/auth.js';
 import { installErrorHandlers } from '../src/daemon/http-errors.js';
@@ -30,14 +31,15 @@ describe('GET /v1/alerts errors', () => {
     installErrorHandlers(app);
     const log = AlertLog.open({ path: join(dir, 'alerts.db') });
     const auth = new Authenticator({ apiKeys: ['user-key'], adminKey: null });
-    const hub = new AlertHub({ log, auth, bufferLimitBytes: 1 << 20, maxQueuedMessages: 1000, heartbeatIntervalMs: 60_000 });
-    await app.register(alertRoutes, { hub, log, auth });
+    const store = new SqliteAlertStore(log);
+    const hub = new AlertHub({ store, auth, bufferLimitBytes: 1 << 20, maxQueuedMessages: 1000, heartbeatIntervalMs: 60_000 });
+    await app.register(alertRoutes, { hub, store, auth });
     await app.listen({ host: '127.0.0.1', port: 0 });
     const addr = app.server.address();
     if (addr === null || typeof addr === 'string') throw new Error('no address');
     const get = (q: string) => fetch(`http://127.0.0.1:${addr.port}/v1/alerts?${q}`, { headers: { authorization: 'Bearer user-key' } });
     try {
-      hub.raise({ requestId: 'r1', model: 'm', probeId: 'p', probeLabel: 'p', severity: 'warning', score: 1, threshold: 0.5, tokenIndex: 0, silent: true, verbalized: false, kind: 'detection' });
+      await hub.raise({ requestId: 'r1', model: 'm', probeId: 'p', probeLabel: 'p', severity: 'warning', score: 1, threshold: 0.5, tokenIndex: 0, silent: true, verbalized: false, kind: 'detection' });
       expect((await get('since=0')).status).toBe(200);
       // A client error: coded, and no error log line.
       const bad = await get('since=x');

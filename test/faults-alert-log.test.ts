@@ -65,17 +65,17 @@ describe('alert log on a failing disk while the daemon serves', () => {
         await sub.opened;
         const acked: number[] = [];
         acked.push(...(await injected(d, 0)));
-        expect(d.log.stats()).toMatchObject({ pending: 0, failures: 0 });
+        expect(d.log!.stats()).toMatchObject({ pending: 0, failures: 0 });
         expect((await readyz(d)).alert_log).toMatchObject({ ok: true, pending: 0 });
 
-        mode.fail(d.log.database);
+        mode.fail(d.log!.database);
         // A full disk still takes rows while the last page has room: raise alerts until writes fail,
         // then a few more during the outage.
-        for (let i = 1; i <= 60 && d.log.stats().failures === 0; i++) acked.push(...(await injected(d, i)));
-        expect(d.log.stats().failures).toBeGreaterThan(0);
+        for (let i = 1; i <= 60 && d.log!.stats().failures === 0; i++) acked.push(...(await injected(d, i)));
+        expect(d.log!.stats().failures).toBeGreaterThan(0);
         for (let i = 0; i < 5; i++) acked.push(...(await injected(d, 100 + i)));
 
-        const pending = d.log.stats().pending;
+        const pending = d.log!.stats().pending;
         expect(pending).toBeGreaterThanOrEqual(5);
         // Live delivery did not wait for the disk.
         await waitUntil(() => sub.alerts.length >= acked.length, { timeoutMs: 5000, what: `the subscriber to receive all ${acked.length} acknowledged alerts live`, detail: () => `received ${sub.alerts.length}` });
@@ -93,8 +93,8 @@ describe('alert log on a failing disk while the daemon serves', () => {
         expect(polled.data.map((a) => a.id)).toEqual(acked);
 
         // The disk recovers: the maintenance timer writes the pending alerts without new traffic.
-        mode.heal(d.log.database);
-        await waitUntil(() => d.log.stats().pending === 0, { timeoutMs: 5000, what: 'the maintenance timer to write the pending alerts', detail: () => JSON.stringify(d.log.stats()) });
+        mode.heal(d.log!.database);
+        await waitUntil(() => d.log!.stats().pending === 0, { timeoutMs: 5000, what: 'the maintenance timer to write the pending alerts', detail: () => JSON.stringify(d.log!.stats()) });
         expect((await readyz(d)).alert_log).toMatchObject({ ok: true, pending: 0, last_error: null });
         expect(await scrape(d.url, 'latentwatch_alert_log_pending')).toBe(0);
         acked.push(...(await injected(d, 200)));

@@ -2,6 +2,7 @@ import { register as globalRegistry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { AlertHub } from '../src/daemon/alert-hub.js';
 import { AlertLog, type AlertDraft } from '../src/daemon/alert-log.js';
+import { SqliteAlertStore } from '../src/daemon/alert-store.js';
 import { Authenticator } from '../src/daemon/auth.js';
 import {
   ALERT_LOG_FAILURES_TOTAL,
@@ -127,7 +128,7 @@ describe('metrics', () => {
   it('mirrors the alert log and hub at scrape time, counting each write once', async () => {
     const m = createMetrics({ version: '0.1.0', processMetrics: false });
     const log = AlertLog.open({ path: ':memory:', retryIntervalMs: 0 });
-    const hub = new AlertHub({ log, auth: new Authenticator({ apiKeys: [], adminKey: null }), bufferLimitBytes: 1 << 20, maxQueuedMessages: 100, heartbeatIntervalMs: 60_000 });
+    const hub = new AlertHub({ store: new SqliteAlertStore(log), auth: new Authenticator({ apiKeys: [], adminKey: null }), bufferLimitBytes: 1 << 20, maxQueuedMessages: 100, heartbeatIntervalMs: 60_000 });
     m.bindAlertLog(log);
     m.bindAlertHub(hub);
     for (let i = 0; i < 3; i++) hub.raise(draft(i));

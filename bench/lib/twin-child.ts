@@ -11,6 +11,7 @@
 import { basename } from 'node:path';
 import { AlertHub } from '../../src/daemon/alert-hub.js';
 import { AlertLog } from '../../src/daemon/alert-log.js';
+import { SqliteAlertStore } from '../../src/daemon/alert-store.js';
 import { Authenticator } from '../../src/daemon/auth.js';
 import { loadConfig } from '../../src/daemon/config.js';
 import { VERSION } from '../../src/daemon/daemon.js';
@@ -45,8 +46,9 @@ for (const v of spec.variants) {
   const log = AlertLog.open({ path: v.alertLog, pendingLimit: config.alertLog.pendingLimit });
   const auth = new Authenticator({ apiKeys: [], adminKey: spec.adminKey });
   const ws = config.websocket;
-  const hub = new AlertHub({ log, auth, bufferLimitBytes: ws.bufferLimitBytes, maxQueuedMessages: ws.maxQueuedMessages, heartbeatIntervalMs: ws.heartbeatIntervalSeconds * 1000, replayPageSize: ws.replayPageSize });
-  metrics.bindAlertLog(log);
+  const store = new SqliteAlertStore(log);
+  const hub = new AlertHub({ store, auth, bufferLimitBytes: ws.bufferLimitBytes, maxQueuedMessages: ws.maxQueuedMessages, heartbeatIntervalMs: ws.heartbeatIntervalSeconds * 1000, replayPageSize: ws.replayPageSize });
+  metrics.bindAlertLog(store);
   metrics.bindAlertHub(hub);
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts: null, modelName });
   const app = buildServer({
@@ -54,7 +56,7 @@ for (const v of spec.variants) {
     auth,
     inference,
     hub,
-    log,
+    store,
     metrics,
     modelName,
     modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },

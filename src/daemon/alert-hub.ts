@@ -19,14 +19,18 @@
  *   {"type":"heartbeat","ts":"<ISO time>"}  every websocket.heartbeatIntervalSeconds, with a ws ping;
  *      a client that has not answered the previous ping by the next beat is terminated.
  *
- * Resume (`last_id=N`): the client first receives every logged alert with id > N that matches its
- * filters (from the alert log, pending ones included), then live alerts, with no gap and no
- * duplicate. How: `raise` appends to the log before it publishes, synchronously. While a client
- * replays, live publishes skip it; the replay reads the log page by page, and the read that
- * returns a short page and the switch to live happen in the same synchronous step, so any alert
- * raised later is published to the client live, and any alert raised earlier is in the log
- * (hence in the replay). A per-client `lastSentId` guard drops anything at or below the last id
- * sent. Without `last_id`, a client gets live alerts from the moment it connects.
+ * Resume (`last_id=N`): the client first receives every stored alert with id > N that matches its
+ * filters (alert-store.ts: the SQLite log, pending ones included, or the shared JetStream stream),
+ * then live alerts, with no gap and no duplicate. How: alerts reach subscribers only through the
+ * store's live feed, in id order, and the hub remembers the highest id the feed delivered
+ * (`liveThrough`). While a client replays, live fan-out skips it; the replay reads the store page
+ * by page from a scan position, and when a read returns a short page it switches the client to
+ * live only if the feed has delivered nothing past what that read examined (`scannedThrough`),
+ * checked in one synchronous step with the switch; otherwise it reads again from there. So any
+ * alert the feed delivered before the switch was in a replay read, and any later one is sent
+ * live. A per-client `lastSentId` guard drops anything at or below the last id sent (a feed that
+ * lags the store delivers again what the replay already sent). Without `last_id`, a client gets
+ * live alerts from the moment it connects.
  *
  * Slow consumers: each client has a bounded buffer. When a send would take the socket's unsent
  * bytes (`bufferedAmount`) past websocket.bufferLimitBytes, or the messages not yet handed to the
@@ -45,8 +49,9 @@ import type { IncomingHttpHeaders, IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { lwError } from '../errors.js';
-import { matchesFilter, type Alert, type AlertDraft, type AlertFilter, type AlertLog, type AppendResult } from './alert-log.js';
+import { matchesFilter, type Alert, type AlertDraft, type AlertFilter } from './alert-log.js';
 import { checkCursor, parseAlertQuery, scopeToTenant, type AlertQuery } from './alert-query.js';
+import type { AlertPage, AlertStore, AlertTiming, StoredResult } from './alert-store.js';
 import { extractToken, type Authenticator } from './auth.js';
 import { rejectUpgrade } from './http-errors.js';
 import { redactUrl } from './redact.js';
@@ -57,8 +62,10 @@ export const CLOSE_SLOW_CONSUMER = 4008;
 export const CLOSE_SLOW_CONSUMER_REASON = 'slow consumer';
 export const CLOSE_GOING_AWAY = 1001;
 
+export type { AlertTiming } from './alert-store.js';
+
 export interface AlertHubOptions {
-  log: AlertLog;
+  store: AlertStore;
   auth: Authenticator;
   bufferLimitBytes: number;
   maxQueuedMessages: number;
@@ -101,21 +108,12 @@ interface Client {
   closing: boolean;
 }
 
-/** High-resolution timing of a live alert (see the module comment: `forwardAtUs`). */
-export interface AlertTiming {
-  /**
-   * When the forward pass of the token whose scores raised the alert returned to the daemon:
-   * epoch microseconds on the daemon's monotonic clock, `(performance.timeOrigin + performance.now()) * 1000`.
-   */
-  forwardAtUs?: number;
-}
-
 export class AlertHub {
-  private readonly log: AlertLog;
+  private readonly store: AlertStore;
   private readonly auth: Authenticator;
   private readonly wss: WebSocketServer;
   private readonly clients = new Set<Client>();
-  private readonly opts: Required<Omit<AlertHubOptions, 'log' | 'auth'>>;
+  private readonly opts: Required<Omit<AlertHubOptions, 'store' | 'auth'>>;
   private heartbeat: NodeJS.Timeout | undefined;
   private liveness: NodeJS.Timeout | undefined;
   private dropped: Record<DropReason, number> = { buffer: 0, pong_timeout: 0, replay_stall: 0 };
@@ -125,7 +123,7 @@ export class AlertHub {
   logger: { info(obj: object, msg: string): void } | undefined;
 
   constructor(options: AlertHubOptions) {
-    this.log = options.log;
+    this.store = options.store;
     this.auth = options.auth;
     this.opts = {
       bufferLimitBytes: options.bufferLimitBytes,
@@ -143,31 +141,36 @@ export class AlertHub {
     // next heartbeats (30–60 s), and closed like any other slow consumer.
     this.liveness = setInterval(() => this.checkLiveness(), Math.max(10, this.opts.pongTimeoutMs / 2));
     this.liveness.unref();
+    this.store.onLive((alerts, timing) => this.fanOut(alerts, timing));
   }
 
   /**
-   * Append to the durable log, then fan out (the order every alert takes). `timing` travels in the
-   * live WebSocket message only (never logged, never replayed).
+   * Store the alert; subscribers get it from the store's live feed once it is stored (the order
+   * every alert takes). `timing` travels in the live WebSocket message only (never stored as part
+   * of the alert, never replayed).
    */
-  raise(draft: AlertDraft, timing?: AlertTiming): AppendResult {
-    return this.raiseMany([draft], timing)[0];
+  async raise(draft: AlertDraft, timing?: AlertTiming): Promise<StoredResult> {
+    return (await this.raiseMany([draft], timing))[0];
   }
 
-  /** `raise` for one token's alerts: one log transaction (one fsync), then each fanned out in id order. */
-  raiseMany(drafts: readonly AlertDraft[], timing?: AlertTiming): AppendResult[] {
-    const results = this.log.appendMany(drafts);
+  /** `raise` for one token's alerts: one store write (one SQLite transaction and fsync), in id order. */
+  raiseMany(drafts: readonly AlertDraft[], timing?: AlertTiming): Promise<StoredResult[]> {
+    return this.store.append(drafts, timing);
+  }
+
+  /** The store's live feed: one token's alerts, in id order. */
+  private fanOut(alerts: readonly Alert[], timing?: AlertTiming): void {
     // Corked, each subscriber's frames for this token leave in one write, not one per alert.
-    const cork = results.length > 1;
+    const cork = alerts.length > 1;
     if (cork) for (const c of this.clients) c.socket.cork();
     try {
-      for (const r of results) this.publish(r.alert, timing);
+      for (const a of alerts) this.publish(a, timing);
     } finally {
       if (cork) for (const c of this.clients) c.socket.uncork();
     }
-    return results;
   }
 
-  /** Fan out an alert that is already in the log (see `raise`). Never blocks on a client. */
+  /** Fan out an alert that is already stored (see `raise`). Never blocks on a client. */
   private publish(alert: Alert, timing?: AlertTiming): void {
     // Framed once for every subscriber: the same bytes go to each socket.
     let frame: Buffer | undefined;
@@ -188,7 +191,7 @@ export class AlertHub {
         if (server.listenerCount('upgrade') <= 1) rejectUpgrade(socket, lwError('LW_ERR_API_NOT_FOUND', url.pathname));
         return;
       }
-      this.handleUpgrade(req, socket, head, url);
+      void this.handleUpgrade(req, socket, head, url);
     });
   }
 
@@ -215,7 +218,7 @@ export class AlertHub {
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
   }
 
-  private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, url: URL): void {
+  private async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, url: URL): Promise<void> {
     let query: AlertQuery;
     try {
       if (this.closed) throw lwError('LW_ERR_API_SHUTTING_DOWN');
@@ -224,11 +227,13 @@ export class AlertHub {
       query = parseAlertQuery((name) => url.searchParams.getAll(name));
       scopeToTenant(query, this.auth, principal);
       if (query.limit !== undefined) throw lwError('LW_ERR_ALERT_BAD_QUERY', 'limit applies to polling only', { param: 'limit' });
-      checkCursor(query.after, this.log, 'last_id');
+      await checkCursor(query.after, this.store, 'last_id');
+      if (this.closed) throw lwError('LW_ERR_API_SHUTTING_DOWN');
     } catch (e) {
       rejectUpgrade(socket, e);
       return;
     }
+    if (socket.destroyed) return;
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const c = this.addClient(ws, socket, query);
       // The URL without credentials (redact.ts), the tenant's name, never the key.
@@ -259,32 +264,41 @@ export class AlertHub {
     return c;
   }
 
-  /** Send the log after c.lastSentId, page by page, then switch the client to live. */
+  /** Send the store after c.lastSentId, page by page, then switch the client to live (module comment). */
   private async replay(c: Client): Promise<void> {
     const pageSize = this.opts.replayPageSize;
     const half = this.opts.bufferLimitBytes / 2;
+    // Every alert at or below `scanned` has been examined and, if it matched, sent.
+    let scanned = c.lastSentId;
     for (;;) {
       if (c.closing) return;
-      let page: Alert[];
+      let page: AlertPage;
       try {
-        page = this.log.since(c.lastSentId, c.filter, pageSize);
+        page = await this.store.since(scanned, c.filter, pageSize);
       } catch {
         c.closing = true;
-        c.ws.close(1011, 'alert log unavailable');
+        c.ws.close(1011, 'alert store unavailable');
         return;
       }
+      if (c.closing) return;
       let paused = false;
-      for (const a of page) {
-        this.send(c, textFrame(JSON.stringify({ type: 'alert', alert: a })), a.id);
+      for (const a of page.alerts) {
+        if (a.id > c.lastSentId) this.send(c, textFrame(JSON.stringify({ type: 'alert', alert: a })), a.id);
+        scanned = a.id;
         if (c.closing) return;
         if (c.ws.bufferedAmount > half) {
           paused = true;
           break;
         }
       }
-      if (!paused && page.length < pageSize) {
-        c.replaying = false; // same synchronous step as the short read: nothing can slip between
-        return;
+      if (!paused && page.alerts.length < pageSize) {
+        scanned = Math.max(scanned, page.scannedThrough);
+        // Same synchronous step as the check: the feed cannot deliver anything in between.
+        if (this.store.liveThrough <= scanned) {
+          c.replaying = false;
+          return;
+        }
+        continue; // the feed delivered alerts past this read while the client replayed: read them
       }
       if (!(await this.room(c, half))) return;
     }

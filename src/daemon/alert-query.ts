@@ -4,7 +4,8 @@
  * or `since`) and `limit`. Bad values are LW_ERR_ALERT_BAD_QUERY (400).
  */
 import { lwError } from '../errors.js';
-import { ALERT_KINDS, type AlertFilter, type AlertKind, type AlertLog } from './alert-log.js';
+import { ALERT_KINDS, type AlertFilter, type AlertKind } from './alert-log.js';
+import type { AlertStore } from './alert-store.js';
 import type { Authenticator, Principal } from './auth.js';
 import { SEVERITIES, type Severity } from './config.js';
 
@@ -76,12 +77,15 @@ export function scopeToTenant(q: AlertQuery, auth: Authenticator, principal: Pri
 }
 
 /**
- * Ids are never reused (alert-log.ts), so a cursor above the last id this log handed out cannot
- * come from it: another replica's log, or a deleted one. Answer 409 rather than wait silently for
- * ids to catch up (which would skip every alert until then).
+ * Ids are never reused (alert-log.ts; a JetStream stream's sequence numbers neither), so a cursor
+ * above the last id the store knows cannot come from it: another log (a replica without a shared
+ * stream), or a deleted one. Answer 409 rather than wait silently for ids to catch up (which would
+ * skip every alert until then).
  */
-export function checkCursor(after: number | undefined, log: AlertLog, param: string): void {
-  if (after !== undefined && after > log.lastId) {
-    throw lwError('LW_ERR_ALERT_CURSOR_AHEAD', `${param}=${after} but the newest alert id is ${log.lastId}; resume from 0`, { param, lastId: log.lastId });
+export async function checkCursor(after: number | undefined, store: Pick<AlertStore, 'lastId'>, param: string): Promise<void> {
+  if (after === undefined) return;
+  const lastId = await store.lastId();
+  if (after > lastId) {
+    throw lwError('LW_ERR_ALERT_CURSOR_AHEAD', `${param}=${after} but the newest alert id is ${lastId}; resume from 0`, { param, lastId });
   }
 }

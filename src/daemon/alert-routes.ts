@@ -1,20 +1,20 @@
 /**
  * fastify plugin for /v1/alerts: GET for polling, `?since=ID&limit=N` (&probe, severity, model,
- * silent, kind), answering `{object:"list", data:[alerts], last_id, has_more}` (pass `last_id` back
+ * silent, kind; on any replica with a shared JetStream stream, the whole cluster's alerts), answering `{object:"list", data:[alerts], last_id, has_more}` (pass `last_id` back
  * as `since`); and the hub's WebSocket upgrade on the same path, closed with the server.
  * It sets no error handler: its errors go through the root one (http-errors.ts), which logs 5xx.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { ALERTS_PATH, type AlertHub } from './alert-hub.js';
-import type { AlertLog } from './alert-log.js';
 import { checkCursor, parseAlertQuery, scopeToTenant } from './alert-query.js';
+import type { AlertStore } from './alert-store.js';
 import type { Authenticator } from './auth.js';
 import { principalOf } from './request-guard.js';
 
 export interface AlertRoutesOptions {
   hub: AlertHub;
-  log: AlertLog;
+  store: AlertStore;
   auth: Authenticator;
   /** Host and Origin checks for the WebSocket upgrade (request-guard.ts `checkHeaders`; fastify's hooks do not see upgrades). */
   checkHeaders?: (headers: IncomingHttpHeaders) => void;
@@ -37,9 +37,9 @@ export const alertRoutes: FastifyPluginAsync<AlertRoutesOptions> = async (app: F
     const q = parseAlertQuery(get);
     scopeToTenant(q, opts.auth, principalOf(req, opts.auth));
     const after = q.after ?? 0;
-    checkCursor(after, opts.log, 'since');
+    await checkCursor(after, opts.store, 'since');
     const limit = Math.min(q.limit ?? 100, 1000);
-    const rows = opts.log.since(after, q.filter, limit + 1);
+    const rows = (await opts.store.since(after, q.filter, limit + 1)).alerts;
     const data = rows.slice(0, limit);
     return { object: 'list', data, last_id: data.length > 0 ? data[data.length - 1].id : after, has_more: rows.length > limit };
   });

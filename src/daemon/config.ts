@@ -45,8 +45,11 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const ALERT_EMIT_MODES = ['immediate', 'settled'] as const;
 export type AlertEmitMode = (typeof ALERT_EMIT_MODES)[number];
 
-/** onnxruntime execution providers the daemon can run on (`cuda` needs the CUDA libraries: README, "GPU"). */
-export const PROVIDERS = ['cpu', 'cuda'] as const;
+/**
+ * onnxruntime execution providers the daemon can run on (`cuda` needs the CUDA libraries: README,
+ * "GPU"; `webgpu` a Vulkan loader and driver: docs/gpu.md).
+ */
+export const PROVIDERS = ['cpu', 'cuda', 'webgpu'] as const;
 
 const nonEmpty = Type.String({ minLength: 1 });
 /** Bounds on a learning run's requests (enough to split into fit and calibration; memory-bounded). */
@@ -144,6 +147,34 @@ export const CONFIG_SCHEMA = closedObject(
       /** How often retention runs and pending alerts are retried. */
       maintenanceIntervalSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 86_400 }),
     }),
+    /**
+     * Several replicas, one alert stream (docs/daemon.md, "Several replicas"): with servers, alerts go
+     * to one NATS JetStream stream shared by every replica (nats-alert-store.ts) instead of the
+     * SQLite log; ids are the stream's sequence numbers. Empty servers: the SQLite log (default).
+     */
+    nats: closedObject({
+      /** nats://HOST:PORT (tls://… for TLS); several for a cluster. */
+      servers: Type.Array(Type.String({ pattern: '^(nats|tls)://[^\\s,]+$', maxLength: 2048 })),
+      /** JetStream stream the alerts go to (created on first start if missing). */
+      stream: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
+      /** Subject the alerts are published on (the stream's only subject; no wildcards). */
+      subject: Type.String({ pattern: '^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$', maxLength: 256 }),
+      /** Stream replicas when the daemon creates it: 3 on a 3-node JetStream cluster, 1 on one server. */
+      replicas: Type.Integer({ minimum: 1, maximum: 5 }),
+      /** This daemon's name in the alerts it raises (`replica`); null = the host name (a pod's name in Kubernetes). */
+      replica: nullable(Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,128}$' })),
+      /** Credentials (from the environment or the config file; never logged): user + password, a token, or a .creds file. */
+      user: nullable(nonEmpty),
+      password: nullable(nonEmpty),
+      token: nullable(nonEmpty),
+      credsFile: nullable(nonEmpty),
+      /** Local SQLite outbox for alerts NATS has not acknowledged; null = stateDir/alert-outbox.db. */
+      outboxPath: nullable(nonEmpty),
+      /** How long a publish waits for JetStream's acknowledgement before the alert goes to the outbox. */
+      publishTimeoutMs: Type.Integer({ minimum: 50, maximum: 60_000 }),
+      /** The stream's duplicate window (Nats-Msg-Id dedup) when the daemon creates it. */
+      duplicateWindowSeconds: Type.Integer({ minimum: 1, maximum: 86_400 }),
+    }),
     websocket: closedObject({
       /** A subscriber whose unsent bytes exceed this is closed with 4008 'slow consumer'. */
       bufferLimitBytes: Type.Integer({ minimum: 1024 }),
@@ -234,6 +265,20 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
     pendingLimit: 10_000,
     maintenanceIntervalSeconds: 60,
   },
+  nats: {
+    servers: [],
+    stream: 'LATENTWATCH_ALERTS',
+    subject: 'latentwatch.alerts',
+    replicas: 1,
+    replica: null,
+    user: null,
+    password: null,
+    token: null,
+    credsFile: null,
+    outboxPath: null,
+    publishTimeoutMs: 2000,
+    duplicateWindowSeconds: 600,
+  },
   websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, pongTimeoutSeconds: 10, replayPageSize: 500 },
   canary: { enabled: false, intervalSeconds: 300, concept: null },
   shutdown: { deadlineSeconds: 10 },
@@ -271,6 +316,14 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_SHUTDOWN_DEADLINE: { pointer: '/shutdown/deadlineSeconds', kind: 'number' },
   LATENTWATCH_STATE_DIR: { pointer: '/stateDir', kind: 'path' },
   LATENTWATCH_LEARN: { pointer: '/learn/requests', kind: 'int' },
+  LATENTWATCH_NATS_URL: { pointer: '/nats/servers', kind: 'list' },
+  LATENTWATCH_NATS_STREAM: { pointer: '/nats/stream', kind: 'string' },
+  LATENTWATCH_NATS_REPLICAS: { pointer: '/nats/replicas', kind: 'int' },
+  LATENTWATCH_NATS_USER: { pointer: '/nats/user', kind: 'string' },
+  LATENTWATCH_NATS_PASSWORD: { pointer: '/nats/password', kind: 'string' },
+  LATENTWATCH_NATS_TOKEN: { pointer: '/nats/token', kind: 'string' },
+  LATENTWATCH_NATS_CREDS: { pointer: '/nats/credsFile', kind: 'path' },
+  LATENTWATCH_REPLICA_NAME: { pointer: '/nats/replica', kind: 'string' },
 });
 /** Names the config file; not a config value itself. */
 export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
@@ -303,6 +356,9 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     'canary-interval': { pointer: '/canary/intervalSeconds', kind: 'number', help: 'seconds between canary runs' },
     'shutdown-deadline': { pointer: '/shutdown/deadlineSeconds', kind: 'number', help: 'seconds to finish streams on SIGTERM' },
     'state-dir': { pointer: '/stateDir', kind: 'path', help: 'directory for learned probes and learning statistics' },
+    nats: { pointer: '/nats/servers', kind: 'list', help: 'nats://HOST:PORT[,…]: publish alerts to one JetStream stream shared by every replica (credentials: LATENTWATCH_NATS_USER/PASSWORD/TOKEN/CREDS)' },
+    'nats-stream': { pointer: '/nats/stream', kind: 'string', help: 'JetStream stream name (default LATENTWATCH_ALERTS)' },
+    replica: { pointer: '/nats/replica', kind: 'string', help: "this replica's name in its alerts (default: the host name)" },
     learn: { pointer: '/learn/requests', kind: 'int', help: `learn the generic detector from the next N clean requests (${LEARN_MIN_REQUESTS}..${LEARN_MAX_REQUESTS}; skipped when a learned probe exists)` },
   });
 
@@ -509,6 +565,7 @@ function resolveFilePaths(layer: Record<string, unknown>, base: string): void {
   if (Array.isArray(layer.probes)) layer.probes = layer.probes.map(abs);
   if (isPlainObject(layer.alertLog) && 'path' in layer.alertLog) layer.alertLog.path = abs(layer.alertLog.path);
   if ('stateDir' in layer) layer.stateDir = abs(layer.stateDir);
+  if (isPlainObject(layer.nats)) for (const k of ['credsFile', 'outboxPath']) if (k in layer.nats) layer.nats[k] = abs(layer.nats[k]);
 }
 
 function mergeInto(target: Record<string, unknown>, layer: Record<string, unknown>, origin: string, pointer: string, sources: Map<string, string>): void {

@@ -14,6 +14,7 @@ import { ConceptStore } from '../probes/concept-store.js';
 import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
+import { SqliteAlertStore, type AlertStore } from './alert-store.js';
 import { lwError } from '../errors.js';
 import { Authenticator, SYSTEM_TENANT } from './auth.js';
 import { Canary } from './canary.js';
@@ -31,8 +32,9 @@ export interface Daemon {
   engine: Engine;
   probes: Probe[];
   canary: Canary | undefined;
-  /** The alert log and hub (diagnostics and fault-injection tests). */
-  log: AlertLog;
+  /** The alert store, the SQLite log when it is the store (else null), and the hub (diagnostics and fault-injection tests). */
+  store: AlertStore;
+  log: AlertLog | null;
   hub: AlertHub;
   /** The live probe set (a learned probe swaps in here) and the learning service. */
   bank: ProbeBank;
@@ -109,9 +111,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     onStateChange: (e) => onLogState(e),
   });
   const stopMaintenance = log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000);
+  const store: AlertStore = new SqliteAlertStore(log);
   const auth = new Authenticator({ apiKeys: config.apiKeys, adminKey: config.adminKey });
   const hub = new AlertHub({
-    log,
+    store,
     auth,
     bufferLimitBytes: config.websocket.bufferLimitBytes,
     maxQueuedMessages: config.websocket.maxQueuedMessages,
@@ -119,7 +122,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     pongTimeoutMs: config.websocket.pongTimeoutSeconds * 1000,
     replayPageSize: config.websocket.replayPageSize,
   });
-  metrics.bindAlertLog(log);
+  metrics.bindAlertLog(store);
   metrics.bindAlertHub(hub);
   const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
@@ -138,7 +141,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     auth,
     inference,
     hub,
-    log,
+    store,
     metrics,
     modelName,
     modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },
@@ -175,7 +178,12 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       model: modelName,
       concept,
       record: (r) => metrics.recordCanary(r),
-      raise: (draft) => metrics.recordAlert(hub.raise({ ...draft, tenant: SYSTEM_TENANT }).alert),
+      raise: (draft) => {
+        void hub.raise({ ...draft, tenant: SYSTEM_TENANT }).then(
+          (r) => metrics.recordAlert(r.alert),
+          (e: unknown) => app.log.error({ err: e }, 'canary failure alert not stored'),
+        );
+      },
       log: (msg, extra) => app.log.error(extra ?? {}, msg),
       run: () => {
         const job = toJob('completion', { model: modelName, prompt: 'def main():\n', max_tokens: 8, temperature: 0, latentwatch: { inject: { concept, layer, scale: 1, window: 'all' } } });
@@ -192,7 +200,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     // A taken or unusable address is the operator's to fix: a coded error, not a stack; release what start-up opened.
     await app.close().catch(() => undefined);
     stopMaintenance();
-    log.close();
+    await store.close();
     await engine.close();
     const code = (e as { code?: unknown }).code;
     if (code === 'EADDRINUSE') throw lwError('LW_ERR_SERVE_PORT_IN_USE', `${config.host}:${config.port} (another process listens there; pick another --port)`, { host: config.host, port: config.port });
@@ -217,8 +225,8 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
       await app.close();
       await learning.flush();
       stopMaintenance();
-      log.close();
+      await store.close();
       await engine.close();
     })());
-  return { app, url, engine, probes, canary, log, hub, bank, learning, close };
+  return { app, url, engine, probes, canary, store, log, hub, bank, learning, close };
 }

@@ -48,7 +48,10 @@ export interface VerdictBody {
     final_score: number | null;
     threshold: number;
     fired: boolean;
+    /** Ids of this probe's alerts the alert store acknowledged (alert-store.ts). */
     alert_ids: number[];
+    /** Alerts waiting in the local outbox for the shared stream (`serve --nats`, NATS unreachable): ids come when published. */
+    alerts_queued?: number;
     verbalized: boolean;
     silent: boolean;
     /** The first clear concept match among this probe's alerts (concept-naming.ts); null: none. */
@@ -265,6 +268,11 @@ export class InferenceService {
     // The current forward pass's taps and the absolute position of their first row (concept naming).
     let stepTaps: ReadonlyMap<string, TapTensor> | null = null;
     let stepFirst = 0;
+    // The store gives ids asynchronously (a JetStream ack): the monitor holds placeholders (-1, -2, …)
+    // that the verdict maps to the ids (0: queued in the outbox), and a token's text waits for its alerts.
+    const raising: Promise<void>[] = [];
+    const storedIds = new Map<number, number>();
+    let placeholder = 0;
     const monitor = new RequestMonitor({
       requestId: p.requestId,
       model: this.d.modelName,
@@ -276,10 +284,16 @@ export class InferenceService {
       excerptChars: config.alerts.excerptChars,
       raise: (drafts) => {
         if (p.canary) return drafts.map(() => 0);
-        return hub.raiseMany(drafts, { forwardAtUs }).map((r) => {
-          metrics.recordAlert(r.alert);
-          return r.alert.id;
-        });
+        const marks = drafts.map(() => --placeholder);
+        raising.push(
+          hub.raiseMany(drafts, { forwardAtUs }).then((results) =>
+            results.forEach((r, i) => {
+              metrics.recordAlert(r.alert);
+              storedIds.set(marks[i], r.alert.id);
+            }),
+          ),
+        );
+        return marks;
       },
       nameConcept: (probeId, position) => this.nameConcept(bank.probes.find((x) => x.id === probeId), stepTaps, stepFirst, position),
       onScore: (probeId, score) => {
@@ -314,11 +328,14 @@ export class InferenceService {
         job.extras?.record(step);
         if (step.kind === 'prompt') {
           monitor.step({ position: step.position, text: '' }, scores);
+          if (raising.length > 0) await Promise.all(raising.splice(0));
           trace.endPrefill();
           trace.startDecode();
           continue;
         }
         monitor.step(step, scores);
+        // An alert is stored (acknowledged) before the token that raised it is released.
+        if (raising.length > 0) await Promise.all(raising.splice(0));
         const now = performance.now();
         if (!p.canary && bank.probes.length > 0) metrics.observeMonitorSeconds(this.d.modelName, (now - scoringFrom) / 1000);
         if (firstTokenAt === undefined) firstTokenAt = now;
@@ -334,6 +351,9 @@ export class InferenceService {
     } finally {
       this.release();
       const final = monitor.finish();
+      // Held alerts (settled mode) are raised by finish; a failed store write fails the request above.
+      if (raising.length > 0) await Promise.allSettled(raising.splice(0));
+      const queued = resolveAlertIds(final, storedIds);
       if (!p.canary) for (const v of Object.values(final.probes)) if (v.fired) metrics.recordDetection(v.probeId, v.verbalized);
       if (!p.canary) metrics.recordRequest({
         model: this.d.modelName,
@@ -348,7 +368,7 @@ export class InferenceService {
       trace.setFinishReasons([finishReason]);
       trace.recordVerdict(final);
       trace.end(error);
-      verdict = verdictBody(final, p);
+      verdict = verdictBody(final, p, queued);
     }
     // Only a request that completed counts (errors threw above; a cancelled one has its signal aborted).
     if (learn && !signal.aborted) learn.commit();
@@ -368,19 +388,41 @@ function checkFinite(vector: Float32Array, scale: number): void {
   }
 }
 
-function verdictBody(v: RequestVerdict, p: PreparedRequest): VerdictBody {
-  const probes = Object.values(v.probes).map((x) => ({
-    id: x.probeId,
-    label: x.probeLabel,
-    max_score: x.maxScore,
-    final_score: x.finalScore,
-    threshold: x.threshold,
-    fired: x.fired,
-    alert_ids: x.alertIds,
-    verbalized: x.verbalized,
-    silent: x.silent,
-    closest_concept: x.closestConcept ?? null,
-  }));
+/**
+ * Replace the monitor's placeholders (negative) in the verdict by the store's ids; an alert queued in
+ * the outbox (id 0) leaves alert_ids and is counted. Returns the count per probe.
+ */
+function resolveAlertIds(v: RequestVerdict, storedIds: ReadonlyMap<number, number>): Map<string, number> {
+  const queued = new Map<string, number>();
+  for (const x of Object.values(v.probes)) {
+    const ids: number[] = [];
+    for (const mark of x.alertIds) {
+      const id = mark < 0 ? (storedIds.get(mark) ?? 0) : mark;
+      if (mark < 0 && id === 0) queued.set(x.probeId, (queued.get(x.probeId) ?? 0) + 1);
+      else ids.push(id);
+    }
+    x.alertIds = ids;
+  }
+  return queued;
+}
+
+function verdictBody(v: RequestVerdict, p: PreparedRequest, queuedByProbe: ReadonlyMap<string, number>): VerdictBody {
+  const probes = Object.values(v.probes).map((x) => {
+    const queued = queuedByProbe.get(x.probeId) ?? 0;
+    return {
+      id: x.probeId,
+      label: x.probeLabel,
+      max_score: x.maxScore,
+      final_score: x.finalScore,
+      threshold: x.threshold,
+      fired: x.fired,
+      alert_ids: x.alertIds,
+      ...(queued > 0 ? { alerts_queued: queued } : {}),
+      verbalized: x.verbalized,
+      silent: x.silent,
+      closest_concept: x.closestConcept ?? null,
+    };
+  });
   const body: VerdictBody = { request_id: v.requestId, verbalized: v.verbalized, silent: probes.some((x) => x.silent), probes };
   if (p.injectionInfo) body.injection = p.injectionInfo;
   return body;

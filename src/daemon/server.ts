@@ -6,8 +6,8 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { lwError } from '../errors.js';
 import type { AlertHub } from './alert-hub.js';
-import type { AlertLog } from './alert-log.js';
 import { alertRoutes } from './alert-routes.js';
+import type { AlertStore } from './alert-store.js';
 import type { Authenticator } from './auth.js';
 import { namedApiKeys, type FrozenConfig } from './config.js';
 import { clientErrorHandler, installErrorHandlers, installJsonBodyParser, sendHttpError, toHttpError } from './http-errors.js';
@@ -22,7 +22,7 @@ export interface ServerDeps {
   auth: Authenticator;
   inference: InferenceService;
   hub: AlertHub;
-  log: AlertLog;
+  store: AlertStore;
   metrics: DaemonMetrics;
   modelName: string;
   /** Extra /v1/models fields. */
@@ -86,14 +86,13 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     if (!d.ready()) return sendHttpError(reply, lwError('LW_ERR_API_NOT_READY'));
-    // A failing alert log does not make the daemon unready (alerts still reach subscribers and
-    // wait in memory for the disk), but it shows here, beside latentwatch_alert_log_failures_total.
-    const st = d.log.stats();
+    // A failing alert log (or an unreachable NATS) does not make the daemon unready (alerts wait in
+    // memory or in the outbox), but it shows here, beside latentwatch_alert_log_failures_total.
     return {
       status: 'ready',
       ...d.inference.load,
       ...(d.warnings && d.warnings.length > 0 ? { warnings: d.warnings } : {}),
-      alert_log: { ok: !d.log.isFailing, pending: st.pending, failures: st.failures, dropped: st.dropped, last_error: d.log.isFailing ? st.lastError : null },
+      [d.store.kind === 'sqlite' ? 'alert_log' : 'alert_stream']: d.store.health(),
     };
   });
   app.get('/metrics', async (_req, reply) => {
@@ -155,6 +154,6 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   app.post('/v1/chat/completions', { schema: { body: chatRequestSchema }, config: { auth: true }, bodyLimit }, completion('chat'));
   app.post('/v1/completions', { schema: { body: completionRequestSchema }, config: { auth: true }, bodyLimit }, completion('completion'));
 
-  void app.register(alertRoutes, { hub: d.hub, log: d.log, auth: d.auth, checkHeaders: (h) => checkHeaders(h, guard, true) });
+  void app.register(alertRoutes, { hub: d.hub, store: d.store, auth: d.auth, checkHeaders: (h) => checkHeaders(h, guard, true) });
   return app;
 }
