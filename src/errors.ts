@@ -18,7 +18,7 @@ export const ERRORS = {
   LW_ERR_MODEL_TENSOR_MISSING: { status: 500, message: 'a tensor the architecture needs is missing' },
   LW_ERR_MODEL_BUILD_OPTIONS: { status: 400, message: 'invalid graph build options' },
   // engine: sessions and generation
-  LW_ERR_ENGINE_PROVIDER_UNAVAILABLE: { status: 500, message: 'execution provider not available in the installed onnxruntime-node' },
+  LW_ERR_ENGINE_PROVIDER_UNAVAILABLE: { status: 500, message: 'execution provider not available (its libraries or a device for it are missing; the detail names them)' },
   LW_ERR_ENGINE_SESSION_FAILED: { status: 500, message: 'the inference session failed' },
   LW_ERR_ENGINE_CONTEXT_LENGTH: { status: 400, message: 'prompt plus max_tokens exceeds the context length' },
   LW_ERR_ENGINE_BAD_REQUEST: { status: 400, message: 'invalid generation request' },
@@ -88,6 +88,10 @@ export const ERRORS = {
   LW_ERR_ALERT_LOG_READ: { status: 500, message: 'alert log read failed' },
   LW_ERR_ALERT_BAD_QUERY: { status: 400, message: 'invalid alert query or filter' },
   LW_ERR_ALERT_CURSOR_AHEAD: { status: 409, message: 'alert cursor is ahead of this alert log' },
+  // alert stream: several replicas on one NATS JetStream stream (src/daemon/nats-alert-store.ts, alert-outbox.ts)
+  LW_ERR_ALERT_STREAM_UNAVAILABLE: { status: 503, message: 'the shared alert stream (NATS JetStream) is unreachable; new alerts wait in the local outbox' },
+  LW_ERR_ALERT_STREAM_SETUP: { status: 500, message: 'the shared alert stream cannot be created or checked' },
+  LW_ERR_ALERT_OUTBOX_OPEN: { status: 500, message: 'the local alert outbox cannot be opened' },
   // corpus: clean-prompt corpora for anomaly detectors (src/lab/corpus.ts)
   LW_ERR_CORPUS_NOT_FOUND: { status: 404, message: 'clean-prompt corpus file not found' },
   LW_ERR_CORPUS_INVALID: { status: 400, message: 'clean-prompt corpus is invalid' },

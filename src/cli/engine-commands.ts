@@ -1,13 +1,13 @@
 /** `latentwatch build | generate | activations`: the engine from the command line. */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { lwError } from '../errors.js';
-import { Engine } from '../engine/engine.js';
+import { Engine, interfaceFor } from '../engine/engine.js';
 import { parseResidPost } from '../hooks.js';
 import { ensureBuild } from '../model/build.js';
 import { PRECISIONS, type Precision } from '../model/graph.js';
 import { encodeSafetensors, readSafetensorsHeader, readTensorF32 } from '../model/safetensors.js';
 import { DEFAULT_MODEL_DIR } from '../paths.js';
-import type { Provider } from '../engine/runtime.js';
+import { PROVIDERS, type Provider } from '../engine/runtime.js';
 import { layerList, num, parse, progressBar, type Command } from './args.js';
 
 function precision(v: string | undefined): Precision {
@@ -25,23 +25,31 @@ const common = {
 } as const;
 
 function provider(v: string | undefined): Provider {
-  if (v === undefined || v === 'cpu' || v === 'cuda') return v ?? 'cpu';
-  throw lwError('LW_ERR_CLI_USAGE', `--provider must be cpu or cuda (got ${v})`);
+  if (v === undefined) return 'cpu';
+  if ((PROVIDERS as readonly string[]).includes(v)) return v as Provider;
+  throw lwError('LW_ERR_CLI_USAGE', `--provider must be one of ${PROVIDERS.join('|')} (got ${v})`);
 }
 
 export const buildCommand: Command = {
   name: 'build',
   usage: `
 latentwatch build [--model DIR] [--precision fp32|fp16|int8|int4] [--taps all|L,L] [--ports all|none|L,L]
-                  [--block-size N] [--cache-dir DIR] [--force]
+                  [--block-size N] [--provider cpu|cuda|webgpu] [--cache-dir DIR] [--force]
   Builds (or finds in the cache) the graph for a Hugging Face Qwen2/Qwen3 checkpoint and prints
-  where it is. Default model: the built-in ${DEFAULT_MODEL_DIR}.`,
+  where it is. Default model: the built-in ${DEFAULT_MODEL_DIR}. --provider webgpu builds the
+  graph the engine runs there (its KV cache stays on the GPU: docs/gpu.md).`,
   async run(argv) {
     const v = parse(argv, { ...common, taps: { type: 'string' }, ports: { type: 'string' }, 'block-size': { type: 'string' }, force: { type: 'boolean' } }, this.usage);
     const ports = layerList(v.ports, 'ports');
     const info = ensureBuild(
       v.model ?? DEFAULT_MODEL_DIR,
-      { precision: precision(v.precision), taps: layerList(v.taps, 'taps'), ports: v.ports === 'none' ? 'none' : ports, blockSize: num(v['block-size'], 'block-size') },
+      {
+        precision: precision(v.precision),
+        taps: layerList(v.taps, 'taps'),
+        ports: v.ports === 'none' ? 'none' : ports,
+        blockSize: num(v['block-size'], 'block-size'),
+        interface: interfaceFor(provider(v.provider)),
+      },
       { cacheDir: v['cache-dir'], progress: progressBar('build'), force: v.force },
     );
     process.stdout.write(JSON.stringify({ modelPath: info.modelPath, cached: info.cached, fingerprint: info.fingerprint, buildSeconds: info.buildSeconds, dataBytes: info.dataBytes, options: info.options }, null, 2) + '\n');
@@ -53,7 +61,7 @@ export const generateCommand: Command = {
   usage: `
 latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N] [--temperature T]
                      [--top-p P] [--top-k K] [--seed S] [--ignore-eos] [--precision P] [--json]
-                     [--provider cpu|cuda] [--threads N] [--cache-dir DIR]
+                     [--provider cpu|cuda|webgpu] [--threads N] [--cache-dir DIR]
   --chat wraps TEXT as a user message in the model's chat template (plain format for base models).
   --json prints {"prompt_ids": [...], "ids": [...], "text": "..."} (ids: generated ids only).`,
   async run(argv) {
@@ -110,6 +118,7 @@ export const activationsCommand: Command = {
   usage: `
 latentwatch activations [--model DIR] --prompt TEXT --hook blocks.L.hook_resid_post --out FILE.safetensors
                         [--inject-hook H --inject-vector FILE --inject-scale A] [--precision P]
+                        [--provider cpu|cuda|webgpu]
   FILE.safetensors gets tensor "activations" [tokens, d_model] fp32. --inject-vector is a safetensors
   file whose first tensor (or one named "vector") holds d_model floats, added (times --inject-scale,
   default 1) at every prompt position of --inject-hook.`,

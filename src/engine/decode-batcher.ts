@@ -170,8 +170,8 @@ export class DecodeBatcher {
       const values = tensorData(out[GRAPH_NAMES.newValue(l)]);
       for (const p of batch) {
         const r = p.seq.storage.slot - lo;
-        storeNew(p.seq.storage.keys(l), slotLen, keys, r, c.numKvHeads, 1, p.seq.length, c.headDim);
-        storeNew(p.seq.storage.values(l), slotLen, values, r, c.numKvHeads, 1, p.seq.length, c.headDim);
+        storeNew(p.seq.hostStorage.keys(l), slotLen, keys, r, c.numKvHeads, 1, p.seq.length, c.headDim);
+        storeNew(p.seq.hostStorage.values(l), slotLen, values, r, c.numKvHeads, 1, p.seq.length, c.headDim);
       }
     }
     this.stats.passes++;

@@ -10,9 +10,10 @@ import { injectPort, residPost } from '../hooks.js';
 import { openCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { ModelConfig } from '../model/config.js';
 import { ensureBuild, type BuildInfo, type BuildRequest } from '../model/build.js';
-import { concat, GRAPH_NAMES, type BuildProgress } from '../model/graph.js';
+import { concat, GRAPH_NAMES, type BuildProgress, type GraphInterface } from '../model/graph.js';
 import { StreamingDetokenizer } from './detokenizer.js';
 import { RuntimeSession, type Provider } from './runtime.js';
+import { DeviceKvCache, deviceKvOutputs } from './device-kv.js';
 import { logprobsOf, Sampler, StopStringMatcher } from './sampler.js';
 import { DecodeBatcher } from './decode-batcher.js';
 import { KvPool, privateStorage, type KvStorage } from './kv-pool.js';
@@ -21,6 +22,7 @@ import { Tokenizer } from './tokenizer.js';
 import type { GenerateRequest, PromptTokenLogprob, Step, TokenAlternative, TokenLogprob } from './types.js';
 
 export interface EngineOptions extends BuildRequest {
+  /** 'webgpu' keeps the KV cache on the device ('device-kv' builds; no continuous batching). */
   provider?: Provider;
   threads?: number;
   /** Whether idle onnxruntime pool threads spin between passes (default true; see runtime.ts). */
@@ -37,6 +39,14 @@ export interface EngineOptions extends BuildRequest {
   batchContext?: number;
 }
 
+/**
+ * The graph interface the engine runs on a provider: the WebGPU provider keeps the KV cache on the
+ * device ('device-kv' builds return the whole cache each pass); others use the default build.
+ */
+export function interfaceFor(provider: Provider): GraphInterface | undefined {
+  return provider === 'webgpu' ? 'device-kv' : undefined;
+}
+
 export class Engine implements GraphContext {
   readonly ports: ReadonlySet<string>;
   readonly taps: ReadonlySet<string>;
@@ -46,6 +56,8 @@ export class Engine implements GraphContext {
   private readonly pool: KvPool;
   private readonly maxPrivateLength: number;
   readonly batcher: DecodeBatcher;
+  /** Whether sequences keep their cache on the device (GPU providers). */
+  readonly deviceKv: boolean;
 
   private constructor(
     readonly checkpoint: Checkpoint,
@@ -61,7 +73,9 @@ export class Engine implements GraphContext {
     this.contextLength = Math.min(o.contextLength ?? cfg.maxPositions, cfg.maxPositions);
     this.prefillChunk = o.prefillChunk ?? 512;
     // Slots hold up to batchContext positions (+1: a sequence of exactly batchContext is pooled).
-    this.pool = new KvPool(cfg, o.maxBatch ?? 8, Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
+    // A device-cache build decodes each sequence alone: its pool has no slots.
+    this.deviceKv = build.options.interface === 'device-kv';
+    this.pool = new KvPool(cfg, this.deviceKv ? 0 : (o.maxBatch ?? 8), Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
     this.maxPrivateLength = this.contextLength;
     this.batcher = new DecodeBatcher(this, this.pool);
     this.checkNames();
@@ -71,10 +85,20 @@ export class Engine implements GraphContext {
     if ((o as { interface?: string }).interface === 'hf') {
       throw lwError('LW_ERR_MODEL_BUILD_OPTIONS', "interface 'hf' builds are for peer runtimes (transformers.js); the engine needs the latentwatch interface");
     }
+    const graphInterface = interfaceFor(o.provider ?? 'cpu');
+    if (o.interface !== undefined && o.interface !== (graphInterface ?? 'latentwatch')) {
+      throw lwError('LW_ERR_MODEL_BUILD_OPTIONS', `interface '${o.interface}' does not fit provider ${o.provider ?? 'cpu'} (the engine picks it from the provider)`);
+    }
+    const deviceKv = graphInterface === 'device-kv';
     const checkpoint = openCheckpoint(modelDir);
-    const build = ensureBuild(checkpoint, o, { cacheDir: o.cacheDir, progress: o.progress });
+    const build = ensureBuild(checkpoint, { ...o, interface: graphInterface }, { cacheDir: o.cacheDir, progress: o.progress });
     const [session, tokenizer] = await Promise.all([
-      RuntimeSession.load(build.modelPath, { provider: o.provider, threads: o.threads ?? availableParallelism(), spinning: o.spinning }),
+      RuntimeSession.load(build.modelPath, {
+        provider: o.provider,
+        threads: o.threads ?? availableParallelism(),
+        spinning: o.spinning,
+        deviceOutputs: deviceKv ? deviceKvOutputs(checkpoint.config) : undefined,
+      }),
       existsSync(join(modelDir, 'tokenizer.json')) ? Tokenizer.fromDir(modelDir) : Promise.resolve(undefined),
     ]);
     return new Engine(checkpoint, build, session, tokenizer, o);
@@ -100,8 +124,9 @@ export class Engine implements GraphContext {
     for (const t of this.taps) if (!outs.has(t)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks tap output ${t}`);
     for (const p of this.ports) if (!ins.has(injectPort(p))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks port input ${injectPort(p)}`);
     if (!outs.has(GRAPH_NAMES.logits)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'build lacks logits output');
+    const [key, value] = this.deviceKv ? [GRAPH_NAMES.presentKey, GRAPH_NAMES.presentValue] : [GRAPH_NAMES.newKey, GRAPH_NAMES.newValue];
     for (let l = 0; l < this.config.numLayers; l++) {
-      if (!outs.has(GRAPH_NAMES.newKey(l)) || !outs.has(GRAPH_NAMES.newValue(l))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks the new key/value outputs of layer ${l}`);
+      if (!outs.has(key(l)) || !outs.has(value(l))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks the key/value outputs of layer ${l}`);
     }
   }
 
@@ -117,6 +142,7 @@ export class Engine implements GraphContext {
    */
   newSequence(capacity: number): Sequence {
     if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
+    if (this.deviceKv) return new Sequence(this, capacity, new DeviceKvCache(this.config));
     const slot = capacity < this.pool.maxSlotLength ? this.pool.allocate() : null;
     if (!slot) return new Sequence(this, capacity, privateStorage(this.config, Math.min(capacity, this.maxPrivateLength)));
     // Delegate rather than spread: `length` is a getter that follows the pool as it grows.

@@ -8,8 +8,19 @@ import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { lwError } from '../errors.js';
 
-export type Provider = 'cpu' | 'cuda';
+/**
+ * 'webgpu': onnxruntime-node's WebGPU provider (Dawn on Vulkan), inside the npm package; it needs a
+ * Vulkan loader and driver on the host (docs/gpu.md). 'cuda': libraries from outside npm (README).
+ */
+export const PROVIDERS = ['cpu', 'cuda', 'webgpu'] as const;
+export type Provider = (typeof PROVIDERS)[number];
 export type Tensor = ort.Tensor;
+
+/** What a host needs for a WebGPU adapter: named in the error when Dawn finds none. */
+export const WEBGPU_NEEDS =
+  'a Vulkan loader and driver: on an NVIDIA GPU host the Debian/Ubuntu packages libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2 ' +
+  '(in a container also NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics); without a GPU, Mesa >= 25 lavapipe (Debian: apt-get install -t bookworm-backports mesa-vulkan-drivers); ' +
+  'and XDG_RUNTIME_DIR set (docs/gpu.md)';
 
 export interface SessionOptions {
   provider?: Provider;
@@ -21,6 +32,11 @@ export interface SessionOptions {
    * (bench/engine.ts investigation): turn it off where the cores are shared.
    */
   spinning?: boolean;
+  /**
+   * Outputs that stay in device memory (a GPU provider's 'gpu-buffer' tensors): the KV cache fed
+   * back as the next pass's input. Never read them on the host (tensorData refuses them).
+   */
+  deviceOutputs?: readonly string[];
 }
 
 /** Whether the CUDA provider library is installed beside onnxruntime-node's binding. */
@@ -44,11 +60,17 @@ export class RuntimeSession {
         intraOpNumThreads: o.threads ?? 0,
         interOpNumThreads: 1,
         logSeverityLevel: 3,
+        ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
         ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
       });
       return new RuntimeSession(session);
     } catch (e) {
-      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `loading ${modelPath}: ${(e as Error).message}`, undefined, e);
+      const message = (e as Error).message;
+      // Dawn found no Vulkan device (no loader, no driver, or a driver it refuses).
+      if (provider === 'webgpu' && /webgpu adapter|supported adapters|vulkan|dawn/i.test(message)) {
+        throw lwError('LW_ERR_ENGINE_PROVIDER_UNAVAILABLE', `webgpu: no WebGPU adapter (${message.trim()}); the provider needs ${WEBGPU_NEEDS}`, undefined, e);
+      }
+      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `loading ${modelPath}: ${message}`, undefined, e);
     }
   }
 
@@ -64,6 +86,15 @@ export class RuntimeSession {
   async run(feeds: Record<string, Tensor>, outputs: Record<string, Tensor | null>): Promise<Record<string, Tensor>> {
     try {
       return (await this.session.run(feeds, outputs)) as Record<string, Tensor>;
+    } catch (e) {
+      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', (e as Error).message, undefined, e);
+    }
+  }
+
+  /** Runs the graph and returns every output (each where preferredOutputLocation puts it). */
+  async runAll(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+    try {
+      return (await this.session.run(feeds)) as Record<string, Tensor>;
     } catch (e) {
       throw lwError('LW_ERR_ENGINE_SESSION_FAILED', (e as Error).message, undefined, e);
     }
@@ -88,6 +119,13 @@ export function i32Tensor(values: ArrayLike<number>, dims: readonly number[]): T
   return new ort.Tensor('int32', Int32Array.from(values), dims);
 }
 
+/** A host tensor's values. A device tensor is refused: reading one through onnxruntime-node aborts the process. */
 export function tensorData(t: Tensor): Float32Array {
+  if (t.location !== 'cpu') throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `a ${t.location} tensor cannot be read on the host`);
   return t.data as Float32Array;
+}
+
+/** Frees a device tensor's memory now (the cache of a pass that has been superseded). */
+export function disposeTensor(t: Tensor): void {
+  if (t.location !== 'cpu') t.dispose();
 }

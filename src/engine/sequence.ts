@@ -3,11 +3,13 @@
  * values come back as small outputs and are written in here) and forward passes over new
  * positions with taps and injections.
  * Single-token decode steps of pooled sequences go through the engine's DecodeBatcher instead.
+ * On a GPU provider the cache is a DeviceKvCache instead: it stays on the device (device-kv.ts).
  */
 import { lwError } from '../errors.js';
 import { GRAPH_NAMES } from '../model/graph.js';
 import type { ModelConfig } from '../model/config.js';
 import { injectPort } from '../hooks.js';
+import { DeviceKvCache } from './device-kv.js';
 import type { KvStorage } from './kv-pool.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type RuntimeSession, type Tensor } from './runtime.js';
 import type { Injection, TapValues } from './types.js';
@@ -45,8 +47,14 @@ export class Sequence {
     private readonly ctx: GraphContext,
     /** Positions this sequence may hold. */
     readonly capacity: number,
-    readonly storage: KvStorage,
+    readonly storage: KvStorage | DeviceKvCache,
   ) {}
+
+  /** The host cache (pooled or private); a device-cache sequence has none. */
+  get hostStorage(): KvStorage {
+    if (this.storage instanceof DeviceKvCache) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'this sequence keeps its cache on the device');
+    return this.storage;
+  }
 
   get length(): number {
     return this.len;
@@ -94,31 +102,51 @@ export class Sequence {
       const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
       feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
     }
-    const out = await this.ctx.exclusive(async () => {
+    const out = this.storage instanceof DeviceKvCache ? await this.runDevice(this.storage, feeds, total) : await this.runHost(this.hostStorage, feeds, o, n, start);
+    this.len = total;
+    const taps = new Map<string, TapValues>();
+    for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: tensorData(out[t]) });
+    return { logits: o.logits === 'none' ? new Float32Array(0) : tensorData(out[GRAPH_NAMES.logits]), taps };
+  }
+
+  /** A pass on a device cache: the past goes in as the last pass's present, which stays on the device. */
+  private runDevice(cache: DeviceKvCache, feeds: Record<string, Tensor>, total: number): Promise<Record<string, Tensor>> {
+    return this.ctx.exclusive(async () => {
+      cache.addPast(feeds);
+      // Every output, taps not asked for included: onnxruntime-node matches preferredOutputLocation
+      // to outputs by position, and fetching a subset puts device tensors where host ones belong.
+      const r = await this.ctx.session.runAll(feeds);
+      cache.replace(r, total);
+      // Released while the pass ran (an abort): nothing else will free what it left on the device.
+      if (this.released) cache.free();
+      return r;
+    });
+  }
+
+  private runHost(storage: KvStorage, feeds: Record<string, Tensor>, o: ForwardOptions, n: number, start: number): Promise<Record<string, Tensor>> {
+    const c = this.ctx.config;
+    const total = start + n;
+    return this.ctx.exclusive(async () => {
       // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
       const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
-      this.storage.ensure(total);
-      const dims = [1, c.numKvHeads, this.storage.length, c.headDim];
+      storage.ensure(total);
+      const dims = [1, c.numKvHeads, storage.length, c.headDim];
       for (let l = 0; l < c.numLayers; l++) {
-        feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(this.storage.keys(l), dims);
-        feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(this.storage.values(l), dims);
+        feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(storage.keys(l), dims);
+        feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(storage.values(l), dims);
         fetches[GRAPH_NAMES.newKey(l)] = null;
         fetches[GRAPH_NAMES.newValue(l)] = null;
       }
       for (const t of o.taps ?? []) fetches[t] = null;
       const r = await this.ctx.session.run(feeds, fetches);
       // The cache is an input: the pass's new keys and values come back separately and go in here.
-      const len = this.storage.length;
+      const len = storage.length;
       for (let l = 0; l < c.numLayers; l++) {
-        storeNew(this.storage.keys(l), len, tensorData(r[GRAPH_NAMES.newKey(l)]), 0, c.numKvHeads, n, start, c.headDim);
-        storeNew(this.storage.values(l), len, tensorData(r[GRAPH_NAMES.newValue(l)]), 0, c.numKvHeads, n, start, c.headDim);
+        storeNew(storage.keys(l), len, tensorData(r[GRAPH_NAMES.newKey(l)]), 0, c.numKvHeads, n, start, c.headDim);
+        storeNew(storage.values(l), len, tensorData(r[GRAPH_NAMES.newValue(l)]), 0, c.numKvHeads, n, start, c.headDim);
       }
       return r;
     });
-    this.len = total;
-    const taps = new Map<string, TapValues>();
-    for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: tensorData(out[t]) });
-    return { logits: o.logits === 'none' ? new Float32Array(0) : tensorData(out[GRAPH_NAMES.logits]), taps };
   }
 }
 

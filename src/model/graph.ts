@@ -17,6 +17,12 @@
  * (separate buffers; present = past + the new positions), `num_logits_to_keep` (int64 scalar:
  * 0 = every position, k = the last k; transformers.js feeds it to graphs that have it) and `logits`
  * [batch, seq or k, vocab]; no taps, no ports.
+ *
+ * The 'device-kv' interface (the engine on a GPU provider) is the engine's own, except that each pass
+ * returns the whole cache instead of its new positions: `past_key.L` [batch, kv_heads, past, head_dim]
+ * → `present_key.L` [batch, kv_heads, total, head_dim] (present = past + this pass's positions). The
+ * engine keeps those outputs on the device (preferredOutputLocation 'gpu-buffer') and feeds them back
+ * as the next pass's past, so the cache never crosses the bus; only logits and taps come back.
  */
 import { lwError } from '../errors.js';
 import { injectPort, residPost } from '../hooks.js';
@@ -27,8 +33,9 @@ import { quantizeRows, toHalf, transpose } from './quantize.js';
 
 export type Precision = 'fp32' | 'fp16' | 'int8' | 'int4';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'fp16', 'int8', 'int4'];
-/** The graph's input/output interface: the engine's own, or Hugging Face optimum's (peers only). */
-export type GraphInterface = 'latentwatch' | 'hf';
+/** The graph's input/output interface: the engine's own (host or device cache), or Hugging Face optimum's (peers only). */
+export type GraphInterface = 'latentwatch' | 'device-kv' | 'hf';
+export const GRAPH_INTERFACES: readonly GraphInterface[] = ['latentwatch', 'device-kv', 'hf'];
 
 export interface BuildOptions {
   precision: Precision;
@@ -55,6 +62,9 @@ export const GRAPH_NAMES = {
   /** The keys (rotated) and values of this pass's positions, [batch, kv_heads, seq, head_dim]. */
   newKey: (l: number) => `new_key.${l}`,
   newValue: (l: number) => `new_value.${l}`,
+  /** 'device-kv' builds: the whole cache after this pass, [batch, kv_heads, total, head_dim]. */
+  presentKey: (l: number) => `present_key.${l}`,
+  presentValue: (l: number) => `present_value.${l}`,
 } as const;
 
 /** Input and output names of an 'hf' build (Hugging Face optimum's decoder interface). */
@@ -81,7 +91,7 @@ export function validateBuildOptions(cfg: ModelConfig, o: BuildOptions): void {
   }
   if (![16, 32, 64, 128, 256].includes(o.blockSize)) bad(`block size ${o.blockSize} (16|32|64|128|256)`);
   if (![0, 1, 2, 3, 4].includes(o.accuracyLevel)) bad(`accuracy level ${o.accuracyLevel} (0..4)`);
-  if (o.interface !== undefined && o.interface !== 'latentwatch' && o.interface !== 'hf') bad(`interface ${String(o.interface)} (latentwatch|hf)`);
+  if (o.interface !== undefined && !GRAPH_INTERFACES.includes(o.interface)) bad(`interface ${String(o.interface)} (${GRAPH_INTERFACES.join('|')})`);
   if (o.interface === 'hf' && (o.taps.length || o.ports.length)) bad("the 'hf' interface has no taps and no ports");
 }
 
@@ -103,6 +113,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   const tick = (what: string) => progress(++step, totalSteps, what);
 
   const hf = o.interface === 'hf';
+  const deviceKv = o.interface === 'device-kv';
   // transformers.js sizes its first (empty) cache from these dimension names: 'batch_size' is one it knows.
   const B = hf ? 'batch_size' : 'batch';
   // Inputs. Batch and sequence are free; the cache length is the preallocated buffer's length.
@@ -180,7 +191,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   // copies every fetched output into a fresh buffer, and fetching the whole cache each step cost
   // time in proportion to its length (docs/benchmarks.md, "Long context").
   let newIndex = '';
-  if (!hf) {
+  if (!hf && !deviceKv) {
     const scalar = (name: string, v: bigint) => g.initializer(name, DT.INT64, [], new Uint8Array(new BigInt64Array([v]).buffer));
     const seq = g.op('Gather', [g.op('Shape', [ids]), scalar('new.index1', 1n)], { axis: 0 });
     const first = g.op('Sub', [g.op('Add', [g.op('Cast', [seqlensK], { to: DT.INT64 }), scalar('new.one', 1n)]), seq]);
@@ -214,7 +225,11 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     const pastLen = hf ? 'past_sequence_length' : 'cache_len';
     const pastK = g.input(names.pastKey(l), DT.FLOAT, [B, KV, pastLen, hd]);
     const pastV = g.input(names.pastValue(l), DT.FLOAT, [B, KV, pastLen, hd]);
-    const [presentK, presentV] = hf ? [HF_GRAPH_NAMES.presentKey(l), HF_GRAPH_NAMES.presentValue(l)] : [`layers.${l}.present_key`, `layers.${l}.present_value`];
+    const [presentK, presentV] = hf
+      ? [HF_GRAPH_NAMES.presentKey(l), HF_GRAPH_NAMES.presentValue(l)]
+      : deviceKv
+        ? [GRAPH_NAMES.presentKey(l), GRAPH_NAMES.presentValue(l)]
+        : [`layers.${l}.present_key`, `layers.${l}.present_value`];
     const [attn] = g.node(
       'GroupQueryAttention',
       [...gqaIn, pastK, pastV, seqlensK, totalLen, cosCache, sinCache],
@@ -222,7 +237,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
       { num_heads: H, kv_num_heads: KV, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } },
       'com.microsoft',
     );
-    if (hf) {
+    if (hf || deviceKv) {
       g.output(presentK, DT.FLOAT, [B, KV, 'total_sequence_length', hd]);
       g.output(presentV, DT.FLOAT, [B, KV, 'total_sequence_length', hd]);
     } else {
