@@ -19,6 +19,7 @@ import {
   ALERT_LOG_DROPPED_TOTAL,
   ALERT_LOG_FAILURES_TOTAL,
   ALERT_LOG_PENDING,
+  ALERT_OUTBOX_PENDING,
   ALERT_LOG_WRITES_TOTAL,
   BUILD_INFO,
   CANARY_RUNS_TOTAL,
@@ -475,8 +476,11 @@ export function alertDelivery(): dashboard.DashboardBuilder {
       12,
     )
     .add(
-      timeSeries('Pending alerts per replica', 'Alerts waiting in memory for the log to accept writes.', 'short') //
-        .targets([query(`sum by (instance) (${ALERT_LOG_PENDING}{${I}})`, '{{instance}}')]),
+      timeSeries('Pending alerts per replica', 'Alerts waiting in memory for the log to accept writes; with serve --nats, alerts waiting in the local outbox for the shared stream.', 'short') //
+        .targets([
+          query(`sum by (instance) (${ALERT_LOG_PENDING}{${I}})`, '{{instance}}', 'A'),
+          query(`sum by (instance) (${ALERT_OUTBOX_PENDING}{${I}})`, '{{instance}} outbox', 'B'),
+        ]),
       12,
     )
     .add(

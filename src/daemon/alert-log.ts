@@ -79,6 +79,8 @@ export interface Alert {
   kind: AlertKind;
   /** Name of the API key whose request raised it (auth.ts: "anonymous" on an open daemon, "system" for the canary). */
   tenant: string;
+  /** The replica that raised it (pod or host name), on a shared JetStream stream only (nats-alert-store.ts). */
+  replica?: string;
 }
 
 /** The closest stored concept of a detection (issue 12). */
@@ -517,7 +519,8 @@ export function matchesFilter(a: Alert, f: AlertFilter): boolean {
   return true;
 }
 
-function normalise(d: AlertDraft, id: number, nowMs: number): Alert {
+/** A draft as a stored alert: validated, its time and tenant filled in. Throws LW_ERR_ALERT_BAD_QUERY. */
+export function normalise(d: AlertDraft, id: number, nowMs: number): Alert {
   if (!SEVERITIES.includes(d.severity)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `unknown severity ${String(d.severity)}`, { param: 'severity' });
   if (!ALERT_KINDS.includes(d.kind)) throw lwError('LW_ERR_ALERT_BAD_QUERY', `unknown alert kind ${String(d.kind)}`, { param: 'kind' });
   const ts = d.ts === undefined ? new Date(nowMs) : new Date(d.ts);

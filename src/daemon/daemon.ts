@@ -15,6 +15,7 @@ import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
 import { SqliteAlertStore, type AlertStore } from './alert-store.js';
+import { JetStreamAlertStore, redactServers } from './nats-alert-store.js';
 import { lwError } from '../errors.js';
 import { Authenticator, SYSTEM_TENANT } from './auth.js';
 import { Canary } from './canary.js';
@@ -103,15 +104,42 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   let onLogState = (e: { state: 'failing' | 'recovered'; error?: string; pending: number }) => {
     process.stderr.write(`alert log ${e.state}${e.error ? `: ${e.error}` : ''}\n`);
   };
-  const log = AlertLog.open({
-    path: config.alertLog.path,
-    retentionDays: config.alertLog.retentionDays,
-    retentionRows: config.alertLog.retentionRows,
-    pendingLimit: config.alertLog.pendingLimit,
-    onStateChange: (e) => onLogState(e),
-  });
-  const stopMaintenance = log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000);
-  const store: AlertStore = new SqliteAlertStore(log);
+  // ...and the shared stream's connection events too.
+  let onStreamEvent = (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, msg: string) => {
+    if (level !== 'info') process.stderr.write(`${msg} ${JSON.stringify(fields)}\n`);
+  };
+  // `--nats`: one JetStream stream shared by every replica; else the embedded SQLite log.
+  const nats = config.nats;
+  const log =
+    nats.servers.length > 0
+      ? null
+      : AlertLog.open({
+          path: config.alertLog.path,
+          retentionDays: config.alertLog.retentionDays,
+          retentionRows: config.alertLog.retentionRows,
+          pendingLimit: config.alertLog.pendingLimit,
+          onStateChange: (e) => onLogState(e),
+        });
+  const stopMaintenance = log ? log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000) : () => undefined;
+  const store: AlertStore = log
+    ? new SqliteAlertStore(log)
+    : await JetStreamAlertStore.open({
+        servers: nats.servers,
+        stream: nats.stream,
+        subject: nats.subject,
+        replicas: nats.replicas,
+        replica: nats.replica,
+        user: nats.user,
+        password: nats.password,
+        token: nats.token,
+        credsFile: nats.credsFile,
+        outboxPath: nats.outboxPath ?? join(config.stateDir, 'alert-outbox.db'),
+        publishTimeoutMs: nats.publishTimeoutMs,
+        duplicateWindowSeconds: nats.duplicateWindowSeconds,
+        retentionDays: config.alertLog.retentionDays,
+        retentionRows: config.alertLog.retentionRows,
+        onEvent: (level, fields, msg) => onStreamEvent(level, fields, msg),
+      });
   const auth = new Authenticator({ apiKeys: config.apiKeys, adminKey: config.adminKey });
   const hub = new AlertHub({
     store,
@@ -122,7 +150,8 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     pongTimeoutMs: config.websocket.pongTimeoutSeconds * 1000,
     replayPageSize: config.websocket.replayPageSize,
   });
-  metrics.bindAlertLog(store);
+  if (log) metrics.bindAlertLog(log);
+  if (store instanceof JetStreamAlertStore) metrics.bindAlertOutbox(store);
   metrics.bindAlertHub(hub);
   const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
@@ -153,6 +182,8 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     if (e.state === 'failing') app.log.error({ error: e.error, pending: e.pending }, 'alert log writes failing: alerts still go to subscribers and wait in memory for the disk');
     else app.log.warn('alert log recovered: pending alerts written');
   };
+  onStreamEvent = (level, fields, msg) => app.log[level](fields, msg);
+  if (store instanceof JetStreamAlertStore) app.log.info({ servers: redactServers(nats.servers), stream: nats.stream, replica: store.replica, connected: store.isConnected }, 'alerts go to the shared JetStream stream');
   app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
   app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
   for (const w of warnings) app.log.warn(w);

@@ -41,6 +41,7 @@ export const ALERT_LOG_WRITES_TOTAL = 'latentwatch_alert_log_writes_total';
 export const ALERT_LOG_FAILURES_TOTAL = 'latentwatch_alert_log_failures_total';
 export const ALERT_LOG_PENDING = 'latentwatch_alert_log_pending';
 export const ALERT_LOG_DROPPED_TOTAL = 'latentwatch_alert_log_dropped_total';
+export const ALERT_OUTBOX_PENDING = 'latentwatch_alert_outbox_pending';
 // Canary.
 export const CANARY_SUCCESS = 'latentwatch_canary_success';
 export const CANARY_RUNS_TOTAL = 'latentwatch_canary_runs_total';
@@ -104,6 +105,8 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   family(ALERT_LOG_FAILURES_TOTAL, 'counter', 'Failed alert log write transactions (appends and retries).'),
   family(ALERT_LOG_PENDING, 'gauge', 'Alerts held in memory until the alert log accepts writes again.'),
   family(ALERT_LOG_DROPPED_TOTAL, 'counter', 'Alerts delivered live only because the pending queue was full.'),
+  // serve --nats: > 0 while NATS is unreachable (or refuses publishes); drains to 0 when it is back.
+  family(ALERT_OUTBOX_PENDING, 'gauge', 'Alerts in the local outbox waiting for the shared JetStream stream to acknowledge them.'),
   family(CANARY_SUCCESS, 'gauge', '1 if the last canary run saw its probe fire, else 0.'),
   // canary failure share: sum(rate(latentwatch_canary_runs_total{result!="success"}[1h])) / sum(rate(latentwatch_canary_runs_total[1h]))
   family(CANARY_RUNS_TOTAL, 'counter', 'Canary runs by result (success, failure, error).', ['result']),
@@ -217,6 +220,10 @@ export function probeMetrics(registry: Registry) {
 export interface AlertLogStatsSource {
   stats(): { writes: number; failures: number; pending: number; dropped: number };
 }
+/** The JetStream store (nats-alert-store.ts). */
+export interface AlertOutboxSource {
+  readonly outboxPending: number;
+}
 export interface AlertHubStatsSource {
   stats(): { subscribers: number; slowConsumerDisconnects: number; dropped?: Readonly<Record<string, number>> };
 }
@@ -244,7 +251,7 @@ function droppedByReason(read: () => Readonly<Record<string, number>> | undefine
   };
 }
 
-export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource }) {
+export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource; outbox?: AlertOutboxSource }) {
   return {
     subscribers: gauge(registry, WEBSOCKET_SUBSCRIBERS, function () {
       if (sources.hub) this.set(sources.hub.stats().subscribers);
@@ -257,6 +264,9 @@ export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertL
       if (sources.log) this.set(sources.log.stats().pending);
     }),
     logDropped: counter(registry, ALERT_LOG_DROPPED_TOTAL, mirrored(() => sources.log?.stats().dropped)),
+    outboxPending: gauge(registry, ALERT_OUTBOX_PENDING, function () {
+      this.set(sources.outbox?.outboxPending ?? 0);
+    }),
   };
 }
 
@@ -318,7 +328,7 @@ export class DaemonMetrics {
   readonly info: ReturnType<typeof infoMetrics>;
   readonly learn: ReturnType<typeof learnMetrics>;
   readonly http: ReturnType<typeof httpMetrics>;
-  private readonly sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource } = {};
+  private readonly sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource; outbox?: AlertOutboxSource } = {};
   private readonly models: LabelGuard;
   private readonly probes: LabelGuard;
   private readonly routes: LabelGuard;
@@ -346,6 +356,11 @@ export class DaemonMetrics {
   /** Read the alert log's counters at scrape time. */
   bindAlertLog(log: AlertLogStatsSource): void {
     this.sources.log = log;
+  }
+
+  /** Read the outbox of the JetStream store at scrape time (`serve --nats`). */
+  bindAlertOutbox(outbox: AlertOutboxSource): void {
+    this.sources.outbox = outbox;
   }
 
   /** Read the hub's subscriber count and disconnects at scrape time. */

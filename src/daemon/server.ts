@@ -40,7 +40,8 @@ export const SMALL_BODY_LIMIT = 64 * 1024;
 
 /** Keys the daemon knows; none may reach a log line (redact.ts). */
 function configuredSecrets(config: FrozenConfig): string[] {
-  return [...namedApiKeys(config).map((k) => k.key), ...(config.adminKey === null ? [] : [config.adminKey])];
+  const nats = [config.nats.password, config.nats.token].filter((x): x is string => x !== null);
+  return [...namedApiKeys(config).map((k) => k.key), ...(config.adminKey === null ? [] : [config.adminKey]), ...nats];
 }
 
 export function buildServer(d: ServerDeps): FastifyInstance {
