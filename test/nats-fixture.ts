@@ -30,7 +30,8 @@ export interface NatsServer {
   log(): string;
 }
 
-export async function startNats(): Promise<NatsServer> {
+/** `args`: more nats-server flags (e.g. --user/--pass to require credentials). */
+export async function startNats(args: readonly string[] = []): Promise<NatsServer> {
   const port = await freePort();
   const storeDir = tempDir('lw-nats-');
   const bin = natsServerBinary();
@@ -38,7 +39,7 @@ export async function startNats(): Promise<NatsServer> {
   let out = '';
   const start = async (): Promise<void> => {
     const runStart = out.length;
-    const c = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     c.stdout!.on('data', (b: Buffer) => (out += String(b)));
     c.stderr!.on('data', (b: Buffer) => (out += String(b)));

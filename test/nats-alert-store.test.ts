@@ -1,0 +1,129 @@
+/**
+ * The JetStream alert store on its own (src/daemon/nats-alert-store.ts) against a real nats-server
+ * that requires a user and password: credentials never reach its events; the outbox file keeps
+ * alerts across a restart of the replica while NATS is down; a republished alert whose first
+ * publish did reach the stream (a lost acknowledgement) is dropped by the duplicate window; reads
+ * filter and page like the SQLite log.
+ */
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { connect } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AlertDraft } from '../src/daemon/alert-log.js';
+import { JetStreamAlertStore, type JetStreamStoreOptions } from '../src/daemon/nats-alert-store.js';
+import { startNats, type NatsServer } from './nats-fixture.js';
+import { tempDir, waitUntil } from './helpers.js';
+
+const USER = 'latentwatch';
+const PASSWORD = 'nats-secret-password-42';
+let nats: NatsServer;
+const events: string[] = [];
+const stores: JetStreamAlertStore[] = [];
+
+beforeAll(async () => {
+  nats = await startNats(['--user', USER, '--pass', PASSWORD]);
+});
+afterAll(async () => {
+  for (const s of stores) await s.close();
+  await nats?.stop();
+});
+
+let n = 0;
+function draft(extra: Partial<AlertDraft> = {}): AlertDraft {
+  n++;
+  return { requestId: `req-${n}`, model: 'm', probeId: 'probe.a', probeLabel: 'a', severity: 'warning', score: 1, threshold: 0.5, tokenIndex: n, silent: true, verbalized: false, kind: 'detection', tenant: 'team-a', ...extra };
+}
+
+async function open(o: Partial<JetStreamStoreOptions> = {}): Promise<JetStreamAlertStore> {
+  const s = await JetStreamAlertStore.open({
+    servers: [nats.url],
+    stream: 'STORE_TEST',
+    subject: 'store.alerts',
+    replicas: 1,
+    replica: 'r1',
+    user: USER,
+    password: PASSWORD,
+    outboxPath: join(tempDir('lw-outbox-'), 'outbox.db'),
+    publishTimeoutMs: 500,
+    duplicateWindowSeconds: 120,
+    connectWaitMs: 10_000,
+    onEvent: (level, fields, msg) => events.push(JSON.stringify({ level, fields, msg })),
+    ...o,
+  });
+  stores.push(s);
+  return s;
+}
+
+async function closeStore(s: JetStreamAlertStore): Promise<void> {
+  await s.close();
+  stores.splice(stores.indexOf(s), 1);
+}
+
+describe('JetStream alert store', () => {
+  it('publishes with credentials and reads back with filters, tenancy and paging; credentials never reach its events', async () => {
+    const s = await open();
+    expect(s.isConnected).toBe(true);
+    const results = await s.append([draft(), draft({ probeId: 'probe.b', severity: 'critical' }), draft({ tenant: 'team-b' })]);
+    expect(results.every((r) => r.durable && !r.queued && r.alert.id > 0 && r.alert.replica === 'r1')).toBe(true);
+    const [a, b, c] = results.map((r) => r.alert);
+    expect([b.id - a.id, c.id - b.id]).toEqual([1, 1]);
+    expect((await s.since(a.id - 1, {}, 10)).alerts).toEqual([a, b, c]);
+    expect((await s.since(a.id - 1, { probe: 'probe.b' }, 10)).alerts).toEqual([b]);
+    expect((await s.since(a.id - 1, { minSeverity: 'critical' }, 10)).alerts).toEqual([b]);
+    expect((await s.since(a.id - 1, { tenant: 'team-b' }, 10)).alerts).toEqual([c]);
+    const page = await s.since(a.id - 1, {}, 2);
+    expect(page.alerts).toEqual([a, b]);
+    expect(page.scannedThrough).toBe(b.id);
+    expect(await s.since(c.id, {}, 10)).toEqual({ alerts: [], scannedThrough: c.id });
+    expect(await s.lastId()).toBe(c.id);
+    await waitUntil(() => s.liveThrough === c.id, { timeoutMs: 10_000, what: 'the live feed to deliver the three alerts' });
+
+    // A wrong password: the store still opens (the replica serves), queues, and says why without the secret.
+    const wrong = await open({ password: 'not-the-password', connectWaitMs: 1000 });
+    expect(wrong.isConnected).toBe(false);
+    const queued = await wrong.append([draft()]);
+    expect(queued[0]).toMatchObject({ queued: true, durable: true, alert: { id: 0 } });
+    expect(wrong.outboxPending).toBe(1);
+    await closeStore(wrong);
+    expect(events.length).toBeGreaterThan(0);
+    for (const e of events) {
+      expect(e).not.toContain(PASSWORD);
+      expect(e).not.toContain('not-the-password');
+    }
+  }, 60_000);
+
+  it('keeps queued alerts across a restart of the replica while NATS is down, and a republish whose first publish landed is stored once', async () => {
+    const dir = tempDir('lw-outbox-restart-');
+    const outboxPath = join(dir, 'outbox.db');
+    const first = await open({ outboxPath });
+    const before = (await first.append([draft()]))[0].alert;
+    await nats.stop();
+    const queued = await first.append([draft({ requestId: 'during-1' }), draft({ requestId: 'during-2' })]);
+    expect(queued.map((r) => r.queued)).toEqual([true, true]);
+    await closeStore(first); // the replica stops with its outbox full
+
+    // The first queued alert's publish "reached the stream but its acknowledgement was lost": publish
+    // it by hand with the id it keeps in the outbox, as the client would have on reconnect.
+    const db = new Database(outboxPath, { readonly: true });
+    const rows = db.prepare('SELECT msg_id AS msgId, payload FROM outbox ORDER BY seq').all() as { msgId: string; payload: string }[];
+    db.close();
+    expect(rows.length).toBe(2);
+    await nats.start();
+    const nc = await connect({ servers: [nats.url], user: USER, pass: PASSWORD });
+    await waitUntil(
+      async () => {
+        await jetstream(nc).publish('store.alerts', rows[0].payload, { msgID: rows[0].msgId, timeout: 1000 });
+        return true;
+      },
+      { timeoutMs: 30_000, what: 'JetStream to accept the hand-made publish after the restart' },
+    );
+    await nc.close();
+
+    const second = await open({ outboxPath });
+    await waitUntil(() => second.outboxPending === 0, { timeoutMs: 30_000, what: 'the outbox to drain' });
+    const stored = (await second.since(before.id, {}, 100)).alerts;
+    expect(stored.map((a) => a.requestId)).toEqual(['during-1', 'during-2']);
+    expect(stored.every((a) => a.replica === 'r1' && a.tenant === 'team-a')).toBe(true);
+  }, 90_000);
+});
