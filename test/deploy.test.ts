@@ -17,6 +17,7 @@ import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { metricNames } from '../grafana/src/promql.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { METRIC_FAMILIES, METRIC_NAMES, seriesNames } from '../src/daemon/metrics.js';
+import { natsServerBinary } from './nats-fixture.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const DEPLOY = join(ROOT, 'deploy');
@@ -165,9 +166,9 @@ describe('deploy YAML', () => {
 });
 
 describe('deploy/k8s', () => {
-  it('has a Deployment, Service, ConfigMap, Secret, PodDisruptionBudget and ServiceMonitor, all in the kustomization', () => {
+  it('has a Deployment, Service, ConfigMap, Secret, PodDisruptionBudget, ServiceMonitor and the NATS StatefulSet, all in the kustomization', () => {
     const kinds = k8sObjects().map((o) => o.kind);
-    for (const k of ['Deployment', 'Service', 'ConfigMap', 'Secret', 'PodDisruptionBudget', 'ServiceMonitor']) expect(kinds).toContain(k);
+    for (const k of ['Deployment', 'Service', 'ConfigMap', 'Secret', 'PodDisruptionBudget', 'ServiceMonitor', 'StatefulSet']) expect(kinds).toContain(k);
     const kust = parseYaml(readFileSync(join(DEPLOY, 'k8s', 'kustomization.yaml'), 'utf8')) as { resources: string[] };
     const files = readdirSync(join(DEPLOY, 'k8s')).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml');
     expect([...kust.resources].sort()).toEqual(files.sort());
@@ -190,7 +191,7 @@ describe('deploy/k8s', () => {
     for (const m of c.volumeMounts) expect(volumes.has(m.name), m.name).toBe(true);
     // Secrets and ConfigMaps referenced exist with those keys.
     const secret = k8s('Secret');
-    for (const e of c.env.filter((x: { valueFrom?: unknown }) => x.valueFrom)) {
+    for (const e of c.env.filter((x: { valueFrom?: { secretKeyRef?: unknown } }) => x.valueFrom?.secretKeyRef)) {
       const ref = e.valueFrom.secretKeyRef;
       expect(ref.name).toBe(secret.metadata.name);
       expect(Object.keys(secret.stringData ?? secret.data ?? {})).toContain(ref.key);
@@ -212,27 +213,72 @@ describe('deploy/k8s', () => {
     expect(config.port).toBe(8000);
     expect(config.alertLog.path).toBe('/var/lib/latentwatch/alerts.db');
     expect(config.adminKey).toBeTruthy();
+    expect(config.nats.servers.length).toBe(3);
+    expect(config.nats.user).toBeTruthy();
+    expect(config.nats.password).toBeTruthy();
   });
 
-  it('Services, PDB and ServiceMonitor select the pods and the scraped port', () => {
-    const podLabels = k8s('Deployment').spec.template.metadata.labels;
-    const services = k8sObjects().filter((o) => o.kind === 'Service');
-    expect(services.length).toBe(2);
-    for (const s of services) {
-      expect(matches(s.spec.selector, podLabels), s.metadata.name).toBe(true);
-      expect(s.spec.ports[0].targetPort).toBe('http');
+  it('the daemon publishes to a 3-node JetStream cluster: its servers are the StatefulSet pods, the stream has one copy per node, nats-server accepts the config', () => {
+    const sts = k8s('StatefulSet', 'nats');
+    const svc = k8s('Service', sts.spec.serviceName);
+    expect(sts.spec.replicas).toBe(3);
+    expect(svc.spec.clusterIP).toBe('None');
+    expect(matches(svc.spec.selector, sts.spec.template.metadata.labels)).toBe(true);
+    expect(matches(sts.spec.selector.matchLabels, sts.spec.template.metadata.labels)).toBe(true);
+    const port = (name: string) => svc.spec.ports.find((p: { name: string }) => p.name === name).port as number;
+    const pods = Array.from({ length: sts.spec.replicas as number }, (_, i) => `${sts.metadata.name}-${i}.${svc.metadata.name}`);
+    // The daemon names every node at the client port, and asks for one copy of the stream per node.
+    const daemon = JSON.parse(k8s('ConfigMap', 'latentwatch-config').data!['config.json']) as { nats: { servers: string[]; replicas: number } };
+    expect([...daemon.nats.servers].sort()).toEqual(pods.map((p) => `nats://${p}:${port('client')}`));
+    expect(daemon.nats.replicas).toBe(sts.spec.replicas);
+    // The routes name every node at the cluster port; JetStream stores on the claimed volume.
+    const c = sts.spec.template.spec.containers[0];
+    const cmName = sts.spec.template.spec.volumes.find((v: { configMap?: { name: string } }) => v.configMap).configMap.name;
+    const conf = k8s('ConfigMap', cmName).data!['nats.conf'];
+    for (const p of pods) expect(conf).toContain(`nats://${p}:${port('cluster')}`);
+    const dataMount = c.volumeMounts.find((m: { name: string }) => m.name === sts.spec.volumeClaimTemplates[0].metadata.name).mountPath as string;
+    expect(conf).toMatch(new RegExp(`store_dir: ${dataMount}/`));
+    // The credentials come from the Secret the daemon reads them from.
+    const secret = k8s('Secret');
+    const env: Record<string, string> = {};
+    for (const e of c.env) {
+      if (e.valueFrom?.secretKeyRef) {
+        expect(e.valueFrom.secretKeyRef.name).toBe(secret.metadata.name);
+        env[e.name] = (secret.stringData as Record<string, string>)[e.valueFrom.secretKeyRef.key];
+      } else if (e.valueFrom?.fieldRef) env[e.name] = `${sts.metadata.name}-0`;
     }
-    expect(services.find((s) => s.spec.clusterIP === 'None'), 'a headless Service for per-replica alert subscribers').toBeTruthy();
-    expect(matches(k8s('PodDisruptionBudget').spec.selector.matchLabels, podLabels)).toBe(true);
+    const daemonEnv = k8s('Deployment', 'latentwatch').spec.template.spec.containers[0].env as { name: string; valueFrom?: { secretKeyRef?: { key: string } } }[];
+    const keyOf = (name: string) => daemonEnv.find((e) => e.name === name)?.valueFrom?.secretKeyRef?.key;
+    expect(keyOf('LATENTWATCH_NATS_USER')).toBe(c.env.find((e: { name: string }) => e.name === 'NATS_USER').valueFrom.secretKeyRef.key);
+    expect(keyOf('LATENTWATCH_NATS_PASSWORD')).toBe(c.env.find((e: { name: string }) => e.name === 'NATS_PASSWORD').valueFrom.secretKeyRef.key);
+    // nats-server itself (Debian's, installed by scripts/test-deps.sh) parses it with that environment.
+    const dir = mkdtempSync(join(tmpdir(), 'lw-nats-conf-'));
+    writeFileSync(join(dir, 'nats.conf'), conf);
+    const r = spawnSync(natsServerBinary(), ['-t', '-c', join(dir, 'nats.conf')], { encoding: 'utf8', env: { ...process.env, ...env } });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+  });
+
+  it('Services, PDBs and ServiceMonitor select the pods and the scraped port', () => {
+    const podLabels = k8s('Deployment').spec.template.metadata.labels;
+    const natsLabels = k8s('StatefulSet', 'nats').spec.template.metadata.labels;
+    const all = k8sObjects().filter((o) => o.kind === 'Service');
+    for (const s of all) expect(matches(s.spec.selector, podLabels) || matches(s.spec.selector, natsLabels), s.metadata.name).toBe(true);
+    // One Service for the daemon: API and alert subscribers alike (every replica serves the whole stream).
+    const services = all.filter((s) => matches(s.spec.selector, podLabels));
+    expect(services.map((s) => s.metadata.name)).toEqual(['latentwatch']);
+    expect(services[0].spec.ports[0].targetPort).toBe('http');
+    expect(matches(k8s('PodDisruptionBudget', 'latentwatch').spec.selector.matchLabels, podLabels)).toBe(true);
+    expect(matches(k8s('PodDisruptionBudget', 'nats').spec.selector.matchLabels, natsLabels)).toBe(true);
     const sm = k8s('ServiceMonitor');
     const scraped = services.filter((s) => matches(sm.spec.selector.matchLabels, s.metadata.labels));
     expect(scraped.map((s) => s.metadata.name)).toEqual(['latentwatch']); // once per pod, job="latentwatch"
     expect(sm.spec.endpoints[0]).toMatchObject({ port: 'http', path: '/metrics' });
   });
 
-  it('the README explains several replicas (own model copy, per-replica alert ids, subscribe to each)', () => {
+  it('the README explains several replicas (own model copy, one stream, one cursor, through the Service)', () => {
     const readme = readFileSync(join(DEPLOY, 'k8s', 'README.md'), 'utf8');
-    for (const s of ['own copy of the model', 'Alert ids are per replica', '/v1/alerts?since=', 'latentwatch-replicas']) expect(readme).toContain(s);
+    for (const s of ['own copy of the model', 'one stream', 'one cursor', '/v1/alerts?since=', 'latentwatch_alert_outbox_pending', 'nats.yaml']) expect(readme).toContain(s);
+    expect(readme).not.toContain('latentwatch-replicas');
   });
 });
 
@@ -241,7 +287,10 @@ describe('deploy/compose.yaml', () => {
     const compose = parseYaml(readFileSync(join(DEPLOY, 'compose.yaml'), 'utf8')) as {
       services: Record<string, { volumes?: string[]; build?: { context: string; dockerfile: string }; environment?: Record<string, string> }>;
     };
-    expect(Object.keys(compose.services).sort()).toEqual(['alertmanager', 'grafana', 'latentwatch', 'prometheus']);
+    expect(Object.keys(compose.services).sort()).toEqual(['alertmanager', 'grafana', 'latentwatch', 'nats', 'prometheus']);
+    // The daemon publishes its alerts to the compose NATS server, which runs JetStream.
+    expect(compose.services.latentwatch.environment?.LATENTWATCH_NATS_URL).toBe('nats://nats:4222');
+    expect((compose.services.nats as unknown as { command: string[] }).command).toContain('-js');
     const mounts = Object.entries(compose.services).flatMap(([name, s]) => (s.volumes ?? []).map((v) => ({ name, src: v.split(':')[0] })));
     const local = mounts.filter((m) => m.src.startsWith('.'));
     expect(local.length).toBeGreaterThan(0);
