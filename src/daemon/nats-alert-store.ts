@@ -187,6 +187,9 @@ export class JetStreamAlertStore implements AlertStore {
       } else if (s.type === 'reconnect') {
         this.event('info', {}, 'NATS reconnected');
         await this.setupStream();
+        // A restarted server lost the feed's ephemeral consumer: start a new one from the last
+        // delivered sequence rather than wait for the old one to notice.
+        this.feedMessages?.stop();
       }
     }
   }
