@@ -160,7 +160,9 @@ function synthSeq(id: string, positions: number, seed: number, inject?: { layer:
     layers.push(x);
     prev = x;
   }
-  return { id, source: 'corpus', start: 0, positions, rows: (l) => layers[l] };
+  // Token ids: natural text rarely repeats a token pair; these never do (every position is novel).
+  const ids = Array.from({ length: positions }, (_, p) => 1 + ((seed * 31 + p * 7) % 5000));
+  return { id, source: 'corpus', start: 0, positions, ids, rows: (l) => layers[l] };
 }
 
 function fitSmall(fp = FP) {
@@ -172,12 +174,14 @@ function fitSmall(fp = FP) {
 }
 
 describe('anomaly detector (fit-anomaly)', () => {
-  it('same inputs, same bytes; members are the layer updates (resid at layer 0)', () => {
+  it('same inputs, same bytes; members are the layer updates (resid at layer 0), per token and windowed', () => {
     const a = fitSmall();
     const b = fitSmall();
     expect(serializeProbeFile(a.det.file)).toBe(serializeProbeFile(b.det.file));
     expect(a.det.file.kind).toBe('ensemble-max');
-    expect(a.det.members.map((m) => m.id)).toEqual(['resid-L0', 'update-L1', 'update-L2']);
+    expect(a.det.members.map((m) => m.id)).toEqual(['resid-L0', 'update-L1', 'update-L2', 'resid-L0-w16', 'update-L1-w16', 'update-L2-w16']);
+    const windowed = a.det.file.kind === 'ensemble-max' ? a.det.file.members.slice(3) : [];
+    for (const m of windowed) expect(m.kind === 'mahalanobis' && m.window).toEqual({ size: 16, positions: 'novel-bigram' });
     expect(a.det.file.aggregator).toEqual({ kind: 'rolling-mean', window: 8, skip: 4 });
     expect(a.det.file.label).toBe('generic injection (any direction)');
   });

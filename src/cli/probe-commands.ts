@@ -9,7 +9,7 @@ import { ConceptStore } from '../probes/concept-store.js';
 import { Dataset } from '../lab/dataset.js';
 import { evaluateProbeFile, type EvalReport } from '../lab/eval.js';
 import { corpusRequests, loadCorpora, loadCorpus, runCorpus, type Corpus } from '../lab/corpus.js';
-import { corpusSeq, detectorTokenScores, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, GENERIC_SKIP, MemberScoreCache, recalibrateProbe, requestScore, splitClean, trialSeq, withMeta, type Seq } from '../lab/generic.js';
+import { corpusSeq, DEFAULT_GENERIC_WINDOW, detectorTokenScores, fitAnomalyDetector, GENERIC_ID, GENERIC_LABEL, GENERIC_SKIP, MemberScoreCache, recalibrateProbe, requestScore, splitClean, trialSeq, withMeta, type Seq } from '../lab/generic.js';
 import { writeGenericReport } from '../lab/generic-report.js';
 import { loadProbe } from '../probes/probe.js';
 import { readProbeFile, writeProbeFile } from '../probes/probe-file.js';
@@ -17,7 +17,7 @@ import { fprAtThreshold } from '../lab/metrics.js';
 import { writeReport } from '../lab/report.js';
 import { trainProbe, type FeatureInput, type FitterKind } from '../lab/train.js';
 import { loadTrialConfig, PROTOCOLS, readWordList, withHeldOutWords, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
-import { runTrials } from '../lab/trials.js';
+import { runTrials, TrialTokens } from '../lab/trials.js';
 import { DEFAULT_CORPUS } from '../paths.js';
 import { num, parse, progressBar, type Command } from './args.js';
 
@@ -315,7 +315,7 @@ export const fitAnomalyCommand: Command = {
   usage: `
 latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
                         [--prompts FILE]... [--max-tokens N] [--data DIR] [--target-fpr F] [--input update|resid]
-                        [--covariance full|lowrank|diagonal] [--rank K] [--calibration-fraction F]
+                        [--covariance full|lowrank|diagonal] [--rank K] [--window W] [--calibration-fraction F]
                         [--id ID] [--label TEXT]
                         [--precision P] [--cache-dir DIR] [--threads N]
   Runs clean requests through the model as the daemon does (every position from 0, then
@@ -326,6 +326,10 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
   layer 0; --input resid: the residual itself), and writes an ensemble-max probe of Mahalanobis
   members whose threshold sits at --target-fpr (default 0.01) per request on clean requests kept
   out of the fit (--calibration-fraction, default 0.4). It flags an added vector of any direction.
+  --window W (default 16; 0: none) adds per layer a windowed member: the Gaussian of the mean
+  update over the request's last W novel positions (token pairs not seen before in the request),
+  a persistent shift: it catches injections 4x weaker than one position shows, and counts
+  repeated text once (docs/generic-detectors.md, "Windowed members").
   --prompts: a corpus config (.json, default configs/corpus/clean.json: code, prose, chat, long
   context) or live traffic (.jsonl, one prompt per line: a JSON string or {"prompt", "style",
   "max_tokens"}); of either a hashed share (split.testFraction; 0.3 for traffic) is held out and
@@ -348,6 +352,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
         input: { type: 'string' },
         covariance: { type: 'string' },
         rank: { type: 'string' },
+        window: { type: 'string' },
         'calibration-fraction': { type: 'string' },
         id: { type: 'string' },
         label: { type: 'string' },
@@ -361,6 +366,8 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
     if (!['lowrank', 'full', 'diagonal'].includes(covariance)) throw lwError('LW_ERR_CLI_USAGE', `--covariance must be lowrank, full or diagonal (got ${v.covariance})`);
     const rank = num(v.rank, 'rank') ?? 32;
     if (!Number.isInteger(rank) || rank < 1) throw lwError('LW_ERR_CLI_USAGE', `--rank must be a positive integer (got ${v.rank})`);
+    const window = num(v.window, 'window') ?? DEFAULT_GENERIC_WINDOW;
+    if (!Number.isInteger(window) || window < 0 || window === 1 || window > 4096) throw lwError('LW_ERR_CLI_USAGE', `--window must be 0 (no windowed members) or an integer in 2..4096 (got ${v.window})`);
     const targetFpr = num(v['target-fpr'], 'target-fpr') ?? 0.01;
     const calFrac = num(v['calibration-fraction'], 'calibration-fraction') ?? 0.4;
     if (!(calFrac > 0 && calFrac < 1)) throw lwError('LW_ERR_CLI_USAGE', '--calibration-fraction must be in (0, 1)');
@@ -378,12 +385,13 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
       const pool: Seq[] = [...seqs.filter((s) => s.run!.split === 'fit')];
       if (ds) {
         for (const l of needed) if (!ds.manifest.traceLayers.includes(l)) throw lwError('LW_ERR_CLI_USAGE', `--data: layer ${l} was not traced`);
-        pool.push(...ds.records.filter((r) => r.condition === 'none' && r.split === 'train').map((r) => trialSeq(ds, r)));
+        const tokens = new TrialTokens(engine.tokenizer!, ds.manifest);
+        pool.push(...ds.records.filter((r) => r.condition === 'none' && r.split === 'train').map((r) => trialSeq(ds, r, tokens)));
       }
       const { fit, calibration } = splitClean(pool, calFrac, String(corpus.seed));
       if (calibration.length === 0 || fit.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', `${pool.length} clean requests cannot give both a fit and a calibration share`);
       const cache = new MemberScoreCache({ modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize });
-      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
+      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, window, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
       // False-positive rate on the corpus's held-out requests, per style.
       const test = seqs.filter((s) => s.run!.split === 'test');
       const fprOnControls: Record<string, number> = {};
@@ -452,6 +460,7 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
         ship: v.ship,
         unsupervisedOnly: v['unsupervised-only'],
         progress: progressBar('generic'),
+        tokens: new TrialTokens(engine.tokenizer!, ds.manifest),
       });
       if (v['write-probe'] !== undefined) await writeProbeFile(v['write-probe'], shipped.file);
       const s = r.detectors.find((x) => x.name === r.shipped)!;
@@ -499,10 +508,11 @@ latentwatch calibrate-probe --probe FILE --model DIR --out FILE.probe.json [--pr
       const acts = await runCorpus(engine, corpus, Array.from({ length: engine.config.numLayers }, (_, l) => l), progressBar('corpus'));
       const seqs = acts.requests.map((r) => corpusSeq(acts, r));
       const clean: Seq[] = seqs.filter((s) => s.run!.split === 'fit');
-      if (ds) clean.push(...ds.records.filter((r) => r.condition === 'none' && r.split === 'train').map((r) => trialSeq(ds, r)));
+      const tokens = ds ? new TrialTokens(engine.tokenizer!, ds.manifest) : undefined;
+      if (ds) clean.push(...ds.records.filter((r) => r.condition === 'none' && r.split === 'train').map((r) => trialSeq(ds, r, tokens)));
       const fprOn: Record<string, Seq[]> = {};
       for (const s of seqs.filter((x) => x.run!.split === 'test')) (fprOn[`clean: ${s.run!.style}`] ??= []).push(s);
-      if (ds) fprOn['clean: eval trials'] = ds.records.filter((r) => r.condition === 'none' && r.split === 'eval').map((r) => trialSeq(ds, r));
+      if (ds) fprOn['clean: eval trials'] = ds.records.filter((r) => r.condition === 'none' && r.split === 'eval').map((r) => trialSeq(ds, r, tokens));
       const r = recalibrateProbe(file, clean, { skip, targetFpr: num(v['target-fpr'], 'target-fpr'), logit: v.logit, fprOn });
       await writeProbeFile(fileOut, r.file);
       out({ out: fileOut, id: r.file.id, previousThreshold: file.threshold, threshold: r.threshold, aggregator: r.file.aggregator, calibrationRequests: clean.length, fprOnHeldOut: r.fpr });

@@ -320,11 +320,12 @@ export class InferenceService {
       })) {
         const scoringFrom = performance.now();
         forwardAtUs = Math.round((performance.timeOrigin + scoringFrom) * 1000);
-        const scores = bank.score(step.taps);
+        const stepIds = step.kind === 'prompt' ? p.promptIds : [step.tokenId];
+        const scores = bank.score(step.taps, stepIds);
         stepTaps = step.taps;
         const firstTap = step.taps.values().next().value;
         stepFirst = firstTap === undefined ? step.position : step.position - firstTap.positions + 1;
-        learn?.observe(step.taps);
+        learn?.observe(step.taps, stepIds);
         job.extras?.record(step);
         if (step.kind === 'prompt') {
           monitor.step({ position: step.position, text: '' }, scores);

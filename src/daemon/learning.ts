@@ -30,7 +30,8 @@ export const LEARN_MAX_POSITIONS = 1024;
 
 /** What inference.ts calls for one clean request. */
 export interface LearnTap {
-  observe(taps: ReadonlyMap<string, TapTensor>): void;
+  /** One forward pass's taps and the token ids of its positions. */
+  observe(taps: ReadonlyMap<string, TapTensor>, tokenIds: ArrayLike<number>): void;
   /** The request completed: fold it in. */
   commit(): void;
 }
@@ -269,7 +270,7 @@ export class LearningService {
     if (!run || run.writing) return null;
     let rows: RequestRows | null = run.learner.newRequest();
     return {
-      observe: (taps) => rows?.observe(taps),
+      observe: (taps, tokenIds) => rows?.observe(taps, tokenIds),
       commit: () => {
         if (rows) this.commit(run, rows);
         rows = null;

@@ -22,6 +22,7 @@ import { lwError } from '../errors.js';
 import type { AggregatorSpec } from '../probes/aggregators.js';
 import type { CorpusActivations } from './corpus.js';
 import type { Dataset } from './dataset.js';
+import type { TrialTokens } from './trials.js';
 import {
   buildDetector,
   corpusSeq,
@@ -58,6 +59,8 @@ export interface GenericReportOptions {
   /** Skip the supervised detectors (faster). */
   unsupervisedOnly?: boolean;
   progress?: (done: number, total: number, what: string) => void;
+  /** The trials' token ids (windowed members need them): new TrialTokens(tokenizer, ds.manifest). */
+  tokens?: TrialTokens;
 }
 
 export type View = 'all' | 'watch';
@@ -148,7 +151,7 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
   const salt = String(cfg.seed);
 
   // Sequences.
-  const trials = ds.records.map((r) => trialSeq(ds, r));
+  const trials = ds.records.map((r) => trialSeq(ds, r, o.tokens));
   for (const t of trials) if (t.start !== 0) throw lwError('LW_ERR_PROBE_FIT', `trial ${t.id} is stored from position ${t.start}: generic reports need trace.contextPositions ≥ the context length (the daemon scores from position 0)`);
   const cleanTrain = trials.filter((s) => s.record!.condition === 'none' && s.record!.split === 'train');
   const cleanEval = trials.filter((s) => s.record!.condition === 'none' && s.record!.split === 'eval');
@@ -166,11 +169,15 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
   const detectors = new Map<string, Detector>();
   const trainedOn = new Map<string, string[]>();
   let step = 0;
-  const steps = o.unsupervisedOnly ? 3 : 7;
+  const steps = o.unsupervisedOnly ? 4 : 8;
   const common = { numLayers: m.numLayers, modelFingerprint: m.modelFingerprint, dModel: d, targetFpr, aggregator };
   detectors.set('anomaly-update', fitAnomalyDetector(fit, calibration, { ...common, input: 'update' }, cache));
   trainedOn.set('anomaly-update', []);
   progress(++step, steps, 'anomaly-update');
+  // The same without windowed members: what one position alone shows (the detector before issue 12's windows).
+  detectors.set('anomaly-update-token', fitAnomalyDetector(fit, calibration, { ...common, input: 'update', window: 0 }, cache));
+  trainedOn.set('anomaly-update-token', []);
+  progress(++step, steps, 'anomaly-update-token');
   // The same detector with each covariance kept to rank 32: O(32·d) per member and token, not O(d²/2).
   detectors.set('anomaly-update-r32', fitAnomalyDetector(fit, calibration, { ...common, input: 'update', covariance: 'lowrank', rank: 32 }, cache));
   trainedOn.set('anomaly-update-r32', []);

@@ -45,6 +45,8 @@ import { fitLogistic } from './logistic.js';
 import { createProbe, type Probe } from '../probes/probe.js';
 import { linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
 import { hashUnit } from '../rng.js';
+import { novelPositions, WindowMean } from '../probes/window.js';
+import type { TrialTokens } from './trials.js';
 
 export { calibrate, ensembleFile, requestScore, type DetectorMeta, type MemberFit };
 
@@ -61,11 +63,14 @@ export interface Seq {
   readonly run?: CorpusRun;
   readonly start: number;
   readonly positions: number;
+  /** Token ids from position 0 (at least start + positions of them): windowed members need them. */
+  readonly ids?: readonly number[];
   rows(layer: number): Float32Array;
 }
 
-export function trialSeq(ds: Dataset, r: TrialRecord): Seq {
-  return { id: r.id, source: 'trial', record: r, start: r.trace.start, positions: r.trace.end - r.trace.start, rows: (l) => ds.traceRows(r, l) };
+/** A recorded trial; `tokens` gives its ids (needed to score windowed members). */
+export function trialSeq(ds: Dataset, r: TrialRecord, tokens?: TrialTokens): Seq {
+  return { id: r.id, source: 'trial', record: r, start: r.trace.start, positions: r.trace.end - r.trace.start, ids: tokens?.ids(r), rows: (l) => ds.traceRows(r, l) };
 }
 
 export function corpusSeq(a: CorpusActivations, run: CorpusRun): Seq {
@@ -74,6 +79,7 @@ export function corpusSeq(a: CorpusActivations, run: CorpusRun): Seq {
     id: `corpus/${run.id}`,
     source: 'corpus',
     run,
+    ids: run.ids,
     start: 0,
     positions: run.rows[0].length / d,
     rows: (l) => {
@@ -99,8 +105,18 @@ export function scoreSeq(probe: Probe, seq: Seq): Float32Array {
   const layers = probe.hooks.map(parseResidPost);
   const rows = concatRows(seq, layers, probe.dModel);
   const out = new Float32Array(seq.positions);
-  for (let p = 0; p < seq.positions; p++) out[p] = probe.scoreRow(rows, p * probe.inputDim);
+  const novel = probe.windowed ? seqNovelty(seq) : null;
+  const score = probe.createScorer();
+  for (let p = 0; p < seq.positions; p++) out[p] = score(rows, p * probe.inputDim, novel === null || novel[p] === 1);
   return out;
+}
+
+/** Which of the sequence's positions are novel (probes/window.ts), from its token ids. */
+export function seqNovelty(seq: Seq): Uint8Array {
+  if (seq.ids === undefined || seq.ids.length < seq.start + seq.positions) {
+    throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `${seq.id}: windowed members need the token ids of its ${seq.start + seq.positions} positions, have ${seq.ids?.length ?? 'none'}`);
+  }
+  return novelPositions(seq.ids.slice(0, seq.start + seq.positions)).subarray(seq.start);
 }
 
 // ---- members ------------------------------------------------------------------------------------
@@ -135,14 +151,62 @@ export interface AnomalyMemberOptions {
   /** Leading positions of a request left out of the fit. Default GENERIC_SKIP. */
   skip?: number;
   digits?: number;
+  /**
+   * Also one windowed member per layer (probes/window.ts): the Gaussian of the mean input over the
+   * last `window` novel positions (0: none). Default DEFAULT_GENERIC_WINDOW.
+   */
+  window?: number;
 }
 
-/** Fit one Mahalanobis member per layer on clean sequences. */
+/** Positions a windowed member averages by default (bench/persistent-shift.ts: 16 beat 8 and 32). */
+export const DEFAULT_GENERIC_WINDOW = 16;
+
+/** Window means of a member's input at every novel position whose window is full, positions ≥ skip. */
+function windowRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d: number, skip: number, size: number): Float32Array {
+  const parts: Float32Array[] = [];
+  for (const s of seqs) {
+    const from = Math.max(0, skip - s.start);
+    if (from >= s.positions) continue;
+    const novel = seqNovelty(s);
+    const x = s.rows(layer);
+    const prev = input === 'update' ? s.rows(layer - 1) : null;
+    const w = new WindowMean(size, d, new Float32Array(d));
+    const row = new Float32Array(d);
+    for (let p = from; p < s.positions; p++) {
+      if (!novel[p]) continue;
+      for (let j = 0; j < d; j++) row[j] = x[p * d + j] - (prev ? prev[p * d + j] : 0);
+      w.push(row, 0);
+      if (w.filled < size) continue;
+      const m = new Float32Array(d);
+      w.mean(m);
+      parts.push(m);
+    }
+  }
+  return concat(parts);
+}
+
+/** Fit one Mahalanobis member per layer on clean sequences (and a windowed one per layer, unless window is 0). */
 export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemberOptions): MemberFit[] {
   const input = o.input ?? 'update';
   const skip = o.skip ?? GENERIC_SKIP;
   const digits = o.digits ?? 7;
-  return o.layers.map((layer) => {
+  const size = o.window ?? DEFAULT_GENERIC_WINDOW;
+  const windowed =
+    size > 0
+      ? o.layers.map((layer): MemberFit => {
+          const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
+          const data = windowRows(fit, layer, kind, d, skip, size);
+          const rows = data.length / d;
+          if (rows < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${rows} full windows of ${size} novel positions to fit on (requests too short or too repetitive)`);
+          const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, rank: o.rank, shrinkage: o.shrinkage }), digits);
+          const tag = `${g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : ''}-w${size}`;
+          const window = { size, positions: 'novel-bigram' } as const;
+          return kind === 'update'
+            ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference', window) }
+            : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g, undefined, window) };
+        })
+      : [];
+  const perToken = o.layers.map((layer): MemberFit => {
     const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
     const data = anomalyRows(fit, layer, kind, d, skip);
     const rows = data.length / d;
@@ -154,6 +218,7 @@ export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemb
       ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference') }
       : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g) };
   });
+  return [...perToken, ...windowed];
 }
 
 // ---- linear members -----------------------------------------------------------------------------

@@ -261,6 +261,34 @@ export class PromptBuilder {
   }
 }
 
+/**
+ * The token ids of recorded trials from position 0 (prompt segments rebuilt from the record's
+ * prompt choices, then what it generated): the dataset stores activations, not prompts, and
+ * windowed detectors need the ids to know which positions repeat.
+ */
+export class TrialTokens {
+  private readonly builder: PromptBuilder;
+
+  constructor(
+    tok: Tokenizer,
+    private readonly manifest: Pick<DatasetManifest, 'config' | 'chat'>,
+  ) {
+    this.builder = new PromptBuilder(tok, manifest.config.prompts, manifest.chat);
+  }
+
+  ids(r: TrialRecord): number[] {
+    const p = this.manifest.config.prompts;
+    const fill = (t: string) => (r.prompt.filler === null ? t : fillTemplate(t, 'filler', r.prompt.filler));
+    const q = (r.prompt.questionKind === 'detect' ? p.detect : p.unrelated)[r.prompt.question];
+    const seg = this.builder.build(fill(p.contexts[r.prompt.context]), { question: fill(q.question), prefix: fill(q.prefix) });
+    const prompt = seg.context.length + seg.question.length + seg.prefix.length;
+    if (prompt !== r.segments.generated[0]) {
+      throw lwError('LW_ERR_TRIALS_TEMPLATE', `trial ${r.id}: its prompt rebuilds to ${prompt} tokens, the record has ${r.segments.generated[0]} (another tokenizer or config?)`);
+    }
+    return [...seg.context, ...seg.question, ...seg.prefix, ...r.generated.ids];
+  }
+}
+
 // ---- the plan -----------------------------------------------------------------------------------
 
 export interface TrialPlan {

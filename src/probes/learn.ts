@@ -20,13 +20,16 @@ import type { AggregatorSpec } from './aggregators.js';
 import { calibrate, ensembleFile, memberFile, NO_FIGURES, requestScore, round, roundedGaussian, roundThreshold, thresholdAtFpr, type MemberFit } from './calibration.js';
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
-import { hookList, mahalanobisBody, type ProbeFile } from './probe-file.js';
+import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
+import { novelPositions, WindowMean } from './window.js';
 
 /** One member to learn: a single hook (its residual) or two (the update hook[1] − hook[0]). */
 export interface LearnMember {
   readonly id: string;
   readonly hooks: readonly string[];
   readonly difference: boolean;
+  /** A windowed member (probes/window.ts): its Gaussian is of window means, fitted from their moments. */
+  readonly window?: WindowSpec;
 }
 
 export interface LearnSpec {
@@ -63,7 +66,7 @@ export function learnableMembers(file: ProbeFile): LearnMember[] {
     const hooks = [...hookList(m.hook)];
     const difference = m.input === 'difference';
     if (hooks.length !== (difference ? 2 : 1)) throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} reads ${hooks.length} hooks`, { probe: file.id, member: m.id });
-    return { id: m.id, hooks, difference };
+    return { id: m.id, hooks, difference, ...(m.window ? { window: { size: m.window.size, positions: m.window.positions } } : {}) };
   });
 }
 
@@ -75,6 +78,8 @@ export function learnHooks(members: readonly LearnMember[]): string[] {
 /** One request's tapped rows, held until the request ends (then folded in or dropped). */
 export class RequestRows {
   positions = 0;
+  /** Token id of each kept position (windowed members need them). */
+  readonly ids: number[] = [];
   private readonly rows: Float32Array[][];
 
   constructor(
@@ -85,12 +90,14 @@ export class RequestRows {
     this.rows = hooks.map(() => []);
   }
 
-  /** The taps of one forward pass (a prompt or one generated position). */
-  observe(taps: ReadonlyMap<string, TapTensor>): void {
+  /** The taps of one forward pass (a prompt or one generated position) and its positions' token ids. */
+  observe(taps: ReadonlyMap<string, TapTensor>, tokenIds: ArrayLike<number>): void {
     const first = taps.get(this.hooks[0]);
     if (!first) return;
     const take = Math.min(first.positions, this.maxPositions - this.positions);
     if (take <= 0) return;
+    if (tokenIds.length !== first.positions) throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `learning needs the token id of each of the ${first.positions} positions, got ${tokenIds.length}`);
+    for (let p = 0; p < take; p++) this.ids.push(tokenIds[p]);
     const d = this.dModel;
     this.hooks.forEach((h, k) => {
       const t = taps.get(h);
@@ -170,13 +177,26 @@ export class DetectorLearner {
     const skip = skipOf(this.spec);
     if (r.positions <= skip) return 'empty';
     const d = this.spec.dModel;
+    const novel = novelPositions(r.ids);
     if (phase === 'fit') {
       this.spec.members.forEach((m, i) => {
         const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
         const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
         const x = this.scratch;
+        // A windowed member fits the means of full windows of novel positions (the lab's windowRows).
+        const window = m.window ? new WindowMean(m.window.size, d, new Float32Array(d)) : null;
+        const mean = window ? new Float32Array(d) : null;
         for (let p = skip; p < r.positions; p++) {
           const o = p * d;
+          if (window && mean) {
+            if (m.window!.positions === 'novel-bigram' && !novel[p]) continue;
+            for (let j = 0; j < d; j++) x[j] = b ? b[o + j] - a[o + j] : a[o + j];
+            window.push(x, 0);
+            if (window.filled < window.size) continue;
+            window.mean(mean);
+            this.moments[i].add(mean, 0);
+            continue;
+          }
           // float32 differences, as the lab's anomalyRows forms them
           if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
           this.moments[i].add(b ? x : a, b ? 0 : o);
@@ -192,13 +212,14 @@ export class DetectorLearner {
       const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
       const out = new Float32Array(r.positions);
       const x = this.scratch;
+      const score = probes[i].createScorer();
       for (let p = 0; p < r.positions; p++) {
         const o = p * d;
         if (b) {
           x.set(a.subarray(o, o + d), 0);
           x.set(b.subarray(o, o + d), d);
-          out[p] = probes[i].scoreRow(x, 0);
-        } else out[p] = probes[i].scoreRow(a, o);
+          out[p] = score(x, 0, novel[p] === 1);
+        } else out[p] = score(a, o, novel[p] === 1);
       }
       return out;
     });
@@ -214,7 +235,7 @@ export class DetectorLearner {
     const fits: MemberFit[] = this.spec.members.map((m, i) => {
       if (this.moments[i].n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${this.moments[i].n} positions to fit on`);
       const g = roundedGaussian(fitGaussianFromMoments(this.moments[i]), 7);
-      return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined) };
+      return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined, m.window) };
     });
     const meta = { modelFingerprint: this.spec.modelFingerprint, dModel: this.spec.dModel };
     this.candidate = { fits, probes: fits.map((f) => createProbe(memberFile(f, meta))) };

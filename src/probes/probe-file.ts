@@ -28,6 +28,10 @@
  *                      [input: 'difference']  (optional, exactly two hooks: the Gaussian reads
  *                      row(hook[1]) − row(hook[0]), dModel wide: with resid_post L−1 and L, the
  *                      update block L added to the residual stream; absent = the concatenation)
+ *                      [window: { size, positions: 'novel-bigram' | 'all' }]  (optional: the Gaussian
+ *                      scores the MEAN row over the last `size` counted positions of the request, a
+ *                      persistent shift; 'novel-bigram' counts a position only when its token pair
+ *                      (previous id, id) is new in the request, so repeated text counts once)
  *   ensemble-max:      members [{ id, kind, hook, calibration { center, scale }, …leaf body }]; the
  *                      ensemble's hook list is exactly the union of its members' hooks
  *
@@ -93,10 +97,16 @@ const GAUSSIAN_SCHEMA = taggedUnion('form', [
   closedObject({ form: Type.Literal('lowrank'), ...GAUSSIAN_COMMON, eigenvalues: Type.Array(positive, { minItems: 1 }), components: numbers, residualVariance: positive }),
 ]);
 
+/** Scoring positions for a windowed member: 'novel-bigram' counts a position whose (previous, this) token pair is new in the request. */
+export const WINDOW_POSITIONS = ['novel-bigram', 'all'] as const;
+const WINDOW_SCHEMA = closedObject({ size: Type.Integer({ minimum: 2, maximum: 4096 }), positions: Type.Enum(WINDOW_POSITIONS) });
+
 const MAHALANOBIS_BODY = {
   kind: Type.Literal('mahalanobis'),
   /** 'difference': the row is hook[1] − hook[0] (two hooks). Absent: the hooks' rows concatenated. */
   input: Type.Optional(Type.Enum(['difference'])),
+  /** Present: the Gaussian scores the mean of the row over the last `size` counted positions (probes/window.ts). */
+  window: Type.Optional(WINDOW_SCHEMA),
   gaussian: GAUSSIAN_SCHEMA,
 };
 
@@ -138,6 +148,7 @@ export type LinearBody = PartOf<typeof LINEAR_BODY>;
 export type GaussianBody = DeepReadonly<Static<typeof GAUSSIAN_SCHEMA>>;
 export type MahalanobisBody = PartOf<typeof MAHALANOBIS_BODY>;
 export type LeafBody = LinearBody | MahalanobisBody;
+export type WindowSpec = DeepReadonly<Static<typeof WINDOW_SCHEMA>>;
 export type EnsembleMember = DeepReadonly<Static<typeof MEMBER_SCHEMA>>;
 export type ProbeFile = DeepReadonly<Static<typeof PROBE_FILE_SCHEMA>>;
 export type ProbeHeader = PartOf<typeof HEADER> & { readonly kind: ProbeKind };
@@ -162,7 +173,7 @@ export function linearBody(model: LinearModel, kind: 'linear' | 'direction' = 'l
 }
 
 /** Body of a 'mahalanobis' probe from a fitted Gaussian (`input: 'difference'` for a two-hook update). */
-export function mahalanobisBody(model: GaussianModel, input?: 'difference'): MahalanobisBody {
+export function mahalanobisBody(model: GaussianModel, input?: 'difference', window?: WindowSpec): MahalanobisBody {
   const common = { shrinkage: model.shrinkage, mean: Array.from(model.mean) };
   const gaussian: GaussianBody =
     model.form === 'cholesky'
@@ -170,7 +181,7 @@ export function mahalanobisBody(model: GaussianModel, input?: 'difference'): Mah
       : model.form === 'diagonal'
         ? { form: 'diagonal', ...common, variance: Array.from(model.variance) }
         : { form: 'lowrank', ...common, eigenvalues: Array.from(model.eigenvalues), components: Array.from(model.components), residualVariance: model.residualVariance };
-  return input === 'difference' ? { kind: 'mahalanobis', input, gaussian } : { kind: 'mahalanobis', gaussian };
+  return { kind: 'mahalanobis', ...(input === 'difference' ? { input } : {}), ...(window ? { window: { size: window.size, positions: window.positions } } : {}), gaussian };
 }
 
 /** Width of the vector a leaf body reads: dModel for a difference, hooks × dModel otherwise. */
@@ -373,7 +384,7 @@ function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string)
     }
     gaussian = { form: g.form, ...common, factor };
   }
-  return o.input === undefined ? { kind: o.kind, gaussian } : { kind: o.kind, input: o.input, gaussian };
+  return { kind: o.kind, ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: { size: o.window.size, positions: o.window.positions } }), gaussian };
 }
 
 // ---- deterministic writer ----------------------------------------------------------------

@@ -8,6 +8,9 @@
  * - mahalanobis:  Mahalanobis distance from the fitted Gaussian (of the concatenated row, or with
  *                 `input: 'difference'` of row(hook 2) − row(hook 1): a layer's update)
  * - ensemble-max: max over members of (memberScore − center) / scale
+ * A Mahalanobis member with a `window` scores the mean row over the request's last counted
+ * positions (probes/window.ts), so its score depends on what came before: such a probe is
+ * `windowed`, and rows are scored through `createScorer()`, one per request, in position order.
  * Standardisation is folded into the weights at load (one dot product per row), and every probe
  * owns its scratch buffers, so scoring allocates nothing per row. Probes are not reentrant, which
  * is fine: JavaScript runs one score call at a time.
@@ -21,6 +24,10 @@ import { mahalanobis, type GaussianModel } from './gaussian.js';
 import { foldStandardisation, sigmoid } from './linear.js';
 import { SimdMatVec } from './simd.js';
 import { hookList, readProbeFile, type EnsembleMember, type GaussianBody, type LeafBody, type ProbeFile, type ProbeKind } from './probe-file.js';
+import { NoveltyTracker, WindowMean } from './window.js';
+
+/** Scores the rows of one request in position order; `novel`: the row's token pair is new in the request. */
+export type RequestRowScorer = (activation: Float32Array, offset: number, novel: boolean) => number;
 
 export interface Probe {
   readonly id: string;
@@ -35,8 +42,12 @@ export interface Probe {
   readonly targetFpr: number;
   readonly aggregator: AggregatorSpec;
   readonly file: ProbeFile;
-  /** Score of the input row starting at `offset` in `activation`. */
+  /** Some member scores a window of positions: score through createScorer (scoreRow refuses). */
+  readonly windowed: boolean;
+  /** Score of the input row starting at `offset` in `activation` (probes that are not windowed). */
   scoreRow(activation: Float32Array, offset: number): number;
+  /** A scorer for one request's rows, in position order (windowed members keep their state in it). */
+  createScorer(): RequestRowScorer;
   /** A fresh per-request aggregator of the probe's kind. */
   createAggregator(): Aggregator;
 }
@@ -58,7 +69,14 @@ export interface ProbeScores {
 export function createProbe(file: ProbeFile): Probe {
   const hooks = hookList(file.hook);
   const inputDim = hooks.length * file.dModel;
-  const scoreRow = file.kind === 'ensemble-max' ? ensembleScorer(file.members, hooks, file.dModel) : leafScorer(file, inputDim);
+  const createScorer = file.kind === 'ensemble-max' ? ensembleScorer(file.members, hooks, file.dModel) : leafFactory(file, inputDim);
+  const windowed = file.kind === 'ensemble-max' ? file.members.some(isWindowed) : isWindowed(file);
+  const shared = windowed ? null : createScorer();
+  const scoreRow = shared
+    ? (activation: Float32Array, offset: number) => shared(activation, offset, true)
+    : () => {
+        throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `probe ${file.id} scores windows of positions: score a request's rows in order through createScorer()`, { probe: file.id });
+      };
   const aggregator = file.aggregator;
   return {
     id: file.id,
@@ -71,7 +89,9 @@ export function createProbe(file: ProbeFile): Probe {
     targetFpr: file.targetFpr,
     aggregator,
     file,
+    windowed,
     scoreRow,
+    createScorer,
     createAggregator: () => createAggregator(aggregator),
   };
 }
@@ -82,6 +102,46 @@ export async function loadProbe(path: string, expectedModelFingerprint: string):
 }
 
 type RowScorer = (activation: Float32Array, offset: number) => number;
+
+function isWindowed(body: LeafBody): boolean {
+  return body.kind === 'mahalanobis' && body.window !== undefined;
+}
+
+/**
+ * A leaf's per-request scorer factory. Not windowed: one shared stateless scorer. Windowed: each
+ * request gets its own WindowMean of the member's rows (the update for 'difference'); a counted
+ * position pushes its row and rescores the mean, any other keeps the last score (its window is
+ * unchanged). Before the first counted position the mean is the Gaussian's own: distance 0.
+ */
+function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
+  if (body.kind !== 'mahalanobis' || body.window === undefined) {
+    const f = leafScorer(body, inputDim);
+    const scorer: RequestRowScorer = (activation, offset) => f(activation, offset);
+    return () => scorer;
+  }
+  const difference = body.input === 'difference';
+  const dim = difference ? inputDim / 2 : inputDim;
+  const { size, positions } = body.window;
+  const countAll = positions === 'all';
+  const ofMean = leafScorer({ kind: 'mahalanobis', gaussian: body.gaussian }, dim);
+  const fill = Float32Array.from(body.gaussian.mean);
+  const row = new Float32Array(dim);
+  const mean = new Float32Array(dim);
+  return () => {
+    const window = new WindowMean(size, dim, fill);
+    let last = 0;
+    return (activation, offset, novel) => {
+      if (!novel && !countAll) return last;
+      if (difference) {
+        for (let j = 0; j < dim; j++) row[j] = activation[offset + dim + j] - activation[offset + j];
+        window.push(row, 0);
+      } else window.push(activation, offset);
+      window.mean(mean);
+      last = ofMean(mean, 0);
+      return last;
+    };
+  };
+}
 
 function leafScorer(body: LeafBody, inputDim: number): RowScorer {
   if (body.kind === 'mahalanobis') {
@@ -192,34 +252,38 @@ function lowRankScorer(g: Extract<GaussianBody, { form: 'lowrank' }>, inputDim: 
   };
 }
 
-function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly string[], dModel: number): RowScorer {
+function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly string[], dModel: number): () => RequestRowScorer {
   const parts = members.map((m) => {
     const memberHooks = hookList(m.hook);
     const inputDim = memberHooks.length * dModel;
-    const score = leafScorer(m, inputDim);
+    const factory = leafFactory(m, inputDim);
     // Offsets of the member's hook rows inside the ensemble's concatenated input.
     const segments = memberHooks.map((h) => hooks.indexOf(h) * dModel);
     const contiguous = segments.every((s, i) => s === segments[0] + i * dModel);
     const scratch = contiguous ? null : new Float32Array(inputDim);
-    return { score, segments, scratch, center: m.calibration.center, invScale: 1 / m.calibration.scale };
+    return { factory, segments, scratch, center: m.calibration.center, invScale: 1 / m.calibration.scale };
   });
-  return (activation, offset) => {
-    let best = -Infinity;
-    for (const p of parts) {
-      let s: number;
-      if (p.scratch === null) s = p.score(activation, offset + p.segments[0]);
-      else {
-        for (let k = 0; k < p.segments.length; k++) {
-          const from = offset + p.segments[k];
-          const to = k * dModel;
-          for (let j = 0; j < dModel; j++) p.scratch[to + j] = activation[from + j];
+  return () => {
+    const scorers = parts.map((p) => p.factory());
+    return (activation, offset, novel) => {
+      let best = -Infinity;
+      for (let i = 0; i < parts.length; i++) {
+        const p = parts[i];
+        let s: number;
+        if (p.scratch === null) s = scorers[i](activation, offset + p.segments[0], novel);
+        else {
+          for (let k = 0; k < p.segments.length; k++) {
+            const from = offset + p.segments[k];
+            const to = k * dModel;
+            for (let j = 0; j < dModel; j++) p.scratch[to + j] = activation[from + j];
+          }
+          s = scorers[i](p.scratch, 0, novel);
         }
-        s = p.score(p.scratch, 0);
+        const calibrated = (s - p.center) * p.invScale;
+        if (calibrated > best || Number.isNaN(calibrated)) best = calibrated;
       }
-      const calibrated = (s - p.center) * p.invScale;
-      if (calibrated > best || Number.isNaN(calibrated)) best = calibrated;
-    }
-    return best;
+      return best;
+    };
   };
 }
 
@@ -231,9 +295,14 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
  * The daemon's bank is live: `swap` replaces a probe (a learned detector) for requests that start
  * afterwards, while a request holds `snapshot()`, the set it started with, to its end. A swap
  * builds a new immutable set and replaces the reference, so a snapshot never changes.
+ *
+ * A snapshot is also the request's scoring state: `score` takes the passes of ONE request in order
+ * with their token ids (which positions are novel, for windowed members), so call it on a fresh
+ * snapshot per request.
  */
 export class ProbeBank {
   private set: { probes: readonly Probe[]; gather: (Float32Array | null)[] };
+  private request: { scorers: RequestRowScorer[]; novelty: NoveltyTracker } | null = null;
 
   constructor(probes: readonly Probe[]) {
     this.set = ProbeBank.build(probes);
@@ -264,6 +333,7 @@ export class ProbeBank {
       throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `probe ${probe.id}: the replacement reads ${probe.hooks.join(', ')}, the loaded one ${old.hooks.join(', ')}`);
     }
     this.set = ProbeBank.build(this.set.probes.map((p) => (p === old ? probe : p)));
+    this.request = null;
     return old;
   }
 
@@ -271,7 +341,13 @@ export class ProbeBank {
   snapshot(): ProbeBank {
     const s = Object.create(ProbeBank.prototype) as ProbeBank;
     s.set = this.set;
+    s.request = null;
     return s;
+  }
+
+  /** Whether some probe scores windows of positions (score then needs the token ids). */
+  get windowed(): boolean {
+    return this.set.probes.some((p) => p.windowed);
   }
 
   /** Every hook some probe reads, each once, in first-use order. */
@@ -281,18 +357,35 @@ export class ProbeBank {
     return out;
   }
 
-  score(taps: ReadonlyMap<string, TapTensor>): ProbeScores[] {
+  /**
+   * Scores of one forward pass of this snapshot's request: `tokenIds` are the ids at the pass's
+   * positions (needed when some probe is windowed; passes in order, from position 0).
+   */
+  score(taps: ReadonlyMap<string, TapTensor>, tokenIds?: ArrayLike<number>): ProbeScores[] {
     const out: ProbeScores[] = [];
     const { probes, gather: buffers } = this.set;
+    this.request ??= { scorers: probes.map((p) => p.createScorer()), novelty: new NoveltyTracker() };
+    const { scorers, novelty } = this.request;
+    let novel: Uint8Array | null = null;
     for (let k = 0; k < probes.length; k++) {
       const probe = probes[k];
       const d = probe.dModel;
       const first = this.tap(taps, probe, probe.hooks[0]);
       const positions = first.positions;
+      if (novel === null) {
+        novel = new Uint8Array(positions).fill(1);
+        if (this.windowed) {
+          if (tokenIds === undefined || tokenIds.length !== positions) {
+            throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `windowed probes need the token id of each of the ${positions} positions, got ${tokenIds?.length ?? 'none'}`);
+          }
+          for (let p = 0; p < positions; p++) novel[p] = novelty.next(tokenIds[p]) ? 1 : 0;
+        }
+      }
+      const scorer = scorers[k];
       const scores = new Float32Array(positions);
       const gather = buffers[k];
       if (gather === null) {
-        for (let p = 0; p < positions; p++) scores[p] = probe.scoreRow(first.data, p * d);
+        for (let p = 0; p < positions; p++) scores[p] = scorer(first.data, p * d, novel[p] === 1);
       } else {
         const rows = probe.hooks.map((h) => this.tap(taps, probe, h));
         for (const t of rows) {
@@ -307,7 +400,7 @@ export class ProbeBank {
             const to = h * d;
             for (let j = 0; j < d; j++) gather[to + j] = src[from + j];
           }
-          scores[p] = probe.scoreRow(gather, 0);
+          scores[p] = scorer(gather, 0, novel[p] === 1);
         }
       }
       out.push({ probeId: probe.id, scores });

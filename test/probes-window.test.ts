@@ -1,0 +1,131 @@
+/**
+ * Windowed probe members (issue 12, probes/window.ts): the daemon's scorer against numpy on fixed
+ * data (scripts/window-reference.py wrote test/fixtures/window-reference.json), state kept across
+ * the passes of one request and never shared between requests, repeated text counted once, the
+ * file format, and the coded errors when token ids are missing.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
+import { parseProbeFile, serializeProbeFile, validateProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
+import { NoveltyTracker, novelPositions, WindowMean } from '../src/probes/window.js';
+import { thrown } from './helpers.js';
+
+interface Reference {
+  probe: ProbeFile;
+  ids: number[];
+  novel: boolean[];
+  h0: number[];
+  h1: number[];
+  tokenScores: number[];
+  windowScores: number[];
+  ensemble: number[];
+}
+const REF = JSON.parse(readFileSync(new URL('./fixtures/window-reference.json', import.meta.url), 'utf8')) as Reference;
+const D = REF.probe.dModel;
+const HOOKS = ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'];
+const N = REF.ids.length;
+// The cholesky scorer whitens with L⁻¹ stored as int16 with per-row scales (probe.ts): ~1e-4
+// relative per member; 2e-3 absolute on calibrated scores of order 1 leaves room and still fails
+// on any wrong window (the reference scores move by ≥ 0.1 between windows).
+const TOLERANCE = 2e-3;
+
+/** Taps of positions [from, to) of the reference request. */
+function taps(from: number, to: number): Map<string, TapTensor> {
+  const rows = (h: number[]) => Float32Array.from(h.slice(from * D, to * D));
+  return new Map([
+    [HOOKS[0], { positions: to - from, dModel: D, data: rows(REF.h0) }],
+    [HOOKS[1], { positions: to - from, dModel: D, data: rows(REF.h1) }],
+  ]);
+}
+
+/** Score the reference request through a fresh snapshot, in passes ending at the given positions. */
+function scoreInPasses(bank: ProbeBank, ends: number[]): number[] {
+  const request = bank.snapshot();
+  const out: number[] = [];
+  let from = 0;
+  for (const to of ends) {
+    out.push(...request.score(taps(from, to), REF.ids.slice(from, to))[0].scores);
+    from = to;
+  }
+  return out;
+}
+
+describe('windowed members', () => {
+  const probe = createProbe(validateProbeFile(REF.probe));
+  const bank = new ProbeBank([probe]);
+
+  it('novelty marks the first occurrence of each token pair, as the reference does', () => {
+    expect(Array.from(novelPositions(REF.ids), (x) => x === 1)).toEqual(REF.novel);
+    const t = new NoveltyTracker();
+    expect([7, 7, 7, 8, 7, 7].map((id) => t.next(id))).toEqual([true, true, false, true, true, false]);
+  });
+
+  it('score every position as numpy does: a prompt pass, then one pass per generated token', () => {
+    expect(probe.windowed).toBe(true);
+    const ends = [10, ...Array.from({ length: N - 10 }, (_, i) => 11 + i)];
+    const got = scoreInPasses(bank, ends);
+    expect(got).toHaveLength(N);
+    for (let p = 0; p < N; p++) expect(Math.abs(got[p] - REF.ensemble[p]), `position ${p}`).toBeLessThan(TOLERANCE);
+    // The windowed member decides some positions and the per-token member others, so both are checked.
+    const windowWins = REF.ensemble.filter((x, p) => Math.abs(x - (REF.windowScores[p] - 0.8) / 1.25) < 1e-12).length;
+    expect(windowWins).toBeGreaterThan(0);
+    expect(windowWins).toBeLessThan(N);
+  });
+
+  it('the same request split into other passes scores the same; a new request starts a new window', () => {
+    const whole = scoreInPasses(bank, [N]);
+    expect(scoreInPasses(bank, [3, 4, 17, N])).toEqual(whole);
+    // A second request on a fresh snapshot is not influenced by the first (its state is its own).
+    const request = bank.snapshot();
+    request.score(taps(0, N), REF.ids);
+    expect(scoreInPasses(bank, [N])).toEqual(whole);
+  });
+
+  it('repeated text is counted once: the window score holds still over repeated token pairs', () => {
+    const request = bank.snapshot();
+    const ids = [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4];
+    const n = ids.length;
+    const t = new Map([...taps(0, n)].map(([h, v]) => [h, v]));
+    // Only the windowed member, uncalibrated: ensemble with one member, center 0, scale 1.
+    const only = createProbe(validateProbeFile({ ...REF.probe, members: [{ ...REF.probe.members[1], calibration: { center: 0, scale: 1 } }] }));
+    const scores = new ProbeBank([only]).snapshot().score(t, ids)[0].scores;
+    // Positions 0 (pair none→4) and 1 (4→4) are novel; every later one repeats 4→4.
+    for (let p = 2; p < n; p++) expect(scores[p]).toBe(scores[1]);
+    expect(scores[1]).not.toBe(scores[0]);
+    expect(request.score(taps(0, n), ids)[0].scores).toHaveLength(n);
+  });
+
+  it('refuses to score without token ids, with coded errors', () => {
+    expect(thrown(() => probe.scoreRow(new Float32Array(2 * D), 0)).code).toBe('LW_ERR_PROBE_INPUT_MISMATCH');
+    expect(thrown(() => bank.snapshot().score(taps(0, 5))).code).toBe('LW_ERR_PROBE_INPUT_MISMATCH');
+    expect(thrown(() => bank.snapshot().score(taps(0, 5), [1, 2])).code).toBe('LW_ERR_PROBE_INPUT_MISMATCH');
+    expect(thrown(() => new NoveltyTracker().next(-1)).code).toBe('LW_ERR_PROBE_INPUT_MISMATCH');
+  });
+
+  it('the window survives a write and read of the file; a bad window is refused with its path', () => {
+    const text = serializeProbeFile(REF.probe);
+    const back = parseProbeFile(text, 'lw1-reference');
+    expect(back.kind === 'ensemble-max' && back.members[1].kind === 'mahalanobis' && back.members[1].window).toEqual({ size: 4, positions: 'novel-bigram' });
+    expect(serializeProbeFile(back)).toBe(text);
+    const bad = (window: unknown) => thrown(() => validateProbeFile({ ...REF.probe, members: [REF.probe.members[0], { ...REF.probe.members[1], window }] }));
+    expect(bad({ size: 1, positions: 'novel-bigram' })).toMatchObject({ code: 'LW_ERR_PROBE_INVALID', details: { path: '$.members[1].window.size' } });
+    expect(bad({ size: 4, positions: 'sometimes' })).toMatchObject({ code: 'LW_ERR_PROBE_INVALID', details: { path: '$.members[1].window.positions' } });
+    expect(bad({ size: 4 })).toMatchObject({ code: 'LW_ERR_PROBE_INVALID' });
+  });
+
+  it('WindowMean pads missing rows with the fill and drops the oldest row when full', () => {
+    const w = new WindowMean(2, 1, Float32Array.of(10));
+    const out = new Float32Array(1);
+    w.mean(out);
+    expect(out[0]).toBe(10);
+    w.push(Float32Array.of(2), 0);
+    w.mean(out);
+    expect(out[0]).toBe(6);
+    w.push(Float32Array.of(4), 0);
+    w.push(Float32Array.of(8), 0);
+    w.mean(out);
+    expect(out[0]).toBe(6);
+    expect(w.filled).toBe(2);
+  });
+});
