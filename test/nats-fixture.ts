@@ -1,63 +1,6 @@
 /**
- * A real nats-server with JetStream (Debian's nats-server 2.9, installed by scripts/test-deps.sh)
- * on a free loopback port with a temporary store directory; it can be stopped and started again
- * on the same port and store (a NATS restart).
+ * The replica tests' nats-server: a real one with JetStream on a free loopback port and a temporary
+ * store, restartable on the same port and store (bench/lib/nats-server.ts, shared with
+ * bench/replicas.ts).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
-import { freePort, tempDir, waitUntil } from './helpers.js';
-
-/** nats-server on PATH, else where Debian installs it (/usr/sbin is not on every user's PATH). */
-export function natsServerBinary(): string {
-  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin']) {
-    const p = join(dir, 'nats-server');
-    if (dir !== '' && existsSync(p)) return p;
-  }
-  throw new Error('nats-server not found: run scripts/test-deps.sh (Debian package nats-server)');
-}
-
-export interface NatsServer {
-  /** nats://127.0.0.1:PORT */
-  url: string;
-  port: number;
-  storeDir: string;
-  /** Graceful stop (SIGTERM: JetStream flushes its store); resolves when the process has exited. */
-  stop(): Promise<void>;
-  /** Start again on the same port and store. */
-  start(): Promise<void>;
-  /** What the server logged (this run and the earlier ones). */
-  log(): string;
-}
-
-/** `args`: more nats-server flags (e.g. --user/--pass to require credentials). */
-export async function startNats(args: readonly string[] = []): Promise<NatsServer> {
-  const port = await freePort();
-  const storeDir = tempDir('lw-nats-');
-  const bin = natsServerBinary();
-  let child: ChildProcess | undefined;
-  let out = '';
-  const start = async (): Promise<void> => {
-    const runStart = out.length;
-    const c = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    child = c;
-    c.stdout!.on('data', (b: Buffer) => (out += String(b)));
-    c.stderr!.on('data', (b: Buffer) => (out += String(b)));
-    await waitUntil(
-      () => {
-        if (c.exitCode !== null) throw new Error(`nats-server exited ${c.exitCode}`);
-        return out.slice(runStart).includes('Server is ready');
-      },
-      { timeoutMs: 30_000, what: `nats-server on port ${port} to be ready`, detail: () => out.slice(-2000) },
-    );
-  };
-  const stop = async (): Promise<void> => {
-    const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return;
-    const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
-    c.kill('SIGTERM');
-    await exited;
-  };
-  await start();
-  return { url: `nats://127.0.0.1:${port}`, port, storeDir, stop, start, log: () => out };
-}
+export { natsServerBinary, startNats, type NatsServer } from '../bench/lib/nats-server.js';

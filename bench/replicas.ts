@@ -1,0 +1,227 @@
+/**
+ * Several replicas, one alert stream (issue 15): alert latency and delivery with 3 daemons on one
+ * NATS JetStream stream and 100 subscribers spread over them, against one daemon with its SQLite
+ * log and 100 subscribers, in one run (so the ratio is measured on the same machine, same load).
+ *
+ *   npx tsx bench/replicas.ts [--quick] [--model DIR] [--out FILE.json] [--md FILE.md]
+ *
+ * Latency: receipt time of a live alert minus `forwardAtUs` (the raising daemon's clock when the
+ * forward pass of the token returned; all processes on this host share the epoch clock), per
+ * receipt, split into receipts on the replica that raised the alert and on another one. Delivery:
+ * every acknowledged alert (an id in a verdict) must reach every subscriber exactly once.
+ * Traffic: admin-injected requests, one at a time per replica, on every replica at once.
+ * Needs nats-server (scripts/test-deps.sh). Writes docs-ready JSON and Markdown.
+ */
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { DEFAULT_MODEL_DIR } from '../src/paths.js';
+import { bundledProbes } from '../src/daemon/daemon.js';
+import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
+import { nowUs, type ReceivedAlert } from './lib/clients.js';
+import { spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
+import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
+import { startNats, type NatsServer } from './lib/nats-server.js';
+import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
+import { median, quantile, round } from './lib/stats.js';
+import { startSubscriberFleet, type SubscriberFleet } from './lib/subscriber-fleet.js';
+
+const ADMIN_KEY = 'bench-admin-key';
+const SUBSCRIBERS = 100;
+const PROMPTS = ['def main():\n', 'import os\n\n', 'class Cache:\n    def ', 'for line in lines:\n    '];
+
+interface Latency {
+  receipts: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+export interface ReplicasBench {
+  machine: MachineDescription;
+  model: string;
+  requestsPerReplica: number;
+  subscribers: number;
+  single: { alerts: number; latency: Latency; missing: number; duplicates: number };
+  replicas: {
+    count: number;
+    alerts: number;
+    latency: Latency;
+    sameReplica: Latency;
+    crossReplica: Latency;
+    missing: number;
+    duplicates: number;
+    /** Sum of latentwatch_alerts_total over the replicas; equals alertsRaised (measured + warm-up alerts) when the counters add up. */
+    alertsCounted: number;
+    alertsRaised: number;
+  };
+  /** p99 three replicas on NATS / p99 one node on SQLite, same run. */
+  p99Ratio: number;
+  clockCheckMs: number;
+  seconds: number;
+}
+
+function latency(values: readonly number[]): Latency {
+  return { receipts: values.length, p50Ms: round(quantile(values, 0.5), 3), p90Ms: round(quantile(values, 0.9), 3), p99Ms: round(quantile(values, 0.99), 3), maxMs: round(Math.max(...values), 3) };
+}
+
+/** Missing and duplicate receipts of `ids` over every subscriber. */
+function delivery(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids: readonly number[]): { missing: number; duplicates: number } {
+  let missing = 0;
+  let duplicates = 0;
+  for (const s of subs) {
+    const seen = new Map<number, number>();
+    for (const a of s.alerts) seen.set(a.id, (seen.get(a.id) ?? 0) + 1);
+    for (const id of ids) {
+      const k = seen.get(id) ?? 0;
+      if (k === 0) missing++;
+      if (k > 1) duplicates += k - 1;
+    }
+  }
+  return { missing, duplicates };
+}
+
+async function injectedIds(d: DaemonProcess, set: BenchProbeSet, model: string, i: number): Promise<number[]> {
+  const r = await fetch(`${d.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
+    body: JSON.stringify({ model, prompt: PROMPTS[i % PROMPTS.length], max_tokens: 2, temperature: 0, latentwatch: { inject: { vector: set.vector, layer: set.injectLayer, scale: set.scale, window: 'generation' } } }),
+  });
+  if (r.status !== 200) throw new Error(`injected request: ${r.status} ${await r.text()}`);
+  const v = ((await r.json()) as { latentwatch: { probes: { alert_ids: number[]; alerts_queued?: number }[] } }).latentwatch;
+  if (v.probes.some((p) => (p.alerts_queued ?? 0) > 0)) throw new Error('alerts were queued in the outbox: NATS did not acknowledge them');
+  return v.probes.flatMap((p) => p.alert_ids);
+}
+
+async function collectAll(fleets: readonly SubscriberFleet[], ids: readonly number[]): Promise<{ alerts: ReceivedAlert[] }[]> {
+  const complete = (subs: { alerts: ReceivedAlert[] }[]) => subs.every((s) => ids.every((id) => s.alerts.some((a) => a.id === id)));
+  for (const deadline = Date.now() + 20_000; ; ) {
+    const subs = (await Promise.all(fleets.map((f) => f.collect()))).flat();
+    if (complete(subs) || Date.now() > deadline) return subs;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function alertsCounted(d: DaemonProcess): Promise<number> {
+  const text = await (await fetch(`${d.url}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) if (line.startsWith('latentwatch_alerts_total{')) sum += Number(line.split(' ').at(-1));
+  return sum;
+}
+
+export async function runReplicasBench(o: { modelDir: string; quick: boolean; log?: (l: string) => void }): Promise<ReplicasBench> {
+  const log = o.log ?? ((l: string) => console.error(l));
+  const t0 = Date.now();
+  const root = mkdtempSync(join(tmpdir(), 'lw-bench-replicas-'));
+  const requests = o.quick ? 15 : 50;
+  log(`training bench probes on ${basename(o.modelDir)}`);
+  mkdirSync(join(root, 'probes'), { recursive: true });
+  const set = await trainBenchProbes(o.modelDir, { dir: join(root, 'probes') });
+  const probeArgs = [...bundledProbes(o.modelDir), ...set.probes.map((p) => p.path)].flatMap((p) => ['--probe', p]);
+  const env = { LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1', LATENTWATCH_LOG_LEVEL: 'warn' };
+  const base = ['--model', o.modelDir, ...probeArgs, '--port', '0', '--max-concurrent', '4'];
+  const daemons: DaemonProcess[] = [];
+  const fleets: SubscriberFleet[] = [];
+  let nats: NatsServer | undefined;
+  try {
+    // ---- one node, SQLite log, 100 subscribers ----
+    log('one daemon, SQLite alert log, 100 subscribers');
+    const single = await spawnDaemonProcess({ argv: [...base, '--alert-log', join(root, 'single.db')], env });
+    daemons.push(single);
+    const model = ((await (await fetch(`${single.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0].id;
+    fleets.push(await startSubscriberFleet(single.url, SUBSCRIBERS, { key: ADMIN_KEY, workers: 4 }));
+    for (let i = 0; i < 3; i++) await injectedIds(single, set, model, i); // warm-up
+    const singleIds: number[] = [];
+    for (let i = 0; i < requests; i++) singleIds.push(...(await injectedIds(single, set, model, i)));
+    const singleSubs = await collectAll(fleets, singleIds);
+    const want = new Set(singleIds);
+    const singleLat = singleSubs.flatMap((s) => s.alerts.filter((a) => want.has(a.id) && a.forwardAtUs !== undefined).map((a) => (a.receivedAtUs - a.forwardAtUs!) / 1000));
+    const singleResult = { alerts: singleIds.length, latency: latency(singleLat), ...delivery(singleSubs, singleIds) };
+    for (const f of fleets.splice(0)) await f.close();
+    await single.stop();
+    daemons.splice(0);
+
+    // ---- three replicas on one JetStream stream, 100 subscribers spread over them ----
+    nats = await startNats();
+    log(`three daemons on ${nats.url}, ${SUBSCRIBERS} subscribers spread over them`);
+    const names = ['A', 'B', 'C'];
+    for (const name of names) daemons.push(await spawnDaemonProcess({ argv: [...base, '--nats', nats.url, '--replica', name, '--state-dir', join(root, name)], env }));
+    for (let k = 0; k < names.length; k++) fleets.push(await startSubscriberFleet(daemons[k].url, Math.floor(SUBSCRIBERS / names.length) + (k < SUBSCRIBERS % names.length ? 1 : 0), { key: ADMIN_KEY, workers: 2 }));
+    let warmup = 0;
+    for (const d of daemons) for (let i = 0; i < 2; i++) warmup += (await injectedIds(d, set, model, i)).length;
+    const raisedBy = new Map<number, number>();
+    await Promise.all(
+      daemons.map(async (d, k) => {
+        for (let i = 0; i < requests; i++) for (const id of await injectedIds(d, set, model, i)) raisedBy.set(id, k);
+      }),
+    );
+    const ids = [...raisedBy.keys()].sort((x, y) => x - y);
+    const perFleet = await Promise.all(fleets.map(async (f) => (await collectAll([f], ids)).map((s) => ({ ...s }))));
+    const all: number[] = [];
+    const same: number[] = [];
+    const cross: number[] = [];
+    perFleet.forEach((subs, k) => {
+      for (const s of subs) {
+        for (const a of s.alerts) {
+          if (!raisedBy.has(a.id) || a.forwardAtUs === undefined) continue;
+          const ms = (a.receivedAtUs - a.forwardAtUs) / 1000;
+          all.push(ms);
+          (raisedBy.get(a.id) === k ? same : cross).push(ms);
+        }
+      }
+    });
+    const counted = (await Promise.all(daemons.map(alertsCounted))).reduce((x, y) => x + y, 0);
+    const replicas = { count: names.length, alerts: ids.length, latency: latency(all), sameReplica: latency(same), crossReplica: latency(cross), ...delivery(perFleet.flat(), ids), alertsCounted: counted, alertsRaised: ids.length + warmup };
+    const clockCheckMs = round(median(Array.from({ length: 9 }, () => Date.now() - nowUs() / 1000)), 3);
+    return {
+      machine: describeMachine(),
+      model: basename(o.modelDir),
+      requestsPerReplica: requests,
+      subscribers: SUBSCRIBERS,
+      single: singleResult,
+      replicas,
+      p99Ratio: round(replicas.latency.p99Ms / singleResult.latency.p99Ms, 2),
+      clockCheckMs,
+      seconds: round((Date.now() - t0) / 1000, 1),
+    };
+  } finally {
+    for (const f of fleets) await f.close().catch(() => undefined);
+    for (const d of daemons) await d.stop().catch(() => undefined);
+    await nats?.stop();
+  }
+}
+
+export function replicasBenchMarkdown(r: ReplicasBench): string {
+  const row = (what: string, l: Latency, alerts: number, missing: number | string, dup: number | string) => [what, alerts, l.receipts, l.p50Ms, l.p90Ms, l.p99Ms, l.maxMs, missing, dup];
+  return [
+    '# Several replicas, one alert stream',
+    '',
+    machineMarkdown(r.machine),
+    '',
+    `Model ${r.model}; ${r.subscribers} WebSocket subscribers (admin key, worker threads); ${r.requestsPerReplica} admin-injected requests per daemon, one at a time per daemon, on every daemon at once. Latency = receipt − forwardAtUs of the raising daemon (same host clock; clock check ${r.clockCheckMs} ms).`,
+    '',
+    markdownTable(
+      ['setup', 'alerts', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'missing', 'duplicates'],
+      [
+        row('1 daemon, SQLite log, 100 subscribers', r.single.latency, r.single.alerts, r.single.missing, r.single.duplicates),
+        row(`${r.replicas.count} daemons on one JetStream stream, subscribers spread`, r.replicas.latency, r.replicas.alerts, r.replicas.missing, r.replicas.duplicates),
+        row('… receipts on the raising replica', r.replicas.sameReplica, r.replicas.alerts, '', ''),
+        row('… receipts on another replica', r.replicas.crossReplica, r.replicas.alerts, '', ''),
+      ],
+    ),
+    '',
+    `p99 ratio (3 replicas on NATS / 1 node on SQLite, same run): **${r.p99Ratio}**. Sum of latentwatch_alerts_total over the replicas: ${r.replicas.alertsCounted}; alerts raised (measured + warm-up): ${r.replicas.alertsRaised}.`,
+    '',
+    `Total ${r.seconds} s.`,
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<void> {
+  const a = parseArgs(argv, ['out', 'md', 'model']);
+  const quick = a.has('quick');
+  const res = await runReplicasBench({ modelDir: a.get('model') ?? DEFAULT_MODEL_DIR, quick });
+  writeBenchResult(a, `replicas${quick ? '-quick' : ''}`, res, replicasBenchMarkdown(res));
+}
+
+runIfMain(import.meta.url, main);
