@@ -7,12 +7,12 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
-import { parseProbeFile, serializeProbeFile, validateProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
+import { parseProbeFile, serializeProbeFile, validateProbeFile, type EnsembleProbeFile } from '../src/probes/probe-file.js';
 import { NoveltyTracker, novelPositions, WindowMean } from '../src/probes/window.js';
 import { thrown } from './helpers.js';
 
 interface Reference {
-  probe: ProbeFile;
+  probe: EnsembleProbeFile;
   ids: number[];
   novel: boolean[];
   h0: number[];

@@ -90,7 +90,8 @@ export class ConceptNamer {
     if (store.names('concept').length < 2) return null;
     const members: Member[] = [];
     for (const m of file.members) {
-      if (m.kind !== 'mahalanobis') continue;
+      // Windowed members model window means, not one position's update: the per-token members name.
+      if (m.kind !== 'mahalanobis' || m.window !== undefined) continue;
       const g = m.gaussian;
       if (g.form === 'lowrank') continue;
       const hooks = hookList(m.hook);
