@@ -136,6 +136,8 @@ export interface ModelDaemonBench {
     hundred: LatencyStats;
     /** One subscriber, alert log in memory (no fsync). */
     memoryLog: LatencyStats;
+    /** 100 subscribers, alert log on disk with synchronous=NORMAL (WAL: no fsync per append; alertLog.synchronous). */
+    normalSync: LatencyStats;
     /** Daemon: min over alerts of alert.ts − forwardAtUs/1000 (ms; ts is whole ms); bench: Date.now() − nowUs()/1000. Both within about 1 ms of 0 when the clocks agree. */
     clockCheckMs: { daemon: number; bench: number };
   };
@@ -236,6 +238,7 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
           { name: 'on', probes: probePaths, alertLog: join(root, `alerts-${basename(modelDir)}.db`) },
           { name: 'off', probes: [], alertLog: ':memory:' },
           { name: 'memlog', probes: probePaths, alertLog: ':memory:' },
+          { name: 'normal', probes: probePaths, alertLog: join(root, `alerts-normal-${basename(modelDir)}.db`), synchronous: 'normal' },
         ],
       }),
     ],
@@ -245,6 +248,7 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
   const on = variant('on');
   const off = variant('off');
   const memLog = variant('memlog');
+  const normalLog = variant('normal');
   const subs: Subscriber[] = [];
   try {
     const models = async (d: DaemonProcess) => (await (await fetch(`${d.url}/v1/models`)).json()) as { data: { id: string; fingerprint: string; probes: { id: string; hook: string[] }[] }[] };
@@ -341,6 +345,9 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
     log(`[${basename(modelDir)}] alert latency with the alert log in memory`);
     const memoryLog = (await measure(memLog, 1)).stats;
     for (const s of subs.splice(0)) s.ws.terminate();
+    log(`[${basename(modelDir)}] alert latency with the alert log on disk, synchronous=NORMAL, 100 subscribers`);
+    const normalSync = (await measure(normalLog, 100)).stats;
+    for (const s of subs.splice(0)) s.ws.terminate();
 
     // ---- concurrency ----
     log(`[${basename(modelDir)}] concurrency: 1, 4, 16 streams × ${concReps}, ${concTokens} tokens each`);
@@ -395,7 +402,7 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
         monitorPctOfToken: round((microUs / (1e6 / offS.median)) * 100, 3),
         alertsDuringRuns,
       },
-      alertLatency: { requests: alertRequests, alertsPerRequest, one: one.stats, hundred: hundred.stats, memoryLog, clockCheckMs: { daemon: round(daemonClock, 3), bench: round(benchClock, 3) } },
+      alertLatency: { requests: alertRequests, alertsPerRequest, one: one.stats, hundred: hundred.stats, memoryLog, normalSync, clockCheckMs: { daemon: round(daemonClock, 3), bench: round(benchClock, 3) } },
       concurrency: { maxTokens: concTokens, repetitions: concReps, levels: levelStats, speedup4: round(aggMedian(4) / aggMedian(1), 3), speedup16: round(aggMedian(16) / aggMedian(1), 3) },
       rssBytes: twin.rssBytes(),
     };
@@ -461,6 +468,7 @@ function modelSummary(m: ModelDaemonBench): Record<string, number | null> {
     alert_p50_ms_100_subscribers: m.alertLatency.hundred.p50Ms,
     alert_p99_ms_100_subscribers: m.alertLatency.hundred.p99Ms,
     alert_p99_ms_memory_log: m.alertLatency.memoryLog.p99Ms,
+    alert_p99_ms_100_subscribers_sync_normal: m.alertLatency.normalSync.p99Ms,
     concurrency1_tok_s: round(l1.aggregateTokS.median, 3),
     concurrency4_tok_s: round(m.concurrency.levels[1].aggregateTokS.median, 3),
     concurrency16_tok_s: round(m.concurrency.levels[2].aggregateTokS.median, 3),
@@ -534,7 +542,7 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
       '',
       markdownTable(
         ['subscribers', 'alert log', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'first alert of a token: p50 / p99 ms', 'last subscriber: p50 / p99 ms'],
-        ([[1, 'SQLite (WAL, fsync)', a.one], [100, 'SQLite (WAL, fsync)', a.hundred], [1, 'in memory', a.memoryLog]] as const).map(([n, logKind, x]) => [
+        ([[1, 'SQLite (WAL, fsync)', a.one], [100, 'SQLite (WAL, fsync)', a.hundred], [1, 'in memory', a.memoryLog], [100, 'SQLite (WAL, synchronous=NORMAL)', a.normalSync]] as const).map(([n, logKind, x]) => [
           n,
           logKind,
           x.receipts,

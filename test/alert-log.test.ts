@@ -53,7 +53,8 @@ beforeAll(() => {
     `import { writeSync } from 'node:fs';
 import { AlertLog } from './src/daemon/alert-log.js';
 const [path, mode] = process.argv.slice(2);
-const log = AlertLog.open({ path, pendingLimit: 100000, retryIntervalMs: 1e9 });
+// 'sync-normal': synchronous=NORMAL (no fsync per append), which must still survive a process kill.
+const log = AlertLog.open({ path, pendingLimit: 100000, retryIntervalMs: 1e9, synchronous: mode === 'sync-normal' ? 'normal' : 'full' });
 writeSync(1, 'ready\\n');
 for (let i = 0; ; i++) {
   // 'fail-after-10': from the 10th alert on the disk refuses writes (a real SQLITE_READONLY).
@@ -140,6 +141,22 @@ describe('alert log', () => {
     AlertLog.open({ path }).close();
   });
 
+  it("fsyncs every append by default (synchronous=FULL); alertLog.synchronous 'normal' leaves the WAL unsynced per append and still reads back", () => {
+    const full = AlertLog.open({ path: join(dir, 'sync-full.db') });
+    expect(full.database.pragma('synchronous', { simple: true })).toBe(2); // FULL
+    full.close();
+    const path = join(dir, 'sync-normal.db');
+    const normal = AlertLog.open({ path, synchronous: 'normal' });
+    expect(normal.database.pragma('synchronous', { simple: true })).toBe(1); // NORMAL
+    expect(normal.database.pragma('journal_mode', { simple: true })).toBe('wal');
+    const a = normal.append(draft(1));
+    expect(a.durable).toBe(true);
+    normal.close();
+    const again = AlertLog.open({ path, synchronous: 'normal' });
+    expect(again.since(0).map((x) => x.id)).toEqual([a.alert.id]);
+    again.close();
+  });
+
   it('applies retention by age and by row count', () => {
     let now = Date.parse('2026-01-10T00:00:00Z');
     const log = AlertLog.open({ path: join(dir, 'retention.db'), retentionDays: 2, retentionRows: 5, now: () => now });
@@ -167,6 +184,17 @@ describe('alert log', () => {
     for (const id of acked) expect(stored.has(id), `acknowledged alert ${id}`).toBe(true);
     const next = log.append(draft(1)).alert.id;
     expect(next).toBeGreaterThan(Math.max(...stored));
+    log.close();
+  });
+
+  it('kill -9 with synchronous=NORMAL: every acknowledged alert is there after a restart (a process crash loses nothing without the fsync)', async () => {
+    const path = join(dir, 'kill-sync-normal.db');
+    const lines = await runAndKill(path, 'sync-normal', (l) => l.filter((x) => x.startsWith('ack ')).length >= 300);
+    const acked = lines.filter((l) => l.startsWith('ack ')).map((l) => Number(l.slice(4)));
+    expect(acked.length).toBeGreaterThanOrEqual(300);
+    const log = AlertLog.open({ path, synchronous: 'normal' });
+    const stored = new Set(log.since(0, {}, 10_000).map((a) => a.id));
+    for (const id of acked) expect(stored.has(id), `acknowledged alert ${id}`).toBe(true);
     log.close();
   });
 

@@ -27,7 +27,7 @@ export interface TwinSpec {
   maxConcurrent: number;
   precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
   spinning?: boolean;
-  variants: { name: string; probes: string[]; alertLog: string }[];
+  variants: { name: string; probes: string[]; alertLog: string; synchronous?: 'full' | 'normal' }[];
 }
 
 const spec = JSON.parse(process.argv[2]) as TwinSpec;
@@ -43,7 +43,7 @@ for (const v of spec.variants) {
   const probes = await Promise.all(v.probes.map((p) => loadProbe(p, engine.fingerprint)));
   const bank = new ProbeBank(probes);
   const metrics = createMetrics({ version: VERSION });
-  const log = AlertLog.open({ path: v.alertLog, pendingLimit: config.alertLog.pendingLimit });
+  const log = AlertLog.open({ path: v.alertLog, pendingLimit: config.alertLog.pendingLimit, synchronous: v.synchronous ?? 'full' });
   const auth = new Authenticator({ apiKeys: [], adminKey: spec.adminKey });
   const ws = config.websocket;
   const store = new SqliteAlertStore(log);

@@ -150,6 +150,13 @@ export interface AlertLogOptions {
   retryIntervalMs?: number;
   /** How long open waits for another process's lock before failing (default 2000). */
   busyTimeoutMs?: number;
+  /**
+   * SQLite `synchronous` (default 'full'). 'full': each append fsyncs the WAL before it returns, so a
+   * committed alert survives power loss. 'normal' (WAL): no fsync per append (the WAL is synced at
+   * checkpoints), so a committed alert survives a crash or kill -9 of the process but the last
+   * ones may be lost on power loss or an OS crash; the append no longer waits for the disk.
+   */
+  synchronous?: 'full' | 'normal';
   /** Clock in epoch milliseconds (tests). */
   now?: () => number;
   /** Told about write failures and recoveries (the daemon logs them). */
@@ -268,7 +275,7 @@ export class AlertLog {
       db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 2000))}`);
       db.pragma('locking_mode = EXCLUSIVE');
       db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = FULL');
+      db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
       const log = new AlertLog(db, options);
       log.prune();
       return log;

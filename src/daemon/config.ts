@@ -146,6 +146,8 @@ export const CONFIG_SCHEMA = closedObject(
       pendingLimit: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
       /** How often retention runs and pending alerts are retried. */
       maintenanceIntervalSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 86_400 }),
+      /** 'full': an alert survives power loss (an fsync per token with alerts); 'normal': it survives a process crash (alert-log.ts). */
+      synchronous: Type.Union([Type.Literal('full'), Type.Literal('normal')]),
     }),
     /**
      * Several replicas, one alert stream (docs/daemon.md, "Several replicas"): with servers, alerts go
@@ -264,6 +266,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
     retentionRows: 1_000_000,
     pendingLimit: 10_000,
     maintenanceIntervalSeconds: 60,
+    synchronous: 'full',
   },
   nats: {
     servers: [],
@@ -311,6 +314,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_MAX_CONCURRENT: { pointer: '/limits/maxConcurrent', kind: 'int' },
   LATENTWATCH_MAX_QUEUE: { pointer: '/limits/maxQueue', kind: 'int' },
   LATENTWATCH_ALERT_LOG: { pointer: '/alertLog/path', kind: 'path' },
+  LATENTWATCH_ALERT_LOG_SYNC: { pointer: '/alertLog/synchronous', kind: 'string' },
   LATENTWATCH_CANARY: { pointer: '/canary/enabled', kind: 'bool' },
   LATENTWATCH_CANARY_INTERVAL: { pointer: '/canary/intervalSeconds', kind: 'number' },
   LATENTWATCH_SHUTDOWN_DEADLINE: { pointer: '/shutdown/deadlineSeconds', kind: 'number' },

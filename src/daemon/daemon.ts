@@ -118,6 +118,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
           retentionDays: config.alertLog.retentionDays,
           retentionRows: config.alertLog.retentionRows,
           pendingLimit: config.alertLog.pendingLimit,
+          synchronous: config.alertLog.synchronous,
           onStateChange: (e) => onLogState(e),
         });
   const stopMaintenance = log ? log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000) : () => undefined;
