@@ -3,13 +3,20 @@
  * that requires a user and password: credentials never reach its events; the outbox file keeps
  * alerts across a restart of the replica while NATS is down; a republished alert whose first
  * publish did reach the stream (a lost acknowledgement) is dropped by the duplicate window; reads
- * filter and page like the SQLite log.
+ * filter and page like the SQLite log; the hub on it keeps the slow-consumer rule (4008) while a fast
+ * subscriber gets the whole stream.
  */
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { connect } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
+import Fastify from 'fastify';
+import { WebSocket } from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AlertHub, CLOSE_SLOW_CONSUMER } from '../src/daemon/alert-hub.js';
+import { alertRoutes } from '../src/daemon/alert-routes.js';
+import { Authenticator } from '../src/daemon/auth.js';
+import { installErrorHandlers } from '../src/daemon/http-errors.js';
 import type { AlertDraft } from '../src/daemon/alert-log.js';
 import { JetStreamAlertStore, type JetStreamStoreOptions } from '../src/daemon/nats-alert-store.js';
 import { startNats, type NatsServer } from './nats-fixture.js';
@@ -126,4 +133,46 @@ describe('JetStream alert store', () => {
     expect(stored.map((a) => a.requestId)).toEqual(['during-1', 'during-2']);
     expect(stored.every((a) => a.replica === 'r1' && a.tenant === 'team-a')).toBe(true);
   }, 90_000);
+
+  it('the hub on the stream closes a subscriber that stops reading with 4008 while a fast one gets every alert in id order', async () => {
+    const store = await open({ stream: 'SLOW_TEST', subject: 'slow.alerts' });
+    const hub = new AlertHub({ store, auth: new Authenticator({ apiKeys: [], adminKey: null }), bufferLimitBytes: 256 * 1024, maxQueuedMessages: 100_000, heartbeatIntervalMs: 60_000, closeGraceMs: 30_000 });
+    const app = Fastify();
+    installErrorHandlers(app);
+    await app.register(alertRoutes, { hub, store, auth: new Authenticator({ apiKeys: [], adminKey: null }) });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const addr = app.server.address();
+      if (addr === null || typeof addr === 'string') throw new Error('no address');
+      const connect = async () => {
+        const ws = new WebSocket(`ws://127.0.0.1:${addr.port}/v1/alerts`);
+        const got: number[] = [];
+        ws.on('message', (m) => {
+          const msg = JSON.parse(String(m)) as { type: string; alert?: { id: number } };
+          if (msg.type === 'alert' && msg.alert) got.push(msg.alert.id);
+        });
+        const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
+        await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
+        return { ws, got, closed };
+      };
+      const fast = await connect();
+      const slow = await connect();
+      await waitUntil(() => hub.subscriberCount === 2, { timeoutMs: 5000, what: 'two subscribers' });
+      slow.ws.pause();
+      const excerpt = 'x'.repeat(2000);
+      const acked: number[] = [];
+      while (hub.stats().slowConsumerDisconnects === 0 && acked.length < 20_000) {
+        const results = await store.append(Array.from({ length: 50 }, () => draft({ textExcerpt: excerpt })));
+        acked.push(...results.map((r) => r.alert.id));
+      }
+      expect(hub.stats().dropped.buffer).toBe(1);
+      await waitUntil(() => fast.got.length >= acked.length, { timeoutMs: 30_000, what: 'the fast subscriber to get every alert' });
+      expect(fast.got).toEqual(acked);
+      slow.ws.resume();
+      expect(await slow.closed).toBe(CLOSE_SLOW_CONSUMER);
+      fast.ws.close();
+    } finally {
+      await app.close();
+    }
+  }, 60_000);
 });
