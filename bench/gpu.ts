@@ -1,0 +1,226 @@
+/**
+ * GPU serving benchmark (issue 14): the engine on onnxruntime's WebGPU provider (Dawn on Vulkan,
+ * KV cache on the device) against Hugging Face transformers (eager, bf16) on the same GPU and the
+ * same random-weight checkpoints, with the card's bandwidth limit for each.
+ *
+ *   npx tsx bench/gpu.ts [--work /tmp/lw-gpu] [--shapes 0.5b,7b] [--python python3] [--prompt 128]
+ *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
+ *       [--merge EARLIER.json] [--build-only]
+ *
+ * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
+ *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
+ *    transformers' eager bf16 generate on them; also the card's copy bandwidth. Without torch the
+ *    checkpoints come from bench/random-checkpoint.ts and the transformers figures are null.
+ * 2. For each shape: the engine's own int4 build (MatMulNBits, block 32) on provider webgpu: prefill
+ *    of a `prompt`-token prompt and `decode` greedy tokens (ignore EOS), medians over `runs` after a
+ *    warm-up. 0.5B also: the same with three layers tapped every step (the monitor's cost: a build
+ *    with taps against the plain serving build), and the CPU provider's int4 greedy tokens (how many
+ *    leading tokens agree; random weights give near-ties, so they part somewhere).
+ * 3. The bandwidth limit: the card's bandwidth (measured copy, read + written; or --bandwidth-gb-s)
+ *    ÷ the weight bytes one decode step reads (bench/lib/graph-bytes.ts for the engine's graph;
+ *    the parameters but the embedding table for transformers).
+ *
+ * The JSON is rewritten after every stage (summary.complete false until the end). A run split over
+ * several sessions: work/hf.json is reused when it covers the shapes; --merge starts from an earlier
+ * report's summary and details (e.g. 0.5b first, then --shapes 7b --merge that); --build-only makes
+ * the engine's webgpu int4 builds of the shapes and exits (to build one while another is measured).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Engine, interfaceFor, type EngineOptions } from '../src/engine/engine.js';
+import { ensureBuild } from '../src/model/build.js';
+import { residPost } from '../src/hooks.js';
+import { graphBytes } from './lib/graph-bytes.js';
+import { describeMachine } from './lib/machine.js';
+import { parseArgs, runIfMain, writeJson } from './lib/report.js';
+import { median, round } from './lib/stats.js';
+import type { RandomCheckpointShape } from './random-checkpoint.js';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** The shapes of Qwen2.5-0.5B and Qwen2.5-7B (the Python script uses the same). */
+const SHAPES: Record<string, RandomCheckpointShape> = {
+  '0.5b': { hiddenSize: 896, numLayers: 24, numHeads: 14, numKvHeads: 2, intermediateSize: 4864, vocabSize: 151936, maxPositions: 32768, ropeTheta: 1_000_000, tieWordEmbeddings: true },
+  '7b': { hiddenSize: 3584, numLayers: 28, numHeads: 28, numKvHeads: 4, intermediateSize: 18944, vocabSize: 152064, maxPositions: 32768, ropeTheta: 1_000_000, tieWordEmbeddings: false },
+};
+/** Summary-key spelling of a shape: decode_tok_s_webgpu_int4_qwen2_5_7b. */
+const keyOf = (shape: string) => `qwen2_5_${shape.replace('.', '_')}`;
+
+interface HfResult {
+  gpu: string;
+  torch: string;
+  transformers: string;
+  copy_bandwidth_gb_s: number;
+  shapes: Record<string, { prefill_tok_s: number; decode_tok_s: number; weight_bytes_per_token: number; checkpoint: string }>;
+}
+
+interface RunFigures {
+  prefill_tok_s: number;
+  decode_tok_s: number;
+  ids: number[];
+  load_s: number;
+  build_s: number;
+  weight_bytes_per_token: number;
+}
+
+function log(line: string): void {
+  process.stderr.write(`gpu-bench: ${line}\n`);
+}
+
+function hasTorch(python: string): boolean {
+  return spawnSync(python, ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { stdio: 'ignore' }).status === 0;
+}
+
+function gpuName(): string | null {
+  const r = spawnSync('nvidia-smi', ['--query-gpu=name,driver_version,memory.total', '--format=csv,noheader'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim().split('\n')[0] : null;
+}
+
+/** Prefill and decode rates of greedy generate() over fixed random prompt ids; medians over runs after a warm-up. */
+async function measure(modelDir: string, o: EngineOptions, a: { prompt: number; decode: number; runs: number; taps: number[] }): Promise<RunFigures> {
+  const t0 = performance.now();
+  const engine = await Engine.load(modelDir, { ...o, progress: (d, t, what) => d === t && log(`built ${modelDir} ${o.provider} ${o.precision} (${what})`) });
+  const loadS = (performance.now() - t0) / 1000;
+  try {
+    const promptIds = Array.from({ length: a.prompt }, (_, i) => (i * 7919 + 13) % 150_000);
+    const taps = a.taps.map(residPost);
+    const once = async (maxTokens: number) => {
+      const ids: number[] = [];
+      const start = performance.now();
+      let prefillEnd = start;
+      for await (const s of engine.generate({ promptIds, maxTokens, ignoreEos: true, taps })) {
+        if (s.kind === 'prompt') prefillEnd = performance.now();
+        else ids.push(s.tokenId);
+      }
+      // A token step follows the pass that read it; the last token needs no pass unless it is tapped.
+      const passes = taps.length > 0 ? maxTokens : maxTokens - 1;
+      return { prefill: a.prompt / ((prefillEnd - start) / 1000), decode: passes / ((performance.now() - prefillEnd) / 1000), ids };
+    };
+    await once(4);
+    const runs = [];
+    for (let r = 0; r < a.runs; r++) runs.push(await once(a.decode));
+    return {
+      prefill_tok_s: round(median(runs.map((r) => r.prefill)), 1),
+      decode_tok_s: round(median(runs.map((r) => r.decode)), 2),
+      ids: runs[0].ids,
+      load_s: round(loadS, 1),
+      build_s: round(engine.build.buildSeconds, 1),
+      weight_bytes_per_token: graphBytes(engine.build.modelPath).perTokenBytes,
+    };
+  } finally {
+    await engine.close();
+  }
+}
+
+function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge']);
+  const work = a.get('work', '/tmp/lw-gpu')!;
+  const shapes = a.get('shapes', '0.5b,7b')!.split(',');
+  for (const s of shapes) if (!SHAPES[s]) throw new Error(`--shapes: ${s} is not one of ${Object.keys(SHAPES).join(',')}`);
+  const python = a.get('python', 'python3')!;
+  const prompt = a.num('prompt', 128)!;
+  const decode = a.num('decode', 64)!;
+  const runs = a.num('runs', 3)!;
+  const out = a.get('out', join(REPO, 'docs', 'reports', 'bench', `gpu-${new Date().toISOString().slice(0, 10)}.json`))!;
+  const cache = join(work, 'builds');
+  const earlier = a.has('merge') ? (JSON.parse(readFileSync(a.get('merge')!, 'utf8')) as { summary: Record<string, unknown>; details: Record<string, unknown> }) : null;
+  const summary: Record<string, unknown> = { ...earlier?.summary, complete: false, gpu: gpuName() ?? earlier?.summary.gpu ?? null };
+  const details: Record<string, unknown> = { ...earlier?.details };
+  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache };
+  if (a.has('build-only')) {
+    for (const shape of shapes) {
+      const t = performance.now();
+      ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, interface: interfaceFor('webgpu') }, { cacheDir: cache });
+      log(`built ${shape} webgpu int4 in ${((performance.now() - t) / 1000).toFixed(0)} s`);
+    }
+    return;
+  }
+  const report = { kind: 'gpu', version: 1, machine: describeMachine(), args: { shapes, prompt, decode, runs }, summary, details };
+  const save = () => writeJson(out, report);
+
+  // 1. Checkpoints and transformers' figures.
+  let hf: HfResult | null = null;
+  const hfJson = join(work, 'hf.json');
+  const hfEarlier = existsSync(hfJson) ? (JSON.parse(readFileSync(hfJson, 'utf8')) as HfResult) : null;
+  if (hfEarlier && shapes.every((s) => hfEarlier.shapes[s])) {
+    hf = hfEarlier;
+    details.transformers = hf;
+    log(`transformers figures and checkpoints from ${hfJson}`);
+  } else if (hasTorch(python)) {
+    const r = spawnSync(python, [join(REPO, 'bench', 'gpu_hf.py'), '--work', work, '--shapes', shapes.join(','), '--prompt', String(prompt), '--decode', String(decode), '--runs', String(runs), '--json', hfJson], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    });
+    if (r.status !== 0) throw new Error(`bench/gpu_hf.py exited ${r.status}`);
+    hf = JSON.parse(readFileSync(hfJson, 'utf8')) as HfResult;
+    summary.gpu ??= hf.gpu;
+    details.transformers = hf;
+  } else {
+    log(`${python} has no torch with a GPU: checkpoints from bench/random-checkpoint.ts, no transformers figures`);
+  }
+  const bandwidthGbS = a.has('bandwidth-gb-s') ? a.num('bandwidth-gb-s', 0)! : hf?.copy_bandwidth_gb_s ?? null;
+  summary.bandwidth_gb_s = bandwidthGbS === null ? null : round(bandwidthGbS, 0);
+  summary.bandwidth_source = a.has('bandwidth-gb-s') ? 'given' : hf ? 'measured device-to-device copy (read + written)' : null;
+  const limit = (bytes: number) => (bandwidthGbS === null ? null : round((bandwidthGbS * 1e9) / bytes, 1));
+  save();
+
+  for (const shape of shapes) {
+    const k = keyOf(shape);
+    const dir = hf?.shapes[shape]?.checkpoint ?? join(work, `qwen2.5-${shape}-random`);
+    if (!hf) {
+      // Imported only here: a bundle of this script (for a GPU host without node_modules) leaves it out.
+      const { writeRandomCheckpoint } = await import('./random-checkpoint.js');
+      writeRandomCheckpoint(dir, SHAPES[shape], { dtype: 'bf16', tokenizer: false, log });
+    }
+    if (!existsSync(join(dir, 'config.json'))) throw new Error(`no checkpoint at ${dir}`);
+    const engineOptions = webgpuInt4;
+    const gpu = await measure(dir, engineOptions, { prompt, decode, runs, taps: [] });
+    log(`${shape} webgpu int4: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (build ${gpu.build_s} s, load ${gpu.load_s} s)`);
+    summary[`decode_tok_s_webgpu_int4_${k}`] = gpu.decode_tok_s;
+    summary[`prefill_tok_s_webgpu_int4_${k}`] = gpu.prefill_tok_s;
+    summary[`bandwidth_limit_tok_s_webgpu_int4_${k}`] = limit(gpu.weight_bytes_per_token);
+    const lim = limit(gpu.weight_bytes_per_token);
+    summary[`decode_pct_of_limit_webgpu_int4_${k}`] = lim === null ? null : round((100 * gpu.decode_tok_s) / lim, 1);
+    const h = hf?.shapes[shape];
+    summary[`decode_tok_s_hf_eager_bf16_${k}`] = h ? round(h.decode_tok_s, 2) : null;
+    summary[`prefill_tok_s_hf_eager_bf16_${k}`] = h ? round(h.prefill_tok_s, 1) : null;
+    summary[`bandwidth_limit_tok_s_hf_eager_bf16_${k}`] = h ? limit(h.weight_bytes_per_token) : null;
+    summary[`decode_speedup_webgpu_int4_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
+    details[`webgpu_int4_${k}`] = gpu;
+    save();
+
+    if (shape === '0.5b') {
+      // The monitor's cost: three layers tapped and read back every step (a probe's scoring is host arithmetic on top).
+      const L = SHAPES[shape].numLayers;
+      const tapLayers = [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)];
+      const tapped = await measure(dir, { ...engineOptions, taps: tapLayers }, { prompt, decode, runs, taps: tapLayers });
+      log(`${shape} webgpu int4 with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s`);
+      summary.monitor_overhead_pct_webgpu = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
+      summary.monitor_taps = tapLayers.map(residPost);
+      details[`webgpu_int4_taps_${k}`] = tapped;
+      const cpu = await measure(dir, { ...engineOptions, provider: 'cpu', threads: availableParallelism() }, { prompt, decode: Math.min(decode, 32), runs: 1, taps: [] });
+      log(`${shape} cpu int4 (${availableParallelism()} threads): decode ${cpu.decode_tok_s} tok/s`);
+      const n = Math.min(32, gpu.ids.length, cpu.ids.length);
+      summary.greedy_prefix_webgpu_vs_cpu_int4 = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));
+      summary.greedy_tokens_compared = n;
+      summary[`decode_tok_s_cpu_int4_${k}`] = cpu.decode_tok_s;
+      details[`cpu_int4_${k}`] = cpu;
+      save();
+    }
+  }
+  summary.complete = true;
+  save();
+  console.log(JSON.stringify(summary, null, 2));
+  log(`wrote ${out}`);
+}
+
+runIfMain(import.meta.url, main);
