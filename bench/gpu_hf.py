@@ -25,7 +25,7 @@ SHAPES = {
 
 def checkpoint(work: str, name: str) -> tuple[str, Qwen2ForCausalLM]:
     path = os.path.join(work, f"qwen2.5-{name}-random")
-    cfg = Qwen2Config(**SHAPES[name], max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, initializer_range=0.02, attn_implementation="eager")
+    cfg = Qwen2Config(**SHAPES[name], max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, initializer_range=0.02, use_sliding_window=False, attn_implementation="eager")
     if os.path.exists(os.path.join(path, "config.json")):
         model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="eager").cuda()
     else:
@@ -69,6 +69,8 @@ def bench(model: Qwen2ForCausalLM, prompt: int, decode: int, runs: int) -> dict:
         "decode_tok_s": 1 / decode_s[len(decode_s) // 2],
         "weight_bytes_per_token": weight_bytes,
         "runs": runs,
+        "attn_implementation": model.config._attn_implementation,
+        "dtype": str(next(model.parameters()).dtype),
     }
 
 
