@@ -6,6 +6,8 @@
  * filter and page like the SQLite log; the hub on it keeps the slow-consumer rule (4008) while a fast
  * subscriber gets the whole stream.
  */
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { connect } from '@nats-io/transport-node';
@@ -20,7 +22,7 @@ import { installErrorHandlers } from '../src/daemon/http-errors.js';
 import type { AlertDraft } from '../src/daemon/alert-log.js';
 import { JetStreamAlertStore, type JetStreamStoreOptions } from '../src/daemon/nats-alert-store.js';
 import { startNats, type NatsServer } from './nats-fixture.js';
-import { tempDir, waitUntil } from './helpers.js';
+import { freePort, tempDir, waitUntil } from './helpers.js';
 
 const USER = 'latentwatch';
 const PASSWORD = 'nats-secret-password-42';
@@ -174,5 +176,28 @@ describe('JetStream alert store', () => {
     } finally {
       await app.close();
     }
+  }, 60_000);
+
+  it('NATS unreachable from the start: the store opens, queues, and a process using it exits once it is closed', async () => {
+    // A port nothing listens on; a child process, so that a connect still pending would show as a process that does not exit.
+    const dir = tempDir('lw-nats-down-');
+    const script = join(dir, 'child.mts');
+    const module = new URL('../src/daemon/nats-alert-store.ts', import.meta.url).pathname;
+    writeFileSync(
+      script,
+      `import { JetStreamAlertStore } from ${JSON.stringify(module)};
+const store = await JetStreamAlertStore.open({ servers: ['nats://127.0.0.1:${await freePort()}'], stream: 'S', subject: 's.a', replicas: 1, outboxPath: ${JSON.stringify(join(dir, 'outbox.db'))}, publishTimeoutMs: 200, duplicateWindowSeconds: 60, connectWaitMs: 500 });
+const [r] = await store.append([{ requestId: 'r', model: 'm', probeId: 'p', probeLabel: 'p', severity: 'warning', score: 1, threshold: 0.5, tokenIndex: 0, silent: true, verbalized: false, kind: 'detection' }]);
+process.stdout.write(JSON.stringify({ queued: r.queued, pending: store.outboxPending, connected: store.isConnected }) + '\\n');
+await store.close();
+`,
+    );
+    const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += String(b)));
+    child.stderr.on('data', (b: Buffer) => (out += String(b)));
+    await waitUntil(() => child.exitCode !== null, { timeoutMs: 30_000, what: 'the process to exit after closing the store', detail: () => out });
+    expect(child.exitCode, out).toBe(0);
+    expect(JSON.parse(out.trim().split('\n').at(-1)!)).toEqual({ queued: true, pending: 1, connected: false });
   }, 60_000);
 });

@@ -146,27 +146,35 @@ export class JetStreamAlertStore implements AlertStore {
     }
   }
 
+  /**
+   * Connect, retrying (backoff to 10 s, unref'd timers) until it succeeds or the store closes: a
+   * replica started before NATS, or during an outage, serves with the outbox meanwhile. Hand-written
+   * rather than the client's waitOnFirstConnect, whose pending connect cannot be cancelled (a
+   * daemon stopped while NATS is unreachable would not exit).
+   */
   private async connectLoop(): Promise<void> {
     const o = this.opts;
-    let nc: NatsConnection;
-    try {
-      nc = await connect({
-        servers: [...o.servers],
-        name: `latentwatch ${this.replica}`,
-        // Keep trying: a replica started before NATS (or through an outage) serves with the outbox.
-        waitOnFirstConnect: true,
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 500,
-        ...(o.user ? { user: o.user } : {}),
-        ...(o.password ? { pass: o.password } : {}),
-        ...(o.token ? { token: o.token } : {}),
-        ...(o.credsFile ? { authenticator: credsAuthenticator(readFileSync(o.credsFile)) } : {}),
-      });
-    } catch (e) {
-      this.lastError = (e as Error).message;
-      this.event('error', { error: this.lastError }, 'cannot connect to NATS: alerts stay in the outbox');
-      return;
+    let nc: NatsConnection | undefined;
+    for (let attempt = 0; !this.closed && !nc; attempt++) {
+      try {
+        nc = await connect({
+          servers: [...o.servers],
+          name: `latentwatch ${this.replica}`,
+          // Once connected, the client reconnects by itself, forever.
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 500,
+          ...(o.user ? { user: o.user } : {}),
+          ...(o.password ? { pass: o.password } : {}),
+          ...(o.token ? { token: o.token } : {}),
+          ...(o.credsFile ? { authenticator: credsAuthenticator(readFileSync(o.credsFile)) } : {}),
+        });
+      } catch (e) {
+        this.lastError = (e as Error).message;
+        if (attempt === 0) this.event('error', { error: this.lastError }, 'cannot connect to NATS: alerts go to the outbox; retrying');
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** Math.min(attempt, 5))).unref());
+      }
     }
+    if (!nc) return;
     if (this.closed) {
       await nc.close();
       return;
@@ -230,7 +238,7 @@ export class JetStreamAlertStore implements AlertStore {
       } catch (e) {
         this.lastError = (e as Error).message;
         if (attempt === 0) this.event('error', { code: 'LW_ERR_ALERT_STREAM_SETUP', error: this.lastError }, 'cannot create or read the alert stream; retrying (alerts go to the outbox)');
-        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))));
+        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))).unref());
       }
     }
   }
@@ -253,7 +261,7 @@ export class JetStreamAlertStore implements AlertStore {
       } catch (e) {
         if (this.closed) return;
         this.lastError = (e as Error).message;
-        await new Promise((r) => setTimeout(r, 500));
+        await new Promise((r) => setTimeout(r, 500).unref());
       }
     }
   }
