@@ -35,6 +35,8 @@ def checkpoint(work: str, name: str) -> tuple[str, Qwen2ForCausalLM]:
             model = Qwen2ForCausalLM(cfg)
         model = model.to(torch.bfloat16)
         model.save_pretrained(path, safe_serialization=True, max_shard_size="4GB")
+        # For a caller that starts building from the checkpoint while the timings run.
+        open(f"{path}.done", "w").close()
         print(f"gpu_hf: {name} checkpoint written in {time.perf_counter() - t0:.1f}s", flush=True)
     return path, model.eval()
 
@@ -102,13 +104,15 @@ def main() -> None:
         "copy_bandwidth_gb_s": bandwidth(),
         "shapes": {},
     }
-    for name in a.shapes.split(","):
-        path, model = checkpoint(a.work, name)
+    # Every checkpoint first (a caller may build from them meanwhile), then the timings.
+    models = {name: checkpoint(a.work, name) for name in a.shapes.split(",")}
+    for name, (path, model) in models.items():
         r = bench(model, a.prompt, a.decode, a.runs)
         r["checkpoint"] = path
         out["shapes"][name] = r
         print(f"gpu_hf: {name} eager bf16 prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} tok/s", flush=True)
         del model
+        models[name] = None
         torch.cuda.empty_cache()
     with open(a.json, "w") as f:
         json.dump(out, f, indent=2)
