@@ -206,7 +206,9 @@ describe('learning the generic detector from live traffic', () => {
     expect(file.id).toBe('generic-injection');
     expect(file.training.trials).toBe(7);
     expect(file.evaluation.trials).toBe(5);
-    expect(file.members).toHaveLength(8);
+    // Eight per-token members and eight windowed ones (16 novel positions), as the shipped file.
+    expect(file.members).toHaveLength(16);
+    expect(file.members.filter((m: Body) => m.window?.positions === 'novel-bigram')).toHaveLength(8);
     const manifest = JSON.parse(readFileSync(learnedPath.replace('.probe.json', '.learn.json'), 'utf8'));
     expect(manifest).toMatchObject({ version: 1, modelFingerprint: d.engine.fingerprint, requests: { fit: 7, calibration: 5 }, targetFpr: 0.01, threshold: file.threshold });
     expect(manifest.positions.fit).toBeGreaterThan(0);

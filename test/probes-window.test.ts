@@ -2,13 +2,17 @@
  * Windowed probe members (issue 12, probes/window.ts): the daemon's scorer against numpy on fixed
  * data (scripts/window-reference.py wrote test/fixtures/window-reference.json), state kept across
  * the passes of one request and never shared between requests, repeated text counted once, the
- * file format, and the coded errors when token ids are missing.
+ * file format, the coded errors when token ids are missing, and learn mode's windowed fit (from
+ * moments, passes as the daemon feeds them) equal to fit-anomaly's on the same requests.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
 import { parseProbeFile, serializeProbeFile, validateProbeFile, type EnsembleProbeFile } from '../src/probes/probe-file.js';
 import { NoveltyTracker, novelPositions, WindowMean } from '../src/probes/window.js';
+import { fitAnomalyMembers, type Seq } from '../src/lab/generic.js';
+import { DetectorLearner } from '../src/probes/learn.js';
+import { createRng } from '../src/rng.js';
 import { thrown } from './helpers.js';
 
 interface Reference {
@@ -127,5 +131,55 @@ describe('windowed members', () => {
     w.mean(out);
     expect(out[0]).toBe(6);
     expect(w.filled).toBe(2);
+  });
+});
+
+describe('windowed members: the lab fit and learn mode agree', () => {
+  it("learn mode's windowed Gaussian (from moments of novel-window means) equals fit-anomaly's on the same requests", () => {
+    const d = 6;
+    const rng = createRng(5);
+    const hooks = ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'];
+    const seqs: Seq[] = Array.from({ length: 12 }, (_, k) => {
+      const n = 24 + k;
+      const h0 = Float32Array.from({ length: n * d }, () => rng.gaussian());
+      const h1 = Float32Array.from(h0, (x, i) => x + 0.5 * rng.gaussian() + (i % d === 2 ? 0.3 : 0));
+      // Some repetition, so the novel-bigram rule drops positions.
+      const ids = Array.from({ length: n }, (_, p) => (p % 7 < 3 ? 11 : 100 + ((k * 13 + p) % 40)));
+      return { id: `s${k}`, source: 'corpus', start: 0, positions: n, ids, rows: (l: number) => (l === 0 ? h0 : h1) };
+    });
+    const lab = fitAnomalyMembers(seqs, d, { layers: [1], window: 4, skip: 4 }).find((m) => m.id.endsWith('-w4'))!;
+    const learner = new DetectorLearner({
+      probeId: 'p',
+      label: 'p',
+      modelFingerprint: 'lw1-x',
+      dModel: d,
+      aggregator: { kind: 'max', skip: 4 },
+      targetFpr: 0.01,
+      requests: seqs.length + 1,
+      fitRequests: seqs.length,
+      members: [{ id: 'update-L1-w4', hooks, difference: true, window: { size: 4, positions: 'novel-bigram' } }],
+      maxPositions: 1024,
+    });
+    for (const s of seqs) {
+      const rows = learner.newRequest();
+      // Fed in two passes, as the daemon does (prompt, then generated tokens).
+      const cut = 10;
+      for (const [from, to] of [[0, cut], [cut, s.positions]]) {
+        const t = new Map(hooks.map((h, l) => [h, { positions: to - from, dModel: d, data: s.rows(l).slice(from * d, to * d) }]));
+        rows.observe(t, s.ids!.slice(from, to));
+      }
+      expect(learner.add(rows)).toBe('fit');
+    }
+    const learned = learner.members()[0];
+    const a = lab.body.kind === 'mahalanobis' ? lab.body : null;
+    const b = learned.body.kind === 'mahalanobis' ? learned.body : null;
+    expect(a?.window).toEqual({ size: 4, positions: 'novel-bigram' });
+    expect(b?.window).toEqual(a?.window);
+    if (a?.gaussian.form !== 'cholesky' || b?.gaussian.form !== 'cholesky') throw new Error('expected full Gaussians');
+    // Both round to 7 significant digits; the moment fit equals the row fit to ~1e-9 before that.
+    const close = (x: readonly number[], y: readonly number[]) => x.every((v, i) => Math.abs(v - y[i]) <= 1e-6 * Math.max(1, Math.abs(y[i])));
+    expect(close(b.gaussian.mean, a.gaussian.mean)).toBe(true);
+    expect(close(b.gaussian.factor, a.gaussian.factor)).toBe(true);
+    expect(b.gaussian.shrinkage).toBeCloseTo(a.gaussian.shrinkage, 6);
   });
 });

@@ -384,9 +384,16 @@ export function buildDetector(o: BuildDetectorOptions): Detector {
     }
     return { ...m, calibration: calibrate(toks) };
   });
-  const req = o.calibration.map((s) => requestScore(detectorTokenScores({ members }, o.cache, s), o.meta.aggregator, s.start)).filter(Number.isFinite);
-  if (req.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
-  const threshold = roundThreshold(thresholdAtFpr(req, o.meta.targetFpr));
+  // The target rate holds for each clean population (corpus requests, trials) on its own: trials
+  // are many and alike, and a pooled quantile would sit where only they are, while the tail that
+  // matters is real text's (windowed members see code files' persistent states that no trial has).
+  const bySource = new Map<string, number[]>();
+  for (const s of o.calibration) {
+    const r = requestScore(detectorTokenScores({ members }, o.cache, s), o.meta.aggregator, s.start);
+    if (Number.isFinite(r)) (bySource.get(s.source) ?? bySource.set(s.source, []).get(s.source)!).push(r);
+  }
+  if (bySource.size === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
+  const threshold = roundThreshold(Math.max(...[...bySource.values()].map((req) => thresholdAtFpr(req, o.meta.targetFpr))));
   const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
   const meta: DetectorMeta = { training: none, evaluation: none, ...o.meta };
   return { file: ensembleFile(members, meta, threshold), members, aggregator: meta.aggregator, threshold };
@@ -452,7 +459,7 @@ export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Se
   const what = input === 'update' ? 'the update of each layer (resid_post L − resid_post L−1; resid_post 0 at layer 0)' : 'resid_post of each layer';
   const description =
     o.description ??
-    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests; positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
+    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${(o.window ?? DEFAULT_GENERIC_WINDOW) > 0 ? `, and per layer a windowed member: the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
   return buildDetector({
     members,
     calibration,
