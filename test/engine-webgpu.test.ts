@@ -17,8 +17,10 @@ import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon } from '../src/daemon/daemon.js';
 import { DeviceKvCache } from '../src/engine/device-kv.js';
 import { Engine } from '../src/engine/engine.js';
+import { tensorData, type Tensor } from '../src/engine/runtime.js';
 import type { Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
+import { GRAPH_NAMES } from '../src/model/graph.js';
 import { API_KEY } from './daemon-fixture.js';
 import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, referenceTensors, tempDir, thrown } from './helpers.js';
 
@@ -73,6 +75,10 @@ for (const [name, dir] of [
       const cache = seq.storage as DeviceKvCache;
       expect(cache.length).toBe(4);
       expect(cache.locations()).toEqual(['gpu-buffer']);
+      // Reading a device tensor on the host aborts onnxruntime-node: tensorData refuses it with a code.
+      const feeds: Record<string, Tensor> = {};
+      cache.addPast(feeds);
+      expect(thrown(() => tensorData(feeds[GRAPH_NAMES.pastKey(0)])).code).toBe('LW_ERR_ENGINE_SESSION_FAILED');
       seq.release();
       expect(cache.length).toBe(0);
     });
