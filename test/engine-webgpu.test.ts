@@ -128,6 +128,9 @@ for (const [name, dir] of [
   });
 }
 
+/** The built-in model on lavapipe (a CPU emulating a GPU) takes about a minute per test on 2 cores. */
+const LAVAPIPE_SLOW_MS = 400_000;
+
 describe('qwen2-code-16m (the built-in model) on the WebGPU provider', () => {
   let engine: Engine;
   const ref = JSON.parse(readFileSync(join(CODE16M, 'reference.json'), 'utf8')) as {
@@ -148,7 +151,7 @@ describe('qwen2-code-16m (the built-in model) on the WebGPU provider', () => {
       const ri = await fullPass(engine, p.input_ids, { ...ref.injection, vector: tensor('inject_vector') });
       expect(maxAbsDiff(ri.logits, tensor(`p${i}.logits_injected`)), `prompt ${i} injected`).toBeLessThan(1e-3);
     }
-  });
+  }, LAVAPIPE_SLOW_MS);
 
   it('the three 24-token greedy continuations and their text are identical to transformers', async () => {
     for (const p of ref.prompts) {
@@ -156,7 +159,7 @@ describe('qwen2-code-16m (the built-in model) on the WebGPU provider', () => {
       expect(s.map((x) => x.tokenId)).toEqual(p.greedy_continuation);
       expect(s.map((x) => x.text).join('')).toBe(p.greedy_text);
     }
-  });
+  }, LAVAPIPE_SLOW_MS);
 });
 
 describe('provider webgpu in the daemon and the CLI', () => {
