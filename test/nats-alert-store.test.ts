@@ -16,6 +16,7 @@ import Fastify from 'fastify';
 import { WebSocket } from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AlertHub, CLOSE_SLOW_CONSUMER } from '../src/daemon/alert-hub.js';
+import { loadConfig } from '../src/daemon/config.js';
 import { alertRoutes } from '../src/daemon/alert-routes.js';
 import { Authenticator } from '../src/daemon/auth.js';
 import { installErrorHandlers } from '../src/daemon/http-errors.js';
@@ -68,6 +69,19 @@ async function closeStore(s: JetStreamAlertStore): Promise<void> {
   await s.close();
   stores.splice(stores.indexOf(s), 1);
 }
+
+describe('serve --nats configuration', () => {
+  it('servers from --nats or LATENTWATCH_NATS_URL (comma-separated), credentials from the environment only, bad URLs refused with a code', () => {
+    const { config } = loadConfig({ env: { LATENTWATCH_NATS_URL: 'nats://a:4222, nats://b:4222', LATENTWATCH_NATS_PASSWORD: 'pw', LATENTWATCH_NATS_USER: 'u' }, argv: ['--replica', 'pod-1', '--nats-stream', 'MY_ALERTS'] });
+    expect(config.nats).toMatchObject({ servers: ['nats://a:4222', 'nats://b:4222'], user: 'u', password: 'pw', replica: 'pod-1', stream: 'MY_ALERTS', replicas: 1 });
+    expect(loadConfig({ argv: ['--nats', 'nats://x:4222'] }).config.nats.servers).toEqual(['nats://x:4222']);
+    expect(loadConfig({}).config.nats.servers).toEqual([]); // without it: the SQLite log
+    expect(() => loadConfig({ argv: ['--nats', 'http://x:4222'] })).toThrow(expect.objectContaining({ code: 'LW_ERR_CONFIG_INVALID' }));
+    expect(() => loadConfig({ argv: ['--nats-stream', 'has.dots'] })).toThrow(expect.objectContaining({ code: 'LW_ERR_CONFIG_INVALID' }));
+    // A password on the command line would show in `ps`: there is no such flag.
+    expect(() => loadConfig({ argv: ['--nats-password', 'pw'] })).toThrow(expect.objectContaining({ code: 'LW_ERR_CONFIG_FLAG_UNKNOWN' }));
+  });
+});
 
 describe('JetStream alert store', () => {
   it('publishes with credentials and reads back with filters, tenancy and paging; credentials never reach its events', async () => {

@@ -17,6 +17,9 @@ import { CODE16M, tempDir, waitUntil } from './helpers.js';
 
 const MODEL = 'qwen2-code-16m';
 const STREAM = 'LW_TEST_ALERTS';
+// NATS requires a user and password (from the environment, as in deploy/k8s); no log line may carry the password.
+const NATS_USER = 'latentwatch';
+const NATS_PASSWORD = 'replica-test-nats-password-7';
 
 interface StreamAlert {
   id: number;
@@ -46,6 +49,8 @@ async function startReplica(name: string): Promise<ServeProcess> {
     LATENTWATCH_ALLOW_INJECTION: '1',
     LATENTWATCH_HOST: '127.0.0.1',
     LATENTWATCH_CONFIG: config,
+    LATENTWATCH_NATS_USER: NATS_USER,
+    LATENTWATCH_NATS_PASSWORD: NATS_PASSWORD,
   });
   replicas.set(name, p);
   return p;
@@ -87,7 +92,7 @@ const identity = (a: StreamAlert) => `${a.requestId}/${a.probeId}/${a.tokenIndex
 
 beforeAll(async () => {
   probe = await trainTestProbe();
-  nats = await startNats();
+  nats = await startNats(['--user', NATS_USER, '--pass', NATS_PASSWORD]);
   config = join(tempDir('lw-replica-config-'), 'config.json');
   // A publish not acknowledged within 500 ms goes to the outbox (default 2 s).
   writeFileSync(config, JSON.stringify({ nats: { publishTimeoutMs: 500 } }));
@@ -225,5 +230,10 @@ describe('three replicas on one JetStream stream', () => {
     await waitUntil(() => onC.alerts.length >= stream.length, { timeoutMs: 30_000, what: 'C to receive the drained outboxes', detail: () => `${onC.alerts.length} of ${stream.length}` });
     expect(ids(onC.alerts)).toEqual(ids(stream));
     onC.ws.close();
+    // Through connects, the outage and the reconnects, the password reached no log line.
+    for (const [name, p] of replicas) {
+      expect(p.log(), name).toContain('connected to NATS');
+      expect(p.log(), name).not.toContain(NATS_PASSWORD);
+    }
   }, 240_000);
 });

@@ -104,9 +104,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   let onLogState = (e: { state: 'failing' | 'recovered'; error?: string; pending: number }) => {
     process.stderr.write(`alert log ${e.state}${e.error ? `: ${e.error}` : ''}\n`);
   };
-  // ...and the shared stream's connection events too.
+  // The shared stream's connection events wait for the server's logger (they carry no credentials).
+  const earlyStreamEvents: ['info' | 'warn' | 'error', Record<string, unknown>, string][] = [];
   let onStreamEvent = (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, msg: string) => {
-    if (level !== 'info') process.stderr.write(`${msg} ${JSON.stringify(fields)}\n`);
+    earlyStreamEvents.push([level, fields, msg]);
   };
   // `--nats`: one JetStream stream shared by every replica; else the embedded SQLite log.
   const nats = config.nats;
@@ -184,6 +185,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     else app.log.warn('alert log recovered: pending alerts written');
   };
   onStreamEvent = (level, fields, msg) => app.log[level](fields, msg);
+  for (const [level, fields, msg] of earlyStreamEvents.splice(0)) app.log[level](fields, msg);
   if (store instanceof JetStreamAlertStore) app.log.info({ servers: redactServers(nats.servers), stream: nats.stream, replica: store.replica, connected: store.isConnected }, 'alerts go to the shared JetStream stream');
   app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
   app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
