@@ -40,9 +40,10 @@
  * pauses while the client's buffer is over half the limit, and closes it with 4008 only if it
  * stays there for stallTimeoutMs.
  *
- * Close codes: 4008 slow consumer; 1001 daemon shutting down; 1011 the log cannot be read for a
- * replay. Before the upgrade, failures are HTTP answers with OpenAI error bodies: 401
- * (missing/invalid key), 403 (foreign Origin or Host: request-guard.ts), 400 (bad query), 409 (cursor ahead of this log: it comes from another
+ * Close codes: 4008 slow consumer; 1001 daemon shutting down; 1011 the store cannot be read for a
+ * replay (the SQLite log failing, or NATS unreachable). Before the upgrade, failures are HTTP
+ * answers with OpenAI error bodies: 401 (missing/invalid key), 403 (foreign Origin or Host:
+ * request-guard.ts), 400 (bad query), 409 (cursor ahead of the store: it comes from another
  * replica's log or a deleted one; resume from 0), 503 (shutting down).
  */
 import type { IncomingHttpHeaders, IncomingMessage, Server } from 'node:http';
