@@ -43,7 +43,7 @@ import type { Dataset, TrialRecord } from './dataset.js';
 import { fitGaussian } from './gaussian-fit.js';
 import { fitLogistic } from './logistic.js';
 import { createProbe, type Probe } from '../probes/probe.js';
-import { linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
+import { hookList, linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
 import { hashUnit } from '../rng.js';
 import { novelPositions, WindowMean } from '../probes/window.js';
 import type { TrialTokens } from './trials.js';
@@ -191,19 +191,23 @@ export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemb
   const skip = o.skip ?? GENERIC_SKIP;
   const digits = o.digits ?? 7;
   const size = o.window ?? DEFAULT_GENERIC_WINDOW;
+  // Requests shorter than skip + size novel positions give no full window: with none (short
+  // traffic), a layer gets no windowed member rather than failing the fit (the output lists members).
   const windowed =
     size > 0
-      ? o.layers.map((layer): MemberFit => {
+      ? o.layers.flatMap((layer): MemberFit[] => {
           const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
           const data = windowRows(fit, layer, kind, d, skip, size);
           const rows = data.length / d;
-          if (rows < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${rows} full windows of ${size} novel positions to fit on (requests too short or too repetitive)`);
+          if (rows < 2) return [];
           const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, rank: o.rank, shrinkage: o.shrinkage }), digits);
           const tag = `${g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : ''}-w${size}`;
           const window = { size, positions: 'novel-bigram' } as const;
-          return kind === 'update'
-            ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference', window) }
-            : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g, undefined, window) };
+          return [
+            kind === 'update'
+              ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference', window) }
+              : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g, undefined, window) },
+          ];
         })
       : [];
   const perToken = o.layers.map((layer): MemberFit => {
@@ -456,10 +460,11 @@ export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Se
   const targetFpr = o.targetFpr ?? 0.01;
   const aggregator = o.aggregator ?? DEFAULT_GENERIC_AGGREGATOR;
   const members = fitAnomalyMembers(fit, o.dModel, { ...o, layers, input, skip: o.skip ?? aggregator.skip ?? GENERIC_SKIP });
+  const windowedLayers = members.filter((m) => m.body.kind === 'mahalanobis' && m.body.window !== undefined).map((m) => parseResidPost(hookList(m.hook).at(-1)!));
   const what = input === 'update' ? 'the update of each layer (resid_post L − resid_post L−1; resid_post 0 at layer 0)' : 'resid_post of each layer';
   const description =
     o.description ??
-    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${(o.window ?? DEFAULT_GENERIC_WINDOW) > 0 ? `, and per layer a windowed member: the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
+    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${windowedLayers.length > 0 ? `, and windowed members (layers ${windowedLayers.join(', ')}): the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
   return buildDetector({
     members,
     calibration,
