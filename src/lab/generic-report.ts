@@ -41,7 +41,8 @@ import {
 } from './generic.js';
 import { auroc, fprAtThreshold, tprAtFpr } from './metrics.js';
 import { createProbe, type Probe } from '../probes/probe.js';
-import type { ProbeFigures } from '../probes/probe-file.js';
+import { hookList, type ProbeFigures } from '../probes/probe-file.js';
+import { parseResidPost } from '../hooks.js';
 import { aggregatorName, fmt, markdownText, tableHeader, tableRow, UNIT_Y_AXIS, writeReportFiles } from './report-format.js';
 import { barChart, lineChart, type LineSeries } from './svg-plot.js';
 
@@ -117,7 +118,7 @@ export interface GenericReportData {
   setup: { targetFpr: number; aggregator: AggregatorSpec; trainFamilies: string[]; calibrationRequests: number; fitRequests: number; fitPositions: number };
   detectors: DetectorSummary[];
   /** Per probe layer: each anomaly-update member alone, per injection layer and strength (all families pooled). */
-  perLayer: { layer: number; member: string; cells: Cell[] }[];
+  perLayer: { layer: number; windowed: boolean; member: string; cells: Cell[] }[];
   /** Clean requests only: the shipped detector's per-token score by absolute position (why the first positions are skipped). */
   positionProfile: { position: number; tokens: number; median: number; q99: number }[];
   shipped: string;
@@ -286,11 +287,12 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
   // Per probe layer: each anomaly-update member alone (AUROC is calibration-free).
   const anomaly = detectors.get('anomaly-update')!;
   const allPositives = families.flatMap((f) => positivesOf(f));
-  const perLayer = anomaly.members.map((mem, k) => {
+  const perLayer = anomaly.members.map((mem) => {
     const rs = requestScores({ token: (s) => cache.scores(mem, s), aggregator, threshold: Infinity });
     const cells: Cell[] = [];
     for (const l of m.injectionLayers) for (const s of strengths) cells.push(cell(rs.all, Infinity, allPositives.filter((x) => x.record!.layer === l && x.record!.strength === s), cleanEval, { family: 'all', strength: s, layer: l, protocol: null }));
-    return { layer: layers[k], member: mem.id, cells };
+    const hooks = hookList(mem.hook);
+    return { layer: parseResidPost(hooks[hooks.length - 1]), windowed: mem.body.kind === 'mahalanobis' && mem.body.window !== undefined, member: mem.id, cells };
   });
 
   // The shipped detector, with its measured figures in the file.
@@ -492,11 +494,16 @@ export function renderGenericCharts(d: GenericReportData): Map<string, string> {
   files.set(
     'auroc-per-layer.svg',
     lineChart({
-      title: 'Each anomaly-update member alone: AUROC at ×0.5 by injection layer',
+      title: 'Each anomaly-update member alone: AUROC at ×0.5 by injection layer (per-token and windowed members)',
       yLabel: 'AUROC',
       xLabel: 'probe layer (update of layer L)',
-      xTicks: d.perLayer.map((p) => p.layer),
-      series: d.dataset.injectionLayers.map((l) => ({ name: `injected at L${l}`, points: d.perLayer.map((p): [number, number | null] => [p.layer, p.cells.find((c) => c.layer === l && c.strength === 0.5)?.auroc ?? null]) })),
+      xTicks: [...new Set(d.perLayer.map((p) => p.layer))],
+      series: d.dataset.injectionLayers.flatMap((l) =>
+        [false, true].map((windowed) => ({
+          name: `injected at L${l}${windowed ? ', windowed' : ''}`,
+          points: d.perLayer.filter((p) => p.windowed === windowed).map((p): [number, number | null] => [p.layer, p.cells.find((c) => c.layer === l && c.strength === 0.5)?.auroc ?? null]),
+        })),
+      ).filter((sr) => sr.points.length > 0),
       referenceLines: [{ y: 0.5, label: 'chance' }],
       ...UNIT_Y_AXIS,
     }),
