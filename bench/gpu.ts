@@ -153,7 +153,6 @@ async function main(argv: string[]): Promise<void> {
   const hfEarlier = existsSync(hfJson) ? (JSON.parse(readFileSync(hfJson, 'utf8')) as HfResult) : null;
   if (hfEarlier && shapes.every((s) => hfEarlier.shapes[s])) {
     hf = hfEarlier;
-    details.transformers = hf;
     log(`transformers figures and checkpoints from ${hfJson}`);
   } else if (hasTorch(python)) {
     const r = spawnSync(python, [join(REPO, 'bench', 'gpu_hf.py'), '--work', work, '--shapes', shapes.join(','), '--prompt', String(prompt), '--decode', String(decode), '--runs', String(runs), '--json', hfJson], {
@@ -163,10 +162,11 @@ async function main(argv: string[]): Promise<void> {
     if (r.status !== 0) throw new Error(`bench/gpu_hf.py exited ${r.status}`);
     hf = JSON.parse(readFileSync(hfJson, 'utf8')) as HfResult;
     summary.gpu ??= hf.gpu;
-    details.transformers = hf;
   } else {
     log(`${python} has no torch with a GPU: checkpoints from bench/random-checkpoint.ts, no transformers figures`);
   }
+  // A merged report keeps the shapes measured earlier.
+  if (hf) details.transformers = { ...hf, shapes: { ...(details.transformers as HfResult | undefined)?.shapes, ...hf.shapes } };
   const bandwidthGbS = a.has('bandwidth-gb-s') ? a.num('bandwidth-gb-s', 0)! : hf?.copy_bandwidth_gb_s ?? null;
   summary.bandwidth_gb_s = bandwidthGbS === null ? null : round(bandwidthGbS, 0);
   summary.bandwidth_source = a.has('bandwidth-gb-s') ? 'given' : hf ? 'measured device-to-device copy (read + written)' : null;

@@ -121,9 +121,10 @@ export class Engine implements GraphContext {
   private checkNames(): void {
     const outs = new Set(this.session.outputNames);
     const ins = new Set(this.session.inputNames);
-    for (const t of this.taps) if (!outs.has(t)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks tap output ${t}`);
+    // A device-kv build packs logits and taps into one output (graph.ts), in the build's tap order.
+    const hostOutputs = this.deviceKv ? [GRAPH_NAMES.hostOutputs] : [GRAPH_NAMES.logits, ...this.taps];
+    for (const o of hostOutputs) if (!outs.has(o)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks output ${o}`);
     for (const p of this.ports) if (!ins.has(injectPort(p))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks port input ${injectPort(p)}`);
-    if (!outs.has(GRAPH_NAMES.logits)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'build lacks logits output');
     const [key, value] = this.deviceKv ? [GRAPH_NAMES.presentKey, GRAPH_NAMES.presentValue] : [GRAPH_NAMES.newKey, GRAPH_NAMES.newValue];
     for (let l = 0; l < this.config.numLayers; l++) {
       if (!outs.has(key(l)) || !outs.has(value(l))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks the key/value outputs of layer ${l}`);

@@ -102,11 +102,11 @@ export class Sequence {
       const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
       feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
     }
-    const out = this.storage instanceof DeviceKvCache ? await this.runDevice(this.storage, feeds, total) : await this.runHost(this.hostStorage, feeds, o, n, start);
+    const out = this.storage instanceof DeviceKvCache ? unpackHostOutputs(this.ctx, await this.runDevice(this.storage, feeds, total), logitRows.length, n) : await this.runHost(this.hostStorage, feeds, o, n, start);
     this.len = total;
     const taps = new Map<string, TapValues>();
-    for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: tensorData(out[t]) });
-    return { logits: o.logits === 'none' ? new Float32Array(0) : tensorData(out[GRAPH_NAMES.logits]), taps };
+    for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: out[t] });
+    return { logits: o.logits === 'none' ? new Float32Array(0) : out[GRAPH_NAMES.logits], taps };
   }
 
   /** A pass on a device cache: the past goes in as the last pass's present, which stays on the device. */
@@ -123,10 +123,11 @@ export class Sequence {
     });
   }
 
-  private runHost(storage: KvStorage, feeds: Record<string, Tensor>, o: ForwardOptions, n: number, start: number): Promise<Record<string, Tensor>> {
+  /** A pass on a host cache; returns the logits and the taps asked for. */
+  private async runHost(storage: KvStorage, feeds: Record<string, Tensor>, o: ForwardOptions, n: number, start: number): Promise<Record<string, Float32Array>> {
     const c = this.ctx.config;
     const total = start + n;
-    return this.ctx.exclusive(async () => {
+    const r = await this.ctx.exclusive(async () => {
       // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
       const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
       storage.ensure(total);
@@ -147,7 +148,26 @@ export class Sequence {
       }
       return r;
     });
+    return Object.fromEntries([GRAPH_NAMES.logits, ...(o.taps ?? [])].map((name) => [name, tensorData(r[name])]));
   }
+}
+
+/**
+ * Splits a device-kv pass's one host output (graph.ts GRAPH_NAMES.hostOutputs): `logitRows` rows of
+ * logits, then each tap of the build in layer order over the pass's `n` positions (views, no copy).
+ */
+export function unpackHostOutputs(ctx: GraphContext, out: Record<string, Tensor>, logitRows: number, n: number): Record<string, Float32Array> {
+  const packed = tensorData(out[GRAPH_NAMES.hostOutputs]);
+  const V = ctx.config.vocabSize;
+  const D = ctx.config.hiddenSize;
+  const r: Record<string, Float32Array> = { [GRAPH_NAMES.logits]: packed.subarray(0, logitRows * V) };
+  let off = logitRows * V;
+  for (const t of ctx.taps) {
+    r[t] = packed.subarray(off, off + n * D);
+    off += n * D;
+  }
+  if (off !== packed.length) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `host outputs hold ${packed.length} floats, expected ${off}`);
+  return r;
 }
 
 /**

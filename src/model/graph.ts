@@ -22,7 +22,8 @@
  * returns the whole cache instead of its new positions: `past_key.L` [batch, kv_heads, past, head_dim]
  * → `present_key.L` [batch, kv_heads, total, head_dim] (present = past + this pass's positions). The
  * engine keeps those outputs on the device (preferredOutputLocation 'gpu-buffer') and feeds them back
- * as the next pass's past, so the cache never crosses the bus; only logits and taps come back.
+ * as the next pass's past, so the cache never crosses the bus; only logits and taps come back, packed
+ * into one output (`host_outputs`).
  */
 import { lwError } from '../errors.js';
 import { injectPort, residPost } from '../hooks.js';
@@ -65,6 +66,11 @@ export const GRAPH_NAMES = {
   /** 'device-kv' builds: the whole cache after this pass, [batch, kv_heads, total, head_dim]. */
   presentKey: (l: number) => `present_key.${l}`,
   presentValue: (l: number) => `present_value.${l}`,
+  /**
+   * 'device-kv' builds: the logits [batch × n_logits × vocab] then each tapped layer's resid_post
+   * [batch × seq × d_model], in layer order, flattened into one output (one copy back per pass).
+   */
+  hostOutputs: 'host_outputs',
 } as const;
 
 /** Input and output names of an 'hf' build (Hugging Face optimum's decoder interface). */
@@ -263,7 +269,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     const last = l === cfg.numLayers - 1;
     const nextNorm = last ? vec('model.norm.weight', 'final_norm') : vec(`model.layers.${l + 1}.input_layernorm.weight`, `layers.${l + 1}.ln1`);
     const [xNext, , , hNext] = g.node('SkipSimplifiedLayerNormalization', [mlp, hMid, nextNorm], [`layers.${l}.next_normed`, '', '', hook], { epsilon: eps }, 'com.microsoft');
-    if (taps.has(l)) g.output(hook, DT.FLOAT, ['batch', 'seq', D]);
+    if (taps.has(l) && !deviceKv) g.output(hook, DT.FLOAT, ['batch', 'seq', D]);
     x = xNext;
     h = hNext;
     tick(`layer ${l + 1}/${cfg.numLayers}`);
@@ -277,8 +283,17 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   const headName = cfg.tieWordEmbeddings || !ckpt.has('lm_head.weight') ? embName : 'lm_head.weight';
   if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
   const logits = linear(picked, [headName], D, 'lm_head');
-  g.node('Identity', [logits], [GRAPH_NAMES.logits]);
-  g.output(GRAPH_NAMES.logits, DT.FLOAT, [B, hf ? 'logits_length' : 'n_logits', cfg.vocabSize]);
+  if (deviceKv) {
+    // Everything the host reads, in one output: each output a pass brings back from the GPU is a
+    // copy and a wait of its own (three taps beside the logits cost 48% of 0.5B decode on an H200).
+    const flat = g.i64('host.flat', [-1]);
+    const parts = [logits, ...[...taps].sort((a, b) => a - b).map((l) => residPost(l))].map((t) => g.op('Reshape', [t, flat]));
+    g.node('Concat', parts, [GRAPH_NAMES.hostOutputs], { axis: 0 });
+    g.output(GRAPH_NAMES.hostOutputs, DT.FLOAT, ['host_floats']);
+  } else {
+    g.node('Identity', [logits], [GRAPH_NAMES.logits]);
+    g.output(GRAPH_NAMES.logits, DT.FLOAT, [B, hf ? 'logits_length' : 'n_logits', cfg.vocabSize]);
+  }
   tick('lm_head');
 
   return g.finish('qwen', {
