@@ -37,7 +37,7 @@ import { parseResidPost, residPost } from '../hooks.js';
 import { concat } from '../model/graph.js';
 import { type AggregatorSpec } from '../probes/aggregators.js';
 // The calibration rules live in src/probes: the daemon learns the same detector from traffic.
-import { calibrate, ensembleFile, memberFile, requestScore, round, roundAll, roundedGaussian, roundThreshold, thresholdAtFpr, type DetectorMeta, type MemberFit } from '../probes/calibration.js';
+import { balanceKinds, calibrate, ensembleFile, memberFile, memberKind, requestScore, round, roundAll, roundedGaussian, roundThreshold, thresholdAtFpr, type DetectorMeta, type MemberFit } from '../probes/calibration.js';
 import type { CorpusActivations, CorpusRun } from './corpus.js';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { fitGaussian } from './gaussian-fit.js';
@@ -355,7 +355,7 @@ export interface Detector {
 }
 
 /** Per-position ensemble scores of a detector on a sequence, from cached member scores. */
-export function detectorTokenScores(det: Pick<Detector, 'members'>, cache: MemberScoreCache, seq: Seq): Float64Array {
+export function detectorTokenScores(det: { readonly members: readonly Detector['members'][number][] }, cache: MemberScoreCache, seq: Seq): Float64Array {
   const out = new Float64Array(seq.positions).fill(-Infinity);
   for (const m of det.members) {
     const s = cache.scores(m, seq);
@@ -391,16 +391,20 @@ export function buildDetector(o: BuildDetectorOptions): Detector {
   // The target rate holds for each clean population (corpus requests, trials) on its own: trials
   // are many and alike, and a pooled quantile would sit where only they are, while the tail that
   // matters is real text's (windowed members see code files' persistent states that no trial has).
-  const bySource = new Map<string, number[]>();
-  for (const s of o.calibration) {
-    const r = requestScore(detectorTokenScores({ members }, o.cache, s), o.meta.aggregator, s.start);
-    if (Number.isFinite(r)) (bySource.get(s.source) ?? bySource.set(s.source, []).get(s.source)!).push(r);
-  }
-  if (bySource.size === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
-  const threshold = roundThreshold(Math.max(...[...bySource.values()].map((req) => thresholdAtFpr(req, o.meta.targetFpr))));
+  const thresholdOf = (subset: readonly Detector['members'][number][]): number => {
+    const bySource = new Map<string, number[]>();
+    for (const s of o.calibration) {
+      const r = requestScore(detectorTokenScores({ members: subset }, o.cache, s), o.meta.aggregator, s.start);
+      if (Number.isFinite(r)) (bySource.get(s.source) ?? bySource.set(s.source, []).get(s.source)!).push(r);
+    }
+    if (bySource.size === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
+    return Math.max(...[...bySource.values()].map((req) => thresholdAtFpr(req, o.meta.targetFpr)));
+  };
+  const balanced = balanceKinds(members, memberKind, thresholdOf);
+  const threshold = roundThreshold(thresholdOf(balanced));
   const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
   const meta: DetectorMeta = { training: none, evaluation: none, ...o.meta };
-  return { file: ensembleFile(members, meta, threshold), members, aggregator: meta.aggregator, threshold };
+  return { file: ensembleFile(balanced, meta, threshold), members: balanced, aggregator: meta.aggregator, threshold };
 }
 
 /** Replace a detector's file metadata (figures, description) keeping members and threshold. */

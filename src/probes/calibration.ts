@@ -116,6 +116,30 @@ export interface DetectorMeta {
 
 export const NO_FIGURES: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
 
+/**
+ * Weigh an ensemble's kinds of member (per-token and windowed, probes/window.ts) each by its own
+ * tail: every kind alone gets its threshold at the target rate (`thresholdOf` a subset of the
+ * members) and its members' scales are multiplied by it, so a kind's calibrated score crosses 1
+ * where that kind alone would fire; the caller then sets the ensemble's threshold as usual (≈ 1).
+ * Without it the kind with the heavier tail sets one threshold for all: the windowed members'
+ * tail on real code lifted it so far that ×0.5 injections the per-token members catch went unseen.
+ * A kind whose threshold is not positive is left as it is (its scale cannot carry the sign).
+ */
+export function balanceKinds<M extends { readonly calibration: { center: number; scale: number } }>(members: readonly M[], kindOf: (m: M) => string, thresholdOf: (subset: readonly M[]) => number): M[] {
+  const kinds = [...new Set(members.map(kindOf))];
+  if (kinds.length < 2) return [...members];
+  const factor = new Map(kinds.map((k) => [k, thresholdOf(members.filter((m) => kindOf(m) === k))]));
+  return members.map((m) => {
+    const t = factor.get(kindOf(m))!;
+    return t > 0 ? { ...m, calibration: { center: m.calibration.center, scale: round(m.calibration.scale * t, 9) } } : m;
+  });
+}
+
+/** Per-token or windowed: the kinds balanceKinds weighs (a member's body says which). */
+export function memberKind(m: { readonly body: LeafBody }): 'token' | 'window' {
+  return m.body.kind === 'mahalanobis' && m.body.window !== undefined ? 'window' : 'token';
+}
+
 /** A leaf probe file of one member (scored alone, e.g. to calibrate it). */
 export function memberFile(m: MemberFit, meta: Pick<DetectorMeta, 'modelFingerprint' | 'dModel'>): ProbeFile {
   const file = { formatVersion: 1, id: m.id, label: m.id, description: '', modelFingerprint: meta.modelFingerprint, hook: m.hook, dModel: meta.dModel, threshold: 0, targetFpr: 0, aggregator: { kind: 'last' }, training: NO_FIGURES, evaluation: NO_FIGURES, ...m.body };
