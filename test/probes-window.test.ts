@@ -11,6 +11,7 @@ import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
 import { parseProbeFile, serializeProbeFile, validateProbeFile, type EnsembleProbeFile } from '../src/probes/probe-file.js';
 import { NoveltyTracker, novelPositions, WindowMean } from '../src/probes/window.js';
 import { fitAnomalyMembers, type Seq } from '../src/lab/generic.js';
+import { balanceKinds } from '../src/probes/calibration.js';
 import { DetectorLearner } from '../src/probes/learn.js';
 import { createRng } from '../src/rng.js';
 import { thrown } from './helpers.js';
@@ -181,5 +182,29 @@ describe('windowed members: the lab fit and learn mode agree', () => {
     expect(close(b.gaussian.mean, a.gaussian.mean)).toBe(true);
     expect(close(b.gaussian.factor, a.gaussian.factor)).toBe(true);
     expect(b.gaussian.shrinkage).toBeCloseTo(a.gaussian.shrinkage, 6);
+  });
+});
+
+describe('balanceKinds', () => {
+  it("multiplies each kind's scales by that kind's own threshold, so each crosses 1 where it alone would fire", () => {
+    const members = [
+      { id: 'a', kind: 'token', calibration: { center: 1, scale: 2 } },
+      { id: 'b', kind: 'token', calibration: { center: 0, scale: 1 } },
+      { id: 'c', kind: 'window', calibration: { center: 5, scale: 0.5 } },
+    ];
+    const seen: string[][] = [];
+    const out = balanceKinds(members, (m) => m.kind, (subset) => {
+      seen.push(subset.map((m) => m.id));
+      return subset[0].kind === 'token' ? 2 : subset[0].kind === 'window' ? 4 : NaN;
+    });
+    expect(seen).toEqual([['a', 'b'], ['c']]);
+    expect(out.map((m) => m.calibration)).toEqual([
+      { center: 1, scale: 4 },
+      { center: 0, scale: 2 },
+      { center: 5, scale: 2 },
+    ]);
+    // One kind only, or a threshold that is not positive: nothing changes.
+    expect(balanceKinds(members.slice(0, 2), (m) => m.kind, () => 3)).toEqual(members.slice(0, 2));
+    expect(balanceKinds(members, (m) => m.kind, (subset) => (subset[0].kind === 'window' ? -1 : 2))[2].calibration).toEqual({ center: 5, scale: 0.5 });
   });
 });
