@@ -15,9 +15,15 @@
  * max over layers; request score = max over positions ≥ 4; threshold at 1% per request on clean
  * calibration requests. Fit and calibration shares are the shipped detector's own (splitClean,
  * fraction 0.4, salt = the trial config's seed), so z's Gaussian and the null never saw a calibration
- * or evaluation request. Also "norm-only": W·‖m_t‖² with no null (the issue's lead), and per-layer detectors.
+ * or evaluation request. Variants:
+ *   mean-W16          the window over every position (the issue's lead, with the null above)
+ *   novel-W16-{lw,s05,tok}  the window over NOVEL positions only (a token pair new in the request,
+ *                     probes/window.ts), its null Ledoit–Wolf, shrunk 0.5, or none (16·‖m‖²)
+ *   neff-W16          mean-W16 scaled by the share of novel positions in the window
+ *   shipped+X         the per-token detector and X, each over its own threshold, max-combined
+ * The product's windowed members (fit-anomaly --window) are novel-W16-lw on raw updates.
  *
- *   npx tsx bench/persistent-shift.ts [--model DIR] [--data /tmp/lw-generic] [--corpus FILE]
+ *   npx tsx bench/persistent-shift.ts [--model DIR] [--probe FILE] [--data /tmp/lw-generic] [--corpus FILE]
  *                                     [--out docs/reports/persistent-shift/persistent-shift.json]
  *
  * Evaluation: injection trials of the EVAL split per family × strength (view all: every position
@@ -30,7 +36,9 @@ import { dirname, join } from 'node:path';
 import { Engine } from '../src/engine/engine.js';
 import { residPost } from '../src/hooks.js';
 import { concat } from '../src/model/graph.js';
-import { Dataset } from '../src/lab/dataset.js';
+import { Dataset, type TrialRecord } from '../src/lab/dataset.js';
+import { PromptBuilder } from '../src/lab/trials.js';
+import { fillTemplate } from '../src/lab/trial-config.js';
 import { corpusSeq, scoreSeq, splitClean, trialSeq, type Seq } from '../src/lab/generic.js';
 import { loadCorpus, runCorpus } from '../src/lab/corpus.js';
 import { fitGaussian } from '../src/lab/gaussian-fit.js';
@@ -45,7 +53,8 @@ import { DEFAULT_CORPUS, DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js
 import { markdownTable, parseArgs, runIfMain, writeBenchResult, writeText } from './lib/report.js';
 
 const SKIP = 4;
-const WINDOWS = [8, 16, 32] as const;
+const WINDOWS = [16] as const;
+const NOVEL_W = 16;
 const TARGET_FPR = 0.01;
 const MAX_NULL_ROWS = 24000;
 
@@ -90,6 +99,47 @@ function windowMeans(z: Float32Array, positions: number, d: number, w: number, f
   return out;
 }
 
+/**
+ * Novel positions: the token's bigram (previous id, id) occurs here for the first time in the request.
+ * Repeated text (one character, word or line again and again; a generation loop) repeats its
+ * bigrams, and its updates repeat with them: they are one sample counted many times, so a window
+ * mean over them does not average noise away. Counting each bigram once keeps the window mean's
+ * null honest on repetition; an injection shifts novel positions as much as any other.
+ */
+function novelMask(ids: readonly number[]): Uint8Array {
+  const seen = new Set<number>();
+  const out = new Uint8Array(ids.length);
+  for (let p = 0; p < ids.length; p++) {
+    const key = (p === 0 ? -1 : ids[p - 1]) * 1_000_003 + ids[p];
+    if (!seen.has(key)) {
+      seen.add(key);
+      out[p] = 1;
+    }
+  }
+  return out;
+}
+
+/** Window means over the last w NOVEL positions (zero-padded); a repeated position keeps the last mean. */
+function novelWindowMeans(z: Float32Array, novel: Uint8Array, start: number, positions: number, d: number, w: number, from: number): { means: Float32Array; full: Uint8Array } {
+  const out = new Float32Array(positions * d);
+  const full = new Uint8Array(positions);
+  const sum = new Float64Array(d);
+  const ring: number[] = [];
+  for (let p = from; p < positions; p++) {
+    if (novel[start + p]) {
+      for (let j = 0; j < d; j++) sum[j] += z[p * d + j];
+      ring.push(p);
+      if (ring.length > w) {
+        const q = ring.shift()!;
+        for (let j = 0; j < d; j++) sum[j] -= z[q * d + j];
+      }
+    }
+    for (let j = 0; j < d; j++) out[p * d + j] = sum[j] / w;
+    full[p] = ring.length === w && novel[start + p] ? 1 : 0;
+  }
+  return { means: out, full };
+}
+
 interface SeqScores {
   /** Shipped detector: calibrated max over members per position. */
   shipped: Float64Array;
@@ -97,25 +147,39 @@ interface SeqScores {
   raw: Map<string, Float32Array[]>;
 }
 
-const variantNames = [...WINDOWS.map((w) => `mean-W${w}`), 'norm-only-W16'];
+/** Nulls of the novel-window mean m (of whitened updates): how each variant scores m. */
+const NOVEL_NULLS = ['lw', 's05', 'tok'] as const;
+const variantNames = [...WINDOWS.map((w) => `mean-W${w}`), ...NOVEL_NULLS.map((n) => `novel-W${NOVEL_W}-${n}`), `neff-W${NOVEL_W}`];
 
-async function runPrompt(engine: Engine, ids: number[], maxTokens: number, layers: number[]): Promise<Float32Array[]> {
+async function runPrompt(engine: Engine, ids: number[], maxTokens: number, layers: number[]): Promise<{ rows: Float32Array[]; ids: number[] }> {
   const hooks = layers.map(residPost);
   const parts: Float32Array[][] = hooks.map(() => []);
+  const all = [...ids];
   for await (const step of engine.generate({ promptIds: ids, maxTokens, sampling: { temperature: 0, seed: 0 }, taps: hooks })) {
+    if (step.kind === 'token') all.push(step.tokenId);
     if (step.taps.size === 0) continue;
     hooks.forEach((h, i) => parts[i].push(step.taps.get(h)!.data.slice()));
   }
-  return parts.map((p) => concat(p));
+  return { rows: parts.map((p) => concat(p)), ids: all };
+}
+
+/** A trial's token ids from position 0: its prompt segments rebuilt from the record, then what it generated. */
+function trialIds(builder: PromptBuilder, prompts: ReturnType<typeof Dataset.open>['manifest']['config']['prompts'], r: TrialRecord): number[] {
+  const fill = (t: string) => (r.prompt.filler === null ? t : fillTemplate(t, 'filler', r.prompt.filler));
+  const q = (r.prompt.questionKind === 'detect' ? prompts.detect : prompts.unrelated)[r.prompt.question];
+  const seg = builder.build(fill(prompts.contexts[r.prompt.context]), { question: fill(q.question), prefix: fill(q.prefix) });
+  const ids = [...seg.context, ...seg.question, ...seg.prefix, ...r.generated.ids];
+  if (seg.context.length + seg.question.length + seg.prefix.length !== r.segments.generated[0]) throw new Error(`${r.id}: rebuilt prompt has ${ids.length - r.generated.ids.length} tokens, the record ${r.segments.generated[0]}`);
+  return ids;
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['model', 'data', 'corpus', 'out', 'md']);
+  const a = parseArgs(argv, ['model', 'data', 'corpus', 'out', 'md', 'probe']);
   const modelDir = a.get('model', DEFAULT_MODEL_DIR)!;
   const dataDir = a.get('data', '/tmp/lw-generic')!;
   const corpusPath = a.get('corpus', DEFAULT_CORPUS)!;
   const outPath = a.get('out', 'docs/reports/persistent-shift/persistent-shift.json')!;
-  const probePath = join(modelDir, 'probes', 'generic-injection.probe.json');
+  const probePath = a.get('probe', join(modelDir, 'probes', 'generic-injection.probe.json'))!;
   const t0 = Date.now();
   const log = (s: string) => console.error(`[${((Date.now() - t0) / 1000).toFixed(0)} s] ${s}`);
 
@@ -123,7 +187,11 @@ async function main(argv: string[]): Promise<void> {
   const man = ds.manifest;
   const d = man.dModel;
   const layers = Array.from({ length: man.numLayers }, (_, l) => l);
-  const file = JSON.parse(readFileSync(probePath, 'utf8')) as ProbeFile & { members: { id: string; calibration: { center: number; scale: number }; gaussian: { form: string; mean: number[]; factor: number[] } }[] };
+  type FileMember = { id: string; window?: unknown; calibration: { center: number; scale: number }; gaussian: { form: string; mean: number[]; factor: number[] } };
+  const whole = JSON.parse(readFileSync(probePath, 'utf8')) as ProbeFile & { members: FileMember[] };
+  // The per-token members only: the statistics here are built on them (a shipped file since issue 12
+  // also holds windowed members, which this script's variants are the study of).
+  const file = { ...whole, members: whole.members.filter((mb) => mb.window === undefined) };
   const members: Member[] = file.members.map((mb, k) => {
     if (mb.gaussian.form !== 'cholesky') throw new Error(`${mb.id}: expected a full (cholesky) Gaussian`);
     return { layer: k, mean: Float64Array.from(mb.gaussian.mean), factor: Float64Array.from(mb.gaussian.factor), center: mb.calibration.center, scale: mb.calibration.scale };
@@ -138,16 +206,32 @@ async function main(argv: string[]): Promise<void> {
   log(`corpus: ${acts.requests.length} requests (${acts.skippedTooLong.length} too long)`);
   const junk = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'test/fixtures/junk-prompts.json'), 'utf8')) as Record<string, string | number[]>;
   const junkSeqs: Seq[] = [];
+  const tokenIds = new Map<string, number[]>();
+  for (const r of acts.requests) tokenIds.set(`corpus/${r.id}`, r.ids);
   for (const [id, prompt] of Object.entries(junk)) {
     const ids = typeof prompt === 'string' ? engine.tokenizer!.encode(prompt) : prompt;
     const maxTokens = Math.max(0, Math.min(corpus.generation.maxTokens, engine.contextLength - ids.length));
-    const rows = await runPrompt(engine, ids, maxTokens, layers);
+    const { rows, ids: all } = await runPrompt(engine, ids, maxTokens, layers);
     junkSeqs.push({ id: `junk/${id}`, source: 'corpus', start: 0, positions: rows[0].length / d, rows: (l) => rows[l] });
+    tokenIds.set(`junk/${id}`, all);
   }
   log(`junk: ${junkSeqs.length} prompts`);
 
   // Splits: the shipped detector's own (generic-report: fraction 0.4, salt = config seed).
   const trials = ds.records.map((r) => trialSeq(ds, r));
+  const builder = new PromptBuilder(engine.tokenizer!, man.config.prompts, man.chat);
+  for (const r of ds.records) tokenIds.set(r.id, trialIds(builder, man.config.prompts, r));
+  const novelOf = new Map<string, Uint8Array>();
+  const novel = (s: Seq): Uint8Array => {
+    let m = novelOf.get(s.id);
+    if (!m) {
+      const ids = tokenIds.get(s.id)!;
+      if (ids.length < s.start + s.positions) throw new Error(`${s.id}: ${ids.length} ids for ${s.start + s.positions} positions`);
+      m = novelMask(ids);
+      novelOf.set(s.id, m);
+    }
+    return m;
+  };
   const salt = String(man.config.seed);
   const cleanTrain = trials.filter((s) => s.record!.condition === 'none' && s.record!.split === 'train');
   const cleanEval = trials.filter((s) => s.record!.condition === 'none' && s.record!.split === 'eval');
@@ -183,6 +267,21 @@ async function main(argv: string[]): Promise<void> {
       }
       log(`null fitted W=${w}`);
     }
+    for (const m of members) {
+      const parts: Float32Array[] = [];
+      for (const [i, s] of fit.entries()) {
+        const from = Math.max(0, SKIP - s.start);
+        const { means, full } = novelWindowMeans(zs[i][m.layer], novel(s), s.start, s.positions, d, NOVEL_W, from);
+        for (let p = from; p < s.positions; p++) if (full[p]) parts.push(means.subarray(p * d, (p + 1) * d));
+      }
+      const stride = Math.max(1, Math.ceil(parts.length / MAX_NULL_ROWS));
+      const kept = parts.filter((_, k) => k % stride === 0);
+      const data = { rows: kept.length, cols: d, data: concat(kept) };
+      nulls.set(`novel-lw|${m.layer}`, fitGaussian(data, { covariance: 'full' }));
+      nulls.set(`novel-s05|${m.layer}`, fitGaussian(data, { covariance: 'full', shrinkage: 0.5 }));
+      if (m.layer === 0) log(`novel null rows: ${kept.length} (stride ${stride})`);
+    }
+    log(`null fitted novel-W${NOVEL_W}`);
   }
 
   // Pass 2: per-position scores of every scored request.
@@ -216,15 +315,37 @@ async function main(argv: string[]): Promise<void> {
         }),
       );
     }
+    const nm = novel(s);
+    const means = members.map((m) => novelWindowMeans(zs[m.layer], nm, s.start, s.positions, d, NOVEL_W, from).means);
+    for (const nn of NOVEL_NULLS) {
+      raw.set(
+        `novel-W${NOVEL_W}-${nn}`,
+        members.map((m) => {
+          const out = new Float32Array(s.positions).fill(NaN);
+          const mm = means[m.layer];
+          const g = nn === 'tok' ? null : nulls.get(`novel-${nn}|${m.layer}`)!;
+          for (let p = from; p < s.positions; p++) {
+            if (g) out[p] = mahalanobis(g, mm, p * d, scratch) ** 2;
+            else {
+              let q = 0;
+              for (let j = 0; j < d; j++) q += mm[p * d + j] ** 2;
+              out[p] = NOVEL_W * q;
+            }
+          }
+          return out;
+        }),
+      );
+    }
+    // neff: the plain window score scaled by the share of novel positions in its window.
     raw.set(
-      'norm-only-W16',
-      members.map((m) => {
-        const mm = windowMeans(zs[m.layer], s.positions, d, 16, from);
+      `neff-W${NOVEL_W}`,
+      raw.get(`mean-W${NOVEL_W}`)!.map((x) => {
         const out = new Float32Array(s.positions).fill(NaN);
+        let count = 0;
         for (let p = from; p < s.positions; p++) {
-          let q = 0;
-          for (let j = 0; j < d; j++) q += mm[p * d + j] ** 2;
-          out[p] = 16 * q;
+          count += nm[s.start + p];
+          if (p - NOVEL_W >= from) count -= nm[s.start + p - NOVEL_W];
+          out[p] = (x[p] * count) / NOVEL_W;
         }
         return out;
       }),
@@ -239,7 +360,7 @@ async function main(argv: string[]): Promise<void> {
   }
 
   // Check: the shipped score here equals the daemon's scorer on a few requests.
-  const shippedProbe = createProbe(file);
+  const shippedProbe = createProbe(file as ProbeFile);
   let maxDiff = 0;
   for (const s of [...calib.slice(0, 3), ...positives.slice(0, 3), junkSeqs[0]]) {
     const ref = requestScore(scoreSeq(shippedProbe, s), aggregator, s.start);
@@ -260,7 +381,7 @@ async function main(argv: string[]): Promise<void> {
   dets.push(mk('shipped', (s) => requestScore(scores.get(s.id)!.shipped, aggregator, s.start)));
   const perLayerDets: Det[] = [];
   // `-log`: the same ensemble on log scores (compresses the heavy clean tail of one layer).
-  for (const name of [...variantNames, 'mean-W16-log']) {
+  for (const name of variantNames) {
     const v = name.replace(/-log$/, '');
     const tf = name.endsWith('-log') ? Math.log : (x: number) => x;
     const cal = members.map((m) => {
@@ -287,6 +408,19 @@ async function main(argv: string[]): Promise<void> {
       }),
     );
     if (name === v && v.startsWith('mean')) for (const m of members) perLayerDets.push(mk(`${v} L${m.layer}`, (s) => maxOver(scores.get(s.id)!.raw.get(v)![m.layer])));
+  }
+
+  // The product's detector would be both: the per-token (shipped) score and the window score,
+  // each over its own threshold, max-combined and re-thresholded at 1% per request.
+  for (const other of NOVEL_NULLS.map((n) => `novel-W${NOVEL_W}-${n}`)) {
+    const a0 = dets[0];
+    const b0 = dets.find((dt) => dt.name === other)!;
+    dets.push(mk(`shipped+${other}`, (s) => Math.max(a0.req(s) / a0.threshold, b0.req(s) / b0.threshold)));
+  }
+  // Which held-out clean requests each detector flags, with its score over the threshold.
+  for (const dt of dets) {
+    const hits = corpusTest.map((s) => ({ id: s.id, r: dt.req(s) / dt.threshold })).filter((h) => h.r > 1).sort((x, y) => y.r - x.r);
+    log(`${dt.name}: held-out flagged ${hits.map((h) => `${h.id} ${h.r.toFixed(2)}`).join('; ') || 'none'}`);
   }
 
   // Evaluation.
@@ -346,7 +480,7 @@ async function main(argv: string[]): Promise<void> {
   ds.close();
 
   // Report.
-  const cmd = 'npx tsx bench/persistent-shift.ts --data /tmp/lw-generic --out docs/reports/persistent-shift/persistent-shift.json';
+  const cmd = 'git show 44b1e67:models/qwen2-code-16m/probes/generic-injection.probe.json > /tmp/generic-per-token.probe.json; npx tsx bench/persistent-shift.ts --data /tmp/lw-generic --probe /tmp/generic-per-token.probe.json --out docs/reports/persistent-shift/persistent-shift.json';
   const pct = (x: number | null) => (x === null ? '–' : `${(100 * x).toFixed(1)}%`);
   const cell = (fam: string, st: number, dn: string) => cells.find((c) => c.family === fam && c.strength === st && c.detector === dn)!;
   const names = dets.map((dt) => dt.name);
@@ -378,8 +512,8 @@ async function main(argv: string[]): Promise<void> {
     '',
     `Reproduce: \`latentwatch trials --config configs/trials/generic.json --out /tmp/lw-generic\`, then \`${cmd}\` (${((Date.now() - t0) / 60000).toFixed(1)} min on 2 CPU cores).`,
     '',
-    `Shipped detector: ${probePath} (threshold ${file.threshold}, re-set here at 1% on the same calibration requests: ${dets[0].threshold.toPrecision(6)}). Scorer check: this script's shipped score equals the daemon scorer's to ${maxDiff.toExponential(1)}.`,
-    `Statistic (bench/persistent-shift.ts header): z_t = L⁻¹(u_t − μ) with each shipped member's Gaussian; m_t = mean of z over the last W positions (≥ 4; zero-padded); score = squared Mahalanobis of m_t under a Ledoit–Wolf Gaussian of clean full-window m's (the null: ${fit.length} fit requests, train-split clean trials + corpus fit requests incl. ${cs.fit.filter((s) => s.run!.style === 'degenerate').length} degenerate); layers calibrated (median, q99 on calibration tokens) and max-ensembled; request = max over positions; threshold at 1% per request on ${calib.length} disjoint calibration requests. \`norm-only-W16\`: 16·‖m_t‖² with no null (the issue's lead).`,
+    `Per-token detector ("shipped" below): the per-token members of ${probePath} (threshold ${file.threshold}, re-set here at 1% on the same calibration requests: ${dets[0].threshold.toPrecision(6)}). Scorer check: this script's shipped score equals the daemon scorer's to ${maxDiff.toExponential(1)}.`,
+    `Statistic (bench/persistent-shift.ts header): z_t = L⁻¹(u_t − μ) with each per-token member's Gaussian; m_t = mean of z over the last 16 positions (mean-W16) or the last 16 NOVEL positions, whose token pair (previous id, id) is new in the request (novel-W16-*; probes/window.ts); score = squared Mahalanobis of m_t under a Gaussian of clean full-window m's (lw: Ledoit–Wolf; s05: shrinkage 0.5; tok: none, 16·‖m‖²) fitted on ${fit.length} fit requests (train-split clean trials + corpus fit requests incl. ${cs.fit.filter((s) => s.run!.style === 'degenerate').length} degenerate); neff-W16: mean-W16 × the window's share of novel positions; layers calibrated (median, q99 on calibration tokens) and max-ensembled; request = max over positions; threshold at 1% per request on ${calib.length} disjoint calibration requests (pooled). shipped+X: both, each over its own threshold, max-combined and re-thresholded. The product's windowed members (fit-anomaly --window 16) are novel-W16-lw on raw updates, with the threshold rules of docs/generic-detectors.md (per population, kinds balanced): see docs/reports/qwen2-code-16m-generic/ for the shipped detector's figures.`,
     `Positives: injection trials of the eval split (${positives.length}; layers 2/4/6, both protocols); negatives: ${cleanEval.length} eval clean trials ("AUROC"), or those plus the ${corpusTest.length} held-out corpus requests of every style ("AUROC (all clean)"); view all (every position from 4).`,
     '',
     ...strengthTables.flatMap((t) => [t, '']),
@@ -395,7 +529,7 @@ async function main(argv: string[]): Promise<void> {
     '',
     '### Per layer (one layer alone; trials injected at that layer)',
     '',
-    markdownTable(Object.keys(perLayer[0]), perLayer.map((r) => Object.values(r) as (string | number | null)[])),
+    perLayer.length ? markdownTable(Object.keys(perLayer[0]), perLayer.map((r) => Object.values(r) as (string | number | null)[])) : '(no plain-window variants in this run)',
     '',
     `![flagged at ×0.25](${svgPath.split('/').pop()})`,
   ].join('\n');
