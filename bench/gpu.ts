@@ -60,6 +60,7 @@ interface HfResult {
 interface RunFigures {
   prefill_tok_s: number;
   decode_tok_s: number;
+  decode_tok_s_runs: number[];
   ids: number[];
   load_s: number;
   build_s: number;
@@ -79,40 +80,79 @@ function gpuName(): string | null {
   return r.status === 0 ? r.stdout.trim().split('\n')[0] : null;
 }
 
-/** Prefill and decode rates of greedy generate() over fixed random prompt ids; medians over runs after a warm-up. */
-async function measure(modelDir: string, o: EngineOptions, a: { prompt: number; decode: number; runs: number; taps: number[] }): Promise<RunFigures> {
-  const t0 = performance.now();
-  const engine = await Engine.load(modelDir, { ...o, progress: (d, t, what) => d === t && log(`built ${modelDir} ${o.provider} ${o.precision} (${what})`) });
-  const loadS = (performance.now() - t0) / 1000;
+interface Config {
+  options: EngineOptions;
+  /** Layers tapped (returned) at every step. */
+  taps: number[];
+}
+
+/**
+ * Prefill and decode rates of greedy generate() over fixed random prompt ids, for several
+ * configurations of one checkpoint loaded side by side: a warm-up each, then `runs` rounds that run
+ * each configuration once in turn (a slow phase of the machine lands on every configuration alike);
+ * medians. Also each configuration's first-token logits.
+ */
+async function measure(modelDir: string, configs: readonly Config[], a: { prompt: number; decode: number; runs: number }): Promise<(RunFigures & { firstLogits: Float32Array })[]> {
+  const loaded: { engine: Engine; loadS: number; taps: string[] }[] = [];
   try {
+    for (const c of configs) {
+      const t0 = performance.now();
+      const engine = await Engine.load(modelDir, { ...c.options, progress: (d, t, what) => d === t && log(`built ${modelDir} ${c.options.provider} ${c.options.precision} (${what})`) });
+      loaded.push({ engine, loadS: (performance.now() - t0) / 1000, taps: c.taps.map(residPost) });
+    }
     const promptIds = Array.from({ length: a.prompt }, (_, i) => (i * 7919 + 13) % 150_000);
-    const taps = a.taps.map(residPost);
-    const once = async (maxTokens: number) => {
+    const once = async (l: (typeof loaded)[number], maxTokens: number) => {
       const ids: number[] = [];
+      let firstLogits: Float32Array = new Float32Array(0);
       const start = performance.now();
       let prefillEnd = start;
-      for await (const s of engine.generate({ promptIds, maxTokens, ignoreEos: true, taps })) {
+      for await (const s of l.engine.generate({ promptIds, maxTokens, ignoreEos: true, taps: l.taps, returnLogits: true })) {
         if (s.kind === 'prompt') prefillEnd = performance.now();
-        else ids.push(s.tokenId);
+        else {
+          if (ids.length === 0) firstLogits = s.logits!;
+          ids.push(s.tokenId);
+        }
       }
       // A token step follows the pass that read it; the last token needs no pass unless it is tapped.
-      const passes = taps.length > 0 ? maxTokens : maxTokens - 1;
-      return { prefill: a.prompt / ((prefillEnd - start) / 1000), decode: passes / ((performance.now() - prefillEnd) / 1000), ids };
+      const passes = l.taps.length > 0 ? maxTokens : maxTokens - 1;
+      return { prefill: a.prompt / ((prefillEnd - start) / 1000), decode: passes / ((performance.now() - prefillEnd) / 1000), ids, firstLogits };
     };
-    await once(4);
-    const runs = [];
-    for (let r = 0; r < a.runs; r++) runs.push(await once(a.decode));
-    return {
-      prefill_tok_s: round(median(runs.map((r) => r.prefill)), 1),
-      decode_tok_s: round(median(runs.map((r) => r.decode)), 2),
-      ids: runs[0].ids,
-      load_s: round(loadS, 1),
-      build_s: round(engine.build.buildSeconds, 1),
-      weight_bytes_per_token: graphBytes(engine.build.modelPath).perTokenBytes,
-    };
+    for (const l of loaded) await once(l, 4);
+    const runs = loaded.map(() => [] as Awaited<ReturnType<typeof once>>[]);
+    for (let r = 0; r < a.runs; r++) for (const [i, l] of loaded.entries()) runs[i].push(await once(l, a.decode));
+    return loaded.map((l, i) => ({
+      prefill_tok_s: round(median(runs[i].map((r) => r.prefill)), 1),
+      decode_tok_s: round(median(runs[i].map((r) => r.decode)), 2),
+      decode_tok_s_runs: runs[i].map((r) => round(r.decode, 2)),
+      ids: runs[i][0].ids,
+      firstLogits: runs[i][0].firstLogits,
+      load_s: round(l.loadS, 1),
+      build_s: round(l.engine.build.buildSeconds, 1),
+      weight_bytes_per_token: graphBytes(l.engine.build.modelPath).perTokenBytes,
+    }));
   } finally {
-    await engine.close();
+    for (const l of loaded) await l.engine.close();
   }
+}
+
+/** Figures as the report keeps them (without the logits). */
+function kept(r: RunFigures & { firstLogits?: Float32Array }): RunFigures {
+  const { firstLogits: _, ...rest } = r;
+  return rest;
+}
+
+/** Largest |a - b| and the spread (standard deviation) of a, to read the first against the second. */
+function logitsGap(a: Float32Array, b: Float32Array): { maxAbsDiff: number; std: number } {
+  let m = 0;
+  let sum = 0;
+  let sq = 0;
+  for (let i = 0; i < a.length; i++) {
+    m = Math.max(m, Math.abs(a[i] - b[i]));
+    sum += a[i];
+    sq += a[i] * a[i];
+  }
+  const mean = sum / a.length;
+  return { maxAbsDiff: m, std: Math.sqrt(sq / a.length - mean * mean) };
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -132,9 +172,13 @@ async function main(argv: string[]): Promise<void> {
   const runs = a.num('runs', 3)!;
   const out = a.get('out', join(REPO, 'docs', 'reports', 'bench', `gpu-${new Date().toISOString().slice(0, 10)}.json`))!;
   const cache = join(work, 'builds');
-  const earlier = a.has('merge') ? (JSON.parse(readFileSync(a.get('merge')!, 'utf8')) as { summary: Record<string, unknown>; details: Record<string, unknown> }) : null;
+  const earlier = a.has('merge')
+    ? (JSON.parse(readFileSync(a.get('merge')!, 'utf8')) as { machine: unknown; args: unknown; summary: Record<string, unknown>; details: Record<string, unknown> })
+    : null;
   const summary: Record<string, unknown> = { ...earlier?.summary, complete: false, gpu: gpuName() ?? earlier?.summary.gpu ?? null };
   const details: Record<string, unknown> = { ...earlier?.details };
+  // The figures of shapes this run does not measure come from the earlier run, on its machine.
+  if (earlier) details.merged_from = { machine: earlier.machine, args: earlier.args };
   const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache };
   if (a.has('build-only')) {
     for (const shape of shapes) {
@@ -182,9 +226,13 @@ async function main(argv: string[]): Promise<void> {
       writeRandomCheckpoint(dir, SHAPES[shape], { dtype: 'bf16', tokenizer: false, log });
     }
     if (!existsSync(join(dir, 'config.json'))) throw new Error(`no checkpoint at ${dir}`);
-    const engineOptions = webgpuInt4;
-    const gpu = await measure(dir, engineOptions, { prompt, decode, runs, taps: [] });
-    log(`${shape} webgpu int4: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (build ${gpu.build_s} s, load ${gpu.load_s} s)`);
+    // 0.5B: the plain serving build and one with three layers tapped every step (the monitor's
+    // cost; a probe's scoring is host arithmetic on top), measured in alternation.
+    const L = SHAPES[shape].numLayers;
+    const tapLayers = shape === '0.5b' ? [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)] : null;
+    const configs: Config[] = [{ options: webgpuInt4, taps: [] }, ...(tapLayers ? [{ options: { ...webgpuInt4, taps: tapLayers }, taps: tapLayers }] : [])];
+    const [gpu, tapped] = await measure(dir, configs, { prompt, decode, runs });
+    log(`${shape} webgpu int4: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
     summary[`decode_tok_s_webgpu_int4_${k}`] = gpu.decode_tok_s;
     summary[`prefill_tok_s_webgpu_int4_${k}`] = gpu.prefill_tok_s;
     summary[`bandwidth_limit_tok_s_webgpu_int4_${k}`] = limit(gpu.weight_bytes_per_token);
@@ -195,25 +243,28 @@ async function main(argv: string[]): Promise<void> {
     summary[`prefill_tok_s_hf_eager_bf16_${k}`] = h ? round(h.prefill_tok_s, 1) : null;
     summary[`bandwidth_limit_tok_s_hf_eager_bf16_${k}`] = h ? limit(h.weight_bytes_per_token) : null;
     summary[`decode_speedup_webgpu_int4_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
-    details[`webgpu_int4_${k}`] = gpu;
+    details[`webgpu_int4_${k}`] = kept(gpu);
+    if (tapped && tapLayers) {
+      log(`${shape} webgpu int4 with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
+      summary.monitor_overhead_pct_webgpu = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
+      summary.monitor_taps = tapLayers.map(residPost);
+      details[`webgpu_int4_taps_${k}`] = kept(tapped);
+    }
     save();
 
     if (shape === '0.5b') {
-      // The monitor's cost: three layers tapped and read back every step (a probe's scoring is host arithmetic on top).
-      const L = SHAPES[shape].numLayers;
-      const tapLayers = [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)];
-      const tapped = await measure(dir, { ...engineOptions, taps: tapLayers }, { prompt, decode, runs, taps: tapLayers });
-      log(`${shape} webgpu int4 with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s`);
-      summary.monitor_overhead_pct_webgpu = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
-      summary.monitor_taps = tapLayers.map(residPost);
-      details[`webgpu_int4_taps_${k}`] = tapped;
-      const cpu = await measure(dir, { ...engineOptions, provider: 'cpu', threads: availableParallelism() }, { prompt, decode: Math.min(decode, 32), runs: 1, taps: [] });
+      const [cpu] = await measure(dir, [{ options: { ...webgpuInt4, provider: 'cpu', threads: availableParallelism() }, taps: [] }], { prompt, decode: Math.min(decode, 32), runs: 1 });
       log(`${shape} cpu int4 (${availableParallelism()} threads): decode ${cpu.decode_tok_s} tok/s`);
       const n = Math.min(32, gpu.ids.length, cpu.ids.length);
       summary.greedy_prefix_webgpu_vs_cpu_int4 = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));
+      summary.greedy_same_token_positions_webgpu_vs_cpu_int4 = gpu.ids.slice(0, n).filter((id, i) => id === cpu.ids[i]).length;
       summary.greedy_tokens_compared = n;
+      // Random weights give a nearly flat distribution (near-ties): how far apart the first logits are, against their spread.
+      const gap = logitsGap(gpu.firstLogits, cpu.firstLogits);
+      summary.first_logits_max_abs_diff_webgpu_vs_cpu_int4 = round(gap.maxAbsDiff, 4);
+      summary.first_logits_std_webgpu_int4 = round(gap.std, 4);
       summary[`decode_tok_s_cpu_int4_${k}`] = cpu.decode_tok_s;
-      details[`cpu_int4_${k}`] = cpu;
+      details[`cpu_int4_${k}`] = kept(cpu);
       save();
     }
   }
