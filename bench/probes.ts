@@ -12,9 +12,10 @@
  * only the new ones). The machine is shared: compare figures measured in one run.
  * --generic only times the daemon's scoring of the probes shipped in models/qwen2-code-16m/probes
  * (ProbeBank.score over a 512-position prompt pass and single-token passes): microseconds per
- * position per probe, e.g. the eight-member generic-injection detector.
+ * position per probe, e.g. the sixteen-member generic-injection detector, and the same without its
+ * windowed members (what the windows cost). Writes docs/reports/bench/probes-generic.json.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -23,7 +24,8 @@ import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
 import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
 import { Dataset } from '../src/lab/dataset.js';
-import { loadProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
+import { createProbe, loadProbe, ProbeBank, type Probe, type TapTensor } from '../src/probes/probe.js';
+import { validateProbeFile } from '../src/probes/probe-file.js';
 import { createRng } from '../src/rng.js';
 import { trainProbe } from '../src/lab/train.js';
 import { loadTrialConfig, resolveTrialConfig, type TrialConfig } from '../src/lab/trial-config.js';
@@ -50,10 +52,19 @@ async function benchScoring(): Promise<void> {
   const files = readdirSync(dir).filter((f) => f.endsWith('.probe.json')).sort();
   const result: Record<string, unknown> = { bench: 'probes --generic', machine: describeMachine(), probes: {} };
   const rng = createRng(1);
+  // Each shipped probe, and a windowed ensemble also without its windowed members: what the windows cost.
+  const runs: { name: string; file: string; probe: Probe; loadMs: number }[] = [];
   for (const f of files) {
     const t0 = performance.now();
     const probe = await loadProbe(join(dir, f), fp);
-    const loadMs = performance.now() - t0;
+    runs.push({ name: probe.id, file: f, probe, loadMs: performance.now() - t0 });
+    const pf = probe.file;
+    if (probe.windowed && pf.kind === 'ensemble-max') {
+      const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => m.kind !== 'mahalanobis' || m.window === undefined) }));
+      runs.push({ name: `${probe.id} (per-token members only)`, file: f, probe: perToken, loadMs: NaN });
+    }
+  }
+  for (const { name, file: f, probe, loadMs } of runs) {
     const bank = new ProbeBank([probe]);
     const taps = (positions: number) => {
       const m = new Map<string, TapTensor>();
@@ -62,16 +73,23 @@ async function benchScoring(): Promise<void> {
     };
     const prompt = taps(512);
     const one = taps(1);
-    bank.score(prompt); // warm-up
+    // Token ids all distinct, so every position is novel: a windowed member's full cost per position.
+    let nextId = 0;
+    const ids = (n: number) => Array.from({ length: n }, () => nextId++ % 8000);
+    bank.snapshot().score(prompt, ids(512)); // warm-up
     const t1 = performance.now();
-    for (let k = 0; k < 3; k++) bank.score(prompt);
+    for (let k = 0; k < 3; k++) bank.snapshot().score(prompt, ids(512));
     const promptUs = ((performance.now() - t1) * 1000) / (3 * 512);
+    const request = bank.snapshot();
+    request.score(prompt, ids(512));
     const t2 = performance.now();
-    for (let k = 0; k < 500; k++) bank.score(one);
+    for (let k = 0; k < 500; k++) request.score(one, ids(1));
     const tokenUs = ((performance.now() - t2) * 1000) / 500;
-    (result.probes as Record<string, unknown>)[probe.id] = { file: f, kind: probe.kind, hooks: probe.hooks.length, loadMs: r(loadMs, 1), usPerPromptPosition: r(promptUs, 1), usPerGeneratedToken: r(tokenUs, 1) };
+    (result.probes as Record<string, unknown>)[name] = { file: f, kind: probe.kind, members: probe.file.kind === 'ensemble-max' ? probe.file.members.length : 1, windowed: probe.windowed, hooks: probe.hooks.length, loadMs: Number.isNaN(loadMs) ? null : r(loadMs, 1), usPerPromptPosition: r(promptUs, 1), usPerGeneratedToken: r(tokenUs, 1) };
   }
-  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  const text = `${JSON.stringify(result, null, 2)}\n`;
+  process.stdout.write(text);
+  writeFileSync(join(PACKAGE_ROOT, 'docs', 'reports', 'bench', 'probes-generic.json'), text);
 }
 
 const configPath = v.config ?? join(PACKAGE_ROOT, 'configs', 'trials', 'base.json');

@@ -38,6 +38,12 @@ for (let i = 0; i < 4; i++) texts.push(Array.from({ length: pick([10, 30, 60]) }
 for (let i = 0; i < 3; i++) texts.push(`def f():${' '.repeat(pick([50, 200]))}return 1${'\n'.repeat(pick([20, 60]))}`);
 // Emoji runs.
 for (const e of ['👍', '❤️', '🎉🎊', '✨']) texts.push(e.repeat(pick([10, 40, 80])));
+// Words of many scripts mixed on one line, as multilingual users and logs send them: random
+// sequences, and one line repeated (the widest scripts in real traffic: Cyrillic, CJK, Arabic,
+// kana, Hangul, Devanagari, and more). Added after the rest, so the texts above are unchanged.
+const world = ['книга', 'дом', 'работа', '数据', '模型', '中国', '学习', 'كتاب', 'شكرا', 'مدينة', 'ありがとう', 'さくら', 'カタカナ', '감사합니다', '사랑', '학교', 'नमस्ते', 'भारत', 'Ελλάδα', 'ספר', 'ภาษา', 'Հայերեն', 'ქართული', 'Türkçe', 'Việt'];
+for (let i = 0; i < 6; i++) texts.push(Array.from({ length: pick([12, 30, 70]) }, () => pick(world)).join(pick([' ', ', ', ' | '])));
+for (let i = 0; i < 6; i++) texts.push(`${Array.from({ length: pick([3, 5, 7]) }, () => pick(world)).join(' ')} `.repeat(pick([4, 8, 16])));
 
 const path = new URL('../configs/corpus/clean.json', import.meta.url);
 const corpus = JSON.parse(readFileSync(path, 'utf8')) as { styles: { name: string; description?: string; holdout?: boolean; prompts: string[] }[] };
