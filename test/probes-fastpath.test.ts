@@ -25,20 +25,45 @@ describe('generic detector fast path vs float64 on real activations', () => {
     if (file.kind !== 'ensemble-max') throw new Error('expected an ensemble');
     const ids = [...'def parse(text):\n    out = {}\n    for line in text.splitlines():\n        k, v = line.split("=")\n'].map((c) => c.charCodeAt(0) % 8000);
     const r = await engine.newSequence(ids.length).forward(ids, { taps: hookList(file.hook), logits: 'none' });
-    const fast = new ProbeBank([createProbe(file)]).score(r.taps)[0].scores;
+    const fast = new ProbeBank([createProbe(file)]).snapshot().score(r.taps, ids)[0].scores;
     const d = file.dModel;
+    // Float64 reference: a windowed member scores the mean update over the last `size` positions
+    // whose token pair is new in the request (the missing ones at the Gaussian's mean).
+    const seen = new Set<string>();
+    const novel = ids.map((id, p) => {
+      const key = `${p === 0 ? 'none' : ids[p - 1]}>${id}`;
+      const isNew = !seen.has(key);
+      seen.add(key);
+      return isNew;
+    });
+    const windows = file.members.map(() => [] as Float64Array[]);
+    const last = file.members.map(() => 0);
     let worst = 0;
+    let windowed = 0;
     for (let p = 0; p < ids.length; p++) {
       let want = -Infinity;
-      for (const m of file.members) {
+      file.members.forEach((m, k) => {
         if (m.kind !== 'mahalanobis' || m.gaussian.form !== 'cholesky') throw new Error('expected full-covariance members');
         const rows = hookList(m.hook).map((h) => r.taps.get(h)!.data.subarray(p * d, (p + 1) * d));
         const x = m.input === 'difference' ? Float64Array.from(rows[1], (v, j) => v - rows[0][j]) : Float64Array.from(rows[0]);
         const g = { form: 'cholesky' as const, shrinkage: m.gaussian.shrinkage, mean: Float64Array.from(m.gaussian.mean), factor: Float64Array.from(m.gaussian.factor) };
-        want = Math.max(want, (mahalanobis(g, x, 0, new Float64Array(d)) - m.calibration.center) / m.calibration.scale);
-      }
+        let distance: number;
+        if (m.window === undefined) distance = mahalanobis(g, x, 0, new Float64Array(d));
+        else {
+          windowed++;
+          if (novel[p]) {
+            windows[k] = [...windows[k], x].slice(-m.window.size);
+            const mean = Float64Array.from(g.mean, (mu, j) => (windows[k].reduce((a, w) => a + w[j], 0) + (m.window!.size - windows[k].length) * mu) / m.window!.size);
+            last[k] = mahalanobis(g, mean, 0, new Float64Array(d));
+          }
+          distance = last[k];
+        }
+        want = Math.max(want, (distance - m.calibration.center) / m.calibration.scale);
+      });
       worst = Math.max(worst, Math.abs(fast[p] - want) / Math.max(1, Math.abs(want)));
     }
+    expect(windowed).toBeGreaterThan(0);
+    expect(novel.some((x) => !x)).toBe(true);
     expect(worst).toBeLessThan(2e-3);
   });
 });
