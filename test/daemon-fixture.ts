@@ -114,12 +114,20 @@ export async function completeVerdict<V>(url: string, prompt: string, extra: Rec
   return ((await r.json()) as { latentwatch: V }).latentwatch;
 }
 
-export async function startTestDaemon(probe: TestProbe, extraArgv: string[] = [], env: Record<string, string> = {}): Promise<Daemon> {
+/**
+ * An in-process daemon on `model` with its bundled probes (unless argv names --probe), the test keys,
+ * admin injection allowed, port 0 and a fresh alert log.
+ */
+export async function startModelDaemon(model: string, extraArgv: string[] = [], env: Record<string, string> = {}): Promise<Daemon> {
   const { config } = loadConfig({
     env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1', ...env },
-    argv: ['--model', CODE16M, '--probe', probe.path, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-alerts-'), 'alerts.db'), ...extraArgv],
+    argv: ['--model', model, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-alerts-'), 'alerts.db'), ...extraArgv],
   });
   return startDaemon(config);
+}
+
+export async function startTestDaemon(probe: TestProbe, extraArgv: string[] = [], env: Record<string, string> = {}): Promise<Daemon> {
+  return startModelDaemon(CODE16M, ['--probe', probe.path, ...extraArgv], env);
 }
 
 const BIN = new URL('../bin/latentwatch.js', import.meta.url).pathname;

@@ -5,27 +5,15 @@
  * checkpoints (qwen2-code-16m, and qwen3-code-7m from scripts/train-subject.py) run in fp32 1e-3 (logits and
  * resid_post), as the issue states.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
 import { residPost } from '../src/hooks.js';
-import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, referenceTensors } from './helpers.js';
+import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, fullPass, maxAbsDiff, readReference, referenceTensors, type SubjectReference, type TinyReference } from './helpers.js';
 
 async function greedy(engine: Engine, promptIds: number[], n: number): Promise<number[]> {
   const ids: number[] = [];
   for await (const s of engine.generate({ promptIds, maxTokens: n, ignoreEos: true })) if (s.kind === 'token') ids.push(s.tokenId);
   return ids;
-}
-
-/** One forward pass over the prompt with logits at every position and every layer tapped. */
-async function fullPass(engine: Engine, ids: number[], inject?: { layer: number; alpha: number; vector: Float32Array }) {
-  const seq = engine.newSequence(ids.length);
-  const taps = Array.from({ length: engine.config.numLayers }, (_, l) => residPost(l));
-  const injections = inject ? [{ hook: residPost(inject.layer), vector: inject.vector, scale: inject.alpha, window: { kind: 'all' as const } }] : [];
-  const r = await seq.forward(ids, { taps, injections, logits: 'all' });
-  seq.release();
-  return r;
 }
 
 for (const [name, dir] of [
@@ -34,11 +22,7 @@ for (const [name, dir] of [
 ] as const) {
   describe(`${name} against transformers (fp32)`, () => {
     let engine: Engine;
-    const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as {
-      input_ids: number[];
-      greedy_continuation: number[];
-      injection: { layer: number; alpha: number };
-    };
+    const ref = readReference<TinyReference>(dir);
     const tensor = referenceTensors(dir);
     beforeAll(async () => {
       engine = await Engine.load(dir, { cacheDir: TEST_CACHE });
@@ -77,10 +61,7 @@ for (const [name, dir] of [
   ['qwen3-code-7m', QWEN3_CODE7M],
 ] as const) describe(`${name} (bf16, sharded, trained) against transformers`, () => {
   let engine: Engine;
-  const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as {
-    prompts: { text: string; input_ids: number[]; greedy_continuation: number[]; greedy_text: string }[];
-    injection: { layer: number; alpha: number };
-  };
+  const ref = readReference<SubjectReference>(dir);
   const tensor = referenceTensors(dir);
   beforeAll(async () => {
     engine = await Engine.load(dir, { cacheDir: TEST_CACHE });

@@ -9,7 +9,6 @@
  * cache on the device (device-kv.ts), so decode runs through a different cache than the CPU's.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,19 +21,9 @@ import type { Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
 import { GRAPH_NAMES } from '../src/model/graph.js';
 import { API_KEY } from './daemon-fixture.js';
-import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, referenceTensors, tempDir, thrown } from './helpers.js';
+import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, fullPass, maxAbsDiff, readReference, referenceTensors, type SubjectReference, type TinyReference, tempDir, thrown } from './helpers.js';
 
 const run = promisify(execFile);
-
-/** One forward pass over the prompt with logits at every position and every layer tapped. */
-async function fullPass(engine: Engine, ids: number[], inject?: { layer: number; alpha: number; vector: Float32Array }) {
-  const seq = engine.newSequence(ids.length);
-  const taps = Array.from({ length: engine.config.numLayers }, (_, l) => residPost(l));
-  const injections = inject ? [{ hook: residPost(inject.layer), vector: inject.vector, scale: inject.alpha, window: { kind: 'all' as const } }] : [];
-  const r = await seq.forward(ids, { taps, injections, logits: 'all' });
-  seq.release();
-  return r;
-}
 
 async function steps(engine: Engine, req: Parameters<Engine['generate']>[0]): Promise<Step[]> {
   const out: Step[] = [];
@@ -49,11 +38,7 @@ for (const [name, dir] of [
   describe(`${name} on the WebGPU provider`, () => {
     let gpu: Engine;
     let cpu: Engine;
-    const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as {
-      input_ids: number[];
-      greedy_continuation: number[];
-      injection: { layer: number; alpha: number };
-    };
+    const ref = readReference<TinyReference>(dir);
     const tensor = referenceTensors(dir);
     beforeAll(async () => {
       // A small prefill chunk: the prompt goes in over several passes, each on the cache the last left on the device.
@@ -133,10 +118,7 @@ const LAVAPIPE_SLOW_MS = 400_000;
 
 describe('qwen2-code-16m (the built-in model) on the WebGPU provider', () => {
   let engine: Engine;
-  const ref = JSON.parse(readFileSync(join(CODE16M, 'reference.json'), 'utf8')) as {
-    prompts: { text: string; input_ids: number[]; greedy_continuation: number[]; greedy_text: string }[];
-    injection: { layer: number; alpha: number };
-  };
+  const ref = readReference<SubjectReference>(CODE16M);
   const tensor = referenceTensors(CODE16M);
   beforeAll(async () => {
     engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, provider: 'webgpu' });
@@ -175,7 +157,7 @@ describe('provider webgpu in the daemon and the CLI', () => {
     expect(config.provider).toBe('webgpu');
     const daemon = await startDaemon(config);
     try {
-      const p = JSON.parse(readFileSync(join(CODE16M, 'reference.json'), 'utf8')).prompts[1] as { text: string; greedy_text: string };
+      const p = readReference<SubjectReference>(CODE16M).prompts[1];
       const r = await fetch(`${daemon.url}/v1/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` },

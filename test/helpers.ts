@@ -1,7 +1,9 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Engine } from '../src/engine/engine.js';
+import { residPost } from '../src/hooks.js';
 import { readSafetensorsHeader, readTensorRaw } from '../src/model/safetensors.js';
 import { isLatentwatchError, type LatentwatchError } from '../src/errors.js';
 
@@ -25,6 +27,33 @@ export function referenceTensors(dir: string): (name: string) => Float32Array {
     const raw = readTensorRaw(t);
     return raw instanceof Float32Array ? raw : Float32Array.from(raw as ArrayLike<number>, Number);
   };
+}
+
+/** reference.json of a tiny random checkpoint (../shared/reference/make_reference.py). */
+export interface TinyReference {
+  input_ids: number[];
+  greedy_continuation: number[];
+  injection: { layer: number; alpha: number };
+}
+
+/** reference.json of a trained subject (make_subject_reference.py, scripts/train-subject.py). */
+export interface SubjectReference {
+  prompts: { text: string; input_ids: number[]; greedy_continuation: number[]; greedy_text: string }[];
+  injection: { layer: number; alpha: number };
+}
+
+export function readReference<R extends TinyReference | SubjectReference>(dir: string): R {
+  return JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as R;
+}
+
+/** One forward pass over the prompt with logits at every position and every layer tapped. */
+export async function fullPass(engine: Engine, ids: number[], inject?: { layer: number; alpha: number; vector: Float32Array }) {
+  const seq = engine.newSequence(ids.length);
+  const taps = Array.from({ length: engine.config.numLayers }, (_, l) => residPost(l));
+  const injections = inject ? [{ hook: residPost(inject.layer), vector: inject.vector, scale: inject.alpha, window: { kind: 'all' as const } }] : [];
+  const r = await seq.forward(ids, { taps, injections, logits: 'all' });
+  seq.release();
+  return r;
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -6,14 +6,12 @@
  * random direction fires but names nothing (its top-1 cosine stays below the floor, as measured in
  * docs/reports/concept-naming/).
  */
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/daemon/config.js';
-import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import type { Daemon } from '../src/daemon/daemon.js';
 import type { Alert } from '../src/daemon/alert-log.js';
 import { createRng } from '../src/rng.js';
-import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
-import { CODE16M, tempDir } from './helpers.js';
+import { ADMIN_KEY, API_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
+import { CODE16M } from './helpers.js';
 
 type Concept = { name: string; layer: number; cosine: number; margin: number } | null;
 type Verdict = { probes: { id: string; fired: boolean; alert_ids: number[]; closest_concept: Concept }[] };
@@ -21,11 +19,7 @@ type Verdict = { probes: { id: string; fired: boolean; alert_ids: number[]; clos
 let daemon: Daemon;
 
 beforeAll(async () => {
-  const { config } = loadConfig({
-    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
-    argv: ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-naming-'), 'alerts.db')],
-  });
-  daemon = await startDaemon(config);
+  daemon = await startModelDaemon(CODE16M);
 }, 120_000);
 afterAll(async () => {
   await daemon?.close();

@@ -6,24 +6,18 @@
  * prompts, has a measured clean FPR of about 1% per request but fires on some short prose
  * requests; see docs/reports/qwen2-code-16m-generic.)
  */
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/daemon/config.js';
-import { bundledProbes, startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import { bundledProbes, type Daemon } from '../src/daemon/daemon.js';
 import { createRng } from '../src/rng.js';
-import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
-import { CODE16M, tempDir } from './helpers.js';
+import { ADMIN_KEY, API_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
+import { CODE16M } from './helpers.js';
 
 type Verdict = { probes: { id: string; label?: string; fired: boolean; max_score: number | null; threshold: number }[] };
 
 let daemon: Daemon;
 
 beforeAll(async () => {
-  const { config } = loadConfig({
-    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
-    argv: ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-generic-'), 'alerts.db'), '--canary', '--canary-interval', '3600'],
-  });
-  daemon = await startDaemon(config);
+  daemon = await startModelDaemon(CODE16M, ['--canary', '--canary-interval', '3600']);
 }, 120_000);
 afterAll(async () => {
   await daemon?.close();

@@ -4,13 +4,10 @@
  * requests quiet and flags an admin-injected random direction. Figures:
  * docs/reports/qwen3-code-7m-generic.
  */
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/daemon/config.js';
-import { bundledProbes, startDaemon, type Daemon } from '../src/daemon/daemon.js';
+import { bundledProbes, type Daemon } from '../src/daemon/daemon.js';
 import { createRng } from '../src/rng.js';
-import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
-import { tempDir } from './helpers.js';
+import { ADMIN_KEY, API_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
 
 const QWEN3_CODE7M = new URL('../models/qwen3-code-7m', import.meta.url).pathname;
 
@@ -19,11 +16,7 @@ type Verdict = { probes: { id: string; label?: string; fired: boolean; max_score
 let daemon: Daemon;
 
 beforeAll(async () => {
-  const { config } = loadConfig({
-    env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
-    argv: ['--model', QWEN3_CODE7M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-qwen3-'), 'alerts.db')],
-  });
-  daemon = await startDaemon(config);
+  daemon = await startModelDaemon(QWEN3_CODE7M);
 }, 120_000);
 afterAll(async () => {
   await daemon?.close();
