@@ -36,9 +36,9 @@ import { dirname, join } from 'node:path';
 import { Engine } from '../src/engine/engine.js';
 import { residPost } from '../src/hooks.js';
 import { concat } from '../src/model/graph.js';
-import { Dataset, type TrialRecord } from '../src/lab/dataset.js';
-import { PromptBuilder } from '../src/lab/trials.js';
-import { fillTemplate } from '../src/lab/trial-config.js';
+import { Dataset } from '../src/lab/dataset.js';
+import { TrialTokens } from '../src/lab/trials.js';
+import { novelPositions } from '../src/probes/window.js';
 import { corpusSeq, scoreSeq, splitClean, trialSeq, type Seq } from '../src/lab/generic.js';
 import { loadCorpus, runCorpus } from '../src/lab/corpus.js';
 import { fitGaussian } from '../src/lab/gaussian-fit.js';
@@ -99,26 +99,6 @@ function windowMeans(z: Float32Array, positions: number, d: number, w: number, f
   return out;
 }
 
-/**
- * Novel positions: the token's bigram (previous id, id) occurs here for the first time in the request.
- * Repeated text (one character, word or line again and again; a generation loop) repeats its
- * bigrams, and its updates repeat with them: they are one sample counted many times, so a window
- * mean over them does not average noise away. Counting each bigram once keeps the window mean's
- * null honest on repetition; an injection shifts novel positions as much as any other.
- */
-function novelMask(ids: readonly number[]): Uint8Array {
-  const seen = new Set<number>();
-  const out = new Uint8Array(ids.length);
-  for (let p = 0; p < ids.length; p++) {
-    const key = (p === 0 ? -1 : ids[p - 1]) * 1_000_003 + ids[p];
-    if (!seen.has(key)) {
-      seen.add(key);
-      out[p] = 1;
-    }
-  }
-  return out;
-}
-
 /** Window means over the last w NOVEL positions (zero-padded); a repeated position keeps the last mean. */
 function novelWindowMeans(z: Float32Array, novel: Uint8Array, start: number, positions: number, d: number, w: number, from: number): { means: Float32Array; full: Uint8Array } {
   const out = new Float32Array(positions * d);
@@ -161,16 +141,6 @@ async function runPrompt(engine: Engine, ids: number[], maxTokens: number, layer
     hooks.forEach((h, i) => parts[i].push(step.taps.get(h)!.data.slice()));
   }
   return { rows: parts.map((p) => concat(p)), ids: all };
-}
-
-/** A trial's token ids from position 0: its prompt segments rebuilt from the record, then what it generated. */
-function trialIds(builder: PromptBuilder, prompts: ReturnType<typeof Dataset.open>['manifest']['config']['prompts'], r: TrialRecord): number[] {
-  const fill = (t: string) => (r.prompt.filler === null ? t : fillTemplate(t, 'filler', r.prompt.filler));
-  const q = (r.prompt.questionKind === 'detect' ? prompts.detect : prompts.unrelated)[r.prompt.question];
-  const seg = builder.build(fill(prompts.contexts[r.prompt.context]), { question: fill(q.question), prefix: fill(q.prefix) });
-  const ids = [...seg.context, ...seg.question, ...seg.prefix, ...r.generated.ids];
-  if (seg.context.length + seg.question.length + seg.prefix.length !== r.segments.generated[0]) throw new Error(`${r.id}: rebuilt prompt has ${ids.length - r.generated.ids.length} tokens, the record ${r.segments.generated[0]}`);
-  return ids;
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -219,15 +189,15 @@ async function main(argv: string[]): Promise<void> {
 
   // Splits: the shipped detector's own (generic-report: fraction 0.4, salt = config seed).
   const trials = ds.records.map((r) => trialSeq(ds, r));
-  const builder = new PromptBuilder(engine.tokenizer!, man.config.prompts, man.chat);
-  for (const r of ds.records) tokenIds.set(r.id, trialIds(builder, man.config.prompts, r));
+  const trialTokens = new TrialTokens(engine.tokenizer!, man);
+  for (const r of ds.records) tokenIds.set(r.id, trialTokens.ids(r));
   const novelOf = new Map<string, Uint8Array>();
   const novel = (s: Seq): Uint8Array => {
     let m = novelOf.get(s.id);
     if (!m) {
       const ids = tokenIds.get(s.id)!;
       if (ids.length < s.start + s.positions) throw new Error(`${s.id}: ${ids.length} ids for ${s.start + s.positions} positions`);
-      m = novelMask(ids);
+      m = novelPositions(ids);
       novelOf.set(s.id, m);
     }
     return m;

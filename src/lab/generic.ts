@@ -45,7 +45,7 @@ import { fitLogistic } from './logistic.js';
 import { createProbe, type Probe } from '../probes/probe.js';
 import { hookList, linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
 import { hashUnit } from '../rng.js';
-import { novelPositions, WindowMean } from '../probes/window.js';
+import { forEachFullWindowMean, novelPositions } from '../probes/window.js';
 import type { TrialTokens } from './trials.js';
 
 export { calibrate, ensembleFile, requestScore, type DetectorMeta, type MemberFit };
@@ -168,19 +168,7 @@ function windowRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d:
     const from = Math.max(0, skip - s.start);
     if (from >= s.positions) continue;
     const novel = seqNovelty(s);
-    const x = s.rows(layer);
-    const prev = input === 'update' ? s.rows(layer - 1) : null;
-    const w = new WindowMean(size, d, new Float32Array(d));
-    const row = new Float32Array(d);
-    for (let p = from; p < s.positions; p++) {
-      if (!novel[p]) continue;
-      for (let j = 0; j < d; j++) row[j] = x[p * d + j] - (prev ? prev[p * d + j] : 0);
-      w.push(row, 0);
-      if (w.filled < size) continue;
-      const m = new Float32Array(d);
-      w.mean(m);
-      parts.push(m);
-    }
+    forEachFullWindowMean(s.rows(layer), input === 'update' ? s.rows(layer - 1) : null, (p) => novel[p] === 1, from, s.positions, d, size, (m) => parts.push(m.slice()));
   }
   return concat(parts);
 }

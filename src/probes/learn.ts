@@ -21,7 +21,7 @@ import { balanceKinds, calibrate, ensembleFile, memberFile, memberKind, NO_FIGUR
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
 import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
-import { novelPositions, WindowMean } from './window.js';
+import { forEachFullWindowMean, novelPositions } from './window.js';
 
 /** One member to learn: a single hook (its residual) or two (the update hook[1] − hook[0]). */
 export interface LearnMember {
@@ -183,20 +183,14 @@ export class DetectorLearner {
         const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
         const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
         const x = this.scratch;
-        // A windowed member fits the means of full windows of novel positions (the lab's windowRows).
-        const window = m.window ? new WindowMean(m.window.size, d, new Float32Array(d)) : null;
-        const mean = window ? new Float32Array(d) : null;
+        if (m.window) {
+          // A windowed member fits the means of full windows of counted positions, as the lab does.
+          const all = m.window.positions === 'all';
+          forEachFullWindowMean(b ?? a, b ? a : null, (p) => all || novel[p] === 1, skip, r.positions, d, m.window.size, (mean) => this.moments[i].add(mean, 0));
+          return;
+        }
         for (let p = skip; p < r.positions; p++) {
           const o = p * d;
-          if (window && mean) {
-            if (m.window!.positions === 'novel-bigram' && !novel[p]) continue;
-            for (let j = 0; j < d; j++) x[j] = b ? b[o + j] - a[o + j] : a[o + j];
-            window.push(x, 0);
-            if (window.filled < window.size) continue;
-            window.mean(mean);
-            this.moments[i].add(mean, 0);
-            continue;
-          }
           // float32 differences, as the lab's anomalyRows forms them
           if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
           this.moments[i].add(b ? x : a, b ? 0 : o);
@@ -258,13 +252,14 @@ export class DetectorLearner {
       for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) toks.push(req[i][p]);
       return { ...m, calibration: calibrate(toks) };
     });
+    const indexOf = new Map(members.map((m, i) => [m.id, i]));
     const requestScores = (subset: readonly (typeof members)[number][]): number[] =>
       this.calibration
         .map((scores) => {
           const tok = new Float64Array(scores[0].length).fill(-Infinity);
           for (const m of subset) {
             const inv = 1 / m.calibration.scale;
-            const s = scores[members.findIndex((x) => x.id === m.id)];
+            const s = scores[indexOf.get(m.id)!];
             for (let p = 0; p < s.length; p++) {
               const v = (s[p] - m.calibration.center) * inv;
               if (v > tok[p] || Number.isNaN(v)) tok[p] = v;

@@ -301,21 +301,21 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
  * snapshot per request.
  */
 export class ProbeBank {
-  private set: { probes: readonly Probe[]; gather: (Float32Array | null)[] };
+  private set: { probes: readonly Probe[]; gather: (Float32Array | null)[]; windowed: boolean };
   private request: { scorers: RequestRowScorer[]; novelty: NoveltyTracker } | null = null;
 
   constructor(probes: readonly Probe[]) {
     this.set = ProbeBank.build(probes);
   }
 
-  private static build(probes: readonly Probe[]): { probes: readonly Probe[]; gather: (Float32Array | null)[] } {
+  private static build(probes: readonly Probe[]): ProbeBank['set'] {
     const ids = new Set<string>();
     for (const p of probes) {
       if (ids.has(p.id)) throw lwError('LW_ERR_PROBE_INVALID', `two probes share the id ${p.id}`);
       ids.add(p.id);
     }
     const list = Object.freeze([...probes]);
-    return { probes: list, gather: list.map((p) => (p.hooks.length > 1 ? new Float32Array(p.inputDim) : null)) };
+    return { probes: list, gather: list.map((p) => (p.hooks.length > 1 ? new Float32Array(p.inputDim) : null)), windowed: list.some((p) => p.windowed) };
   }
 
   get probes(): readonly Probe[] {
@@ -347,7 +347,7 @@ export class ProbeBank {
 
   /** Whether some probe scores windows of positions (score then needs the token ids). */
   get windowed(): boolean {
-    return this.set.probes.some((p) => p.windowed);
+    return this.set.windowed;
   }
 
   /** Every hook some probe reads, each once, in first-use order. */

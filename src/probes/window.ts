@@ -85,3 +85,22 @@ export class WindowMean {
     for (let j = 0; j < this.dim; j++) out[j] = (this.sum[j] + missing * this.fill[j]) * inv;
   }
 }
+
+/**
+ * Every full window's mean of a member's input over the counted positions in [from, to): the row at
+ * p is x[p] − prev[p] (a layer's update) or x[p]. What a windowed member is fitted on, by the lab
+ * (fit-anomaly) and by learn mode alike. `visit` gets a buffer reused for the next window.
+ */
+export function forEachFullWindowMean(x: Float32Array, prev: Float32Array | null, counted: (p: number) => boolean, from: number, to: number, d: number, size: number, visit: (mean: Float32Array) => void): void {
+  const window = new WindowMean(size, d, new Float32Array(d));
+  const row = new Float32Array(d);
+  const mean = new Float32Array(d);
+  for (let p = from; p < to; p++) {
+    if (!counted(p)) continue;
+    for (let j = 0; j < d; j++) row[j] = x[p * d + j] - (prev ? prev[p * d + j] : 0);
+    window.push(row, 0);
+    if (window.filled < size) continue;
+    window.mean(mean);
+    visit(mean);
+  }
+}
