@@ -79,6 +79,11 @@ export const ERRORS = {
   // serve: starting the daemon (src/daemon/daemon.ts)
   LW_ERR_SERVE_PORT_IN_USE: { status: 500, message: 'the listen address is already in use' },
   LW_ERR_SERVE_LISTEN: { status: 500, message: 'the daemon cannot listen on the configured address' },
+  // upstream: proxy mode, `serve --upstream URL` (src/daemon/upstream.ts, proxy.ts)
+  LW_ERR_UPSTREAM_UNAVAILABLE: { status: 503, message: 'the upstream model server is unreachable or unavailable' },
+  LW_ERR_UPSTREAM_BAD_GATEWAY: { status: 502, message: 'the upstream model server failed or sent a malformed answer' },
+  LW_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'the upstream model server did not answer in time' },
+  LW_ERR_UPSTREAM_MODEL_MISMATCH: { status: 502, message: 'the upstream model server does not serve the model the local replica scores' },
   // canary: the periodic injection self-test (src/daemon/canary.ts)
   LW_ERR_CANARY_CONCEPTS_MISSING: { status: 500, message: 'the canary needs concept vectors stored for the model' },
   // alert: alert log and alert delivery (src/daemon/alert-log.ts, alert-hub.ts)
