@@ -198,6 +198,27 @@ export const CONFIG_SCHEMA = closedObject(
       /** SIGTERM: streams still running after this are cancelled. */
       deadlineSeconds: Type.Number({ minimum: 0, maximum: 3600 }),
     }),
+    /**
+     * Proxy mode (docs/daemon.md, "Proxy mode"): with a url, requests are forwarded to this
+     * OpenAI-compatible server (vLLM, SGLang, another latentwatch…) and the local replica only scores
+     * the prompt and the upstream's tokens, teacher-forced (src/daemon/proxy.ts).
+     */
+    upstream: closedObject({
+      /** http(s)://HOST:PORT/v1; null = serve locally (default). */
+      url: nullable(Type.String({ pattern: '^https?://\\S+$', maxLength: 2048 })),
+      /** Name of the environment variable holding the upstream's API key (the key itself is never logged). */
+      keyEnv: nullable(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 })),
+      /** The upstream's API key (set from keyEnv at load; or LATENTWATCH_UPSTREAM_KEY). */
+      key: nullable(Type.String({ pattern: '^\\S+$' })),
+      /** The model id the upstream serves the same checkpoint under; null = the served model name. */
+      model: nullable(Type.String({ minLength: 1, maxLength: 256 })),
+      /** Bound on waiting for the upstream's headers, and for each stream chunk. */
+      timeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 3600 }),
+      /** Retries of a request the upstream refused to connect or answered 502/503 to (before any byte was sent on). */
+      retries: Type.Integer({ minimum: 0, maximum: 5 }),
+      /** Ask the upstream for its token ids (vLLM and latentwatch: `return_token_ids`); false: re-tokenise its text. */
+      tokenIds: Type.Boolean(),
+    }),
     /** Where the daemon keeps what it learns: learned probes and learning statistics (docs/daemon.md). */
     stateDir: nonEmpty,
     /** Learning a detector from live clean traffic (docs/daemon.md, "Learning from your traffic"). */
@@ -285,6 +306,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, pongTimeoutSeconds: 10, replayPageSize: 500 },
   canary: { enabled: false, intervalSeconds: 300, concept: null },
   shutdown: { deadlineSeconds: 10 },
+  upstream: { url: null, keyEnv: null, key: null, model: null, timeoutSeconds: 60, retries: 2, tokenIds: true },
   stateDir: '.latentwatch',
   learn: { requests: 0, probe: 'generic-injection', targetFpr: 0.01 },
 } satisfies Omit<DaemonConfig, 'host'>);
@@ -328,6 +350,11 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_NATS_TOKEN: { pointer: '/nats/token', kind: 'string' },
   LATENTWATCH_NATS_CREDS: { pointer: '/nats/credsFile', kind: 'path' },
   LATENTWATCH_REPLICA_NAME: { pointer: '/nats/replica', kind: 'string' },
+  LATENTWATCH_UPSTREAM_URL: { pointer: '/upstream/url', kind: 'string' },
+  LATENTWATCH_UPSTREAM_KEY_ENV: { pointer: '/upstream/keyEnv', kind: 'string' },
+  LATENTWATCH_UPSTREAM_KEY: { pointer: '/upstream/key', kind: 'string' },
+  LATENTWATCH_UPSTREAM_MODEL: { pointer: '/upstream/model', kind: 'string' },
+  LATENTWATCH_UPSTREAM_TIMEOUT: { pointer: '/upstream/timeoutSeconds', kind: 'number' },
 });
 /** Names the config file; not a config value itself. */
 export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
@@ -363,6 +390,10 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     nats: { pointer: '/nats/servers', kind: 'list', help: 'nats://HOST:PORT[,…]: publish alerts to one JetStream stream shared by every replica (credentials: LATENTWATCH_NATS_USER/PASSWORD/TOKEN/CREDS)' },
     'nats-stream': { pointer: '/nats/stream', kind: 'string', help: 'JetStream stream name (default LATENTWATCH_ALERTS)' },
     replica: { pointer: '/nats/replica', kind: 'string', help: "this replica's name in its alerts (default: the host name)" },
+    upstream: { pointer: '/upstream/url', kind: 'string', help: 'http://HOST:PORT/v1: proxy mode, forward requests to this OpenAI-compatible server and score its answers' },
+    'upstream-key-env': { pointer: '/upstream/keyEnv', kind: 'string', help: "name of the environment variable holding the upstream's API key" },
+    'upstream-model': { pointer: '/upstream/model', kind: 'string', help: 'model id of the same checkpoint on the upstream (default: the served model name)' },
+    'upstream-timeout': { pointer: '/upstream/timeoutSeconds', kind: 'number', help: 'seconds to wait for the upstream\'s headers and for each stream chunk (default 60)' },
     learn: { pointer: '/learn/requests', kind: 'int', help: `learn the generic detector from the next N clean requests (${LEARN_MIN_REQUESTS}..${LEARN_MAX_REQUESTS}; skipped when a learned probe exists)` },
   });
 
@@ -450,6 +481,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
     });
   }
   checkApiKeys(config, sources);
+  resolveUpstreamKey(config, env, sources);
   if (config.adminKey !== null && namedApiKeys(config).some((k) => k.key === config.adminKey)) {
     throw lwError('LW_ERR_CONFIG_INVALID', '/adminKey: the admin key must differ from every API key', {
       path: '/adminKey',
@@ -464,6 +496,17 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   if (config.alertLog.path === ':memory:') notices.push('alert log is in memory (:memory:): alerts do not survive a restart');
 
   return { config: deepFreeze(config) as FrozenConfig, notices: Object.freeze(notices), sources };
+}
+
+/** `upstream.keyEnv` names the variable holding the upstream's key: read it here (the one reader of the environment). */
+function resolveUpstreamKey(config: DaemonConfig, env: Readonly<Record<string, string | undefined>>, sources: Map<string, string>): void {
+  const name = config.upstream.keyEnv;
+  if (name === null) return;
+  const key = nonBlank(env[name])?.trim();
+  if (key === undefined || /\s/.test(key)) {
+    throw lwError('LW_ERR_CONFIG_INVALID', `/upstream/keyEnv: the environment variable ${name} is ${key === undefined ? 'not set' : 'not a key (it holds whitespace)'}`, { path: '/upstream/keyEnv', source: sources.get('/upstream/keyEnv') });
+  }
+  config.upstream.key = key;
 }
 
 /** Every API key with its name: `{name, key}` as configured, a bare key named by its position (key-1, key-2, …). */
