@@ -39,6 +39,8 @@ const common = {
     anyOf: [{ type: 'object', propertyNames: { pattern: '^(0|[1-9][0-9]{0,9})$' }, additionalProperties: { type: 'number', minimum: -100, maximum: 100 }, maxProperties: 1024 }, { type: 'null' }],
   },
   latentwatch: { type: 'object', additionalProperties: false, properties: { inject: injectSchema } },
+  // vLLM's extension: the generated token ids beside the text (proxy mode reads them from its upstream).
+  return_token_ids: { type: ['boolean', 'null'] },
 } as const;
 
 const contentPart = { type: 'object', properties: { type: { type: 'string' }, text: { type: 'string' } }, required: ['type'] } as const;
@@ -102,6 +104,7 @@ interface CommonBody {
   presence_penalty?: number | null;
   logit_bias?: Record<string, number> | null;
   latentwatch?: { inject?: InjectRequest };
+  return_token_ids?: boolean | null;
 }
 
 export interface ChatBody extends CommonBody {
@@ -140,6 +143,8 @@ export interface Job {
   logprobs: number | undefined;
   /** Completions: return the prompt before the generated text. */
   echo: boolean;
+  /** Return each choice's generated token ids (`token_ids`, the stop token included), as vLLM does. */
+  returnTokenIds: boolean;
   /**
    * Echo text and logprobs on their way from the engine's steps to the response: inference feeds
    * it every step (`record`), the response and chunk builders below take what has arrived. Present
@@ -254,9 +259,10 @@ export function toJob(kind: ApiKind, body: ChatBody | CompletionBody): Job {
     logitBias: body.logit_bias == null ? undefined : new Map(Object.entries(body.logit_bias).map(([id, b]) => [Number(id), b])),
     logprobs,
     echo,
+    returnTokenIds: body.return_token_ids === true,
     extras: undefined,
   };
-  if (logprobs !== undefined || echo) job.extras = new ResponseExtras(job);
+  if (logprobs !== undefined || echo || job.returnTokenIds) job.extras = new ResponseExtras(job);
   if (kind === 'chat') {
     job.messages = (body as ChatBody).messages.map((m) => ({
       role: m.role === 'developer' ? 'system' : m.role,
@@ -309,6 +315,7 @@ type Entry = Omit<PromptTokenLogprob, 'tokenId'>;
  */
 export class ResponseExtras {
   private pending: Entry[] = [];
+  private pendingIds: number[] = [];
   private echoText = '';
   /** Characters (code points) of the returned text so far, for the legacy `text_offset`. */
   private offset = 0;
@@ -319,9 +326,18 @@ export class ResponseExtras {
     if (step.kind === 'prompt') {
       if (this.job.echo) this.echoText = typeof this.job.prompt === 'string' ? this.job.prompt : step.text;
       if (step.promptLogprobs) this.pending.push(...step.promptLogprobs);
-    } else if (step.logprob) {
-      this.pending.push(step.logprob);
+    } else {
+      if (step.logprob) this.pending.push(step.logprob);
+      if (this.job.returnTokenIds) this.pendingIds.push(step.tokenId);
     }
+  }
+
+  /** The token ids recorded since the last call (a stop token goes with the finish chunk); undefined when not asked for. */
+  takeTokenIds(): number[] | undefined {
+    if (!this.job.returnTokenIds) return undefined;
+    const ids = this.pendingIds;
+    this.pendingIds = [];
+    return ids;
   }
 
   /** The prompt, the first time a completion's text is built with echo; '' after. */
@@ -379,6 +395,8 @@ export function fullResponse(job: Job, text: string, finish: FinishReason, u: Us
     job.kind === 'chat'
       ? { index: 0, message: { role: 'assistant', content: text }, logprobs, finish_reason: finish }
       : { index: 0, text: (job.extras?.takeEcho() ?? '') + text, logprobs, finish_reason: finish };
+  const ids = job.extras?.takeTokenIds();
+  if (ids) Object.assign(choice, { token_ids: ids });
   return { id: job.id, object: job.kind === 'chat' ? 'chat.completion' : 'text_completion', created: job.created, model: job.model, choices: [choice], usage: u, latentwatch: verdict };
 }
 
@@ -389,6 +407,8 @@ export function deltaChunk(job: Job, text: string, finish: FinishReason | null, 
     job.kind === 'chat'
       ? { index: 0, delta: first ? { role: 'assistant', content: text } : finish && !text ? {} : { content: text }, logprobs, finish_reason: finish }
       : { index: 0, text: (job.extras?.takeEcho() ?? '') + text, logprobs, finish_reason: finish };
+  const ids = job.extras?.takeTokenIds();
+  if (ids) Object.assign(choice, { token_ids: ids });
   return { id: job.id, object: job.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: job.created, model: job.model, choices: [choice] };
 }
 
