@@ -1,0 +1,152 @@
+/**
+ * The alert log's writer thread (group commit): runs inside a node:worker_threads Worker started
+ * by GroupCommitAlertStore (group-commit-store.ts) and owns the SQLite connection (alert-log.ts,
+ * unchanged: the same file, ids, reservation and pending queue as the log on the event loop).
+ *
+ * Group commit: while one transaction's fsync runs here, the daemon's event loop keeps going and
+ * the appends it posts queue on this thread's port. When the commit returns, every queued message
+ * is taken at once (receiveMessageOnPort) and all their alerts go into ONE transaction, ONE fsync;
+ * then each append is answered with its alerts, in order. An answer is posted only after its
+ * alerts' transaction committed, so the daemon acknowledges (verdict, subscribers) durable alerts
+ * only. Reads are answered after the batch's writes, from the same connection (pending alerts
+ * included), so a read and the ids it reports as examined are one consistent step.
+ */
+import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import { LatentwatchError } from '../errors.js';
+import { AlertLog, normalise, type AlertDraft, type AlertFilter, type AppendResult } from './alert-log.js';
+
+/** What the store sends. `seq` pairs a request with its reply. */
+export type WorkerRequest =
+  | { op: 'append'; seq: number; drafts: AlertDraft[] }
+  | { op: 'since'; seq: number; afterId: number; filter: AlertFilter; limit: number }
+  | { op: 'lastId'; seq: number }
+  | { op: 'close'; seq: number };
+
+/** The log's state after a step: the store answers stats() and health() from the latest one. */
+export interface WorkerSnapshot {
+  writes: number;
+  failures: number;
+  pending: number;
+  dropped: number;
+  lastId: number;
+  lastDurableId: number;
+  lastError: string | null;
+  failing: boolean;
+  /** Write transactions this writer committed (each one fsync under synchronous=full). */
+  commits: number;
+}
+
+export interface WorkerError {
+  code?: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+export type WorkerReply =
+  | { type: 'ready'; snapshot: WorkerSnapshot }
+  | { type: 'openFailed'; error: WorkerError }
+  | { type: 'reply'; seq: number; ok: true; value: unknown; snapshot: WorkerSnapshot }
+  | { type: 'reply'; seq: number; ok: false; error: WorkerError; snapshot: WorkerSnapshot }
+  | { type: 'state'; event: { state: 'failing' | 'recovered'; error?: string; pending: number } };
+
+export interface WorkerOptions {
+  path: string;
+  retentionDays?: number;
+  retentionRows?: number;
+  pendingLimit?: number;
+  retryIntervalMs?: number;
+  busyTimeoutMs?: number;
+  synchronous?: 'full' | 'normal';
+  /** Retention and retries every this many ms (0: never). */
+  maintenanceIntervalMs: number;
+}
+
+function toWorkerError(e: unknown): WorkerError {
+  if (e instanceof LatentwatchError) return { code: e.code, message: e.message, ...(e.details ? { details: e.details } : {}) };
+  return { message: (e as Error)?.message ?? String(e) };
+}
+
+if (parentPort) serve(parentPort, workerData as WorkerOptions);
+
+function serve(port: MessagePort, options: WorkerOptions): void {
+  const post = (m: WorkerReply) => port.postMessage(m);
+  let log: AlertLog;
+  try {
+    log = AlertLog.open({ ...options, onStateChange: (event) => post({ type: 'state', event }) });
+  } catch (e) {
+    post({ type: 'openFailed', error: toWorkerError(e) });
+    port.close();
+    return;
+  }
+  let commits = 0;
+  const snapshot = (): WorkerSnapshot => ({ ...log.stats(), failing: log.isFailing, commits });
+  let closing = false;
+  const stopMaintenance = options.maintenanceIntervalMs > 0 ? log.startMaintenance(options.maintenanceIntervalMs) : () => undefined;
+  post({ type: 'ready', snapshot: snapshot() });
+
+  const handle = (batch: WorkerRequest[]) => {
+    const replies: WorkerReply[] = [];
+    const reply = (seq: number, f: () => unknown) => {
+      try {
+        replies.push({ type: 'reply', seq, ok: true, value: f(), snapshot: snapshot() });
+      } catch (e) {
+        replies.push({ type: 'reply', seq, ok: false, error: toWorkerError(e), snapshot: snapshot() });
+      }
+    };
+    // Every valid append of the batch in one transaction. A draft the log would refuse fails its
+    // own append only (checked first: one bad draft must not fail the others' transaction).
+    const appends = batch.filter((m): m is Extract<WorkerRequest, { op: 'append' }> => m.op === 'append');
+    const refused = new Map<number, unknown>();
+    for (const m of appends) {
+      try {
+        for (const d of m.drafts) normalise(d, 0, 0);
+      } catch (e) {
+        refused.set(m.seq, e);
+      }
+    }
+    const accepted = appends.filter((m) => !refused.has(m.seq));
+    let results: AppendResult[] = [];
+    let writeError: unknown;
+    if (!closing && accepted.length > 0) {
+      try {
+        results = log.appendMany(accepted.flatMap((m) => m.drafts));
+        commits++;
+      } catch (e) {
+        writeError = e;
+      }
+    }
+    let at = 0;
+    for (const m of batch) {
+      if (m.op === 'append') {
+        reply(m.seq, () => {
+          if (refused.has(m.seq)) throw refused.get(m.seq);
+          if (closing) throw new LatentwatchError('LW_ERR_ALERT_LOG_CLOSED');
+          if (writeError !== undefined) throw writeError;
+          const mine = results.slice(at, at + m.drafts.length);
+          at += m.drafts.length;
+          return mine;
+        });
+      } else if (m.op === 'since') {
+        // In one synchronous step with the read: every id up to lastId is in the table or pending.
+        reply(m.seq, () => ({ alerts: log.since(m.afterId, m.filter, m.limit), scannedThrough: Math.max(m.afterId, log.lastId) }));
+      } else if (m.op === 'lastId') {
+        reply(m.seq, () => log.lastId);
+      } else {
+        reply(m.seq, () => {
+          if (closing) return 0;
+          closing = true;
+          stopMaintenance();
+          return log.close();
+        });
+      }
+    }
+    for (const r of replies) post(r);
+    if (closing) port.close();
+  };
+
+  port.on('message', (first: WorkerRequest) => {
+    const batch = [first];
+    for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) batch.push(m.message as WorkerRequest);
+    handle(batch);
+  });
+}
