@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
 import type { Engine } from '../engine/engine.js';
-import type { Injection } from '../engine/types.js';
+import type { GenerateRequest, Injection, Step } from '../engine/types.js';
 import type { ProbeBank, Probe, TapTensor } from '../probes/probe.js';
 import type { ConceptStore } from '../probes/concept-store.js';
 import { ConceptNamer } from '../probes/concept-naming.js';
@@ -61,6 +61,12 @@ export interface VerdictBody {
 }
 
 export type InferenceEvent = { type: 'text'; text: string } | { type: 'done'; finishReason: FinishReason; usage: Usage; verdict: VerdictBody };
+
+/**
+ * Where a request's steps come from: the engine's generation (local serving), or proxy mode's
+ * teacher-forced passes over an upstream's tokens (proxy.ts), which the monitor treats alike.
+ */
+export type StepSource = (req: GenerateRequest) => AsyncIterable<Step>;
 
 export interface PreparedRequest {
   job: Job;
@@ -243,10 +249,10 @@ export class InferenceService {
   }
 
   /** Runs a prepared request: text events as tokens pass the monitor, then one done event. */
-  async *run(p: PreparedRequest, signal: AbortSignal): AsyncGenerator<InferenceEvent> {
+  async *run(p: PreparedRequest, signal: AbortSignal, source: StepSource = (req) => this.d.engine.generate(req)): AsyncGenerator<InferenceEvent> {
     const arrival = performance.now();
     await this.admit(signal);
-    const { engine, config, metrics, hub } = this.d;
+    const { config, metrics, hub } = this.d;
     // The probes this request started with, to its end, whatever a learned probe swaps in meanwhile.
     const bank = this.d.bank.snapshot();
     // Canary and injected requests are not clean traffic: never learned from.
@@ -309,7 +315,7 @@ export class InferenceService {
     let verdict: VerdictBody | undefined;
     try {
       trace.startPrefill(p.promptIds.length);
-      for await (const step of engine.generate({
+      for await (const step of source({
         promptIds: p.promptIds,
         maxTokens: p.maxTokens,
         ...generateOptions(job),
