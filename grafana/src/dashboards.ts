@@ -30,6 +30,8 @@ import {
   GENERATION_TOKENS_TOTAL,
   HTTP_REQUESTS_TOTAL,
   HTTP_REQUEST_DURATION_SECONDS,
+  UPSTREAM_REQUESTS_TOTAL,
+  UPSTREAM_REQUEST_DURATION_SECONDS,
   INTER_TOKEN_LATENCY_SECONDS,
   MONITOR_SECONDS,
   LATENT_DETECTIONS_TOTAL,
@@ -174,6 +176,16 @@ export function overview(): dashboard.DashboardBuilder {
         .targets([
           query(`histogram_quantile(0.99, sum by (le, route) (rate(${HTTP_REQUEST_DURATION_SECONDS}_bucket{${I}}[${RATE}])))`, '{{route}}'),
         ]),
+      12,
+    )
+    .add(
+      timeSeries('Upstream requests by outcome', 'Proxy mode (serve --upstream): requests forwarded to the upstream model server per second, by its HTTP status or unreachable / timeout / broken.', 'reqps') //
+        .targets([query(`sum by (code) (rate(${UPSTREAM_REQUESTS_TOTAL}{${I}}[${RATE}]))`, '{{code}}')]),
+      12,
+    )
+    .add(
+      timeSeries('Upstream latency', 'Proxy mode: forwarding a request to the upstream until its last byte, p50, p90, p99.', 's') //
+        .targets(quantileTargets(UPSTREAM_REQUEST_DURATION_SECONDS, [], I, '')),
       12,
     )
     .add(

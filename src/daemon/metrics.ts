@@ -54,6 +54,8 @@ export const BUILD_INFO = 'latentwatch_build_info';
 // HTTP.
 export const HTTP_REQUESTS_TOTAL = 'latentwatch_http_requests_total';
 export const HTTP_REQUEST_DURATION_SECONDS = 'latentwatch_http_request_duration_seconds';
+export const UPSTREAM_REQUESTS_TOTAL = 'latentwatch_upstream_requests_total';
+export const UPSTREAM_REQUEST_DURATION_SECONDS = 'latentwatch_upstream_request_duration_seconds';
 
 export type MetricType = 'counter' | 'gauge' | 'histogram';
 export interface MetricFamily {
@@ -64,7 +66,7 @@ export interface MetricFamily {
 }
 
 /** Labels any daemon metric may carry (info metrics aside). */
-export const BOUNDED_LABELS = ['model', 'probe', 'severity', 'verbalized', 'route', 'status_class', 'result'] as const;
+export const BOUNDED_LABELS = ['model', 'probe', 'severity', 'verbalized', 'route', 'status_class', 'result', 'code'] as const;
 export const CANARY_RESULTS = ['success', 'failure', 'error'] as const;
 export type CanaryResult = (typeof CANARY_RESULTS)[number];
 export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const;
@@ -118,6 +120,10 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   // 5xx share: sum(rate(latentwatch_http_requests_total{status_class="5xx"}[5m])) / sum(rate(latentwatch_http_requests_total[5m]))
   family(HTTP_REQUESTS_TOTAL, 'counter', 'HTTP requests answered, by route pattern and status class.', ['route', 'status_class']),
   family(HTTP_REQUEST_DURATION_SECONDS, 'histogram', 'HTTP request duration (streams: until the last byte).', ['route', 'status_class']),
+  // Proxy mode (serve --upstream): code = the upstream's HTTP status, or unreachable / timeout / broken (stream cut).
+  // upstream failure share: sum(rate(latentwatch_upstream_requests_total{code!~"2.."}[5m])) / sum(rate(latentwatch_upstream_requests_total[5m]))
+  family(UPSTREAM_REQUESTS_TOTAL, 'counter', 'Requests forwarded to the upstream model server (proxy mode), by outcome (its HTTP status, unreachable, timeout, broken); retries count each.', ['code']),
+  family(UPSTREAM_REQUEST_DURATION_SECONDS, 'histogram', 'Time from forwarding a request to the upstream to its last byte (proxy mode).', ['code']),
 ]);
 
 /** prom-client's default process and Node.js metrics under our prefix (Linux; test/metrics.test.ts keeps this in step). */
@@ -335,6 +341,8 @@ export class DaemonMetrics {
   private readonly severities = new LabelGuard(0, SEVERITIES);
   readonly tenantAlerts: Counter<'tenant'>;
   private readonly tenants = new LabelGuard(64);
+  readonly upstream: { requests: Counter<'code'>; duration: Histogram<'code'> };
+  private readonly upstreamCodes = new LabelGuard(32);
 
   constructor(options: MetricsOptions) {
     const max = options.maxLabelValues ?? 64;
@@ -349,6 +357,10 @@ export class DaemonMetrics {
     this.learn = learnMetrics(this.registry);
     this.tenantAlerts = counter<'tenant'>(this.registry, TENANT_ALERTS_TOTAL);
     this.http = httpMetrics(this.registry);
+    this.upstream = {
+      requests: counter<'code'>(this.registry, UPSTREAM_REQUESTS_TOTAL),
+      duration: histogram<'code'>(this.registry, UPSTREAM_REQUEST_DURATION_SECONDS, E2E_BUCKETS),
+    };
     this.info.build.set({ version: options.version, node: process.version }, 1);
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
   }
@@ -438,6 +450,13 @@ export class DaemonMetrics {
     const labels = { route: route === undefined ? 'unmatched' : this.routes.value(route), status_class: statusClass(statusCode) };
     this.http.requests.inc(labels);
     this.http.duration.observe(labels, seconds);
+  }
+
+  /** One request to the upstream (proxy mode): its outcome and how long it took to its last byte. */
+  recordUpstream(code: string, seconds: number): void {
+    const labels = { code: this.upstreamCodes.value(code) };
+    this.upstream.requests.inc(labels);
+    this.upstream.duration.observe(labels, seconds);
   }
 
   get contentType(): string {
