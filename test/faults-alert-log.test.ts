@@ -52,8 +52,9 @@ describe('alert log on a failing disk while the daemon serves', () => {
         const dir = tempDir('lw-faultlog-');
         path = join(dir, 'alerts.db');
         const cfg = join(dir, 'config.json');
-        // Retry pending alerts often (default: every 60 s).
-        writeFileSync(cfg, JSON.stringify({ alertLog: { maintenanceIntervalSeconds: 0.2 } }));
+        // Retry pending alerts often (default: every 60 s). The fault is set on the connection of the
+        // log written on the event loop (d.log); the group-commit writer runs the same AlertLog code.
+        writeFileSync(cfg, JSON.stringify({ alertLog: { maintenanceIntervalSeconds: 0.2, groupCommit: false } }));
         d = await startTestDaemon(probe, ['--alert-log', path], { LATENTWATCH_CONFIG: cfg });
       });
       afterAll(async () => {

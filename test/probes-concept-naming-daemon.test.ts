@@ -55,7 +55,7 @@ describe('concept naming in alerts and verdicts', () => {
       expect(raised.length).toBe(g.alert_ids.length);
       expect(raised[0].concept).toEqual(g.closest_concept);
       // The persisted row reads back the same (SQLite log, JSON column).
-      expect(daemon.log!.since(g.alert_ids[0] - 1, {}, 1)[0].concept).toEqual(g.closest_concept);
+      expect((await daemon.store.since(g.alert_ids[0] - 1, {}, 1)).alerts[0].concept).toEqual(g.closest_concept);
     });
   }
 

@@ -148,6 +148,8 @@ export const CONFIG_SCHEMA = closedObject(
       maintenanceIntervalSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 86_400 }),
       /** 'full': an alert survives power loss (an fsync per token with alerts); 'normal': it survives a process crash (alert-log.ts). */
       synchronous: Type.Union([Type.Literal('full'), Type.Literal('normal')]),
+      /** true: a worker thread writes the log and commits the alerts of many tokens in one fsync, off the event loop (group-commit-store.ts); false: each token's alerts are committed on the event loop. */
+      groupCommit: Type.Boolean(),
     }),
     /**
      * Several replicas, one alert stream (docs/daemon.md, "Several replicas"): with servers, alerts go
@@ -288,6 +290,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
     pendingLimit: 10_000,
     maintenanceIntervalSeconds: 60,
     synchronous: 'full',
+    groupCommit: true,
   },
   nats: {
     servers: [],
@@ -337,6 +340,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_MAX_QUEUE: { pointer: '/limits/maxQueue', kind: 'int' },
   LATENTWATCH_ALERT_LOG: { pointer: '/alertLog/path', kind: 'path' },
   LATENTWATCH_ALERT_LOG_SYNC: { pointer: '/alertLog/synchronous', kind: 'string' },
+  LATENTWATCH_ALERT_LOG_GROUP_COMMIT: { pointer: '/alertLog/groupCommit', kind: 'bool' },
   LATENTWATCH_CANARY: { pointer: '/canary/enabled', kind: 'bool' },
   LATENTWATCH_CANARY_INTERVAL: { pointer: '/canary/intervalSeconds', kind: 'number' },
   LATENTWATCH_SHUTDOWN_DEADLINE: { pointer: '/shutdown/deadlineSeconds', kind: 'number' },

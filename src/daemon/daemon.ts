@@ -15,6 +15,7 @@ import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
 import { SqliteAlertStore, type AlertStore } from './alert-store.js';
+import { GroupCommitAlertStore } from './group-commit-store.js';
 import { JetStreamAlertStore, redactServers } from './nats-alert-store.js';
 import { lwError } from '../errors.js';
 import { Authenticator, SYSTEM_TENANT } from './auth.js';
@@ -33,7 +34,7 @@ export interface Daemon {
   engine: Engine;
   probes: Probe[];
   canary: Canary | undefined;
-  /** The alert store, the SQLite log when it is the store (else null), and the hub (diagnostics and fault-injection tests). */
+  /** The alert store, the SQLite log when it is the store on the event loop (else null: group commit or --nats), and the hub (diagnostics and fault-injection tests). */
   store: AlertStore;
   log: AlertLog | null;
   hub: AlertHub;
@@ -111,8 +112,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   };
   // `--nats`: one JetStream stream shared by every replica; else the embedded SQLite log.
   const nats = config.nats;
+  // The SQLite log on the event loop only when group commit is off (alertLog.groupCommit); by default a worker thread writes it.
+  const groupCommit = nats.servers.length === 0 && config.alertLog.groupCommit;
   const log =
-    nats.servers.length > 0
+    nats.servers.length > 0 || groupCommit
       ? null
       : AlertLog.open({
           path: config.alertLog.path,
@@ -125,7 +128,17 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const stopMaintenance = log ? log.startMaintenance(config.alertLog.maintenanceIntervalSeconds * 1000) : () => undefined;
   const store: AlertStore = log
     ? new SqliteAlertStore(log)
-    : await JetStreamAlertStore.open({
+    : groupCommit
+      ? await GroupCommitAlertStore.open({
+          path: config.alertLog.path,
+          retentionDays: config.alertLog.retentionDays,
+          retentionRows: config.alertLog.retentionRows,
+          pendingLimit: config.alertLog.pendingLimit,
+          synchronous: config.alertLog.synchronous,
+          maintenanceIntervalMs: config.alertLog.maintenanceIntervalSeconds * 1000,
+          onStateChange: (e) => onLogState(e),
+        })
+      : await JetStreamAlertStore.open({
         servers: nats.servers,
         stream: nats.stream,
         subject: nats.subject,
@@ -153,6 +166,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     replayPageSize: config.websocket.replayPageSize,
   });
   if (log) metrics.bindAlertLog(log);
+  if (store instanceof GroupCommitAlertStore) metrics.bindAlertLog(store);
   if (store instanceof JetStreamAlertStore) metrics.bindAlertOutbox(store);
   metrics.bindAlertHub(hub);
   const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
