@@ -5,7 +5,7 @@
  *
  *   npx tsx bench/gpu.ts [--work /tmp/lw-gpu] [--shapes 0.5b,7b] [--python python3] [--prompt 128]
  *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
- *       [--merge EARLIER.json] [--build-only]
+ *       [--merge EARLIER.json] [--build-only] [--webgpu-validation disabled|wgpuOnly|basic]
  *
  * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
  *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
@@ -24,6 +24,8 @@
  * several sessions: work/hf.json is reused when it covers the shapes; --merge starts from an earlier
  * report's summary and details (e.g. 0.5b first, then --shapes 7b --merge that); --build-only makes
  * the engine's webgpu int4 builds of the shapes and exits (to build one while another is measured).
+ * --webgpu-validation sets the WebGPU provider's validation mode for the whole process (runtime.ts):
+ * 'disabled' skips Dawn's per-dispatch checks, the host cost decode is bound by.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -31,6 +33,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine, interfaceFor, type EngineOptions } from '../src/engine/engine.js';
+import { WEBGPU_VALIDATION, type WebGpuValidation } from '../src/engine/runtime.js';
 import { ensureBuild } from '../src/model/build.js';
 import { residPost } from '../src/hooks.js';
 import { graphBytes } from './lib/graph-bytes.js';
@@ -162,7 +165,7 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge']);
+  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation']);
   const work = a.get('work', '/tmp/lw-gpu')!;
   const shapes = a.get('shapes', '0.5b,7b')!.split(',');
   for (const s of shapes) if (!SHAPES[s]) throw new Error(`--shapes: ${s} is not one of ${Object.keys(SHAPES).join(',')}`);
@@ -179,7 +182,9 @@ async function main(argv: string[]): Promise<void> {
   const details: Record<string, unknown> = { ...earlier?.details };
   // The figures of shapes this run does not measure come from the earlier run, on its machine.
   if (earlier) details.merged_from = { machine: earlier.machine, args: earlier.args };
-  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache };
+  const validation = a.get('webgpu-validation', '') as WebGpuValidation | '';
+  if (validation && !WEBGPU_VALIDATION.includes(validation)) throw new Error(`--webgpu-validation: ${validation} is not one of ${WEBGPU_VALIDATION.join(',')}`);
+  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache, ...(validation ? { webgpuValidation: validation } : {}) };
   if (a.has('build-only')) {
     for (const shape of shapes) {
       const t = performance.now();
@@ -188,7 +193,7 @@ async function main(argv: string[]): Promise<void> {
     }
     return;
   }
-  const report = { kind: 'gpu', version: 1, machine: describeMachine(), args: { shapes, prompt, decode, runs }, summary, details };
+  const report = { kind: 'gpu', version: 1, machine: describeMachine(), args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)' }, summary, details };
   const save = () => writeJson(out, report);
 
   // 1. Checkpoints and transformers' figures.

@@ -12,7 +12,7 @@ import type { ModelConfig } from '../model/config.js';
 import { ensureBuild, type BuildInfo, type BuildRequest } from '../model/build.js';
 import { concat, GRAPH_NAMES, type BuildProgress, type GraphInterface } from '../model/graph.js';
 import { StreamingDetokenizer } from './detokenizer.js';
-import { RuntimeSession, type Provider } from './runtime.js';
+import { RuntimeSession, type Provider, type WebGpuValidation } from './runtime.js';
 import { DeviceKvCache, deviceKvOutputs } from './device-kv.js';
 import { logprobsOf, Sampler, StopStringMatcher } from './sampler.js';
 import { DecodeBatcher } from './decode-batcher.js';
@@ -27,6 +27,8 @@ export interface EngineOptions extends BuildRequest {
   threads?: number;
   /** Whether idle onnxruntime pool threads spin between passes (default true; see runtime.ts). */
   spinning?: boolean;
+  /** The WebGPU provider's validation mode (runtime.ts; default onnxruntime's 'basic'). */
+  webgpuValidation?: WebGpuValidation;
   cacheDir?: string;
   progress?: BuildProgress;
   /** Upper bound on prompt + generated tokens; default the model's max_position_embeddings. */
@@ -97,6 +99,7 @@ export class Engine implements GraphContext {
         provider: o.provider,
         threads: o.threads ?? availableParallelism(),
         spinning: o.spinning,
+        webgpuValidation: o.webgpuValidation,
         deviceOutputs: deviceKv ? deviceKvOutputs(checkpoint.config) : undefined,
       }),
       existsSync(join(modelDir, 'tokenizer.json')) ? Tokenizer.fromDir(modelDir) : Promise.resolve(undefined),

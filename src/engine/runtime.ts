@@ -37,7 +37,22 @@ export interface SessionOptions {
    * back as the next pass's input. Never read them on the host (tensorData refuses them).
    */
   deviceOutputs?: readonly string[];
+  /**
+   * Where onnxruntime writes the graph it runs after its provider's fusions (e.g. the WebGPU
+   * provider's MatMulNBitsMlp/MatMulNBitsQkv): to check what a build becomes on a provider.
+   */
+  optimizedModelPath?: string;
+  /**
+   * The WebGPU provider's validation ('basic', onnxruntime's default; 'disabled' also skips Dawn's
+   * own checks of every dispatch, which cost host time per dispatch, but a WebGPU error then takes
+   * the process down instead of failing the pass). Dawn's device is shared by every session of a
+   * process: the first session's mode holds for all.
+   */
+  webgpuValidation?: WebGpuValidation;
 }
+
+export const WEBGPU_VALIDATION = ['disabled', 'wgpuOnly', 'basic'] as const;
+export type WebGpuValidation = (typeof WEBGPU_VALIDATION)[number];
 
 /** Whether the CUDA provider library is installed beside onnxruntime-node's binding. */
 export function cudaAvailable(): boolean {
@@ -55,11 +70,12 @@ export class RuntimeSession {
     }
     try {
       const session = await ort.InferenceSession.create(modelPath, {
-        executionProviders: [provider],
+        executionProviders: [provider === 'webgpu' && o.webgpuValidation ? { name: 'webgpu', validationMode: o.webgpuValidation } : provider],
         graphOptimizationLevel: 'all',
         intraOpNumThreads: o.threads ?? 0,
         interOpNumThreads: 1,
         logSeverityLevel: 3,
+        ...(o.optimizedModelPath ? { optimizedModelFilePath: o.optimizedModelPath } : {}),
         ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
         ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
       });

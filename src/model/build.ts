@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type GraphInterface, type Precision } from './graph.js';
 
-/** Bump when the graph layout changes, so old cached builds are not reused. */
-export const BUILDER_VERSION = 2;
+/** Bump when the graph layout changes, so old cached builds are not reused (3: device-kv builds with host_outputs and WebGPU-fusable projections). */
+export const BUILDER_VERSION = 3;
 
 export interface BuildRequest {
   precision?: Precision;

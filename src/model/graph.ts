@@ -143,26 +143,33 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     logitsIndex = '';
   }
 
-  /** y = x · Wᵀ for HF [out, in] weights, several weights concatenated along out. */
-  const linear = (x: string, names: string[], k: number, label: string): string => {
+  const quantized = o.precision === 'int4' || o.precision === 'int8';
+  /**
+   * y = x · Wᵀ (+ bias) for HF [out, in] weights, several weights concatenated along out. A bias
+   * goes into MatMulNBits itself (its optional input 5) where `inBias`, else an Add follows.
+   */
+  const linear = (x: string, names: string[], k: number, label: string, bias?: Float32Array, inBias = false): string => {
     const mats = names.map((n) => ckpt.read(n));
     const n = mats.reduce((a, m) => a + m.length / k, 0);
     const rows = concat(mats);
-    if (o.precision === 'int4' || o.precision === 'int8') {
+    const addBias = (y: string) => (bias ? g.op('Add', [y, g.f32(`${label}.bias`, [bias.length], bias)]) : y);
+    if (quantized) {
       const bits = o.precision === 'int4' ? 4 : 8;
       const q = quantizeRows(rows, n, k, bits, o.blockSize);
       const b = g.initializer(`${label}.qweight`, DT.UINT8, [n, q.blocksPerRow, q.blobSize], q.packed);
       const s = g.f32(`${label}.scales`, [n * q.blocksPerRow], q.scales);
-      return g.op('MatMulNBits', [x, b, s], { K: k, N: n, bits, block_size: o.blockSize, accuracy_level: o.accuracyLevel }, 'com.microsoft');
+      const attrs = { K: k, N: n, bits, block_size: o.blockSize, accuracy_level: o.accuracyLevel };
+      if (bias && inBias) return g.op('MatMulNBits', [x, b, s, '', '', g.f32(`${label}.bias`, [bias.length], bias)], attrs, 'com.microsoft');
+      return addBias(g.op('MatMulNBits', [x, b, s], attrs, 'com.microsoft'));
     }
     const wt = transpose(rows, n, k);
     if (o.precision === 'fp16') {
       // The CPU provider has no fp16 MatMul on x86: store fp16, widen once at session load.
       const h = toHalf(wt);
       const w16 = g.initializer(`${label}.weight_fp16`, DT.FLOAT16, [k, n], new Uint8Array(h.buffer));
-      return g.op('MatMul', [x, g.op('Cast', [w16], { to: DT.FLOAT })]);
+      return addBias(g.op('MatMul', [x, g.op('Cast', [w16], { to: DT.FLOAT })]));
     }
-    return g.op('MatMul', [x, g.f32(`${label}.weight`, [k, n], wt)]);
+    return addBias(g.op('MatMul', [x, g.f32(`${label}.weight`, [k, n], wt)]));
   };
   const vec = (name: string, label: string): string => g.f32(label, [ckpt.info(name).shape[0]], ckpt.read(name));
 
@@ -211,19 +218,24 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   let x = g.op('SimplifiedLayerNormalization', [h, vec('model.layers.0.input_layernorm.weight', 'layers.0.ln1')], { axis: -1, epsilon: eps, stash_type: 1 });
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}.`;
-    // Attention: one fused q|k|v projection.
-    let qkv = linear(x, [`${p}self_attn.q_proj.weight`, `${p}self_attn.k_proj.weight`, `${p}self_attn.v_proj.weight`], D, `layers.${l}.qkv`);
-    if (cfg.qkvBias) {
-      const bias = concat([ckpt.read(`${p}self_attn.q_proj.bias`), ckpt.read(`${p}self_attn.k_proj.bias`), ckpt.read(`${p}self_attn.v_proj.bias`)]);
-      qkv = g.op('Add', [qkv, g.f32(`layers.${l}.qkv.bias`, [bias.length], bias)]);
-    }
+    const proj = (w: string) => `${p}self_attn.${w}_proj.weight`;
+    const bias = cfg.qkvBias ? concat(['q', 'k', 'v'].map((w) => ckpt.read(`${p}self_attn.${w}_proj.bias`))) : undefined;
+    // Attention: one fused q|k|v projection, except in a quantized device-kv build without biases:
+    // there onnxruntime's WebGPU provider fuses the norm and three separate MatMulNBits into one
+    // kernel (MatMulNBitsQkvFusion; it takes no bias), one dispatch where there were three.
+    const qkvSeparate = deviceKv && quantized && !bias;
+    const qkv = qkvSeparate ? '' : linear(x, [proj('q'), proj('k'), proj('v')], D, `layers.${l}.qkv`, bias, deviceKv);
     let gqaIn: string[];
     if (cfg.qkNorm) {
       // Qwen3: RMSNorm over each head of q and k before rotary (which GQA applies).
-      const [q, k, v] = g.node('Split', [qkv, g.i64(`layers.${l}.split`, [H * hd, KV * hd, KV * hd])], 3, { axis: -1 });
+      const [q, k, v] = qkvSeparate
+        ? (['q', 'k', 'v'] as const).map((w) => linear(x, [proj(w)], D, `layers.${l}.${w}`))
+        : g.node('Split', [qkv, g.i64(`layers.${l}.split`, [H * hd, KV * hd, KV * hd])], 3, { axis: -1 });
       const headNorm = (t: string, w: string, label: string) =>
         g.op('Reshape', [g.op('SimplifiedLayerNormalization', [g.op('Reshape', [t, qkShape]), vec(w, label)], { axis: -1, epsilon: eps, stash_type: 1 }), flatShape]);
       gqaIn = [headNorm(q, `${p}self_attn.q_norm.weight`, `layers.${l}.q_norm`), headNorm(k, `${p}self_attn.k_norm.weight`, `layers.${l}.k_norm`), v];
+    } else if (qkvSeparate) {
+      gqaIn = (['q', 'k', 'v'] as const).map((w) => linear(x, [proj(w)], D, `layers.${l}.${w}`));
     } else {
       gqaIn = [qkv, '', ''];
     }
@@ -255,9 +267,17 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     const o = linear(attn, [`${p}self_attn.o_proj.weight`], H * hd, `layers.${l}.o`);
     const [x2, , , hMid] = g.node('SkipSimplifiedLayerNormalization', [o, h, vec(`${p}post_attention_layernorm.weight`, `layers.${l}.ln2`)], 4, { epsilon: eps }, 'com.microsoft');
 
-    // SwiGLU MLP with gate|up fused into one projection.
-    const gateUp = linear(x2, [`${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`], D, `layers.${l}.gate_up`);
-    const [gate, up] = g.node('Split', [gateUp, g.i64(`layers.${l}.mlp_split`, [I, I])], 2, { axis: -1 });
+    // SwiGLU MLP with gate|up fused into one projection; in a quantized device-kv build two
+    // projections instead, which onnxruntime's WebGPU provider fuses with the norm before them and
+    // the activation after into one kernel (MatMulNBitsMlpFusion): one dispatch where there were six.
+    let gate: string, up: string;
+    if (deviceKv && quantized) {
+      gate = linear(x2, [`${p}mlp.gate_proj.weight`], D, `layers.${l}.gate`);
+      up = linear(x2, [`${p}mlp.up_proj.weight`], D, `layers.${l}.up`);
+    } else {
+      const gateUp = linear(x2, [`${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`], D, `layers.${l}.gate_up`);
+      [gate, up] = g.node('Split', [gateUp, g.i64(`layers.${l}.mlp_split`, [I, I])], 2, { axis: -1 });
+    }
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
     let mlp = linear(act, [`${p}mlp.down_proj.weight`], I, `layers.${l}.down`);
     const hook = residPost(l);
