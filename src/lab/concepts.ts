@@ -208,3 +208,78 @@ export function writeConceptVectors(dir: string, v: ConceptVectors): void {
   writeFileAtomicSync(join(dir, CONCEPTS_TENSORS), bytes);
   writeFileAtomicSync(join(dir, CONCEPTS_MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
 }
+
+// ---- how far training concepts say anything about held-out ones (issue 12) ------------------------
+
+/** Per layer: how held-out concept directions relate to the training concepts' directions. */
+export interface HeldOutAlignment {
+  layer: number;
+  train: number;
+  heldOut: number;
+  /**
+   * cos(held-out unit vector, mean of the training unit vectors): what a linear score gets from a
+   * held-out injection when its weight is the training concepts' shared direction. A random
+   * direction gives mean 0, spread 1/√d (`randomCosSpread`).
+   */
+  cosWithTrainMean: { mean: number; std: number; min: number; max: number };
+  /** Mean |cos| between two different training unit vectors. */
+  meanAbsPairCos: number;
+  /** Mean norm of a held-out unit vector's projection on the span of the training vectors (random: √(train/d)). */
+  inTrainSpan: number;
+  randomCosSpread: number;
+  randomInSpan: number;
+}
+
+/**
+ * `HeldOutAlignment` of the given vectors at one layer. A linear probe w scores an injection of
+ * unit direction u at strength s by s·(w·u): it can only catch held-out concepts the training
+ * concepts' directions share, so these figures bound what any linear probe can generalise to.
+ * The span uses modified Gram–Schmidt in float64 (vectors within 1e-9 of the span so far are dropped).
+ */
+export function heldOutAlignment(layer: number, train: readonly ArrayLike<number>[], heldOut: readonly ArrayLike<number>[]): HeldOutAlignment {
+  if (train.length < 2 || heldOut.length === 0) throw lwError('LW_ERR_CONCEPTS_INVALID', `held-out alignment needs at least 2 training and 1 held-out vector (got ${train.length}, ${heldOut.length})`);
+  const d = train[0].length;
+  for (const v of [...train, ...heldOut]) if (v.length !== d) throw lwError('LW_ERR_CONCEPTS_INVALID', `vectors of different widths (${v.length} vs ${d})`);
+  const unit = (v: ArrayLike<number>): Float64Array => {
+    const n = l2norm(v);
+    if (!(n > 0)) throw lwError('LW_ERR_CONCEPTS_INVALID', 'a concept vector is zero');
+    return Float64Array.from(v, (x) => x / n);
+  };
+  const dot = (a: Float64Array, b: Float64Array): number => {
+    let s = 0;
+    for (let i = 0; i < d; i++) s += a[i] * b[i];
+    return s;
+  };
+  const tr = train.map(unit);
+  const ho = heldOut.map(unit);
+  const mean = new Float64Array(d);
+  for (const u of tr) for (let i = 0; i < d; i++) mean[i] += u[i] / tr.length;
+  const meanDir = unit(mean);
+  const cos = ho.map((u) => dot(u, meanDir));
+  const avg = cos.reduce((a, b) => a + b, 0) / cos.length;
+  const std = Math.sqrt(cos.reduce((a, b) => a + (b - avg) ** 2, 0) / cos.length);
+  let pairs = 0;
+  let pairSum = 0;
+  for (let i = 0; i < tr.length; i++) for (let j = i + 1; j < tr.length; j++, pairs++) pairSum += Math.abs(dot(tr[i], tr[j]));
+  const basis: Float64Array[] = [];
+  for (const u of tr) {
+    const r = Float64Array.from(u);
+    for (const b of basis) {
+      const c = dot(r, b);
+      for (let i = 0; i < d; i++) r[i] -= c * b[i];
+    }
+    const n = Math.sqrt(dot(r, r));
+    if (n > 1e-9) basis.push(r.map((x) => x / n));
+  }
+  const inSpan = ho.map((u) => Math.sqrt(basis.reduce((a, b) => a + dot(u, b) ** 2, 0)));
+  return {
+    layer,
+    train: tr.length,
+    heldOut: ho.length,
+    cosWithTrainMean: { mean: avg, std, min: Math.min(...cos), max: Math.max(...cos) },
+    meanAbsPairCos: pairSum / pairs,
+    inTrainSpan: inSpan.reduce((a, b) => a + b, 0) / inSpan.length,
+    randomCosSpread: 1 / Math.sqrt(d),
+    randomInSpan: Math.sqrt(Math.min(basis.length, d) / d),
+  };
+}
