@@ -27,6 +27,8 @@ import { LearningService, withLearnedProbes } from './learning.js';
 import { createMetrics } from './metrics.js';
 import { toJob } from './openai.js';
 import { buildServer } from './server.js';
+import { ProxyService } from './proxy.js';
+import { UpstreamClient, type UpstreamSettings } from './upstream.js';
 
 export interface Daemon {
   app: FastifyInstance;
@@ -78,6 +80,13 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     maxBatch: config.limits.maxConcurrent,
   });
   const modelName = config.servedModelName ?? basename(modelDir);
+  // Proxy mode: the upstream must serve this checkpoint; checked before anything else is opened.
+  const upstream = config.upstream.url === null ? null : new UpstreamClient(config.upstream as UpstreamSettings & { url: string });
+  const upstreamModel = config.upstream.model ?? modelName;
+  if (upstream) await ProxyService.checkIdentity(upstream, upstreamModel, engine.fingerprint).catch(async (e: unknown) => {
+    await engine.close();
+    throw e;
+  });
   // A probe learned from this deployment's traffic (stateDir/learned) replaces the loaded one of its id.
   const learned = await withLearnedProbes(config.stateDir, await Promise.all(probePaths.map((p) => loadProbe(p, engine.fingerprint))), engine.fingerprint);
   const probes = learned.probes;
@@ -172,6 +181,8 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
   inference.warm();
+  if (upstream) upstream.recorder = metrics;
+  const proxy = upstream ? new ProxyService({ upstream, engine, inference, config, upstreamModel }) : undefined;
   let accepting = true;
   // Serving with no probe is allowed (a plain OpenAI server) but watches nothing: say so loudly, in
   // the log and on /readyz, with how to make one.
@@ -192,6 +203,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     modelInfo: { fingerprint: engine.fingerprint, precision: engine.build.options.precision, probes: probes.map((p) => ({ id: p.id, label: p.label, hook: p.hooks })) },
     ready: () => accepting,
     warnings,
+    ...(proxy ? { proxy } : {}),
     ...(options.logStream ? { logStream: options.logStream } : {}),
   });
   onLogState = (e) => {
@@ -204,6 +216,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   app.log.info({ model: modelDir, default: config.modelDir === null, fingerprint: engine.fingerprint, build: engine.build.modelPath }, config.modelDir === null ? `serving the built-in default model ${modelName}` : `serving ${modelName}`);
   app.log.info({ probes: probes.map((p) => `${p.id} @ ${p.hooks.join('+')} (threshold ${p.threshold})`) }, `${probes.length} probe(s) loaded`);
   for (const w of warnings) app.log.warn(w);
+  if (upstream) app.log.info({ upstream: upstream.url, upstreamModel }, `proxy mode: requests go to ${upstream.url}; this replica scores the prompts and the upstream's tokens`);
   for (const n of notices) app.log.warn(n);
   for (const w of learned.warnings) app.log.warn({ code: w.code }, w.msg);
   for (const [id, v] of learned.versions) app.log.info({ probe: id, version: v.version, path: v.path, threshold: v.threshold, learnedAt: v.learnedAt }, `using ${id} v${v.version}, learned from this deployment's traffic`);

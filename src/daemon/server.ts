@@ -12,6 +12,7 @@ import type { Authenticator } from './auth.js';
 import { namedApiKeys, type FrozenConfig } from './config.js';
 import { clientErrorHandler, installErrorHandlers, installJsonBodyParser, sendHttpError, toHttpError } from './http-errors.js';
 import type { InferenceService } from './inference.js';
+import type { ProxyService } from './proxy.js';
 import type { DaemonMetrics } from './metrics.js';
 import { checkHeaders, installRequestGuard, principalOf, type GuardOptions } from './request-guard.js';
 import { redactUrl, SecretScrubber, setProcessSecrets } from './redact.js';
@@ -31,6 +32,8 @@ export interface ServerDeps {
   ready: () => boolean;
   /** Start-up warnings an operator should see beyond the log (e.g. no probe loaded): /readyz lists them. */
   warnings?: readonly string[];
+  /** Proxy mode (`serve --upstream`): the completion routes forward to the upstream and score its answer (proxy.ts). */
+  proxy?: Pick<ProxyService, 'complete'>;
   /** Where log lines go (default stdout); tests capture them here. */
   logStream?: Pick<NodeJS.WritableStream, 'write'>;
 }
@@ -41,7 +44,8 @@ export const SMALL_BODY_LIMIT = 64 * 1024;
 /** Keys the daemon knows; none may reach a log line (redact.ts). */
 function configuredSecrets(config: FrozenConfig): string[] {
   const nats = [config.nats.password, config.nats.token].filter((x): x is string => x !== null);
-  return [...namedApiKeys(config).map((k) => k.key), ...(config.adminKey === null ? [] : [config.adminKey]), ...nats];
+  const upstream = config.upstream.key === null ? [] : [config.upstream.key];
+  return [...namedApiKeys(config).map((k) => k.key), ...(config.adminKey === null ? [] : [config.adminKey]), ...nats, ...upstream];
 }
 
 export function buildServer(d: ServerDeps): FastifyInstance {
@@ -107,6 +111,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
   const completion = (kind: ApiKind) => async (req: FastifyRequest, reply: FastifyReply) => {
     const principal = principalOf(req);
     if (!d.ready()) throw lwError('LW_ERR_API_SHUTTING_DOWN');
+    if (d.proxy) return d.proxy.complete(kind, req, reply, principal);
     const job = toJob(kind, req.body as ChatBody | CompletionBody);
     const prepared = d.inference.prepare(job, principal);
     const ac = new AbortController();

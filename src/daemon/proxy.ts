@@ -1,0 +1,348 @@
+/**
+ * Proxy mode (`serve --upstream URL`, docs/daemon.md "Proxy mode"): chat and completion requests
+ * are forwarded to an OpenAI-compatible upstream that generates; its answer goes back unchanged
+ * with the `latentwatch` verdict added (the last chunk before `[DONE]` when streamed). The local
+ * replica of the same checkpoint scores the prompt and the upstream's tokens teacher-forced:
+ * prefill-shaped passes over whatever has arrived (one token alone joins the engine's decode batch
+ * with other requests), never waiting for the whole answer. The steps go through the same
+ * InferenceService.run as local serving (inference.ts StepSource), so alerts, metrics, traces and
+ * the verdict are those of local serving. A chunk reaches the client once its tokens are scored and
+ * their alerts stored, as a generated token does in local serving.
+ *
+ * Token alignment: the upstream's own token ids (`return_token_ids`, vLLM and latentwatch), else
+ * the chunk's text re-tokenised with the checkpoint's tokenizer (a stop token it does not show is
+ * then not scored, and token boundaries may differ from what the upstream generated).
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Engine } from '../engine/engine.js';
+import type { ForwardResult } from '../engine/sequence.js';
+import type { Step, TapValues } from '../engine/types.js';
+import { lwError } from '../errors.js';
+import type { Principal } from './auth.js';
+import type { FrozenConfig } from './config.js';
+import { toHttpError } from './http-errors.js';
+import type { InferenceService, PreparedRequest, StepSource, VerdictBody } from './inference.js';
+import { toJob, type ApiKind, type ChatBody, type CompletionBody, type FinishReason } from './openai.js';
+import type { UpstreamClient } from './upstream.js';
+
+/** Prompt positions per prefill pass (the engine's default chunk). */
+const PREFILL_CHUNK = 512;
+
+/** Tokens that arrived together from the upstream: one stream chunk, or a whole answer. */
+interface Arrival {
+  ids: number[];
+  /** The text those tokens carry (the monitor's verbalization reads it). */
+  text: string;
+  finish?: FinishReason;
+  /** Called once the tokens are scored and their alerts stored (streams: send the chunk on). */
+  onScored?: () => void;
+}
+
+/** Arrivals between the upstream reader and the scorer: the scorer takes all that has come in. */
+export class TokenFeed {
+  private items: Arrival[] = [];
+  private ended = false;
+  private failure: { error: unknown } | undefined;
+  private wake: (() => void) | undefined;
+
+  push(a: Arrival): void {
+    this.items.push(a);
+    this.notify();
+  }
+
+  end(): void {
+    this.ended = true;
+    this.notify();
+  }
+
+  /** Scoring stops with `error` once what already arrived is scored. */
+  fail(error: unknown): void {
+    this.failure ??= { error };
+    this.notify();
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  /** Everything that arrived since the last call; null once ended and empty. */
+  async take(signal: AbortSignal | undefined): Promise<Arrival[] | null> {
+    for (;;) {
+      if (signal?.aborted) throw lwError('LW_ERR_ENGINE_ABORTED');
+      if (this.items.length > 0) return this.items.splice(0);
+      if (this.failure) throw this.failure.error;
+      if (this.ended) return null;
+      await new Promise<void>((resolve) => {
+        const onAbort = () => resolve();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        this.wake = () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+      });
+    }
+  }
+}
+
+/** Row `row` of every tap of a multi-position pass. */
+function tapRow(taps: ReadonlyMap<string, TapValues>, row: number): Map<string, TapValues> {
+  const out = new Map<string, TapValues>();
+  for (const [k, t] of taps) out.set(k, { positions: 1, dModel: t.dModel, data: t.data.subarray(row * t.dModel, (row + 1) * t.dModel) });
+  return out;
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * Teacher-forced steps shaped like the engine's: the prompt step (every prompt position's taps),
+ * then one token step per arrived token, each with its own position's taps.
+ */
+export function teacherForced(engine: Engine, feed: TokenFeed, onTruncated: (dropped: number) => void): StepSource {
+  return async function* (req) {
+    const promptLength = req.promptIds.length;
+    const seq = engine.newSequence(promptLength + req.maxTokens);
+    const fwd = { taps: req.taps ?? [], injections: req.injections, promptLength, logits: 'none' as const };
+    try {
+      const promptTaps = new Map<string, Float32Array[]>();
+      for (let i = 0; i < promptLength; i += PREFILL_CHUNK) {
+        if (req.signal?.aborted) throw lwError('LW_ERR_ENGINE_ABORTED');
+        const r = await seq.forward(req.promptIds.slice(i, i + PREFILL_CHUNK), fwd);
+        for (const [k, v] of r.taps) promptTaps.set(k, [...(promptTaps.get(k) ?? []), v.data]);
+      }
+      const D = engine.config.hiddenSize;
+      yield { kind: 'prompt', tokenId: -1, text: '', position: promptLength - 1, taps: new Map([...promptTaps].map(([k, parts]) => [k, { positions: promptLength, dModel: D, data: concat(parts) }])) } satisfies Step;
+      for (;;) {
+        const batch = await feed.take(req.signal);
+        if (batch === null) return;
+        const arrived = batch.flatMap((a) => a.ids);
+        // Tokens past the sequence's room (an upstream that ignored max_tokens) are not scored.
+        const room = seq.capacity - seq.length;
+        const ids = arrived.slice(0, room);
+        if (arrived.length > ids.length) onTruncated(arrived.length - ids.length);
+        let r: ForwardResult | undefined;
+        if (ids.length === 1 && seq.storage.slot >= 0) r = await engine.batcher.step(seq, ids[0], fwd);
+        else if (ids.length > 0) r = await seq.forward(ids, fwd);
+        let row = 0;
+        for (const a of batch) {
+          const n = Math.min(a.ids.length, ids.length - row);
+          for (let j = 0; j < n; j++, row++) {
+            const last = j === n - 1;
+            const step: Step = { kind: 'token', tokenId: a.ids[j], text: last ? a.text : '', position: seq.length - ids.length + row, taps: tapRow(r!.taps, row) };
+            if (last && a.finish) step.finishReason = a.finish;
+            yield step;
+          }
+          // run() has monitored every step yielded so far (and stored their alerts) before asking for the next.
+          a.onScored?.();
+        }
+      }
+    } finally {
+      seq.release();
+    }
+  };
+}
+
+interface UpstreamChoice {
+  text?: unknown;
+  message?: { content?: unknown };
+  delta?: { content?: unknown };
+  token_ids?: unknown;
+  finish_reason?: unknown;
+}
+
+interface UpstreamBody {
+  id?: unknown;
+  object?: unknown;
+  created?: unknown;
+  model?: unknown;
+  choices?: UpstreamChoice[];
+  prompt_token_ids?: unknown;
+  latentwatch?: unknown;
+  error?: unknown;
+}
+
+export interface ProxyDeps {
+  upstream: UpstreamClient;
+  engine: Engine;
+  inference: InferenceService;
+  config: FrozenConfig;
+  /** The model id the upstream serves this checkpoint under. */
+  upstreamModel: string;
+  log?: { warn(o: object, msg: string): void };
+}
+
+/** How the scored tokens were matched to the upstream's: its token ids, or its text re-tokenised. */
+export type Alignment = 'token_ids' | 'text';
+
+export class ProxyService {
+  constructor(private readonly d: ProxyDeps) {}
+
+  /**
+   * Start-up check: the upstream's /v1/models must list the model (and, when it says, the same
+   * checkpoint fingerprint: another latentwatch does); else LW_ERR_UPSTREAM_MODEL_MISMATCH.
+   */
+  static async checkIdentity(upstream: UpstreamClient, upstreamModel: string, fingerprint: string): Promise<void> {
+    const models = await upstream.models();
+    const entry = models.find((m) => m.id === upstreamModel);
+    if (!entry) {
+      throw lwError('LW_ERR_UPSTREAM_MODEL_MISMATCH', `${upstream.url} serves ${models.map((m) => JSON.stringify(m.id)).join(', ') || 'no model'}, not ${JSON.stringify(upstreamModel)} (set upstream.model / --upstream-model to the upstream's id of this checkpoint)`, {
+        upstream: upstream.url,
+        expected: upstreamModel,
+        served: models.map((m) => m.id),
+      });
+    }
+    if (typeof entry.fingerprint === 'string' && entry.fingerprint !== fingerprint) {
+      throw lwError('LW_ERR_UPSTREAM_MODEL_MISMATCH', `${upstream.url} serves ${upstreamModel} with checkpoint fingerprint ${entry.fingerprint}; the local replica is ${fingerprint}`, {
+        upstream: upstream.url,
+        expected: fingerprint,
+        served: entry.fingerprint,
+      });
+    }
+  }
+
+  /** The completion routes in proxy mode (server.ts calls this instead of local generation). */
+  async complete(kind: ApiKind, req: FastifyRequest, reply: FastifyReply, principal: Principal): Promise<unknown> {
+    const body = req.body as ChatBody | CompletionBody;
+    const job = toJob(kind, body);
+    const prepared = this.d.inference.prepare(job, principal);
+    const ac = new AbortController();
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) ac.abort();
+    });
+    const feed = new TokenFeed();
+    let alignment: Alignment = 'token_ids';
+    const align = (choice: UpstreamChoice | undefined, text: string): number[] => {
+      const ids = choice?.token_ids;
+      if (this.d.config.upstream.tokenIds && Array.isArray(ids) && ids.every((x) => Number.isInteger(x) && x >= 0 && x < this.d.engine.config.vocabSize)) return ids as number[];
+      if (text === '') return [];
+      alignment = 'text';
+      return this.d.engine.tokenizer!.encode(text, { addSpecialTokens: false });
+    };
+    const scoring = this.score(prepared, feed, ac.signal);
+    // Failures are read where scoring is awaited; this keeps an early one from going unhandled meanwhile.
+    scoring.catch(() => undefined);
+    const path = kind === 'chat' ? '/chat/completions' : '/completions';
+    let answer;
+    try {
+      answer = await this.d.upstream.post(path, this.forwardBody(body, prepared), ac.signal);
+    } catch (e) {
+      feed.fail(e);
+      ac.abort();
+      throw e;
+    }
+    if (answer.kind === 'json') {
+      const out = answer.body as UpstreamBody;
+      if (answer.status !== 200) {
+        // The upstream's own refusal (4xx), unchanged; nothing was generated to score.
+        ac.abort();
+        feed.fail(lwError('LW_ERR_ENGINE_ABORTED'));
+        return reply.code(answer.status).send(answer.body);
+      }
+      const choice = Array.isArray(out.choices) ? out.choices[0] : undefined;
+      if (!choice) {
+        feed.fail(lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', 'the answer has no choices'));
+        ac.abort();
+        throw lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', `${this.d.upstream.url}${path}: the answer has no choices`);
+      }
+      const text = textOf(kind, choice, false);
+      feed.push({ ids: align(choice, text), text, finish: finishOf(choice.finish_reason) });
+      feed.end();
+      const verdict = await scoring;
+      if (!job.returnTokenIds) stripTokenIds(out);
+      out.latentwatch = { ...verdict, proxy: { alignment } };
+      return out;
+    }
+
+    // A stream: chunks go on as they are scored; the verdict is the last chunk before [DONE].
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    const send = (obj: unknown) => {
+      if (!res.writableEnded) res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    };
+    let meta: Record<string, unknown> = { id: job.id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: job.created, model: this.d.upstreamModel };
+    let first = true;
+    try {
+      for await (const data of answer.events) {
+        let chunk: UpstreamBody;
+        try {
+          chunk = JSON.parse(data) as UpstreamBody;
+        } catch {
+          throw lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', `${this.d.upstream.url}${path}: a stream chunk is not JSON`);
+        }
+        if (chunk.error !== undefined) {
+          const inner = chunk.error as { message?: unknown; code?: unknown };
+          throw lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', `${this.d.upstream.url}${path}: the upstream failed mid-stream: ${String(inner.message ?? '').slice(0, 300)}`, { upstreamCode: typeof inner.code === 'string' ? inner.code : null });
+        }
+        const choices = Array.isArray(chunk.choices) ? chunk.choices : [];
+        // The upstream's own verdict (another latentwatch) is replaced by this replica's.
+        if (choices.length === 0 && chunk.latentwatch !== undefined) continue;
+        if (first) {
+          meta = { id: chunk.id ?? meta.id, object: chunk.object ?? meta.object, created: chunk.created ?? meta.created, model: chunk.model ?? meta.model };
+          first = false;
+        }
+        const choice = choices[0];
+        const text = choice ? textOf(kind, choice, true) : '';
+        const ids = choice ? align(choice, text) : [];
+        if (!job.returnTokenIds) stripTokenIds(chunk);
+        feed.push({ ids, text, finish: choice ? finishOf(choice.finish_reason) : undefined, onScored: () => send(chunk) });
+      }
+      feed.end();
+      const verdict = await scoring;
+      send({ ...meta, choices: [], latentwatch: { ...verdict, proxy: { alignment } } });
+    } catch (err) {
+      feed.fail(err);
+      if (ac.signal.aborted) return;
+      // What was scored before the failure has gone out; then the coded error, as local serving does.
+      await scoring.catch(() => undefined);
+      req.log.error({ err }, 'proxied stream failed');
+      send(toHttpError(err).body);
+    }
+    res.end('data: [DONE]\n\n');
+  }
+
+  /** Runs the monitor over the teacher-forced steps; resolves to the verdict. */
+  private async score(p: PreparedRequest, feed: TokenFeed, signal: AbortSignal): Promise<VerdictBody> {
+    const source = teacherForced(this.d.engine, feed, (dropped) => this.d.log?.warn({ requestId: p.requestId, dropped }, 'the upstream sent more tokens than the request has room for: those are not scored'));
+    for await (const ev of this.d.inference.run(p, signal, source)) if (ev.type === 'done') return ev.verdict;
+    throw lwError('LW_ERR_API_INTERNAL', 'scoring ended without a verdict');
+  }
+
+  /**
+   * The client's request as the upstream gets it: the upstream's model id, token ids asked for, no
+   * `latentwatch` field (admin injection applies to the local replica only), and max_tokens set to
+   * what the local replica has room to score when the client set none.
+   */
+  private forwardBody(body: ChatBody | CompletionBody, p: PreparedRequest): Record<string, unknown> {
+    const out: Record<string, unknown> = { ...body, model: this.d.upstreamModel };
+    delete out.latentwatch;
+    if (this.d.config.upstream.tokenIds) out.return_token_ids = true;
+    if (body.max_tokens == null && body.max_completion_tokens == null) out.max_tokens = p.maxTokens;
+    return out;
+  }
+}
+
+function textOf(kind: ApiKind, choice: UpstreamChoice, delta: boolean): string {
+  const t = kind === 'completion' ? choice.text : delta ? choice.delta?.content : choice.message?.content;
+  return typeof t === 'string' ? t : '';
+}
+
+function finishOf(reason: unknown): FinishReason | undefined {
+  if (reason === 'length') return 'length';
+  return typeof reason === 'string' ? 'stop' : undefined;
+}
+
+function stripTokenIds(body: UpstreamBody): void {
+  delete body.prompt_token_ids;
+  for (const c of body.choices ?? []) delete c.token_ids;
+}

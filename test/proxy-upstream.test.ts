@@ -1,0 +1,266 @@
+/**
+ * Proxy mode (issue 16): `serve --upstream URL` in front of a second latentwatch process serving
+ * the built-in model (a real OpenAI-compatible server). The proxy forwards, the upstream generates,
+ * the proxy's local replica scores the upstream's tokens teacher-forced.
+ */
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Daemon } from '../src/daemon/daemon.js';
+import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnServe, startTestDaemon, trainTestProbe, type ServeProcess, type TestProbe } from './daemon-fixture.js';
+import { CODE16M, freePort, tempDir, waitUntil } from './helpers.js';
+
+const MODEL = 'qwen2-code-16m';
+/** The key the proxy presents to its upstream: accepted there, and never in the proxy's log. */
+const UPSTREAM_KEY = 'proxy-to-upstream-secret';
+const KEY_ENV = 'LW_TEST_UPSTREAM_KEY';
+
+interface ProbeVerdict {
+  id: string;
+  max_score: number | null;
+  final_score: number | null;
+  fired: boolean;
+  alert_ids: number[];
+}
+interface Verdict {
+  request_id: string;
+  probes: ProbeVerdict[];
+  proxy?: { alignment: string };
+}
+interface Completion {
+  id: string;
+  object: string;
+  model: string;
+  choices: { text?: string; message?: { content: string }; finish_reason: string; token_ids?: number[] }[];
+  usage: { prompt_tokens: number; completion_tokens: number };
+  latentwatch?: Verdict;
+  error?: { code: string; message: string };
+}
+
+function upstreamEnv(): Record<string, string> {
+  return {
+    LATENTWATCH_API_KEYS: `user:${API_KEY},proxy:${UPSTREAM_KEY}`,
+    LATENTWATCH_ADMIN_KEY: ADMIN_KEY,
+    LATENTWATCH_HOST: '127.0.0.1',
+  };
+}
+
+function spawnUpstream(probe: TestProbe, what: string): Promise<ServeProcess> {
+  return spawnServe(['--model', CODE16M, '--probe', probe.path, '--alert-log', join(tempDir('lw-upstream-'), 'alerts.db')], upstreamEnv(), { what });
+}
+
+async function post(url: string, route: string, body: Record<string, unknown>, key = API_KEY): Promise<{ status: number; body: Completion }> {
+  const r = await fetch(`${url}/v1/${route}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, body: JSON.stringify(body) });
+  return { status: r.status, body: (await r.json()) as Completion };
+}
+
+/** Equal within 1e-3 relative (a floor of 1e-3 keeps scores near zero from demanding exact equality). */
+function expectClose(actual: number | null, expected: number | null, what: string): void {
+  expect(actual, what).not.toBeNull();
+  expect(expected, what).not.toBeNull();
+  const tolerance = 1e-3 * Math.max(Math.abs(actual!), Math.abs(expected!), 1e-3);
+  expect(Math.abs(actual! - expected!), `${what}: ${actual} vs ${expected}`).toBeLessThanOrEqual(tolerance);
+}
+
+function expectSameScores(proxied: Verdict, upstream: Verdict): void {
+  expect(proxied.probes.map((p) => p.id).sort()).toEqual(upstream.probes.map((p) => p.id).sort());
+  for (const u of upstream.probes) {
+    const p = proxied.probes.find((x) => x.id === u.id)!;
+    expectClose(p.max_score, u.max_score, `${u.id} max_score`);
+    expectClose(p.final_score, u.final_score, `${u.id} final_score`);
+    expect(p.fired, u.id).toBe(u.fired);
+  }
+}
+
+async function metric(url: string, series: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(series + ' '));
+  return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}
+
+let probe: TestProbe;
+let upstream: ServeProcess;
+let proxy: Daemon;
+
+beforeAll(async () => {
+  probe = await trainTestProbe();
+  upstream = await spawnUpstream(probe, 'the upstream');
+  proxy = await startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--upstream-timeout', '10'], { [KEY_ENV]: UPSTREAM_KEY });
+}, 240_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  upstream?.child.kill('SIGKILL');
+});
+
+describe('serve --upstream: answers and verdicts', () => {
+  it('our own completions return token ids when asked (return_token_ids), streamed and not, the stop token included', async () => {
+    const body = { model: MODEL, prompt: 'def add(a, b):\n', max_tokens: 40, temperature: 0, return_token_ids: true };
+    const whole = await post(upstream.url, 'completions', body);
+    expect(whole.status).toBe(200);
+    const ids = whole.body.choices[0].token_ids!;
+    expect(ids.length).toBe(whole.body.usage.completion_tokens);
+    const r = await fetch(`${upstream.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) });
+    const streamed = (await r.text())
+      .split('\n\n')
+      .filter((e) => e.startsWith('data: {'))
+      .map((e) => JSON.parse(e.slice(6)) as Completion)
+      .flatMap((c) => c.choices.flatMap((ch) => ch.token_ids ?? []));
+    expect(streamed).toEqual(ids);
+  });
+
+  it('completions: the text, finish reason and usage are the upstream\'s; the verdict scores equal the upstream\'s own within 1e-3', async () => {
+    const body = { model: MODEL, prompt: 'import os\n\ndef walk(root):\n', max_tokens: 32, temperature: 0 };
+    const direct = await post(upstream.url, 'completions', body);
+    const proxied = await post(proxy.url, 'completions', body);
+    expect(direct.status).toBe(200);
+    expect(proxied.status).toBe(200);
+    expect(proxied.body.choices[0].text).toBe(direct.body.choices[0].text);
+    expect(proxied.body.choices[0].finish_reason).toBe(direct.body.choices[0].finish_reason);
+    expect(proxied.body.usage).toEqual(direct.body.usage);
+    expect(proxied.body.id).toMatch(/^cmpl-/);
+    expect(Object.keys(proxied.body).sort()).toEqual(Object.keys(direct.body).sort());
+    // The token ids the proxy asked for are not shown to a client that did not ask.
+    expect(proxied.body.choices[0].token_ids).toBeUndefined();
+    expect(proxied.body.latentwatch!.proxy).toEqual({ alignment: 'token_ids' });
+    expect(proxied.body.latentwatch!.request_id).not.toBe(direct.body.latentwatch!.request_id);
+    expectSameScores(proxied.body.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it('chat through the openai SDK, streamed: the same text, the verdict as the last chunk, scores equal the upstream\'s', async () => {
+    const messages = [{ role: 'user' as const, content: 'Write a function that reverses a list.' }];
+    const direct = await post(upstream.url, 'chat/completions', { model: MODEL, messages, max_tokens: 32, temperature: 0 });
+    expect(direct.status).toBe(200);
+    const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    const stream = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 32, temperature: 0, stream: true });
+    const chunks: (OpenAI.Chat.Completions.ChatCompletionChunk & { latentwatch?: Verdict })[] = [];
+    for await (const c of stream) chunks.push(c);
+    const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    expect(text).toBe(direct.body.choices[0].message!.content);
+    expect(chunks.find((c) => c.choices[0]?.finish_reason)?.choices[0].finish_reason).toBe(direct.body.choices[0].finish_reason);
+    const last = chunks.at(-1)!;
+    expect(last.choices).toEqual([]);
+    expect(last.latentwatch).toBeDefined();
+    expect(chunks.slice(0, -1).every((c) => c.latentwatch === undefined)).toBe(true);
+    expect(chunks.every((c) => c.id === chunks[0].id)).toBe(true);
+    expectSameScores(last.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it('non-streamed chat through the openai SDK carries the verdict', async () => {
+    const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    const messages = [{ role: 'user' as const, content: 'Sort a dict by value.' }];
+    const direct = await post(upstream.url, 'chat/completions', { model: MODEL, messages, max_tokens: 16, temperature: 0 });
+    const r = (await client.chat.completions.create({ model: MODEL, messages, max_tokens: 16, temperature: 0 })) as OpenAI.Chat.Completions.ChatCompletion & { latentwatch?: Verdict };
+    expect(r.choices[0].message.content).toBe(direct.body.choices[0].message!.content);
+    expectSameScores(r.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it('red team: admin injection applies to the local replica only, and makes the proxy\'s probe fire and alert', async () => {
+    const body = { model: MODEL, prompt: 'class Cache:\n    def ', max_tokens: 12, temperature: 0 };
+    const clean = await post(proxy.url, 'completions', body);
+    expect(clean.body.latentwatch!.probes.find((p) => p.id === 'test-injection')!.fired).toBe(false);
+    const inject = { layer: INJECT_LAYER, vector: probe.vector, scale: probe.scale, window: 'all' };
+    const injected = await post(proxy.url, 'completions', { ...body, latentwatch: { inject } }, ADMIN_KEY);
+    expect(injected.status).toBe(200);
+    // The upstream never saw the injection: its text is the clean text.
+    expect(injected.body.choices[0].text).toBe(clean.body.choices[0].text);
+    const v = injected.body.latentwatch!.probes.find((p) => p.id === 'test-injection')!;
+    expect(v.fired).toBe(true);
+    expect(v.alert_ids.length).toBeGreaterThan(0);
+    const alerts = (await (await fetch(`${proxy.url}/v1/alerts?since=0&limit=1000`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json()) as { data: { id: number; probeId: string }[] };
+    expect(alerts.data.filter((a) => v.alert_ids.includes(a.id)).map((a) => a.probeId)).toEqual(v.alert_ids.map(() => 'test-injection'));
+    // The injection still needs the admin key through the proxy.
+    const refused = await post(proxy.url, 'completions', { ...body, latentwatch: { inject } });
+    expect(refused.status).toBe(403);
+  });
+
+  it("the upstream's own 4xx goes back unchanged, and is counted", async () => {
+    const before = await metric(proxy.url, 'latentwatch_upstream_requests_total{code="400"}');
+    // A logit_bias id outside the vocabulary: valid JSON the upstream refuses.
+    const r = await post(proxy.url, 'completions', { model: MODEL, prompt: 'x = ', max_tokens: 4, logit_bias: { '99999999': 1 } });
+    expect(r.status).toBe(400);
+    expect(r.body.error!.code).toBe('LW_ERR_ENGINE_BAD_REQUEST');
+    expect(await metric(proxy.url, 'latentwatch_upstream_requests_total{code="400"}')).toBe(before + 1);
+    expect(await metric(proxy.url, 'latentwatch_upstream_requests_total{code="200"}')).toBeGreaterThan(0);
+  });
+
+  it('a stalled upstream (SIGSTOP) answers 504 LW_ERR_UPSTREAM_TIMEOUT within the bound; the proxy serves again once it resumes', async () => {
+    const slow = await startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--upstream-timeout', '1.5'], { [KEY_ENV]: UPSTREAM_KEY });
+    try {
+      upstream.child.kill('SIGSTOP');
+      let r: { status: number; body: Completion };
+      try {
+        r = await post(slow.url, 'completions', { model: MODEL, prompt: 'def f():\n', max_tokens: 4, temperature: 0 });
+      } finally {
+        upstream.child.kill('SIGCONT');
+      }
+      expect(r.status).toBe(504);
+      expect(r.body.error!.code).toBe('LW_ERR_UPSTREAM_TIMEOUT');
+      expect(await metric(slow.url, 'latentwatch_upstream_requests_total{code="timeout"}')).toBe(1);
+      expect((await fetch(`${slow.url}/readyz`)).status).toBe(200);
+      const again = await post(proxy.url, 'completions', { model: MODEL, prompt: 'def f():\n', max_tokens: 4, temperature: 0 });
+      expect(again.status).toBe(200);
+    } finally {
+      await slow.close();
+    }
+  });
+});
+
+describe('serve --upstream: start-up identity check', () => {
+  it('refuses an upstream that does not serve the model, with a coded error', async () => {
+    await expect(startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--upstream-model', 'some-other-model'], { [KEY_ENV]: UPSTREAM_KEY })).rejects.toMatchObject({
+      code: 'LW_ERR_UPSTREAM_MODEL_MISMATCH',
+    });
+  });
+
+  it('refuses a key variable that is not set', async () => {
+    await expect(startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', 'LW_TEST_NOT_SET'])).rejects.toMatchObject({ code: 'LW_ERR_CONFIG_INVALID' });
+  });
+});
+
+describe('serve --upstream: the upstream killed mid-stream', () => {
+  it('the client gets a coded error, the proxy keeps serving and counts; the upstream key never reaches its log', async () => {
+    const doomed = await spawnUpstream(probe, 'the upstream to kill');
+    const proxyProcess = await spawnServe(
+      ['--model', CODE16M, '--probe', probe.path, '--alert-log', join(tempDir('lw-proxy-'), 'alerts.db'), '--upstream', `${doomed.url}/v1`, '--upstream-key-env', KEY_ENV],
+      { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_HOST: '127.0.0.1', [KEY_ENV]: UPSTREAM_KEY },
+      { what: 'the proxy' },
+    );
+    try {
+      const client = new OpenAI({ baseURL: `${proxyProcess.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+      // A long answer (EOS, id 0, banned) so the upstream is still generating when it dies.
+      const stream = await client.completions.create({ model: MODEL, prompt: 'def main():\n', max_tokens: 900, temperature: 0, logit_bias: { '0': -100 }, stream: true });
+      let chunks = 0;
+      let failure: unknown;
+      try {
+        for await (const c of stream) {
+          if (c.choices[0]?.text) chunks++;
+          if (chunks === 1) doomed.child.kill('SIGKILL');
+        }
+      } catch (e) {
+        failure = e;
+      }
+      expect(chunks).toBeGreaterThan(0);
+      expect(failure).toBeInstanceOf(OpenAI.APIError);
+      expect((failure as InstanceType<typeof OpenAI.APIError>).code).toMatch(/^LW_ERR_UPSTREAM_(BAD_GATEWAY|UNAVAILABLE)$/);
+      // The proxy still answers: ready, and a coded 503 while its upstream is gone.
+      expect((await fetch(`${proxyProcess.url}/readyz`)).status).toBe(200);
+      const r = await post(proxyProcess.url, 'completions', { model: MODEL, prompt: 'x = ', max_tokens: 4 });
+      expect(r.status).toBe(503);
+      expect(r.body.error!.code).toBe('LW_ERR_UPSTREAM_UNAVAILABLE');
+      expect(await metric(proxyProcess.url, 'latentwatch_upstream_requests_total{code="broken"}')).toBe(1);
+      // One refused attempt plus two retries.
+      expect(await metric(proxyProcess.url, 'latentwatch_upstream_requests_total{code="unreachable"}')).toBe(3);
+      await waitUntil(() => proxyProcess.log().includes('proxied stream failed'), { timeoutMs: 10_000, what: 'the failure logged' });
+      expect(proxyProcess.log()).not.toContain(UPSTREAM_KEY);
+    } finally {
+      doomed.child.kill('SIGKILL');
+      proxyProcess.child.kill('SIGKILL');
+    }
+  });
+
+  it('refuses to start when the upstream is unreachable', async () => {
+    const port = await freePort();
+    await expect(startTestDaemon(probe, ['--upstream', `http://127.0.0.1:${port}/v1`])).rejects.toMatchObject({ code: 'LW_ERR_UPSTREAM_UNAVAILABLE' });
+  });
+});
