@@ -20,6 +20,8 @@ import { ConceptStore } from '../src/probes/concept-store.js';
 import { ConceptNamer, DEFAULT_CONCEPT_NAMING, type ConceptNamingOptions } from '../src/probes/concept-naming.js';
 import { loadProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
+import { Tokenizer } from '../src/engine/tokenizer.js';
+import { TrialTokens } from '../src/lab/trials.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 
 type Variant = Required<Pick<ConceptNamingOptions, 'space' | 'positions'>>;
@@ -54,6 +56,8 @@ async function main(argv: string[]): Promise<void> {
   const probe = await loadProbe(probePath, ds.manifest.modelFingerprint);
   const store = ConceptStore.open(join(modelDir, 'concepts'), ds.manifest.modelFingerprint);
   const bank = new ProbeBank([probe]);
+  // Windowed members need each position's token id; the dataset stores activations, so rebuild them.
+  const tokens = new TrialTokens(await Tokenizer.fromDir(modelDir), ds.manifest);
   const namers = new Map(VARIANTS.map((v) => [vkey(v), ConceptNamer.create(probe, store, { minCosine: -1, minMargin: -1, ...v })!]));
   const groups = (r: TrialRecord): string | null => {
     if (r.condition === 'none') return 'clean';
@@ -68,7 +72,8 @@ async function main(argv: string[]): Promise<void> {
     const taps = new Map<string, TapTensor>();
     const positions = r.trace.end - r.trace.start;
     for (const l of r.trace.layers) taps.set(residPost(l), { positions, dModel: ds.manifest.dModel, data: ds.traceRows(r, l) });
-    const scores = bank.score(taps)[0].scores;
+    // A snapshot per trial: a bank keeps per-request state (windows, token novelty) across score calls.
+    const scores = bank.snapshot().score(taps, tokens.ids(r).slice(r.trace.start, r.trace.end))[0].scores;
     const agg = probe.createAggregator();
     let firePos: number | null = null;
     for (let p = 0; p < positions; p++) {
