@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
+import { Tokenizer } from '../src/engine/tokenizer.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnServe, startTestDaemon, trainTestProbe, type ServeProcess, type TestProbe } from './daemon-fixture.js';
 import { CODE16M, freePort, tempDir, waitUntil } from './helpers.js';
 
@@ -202,6 +203,37 @@ describe('serve --upstream: answers and verdicts', () => {
       expect(again.status).toBe(200);
     } finally {
       await slow.close();
+    }
+  });
+});
+
+describe('serve --upstream: an upstream that returns no token ids', () => {
+  it('re-tokenises its text: the same answer, and the same scores where the text tokenises back to the generated ids', async () => {
+    const textProxy = await startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--no-upstream-token-ids'], { [KEY_ENV]: UPSTREAM_KEY });
+    try {
+      // EOS (id 0) banned: the answer ends by length, so no stop token (which no text shows) is left unscored.
+      const body = { model: MODEL, prompt: 'def add(a, b):\n', max_tokens: 24, temperature: 0, logit_bias: { '0': -100 } };
+      const direct = await post(upstream.url, 'completions', { ...body, return_token_ids: true });
+      const generated = direct.body.choices[0].token_ids!;
+      const tokenizer = await Tokenizer.fromDir(CODE16M);
+      // The premise of the score comparison: this answer tokenises back to what was generated.
+      expect(tokenizer.encode(direct.body.choices[0].text!, { addSpecialTokens: false })).toEqual(generated);
+      const proxied = await post(textProxy.url, 'completions', body);
+      expect(proxied.body.choices[0].text).toBe(direct.body.choices[0].text);
+      expect(proxied.body.choices[0].finish_reason).toBe('length');
+      expect(proxied.body.latentwatch!.proxy).toEqual({ alignment: 'text' });
+      expectSameScores(proxied.body.latentwatch!, direct.body.latentwatch!);
+      // Streamed: chunk by chunk, re-tokenised as they come.
+      const r = await fetch(`${textProxy.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) });
+      const chunks = (await r.text())
+        .split('\n\n')
+        .filter((e) => e.startsWith('data: {'))
+        .map((e) => JSON.parse(e.slice(6)) as Completion);
+      expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(direct.body.choices[0].text);
+      expect(chunks.at(-1)!.latentwatch!.proxy).toEqual({ alignment: 'text' });
+      expect(chunks.at(-1)!.latentwatch!.probes.every((p) => p.max_score !== null)).toBe(true);
+    } finally {
+      await textProxy.close();
     }
   });
 });

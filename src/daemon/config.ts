@@ -359,6 +359,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_UPSTREAM_KEY: { pointer: '/upstream/key', kind: 'string' },
   LATENTWATCH_UPSTREAM_MODEL: { pointer: '/upstream/model', kind: 'string' },
   LATENTWATCH_UPSTREAM_TIMEOUT: { pointer: '/upstream/timeoutSeconds', kind: 'number' },
+  LATENTWATCH_UPSTREAM_TOKEN_IDS: { pointer: '/upstream/tokenIds', kind: 'bool' },
 });
 /** Names the config file; not a config value itself. */
 export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
@@ -398,6 +399,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     'upstream-key-env': { pointer: '/upstream/keyEnv', kind: 'string', help: "name of the environment variable holding the upstream's API key" },
     'upstream-model': { pointer: '/upstream/model', kind: 'string', help: 'model id of the same checkpoint on the upstream (default: the served model name)' },
     'upstream-timeout': { pointer: '/upstream/timeoutSeconds', kind: 'number', help: 'seconds to wait for the upstream\'s headers and for each stream chunk (default 60)' },
+    'upstream-token-ids': { pointer: '/upstream/tokenIds', kind: 'bool', help: "ask the upstream for its token ids (return_token_ids; default on); --no-upstream-token-ids re-tokenises its text" },
     learn: { pointer: '/learn/requests', kind: 'int', help: `learn the generic detector from the next N clean requests (${LEARN_MIN_REQUESTS}..${LEARN_MAX_REQUESTS}; skipped when a learned probe exists)` },
   });
 
