@@ -94,8 +94,9 @@ async function main(argv: string[]): Promise<void> {
       .split('\n')
       .filter((l) => l.trim())
       .forEach((l, i) => {
-        const v = JSON.parse(l) as string | { prompt: string };
-        sets.push({ set: 'traffic', id: `traffic/${i}`, prompt: typeof v === 'string' ? v : v.prompt });
+        const v = JSON.parse(l) as string | { prompt: string; style?: string };
+        const style = typeof v === 'string' ? undefined : v.style;
+        sets.push({ set: style ? `traffic: ${style}` : 'traffic', id: `traffic/${i}`, prompt: typeof v === 'string' ? v : v.prompt });
       });
   }
   const daemon = await spawnDaemonProcess({
@@ -113,7 +114,12 @@ async function main(argv: string[]): Promise<void> {
   const probeIds = [...new Set(results.flatMap((r) => Object.keys(r.maxScore)))].sort();
   const names = [...new Set(results.map((r) => r.set))];
   const corpusAll = results.filter((r) => r.set.startsWith('corpus: '));
-  const summaries = [...names.map((n) => summarise(n, results.filter((r) => r.set === n), probeIds)), summarise('corpus: all held-out', corpusAll, probeIds)];
+  const trafficAll = results.filter((r) => r.set.startsWith('traffic'));
+  const summaries = [
+    ...names.map((n) => summarise(n, results.filter((r) => r.set === n), probeIds)),
+    summarise('corpus: all held-out', corpusAll, probeIds),
+    ...(trafficAll.length ? [summarise('traffic: all', trafficAll, probeIds)] : []),
+  ];
   const out = a.get('out') ?? join(PACKAGE_ROOT, 'bench/out/false-alerts.json');
   const svg = barChart({
     title: 'Requests with a false alert, per set (clean traffic through the daemon)',

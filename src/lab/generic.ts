@@ -37,7 +37,7 @@ import { parseResidPost, residPost } from '../hooks.js';
 import { concat } from '../model/graph.js';
 import { type AggregatorSpec } from '../probes/aggregators.js';
 // The calibration rules live in src/probes: the daemon learns the same detector from traffic.
-import { balanceKinds, calibrate, ensembleFile, memberFile, memberKind, requestScore, round, roundAll, roundedGaussian, roundThreshold, thresholdAtFpr, type DetectorMeta, type MemberFit } from '../probes/calibration.js';
+import { calibrate, ensembleFile, memberFile, requestScore, round, roundAll, roundedGaussian, roundThreshold, setEnsembleThreshold, thresholdAtFpr, type DetectorMeta, type MemberFit } from '../probes/calibration.js';
 import type { CorpusActivations, CorpusRun } from './corpus.js';
 import type { Dataset, TrialRecord } from './dataset.js';
 import { fitGaussian } from './gaussian-fit.js';
@@ -379,19 +379,16 @@ export function buildDetector(o: BuildDetectorOptions): Detector {
   // The target rate holds for each clean population (corpus requests, trials) on its own: trials
   // are many and alike, and a pooled quantile would sit where only they are, while the tail that
   // matters is real text's (windowed members see code files' persistent states that no trial has).
-  const thresholdOf = (subset: readonly Detector['members'][number][]): number => {
-    const bySource = new Map<string, number[]>();
-    for (const s of o.calibration) {
-      const r = requestScore(detectorTokenScores({ members: subset }, o.cache, s), o.meta.aggregator, s.start);
-      if (Number.isFinite(r)) (bySource.get(s.source) ?? bySource.set(s.source, []).get(s.source)!).push(r);
-    }
-    if (bySource.size === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
-    return Math.max(...[...bySource.values()].map((req) => thresholdAtFpr(req, o.meta.targetFpr)));
-  };
-  const balanced = balanceKinds(members, memberKind, thresholdOf);
-  const threshold = roundThreshold(thresholdOf(balanced));
+  const set = setEnsembleThreshold(
+    members,
+    (subset) => o.calibration.map((s) => ({ scores: detectorTokenScores({ members: subset }, o.cache, s), start: s.start, population: s.source })),
+    o.meta.aggregator,
+    o.meta.targetFpr,
+  );
+  const balanced = set.members;
+  const threshold = set.threshold;
   const none: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
-  const meta: DetectorMeta = { training: none, evaluation: none, ...o.meta };
+  const meta: DetectorMeta = { training: none, evaluation: none, ...o.meta, aggregator: set.aggregator };
   return { file: ensembleFile(balanced, meta, threshold), members: balanced, aggregator: meta.aggregator, threshold };
 }
 
@@ -456,7 +453,7 @@ export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Se
   const what = input === 'update' ? 'the update of each layer (resid_post L − resid_post L−1; resid_post 0 at layer 0)' : 'resid_post of each layer';
   const description =
     o.description ??
-    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${windowedLayers.length > 0 ? `, and windowed members (layers ${windowedLayers.join(', ')}): the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
+    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${windowedLayers.length > 0 ? `, and windowed members (layers ${windowedLayers.join(', ')}): the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance: the clean tail's scale per unit of ln n), so long requests fire no more often than short ones; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
   return buildDetector({
     members,
     calibration,

@@ -20,6 +20,14 @@
  * layers is several times any other position's (docs/trials.md, "Concept vectors"), so every
  * request would otherwise look anomalous at its first token. The daemon feeds a request's scores
  * from position 0, so `skip` counts absolute positions there.
+ *
+ * Any spec may also add `lengthAllowance: {perLog, from}`: the n-th aggregated score of a request
+ * (n counted after `skip`) is lowered by perLog · ln(n / from) once n > from. Why: a request's
+ * score is the maximum over its positions, and the maximum of n clean scores grows like the tail's
+ * scale times ln n, so with one fixed threshold a long request raises false alerts more often than
+ * a short one. With perLog the clean tail's scale (calibration.ts fits it), the false-alert rate per
+ * request stays about the same at every length, and short requests are not held to the threshold
+ * long ones need (issue 12).
  */
 import { lwError } from '../errors.js';
 
@@ -33,7 +41,14 @@ export type AggregatorSpec = (
 ) & {
   /** Leading scores (positions of a request) not aggregated: NaN there. Absent = 0. */
   readonly skip?: number;
+  /** The n-th aggregated score lowered by perLog · ln(n / from) once n > from (n counted after skip). */
+  readonly lengthAllowance?: LengthAllowanceSpec;
 };
+
+export interface LengthAllowanceSpec {
+  readonly perLog: number;
+  readonly from: number;
+}
 
 export type AggregatorKind = AggregatorSpec['kind'];
 
@@ -61,8 +76,17 @@ export function validateAggregatorSpec(value: unknown, where = 'aggregator'): Ag
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(where, 'expected an object');
   const v = value as Record<string, unknown>;
   const allowed = (keys: string[]): void => {
-    for (const k of Object.keys(v)) if (!keys.includes(k) && k !== 'skip') throw invalid(`${where}.${k}`, 'unknown key');
+    for (const k of Object.keys(v)) if (!keys.includes(k) && k !== 'skip' && k !== 'lengthAllowance') throw invalid(`${where}.${k}`, 'unknown key');
   };
+  let allowance: LengthAllowanceSpec | undefined;
+  if (v.lengthAllowance !== undefined) {
+    const la = v.lengthAllowance as Record<string, unknown> | null;
+    if (typeof la !== 'object' || la === null || Array.isArray(la)) throw invalid(`${where}.lengthAllowance`, 'expected an object {perLog, from}');
+    for (const k of Object.keys(la)) if (k !== 'perLog' && k !== 'from') throw invalid(`${where}.lengthAllowance.${k}`, 'unknown key');
+    if (typeof la.perLog !== 'number' || !Number.isFinite(la.perLog) || la.perLog < 0) throw invalid(`${where}.lengthAllowance.perLog`, 'expected a finite number ≥ 0');
+    if (typeof la.from !== 'number' || !Number.isInteger(la.from) || la.from < 1 || la.from > MAX_AGGREGATOR_WINDOW) throw invalid(`${where}.lengthAllowance.from`, `expected an integer in [1, ${MAX_AGGREGATOR_WINDOW}]`);
+    allowance = { perLog: la.perLog, from: la.from };
+  }
   let skip = 0;
   if (v.skip !== undefined) {
     const k = v.skip;
@@ -70,7 +94,10 @@ export function validateAggregatorSpec(value: unknown, where = 'aggregator'): Ag
     skip = k;
   }
   // skip: 0 is the default and is dropped, so equal specs serialise to equal bytes.
-  const withSkip = <T extends AggregatorSpec>(spec: T): T => (skip > 0 ? { ...spec, skip } : spec);
+  const withSkip = <T extends AggregatorSpec>(spec: T): T => {
+    const out = skip > 0 ? { ...spec, skip } : spec;
+    return allowance ? { ...out, lengthAllowance: allowance } : out;
+  };
   switch (v.kind) {
     case 'last':
     case 'max':
@@ -104,11 +131,17 @@ export function skipFrom(spec: AggregatorSpec, start: number): AggregatorSpec {
   return (skip > 0 ? { ...rest, skip } : rest) as AggregatorSpec;
 }
 
-/** Build the stateful aggregator a spec describes (the spec is validated first). */
-export function createAggregator(spec: AggregatorSpec): Aggregator {
+/**
+ * Build the stateful aggregator a spec describes (the spec is validated first). `alreadyScored`:
+ * aggregated positions that came before the first push (a sequence read from the middle of a
+ * request), so the length allowance counts them.
+ */
+export function createAggregator(spec: AggregatorSpec, alreadyScored = 0): Aggregator {
   const s = validateAggregatorSpec(spec);
-  if (s.skip !== undefined) return new Skipping(s, leafAggregator({ ...s, skip: undefined } as AggregatorSpec));
-  return leafAggregator(s);
+  const { skip: _skip, lengthAllowance, ...leafSpec } = s;
+  let agg = leafAggregator(leafSpec as AggregatorSpec);
+  if (lengthAllowance !== undefined) agg = new LengthAllowance(s, agg, lengthAllowance, alreadyScored);
+  return s.skip !== undefined ? new Skipping(s, agg) : agg;
 }
 
 function leafAggregator(s: AggregatorSpec): Aggregator {
@@ -129,8 +162,8 @@ function leafAggregator(s: AggregatorSpec): Aggregator {
 }
 
 /** Aggregated value after each score of a whole sequence (offline evaluation). */
-export function aggregateSequence(spec: AggregatorSpec, scores: ArrayLike<number>): Float64Array {
-  const agg = createAggregator(spec);
+export function aggregateSequence(spec: AggregatorSpec, scores: ArrayLike<number>, alreadyScored = 0): Float64Array {
+  const agg = createAggregator(spec, alreadyScored);
   const out = new Float64Array(scores.length);
   for (let i = 0; i < scores.length; i++) out[i] = agg.push(scores[i]);
   return out;
@@ -173,6 +206,32 @@ class Skipping implements Aggregator {
   }
   reset(): void {
     this.pushed = 0;
+    this.inner.reset();
+  }
+}
+
+/** `lengthAllowance`: the inner aggregate lowered by perLog · ln(n / from) once n > from. */
+class LengthAllowance implements Aggregator {
+  private pushed = 0;
+  constructor(
+    readonly spec: AggregatorSpec,
+    private readonly inner: Aggregator,
+    private readonly allowance: LengthAllowanceSpec,
+    private readonly alreadyScored: number,
+  ) {}
+  value = NaN;
+  get count(): number {
+    return this.pushed;
+  }
+  push(score: number): number {
+    this.pushed++;
+    const n = this.pushed + this.alreadyScored;
+    const v = this.inner.push(score);
+    return (this.value = n > this.allowance.from ? v - this.allowance.perLog * Math.log(n / this.allowance.from) : v);
+  }
+  reset(): void {
+    this.pushed = 0;
+    this.value = NaN;
     this.inner.reset();
   }
 }

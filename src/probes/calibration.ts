@@ -5,14 +5,15 @@
  *
  * - member calibration: center = median and scale = (99th percentile − median) of the member's
  *   per-token scores on clean calibration tokens;
- * - a request's score: the maximum over its positions of the running aggregate;
+ * - a request's score: the maximum over its positions of the running aggregate, less a length
+ *   allowance (aggregators.ts) whose slope is the clean tail's scale (`fitLengthAllowance`);
  * - the threshold: the smallest clean request score with at most the target share above it;
  * - numbers rounded (7 significant digits for fits and calibration, 9 for the threshold) so files
  *   stay small and deterministic.
  */
 import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
-import { aggregateSequence, skipFrom, type AggregatorSpec } from './aggregators.js';
+import { aggregateSequence, skipFrom, type AggregatorSpec, type LengthAllowanceSpec } from './aggregators.js';
 import type { GaussianModel } from './gaussian.js';
 import { hookList, validateProbeFile, type EnsembleMember, type LeafBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
 
@@ -61,7 +62,7 @@ export function calibrate(scores: ArrayLike<number>): { center: number; scale: n
  * `skip` counted in absolute positions). −Infinity when no position qualifies.
  */
 export function requestScore(scores: ArrayLike<number>, aggregator: AggregatorSpec, start = 0, from = start): number {
-  const agg = aggregateSequence(skipFrom(aggregator, start), scores);
+  const agg = aggregateSequence(skipFrom(aggregator, start), scores, Math.max(0, start - (aggregator.skip ?? 0)));
   let m = -Infinity;
   for (let p = Math.max(0, from - start); p < agg.length; p++) if (agg[p] > m) m = agg[p];
   return m;
@@ -93,6 +94,44 @@ export function thresholdAtFpr(negatives: ArrayLike<number>, targetFpr: number):
     i = j + 1;
   }
   return sorted[m - 1]; // unreachable: the largest value has 0 above it
+}
+
+/** Scored positions before the length allowance starts: requests this short keep their plain maximum. */
+export const LENGTH_ALLOWANCE_FROM = 16;
+
+/**
+ * The length allowance's slope: the scale of the clean per-position aggregate's upper tail, as the
+ * mean excess over its 99th percentile (the maximum-likelihood scale of an exponential tail there).
+ * The maximum of n such scores grows by that scale per unit of ln n (also for dependent positions:
+ * dependence moves the constant, not the slope), so subtracting perLog · ln(n / from) keeps a
+ * request's false-alert rate from growing with its length. Fitted on positions, not requests:
+ * thousands of them pin the tail where a few hundred requests could not. Null when there are too
+ * few positions (< 1,000) to say.
+ */
+export function fitLengthAllowance(aggregates: Iterable<ArrayLike<number>>, from = LENGTH_ALLOWANCE_FROM): LengthAllowanceSpec | null {
+  const xs: number[] = [];
+  for (const a of aggregates) for (let i = 0; i < a.length; i++) if (Number.isFinite(a[i])) xs.push(a[i]);
+  if (xs.length < 1000) return null;
+  xs.sort((a, b) => a - b);
+  const u = xs[Math.floor(0.99 * xs.length)];
+  let sum = 0;
+  let n = 0;
+  for (let i = xs.length - 1; i >= 0 && xs[i] > u; i--) {
+    sum += xs[i] - u;
+    n++;
+  }
+  return n === 0 ? null : { perLog: round(sum / n, 7), from };
+}
+
+/**
+ * The aggregator with its length allowance fitted on clean sequences (`aggregatesOf` gives each
+ * one's per-position aggregate under the plain aggregator); the aggregator unchanged when the fit
+ * says nothing.
+ */
+export function withLengthAllowance(aggregator: AggregatorSpec, aggregates: Iterable<ArrayLike<number>>): AggregatorSpec {
+  const { lengthAllowance: _old, ...plain } = aggregator;
+  const la = fitLengthAllowance(aggregates);
+  return (la ? { ...plain, lengthAllowance: la } : plain) as AggregatorSpec;
 }
 
 /** A fitted member before calibration: its hooks and leaf body. */
@@ -133,6 +172,50 @@ export function balanceKinds<M extends { readonly calibration: { center: number;
     const t = factor.get(kindOf(m))!;
     return t > 0 ? { ...m, calibration: { center: m.calibration.center, scale: round(m.calibration.scale * t, 9) } } : m;
   });
+}
+
+/** A clean calibration request as the threshold rules see it. */
+export interface CleanRequestScores {
+  /** Per-position ensemble score (max over the members' calibrated scores) from the sequence's first position. */
+  scores: Float64Array;
+  /** Absolute position of scores[0]. */
+  start: number;
+  /** Its population (e.g. corpus requests, trials): the target rate holds for each on its own. */
+  population: string;
+}
+
+/**
+ * The threshold rules of an ensemble detector, for the lab and learn mode alike: members weighed
+ * by kind (balanceKinds), the length allowance fitted on the balanced ensemble's clean per-position
+ * aggregates, then the threshold at the target rate per request for each population on its own,
+ * the higher. `requestsOf(subset)` scores the clean calibration requests with a subset of members.
+ */
+export function setEnsembleThreshold<M extends { readonly calibration: { center: number; scale: number }; readonly body: LeafBody }>(
+  members: readonly M[],
+  requestsOf: (subset: readonly M[]) => CleanRequestScores[],
+  aggregator: AggregatorSpec,
+  targetFpr: number,
+): { members: M[]; aggregator: AggregatorSpec; threshold: number; requestScores: number[] } {
+  const { lengthAllowance: _none, ...plainSpec } = aggregator;
+  const plain = plainSpec as AggregatorSpec;
+  const scoresUnder = (reqs: readonly CleanRequestScores[], agg: AggregatorSpec): Map<string, number[]> => {
+    const byPopulation = new Map<string, number[]>();
+    for (const r of reqs) {
+      const v = requestScore(r.scores, agg, r.start);
+      if (Number.isFinite(v)) (byPopulation.get(r.population) ?? byPopulation.set(r.population, []).get(r.population)!).push(v);
+    }
+    if (byPopulation.size === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
+    return byPopulation;
+  };
+  const thresholdOf = (byPopulation: Map<string, number[]>): number => Math.max(...[...byPopulation.values()].map((req) => thresholdAtFpr(req, targetFpr)));
+  const balanced = balanceKinds(members, memberKind, (subset) => thresholdOf(scoresUnder(requestsOf(subset), plain)));
+  const reqs = requestsOf(balanced);
+  const withAllowance = withLengthAllowance(
+    plain,
+    reqs.map((r) => aggregateSequence(skipFrom(plain, r.start), r.scores, Math.max(0, r.start - (plain.skip ?? 0)))),
+  );
+  const byPopulation = scoresUnder(reqs, withAllowance);
+  return { members: balanced, aggregator: withAllowance, threshold: roundThreshold(thresholdOf(byPopulation)), requestScores: [...byPopulation.values()].flat() };
 }
 
 /** Per-token or windowed: the kinds balanceKinds weighs (a member's body says which). */

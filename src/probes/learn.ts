@@ -17,7 +17,7 @@
 import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
 import type { AggregatorSpec } from './aggregators.js';
-import { balanceKinds, calibrate, ensembleFile, memberFile, memberKind, NO_FIGURES, requestScore, round, roundedGaussian, roundThreshold, thresholdAtFpr, type MemberFit } from './calibration.js';
+import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
 import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
@@ -253,35 +253,27 @@ export class DetectorLearner {
       return { ...m, calibration: calibrate(toks) };
     });
     const indexOf = new Map(members.map((m, i) => [m.id, i]));
-    const requestScores = (subset: readonly (typeof members)[number][]): number[] =>
-      this.calibration
-        .map((scores) => {
-          const tok = new Float64Array(scores[0].length).fill(-Infinity);
-          for (const m of subset) {
-            const inv = 1 / m.calibration.scale;
-            const s = scores[indexOf.get(m.id)!];
-            for (let p = 0; p < s.length; p++) {
-              const v = (s[p] - m.calibration.center) * inv;
-              if (v > tok[p] || Number.isNaN(v)) tok[p] = v;
-            }
+    const requestsOf = (subset: readonly (typeof members)[number][]): CleanRequestScores[] =>
+      this.calibration.map((scores) => {
+        const tok = new Float64Array(scores[0].length).fill(-Infinity);
+        for (const m of subset) {
+          const inv = 1 / m.calibration.scale;
+          const s = scores[indexOf.get(m.id)!];
+          for (let p = 0; p < s.length; p++) {
+            const v = (s[p] - m.calibration.center) * inv;
+            if (v > tok[p] || Number.isNaN(v)) tok[p] = v;
           }
-          return requestScore(tok, spec.aggregator, 0);
-        })
-        .filter(Number.isFinite);
-    const thresholdOf = (subset: readonly (typeof members)[number][]): number => {
-      const req = requestScores(subset);
-      if (req.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
-      return thresholdAtFpr(req, spec.targetFpr);
-    };
-    // Each kind of member (per token, windowed) weighed by its own tail, as the lab's buildDetector.
-    const balanced = balanceKinds(members, memberKind, thresholdOf);
-    const req = requestScores(balanced);
-    const threshold = roundThreshold(thresholdOf(balanced));
+        }
+        return { scores: tok, start: 0, population: 'traffic' };
+      });
+    // Each kind of member (per token, windowed) weighed by its own tail, the length allowance and
+    // the threshold: the lab's buildDetector rules (calibration.ts).
+    const { members: balanced, aggregator, threshold, requestScores: req } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
     const achievedFpr = req.filter((x) => x > threshold).length / req.length;
     const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
     const description =
       `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
-      `members calibrated to their clean median and 99th percentile and combined by max; threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}); positions 0–${skip - 1} not scored.${extraDescription}`;
+      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}); positions 0–${skip - 1} not scored.${extraDescription}`;
     const file = ensembleFile(balanced, {
       id: spec.probeId,
       label: spec.label,
@@ -289,7 +281,7 @@ export class DetectorLearner {
       modelFingerprint: spec.modelFingerprint,
       dModel: spec.dModel,
       targetFpr: spec.targetFpr,
-      aggregator: spec.aggregator,
+      aggregator,
       training: { ...NO_FIGURES, trials: this.fitRequests },
       evaluation: { ...NO_FIGURES, trials: this.calibration.length, fprOnControls: { 'clean-traffic': achievedFpr } },
     }, threshold);
