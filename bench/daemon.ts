@@ -4,7 +4,9 @@
  * started as `latentwatch serve` starts, clients over loopback HTTP/SSE and WebSocket).
  *
  *   npx tsx bench/daemon.ts [--quick] [--out FILE.json] [--md FILE.md] [--model DIR] [--big] [--big-model DIR]
- *       [--precision P] [--spinning]
+ *       [--precision P] [--spinning] [--latency-only]
+ *
+ * --latency-only measures the alert latency alone (no monitor overhead, no concurrency).
  *
  * --big also benches a bigger checkpoint (default /tmp/lw-bench/qwen2.5-0.5b-random, written by
  * bench/random-checkpoint.ts) with fewer repetitions and tokens.
@@ -53,7 +55,7 @@ import { RequestMonitor } from '../src/daemon/monitor.js';
 import { loadProbe, ProbeBank } from '../src/probes/probe.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
-import { nowUs, streamRequest, subscribe, until, type ReceivedAlert, type StreamResult, type Subscriber } from './lib/clients.js';
+import { processWallOffsetUs, streamRequest, subscribe, until, type ReceivedAlert, type StreamResult, type Subscriber } from './lib/clients.js';
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
@@ -62,6 +64,8 @@ import { median, quantile, round, summarize, type Summary } from './lib/stats.js
 
 /** Worker threads the 99 other subscribers of the 100-subscriber latency run are spread over. */
 const FLEET_WORKERS = 4;
+/** Injected requests at a time in the second latency round (concurrent streams: alerts whose fsyncs group commit can share). */
+const PARALLEL_STREAMS = 4;
 const ADMIN_KEY = 'bench-admin-key';
 const PROMPTS = [
   'import numpy as np\n\ndef ',
@@ -107,6 +111,7 @@ export interface ModelDaemonBench {
   precision: string;
   spinning: boolean;
   probes: { id: string; hook: string }[];
+  /** null with latencyOnly. */
   monitorOverhead: {
     repetitions: number;
     maxTokens: number;
@@ -128,21 +133,33 @@ export interface ModelDaemonBench {
     /** That, as a share of the unmonitored daemon's time per token (%). */
     monitorPctOfToken: number;
     alertsDuringRuns: number;
-  };
+  } | null;
   alertLatency: {
     requests: number;
     alertsPerRequest: number;
     one: LatencyStats;
     hundred: LatencyStats;
-    /** One subscriber, alert log in memory (no fsync). */
+    /** 100 subscribers, alert log in memory (no fsync): the floor the durable logs are compared with. */
     memoryLog: LatencyStats;
-    /** 100 subscribers, alert log on disk with synchronous=NORMAL (WAL: no fsync per append; alertLog.synchronous). */
+    /** 100 subscribers, synchronous=NORMAL (WAL: no fsync per append; alertLog.synchronous), written on the event loop. */
     normalSync: LatencyStats;
+    /** 100 subscribers, synchronous=FULL written on the event loop (alertLog.groupCommit false: the daemon before group commit). */
+    inlineFull: LatencyStats;
+    /** 100 subscribers, synchronous=NORMAL written by the group-commit worker. */
+    groupNormal: LatencyStats;
+    /** The same five logs with `parallelStreams` injected requests at a time (their alerts' fsyncs can be shared). */
+    parallel: { streams: number; requests: number; groupFull: LatencyStats; inlineFull: LatencyStats; groupNormal: LatencyStats; inlineNormal: LatencyStats; memoryLog: LatencyStats };
     /** Daemon: min over alerts of alert.ts − forwardAtUs/1000 (ms; ts is whole ms); bench: Date.now() − nowUs()/1000. Both within about 1 ms of 0 when the clocks agree. */
-    clockCheckMs: { daemon: number; bench: number };
+    /**
+     * Each side's wall clock − its monotonic epoch clock (ms; lib/clients.ts wallOffsetUs), by which
+     * latencies are corrected, and the check: min over alerts of alert.ts − corrected forwardAtUs
+     * (ms; ts is whole ms, so within (−1, 0] plus the append's delay when the correction is right).
+     */
+    clockCheckMs: { daemonOffset: number; benchOffset: number; daemon: number };
   };
-  concurrency: { maxTokens: number; repetitions: number; levels: ConcurrencyLevel[]; speedup4: number; speedup16: number };
-  /** The daemon process (one engine, three front ends). */
+  /** null with latencyOnly. */
+  concurrency: { maxTokens: number; repetitions: number; levels: ConcurrencyLevel[]; speedup4: number; speedup16: number } | null;
+  /** The daemon process (one engine, six front ends). */
   rssBytes: number | null;
 }
 
@@ -165,17 +182,20 @@ export interface DaemonBenchOptions {
   spinning?: boolean;
   /** Precision of the served graph per checkpoint: default fp32 for the built-in model, int4 for others. */
   precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
+  /** Only the alert latency (skip monitor overhead and concurrency; their fields are left empty). */
+  latencyOnly?: boolean;
   log?: (line: string) => void;
 }
 
-function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids: readonly number[]): LatencyStats {
+/** Latencies on wall-aligned clocks: the subscriber's receipt and the daemon's forwardAtUs, each corrected by its own thread's offset (lib/clients.ts wallOffsetUs). */
+function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids: readonly number[], daemonOffsetUs: number): LatencyStats {
   const want = new Set(ids);
   const all: number[] = [];
   const last = new Map<number, number>();
   for (const s of subs) {
     for (const a of s.alerts) {
       if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
-      const ms = (a.receivedAtUs - a.forwardAtUs) / 1000;
+      const ms = (a.receivedWallUs - (a.forwardAtUs + daemonOffsetUs)) / 1000;
       all.push(ms);
       last.set(a.id, Math.max(last.get(a.id) ?? -Infinity, ms));
     }
@@ -186,7 +206,7 @@ function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids
     const byToken = new Map<number, number>();
     for (const a of s.alerts) {
       if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
-      const ms = (a.receivedAtUs - a.forwardAtUs) / 1000;
+      const ms = (a.receivedWallUs - (a.forwardAtUs + daemonOffsetUs)) / 1000;
       byToken.set(a.forwardAtUs, Math.min(byToken.get(a.forwardAtUs) ?? Infinity, ms));
     }
     first.push(...byToken.values());
@@ -208,7 +228,7 @@ function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids
 
 const decodeRate = (r: StreamResult): number => ((r.completionTokens ?? 0) - 1) / ((r.endedAt - r.tokenTimes[0]) / 1000);
 
-async function benchModel(modelDir: string, quick: boolean, root: string, log: (l: string) => void, engineOpts: { precision: string; spinning: boolean }): Promise<ModelDaemonBench> {
+async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean, root: string, log: (l: string) => void, engineOpts: { precision: string; spinning: boolean }): Promise<ModelDaemonBench> {
   const small = basename(modelDir) === basename(DEFAULT_MODEL_DIR);
   // Counts: bounded in time on a shared 2-core machine (quick: well under a minute for the 16M model).
   const scale = small ? 1 : 0.25;
@@ -235,20 +255,26 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
         maxConcurrent: 16,
         ...engineOpts,
         variants: [
-          { name: 'on', probes: probePaths, alertLog: join(root, `alerts-${basename(modelDir)}.db`) },
+          // "on" is the daemon as shipped: synchronous=FULL, written by the group-commit worker.
+          { name: 'on', probes: probePaths, alertLog: join(root, `alerts-${basename(modelDir)}.db`), groupCommit: true },
           { name: 'off', probes: [], alertLog: ':memory:' },
           { name: 'memlog', probes: probePaths, alertLog: ':memory:' },
+          { name: 'inline', probes: probePaths, alertLog: join(root, `alerts-inline-${basename(modelDir)}.db`) },
           { name: 'normal', probes: probePaths, alertLog: join(root, `alerts-normal-${basename(modelDir)}.db`), synchronous: 'normal' },
+          { name: 'groupnormal', probes: probePaths, alertLog: join(root, `alerts-groupnormal-${basename(modelDir)}.db`), synchronous: 'normal', groupCommit: true },
         ],
       }),
     ],
   });
   const urls = twin.ready.urls as Record<string, string>;
+  const daemonOffsetUs = Number(twin.ready.clockOffsetUs ?? 0);
   const variant = (name: string): DaemonProcess => ({ ...twin, url: urls[name] });
   const on = variant('on');
   const off = variant('off');
   const memLog = variant('memlog');
   const normalLog = variant('normal');
+  const inlineLog = variant('inline');
+  const groupNormalLog = variant('groupnormal');
   const subs: Subscriber[] = [];
   try {
     const models = async (d: DaemonProcess) => (await (await fetch(`${d.url}/v1/models`)).json()) as { data: { id: string; fingerprint: string; probes: { id: string; hook: string[] }[] }[] };
@@ -260,42 +286,61 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
     const stream = (d: DaemonProcess, body: Record<string, unknown>, key?: string) => streamRequest(d.url, '/v1/completions', { model: modelName, temperature: 0, ...body }, { key });
 
     // ---- monitor overhead ----
-    log(`[${basename(modelDir)}] monitor overhead: ${overheadReps} × (on, off), ${overheadTokens} tokens`);
-    const body = { prompt: PROMPTS[0], max_tokens: overheadTokens };
-    for (const d of [on, off, on, off]) await stream(d, body); // warm-up
-    const alertsBefore = await alertCount(on);
-    const onRates: number[] = [];
-    const offRates: number[] = [];
-    const paired: number[] = [];
-    let sameOutput = true;
-    let completionTokens = 0;
-    const cpu = new Map<string, number>();
-    const toks = new Map<string, number>();
-    for (let r = 0; r < overheadReps; r++) {
-      const order = r % 2 === 0 ? [on, off] : [off, on];
-      const res = new Map<string, StreamResult>();
-      for (const d of order) {
-        const c0 = cpuNsOf(twin.pid);
-        const x = await stream(d, body);
-        const c1 = cpuNsOf(twin.pid);
-        res.set(d.url, x);
-        if (c0 !== null && c1 !== null) cpu.set(d.url, (cpu.get(d.url) ?? 0) + (c1 - c0));
-        toks.set(d.url, (toks.get(d.url) ?? 0) + (x.completionTokens ?? 0));
+    const measureOverhead = async (): Promise<NonNullable<ModelDaemonBench['monitorOverhead']>> => {
+      log(`[${basename(modelDir)}] monitor overhead: ${overheadReps} × (on, off), ${overheadTokens} tokens`);
+      const body = { prompt: PROMPTS[0], max_tokens: overheadTokens };
+      for (const d of [on, off, on, off]) await stream(d, body); // warm-up
+      const alertsBefore = await alertCount(on);
+      const onRates: number[] = [];
+      const offRates: number[] = [];
+      const paired: number[] = [];
+      let sameOutput = true;
+      let completionTokens = 0;
+      const cpu = new Map<string, number>();
+      const toks = new Map<string, number>();
+      for (let r = 0; r < overheadReps; r++) {
+        const order = r % 2 === 0 ? [on, off] : [off, on];
+        const res = new Map<string, StreamResult>();
+        for (const d of order) {
+          const c0 = cpuNsOf(twin.pid);
+          const x = await stream(d, body);
+          const c1 = cpuNsOf(twin.pid);
+          res.set(d.url, x);
+          if (c0 !== null && c1 !== null) cpu.set(d.url, (cpu.get(d.url) ?? 0) + (c1 - c0));
+          toks.set(d.url, (toks.get(d.url) ?? 0) + (x.completionTokens ?? 0));
+        }
+        const a = res.get(on.url)!;
+        const b = res.get(off.url)!;
+        if (a.error || b.error) throw new Error(`stream failed: ${JSON.stringify(a.error ?? b.error)}`);
+        sameOutput &&= a.text === b.text;
+        completionTokens = a.completionTokens ?? 0;
+        onRates.push(decodeRate(a));
+        offRates.push(decodeRate(b));
+        paired.push((1 - decodeRate(a) / decodeRate(b)) * 100);
       }
-      const a = res.get(on.url)!;
-      const b = res.get(off.url)!;
-      if (a.error || b.error) throw new Error(`stream failed: ${JSON.stringify(a.error ?? b.error)}`);
-      sameOutput &&= a.text === b.text;
-      completionTokens = a.completionTokens ?? 0;
-      onRates.push(decodeRate(a));
-      offRates.push(decodeRate(b));
-      paired.push((1 - decodeRate(a) / decodeRate(b)) * 100);
-    }
-    const onS = summarize(onRates);
-    const offS = summarize(offRates);
-    const alertsDuringRuns = (await alertCount(on)) - alertsBefore;
-    const microUs = await monitorMicro(modelDir, probePaths, mOn.fingerprint, set.vector.length, 512);
-    const cpuPerToken = (d: DaemonProcess) => (cpu.get(d.url) ?? NaN) / (toks.get(d.url) ?? NaN) / 1e3;
+      const onS = summarize(onRates);
+      const offS = summarize(offRates);
+      const alertsDuringRuns = (await alertCount(on)) - alertsBefore;
+      const microUs = await monitorMicro(modelDir, probePaths, mOn.fingerprint, set.vector.length, 512);
+      const cpuPerToken = (d: DaemonProcess) => (cpu.get(d.url) ?? NaN) / (toks.get(d.url) ?? NaN) / 1e3;
+        return {
+          repetitions: overheadReps,
+          maxTokens: overheadTokens,
+          completionTokens,
+          sameOutput,
+          onTokS: onS,
+          offTokS: offS,
+          pct: round(((offS.median - onS.median) / offS.median) * 100, 3),
+          pairedPct: round(median(paired), 3),
+          cpuUsPerTokenOn: round(cpuPerToken(on), 1),
+          cpuUsPerTokenOff: round(cpuPerToken(off), 1),
+          cpuPct: round((cpuPerToken(on) / cpuPerToken(off) - 1) * 100, 3),
+          monitorUsPerToken: round(microUs, 2),
+          monitorPctOfToken: round((microUs / (1e6 / offS.median)) * 100, 3),
+          alertsDuringRuns,
+        };
+    };
+    const monitorOverhead = latencyOnly ? null : await measureOverhead();
 
     // ---- alert latency ----
     const injectBody = (i: number) => ({
@@ -303,82 +348,118 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
       max_tokens: 2,
       latentwatch: { inject: { vector: set.vector, layer: set.injectLayer, scale: set.scale, window: 'generation' } },
     });
+    const raiseOne = async (d: DaemonProcess, i: number): Promise<number[]> => {
+      const r = await fetch(`${d.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` }, body: JSON.stringify({ model: modelName, temperature: 0, ...injectBody(i) }) });
+      const v = ((await r.json()) as { latentwatch: { probes: { alert_ids: number[] }[] } }).latentwatch;
+      return v.probes.flatMap((p) => p.alert_ids);
+    };
     const raiseAlerts = async (d: DaemonProcess, count: number): Promise<number[]> => {
       const ids: number[] = [];
-      for (let i = 0; i < count; i++) {
-        const r = await fetch(`${d.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` }, body: JSON.stringify({ model: modelName, temperature: 0, ...injectBody(i) }) });
-        const v = ((await r.json()) as { latentwatch: { probes: { alert_ids: number[] }[] } }).latentwatch;
-        ids.push(...v.probes.flatMap((p) => p.alert_ids));
-      }
+      for (let i = 0; i < count; i++) ids.push(...(await raiseOne(d, i)));
       return ids;
     };
-    const measure = async (d: DaemonProcess, nsubs: number): Promise<{ stats: LatencyStats; ids: number[] }> => {
-      if (subs.length === 0) {
-        subs.push(subscribe(d.url, { key: ADMIN_KEY }));
-        await subs[0].opened;
-      }
-      // The others on worker threads (lib/subscriber-fleet.ts): separate event loops, as separate
-      // subscriber processes would be.
+    /** A variant's subscribers: one on this thread, the others on worker threads (lib/subscriber-fleet.ts: separate event loops, as separate subscriber processes would be). */
+    interface Audience {
+      d: DaemonProcess;
+      main: Subscriber;
+      fleet: Awaited<ReturnType<typeof startSubscriberFleet>> | null;
+    }
+    const connect = async (d: DaemonProcess, nsubs: number): Promise<Audience> => {
+      const main = subscribe(d.url, { key: ADMIN_KEY });
+      await main.opened;
+      subs.push(main);
       const fleet = nsubs > 1 ? await startSubscriberFleet(d.url, nsubs - 1, { key: ADMIN_KEY, workers: FLEET_WORKERS }) : null;
-      try {
-        await raiseAlerts(d, 3); // warm-up
-        const ids = await raiseAlerts(d, alertRequests);
-        const complete = (xs: { alerts: { id: number }[] }[]) => xs.every((s) => ids.every((id) => s.alerts.some((a) => a.id === id)));
-        await until(() => complete(subs), 10_000);
-        let others = fleet ? await fleet.collect() : [];
-        for (const deadline = Date.now() + 10_000; !complete(others); others = await fleet!.collect()) {
-          if (Date.now() > deadline) throw new Error('the subscriber fleet missed alerts');
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        return { stats: latencyStats([...subs, ...others], ids), ids };
-      } finally {
-        await fleet?.close();
-      }
+      return { d, main, fleet };
     };
-    log(`[${basename(modelDir)}] alert latency: ${alertRequests} injected requests, 1 then 100 subscribers`);
-    const one = await measure(on, 1);
-    const hundred = await measure(on, 100);
+    const statsOf = async (a: Audience, ids: number[]): Promise<LatencyStats> => {
+      const complete = (xs: { alerts: { id: number }[] }[]) => xs.every((x) => ids.every((id) => x.alerts.some((al) => al.id === id)));
+      await until(() => complete([a.main]), 10_000);
+      let others = a.fleet ? await a.fleet.collect() : [];
+      for (const deadline = Date.now() + 10_000; !complete(others); others = await a.fleet!.collect()) {
+        if (Date.now() > deadline) throw new Error('the subscriber fleet missed alerts');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return latencyStats([a.main, ...others], ids, daemonOffsetUs);
+    };
+    log(`[${basename(modelDir)}] alert latency: ${alertRequests} injected requests, 1 subscriber`);
+    const oneAudience = await connect(on, 1);
+    await raiseAlerts(on, 3); // warm-up
+    const oneIds = await raiseAlerts(on, alertRequests);
+    const one = { stats: await statsOf(oneAudience, oneIds), ids: oneIds };
+    const daemonClock = Math.min(...oneAudience.main.alerts.filter((x) => x.forwardAtUs !== undefined).map((x) => x.tsMs - (x.forwardAtUs! + daemonOffsetUs) / 1000));
+    for (const x of subs.splice(0)) x.ws.terminate();
+    // 100 subscribers on each of the five logs at once; requests go round-robin over the logs, so
+    // the machine's load (shared, busy) falls on each alike. Then again with `parallel` requests at a time.
+    const logs = [
+      ['groupFull', on],
+      ['inlineFull', inlineLog],
+      ['groupNormal', groupNormalLog],
+      ['inlineNormal', normalLog],
+      ['memoryLog', memLog],
+    ] as const;
+    log(`[${basename(modelDir)}] alert latency, 100 subscribers on each of ${logs.map(([k]) => k).join(', ')}: ${alertRequests} requests each, interleaved`);
+    const audiences = new Map<string, Audience>();
+    for (const [k, d] of logs) audiences.set(k, await connect(d, 100));
+    const measureRound = async (parallel: number): Promise<Record<(typeof logs)[number][0], LatencyStats>> => {
+      for (const [, d] of logs) await raiseAlerts(d, 2); // warm-up
+      const ids = new Map<string, number[]>(logs.map(([k]) => [k, []]));
+      for (let i = 0; i < alertRequests; i += parallel) {
+        for (const [k, d] of logs) {
+          const batch = await Promise.all(Array.from({ length: Math.min(parallel, alertRequests - i) }, (_, j) => raiseOne(d, i + j)));
+          ids.get(k)!.push(...batch.flat());
+        }
+      }
+      const out = {} as Record<(typeof logs)[number][0], LatencyStats>;
+      for (const [k] of logs) out[k] = await statsOf(audiences.get(k)!, ids.get(k)!);
+      return out;
+    };
+    let sequential: Awaited<ReturnType<typeof measureRound>>;
+    let parallel: Awaited<ReturnType<typeof measureRound>>;
+    try {
+      sequential = await measureRound(1);
+      log(`[${basename(modelDir)}] alert latency, the same with ${PARALLEL_STREAMS} injected requests at a time`);
+      parallel = await measureRound(PARALLEL_STREAMS);
+    } finally {
+      for (const a of audiences.values()) await a.fleet?.close();
+      for (const x of subs.splice(0)) x.ws.terminate();
+    }
+    const hundred = { stats: sequential.groupFull };
     const alertsPerRequest = one.ids.length / alertRequests;
-    const daemonClock = Math.min(...subs[0].alerts.filter((a) => a.forwardAtUs !== undefined).map((a) => a.tsMs - a.forwardAtUs! / 1000));
-    const benchClock = median(Array.from({ length: 9 }, () => Date.now() - nowUs() / 1000));
-    for (const s of subs.splice(0)) s.ws.terminate();
-    log(`[${basename(modelDir)}] alert latency with the alert log in memory`);
-    const memoryLog = (await measure(memLog, 1)).stats;
-    for (const s of subs.splice(0)) s.ws.terminate();
-    log(`[${basename(modelDir)}] alert latency with the alert log on disk, synchronous=NORMAL, 100 subscribers`);
-    const normalSync = (await measure(normalLog, 100)).stats;
-    for (const s of subs.splice(0)) s.ws.terminate();
 
     // ---- concurrency ----
-    log(`[${basename(modelDir)}] concurrency: 1, 4, 16 streams × ${concReps}, ${concTokens} tokens each`);
-    const levels = [1, 4, 16];
-    const agg = new Map<number, number[]>(levels.map((l) => [l, []]));
-    const perStream = new Map<number, StreamResult[]>(levels.map((l) => [l, []]));
-    await Promise.all(Array.from({ length: 4 }, (_, i) => stream(on, { prompt: PROMPTS[i], max_tokens: 8 })));
-    for (let r = 0; r < concReps; r++) {
-      for (const c of r % 2 === 0 ? levels : [...levels].reverse()) {
-        const t0 = performance.now();
-        const rs = await Promise.all(Array.from({ length: c }, (_, i) => stream(on, { prompt: PROMPTS[i % PROMPTS.length] + '#'.repeat(Math.floor(i / PROMPTS.length)), max_tokens: concTokens })));
-        const wall = (Math.max(...rs.map((x) => x.endedAt)) - t0) / 1000;
-        for (const x of rs) if (x.error) throw new Error(`stream failed: ${JSON.stringify(x.error)}`);
-        agg.get(c)!.push(rs.reduce((s, x) => s + (x.completionTokens ?? 0), 0) / wall);
-        perStream.get(c)!.push(...rs);
+    const measureConcurrency = async (): Promise<NonNullable<ModelDaemonBench['concurrency']>> => {
+      log(`[${basename(modelDir)}] concurrency: 1, 4, 16 streams × ${concReps}, ${concTokens} tokens each`);
+      const levels = [1, 4, 16];
+      const agg = new Map<number, number[]>(levels.map((l) => [l, []]));
+      const perStream = new Map<number, StreamResult[]>(levels.map((l) => [l, []]));
+      await Promise.all(Array.from({ length: 4 }, (_, i) => stream(on, { prompt: PROMPTS[i], max_tokens: 8 })));
+      for (let r = 0; r < concReps; r++) {
+        for (const c of r % 2 === 0 ? levels : [...levels].reverse()) {
+          const t0 = performance.now();
+          const rs = await Promise.all(Array.from({ length: c }, (_, i) => stream(on, { prompt: PROMPTS[i % PROMPTS.length] + '#'.repeat(Math.floor(i / PROMPTS.length)), max_tokens: concTokens })));
+          const wall = (Math.max(...rs.map((x) => x.endedAt)) - t0) / 1000;
+          for (const x of rs) if (x.error) throw new Error(`stream failed: ${JSON.stringify(x.error)}`);
+          agg.get(c)!.push(rs.reduce((s, x) => s + (x.completionTokens ?? 0), 0) / wall);
+          perStream.get(c)!.push(...rs);
+        }
       }
-    }
-    const levelStats: ConcurrencyLevel[] = levels.map((c) => {
-      const rs = perStream.get(c)!;
-      const gaps = rs.flatMap((x) => x.tokenTimes.slice(1).map((t, i) => t - x.tokenTimes[i]));
-      return {
-        streams: c,
-        aggregateTokS: summarize(agg.get(c)!),
-        perStreamTokS: summarize(rs.map(decodeRate)),
-        ttftMs: summarize(rs.map((x) => x.tokenTimes[0] - x.startedAt)),
-        interTokenP50Ms: round(quantile(gaps, 0.5), 3),
-        interTokenP99Ms: round(quantile(gaps, 0.99), 3),
-        tokensPerStream: median(rs.map((x) => x.completionTokens ?? 0)),
-      };
-    });
-    const aggMedian = (c: number) => levelStats.find((l) => l.streams === c)!.aggregateTokS.median;
+      const levelStats: ConcurrencyLevel[] = levels.map((c) => {
+        const rs = perStream.get(c)!;
+        const gaps = rs.flatMap((x) => x.tokenTimes.slice(1).map((t, i) => t - x.tokenTimes[i]));
+        return {
+          streams: c,
+          aggregateTokS: summarize(agg.get(c)!),
+          perStreamTokS: summarize(rs.map(decodeRate)),
+          ttftMs: summarize(rs.map((x) => x.tokenTimes[0] - x.startedAt)),
+          interTokenP50Ms: round(quantile(gaps, 0.5), 3),
+          interTokenP99Ms: round(quantile(gaps, 0.99), 3),
+          tokensPerStream: median(rs.map((x) => x.completionTokens ?? 0)),
+        };
+      });
+      const aggMedian = (c: number) => levelStats.find((l) => l.streams === c)!.aggregateTokS.median;
+      return { maxTokens: concTokens, repetitions: concReps, levels: levelStats, speedup4: round(aggMedian(4) / aggMedian(1), 3), speedup16: round(aggMedian(16) / aggMedian(1), 3) };
+    };
+    const concurrency = latencyOnly ? null : await measureConcurrency();
 
     return {
       modelDir,
@@ -386,24 +467,20 @@ async function benchModel(modelDir: string, quick: boolean, root: string, log: (
       fingerprint: mOn.fingerprint,
       ...engineOpts,
       probes: mOn.probes.map((p) => ({ id: p.id, hook: p.hook.join('+') })),
-      monitorOverhead: {
-        repetitions: overheadReps,
-        maxTokens: overheadTokens,
-        completionTokens,
-        sameOutput,
-        onTokS: onS,
-        offTokS: offS,
-        pct: round(((offS.median - onS.median) / offS.median) * 100, 3),
-        pairedPct: round(median(paired), 3),
-        cpuUsPerTokenOn: round(cpuPerToken(on), 1),
-        cpuUsPerTokenOff: round(cpuPerToken(off), 1),
-        cpuPct: round((cpuPerToken(on) / cpuPerToken(off) - 1) * 100, 3),
-        monitorUsPerToken: round(microUs, 2),
-        monitorPctOfToken: round((microUs / (1e6 / offS.median)) * 100, 3),
-        alertsDuringRuns,
+      monitorOverhead,
+      alertLatency: {
+        requests: alertRequests,
+        alertsPerRequest,
+        one: one.stats,
+        hundred: hundred.stats,
+        memoryLog: sequential.memoryLog,
+        normalSync: sequential.inlineNormal,
+        inlineFull: sequential.inlineFull,
+        groupNormal: sequential.groupNormal,
+        parallel: { streams: PARALLEL_STREAMS, requests: alertRequests, ...parallel },
+        clockCheckMs: { daemonOffset: round(daemonOffsetUs / 1000, 3), benchOffset: round(processWallOffsetUs() / 1000, 3), daemon: round(daemonClock, 3) },
       },
-      alertLatency: { requests: alertRequests, alertsPerRequest, one: one.stats, hundred: hundred.stats, memoryLog, normalSync, clockCheckMs: { daemon: round(daemonClock, 3), bench: round(benchClock, 3) } },
-      concurrency: { maxTokens: concTokens, repetitions: concReps, levels: levelStats, speedup4: round(aggMedian(4) / aggMedian(1), 3), speedup16: round(aggMedian(16) / aggMedian(1), 3) },
+      concurrency,
       rssBytes: twin.rssBytes(),
     };
   } finally {
@@ -453,27 +530,40 @@ async function alertCount(d: DaemonProcess): Promise<number> {
 }
 
 function modelSummary(m: ModelDaemonBench): Record<string, number | null> {
-  const l1 = m.concurrency.levels.find((l) => l.streams === 1)!;
+  const o = m.monitorOverhead;
+  const c = m.concurrency;
+  const a = m.alertLatency;
+  const level = (n: number) => c?.levels.find((l) => l.streams === n)?.aggregateTokS.median;
+  const r3 = (x: number | undefined) => (x === undefined ? null : round(x, 3));
   return {
-    monitor_overhead_pct: m.monitorOverhead.pct,
-    monitor_overhead_paired_pct: m.monitorOverhead.pairedPct,
-    monitor_overhead_cpu_pct: m.monitorOverhead.cpuPct,
-    monitor_us_per_token: m.monitorOverhead.monitorUsPerToken,
-    monitor_pct_of_token: m.monitorOverhead.monitorPctOfToken,
-    daemon_decode_tok_s_monitored: round(m.monitorOverhead.onTokS.median, 3),
-    daemon_decode_tok_s_unmonitored: round(m.monitorOverhead.offTokS.median, 3),
-    alert_p50_ms: m.alertLatency.one.p50Ms,
-    alert_p99_ms: Math.max(m.alertLatency.one.p99Ms, m.alertLatency.hundred.p99Ms),
-    alert_p99_ms_1_subscriber: m.alertLatency.one.p99Ms,
-    alert_p50_ms_100_subscribers: m.alertLatency.hundred.p50Ms,
-    alert_p99_ms_100_subscribers: m.alertLatency.hundred.p99Ms,
-    alert_p99_ms_memory_log: m.alertLatency.memoryLog.p99Ms,
-    alert_p99_ms_100_subscribers_sync_normal: m.alertLatency.normalSync.p99Ms,
-    concurrency1_tok_s: round(l1.aggregateTokS.median, 3),
-    concurrency4_tok_s: round(m.concurrency.levels[1].aggregateTokS.median, 3),
-    concurrency16_tok_s: round(m.concurrency.levels[2].aggregateTokS.median, 3),
-    concurrency4_speedup: m.concurrency.speedup4,
-    concurrency16_speedup: m.concurrency.speedup16,
+    monitor_overhead_pct: o?.pct ?? null,
+    monitor_overhead_paired_pct: o?.pairedPct ?? null,
+    monitor_overhead_cpu_pct: o?.cpuPct ?? null,
+    monitor_us_per_token: o?.monitorUsPerToken ?? null,
+    monitor_pct_of_token: o?.monitorPctOfToken ?? null,
+    daemon_decode_tok_s_monitored: r3(o?.onTokS.median),
+    daemon_decode_tok_s_unmonitored: r3(o?.offTokS.median),
+    alert_p50_ms: a.one.p50Ms,
+    alert_p99_ms: Math.max(a.one.p99Ms, a.hundred.p99Ms),
+    alert_p99_ms_1_subscriber: a.one.p99Ms,
+    // 100 subscribers; the daemon as shipped (synchronous=FULL, group-commit writer), then the other logs of the same run.
+    alert_p50_ms_100_subscribers: a.hundred.p50Ms,
+    alert_p99_ms_100_subscribers: a.hundred.p99Ms,
+    alert_p99_ms_100_subscribers_inline_full: a.inlineFull.p99Ms,
+    alert_p99_ms_100_subscribers_group_normal: a.groupNormal.p99Ms,
+    alert_p99_ms_100_subscribers_sync_normal: a.normalSync.p99Ms,
+    alert_p99_ms_memory_log: a.memoryLog.p99Ms,
+    alert_p99_ratio_inline_full_to_group_full: round(a.inlineFull.p99Ms / a.hundred.p99Ms, 3),
+    alert_p99_ms_parallel_group_full: a.parallel.groupFull.p99Ms,
+    alert_p99_ms_parallel_inline_full: a.parallel.inlineFull.p99Ms,
+    alert_p99_ms_parallel_group_normal: a.parallel.groupNormal.p99Ms,
+    alert_p99_ms_parallel_memory_log: a.parallel.memoryLog.p99Ms,
+    alert_p99_ratio_parallel_inline_full_to_group_full: round(a.parallel.inlineFull.p99Ms / a.parallel.groupFull.p99Ms, 3),
+    concurrency1_tok_s: r3(level(1)),
+    concurrency4_tok_s: r3(level(4)),
+    concurrency16_tok_s: r3(level(16)),
+    concurrency4_speedup: c?.speedup4 ?? null,
+    concurrency16_speedup: c?.speedup16 ?? null,
   };
 }
 
@@ -487,7 +577,7 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
   try {
     for (const m of o.models ?? [DEFAULT_MODEL_DIR]) {
       const precision = o.precision ?? (basename(m) === basename(DEFAULT_MODEL_DIR) ? 'fp32' : 'int4');
-      models.push(await benchModel(resolve(m), quick, root, log, { precision, spinning: o.spinning ?? false }));
+      models.push(await benchModel(resolve(m), quick, o.latencyOnly ?? false, root, log, { precision, spinning: o.spinning ?? false }));
     }
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -512,6 +602,41 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
 
 const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
 
+function latencyRow(n: number, logKind: string, x: LatencyStats): (string | number)[] {
+  return [n, logKind, x.receipts, x.p50Ms, x.p90Ms, x.p99Ms, x.maxMs, `${f(x.firstOfTokenP50Ms, 2)} / ${f(x.firstOfTokenP99Ms, 2)}`, `${f(x.lastReceiptP50Ms, 2)} / ${f(x.lastReceiptP99Ms, 2)}`];
+}
+
+function monitorOverheadMarkdown(m: ModelDaemonBench, o: NonNullable<ModelDaemonBench['monitorOverhead']>): string[] {
+  return [
+    `### Monitor overhead`,
+    '',
+    `${o.repetitions} alternating pairs of one greedy streamed completion (${o.completionTokens} tokens${o.sameOutput ? ', identical text on both' : ', TEXT DIFFERED'}); decode tokens/s seen by the client; ${o.alertsDuringRuns} alert(s) raised during the runs.`,
+    '',
+    markdownTable(
+      ['daemon', 'decode tok/s (median)', 'p10', 'p90'],
+      [
+        ['every probe + alert path', o.onTokS.median, o.onTokS.p10, o.onTokS.p90],
+        ['no probes', o.offTokS.median, o.offTokS.p10, o.offTokS.p90],
+      ],
+    ),
+    '',
+    `Overhead: **${f(o.pct, 2)} %** of medians (paired median ${f(o.pairedPct, 2)} %). Daemon CPU time per token (all threads): ${f(o.cpuUsPerTokenOn, 0)} µs monitored vs ${f(o.cpuUsPerTokenOff, 0)} µs unmonitored: **${f(o.cpuPct, 2)} %** (CPU time includes onnxruntime's threads spin-waiting while the main thread scores). The monitor's own work timed alone (${m.probes.length} probes: scores, alert rule, verbalization, histograms): ${f(o.monitorUsPerToken, 1)} µs per token = ${f(o.monitorPctOfToken, 2)} % of an unmonitored token here.`,
+    '',
+  ];
+}
+
+function concurrencyMarkdown(c: NonNullable<ModelDaemonBench['concurrency']>): string[] {
+  return [
+    `### Concurrency (${c.maxTokens} tokens per stream, ${c.repetitions} repetitions, monitored daemon)`,
+    '',
+    markdownTable(
+      ['streams', 'aggregate tok/s', 'per-stream tok/s', 'TTFT ms (median)', 'TTFT ms (p90)', 'inter-token p50 ms', 'inter-token p99 ms', 'speedup vs 1'],
+      c.levels.map((l) => [l.streams, l.aggregateTokS.median, l.perStreamTokS.median, l.ttftMs.median, l.ttftMs.p90, l.interTokenP50Ms, l.interTokenP99Ms, l.aggregateTokS.median / c.levels[0].aggregateTokS.median]),
+    ),
+    '',
+  ];
+}
+
 export function daemonBenchMarkdown(r: DaemonBenchResult): string {
   const parts = [`# Daemon benchmark${r.quick ? ' (quick)' : ''}`, '', machineMarkdown(r.machine), ''];
   for (const m of r.models) {
@@ -522,46 +647,43 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
       '',
       `Probes (monitored daemon): ${m.probes.map((p) => `${p.id} @ ${p.hook}`).join(', ')}. Daemon RSS ${f((m.rssBytes ?? NaN) / 2 ** 20, 0)} MiB.`,
       '',
-      `### Monitor overhead`,
-      '',
-      `${o.repetitions} alternating pairs of one greedy streamed completion (${o.completionTokens} tokens${o.sameOutput ? ', identical text on both' : ', TEXT DIFFERED'}); decode tokens/s seen by the client; ${o.alertsDuringRuns} alert(s) raised during the runs.`,
-      '',
-      markdownTable(
-        ['daemon', 'decode tok/s (median)', 'p10', 'p90'],
-        [
-          ['every probe + alert path', o.onTokS.median, o.onTokS.p10, o.onTokS.p90],
-          ['no probes', o.offTokS.median, o.offTokS.p10, o.offTokS.p90],
-        ],
-      ),
-      '',
-      `Overhead: **${f(o.pct, 2)} %** of medians (paired median ${f(o.pairedPct, 2)} %). Daemon CPU time per token (all threads): ${f(o.cpuUsPerTokenOn, 0)} µs monitored vs ${f(o.cpuUsPerTokenOff, 0)} µs unmonitored: **${f(o.cpuPct, 2)} %** (CPU time includes onnxruntime's threads spin-waiting while the main thread scores). The monitor's own work timed alone (${m.probes.length} probes: scores, alert rule, verbalization, histograms): ${f(o.monitorUsPerToken, 1)} µs per token = ${f(o.monitorPctOfToken, 2)} % of an unmonitored token here.`,
-      '',
+      ...(o ? monitorOverheadMarkdown(m, o) : []),
       `### Alert latency (forward pass → WebSocket receipt)`,
       '',
-      `${a.requests} admin-injected requests one at a time, ${f(a.alertsPerRequest, 1)} alert(s) each (every probe after the injection fires on the first generated token). Clock check: daemon min(ts − forwardAtUs) ${f(a.clockCheckMs.daemon, 3)} ms, bench Date.now() − monotonic clock ${f(a.clockCheckMs.bench, 3)} ms.`,
+      `${a.requests} admin-injected requests one at a time, ${f(a.alertsPerRequest, 1)} alert(s) each (every probe after the injection fires on the first generated token). Clocks: each process's (and subscriber thread's) monotonic epoch clock differs from the wall clock by a few ms (daemon ${f(a.clockCheckMs.daemonOffset, 3)} ms, bench ${f(a.clockCheckMs.benchOffset, 3)} ms), so both ends are corrected to the wall clock; check: min(alert ts − corrected forwardAtUs) ${f(a.clockCheckMs.daemon, 3)} ms (within (−1, 0] and the append's delay when right: ts is whole ms).`,
       '',
       markdownTable(
         ['subscribers', 'alert log', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'first alert of a token: p50 / p99 ms', 'last subscriber: p50 / p99 ms'],
-        ([[1, 'SQLite (WAL, fsync)', a.one], [100, 'SQLite (WAL, fsync)', a.hundred], [1, 'in memory', a.memoryLog], [100, 'SQLite (WAL, synchronous=NORMAL)', a.normalSync]] as const).map(([n, logKind, x]) => [
-          n,
-          logKind,
-          x.receipts,
-          x.p50Ms,
-          x.p90Ms,
-          x.p99Ms,
-          x.maxMs,
-          `${f(x.firstOfTokenP50Ms, 2)} / ${f(x.firstOfTokenP99Ms, 2)}`,
-          `${f(x.lastReceiptP50Ms, 2)} / ${f(x.lastReceiptP99Ms, 2)}`,
-        ]),
+        (
+          [
+            [1, 'SQLite FULL, group-commit worker (default)', a.one],
+            [100, 'SQLite FULL, group-commit worker (default)', a.hundred],
+            [100, 'SQLite FULL, on the event loop', a.inlineFull],
+            [100, 'SQLite NORMAL, group-commit worker', a.groupNormal],
+            [100, 'SQLite NORMAL, on the event loop', a.normalSync],
+            [100, 'in memory', a.memoryLog],
+          ] as const
+        ).map(([n, logKind, x]) => latencyRow(n, logKind, x)),
       ),
       '',
-      `### Concurrency (${m.concurrency.maxTokens} tokens per stream, ${m.concurrency.repetitions} repetitions, monitored daemon)`,
+      `The 100-subscriber rows ran at once (100 subscribers on each log), requests round-robin over the logs. p99 FULL on the event loop ÷ FULL with group commit: **${f(a.inlineFull.p99Ms / a.hundred.p99Ms, 2)}**. The same with ${a.parallel.streams} injected requests at a time (${a.parallel.requests} per log):`,
       '',
       markdownTable(
-        ['streams', 'aggregate tok/s', 'per-stream tok/s', 'TTFT ms (median)', 'TTFT ms (p90)', 'inter-token p50 ms', 'inter-token p99 ms', 'speedup vs 1'],
-        m.concurrency.levels.map((l) => [l.streams, l.aggregateTokS.median, l.perStreamTokS.median, l.ttftMs.median, l.ttftMs.p90, l.interTokenP50Ms, l.interTokenP99Ms, l.aggregateTokS.median / m.concurrency.levels[0].aggregateTokS.median]),
+        ['subscribers', 'alert log', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'first alert of a token: p50 / p99 ms', 'last subscriber: p50 / p99 ms'],
+        (
+          [
+            [100, 'SQLite FULL, group-commit worker (default)', a.parallel.groupFull],
+            [100, 'SQLite FULL, on the event loop', a.parallel.inlineFull],
+            [100, 'SQLite NORMAL, group-commit worker', a.parallel.groupNormal],
+            [100, 'SQLite NORMAL, on the event loop', a.parallel.inlineNormal],
+            [100, 'in memory', a.parallel.memoryLog],
+          ] as const
+        ).map(([n, logKind, x]) => latencyRow(n, logKind, x)),
       ),
       '',
+      `p99 ratio FULL on the event loop ÷ FULL with group commit, ${a.parallel.streams} at a time: **${f(a.parallel.inlineFull.p99Ms / a.parallel.groupFull.p99Ms, 2)}**.`,
+      '',
+      ...(m.concurrency ? concurrencyMarkdown(m.concurrency) : []),
     );
   }
   parts.push(`Summary: ${JSON.stringify(r.summary)}`, '', `Total ${r.seconds.toFixed(0)} s.`);
@@ -574,8 +696,9 @@ async function main(argv: string[]): Promise<void> {
   const models = [a.get('model') ?? DEFAULT_MODEL_DIR];
   if (a.has('big') || a.has('big-model')) models.push(a.get('big-model') ?? '/tmp/lw-bench/qwen2.5-0.5b-random');
   const precision = a.get('precision') as DaemonBenchOptions['precision'];
-  const res = await runDaemonBench({ quick, models, precision, spinning: a.has('spinning') });
-  writeBenchResult(a, `daemon${quick ? '-quick' : ''}`, res, daemonBenchMarkdown(res));
+  const latencyOnly = a.has('latency-only');
+  const res = await runDaemonBench({ quick, models, precision, spinning: a.has('spinning'), latencyOnly });
+  writeBenchResult(a, `daemon${quick ? '-quick' : ''}${latencyOnly ? '-latency' : ''}`, res, daemonBenchMarkdown(res));
 }
 
 runIfMain(import.meta.url, main);

@@ -18,12 +18,12 @@ import { basename, join } from 'node:path';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { bundledProbes } from '../src/daemon/daemon.js';
 import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
-import { nowUs, type ReceivedAlert } from './lib/clients.js';
+import { processWallOffsetUs, type ReceivedAlert } from './lib/clients.js';
 import { spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { startNats, type NatsServer } from './lib/nats-server.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
-import { median, quantile, round } from './lib/stats.js';
+import { quantile, round } from './lib/stats.js';
 import { startSubscriberFleet, type SubscriberFleet } from './lib/subscriber-fleet.js';
 
 const ADMIN_KEY = 'bench-admin-key';
@@ -56,9 +56,16 @@ export interface ReplicasBench {
     alertsCounted: number;
     alertsRaised: number;
   };
+  /** The same three replicas with traffic on A only (the single node's load): the NATS hop without three engines sharing the cores. */
+  oneRaising: { alerts: number; latency: Latency; sameReplica: Latency; crossReplica: Latency; missing: number; duplicates: number };
   /** p99 three replicas on NATS / p99 one node on SQLite, same run. */
   p99Ratio: number;
+  /** p99 three replicas, traffic on A only / p99 one node. */
+  p99RatioOneRaising: number;
+  /** The bench's wall clock − monotonic epoch clock (ms); receipts and forwardAtUs are both corrected to the wall clock (lib/clients.ts wallOffsetUs). */
   clockCheckMs: number;
+  /** Each daemon's wall clock − its forwardAtUs clock (ms). */
+  daemonClockOffsetsMs: { single: number; replicas: number[] };
   seconds: number;
 }
 
@@ -103,6 +110,9 @@ async function collectAll(fleets: readonly SubscriberFleet[], ids: readonly numb
   }
 }
 
+/** A daemon child's wall clock − its forwardAtUs clock (µs), from its ready line. */
+const clockOffsetOf = (d: DaemonProcess): number => Number(d.ready.clockOffsetUs ?? 0);
+
 async function alertsCounted(d: DaemonProcess): Promise<number> {
   const text = await (await fetch(`${d.url}/metrics`)).text();
   let sum = 0;
@@ -136,7 +146,8 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
     for (let i = 0; i < requests; i++) singleIds.push(...(await injectedIds(single, set, model, i)));
     const singleSubs = await collectAll(fleets, singleIds);
     const want = new Set(singleIds);
-    const singleLat = singleSubs.flatMap((s) => s.alerts.filter((a) => want.has(a.id) && a.forwardAtUs !== undefined).map((a) => (a.receivedAtUs - a.forwardAtUs!) / 1000));
+    const singleOffsetUs = clockOffsetOf(single);
+    const singleLat = singleSubs.flatMap((s) => s.alerts.filter((a) => want.has(a.id) && a.forwardAtUs !== undefined).map((a) => (a.receivedWallUs - (a.forwardAtUs! + singleOffsetUs)) / 1000));
     const singleResult = { alerts: singleIds.length, latency: latency(singleLat), ...delivery(singleSubs, singleIds) };
     for (const f of fleets.splice(0)) await f.close();
     await single.stop();
@@ -150,30 +161,42 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
     for (let k = 0; k < names.length; k++) fleets.push(await startSubscriberFleet(daemons[k].url, Math.floor(SUBSCRIBERS / names.length) + (k < SUBSCRIBERS % names.length ? 1 : 0), { key: ADMIN_KEY, workers: 2 }));
     let warmup = 0;
     for (const d of daemons) for (let i = 0; i < 2; i++) warmup += (await injectedIds(d, set, model, i)).length;
-    const raisedBy = new Map<number, number>();
-    await Promise.all(
-      daemons.map(async (d, k) => {
-        for (let i = 0; i < requests; i++) for (const id of await injectedIds(d, set, model, i)) raisedBy.set(id, k);
-      }),
-    );
-    const ids = [...raisedBy.keys()].sort((x, y) => x - y);
-    const perFleet = await Promise.all(fleets.map(async (f) => (await collectAll([f], ids)).map((s) => ({ ...s }))));
-    const all: number[] = [];
-    const same: number[] = [];
-    const cross: number[] = [];
-    perFleet.forEach((subs, k) => {
-      for (const s of subs) {
-        for (const a of s.alerts) {
-          if (!raisedBy.has(a.id) || a.forwardAtUs === undefined) continue;
-          const ms = (a.receivedAtUs - a.forwardAtUs) / 1000;
-          all.push(ms);
-          (raisedBy.get(a.id) === k ? same : cross).push(ms);
+    const offsets = daemons.map(clockOffsetOf);
+    /** Traffic on `raising` (indexes into daemons) at once, one request at a time on each; every receipt's latency, split by where it arrived. */
+    const round3 = async (raising: readonly number[]) => {
+      const raisedBy = new Map<number, number>();
+      await Promise.all(
+        raising.map(async (k) => {
+          for (let i = 0; i < requests; i++) for (const id of await injectedIds(daemons[k], set, model, i)) raisedBy.set(id, k);
+        }),
+      );
+      const ids = [...raisedBy.keys()].sort((x, y) => x - y);
+      const perFleet = await Promise.all(fleets.map(async (f) => (await collectAll([f], ids)).map((s) => ({ ...s }))));
+      const all: number[] = [];
+      const same: number[] = [];
+      const cross: number[] = [];
+      perFleet.forEach((subs, k) => {
+        for (const s of subs) {
+          for (const a of s.alerts) {
+            const by = raisedBy.get(a.id);
+            if (by === undefined || a.forwardAtUs === undefined) continue;
+            const ms = (a.receivedWallUs - (a.forwardAtUs + offsets[by])) / 1000;
+            all.push(ms);
+            (by === k ? same : cross).push(ms);
+          }
         }
-      }
-    });
+      });
+      return { ids, perFleet, all, same, cross };
+    };
+    const every = await round3(daemons.map((_, k) => k));
     const counted = (await Promise.all(daemons.map(alertsCounted))).reduce((x, y) => x + y, 0);
-    const replicas = { count: names.length, alerts: ids.length, latency: latency(all), sameReplica: latency(same), crossReplica: latency(cross), ...delivery(perFleet.flat(), ids), alertsCounted: counted, alertsRaised: ids.length + warmup };
-    const clockCheckMs = round(median(Array.from({ length: 9 }, () => Date.now() - nowUs() / 1000)), 3);
+    const replicas = { count: names.length, alerts: every.ids.length, latency: latency(every.all), sameReplica: latency(every.same), crossReplica: latency(every.cross), ...delivery(every.perFleet.flat(), every.ids), alertsCounted: counted, alertsRaised: every.ids.length + warmup };
+    // The same path with a third of the compute: traffic on A only (the single node's load), so
+    // what the NATS hop costs shows apart from three engines sharing the cores.
+    log('traffic on replica A only');
+    const onlyA = await round3([0]);
+    const oneRaising = { alerts: onlyA.ids.length, latency: latency(onlyA.all), sameReplica: latency(onlyA.same), crossReplica: latency(onlyA.cross), ...delivery(onlyA.perFleet.flat(), onlyA.ids) };
+    const clockCheckMs = round(processWallOffsetUs() / 1000, 3);
     return {
       machine: describeMachine(),
       model: basename(o.modelDir),
@@ -181,7 +204,10 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
       subscribers: SUBSCRIBERS,
       single: singleResult,
       replicas,
+      oneRaising,
       p99Ratio: round(replicas.latency.p99Ms / singleResult.latency.p99Ms, 2),
+      p99RatioOneRaising: round(oneRaising.latency.p99Ms / singleResult.latency.p99Ms, 2),
+      daemonClockOffsetsMs: { single: round(singleOffsetUs / 1000, 3), replicas: offsets.map((x) => round(x / 1000, 3)) },
       clockCheckMs,
       seconds: round((Date.now() - t0) / 1000, 1),
     };
@@ -199,7 +225,7 @@ export function replicasBenchMarkdown(r: ReplicasBench): string {
     '',
     machineMarkdown(r.machine),
     '',
-    `Model ${r.model}; ${r.subscribers} WebSocket subscribers (admin key, worker threads); ${r.requestsPerReplica} admin-injected requests per daemon, one at a time per daemon, on every daemon at once. Latency = receipt − forwardAtUs of the raising daemon (same host clock; clock check ${r.clockCheckMs} ms).`,
+    `Model ${r.model}; ${r.subscribers} WebSocket subscribers (admin key, worker threads); ${r.requestsPerReplica} admin-injected requests per daemon, one at a time per daemon, on every daemon at once. Latency = receipt − forwardAtUs of the raising daemon, both on the wall clock.`,
     '',
     markdownTable(
       ['setup', 'alerts', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'missing', 'duplicates'],
@@ -208,10 +234,17 @@ export function replicasBenchMarkdown(r: ReplicasBench): string {
         row(`${r.replicas.count} daemons on one JetStream stream, subscribers spread`, r.replicas.latency, r.replicas.alerts, r.replicas.missing, r.replicas.duplicates),
         row('… receipts on the raising replica', r.replicas.sameReplica, r.replicas.alerts, '', ''),
         row('… receipts on another replica', r.replicas.crossReplica, r.replicas.alerts, '', ''),
+        row(`${r.replicas.count} daemons on one JetStream stream, traffic on A only`, r.oneRaising.latency, r.oneRaising.alerts, r.oneRaising.missing, r.oneRaising.duplicates),
+        row('… receipts on A', r.oneRaising.sameReplica, r.oneRaising.alerts, '', ''),
+        row('… receipts on B and C', r.oneRaising.crossReplica, r.oneRaising.alerts, '', ''),
       ],
     ),
     '',
-    `p99 ratio (3 replicas on NATS / 1 node on SQLite, same run): **${r.p99Ratio}**. Sum of latentwatch_alerts_total over the replicas: ${r.replicas.alertsCounted}; alerts raised (measured + warm-up): ${r.replicas.alertsRaised}.`,
+    `p99 ratio (3 replicas on NATS / 1 node on SQLite, same run): **${r.p99Ratio}**; with traffic on A only: **${r.p99RatioOneRaising}**.`,
+    '',
+    `Clocks: each process's and subscriber thread's monotonic epoch clock (forwardAtUs, receipt) differs from the wall clock by a few ms; both ends are corrected to it (bench ${r.clockCheckMs} ms, daemons ${r.daemonClockOffsetsMs.single} / ${r.daemonClockOffsetsMs.replicas.join(', ')} ms).`,
+    '',
+    `Sum of latentwatch_alerts_total over the replicas: ${r.replicas.alertsCounted}; alerts raised (measured + warm-up): ${r.replicas.alertsRaised}.`,
     '',
     `Total ${r.seconds} s.`,
   ].join('\n');

@@ -11,6 +11,29 @@ import WebSocket from 'ws';
 /** Epoch microseconds on this process's monotonic clock (the daemon's `forwardAtUs` uses the same). */
 export const nowUs = (): number => (performance.timeOrigin + performance.now()) * 1000;
 
+/**
+ * Wall clock − this thread's `nowUs`, in µs. performance.timeOrigin is fixed per process and per
+ * worker thread with an error of a few ms (two processes' `nowUs` differed by up to 5 ms here), which
+ * is the size of what the alert benches measure across processes; so each side reads its offset to
+ * the wall clock at a millisecond edge of Date.now() (good to a few µs) and latencies are taken on
+ * wall-aligned times. The median of `samples` edges; spins for up to `samples` ms.
+ */
+export function wallOffsetUs(samples = 5): number {
+  const xs: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = Date.now();
+    let t = t0;
+    while (t === t0) t = Date.now();
+    xs.push(t * 1000 - nowUs());
+  }
+  xs.sort((a, b) => a - b);
+  return xs[Math.floor(xs.length / 2)];
+}
+
+let ownOffsetUs: number | undefined;
+/** This process's `wallOffsetUs`, read once. */
+export const processWallOffsetUs = (): number => (ownOffsetUs ??= wallOffsetUs());
+
 export interface StreamResult {
   status: number;
   /** Parsed `data:` events (the final `[DONE]` excluded). */
@@ -101,6 +124,8 @@ export interface ReceivedAlert {
   forwardAtUs?: number;
   /** This process's clock (epoch µs) when the message was parsed. */
   receivedAtUs: number;
+  /** The same on the wall clock (receivedAtUs + this thread's wallOffsetUs): compare with a daemon's forwardAtUs + its own offset. */
+  receivedWallUs: number;
 }
 
 export interface Subscriber {
@@ -122,11 +147,12 @@ export function subscribe(url: string, o: { key?: string; query?: string; onAler
       ws.once('error', reject);
     }),
   };
+  const offsetUs = processWallOffsetUs();
   ws.on('message', (m) => {
     const receivedAtUs = nowUs();
     const msg = JSON.parse(String(m)) as { type: string; alert?: { id: number; probeId: string; ts: string }; forwardAtUs?: number };
     if (msg.type !== 'alert' || !msg.alert) return;
-    const a: ReceivedAlert = { id: msg.alert.id, probeId: msg.alert.probeId, tsMs: Date.parse(msg.alert.ts), receivedAtUs };
+    const a: ReceivedAlert = { id: msg.alert.id, probeId: msg.alert.probeId, tsMs: Date.parse(msg.alert.ts), receivedAtUs, receivedWallUs: receivedAtUs + offsetUs };
     if (msg.forwardAtUs !== undefined) a.forwardAtUs = msg.forwardAtUs;
     s.alerts.push(a);
     o.onAlert?.(a);

@@ -6,10 +6,12 @@
  */
 import { loadConfig, processEnv } from '../../src/daemon/config.js';
 import { startDaemon } from '../../src/daemon/daemon.js';
+import { wallOffsetUs } from './clients.js';
 
 const { config, notices } = loadConfig({ env: processEnv(), argv: process.argv.slice(2) });
 const daemon = await startDaemon(config, notices);
-process.stdout.write(`LATENTWATCH_READY ${JSON.stringify({ url: daemon.url, pid: process.pid })}\n`);
+// clockOffsetUs: this process's wall clock − its forwardAtUs clock (lib/clients.ts wallOffsetUs).
+process.stdout.write(`LATENTWATCH_READY ${JSON.stringify({ url: daemon.url, pid: process.pid, clockOffsetUs: wallOffsetUs() })}\n`);
 const stop = () => {
   void daemon.close().then(
     () => process.exit(0),

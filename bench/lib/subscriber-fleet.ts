@@ -16,6 +16,10 @@ const { parentPort, workerData } = require('node:worker_threads');
 const WebSocket = require(workerData.wsPath);
 const records = [];
 let open = 0;
+// This thread's wall clock − (timeOrigin + now), at millisecond edges (lib/clients.ts wallOffsetUs).
+const offsets = [];
+for (let i = 0; i < 5; i++) { const t0 = Date.now(); let t = t0; while (t === t0) t = Date.now(); offsets.push(t * 1000 - (performance.timeOrigin + performance.now()) * 1000); }
+const offsetUs = offsets.sort((a, b) => a - b)[2];
 for (let i = 0; i < workerData.count; i++) {
   const mine = [];
   records.push(mine);
@@ -26,7 +30,7 @@ for (let i = 0; i < workerData.count; i++) {
     const receivedAtUs = (performance.timeOrigin + performance.now()) * 1000;
     const msg = JSON.parse(String(m));
     if (msg.type !== 'alert' || !msg.alert) return;
-    mine.push([msg.alert.id, msg.alert.probeId, Date.parse(msg.alert.ts), msg.forwardAtUs === undefined ? null : msg.forwardAtUs, receivedAtUs]);
+    mine.push([msg.alert.id, msg.alert.probeId, Date.parse(msg.alert.ts), msg.forwardAtUs === undefined ? null : msg.forwardAtUs, receivedAtUs, receivedAtUs + offsetUs]);
   });
   workerData.sockets = (workerData.sockets || []).concat([ws]);
 }
@@ -36,7 +40,7 @@ parentPort.on('message', (cmd) => {
 });
 `;
 
-type Row = [number, string, number, number | null, number];
+type Row = [number, string, number, number | null, number, number];
 
 export interface SubscriberFleet {
   readonly size: number;
@@ -79,7 +83,7 @@ export async function startSubscriberFleet(url: string, count: number, o: { key?
         }),
       );
       return parts.flat().map((rows) => ({
-        alerts: rows.map(([id, probeId, tsMs, forwardAtUs, receivedAtUs]) => (forwardAtUs === null ? { id, probeId, tsMs, receivedAtUs } : { id, probeId, tsMs, forwardAtUs, receivedAtUs })),
+        alerts: rows.map(([id, probeId, tsMs, forwardAtUs, receivedAtUs, receivedWallUs]) => (forwardAtUs === null ? { id, probeId, tsMs, receivedAtUs, receivedWallUs } : { id, probeId, tsMs, forwardAtUs, receivedAtUs, receivedWallUs })),
       }));
     },
     async close() {

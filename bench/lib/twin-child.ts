@@ -2,7 +2,7 @@
  * Several daemon front ends over ONE engine in one process, for measurements that must not
  * compare two processes (on a shared machine two identical daemon processes differ by ±30 % in
  * decode speed, far more than what is measured): each variant is the daemon's own assembly
- * (src/daemon/daemon.ts startDaemon: ProbeBank, AlertLog, AlertHub, metrics, InferenceService,
+ * (src/daemon/daemon.ts startDaemon: ProbeBank, the alert store, AlertHub, metrics, InferenceService,
  * buildServer on its own port) with its own probes and alert log, and all share the Engine, its
  * onnxruntime session and KV pool. Variants are used one at a time.
  *
@@ -12,6 +12,7 @@ import { basename } from 'node:path';
 import { AlertHub } from '../../src/daemon/alert-hub.js';
 import { AlertLog } from '../../src/daemon/alert-log.js';
 import { SqliteAlertStore } from '../../src/daemon/alert-store.js';
+import { GroupCommitAlertStore } from '../../src/daemon/group-commit-store.js';
 import { Authenticator } from '../../src/daemon/auth.js';
 import { loadConfig } from '../../src/daemon/config.js';
 import { VERSION } from '../../src/daemon/daemon.js';
@@ -20,6 +21,7 @@ import { createMetrics } from '../../src/daemon/metrics.js';
 import { buildServer } from '../../src/daemon/server.js';
 import { Engine } from '../../src/engine/engine.js';
 import { loadProbe, ProbeBank } from '../../src/probes/probe.js';
+import { wallOffsetUs } from './clients.js';
 
 export interface TwinSpec {
   modelDir: string;
@@ -27,7 +29,8 @@ export interface TwinSpec {
   maxConcurrent: number;
   precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
   spinning?: boolean;
-  variants: { name: string; probes: string[]; alertLog: string; synchronous?: 'full' | 'normal' }[];
+  /** groupCommit: the log written by the worker thread with group commit (the daemon's default; group-commit-store.ts), else on the event loop. */
+  variants: { name: string; probes: string[]; alertLog: string; synchronous?: 'full' | 'normal'; groupCommit?: boolean }[];
 }
 
 const spec = JSON.parse(process.argv[2]) as TwinSpec;
@@ -43,10 +46,10 @@ for (const v of spec.variants) {
   const probes = await Promise.all(v.probes.map((p) => loadProbe(p, engine.fingerprint)));
   const bank = new ProbeBank(probes);
   const metrics = createMetrics({ version: VERSION });
-  const log = AlertLog.open({ path: v.alertLog, pendingLimit: config.alertLog.pendingLimit, synchronous: v.synchronous ?? 'full' });
+  const logOptions = { path: v.alertLog, pendingLimit: config.alertLog.pendingLimit, synchronous: v.synchronous ?? 'full' } as const;
   const auth = new Authenticator({ apiKeys: [], adminKey: spec.adminKey });
   const ws = config.websocket;
-  const store = new SqliteAlertStore(log);
+  const store = v.groupCommit ? await GroupCommitAlertStore.open(logOptions) : new SqliteAlertStore(AlertLog.open(logOptions));
   const hub = new AlertHub({ store, auth, bufferLimitBytes: ws.bufferLimitBytes, maxQueuedMessages: ws.maxQueuedMessages, heartbeatIntervalMs: ws.heartbeatIntervalSeconds * 1000, replayPageSize: ws.replayPageSize });
   metrics.bindAlertLog(store);
   metrics.bindAlertHub(hub);
@@ -69,10 +72,11 @@ for (const v of spec.variants) {
   closers.push(async () => {
     app.server.closeAllConnections();
     await app.close();
-    log.close();
+    await store.close();
   });
 }
-process.stdout.write(`LATENTWATCH_READY ${JSON.stringify({ url: Object.values(urls)[0], pid: process.pid, urls })}\n`);
+// clockOffsetUs: this process's wall clock − its forwardAtUs clock (lib/clients.ts wallOffsetUs).
+process.stdout.write(`LATENTWATCH_READY ${JSON.stringify({ url: Object.values(urls)[0], pid: process.pid, urls, clockOffsetUs: wallOffsetUs() })}\n`);
 const stop = () => {
   void Promise.all(closers.map((c) => c()))
     .then(() => engine.close())
