@@ -4,7 +4,8 @@
  * mean residual norm) fires generic-injection, whose verdict (`closest_concept`) and alert
  * (`concept`, in the polling output) name that concept; a clean request names nothing; an injected
  * random direction fires but names nothing (its top-1 cosine stays below the floor, as measured in
- * docs/reports/concept-naming/).
+ * docs/reports/concept-naming/). The same on the second subject, models/qwen3-code-7m, whose concept
+ * vectors ship in its concepts/ folder (`latentwatch concepts --config configs/trials/base.json`).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
@@ -12,6 +13,8 @@ import type { Alert } from '../src/daemon/alert-log.js';
 import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, API_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
 import { CODE16M } from './helpers.js';
+
+const QWEN3_CODE7M = new URL('../models/qwen3-code-7m', import.meta.url).pathname;
 
 type Concept = { name: string; layer: number; cosine: number; margin: number } | null;
 type Verdict = { probes: { id: string; fired: boolean; alert_ids: number[]; closest_concept: Concept }[] };
@@ -78,5 +81,39 @@ describe('concept naming in alerts and verdicts', () => {
     const raised = await alerts(g.alert_ids);
     expect(raised.length).toBeGreaterThan(0);
     for (const a of raised) expect(a.concept).toBeNull();
+  });
+});
+
+describe('concept naming on the second subject (qwen3-code-7m)', () => {
+  let q3: Daemon;
+  beforeAll(async () => {
+    q3 = await startModelDaemon(QWEN3_CODE7M);
+  }, 120_000);
+  afterAll(async () => {
+    await q3?.close();
+  });
+  const completeQ3 = (extra: Record<string, unknown>, key = API_KEY) => completeVerdict<Verdict>(q3.url, PROMPT, { model: 'qwen3-code-7m', ...extra }, key);
+
+  for (const [concept, layer, scale] of [
+    ['Dust', 3, 1],
+    ['Oceans', 2, 1],
+  ] as const) {
+    it(`an injected concept (${concept}, layer ${layer}, ×${scale}) fires and is named`, async () => {
+      const v = await completeQ3({ latentwatch: { inject: { concept, layer, scale, window: 'all' } } }, ADMIN_KEY);
+      const g = v.probes.find((p) => p.id === 'generic-injection')!;
+      expect(g.fired).toBe(true);
+      expect(g.closest_concept).not.toBeNull();
+      expect(g.closest_concept!.name).toBe(concept);
+      expect(g.closest_concept!.layer).toBe(layer);
+      expect(g.closest_concept!.cosine).toBeGreaterThanOrEqual(0.5);
+    });
+  }
+
+  it('a clean request names nothing', async () => {
+    const v = await completeQ3({});
+    for (const p of v.probes) {
+      expect(p.fired).toBe(false);
+      expect(p.closest_concept).toBeNull();
+    }
   });
 });
