@@ -116,6 +116,28 @@ describe('JetStream alert store', () => {
     }
   }, 60_000);
 
+  it("the live feed hands one token's alerts to the listener in one call with their forwardAtUs, on every replica, in id order", async () => {
+    const a = await open({ stream: 'FEED_TEST', subject: 'feed.alerts', replica: 'a' });
+    const b = await open({ stream: 'FEED_TEST', subject: 'feed.alerts', replica: 'b' });
+    const calls: { on: string; ids: number[]; at: number | undefined }[] = [];
+    a.onLive((alerts, timing) => calls.push({ on: 'a', ids: alerts.map((x) => x.id), at: timing?.forwardAtUs }));
+    b.onLive((alerts, timing) => calls.push({ on: 'b', ids: alerts.map((x) => x.id), at: timing?.forwardAtUs }));
+    const first = await a.append([draft(), draft(), draft()], { forwardAtUs: 111 });
+    const second = await b.append([draft(), draft()], { forwardAtUs: 222 });
+    const ids1 = first.map((r) => r.alert.id);
+    const ids2 = second.map((r) => r.alert.id);
+    await waitUntil(() => calls.filter((c) => c.on === 'a').flatMap((c) => c.ids).length >= 5 && calls.filter((c) => c.on === 'b').flatMap((c) => c.ids).length >= 5, { timeoutMs: 10_000, what: 'both feeds to deliver five alerts' });
+    for (const on of ['a', 'b']) {
+      const mine = calls.filter((c) => c.on === on);
+      // One call per token (the two appends' alerts never share a call: their forwardAtUs differ).
+      expect(mine.map((c) => [c.ids, c.at])).toEqual([
+        [ids1, 111],
+        [ids2, 222],
+      ]);
+    }
+    expect(a.liveThrough).toBe(ids2[1]);
+  });
+
   it('keeps queued alerts across a restart of the replica while NATS is down, and a republish whose first publish landed is stored once', async () => {
     const dir = tempDir('lw-outbox-restart-');
     const outboxPath = join(dir, 'outbox.db');

@@ -243,25 +243,48 @@ export class JetStreamAlertStore implements AlertStore {
     }
   }
 
-  /** The live feed: an ordered consumer from the last delivered sequence, restarted if it ends. */
+  /**
+   * The live feed: an ordered consumer from the last delivered sequence, restarted if it ends.
+   * Messages that arrive together (one token's alerts, read from one socket read) go to the
+   * listeners in one call, so the hub writes each subscriber one corked batch instead of a frame
+   * per alert: consecutive messages with the same forwardAtUs are held until the iterator has
+   * yielded everything already received (setImmediate: the same turn of the event loop).
+   */
   private async feed(): Promise<void> {
+    let batch: Alert[] = [];
+    let batchAt: string | undefined;
+    let scheduled = false;
+    const flush = () => {
+      scheduled = false;
+      if (batch.length === 0) return;
+      const alerts = batch;
+      const timing: AlertTiming | undefined = batchAt ? { forwardAtUs: Number(batchAt) } : undefined;
+      batch = [];
+      this.delivered = alerts[alerts.length - 1].id;
+      for (const l of this.listeners) l(alerts, timing);
+    };
     while (!this.closed) {
       try {
         const consumer = await this.js!.consumers.get(this.opts.stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.delivered + 1 });
         const messages = await consumer.consume({ max_messages: READ_BATCH });
         this.feedMessages = messages;
         for await (const m of messages) {
-          if (m.seq <= this.delivered) continue;
-          const alert = decode(m);
-          this.delivered = m.seq;
-          const at = m.headers?.get(FORWARD_AT_HEADER);
-          const timing: AlertTiming | undefined = at ? { forwardAtUs: Number(at) } : undefined;
-          for (const l of this.listeners) l([alert], timing);
+          if (m.seq <= (batch.at(-1)?.id ?? this.delivered)) continue;
+          const at = m.headers?.get(FORWARD_AT_HEADER) || undefined;
+          if (batch.length > 0 && at !== batchAt) flush();
+          batch.push(decode(m));
+          batchAt = at;
+          if (!scheduled) {
+            scheduled = true;
+            setImmediate(flush);
+          }
         }
       } catch (e) {
         if (this.closed) return;
         this.lastError = (e as Error).message;
         await new Promise((r) => setTimeout(r, 500).unref());
+      } finally {
+        flush(); // before a restarted consumer starts after `delivered`
       }
     }
   }
