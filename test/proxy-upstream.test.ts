@@ -101,13 +101,15 @@ describe('serve --upstream: answers and verdicts', () => {
     expect(whole.status).toBe(200);
     const ids = whole.body.choices[0].token_ids!;
     expect(ids.length).toBe(whole.body.usage.completion_tokens);
+    expect((whole.body as Completion & { prompt_token_ids: number[] }).prompt_token_ids.length).toBe(whole.body.usage.prompt_tokens);
     const r = await fetch(`${upstream.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) });
-    const streamed = (await r.text())
+    const chunks = (await r.text())
       .split('\n\n')
       .filter((e) => e.startsWith('data: {'))
-      .map((e) => JSON.parse(e.slice(6)) as Completion)
-      .flatMap((c) => c.choices.flatMap((ch) => ch.token_ids ?? []));
-    expect(streamed).toEqual(ids);
+      .map((e) => JSON.parse(e.slice(6)) as Completion & { prompt_token_ids?: number[] });
+    expect(chunks.flatMap((c) => c.choices.flatMap((ch) => ch.token_ids ?? []))).toEqual(ids);
+    expect(chunks[0].prompt_token_ids).toEqual((whole.body as Completion & { prompt_token_ids: number[] }).prompt_token_ids);
+    expect(chunks.slice(1).every((c) => c.prompt_token_ids === undefined)).toBe(true);
   });
 
   it('completions: the text, finish reason and usage are the upstream\'s; the verdict scores equal the upstream\'s own within 1e-3', async () => {
@@ -123,7 +125,7 @@ describe('serve --upstream: answers and verdicts', () => {
     expect(Object.keys(proxied.body).sort()).toEqual(Object.keys(direct.body).sort());
     // The token ids the proxy asked for are not shown to a client that did not ask.
     expect(proxied.body.choices[0].token_ids).toBeUndefined();
-    expect(proxied.body.latentwatch!.proxy).toEqual({ alignment: 'token_ids' });
+    expect(proxied.body.latentwatch!.proxy).toEqual({ alignment: 'token_ids', prompt: 'same' });
     expect(proxied.body.latentwatch!.request_id).not.toBe(direct.body.latentwatch!.request_id);
     expectSameScores(proxied.body.latentwatch!, direct.body.latentwatch!);
   });
@@ -141,7 +143,9 @@ describe('serve --upstream: answers and verdicts', () => {
     expect(chunks.find((c) => c.choices[0]?.finish_reason)?.choices[0].finish_reason).toBe(direct.body.choices[0].finish_reason);
     const last = chunks.at(-1)!;
     expect(last.choices).toEqual([]);
-    expect(last.latentwatch).toBeDefined();
+    expect(last.latentwatch!.proxy).toEqual({ alignment: 'token_ids', prompt: 'same' });
+    // The prompt ids the proxy asked for are not shown either.
+    expect(chunks.some((c) => 'prompt_token_ids' in c)).toBe(false);
     expect(chunks.slice(0, -1).every((c) => c.latentwatch === undefined)).toBe(true);
     expect(chunks.every((c) => c.id === chunks[0].id)).toBe(true);
     expectSameScores(last.latentwatch!, direct.body.latentwatch!);
@@ -221,7 +225,7 @@ describe('serve --upstream: an upstream that returns no token ids', () => {
       const proxied = await post(textProxy.url, 'completions', body);
       expect(proxied.body.choices[0].text).toBe(direct.body.choices[0].text);
       expect(proxied.body.choices[0].finish_reason).toBe('length');
-      expect(proxied.body.latentwatch!.proxy).toEqual({ alignment: 'text' });
+      expect(proxied.body.latentwatch!.proxy).toEqual({ alignment: 'text', prompt: 'unknown' });
       expectSameScores(proxied.body.latentwatch!, direct.body.latentwatch!);
       // Streamed: chunk by chunk, re-tokenised as they come.
       const r = await fetch(`${textProxy.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) });
@@ -230,7 +234,7 @@ describe('serve --upstream: an upstream that returns no token ids', () => {
         .filter((e) => e.startsWith('data: {'))
         .map((e) => JSON.parse(e.slice(6)) as Completion);
       expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(direct.body.choices[0].text);
-      expect(chunks.at(-1)!.latentwatch!.proxy).toEqual({ alignment: 'text' });
+      expect(chunks.at(-1)!.latentwatch!.proxy).toEqual({ alignment: 'text', prompt: 'unknown' });
       expect(chunks.at(-1)!.latentwatch!.probes.every((p) => p.max_score !== null)).toBe(true);
     } finally {
       await textProxy.close();

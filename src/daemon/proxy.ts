@@ -183,6 +183,8 @@ export interface ProxyDeps {
 
 /** How the scored tokens were matched to the upstream's: its token ids, or its text re-tokenised. */
 export type Alignment = 'token_ids' | 'text';
+/** Whether the upstream's prompt ids (when it returns them) are the replica's: same, different, or unknown. */
+export type PromptCheck = 'same' | 'different' | 'unknown';
 
 export class ProxyService {
   constructor(private readonly d: ProxyDeps) {}
@@ -228,6 +230,15 @@ export class ProxyService {
       alignment = 'text';
       return this.d.engine.tokenizer!.encode(text, { addSpecialTokens: false });
     };
+    // The upstream's prompt ids, where it returns them: a different chat template or tokenizer shows here.
+    let prompt: PromptCheck = 'unknown';
+    const checkPrompt = (ids: unknown) => {
+      if (prompt !== 'unknown' || !Array.isArray(ids)) return;
+      prompt = ids.length === prepared.promptIds.length && ids.every((x, i) => x === prepared.promptIds[i]) ? 'same' : 'different';
+      if (prompt === 'different') {
+        req.log.warn({ requestId: prepared.requestId, upstreamPromptTokens: ids.length, localPromptTokens: prepared.promptIds.length }, 'the upstream tokenised the prompt differently (chat template or tokenizer): the replica scored its own tokenisation');
+      }
+    };
     const scoring = this.score(prepared, feed, ac.signal);
     // Failures are read where scoring is awaited; this keeps an early one from going unhandled meanwhile.
     scoring.catch(() => undefined);
@@ -254,12 +265,13 @@ export class ProxyService {
         ac.abort();
         throw lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', `${this.d.upstream.url}${path}: the answer has no choices`);
       }
+      checkPrompt(out.prompt_token_ids);
       const text = textOf(kind, choice, false);
       feed.push({ ids: align(choice, text), text, finish: finishOf(choice.finish_reason) });
       feed.end();
       const verdict = await scoring;
       if (!job.returnTokenIds) stripTokenIds(out);
-      out.latentwatch = { ...verdict, proxy: { alignment } };
+      out.latentwatch = { ...verdict, proxy: { alignment, prompt } };
       return out;
     }
 
@@ -291,6 +303,7 @@ export class ProxyService {
           meta = { id: chunk.id ?? meta.id, object: chunk.object ?? meta.object, created: chunk.created ?? meta.created, model: chunk.model ?? meta.model };
           first = false;
         }
+        checkPrompt(chunk.prompt_token_ids);
         const choice = choices[0];
         const text = choice ? textOf(kind, choice, true) : '';
         const ids = choice ? align(choice, text) : [];
@@ -299,7 +312,7 @@ export class ProxyService {
       }
       feed.end();
       const verdict = await scoring;
-      send({ ...meta, choices: [], latentwatch: { ...verdict, proxy: { alignment } } });
+      send({ ...meta, choices: [], latentwatch: { ...verdict, proxy: { alignment, prompt } } });
     } catch (err) {
       feed.fail(err);
       if (ac.signal.aborted) return;

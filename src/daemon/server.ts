@@ -124,7 +124,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
       let text = '';
       for await (const ev of events) {
         if (ev.type === 'text') text += ev.text;
-        else return fullResponse(job, text, ev.finishReason, ev.usage, ev.verdict);
+        else return { ...fullResponse(job, text, ev.finishReason, ev.usage, ev.verdict), ...(job.returnTokenIds ? { prompt_token_ids: prepared.promptIds } : {}) };
       }
       throw lwError('LW_ERR_API_INTERNAL', 'generation ended without a result');
     }
@@ -134,7 +134,15 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-    const send = (obj: unknown) => res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    // return_token_ids: the prompt's ids ride on the first chunk with a choice, as vLLM sends them.
+    let promptIdsSent = !job.returnTokenIds;
+    const send = (obj: Record<string, unknown>) => {
+      if (!promptIdsSent && Array.isArray(obj.choices) && obj.choices.length > 0) {
+        obj.prompt_token_ids = prepared.promptIds;
+        promptIdsSent = true;
+      }
+      res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    };
     let started = false;
     try {
       for (let ev = first; !ev.done; ev = await events.next()) {
@@ -152,7 +160,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     } catch (err) {
       if (ac.signal.aborted) return;
       req.log.error({ err }, 'stream failed');
-      send(toHttpError(err).body);
+      send({ ...toHttpError(err).body });
     }
     res.end('data: [DONE]\n\n');
   };
