@@ -223,7 +223,7 @@ ${markdownTable(
   ],
 )}
 
-One proxy replica scores **${bestProxy} tok/s** at best, ${result.summary.streamsWorthOfOneStream}× one locally generating stream (${oneStream} tok/s) and ${result.summary.scoredOverGeneratedBest}× local serving at its best concurrency (${bestLocal} tok/s): the tokens of a stream arrive together and are scored in prefill-shaped passes, not one decode pass each.
+One proxy replica scores **${round(bestProxy, 1)} tok/s** at best, ${round(result.summary.streamsWorthOfOneStream, 1)}× one locally generating stream (${round(oneStream, 1)} tok/s) and ${round(result.summary.scoredOverGeneratedBest, 2)}× local serving at its best concurrency (${round(bestLocal, 1)} tok/s): the tokens of a stream arrive together and are scored in prefill-shaped passes, not one decode pass each.
 
 ## Added latency per chunk
 
