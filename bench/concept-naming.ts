@@ -164,11 +164,12 @@ async function main(argv: string[]): Promise<void> {
     }
   }
   const headers = ['rule', 'trials', 'n', 'fired', 'top-1 of fired (no floor)', 'named at floor', 'named correctly (of all)', 'correct of named'];
-  const cmd = 'npx tsx bench/concept-naming.ts --data /tmp/lw-generic --out docs/reports/concept-naming/concept-naming.json';
+  const modelArg = modelDir === DEFAULT_MODEL_DIR ? '' : ` --model ${modelDir}`;
+  const cmd = `npx tsx bench/concept-naming.ts${modelArg} --data ${dataDir}${a.get('probe') ? ` --probe ${probePath}` : ''} --out ${a.get('out') ?? 'docs/reports/concept-naming/concept-naming.json'}`;
   const md = [
     '# Naming the injected concept (issue 12)',
     '',
-    `Reproduce: \`latentwatch trials --config configs/trials/generic.json --out /tmp/lw-generic\`, then \`${cmd}\`.`,
+    `Reproduce: \`latentwatch trials${modelArg} --config configs/trials/generic.json --out ${dataDir}\`, then \`${cmd}\`.`,
     '',
     `Probe: ${probePath} (threshold ${probe.threshold}). Dataset: ${dataDir} (${picked.length} trials used). Rule: src/probes/concept-naming.ts.`,
     'At the first position where the shipped detector fires, the member (layer) with the highest mean calibrated score over the',
