@@ -6,6 +6,7 @@
  *   npx tsx bench/gpu.ts [--work /tmp/lw-gpu] [--shapes 0.5b,7b] [--python python3] [--prompt 128]
  *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
  *       [--merge EARLIER.json] [--build-only] [--webgpu-validation disabled|wgpuOnly|basic]
+ *       [--accuracy-levels 4/0,4,0]
  *
  * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
  *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
@@ -165,7 +166,7 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation']);
+  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels']);
   const work = a.get('work', '/tmp/lw-gpu')!;
   const shapes = a.get('shapes', '0.5b,7b')!.split(',');
   for (const s of shapes) if (!SHAPES[s]) throw new Error(`--shapes: ${s} is not one of ${Object.keys(SHAPES).join(',')}`);
@@ -184,16 +185,28 @@ async function main(argv: string[]): Promise<void> {
   if (earlier) details.merged_from = { machine: earlier.machine, args: earlier.args };
   const validation = a.get('webgpu-validation', '') as WebGpuValidation | '';
   if (validation && !WEBGPU_VALIDATION.includes(validation)) throw new Error(`--webgpu-validation: ${validation} is not one of ${WEBGPU_VALIDATION.join(',')}`);
-  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache, ...(validation ? { webgpuValidation: validation } : {}) };
+  // MatMulNBits accuracy levels of the webgpu engines, measured side by side: 'P/D' prefill passes
+  // at level P and one-token passes at D (two builds on one device cache; the engine's default is
+  // 4/0), 'L' one build for both. The first gives the summary's plain keys, the others keys ending
+  // _acc<P>[_<D>]. On WebGPU level 4 computes with int8 activations (DP4A), level 0 in fp32.
+  const levels = a.get('accuracy-levels', '4/0')!.split(',').map((spec) => {
+    const [prefill, decode = prefill] = spec.split('/').map(Number);
+    for (const l of [prefill, decode]) if (![0, 1, 2, 3, 4].includes(l)) throw new Error(`--accuracy-levels: ${spec} (levels 0..4, 'P/D' or 'L')`);
+    return { spec, prefill, decode };
+  });
+  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache, accuracyLevel: levels[0].prefill, decodeAccuracyLevel: levels[0].decode, ...(validation ? { webgpuValidation: validation } : {}) };
+  const suffix = (i: number) => (i === 0 ? '' : `_acc${levels[i].spec.replace('/', '_')}`);
   if (a.has('build-only')) {
     for (const shape of shapes) {
       const t = performance.now();
-      ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, interface: interfaceFor('webgpu') }, { cacheDir: cache });
-      log(`built ${shape} webgpu int4 in ${((performance.now() - t) / 1000).toFixed(0)} s`);
+      for (const accuracyLevel of new Set(levels.flatMap((l) => [l.prefill, l.decode]))) {
+        ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, accuracyLevel, interface: interfaceFor('webgpu') }, { cacheDir: cache });
+        log(`built ${shape} webgpu int4 (accuracy level ${accuracyLevel}) in ${((performance.now() - t) / 1000).toFixed(0)} s`);
+      }
     }
     return;
   }
-  const report = { kind: 'gpu', version: 1, machine: describeMachine(), args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)' }, summary, details };
+  const report = { kind: 'gpu', version: 1, machine: describeMachine(), args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)', accuracy_levels: levels.map((l) => l.spec) }, summary, details };
   const save = () => writeJson(out, report);
 
   // 1. Checkpoints and transformers' figures.
@@ -235,30 +248,40 @@ async function main(argv: string[]): Promise<void> {
     // cost; a probe's scoring is host arithmetic on top), measured in alternation.
     const L = SHAPES[shape].numLayers;
     const tapLayers = shape === '0.5b' ? [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)] : null;
-    const configs: Config[] = [{ options: webgpuInt4, taps: [] }, ...(tapLayers ? [{ options: { ...webgpuInt4, taps: tapLayers }, taps: tapLayers }] : [])];
-    const [gpu, tapped] = await measure(dir, configs, { prompt, decode, runs });
-    log(`${shape} webgpu int4: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
-    summary[`decode_tok_s_webgpu_int4_${k}`] = gpu.decode_tok_s;
-    summary[`prefill_tok_s_webgpu_int4_${k}`] = gpu.prefill_tok_s;
-    summary[`bandwidth_limit_tok_s_webgpu_int4_${k}`] = limit(gpu.weight_bytes_per_token);
-    const lim = limit(gpu.weight_bytes_per_token);
-    summary[`decode_pct_of_limit_webgpu_int4_${k}`] = lim === null ? null : round((100 * gpu.decode_tok_s) / lim, 1);
+    const configs: Config[] = levels.flatMap((l) => {
+      const options = { ...webgpuInt4, accuracyLevel: l.prefill, decodeAccuracyLevel: l.decode };
+      return [{ options, taps: [] }, ...(tapLayers ? [{ options: { ...options, taps: tapLayers }, taps: tapLayers }] : [])];
+    });
+    const measured = await measure(dir, configs, { prompt, decode, runs });
     const h = hf?.shapes[shape];
     summary[`decode_tok_s_hf_eager_bf16_${k}`] = h ? round(h.decode_tok_s, 2) : null;
     summary[`prefill_tok_s_hf_eager_bf16_${k}`] = h ? round(h.prefill_tok_s, 1) : null;
     summary[`bandwidth_limit_tok_s_hf_eager_bf16_${k}`] = h ? limit(h.weight_bytes_per_token) : null;
-    summary[`decode_speedup_webgpu_int4_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
-    details[`webgpu_int4_${k}`] = kept(gpu);
-    if (tapped && tapLayers) {
-      log(`${shape} webgpu int4 with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
-      summary.monitor_overhead_pct_webgpu = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
-      summary.monitor_taps = tapLayers.map(residPost);
-      details[`webgpu_int4_taps_${k}`] = kept(tapped);
+    const perLevel = tapLayers ? 2 : 1;
+    for (const [i, { spec }] of levels.entries()) {
+      const [gpu, tapped] = measured.slice(i * perLevel, (i + 1) * perLevel);
+      const x = suffix(i);
+      log(`${shape} webgpu int4 accuracy level ${spec}: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
+      summary[`decode_tok_s_webgpu_int4${x}_${k}`] = gpu.decode_tok_s;
+      summary[`prefill_tok_s_webgpu_int4${x}_${k}`] = gpu.prefill_tok_s;
+      const lim = limit(gpu.weight_bytes_per_token);
+      summary[`bandwidth_limit_tok_s_webgpu_int4${x}_${k}`] = lim;
+      summary[`decode_pct_of_limit_webgpu_int4${x}_${k}`] = lim === null ? null : round((100 * gpu.decode_tok_s) / lim, 1);
+      summary[`decode_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
+      summary[`prefill_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.prefill_tok_s / h.prefill_tok_s, 2) : null;
+      details[`webgpu_int4${x}_${k}`] = kept(gpu);
+      if (tapped && tapLayers) {
+        log(`${shape} webgpu int4 accuracy level ${spec} with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
+        summary[`monitor_overhead_pct_webgpu${x}`] = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
+        summary.monitor_taps = tapLayers.map(residPost);
+        details[`webgpu_int4_taps${x}_${k}`] = kept(tapped);
+      }
     }
+    const gpu = measured[0];
     save();
 
     if (shape === '0.5b') {
-      const [cpu] = await measure(dir, [{ options: { ...webgpuInt4, provider: 'cpu', threads: availableParallelism() }, taps: [] }], { prompt, decode: Math.min(decode, 32), runs: 1 });
+      const [cpu] = await measure(dir, [{ options: { ...webgpuInt4, provider: 'cpu', decodeAccuracyLevel: undefined, threads: availableParallelism() }, taps: [] }], { prompt, decode: Math.min(decode, 32), runs: 1 });
       log(`${shape} cpu int4 (${availableParallelism()} threads): decode ${cpu.decode_tok_s} tok/s`);
       const n = Math.min(32, gpu.ids.length, cpu.ids.length);
       summary.greedy_prefix_webgpu_vs_cpu_int4 = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));

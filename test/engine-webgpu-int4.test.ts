@@ -4,6 +4,12 @@
  * MatMulNBits, which onnxruntime's WebGPU provider fuses with the RMSNorm before them (and the SiLU
  * after) into one kernel each: fewer dispatches per layer, which is what decode on a GPU is bound by.
  *
+ * Prefill and decode at their own accuracy levels: by default a quantized WebGPU engine runs prompt
+ * passes on its accuracy-level-4 build (int8 activations, DP4A) and one-token passes on a level-0
+ * build (fp32 activations; the provider's one-kernel MLP), both on the same device cache. Checked
+ * on the built-in model, whose widths (multiples of 128) take the DP4A path; the tiny checkpoints'
+ * do not, so there levels 4 and 0 compute alike.
+ *
  * Tolerance: with accuracy level 0 both providers dequantize to fp32, so the device-kv build on
  * WebGPU and the CPU provider's own int4 build agree within 1e-4 (measured on lavapipe: 2.4e-6 for
  * the tiny checkpoints' logits, 1.3e-5 for the built-in model's). At accuracy level 4 both compute
@@ -17,7 +23,7 @@ import { Engine } from '../src/engine/engine.js';
 import { RuntimeSession } from '../src/engine/runtime.js';
 import type { Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
-import { QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, readReference, referenceTensors, tempDir, type TinyReference } from './helpers.js';
+import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, readReference, referenceTensors, tempDir, type SubjectReference, type TinyReference } from './helpers.js';
 
 async function steps(engine: Engine, req: Parameters<Engine['generate']>[0]): Promise<Step[]> {
   const out: Step[] = [];
@@ -99,3 +105,51 @@ for (const [name, dir, qkvFused] of [
     });
   });
 }
+
+describe('qwen2-code-16m int4 on the WebGPU provider: prefill at accuracy level 4, decode at 0', () => {
+  const ref = readReference<SubjectReference>(CODE16M);
+  const prompt = ref.prompts[0].input_ids.slice(0, 8);
+  const tail = ref.prompts[1].input_ids.slice(0, 6);
+  let split: Engine;
+  let level4: Engine;
+  let cpu0: Engine;
+  beforeAll(async () => {
+    split = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', cacheDir: TEST_CACHE });
+    level4 = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', decodeAccuracyLevel: 4, cacheDir: TEST_CACHE });
+    cpu0 = await Engine.load(CODE16M, { precision: 'int4', accuracyLevel: 0, cacheDir: TEST_CACHE });
+  });
+  afterAll(async () => {
+    await split.close();
+    await level4.close();
+    await cpu0.close();
+  });
+
+  /** Logits of a prompt pass, then of one-token passes over `tail`, on one sequence. */
+  async function passes(engine: Engine, first: number[]): Promise<Float32Array[]> {
+    const seq = engine.newSequence(first.length + tail.length);
+    const out = [(await seq.forward(first)).logits];
+    for (const t of tail) out.push((await seq.forward([t])).logits);
+    seq.release();
+    return out;
+  }
+
+  it('builds: level 4 for prompt passes, a second device-kv build at level 0 for one-token passes (none where the levels agree)', () => {
+    expect(split.build.options.accuracyLevel).toBe(4);
+    expect(split.decodeGraph?.build.options).toEqual({ ...split.build.options, accuracyLevel: 0 });
+    expect(split.decodeSession).toBeDefined();
+    expect(level4.decodeGraph).toBeUndefined();
+    expect(cpu0.decodeGraph).toBeUndefined();
+  });
+
+  it('a prompt pass runs the level-4 build; one-token passes on its device cache run the level-0 build', async () => {
+    const [a, b] = [await passes(split, prompt), await passes(level4, prompt)];
+    expect(maxAbsDiff(a[0], b[0])).toBeLessThan(1e-6);
+    // One token at a time from the start, every pass is the level-0 build's: the CPU provider's level 0 within 1e-4 ...
+    const [s1, c1, l1] = [await passes(split, [prompt[0]]), await passes(cpu0, [prompt[0]]), await passes(level4, [prompt[0]])];
+    for (const [i, x] of s1.entries()) expect(maxAbsDiff(x, c1[i]), `pass ${i}`).toBeLessThan(1e-4);
+    // ... where level 4's int8 activations part from it.
+    expect(Math.max(...l1.map((x, i) => maxAbsDiff(x, c1[i])))).toBeGreaterThan(1e-2);
+    // After a level-4 prompt pass, the level-0 decode passes read the cache it left (they differ from level 4's own).
+    expect(Math.max(...a.slice(1).map((x, i) => maxAbsDiff(x, b[i + 1])))).toBeGreaterThan(1e-3);
+  }, 400_000);
+});

@@ -29,6 +29,14 @@ export interface EngineOptions extends BuildRequest {
   spinning?: boolean;
   /** The WebGPU provider's validation mode (runtime.ts; default onnxruntime's 'basic'). */
   webgpuValidation?: WebGpuValidation;
+  /**
+   * Quantized device-kv builds (webgpu): the MatMulNBits accuracy level of a second build that runs
+   * the one-token (decode) passes on the same device cache, while longer passes (prefill) keep
+   * `accuracyLevel`. Default 0 there: on WebGPU level 4 computes with int8 activations (DP4A, the
+   * faster prefill) but costs decode a quantizing dispatch per product and the provider's one-kernel
+   * MLP (docs/gpu.md). Equal to `accuracyLevel`: one build. Ignored by the other interfaces.
+   */
+  decodeAccuracyLevel?: number;
   cacheDir?: string;
   progress?: BuildProgress;
   /** Upper bound on prompt + generated tokens; default the model's max_position_embeddings. */
@@ -68,6 +76,8 @@ export class Engine implements GraphContext {
     /** Absent for checkpoints shipped without tokenizer.json (test fixtures): steps then carry no text. */
     readonly tokenizer: Tokenizer | undefined,
     o: EngineOptions,
+    /** The one-token passes' build and session, where they differ from the main one (decodeAccuracyLevel). */
+    readonly decodeGraph?: { build: BuildInfo; session: RuntimeSession },
   ) {
     const cfg = checkpoint.config;
     this.taps = new Set(build.options.taps.map(residPost));
@@ -80,7 +90,13 @@ export class Engine implements GraphContext {
     this.pool = new KvPool(cfg, this.deviceKv ? 0 : (o.maxBatch ?? 8), Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
     this.maxPrivateLength = this.contextLength;
     this.batcher = new DecodeBatcher(this, this.pool);
-    this.checkNames();
+    this.checkNames(session);
+    if (decodeGraph) this.checkNames(decodeGraph.session);
+  }
+
+  /** The session of one-token passes on a device cache (GraphContext), where it is a build of its own. */
+  get decodeSession(): RuntimeSession | undefined {
+    return this.decodeGraph?.session;
   }
 
   static async load(modelDir: string, o: EngineOptions = {}): Promise<Engine> {
@@ -94,17 +110,26 @@ export class Engine implements GraphContext {
     const deviceKv = graphInterface === 'device-kv';
     const checkpoint = openCheckpoint(modelDir);
     const build = ensureBuild(checkpoint, { ...o, interface: graphInterface }, { cacheDir: o.cacheDir, progress: o.progress });
-    const [session, tokenizer] = await Promise.all([
-      RuntimeSession.load(build.modelPath, {
+    const quantized = build.options.precision === 'int4' || build.options.precision === 'int8';
+    const decodeLevel = o.decodeAccuracyLevel ?? 0;
+    const decodeBuild =
+      deviceKv && quantized && decodeLevel !== build.options.accuracyLevel
+        ? ensureBuild(checkpoint, { ...o, interface: graphInterface, accuracyLevel: decodeLevel }, { cacheDir: o.cacheDir, progress: o.progress })
+        : undefined;
+    const load = (b: BuildInfo) =>
+      RuntimeSession.load(b.modelPath, {
         provider: o.provider,
         threads: o.threads ?? availableParallelism(),
         spinning: o.spinning,
         webgpuValidation: o.webgpuValidation,
         deviceOutputs: deviceKv ? deviceKvOutputs(checkpoint.config) : undefined,
-      }),
+      });
+    const [session, decodeSession, tokenizer] = await Promise.all([
+      load(build),
+      decodeBuild ? load(decodeBuild) : Promise.resolve(undefined),
       existsSync(join(modelDir, 'tokenizer.json')) ? Tokenizer.fromDir(modelDir) : Promise.resolve(undefined),
     ]);
-    return new Engine(checkpoint, build, session, tokenizer, o);
+    return new Engine(checkpoint, build, session, tokenizer, o, decodeBuild && decodeSession ? { build: decodeBuild, session: decodeSession } : undefined);
   }
 
   get config(): ModelConfig {
@@ -121,9 +146,9 @@ export class Engine implements GraphContext {
   }
 
   /** The hook-name table checked against the session: every tap and port of the build must exist. */
-  private checkNames(): void {
-    const outs = new Set(this.session.outputNames);
-    const ins = new Set(this.session.inputNames);
+  private checkNames(session: RuntimeSession): void {
+    const outs = new Set(session.outputNames);
+    const ins = new Set(session.inputNames);
     // A device-kv build packs logits and taps into one output (graph.ts), in the build's tap order.
     const hostOutputs = this.deviceKv ? [GRAPH_NAMES.hostOutputs] : [GRAPH_NAMES.logits, ...this.taps];
     for (const o of hostOutputs) if (!outs.has(o)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks output ${o}`);
@@ -292,5 +317,6 @@ export class Engine implements GraphContext {
 
   async close(): Promise<void> {
     await this.session.release();
+    await this.decodeGraph?.session.release();
   }
 }

@@ -32,6 +32,8 @@ export interface ForwardResult {
 /** What a sequence needs from its engine: the graph, its shape and its ports. */
 export interface GraphContext {
   session: RuntimeSession;
+  /** Device-cache sequences: the session of one-token passes where it is another build (engine.ts decodeAccuracyLevel). */
+  readonly decodeSession?: RuntimeSession;
   config: ModelConfig;
   ports: ReadonlySet<string>;
   taps: ReadonlySet<string>;
@@ -102,7 +104,7 @@ export class Sequence {
       const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
       feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
     }
-    const out = this.storage instanceof DeviceKvCache ? unpackHostOutputs(this.ctx, await this.runDevice(this.storage, feeds, total), logitRows.length, n) : await this.runHost(this.hostStorage, feeds, o, n, start);
+    const out = this.storage instanceof DeviceKvCache ? unpackHostOutputs(this.ctx, await this.runDevice(this.storage, feeds, total, n), logitRows.length, n) : await this.runHost(this.hostStorage, feeds, o, n, start);
     this.len = total;
     const taps = new Map<string, TapValues>();
     for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: out[t] });
@@ -110,12 +112,14 @@ export class Sequence {
   }
 
   /** A pass on a device cache: the past goes in as the last pass's present, which stays on the device. */
-  private runDevice(cache: DeviceKvCache, feeds: Record<string, Tensor>, total: number): Promise<Record<string, Tensor>> {
+  private runDevice(cache: DeviceKvCache, feeds: Record<string, Tensor>, total: number, n: number): Promise<Record<string, Tensor>> {
     return this.ctx.exclusive(async () => {
       cache.addPast(feeds);
+      // One-token passes may run another build on the same device cache (its own accuracy level).
+      const session = n === 1 && this.ctx.decodeSession ? this.ctx.decodeSession : this.ctx.session;
       // Every output, taps not asked for included: onnxruntime-node matches preferredOutputLocation
       // to outputs by position, and fetching a subset puts device tensors where host ones belong.
-      const r = await this.ctx.session.runAll(feeds);
+      const r = await session.runAll(feeds);
       cache.replace(r, total);
       // Released while the pass ran (an abort): nothing else will free what it left on the device.
       if (this.released) cache.free();
