@@ -16,11 +16,14 @@
  * bench-probes.ts), so every layer after the injection is watched.
  *
  * The daemon runs in a child process (bench/lib/twin-child.ts): ONE engine (one onnxruntime
- * session, one KV pool, max-concurrent 16) behind three front ends, each the daemon's own assembly
- * (InferenceService, ProbeBank, AlertLog, AlertHub, metrics, the fastify server) on its own port:
- * "on" (every probe, the alert rule, the SQLite alert log on disk, the hub), "off" (no probe: nothing
- * tapped or scored) and "memlog" (every probe, the alert log in memory). One process because two
- * identical daemon processes on this shared 2-core machine differ by up to ±30 % in decode speed.
+ * session, one KV pool, max-concurrent 16) behind several front ends, each the daemon's own assembly
+ * (InferenceService, ProbeBank, the alert store, AlertHub, metrics, the fastify server) on its own
+ * port: "on" (every probe, the alert rule, the SQLite alert log on disk with synchronous=FULL
+ * written by the group-commit worker: the daemon as shipped), "off" (no probe: nothing tapped or
+ * scored), and for the alert latency "inline" (FULL written on the event loop, alertLog.groupCommit
+ * false), "groupnormal" and "normal" (synchronous=NORMAL, worker and event loop) and "memlog" (the
+ * log in memory). One process because two identical daemon processes on this shared 2-core machine
+ * differ by up to ±30 % in decode speed.
  *
  * - Monitor overhead: "on" vs "off", the same engine and build, the same run. Repetitions
  *   alternate on/off (ABBA); each is one greedy streamed completion, and its
@@ -30,16 +33,16 @@
  *   daemon's CPU time per token (all threads, /proc schedstat), which waiting for a core on a busy
  *   machine does not inflate.
  * - Alert latency: admin-injected requests (window "generation", so every probe after the
- *   injection fires on the first generated token's forward pass), one at a time; latency = the
- *   subscriber's receipt time − the message's `forwardAtUs` (when that forward pass returned to the
- *   daemon), both epoch µs from performance.timeOrigin + performance.now() (two processes, one
- *   clock: the clock check below bounds the offset). With 1 subscriber, then 100 (that one plus 99
- *   on 4 worker threads, lib/subscriber-fleet.ts, so one event loop's parsing of 99 copies is not
- *   charged to the 100th); each receipt is
- *   a sample. It includes scoring, the durable SQLite append (WAL, synchronous=FULL: an fsync per
- *   alert), JSON, the fan-out and loopback TCP. The probes that fire on one token raise their
- *   alerts one after another (an append each), so "first alert of the token" is reported too. The
- *   same through "memlog" shows the fsync's share.
+ *   injection fires on the first generated token's forward pass); latency = the subscriber's
+ *   receipt time − the message's `forwardAtUs` (when that forward pass returned to the daemon),
+ *   both corrected to the wall clock (each process and subscriber thread reads its own offset:
+ *   lib/clients.ts wallOffsetUs). First 1 subscriber on "on"; then 100 subscribers on each of the
+ *   five logs at once (one on this thread plus 99 on 4 worker threads, lib/subscriber-fleet.ts, so
+ *   one event loop's parsing of 99 copies is not charged to the 100th), requests round-robin over
+ *   the logs (the machine's load falls on each alike), one at a time, then 4 at a time with a plain
+ *   stream beside each batch whose token gaps show what the alerts' writes hold back. Each receipt
+ *   is a sample; it includes scoring, the append, JSON, the fan-out and loopback TCP. "First alert
+ *   of the token" and "last subscriber" (fan-out complete) are reported too.
  * - Concurrency: 1, 4 and 16 simultaneous greedy streams (different prompts, same max_tokens) on
  *   the "on" daemon (max-concurrent 16, so the engine batches up to 16 decode steps); aggregate
  *   tokens/s = all completion tokens ÷ wall time; per stream: time to first token, inter-token gaps,
@@ -148,8 +151,17 @@ export interface ModelDaemonBench {
     /** 100 subscribers, synchronous=NORMAL written by the group-commit worker. */
     groupNormal: LatencyStats;
     /** The same five logs with `parallelStreams` injected requests at a time (their alerts' fsyncs can be shared). */
-    parallel: { streams: number; requests: number; groupFull: LatencyStats; inlineFull: LatencyStats; groupNormal: LatencyStats; inlineNormal: LatencyStats; memoryLog: LatencyStats };
-    /** Daemon: min over alerts of alert.ts − forwardAtUs/1000 (ms; ts is whole ms); bench: Date.now() − nowUs()/1000. Both within about 1 ms of 0 when the clocks agree. */
+    parallel: {
+      streams: number;
+      requests: number;
+      groupFull: LatencyStats;
+      inlineFull: LatencyStats;
+      groupNormal: LatencyStats;
+      inlineNormal: LatencyStats;
+      memoryLog: LatencyStats;
+      /** Gaps between tokens (client receipt, ms) of a plain stream run beside each batch, per log. */
+      plainStreamGaps: Record<'groupFull' | 'inlineFull' | 'groupNormal' | 'inlineNormal' | 'memoryLog', { p50Ms: number; p99Ms: number }>;
+    };
     /**
      * Each side's wall clock − its monotonic epoch clock (ms; lib/clients.ts wallOffsetUs), by which
      * latencies are corrected, and the check: min over alerts of alert.ts − corrected forwardAtUs
@@ -245,7 +257,7 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
   mkdirSync(probeDir, { recursive: true });
   const set: BenchProbeSet = await trainBenchProbes(modelDir, { dir: probeDir, cacheDir });
   const probePaths = [...bundledProbes(modelDir), ...set.probes.map((p) => p.path)];
-  log(`[${basename(modelDir)}] starting the daemon: one engine, variants on (${probePaths.length} probes, SQLite log), off (no probes), memlog (probes, log in memory)`);
+  log(`[${basename(modelDir)}] starting the daemon: one engine, variants on (${probePaths.length} probes, SQLite FULL, group commit), off (no probes), inline, normal, groupnormal, memlog`);
   const twin = await spawnDaemonProcess({
     entry: 'twin-child',
     argv: [
@@ -400,18 +412,31 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
     log(`[${basename(modelDir)}] alert latency, 100 subscribers on each of ${logs.map(([k]) => k).join(', ')}: ${alertRequests} requests each, interleaved`);
     const audiences = new Map<string, Audience>();
     for (const [k, d] of logs) audiences.set(k, await connect(d, 100));
-    const measureRound = async (parallel: number): Promise<Record<(typeof logs)[number][0], LatencyStats>> => {
+    type LogKey = (typeof logs)[number][0];
+    // With parallel > 1, a plain streamed request (no injection, no alert) runs beside each batch:
+    // its gaps between tokens show what the alerts' writes hold back for everyone else (an fsync
+    // on the event loop stalls every stream; the group-commit writer does not).
+    const measureRound = async (parallel: number): Promise<{ stats: Record<LogKey, LatencyStats>; gaps: Record<LogKey, { p50Ms: number; p99Ms: number }> }> => {
       for (const [, d] of logs) await raiseAlerts(d, 2); // warm-up
       const ids = new Map<string, number[]>(logs.map(([k]) => [k, []]));
+      const gaps = new Map<string, number[]>(logs.map(([k]) => [k, []]));
       for (let i = 0; i < alertRequests; i += parallel) {
         for (const [k, d] of logs) {
+          const plain = parallel > 1 ? stream(d, { prompt: PROMPTS[(i / parallel) % PROMPTS.length], max_tokens: 12 }) : null;
           const batch = await Promise.all(Array.from({ length: Math.min(parallel, alertRequests - i) }, (_, j) => raiseOne(d, i + j)));
           ids.get(k)!.push(...batch.flat());
+          const x = await plain;
+          if (x) gaps.get(k)!.push(...x.tokenTimes.slice(1).map((t, n) => t - x.tokenTimes[n]));
         }
       }
-      const out = {} as Record<(typeof logs)[number][0], LatencyStats>;
-      for (const [k] of logs) out[k] = await statsOf(audiences.get(k)!, ids.get(k)!);
-      return out;
+      const stats = {} as Record<LogKey, LatencyStats>;
+      const gapStats = {} as Record<LogKey, { p50Ms: number; p99Ms: number }>;
+      for (const [k] of logs) {
+        stats[k] = await statsOf(audiences.get(k)!, ids.get(k)!);
+        const g = gaps.get(k)!;
+        gapStats[k] = { p50Ms: round(quantile(g, 0.5), 3), p99Ms: round(quantile(g, 0.99), 3) };
+      }
+      return { stats, gaps: gapStats };
     };
     let sequential: Awaited<ReturnType<typeof measureRound>>;
     let parallel: Awaited<ReturnType<typeof measureRound>>;
@@ -423,7 +448,7 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
       for (const a of audiences.values()) await a.fleet?.close();
       for (const x of subs.splice(0)) x.ws.terminate();
     }
-    const hundred = { stats: sequential.groupFull };
+    const hundred = { stats: sequential.stats.groupFull };
     const alertsPerRequest = one.ids.length / alertRequests;
 
     // ---- concurrency ----
@@ -473,11 +498,11 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
         alertsPerRequest,
         one: one.stats,
         hundred: hundred.stats,
-        memoryLog: sequential.memoryLog,
-        normalSync: sequential.inlineNormal,
-        inlineFull: sequential.inlineFull,
-        groupNormal: sequential.groupNormal,
-        parallel: { streams: PARALLEL_STREAMS, requests: alertRequests, ...parallel },
+        memoryLog: sequential.stats.memoryLog,
+        normalSync: sequential.stats.inlineNormal,
+        inlineFull: sequential.stats.inlineFull,
+        groupNormal: sequential.stats.groupNormal,
+        parallel: { streams: PARALLEL_STREAMS, requests: alertRequests, ...parallel.stats, plainStreamGaps: parallel.gaps },
         clockCheckMs: { daemonOffset: round(daemonOffsetUs / 1000, 3), benchOffset: round(processWallOffsetUs() / 1000, 3), daemon: round(daemonClock, 3) },
       },
       concurrency,
@@ -559,6 +584,9 @@ function modelSummary(m: ModelDaemonBench): Record<string, number | null> {
     alert_p99_ms_parallel_group_normal: a.parallel.groupNormal.p99Ms,
     alert_p99_ms_parallel_memory_log: a.parallel.memoryLog.p99Ms,
     alert_p99_ratio_parallel_inline_full_to_group_full: round(a.parallel.inlineFull.p99Ms / a.parallel.groupFull.p99Ms, 3),
+    plain_stream_gap_p99_ms_group_full: a.parallel.plainStreamGaps.groupFull.p99Ms,
+    plain_stream_gap_p99_ms_inline_full: a.parallel.plainStreamGaps.inlineFull.p99Ms,
+    plain_stream_gap_p99_ms_memory_log: a.parallel.plainStreamGaps.memoryLog.p99Ms,
     concurrency1_tok_s: r3(level(1)),
     concurrency4_tok_s: r3(level(4)),
     concurrency16_tok_s: r3(level(16)),
@@ -669,16 +697,16 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
       `The 100-subscriber rows ran at once (100 subscribers on each log), requests round-robin over the logs. p99 FULL on the event loop ÷ FULL with group commit: **${f(a.inlineFull.p99Ms / a.hundred.p99Ms, 2)}**. The same with ${a.parallel.streams} injected requests at a time (${a.parallel.requests} per log):`,
       '',
       markdownTable(
-        ['subscribers', 'alert log', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'first alert of a token: p50 / p99 ms', 'last subscriber: p50 / p99 ms'],
+        ['subscribers', 'alert log', 'receipts', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'first alert of a token: p50 / p99 ms', 'last subscriber: p50 / p99 ms', 'plain stream beside: token gap p50 / p99 ms'],
         (
           [
-            [100, 'SQLite FULL, group-commit worker (default)', a.parallel.groupFull],
-            [100, 'SQLite FULL, on the event loop', a.parallel.inlineFull],
-            [100, 'SQLite NORMAL, group-commit worker', a.parallel.groupNormal],
-            [100, 'SQLite NORMAL, on the event loop', a.parallel.inlineNormal],
-            [100, 'in memory', a.parallel.memoryLog],
+            [100, 'SQLite FULL, group-commit worker (default)', a.parallel.groupFull, a.parallel.plainStreamGaps.groupFull],
+            [100, 'SQLite FULL, on the event loop', a.parallel.inlineFull, a.parallel.plainStreamGaps.inlineFull],
+            [100, 'SQLite NORMAL, group-commit worker', a.parallel.groupNormal, a.parallel.plainStreamGaps.groupNormal],
+            [100, 'SQLite NORMAL, on the event loop', a.parallel.inlineNormal, a.parallel.plainStreamGaps.inlineNormal],
+            [100, 'in memory', a.parallel.memoryLog, a.parallel.plainStreamGaps.memoryLog],
           ] as const
-        ).map(([n, logKind, x]) => latencyRow(n, logKind, x)),
+        ).map(([n, logKind, x, g]) => [...latencyRow(n, logKind, x), `${f(g.p50Ms, 2)} / ${f(g.p99Ms, 2)}`]),
       ),
       '',
       `p99 ratio FULL on the event loop ÷ FULL with group commit, ${a.parallel.streams} at a time: **${f(a.parallel.inlineFull.p99Ms / a.parallel.groupFull.p99Ms, 2)}**.`,
