@@ -260,6 +260,8 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
   log(`[${basename(modelDir)}] starting the daemon: one engine, variants on (${probePaths.length} probes, SQLite FULL, group commit), off (no probes), inline, normal, groupnormal, memlog`);
   const twin = await spawnDaemonProcess({
     entry: 'twin-child',
+    // The first start on a big checkpoint builds (and quantizes) its graph: minutes on a busy machine.
+    startTimeoutMs: small ? 120_000 : 1_200_000,
     argv: [
       JSON.stringify({
         modelDir,
