@@ -62,6 +62,7 @@ import { processWallOffsetUs, streamRequest, subscribe, until, type ReceivedAler
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
+import { measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 import { median, quantile, round, summarize, type Summary } from './lib/stats.js';
 
@@ -181,6 +182,8 @@ export interface DaemonBenchResult {
   quick: boolean;
   machine: MachineDescription;
   models: ModelDaemonBench[];
+  /** fdatasync of a 4 KiB append where the alert logs live: the floor of a synchronous=FULL append (lib/disk-flush.ts), before the models' runs. */
+  diskFlush: DiskFlush;
   /** Flat keys for the top-level bench (issue 6): the first (default) model's, then the others' with a suffix. */
   summary: Record<string, number | null>;
   seconds: number;
@@ -604,6 +607,7 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
   const machine = describeMachine();
   const root = mkdtempSync(join(tmpdir(), 'lw-bench-daemon-'));
   const models: ModelDaemonBench[] = [];
+  const diskFlush = measureDiskFlush(root);
   try {
     for (const m of o.models ?? [DEFAULT_MODEL_DIR]) {
       const precision = o.precision ?? (basename(m) === basename(DEFAULT_MODEL_DIR) ? 'fp32' : 'int4');
@@ -625,6 +629,7 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
     quick,
     machine,
     models,
+    diskFlush,
     summary,
     seconds: round((performance.now() - t0) / 1000, 1),
   };
@@ -668,7 +673,15 @@ function concurrencyMarkdown(c: NonNullable<ModelDaemonBench['concurrency']>): s
 }
 
 export function daemonBenchMarkdown(r: DaemonBenchResult): string {
-  const parts = [`# Daemon benchmark${r.quick ? ' (quick)' : ''}`, '', machineMarkdown(r.machine), ''];
+  const d = r.diskFlush;
+  const parts = [
+    `# Daemon benchmark${r.quick ? ' (quick)' : ''}`,
+    '',
+    machineMarkdown(r.machine),
+    '',
+    `Disk under the alert logs (${d.dir}): fdatasync of a 4 KiB append, ${d.samples} samples: p50 ${f(d.p50Ms, 2)} ms, p90 ${f(d.p90Ms, 2)} ms, p99 ${f(d.p99Ms, 2)} ms, max ${f(d.maxMs, 2)} ms: the floor of an append with synchronous=FULL.`,
+    '',
+  ];
   for (const m of r.models) {
     const o = m.monitorOverhead;
     const a = m.alertLatency;
