@@ -242,6 +242,41 @@ describe('serve --upstream: an upstream that returns no token ids', () => {
   });
 });
 
+describe('serve --upstream: options and limits', () => {
+  it('--upstream-pass-through streams chunks as they arrive, with the same text and verdict', async () => {
+    const passing = await startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--upstream-pass-through'], { [KEY_ENV]: UPSTREAM_KEY });
+    try {
+      const body = { model: MODEL, prompt: 'with open(path) as f:\n    ', max_tokens: 24, temperature: 0 };
+      const direct = await post(upstream.url, 'completions', body);
+      const client = new OpenAI({ baseURL: `${passing.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+      const chunks: (OpenAI.Completions.Completion & { latentwatch?: Verdict })[] = [];
+      for await (const c of await client.completions.create({ ...body, stream: true })) chunks.push(c);
+      expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(direct.body.choices[0].text);
+      expect(chunks.at(-1)!.choices).toEqual([]);
+      expectSameScores(chunks.at(-1)!.latentwatch!, direct.body.latentwatch!);
+    } finally {
+      await passing.close();
+    }
+  });
+
+  it("the replica's own limits apply: a request it has no room to score gets the replica's 429, not an unwatched answer", async () => {
+    const narrow = await startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--max-concurrent', '1', '--max-queue', '0'], { [KEY_ENV]: UPSTREAM_KEY });
+    try {
+      const client = new OpenAI({ baseURL: `${narrow.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+      const stream = await client.completions.create({ model: MODEL, prompt: 'def main():\n', max_tokens: 400, temperature: 0, logit_bias: { '0': -100 }, stream: true });
+      const it = stream[Symbol.asyncIterator]();
+      // A chunk goes out once scored: the first request holds the replica's only slot now.
+      expect((await it.next()).done).toBe(false);
+      const refused = await post(narrow.url, 'completions', { model: MODEL, prompt: 'x = ', max_tokens: 4 });
+      expect(refused.status).toBe(429);
+      expect(refused.body.error!.code).toBe('LW_ERR_API_QUEUE_FULL');
+      stream.controller.abort();
+    } finally {
+      await narrow.close();
+    }
+  });
+});
+
 describe('serve --upstream: start-up identity check', () => {
   it('refuses an upstream that does not serve the model, with a coded error', async () => {
     await expect(startTestDaemon(probe, ['--upstream', `${upstream.url}/v1`, '--upstream-key-env', KEY_ENV, '--upstream-model', 'some-other-model'], { [KEY_ENV]: UPSTREAM_KEY })).rejects.toMatchObject({

@@ -220,6 +220,11 @@ export const CONFIG_SCHEMA = closedObject(
       retries: Type.Integer({ minimum: 0, maximum: 5 }),
       /** Ask the upstream for its token ids (vLLM and latentwatch: `return_token_ids`); false: re-tokenise its text. */
       tokenIds: Type.Boolean(),
+      /**
+       * Streams: pass each chunk on as it arrives (no added latency; its alerts may trail its text)
+       * instead of once its tokens are scored and their alerts stored (default, as local serving).
+       */
+      passThrough: Type.Boolean(),
     }),
     /** Where the daemon keeps what it learns: learned probes and learning statistics (docs/daemon.md). */
     stateDir: nonEmpty,
@@ -309,7 +314,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, pongTimeoutSeconds: 10, replayPageSize: 500 },
   canary: { enabled: false, intervalSeconds: 300, concept: null },
   shutdown: { deadlineSeconds: 10 },
-  upstream: { url: null, keyEnv: null, key: null, model: null, timeoutSeconds: 60, retries: 2, tokenIds: true },
+  upstream: { url: null, keyEnv: null, key: null, model: null, timeoutSeconds: 60, retries: 2, tokenIds: true, passThrough: false },
   stateDir: '.latentwatch',
   learn: { requests: 0, probe: 'generic-injection', targetFpr: 0.01 },
 } satisfies Omit<DaemonConfig, 'host'>);
@@ -360,6 +365,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_UPSTREAM_MODEL: { pointer: '/upstream/model', kind: 'string' },
   LATENTWATCH_UPSTREAM_TIMEOUT: { pointer: '/upstream/timeoutSeconds', kind: 'number' },
   LATENTWATCH_UPSTREAM_TOKEN_IDS: { pointer: '/upstream/tokenIds', kind: 'bool' },
+  LATENTWATCH_UPSTREAM_PASS_THROUGH: { pointer: '/upstream/passThrough', kind: 'bool' },
 });
 /** Names the config file; not a config value itself. */
 export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
@@ -400,6 +406,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     'upstream-model': { pointer: '/upstream/model', kind: 'string', help: 'model id of the same checkpoint on the upstream (default: the served model name)' },
     'upstream-timeout': { pointer: '/upstream/timeoutSeconds', kind: 'number', help: 'seconds to wait for the upstream\'s headers and for each stream chunk (default 60)' },
     'upstream-token-ids': { pointer: '/upstream/tokenIds', kind: 'bool', help: "ask the upstream for its token ids (return_token_ids; default on); --no-upstream-token-ids re-tokenises its text" },
+    'upstream-pass-through': { pointer: '/upstream/passThrough', kind: 'bool', help: 'stream chunks on as they arrive, not once scored (no added latency; alerts may trail the text)' },
     learn: { pointer: '/learn/requests', kind: 'int', help: `learn the generic detector from the next N clean requests (${LEARN_MIN_REQUESTS}..${LEARN_MAX_REQUESTS}; skipped when a learned probe exists)` },
   });
 

@@ -218,8 +218,11 @@ export class ProxyService {
     const job = toJob(kind, body);
     const prepared = this.d.inference.prepare(job, principal);
     const ac = new AbortController();
+    let clientGone = false;
     reply.raw.on('close', () => {
-      if (!reply.raw.writableFinished) ac.abort();
+      if (reply.raw.writableFinished) return;
+      clientGone = true;
+      ac.abort();
     });
     const feed = new TokenFeed();
     let alignment: Alignment = 'token_ids';
@@ -240,8 +243,13 @@ export class ProxyService {
       }
     };
     const scoring = this.score(prepared, feed, ac.signal);
-    // Failures are read where scoring is awaited; this keeps an early one from going unhandled meanwhile.
-    scoring.catch(() => undefined);
+    // Scoring that fails (queue full, draining, an engine error) stops the upstream request too: the
+    // client gets scoring's error, not an answer that nothing watched.
+    let scoringError: unknown;
+    scoring.catch((e: unknown) => {
+      scoringError ??= e;
+      ac.abort();
+    });
     const path = kind === 'chat' ? '/chat/completions' : '/completions';
     let answer;
     try {
@@ -249,7 +257,7 @@ export class ProxyService {
     } catch (e) {
       feed.fail(e);
       ac.abort();
-      throw e;
+      throw scoringError ?? e;
     }
     if (answer.kind === 'json') {
       const out = answer.body as UpstreamBody;
@@ -284,6 +292,7 @@ export class ProxyService {
     };
     let meta: Record<string, unknown> = { id: job.id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: job.created, model: this.d.upstreamModel };
     let first = true;
+    const passThrough = this.d.config.upstream.passThrough;
     try {
       for await (const data of answer.events) {
         let chunk: UpstreamBody;
@@ -308,16 +317,19 @@ export class ProxyService {
         const text = choice ? textOf(kind, choice, true) : '';
         const ids = choice ? align(choice, text) : [];
         if (!job.returnTokenIds) stripTokenIds(chunk);
-        feed.push({ ids, text, finish: choice ? finishOf(choice.finish_reason) : undefined, onScored: () => send(chunk) });
+        // Pass-through: the chunk goes on at once and its alerts may trail its text; else once scored.
+        if (passThrough) send(chunk);
+        feed.push({ ids, text, finish: choice ? finishOf(choice.finish_reason) : undefined, onScored: passThrough ? undefined : () => send(chunk) });
       }
       feed.end();
       const verdict = await scoring;
       send({ ...meta, choices: [], latentwatch: { ...verdict, proxy: { alignment, prompt } } });
-    } catch (err) {
-      feed.fail(err);
-      if (ac.signal.aborted) return;
+    } catch (e) {
+      feed.fail(e);
+      if (clientGone) return;
       // What was scored before the failure has gone out; then the coded error, as local serving does.
       await scoring.catch(() => undefined);
+      const err = scoringError ?? e;
       req.log.error({ err }, 'proxied stream failed');
       send(toHttpError(err).body);
     }
