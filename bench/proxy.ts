@@ -150,7 +150,7 @@ const replay = replayUpstream(recordings);
 const replayUrl = await replay.url;
 const proxy = await spawnDaemonProcess({ argv: serveArgs(['--upstream', `${replayUrl}/v1`]), env: { LATENTWATCH_API_KEY: KEY } });
 const proxyRates: Record<string, Awaited<ReturnType<typeof concurrentRate>>> = {};
-const latency: Record<string, { direct: { first: number[]; rest: number[] }; proxied: { first: number[]; rest: number[] } }> = {};
+const latency: Record<string, { direct: { first: number[]; rest: number[] }; proxied: { first: number[]; rest: number[] }; passThrough: { first: number[]; rest: number[] } }> = {};
 try {
   await concurrentRate(proxy.url, 1, 1); // warm-up
   for (const c of PROXY_CONCURRENCY) {
@@ -158,11 +158,17 @@ try {
     log(`  proxy C=${c}: ${proxyRates[c].tokPerS} scored tok/s`);
   }
   replay.pace.ms = PACE_MS;
-  for (const c of [1, 4]) {
-    const direct = await chunkDelays(replayUrl, c);
-    const proxied = await chunkDelays(proxy.url, c);
-    latency[c] = { direct, proxied };
-    log(`  paced C=${c}: chunk delay p50 direct ${round(quantile(direct.rest, 0.5))} ms, proxied ${round(quantile(proxied.rest, 0.5))} ms`);
+  const passing = await spawnDaemonProcess({ argv: serveArgs(['--upstream', `${replayUrl}/v1`, '--upstream-pass-through']), env: { LATENTWATCH_API_KEY: KEY } });
+  try {
+    for (const c of [1, 4]) {
+      const direct = await chunkDelays(replayUrl, c);
+      const proxied = await chunkDelays(proxy.url, c);
+      const passThrough = await chunkDelays(passing.url, c);
+      latency[c] = { direct, proxied, passThrough };
+      log(`  paced C=${c}: chunk delay p50 direct ${round(quantile(direct.rest, 0.5))} ms, proxied ${round(quantile(proxied.rest, 0.5))} ms, pass-through ${round(quantile(passThrough.rest, 0.5))} ms`);
+    }
+  } finally {
+    await passing.stop();
   }
 } finally {
   await proxy.stop();
@@ -200,6 +206,7 @@ const result = {
         chunks: l.proxied.rest.length,
         direct: { p50: q(l.direct.rest, 0.5), p90: q(l.direct.rest, 0.9), p99: q(l.direct.rest, 0.99) },
         proxied: { p50: q(l.proxied.rest, 0.5), p90: q(l.proxied.rest, 0.9), p99: q(l.proxied.rest, 0.99) },
+        passThrough: { p50: q(l.passThrough.rest, 0.5), p90: q(l.passThrough.rest, 0.9), p99: q(l.passThrough.rest, 0.99) },
         addedP50: round(quantile(l.proxied.rest, 0.5) - quantile(l.direct.rest, 0.5), 3),
         addedP99: round(quantile(l.proxied.rest, 0.99) - quantile(l.direct.rest, 0.99), 3),
         firstChunk: { direct: q(l.direct.first, 0.5), proxied: q(l.proxied.first, 0.5) },
@@ -230,9 +237,11 @@ One proxy replica scores **${round(bestProxy, 1)} tok/s** at best, ${round(resul
 The replay upstream sends a chunk every ${PACE_MS} ms; delay = receipt at the client − send by the upstream (same process clock), chunks after the first.
 
 ${markdownTable(
-  ['concurrent streams', 'chunks', 'direct p50 ms', 'direct p99 ms', 'proxied p50 ms', 'proxied p99 ms', 'added p50 ms', 'added p99 ms', 'first chunk direct / proxied ms'],
-  Object.entries(result.chunkLatencyMs).map(([c, l]) => [c, l.chunks, l.direct.p50, l.direct.p99, l.proxied.p50, l.proxied.p99, l.addedP50, l.addedP99, `${l.firstChunk.direct} / ${l.firstChunk.proxied}`]),
+  ['concurrent streams', 'chunks', 'direct p50 ms', 'direct p99 ms', 'proxied p50 ms', 'proxied p99 ms', 'added p50 ms', 'added p99 ms', 'first chunk direct / proxied ms', 'pass-through p50 / p99 ms'],
+  Object.entries(result.chunkLatencyMs).map(([c, l]) => [c, l.chunks, l.direct.p50, l.direct.p99, l.proxied.p50, l.proxied.p99, l.addedP50, l.addedP99, `${l.firstChunk.direct} / ${l.firstChunk.proxied}`, `${l.passThrough.p50} / ${l.passThrough.p99}`]),
 )}
+
+"proxied" is the default (a chunk goes on once its tokens are scored and their alerts stored, as a token does in local serving); "pass-through" is \`--upstream-pass-through\` (chunks go on as they arrive; alerts may trail the text).
 
 The first chunk waits for the prompt's scoring too (it runs while the upstream generates).
 
