@@ -186,10 +186,10 @@ async function main(argv: string[]): Promise<void> {
   const validation = a.get('webgpu-validation', '') as WebGpuValidation | '';
   if (validation && !WEBGPU_VALIDATION.includes(validation)) throw new Error(`--webgpu-validation: ${validation} is not one of ${WEBGPU_VALIDATION.join(',')}`);
   // MatMulNBits accuracy levels of the webgpu engines, measured side by side: 'P/D' prefill passes
-  // at level P and one-token passes at D (two builds on one device cache; the engine's default is
-  // 4/0), 'L' one build for both. The first gives the summary's plain keys, the others keys ending
+  // at level P and one-token passes at D (two builds on one device cache, engine.ts
+  // decodeAccuracyLevel), 'L' one build for both (the engine's default: 4). The first gives the summary's plain keys, the others keys ending
   // _acc<P>[_<D>]. On WebGPU level 4 computes with int8 activations (DP4A), level 0 in fp32.
-  const levels = a.get('accuracy-levels', '4/0')!.split(',').map((spec) => {
+  const levels = a.get('accuracy-levels', '4')!.split(',').map((spec) => {
     const [prefill, decode = prefill] = spec.split('/').map(Number);
     for (const l of [prefill, decode]) if (![0, 1, 2, 3, 4].includes(l)) throw new Error(`--accuracy-levels: ${spec} (levels 0..4, 'P/D' or 'L')`);
     return { spec, prefill, decode };

@@ -4,9 +4,9 @@
  * MatMulNBits, which onnxruntime's WebGPU provider fuses with the RMSNorm before them (and the SiLU
  * after) into one kernel each: fewer dispatches per layer, which is what decode on a GPU is bound by.
  *
- * Prefill and decode at their own accuracy levels: by default a quantized WebGPU engine runs prompt
- * passes on its accuracy-level-4 build (int8 activations, DP4A) and one-token passes on a level-0
- * build (fp32 activations; the provider's one-kernel MLP), both on the same device cache. Checked
+ * Prefill and decode at their own accuracy levels (decodeAccuracyLevel 0): a quantized WebGPU engine
+ * runs prompt passes on its accuracy-level-4 build (int8 activations, DP4A) and one-token passes on
+ * a level-0 build (fp32 activations; the provider's one-kernel MLP), on the same device cache. Checked
  * on the built-in model, whose widths (multiples of 128) take the DP4A path; the tiny checkpoints'
  * do not, so there levels 4 and 0 compute alike.
  *
@@ -114,8 +114,8 @@ describe('qwen2-code-16m int4 on the WebGPU provider: prefill at accuracy level 
   let level4: Engine;
   let cpu0: Engine;
   beforeAll(async () => {
-    split = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', cacheDir: TEST_CACHE });
-    level4 = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', decodeAccuracyLevel: 4, cacheDir: TEST_CACHE });
+    split = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', decodeAccuracyLevel: 0, cacheDir: TEST_CACHE });
+    level4 = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', cacheDir: TEST_CACHE });
     cpu0 = await Engine.load(CODE16M, { precision: 'int4', accuracyLevel: 0, cacheDir: TEST_CACHE });
   });
   afterAll(async () => {
@@ -133,7 +133,7 @@ describe('qwen2-code-16m int4 on the WebGPU provider: prefill at accuracy level 
     return out;
   }
 
-  it('builds: level 4 for prompt passes, a second device-kv build at level 0 for one-token passes (none where the levels agree)', () => {
+  it('builds: level 4 for prompt passes, a second device-kv build at level 0 for one-token passes (none by default)', () => {
     expect(split.build.options.accuracyLevel).toBe(4);
     expect(split.decodeGraph?.build.options).toEqual({ ...split.build.options, accuracyLevel: 0 });
     expect(split.decodeSession).toBeDefined();

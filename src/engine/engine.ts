@@ -32,9 +32,10 @@ export interface EngineOptions extends BuildRequest {
   /**
    * Quantized device-kv builds (webgpu): the MatMulNBits accuracy level of a second build that runs
    * the one-token (decode) passes on the same device cache, while longer passes (prefill) keep
-   * `accuracyLevel`. Default 0 there: on WebGPU level 4 computes with int8 activations (DP4A, the
-   * faster prefill) but costs decode a quantizing dispatch per product and the provider's one-kernel
-   * MLP (docs/gpu.md). Equal to `accuracyLevel`: one build. Ignored by the other interfaces.
+   * `accuracyLevel`. Default: `accuracyLevel` (one build). On WebGPU level 4 computes with int8
+   * activations (DP4A: the faster prefill, and the faster decode of the 7B shape on an H200), level 0
+   * in fp32 with the provider's one-kernel MLP: 0.5B-shape decode 32-39% faster there (docs/gpu.md).
+   * Ignored by the other interfaces.
    */
   decodeAccuracyLevel?: number;
   cacheDir?: string;
@@ -111,7 +112,7 @@ export class Engine implements GraphContext {
     const checkpoint = openCheckpoint(modelDir);
     const build = ensureBuild(checkpoint, { ...o, interface: graphInterface }, { cacheDir: o.cacheDir, progress: o.progress });
     const quantized = build.options.precision === 'int4' || build.options.precision === 'int8';
-    const decodeLevel = o.decodeAccuracyLevel ?? 0;
+    const decodeLevel = o.decodeAccuracyLevel ?? build.options.accuracyLevel;
     const decodeBuild =
       deviceKv && quantized && decodeLevel !== build.options.accuracyLevel
         ? ensureBuild(checkpoint, { ...o, interface: graphInterface, accuracyLevel: decodeLevel }, { cacheDir: o.cacheDir, progress: o.progress })
