@@ -34,7 +34,7 @@ export interface EngineOptions extends BuildRequest {
    * the one-token (decode) passes on the same device cache, while longer passes (prefill) keep
    * `accuracyLevel`. Default: `accuracyLevel` (one build). On WebGPU level 4 computes with int8
    * activations (DP4A: the faster prefill, and the faster decode of the 7B shape on an H200), level 0
-   * in fp32 with the provider's one-kernel MLP: 0.5B-shape decode 32-39% faster there (docs/gpu.md).
+   * in fp32 with the provider's one-kernel MLP: 0.5B-shape decode 34-39% faster there (docs/gpu.md).
    * Ignored by the other interfaces.
    */
   decodeAccuracyLevel?: number;
