@@ -361,6 +361,10 @@ export class DaemonMetrics {
       requests: counter<'code'>(this.registry, UPSTREAM_REQUESTS_TOTAL),
       duration: histogram<'code'>(this.registry, UPSTREAM_REQUEST_DURATION_SECONDS, E2E_BUCKETS),
     };
+    // Exported at 0 from the start (as the probe counters are), so rate() sees the first forwarded
+    // request and the dashboard's upstream panels read 0, not "no data", on a replica serving locally.
+    this.upstream.requests.inc({ code: '200' }, 0);
+    this.upstream.duration.zero({ code: '200' });
     this.info.build.set({ version: options.version, node: process.version }, 1);
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
   }
