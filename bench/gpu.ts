@@ -6,7 +6,7 @@
  *   npx tsx bench/gpu.ts [--work /tmp/lw-gpu] [--shapes 0.5b,7b] [--python python3] [--prompt 128]
  *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
  *       [--merge EARLIER.json] [--build-only] [--webgpu-validation disabled|wgpuOnly|basic]
- *       [--accuracy-levels 4/0,4,0]
+ *       [--accuracy-levels 4/0,4,0] [--profile]
  *
  * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
  *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
@@ -25,11 +25,14 @@
  * several sessions: work/hf.json is reused when it covers the shapes; --merge starts from an earlier
  * report's summary and details (e.g. 0.5b first, then --shapes 7b --merge that); --build-only makes
  * the engine's webgpu int4 builds of the shapes and exits (to build one while another is measured).
+ * --profile: per shape, one more generate under onnxruntime's profiler (the first accuracy level):
+ * the host time each op type's kernels take per decode step (on WebGPU a kernel's time is the host's
+ * encoding and dispatch of its programs, what decode is bound by) against the step's wall time.
  * --webgpu-validation sets the WebGPU provider's validation mode for the whole process (runtime.ts):
  * 'disabled' skips Dawn's per-dispatch checks, the host cost decode is bound by.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -159,6 +162,62 @@ function logitsGap(a: Float32Array, b: Float32Array): { maxAbsDiff: number; std:
   return { maxAbsDiff: m, std: Math.sqrt(sq / a.length - mean * mean) };
 }
 
+interface ProfileEvent {
+  cat: string;
+  name: string;
+  ts: number;
+  dur: number;
+  args?: { op_name?: string; provider?: string };
+}
+
+/**
+ * Per decode step from an onnxruntime profile: the passes after the prompt's and two warm-up
+ * steps (shader compilation), each op type's kernel time and count, against the pass's own time.
+ */
+function summarizeProfile(file: string, wallUsPerStep: number) {
+  const events = JSON.parse(readFileSync(file, 'utf8')) as ProfileEvent[];
+  const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').sort((x, y) => x.ts - y.ts).slice(3);
+  const byOp = new Map<string, { us: number; count: number }>();
+  for (const e of events) {
+    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || !runs.some((r) => e.ts >= r.ts && e.ts <= r.ts + r.dur)) continue;
+    const op = `${e.args?.op_name ?? '?'} (${e.args?.provider ?? '?'})`;
+    const t = byOp.get(op) ?? { us: 0, count: 0 };
+    t.us += e.dur;
+    t.count++;
+    byOp.set(op, t);
+  }
+  const n = runs.length;
+  const ops = [...byOp.entries()].map(([op, t]) => ({ op, per_step: round(t.count / n, 1), us_per_step: round(t.us / n, 0) })).sort((x, y) => y.us_per_step - x.us_per_step);
+  return {
+    decode_passes: n,
+    wall_us_per_step: round(wallUsPerStep, 0),
+    pass_us_per_step: round(runs.reduce((acc, r) => acc + r.dur, 0) / Math.max(1, n), 0),
+    kernel_us_per_step: ops.reduce((acc, o) => acc + o.us_per_step, 0),
+    nodes_per_step: round(ops.reduce((acc, o) => acc + o.per_step, 0), 0),
+    ops,
+  };
+}
+
+/** Decode under onnxruntime's profiler; the summary of its profile (summarizeProfile). */
+async function profileDecode(dir: string, options: EngineOptions, prefix: string, prompt: number) {
+  const engine = await Engine.load(dir, { ...options, profilePrefix: prefix });
+  let wallUsPerStep = 0;
+  try {
+    const promptIds = Array.from({ length: prompt }, (_, i) => (i * 7919 + 13) % 150_000);
+    const stamps: number[] = [];
+    for await (const s of engine.generate({ promptIds, maxTokens: 24, ignoreEos: true })) if (s.kind === 'token') stamps.push(performance.now());
+    // Steps after the two warm-up ones, as the profile summary counts them.
+    wallUsPerStep = ((stamps[stamps.length - 1] - stamps[2]) * 1000) / (stamps.length - 3);
+    engine.session.endProfiling();
+  } finally {
+    await engine.close();
+  }
+  const dirOf = dirname(prefix);
+  const files = readdirSync(dirOf).filter((f) => f.startsWith(`${prefix.slice(dirOf.length + 1)}_`) && f.endsWith('.json')).sort();
+  if (!files.length) throw new Error(`no profile ${prefix}_*.json`);
+  return summarizeProfile(join(dirOf, files[files.length - 1]), wallUsPerStep);
+}
+
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
   let i = 0;
   while (i < a.length && i < b.length && a[i] === b[i]) i++;
@@ -278,6 +337,12 @@ async function main(argv: string[]): Promise<void> {
       }
     }
     const gpu = measured[0];
+    if (a.has('profile')) {
+      const p = await profileDecode(dir, { ...webgpuInt4 }, join(work, `profile-${shape}`), prompt);
+      log(`${shape} profile: ${p.wall_us_per_step} us per decode step, ${p.pass_us_per_step} in onnxruntime's pass, ${p.kernel_us_per_step} in ${p.nodes_per_step} kernels: ${p.ops.slice(0, 6).map((o) => `${o.op} ${o.us_per_step}`).join(', ')}`);
+      details[`profile_webgpu_int4_${k}`] = p;
+      save();
+    }
     save();
 
     if (shape === '0.5b') {

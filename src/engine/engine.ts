@@ -38,6 +38,8 @@ export interface EngineOptions extends BuildRequest {
    * Ignored by the other interfaces.
    */
   decodeAccuracyLevel?: number;
+  /** onnxruntime's profiler on the engine's session(s) (runtime.ts profilePrefix; bench/gpu.ts --profile). */
+  profilePrefix?: string;
   cacheDir?: string;
   progress?: BuildProgress;
   /** Upper bound on prompt + generated tokens; default the model's max_position_embeddings. */
@@ -123,6 +125,7 @@ export class Engine implements GraphContext {
         threads: o.threads ?? availableParallelism(),
         spinning: o.spinning,
         webgpuValidation: o.webgpuValidation,
+        profilePrefix: o.profilePrefix,
         deviceOutputs: deviceKv ? deviceKvOutputs(checkpoint.config) : undefined,
       });
     const [session, decodeSession, tokenizer] = await Promise.all([

@@ -49,6 +49,8 @@ export interface SessionOptions {
    * process: the first session's mode holds for all.
    */
   webgpuValidation?: WebGpuValidation;
+  /** onnxruntime's profiler on: every pass's node timings go to `<profilePrefix>_<date>.json` (endProfiling writes it). */
+  profilePrefix?: string;
 }
 
 export const WEBGPU_VALIDATION = ['disabled', 'wgpuOnly', 'basic'] as const;
@@ -76,6 +78,7 @@ export class RuntimeSession {
         interOpNumThreads: 1,
         logSeverityLevel: 3,
         ...(o.optimizedModelPath ? { optimizedModelFilePath: o.optimizedModelPath } : {}),
+        ...(o.profilePrefix ? { enableProfiling: true, profileFilePrefix: o.profilePrefix } : {}),
         ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
         ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
       });
@@ -114,6 +117,11 @@ export class RuntimeSession {
     } catch (e) {
       throw lwError('LW_ERR_ENGINE_SESSION_FAILED', (e as Error).message, undefined, e);
     }
+  }
+
+  /** Writes the profile of a session loaded with `profilePrefix`. */
+  endProfiling(): void {
+    this.session.endProfiling();
   }
 
   async release(): Promise<void> {
