@@ -223,6 +223,38 @@ describe('anomaly detector (fit-anomaly)', () => {
     expect(fp).toBeLessThanOrEqual(4);
   });
 
+  it('calibrated on held-out styles, it tolerates a style the fit never saw; on held-out requests it does not', () => {
+    // A style is a persistent offset of one coordinate of the layer-1 update; the fit holds two
+    // styles, the test a third. Leaving one style out per calibration request makes the threshold
+    // carry what a style change looks like.
+    const styled = (id: string, seed: number, style: string, dim: number | null, inject?: { layer: number; v: number[]; from: number }): Seq => {
+      const s = synthSeq(id, 24, seed, inject);
+      const rows = (l: number) => {
+        const x = Float32Array.from(s.rows(l));
+        if (dim !== null && l >= 1) for (let p = 0; p < 24; p++) x[p * D + dim] += 1.2;
+        return x;
+      };
+      const cached = [0, 1, 2].map(rows);
+      return { ...s, run: { style } as Seq['run'], rows: (l) => cached[l] };
+    };
+    const fit = Array.from({ length: 40 }, (_, i) => styled(`fit${i}`, 100 + i, i % 2 ? 'a' : 'b', i % 2 ? null : 5));
+    const cal = Array.from({ length: 40 }, (_, i) => styled(`cal${i}`, 500 + i, i % 2 ? 'a' : 'b', i % 2 ? null : 5));
+    const unseen = Array.from({ length: 40 }, (_, i) => styled(`new${i}`, 900 + i, 'c', 6));
+    const rate = (calibrateOn: 'styles' | 'requests') => {
+      const cache = new MemberScoreCache({ modelFingerprint: FP, dModel: D });
+      const det = fitAnomalyDetector(fit, cal, { numLayers: L, modelFingerprint: FP, dModel: D, targetFpr: 0.05, calibrateOn }, cache);
+      const fired = (xs: Seq[]) => xs.filter((s) => requestScore(detectorTokenScores(det, cache, s), det.aggregator) > det.threshold).length / xs.length;
+      const injected = Array.from({ length: 10 }, (_, k) => styled(`inj${k}`, 2000 + k, 'c', 6, { layer: 1, v: [0, 0, 0, 4, 0, 0, 0, 0], from: 6 }));
+      return { unseen: fired(unseen), injected: fired(injected), det };
+    };
+    const byStyles = rate('styles');
+    const byRequests = rate('requests');
+    expect(byRequests.unseen).toBeGreaterThan(0.5);
+    expect(byStyles.unseen).toBeLessThanOrEqual(0.1);
+    expect(byStyles.injected).toBe(1);
+    expect(byStyles.det.file.description).toContain('fitted without its style');
+  });
+
   it('calibration: median and 99th percentile spread', () => {
     const xs = Array.from({ length: 101 }, (_, i) => i);
     expect(calibrate(xs)).toEqual({ center: 50, scale: 49 });

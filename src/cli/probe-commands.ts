@@ -316,7 +316,7 @@ export const fitAnomalyCommand: Command = {
 latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
                         [--prompts FILE]... [--max-tokens N] [--data DIR] [--target-fpr F] [--input update|resid]
                         [--covariance full|lowrank|diagonal] [--rank K] [--window W] [--calibration-fraction F]
-                        [--id ID] [--label TEXT]
+                        [--calibrate-on styles|requests] [--id ID] [--label TEXT]
                         [--precision P] [--cache-dir DIR] [--threads N]
   Runs clean requests through the model as the daemon does (every position from 0, then
   generated tokens), fits per layer a Gaussian (mean + Ledoit-Wolf shrunk covariance; scored in
@@ -326,6 +326,9 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
   layer 0; --input resid: the residual itself), and writes an ensemble-max probe of Mahalanobis
   members whose threshold sits at --target-fpr (default 0.01) per request on clean requests kept
   out of the fit (--calibration-fraction, default 0.4). It flags an added vector of any direction.
+  --calibrate-on styles (default): each calibration request is scored by members fitted without
+  its style, so the threshold carries the tail of kinds of text the fit never saw (a deployment's
+  traffic differs from any corpus); requests: by the detector's own members.
   --window W (default 16; 0: none) adds per layer a windowed member: the Gaussian of the mean
   update over the request's last W novel positions (token pairs not seen before in the request),
   a persistent shift: it catches injections 4x weaker than one position shows, and counts
@@ -354,12 +357,15 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
         rank: { type: 'string' },
         window: { type: 'string' },
         'calibration-fraction': { type: 'string' },
+        'calibrate-on': { type: 'string' },
         id: { type: 'string' },
         label: { type: 'string' },
       },
       this.usage,
     );
     const file = required(v.out, 'out');
+    const calibrateOn = (v['calibrate-on'] ?? 'styles') as 'styles' | 'requests';
+    if (calibrateOn !== 'styles' && calibrateOn !== 'requests') throw lwError('LW_ERR_CLI_USAGE', `--calibrate-on must be styles or requests (got ${v['calibrate-on']})`);
     const input = (v.input ?? 'update') as 'update' | 'resid';
     if (input !== 'update' && input !== 'resid') throw lwError('LW_ERR_CLI_USAGE', `--input must be update or resid (got ${v.input})`);
     const covariance = (v.covariance ?? 'full') as 'lowrank' | 'full' | 'diagonal';
@@ -391,7 +397,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
       const { fit, calibration } = splitClean(pool, calFrac, String(corpus.seed));
       if (calibration.length === 0 || fit.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', `${pool.length} clean requests cannot give both a fit and a calibration share`);
       const cache = new MemberScoreCache({ modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize });
-      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, window, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
+      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, window, calibrateOn, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
       // False-positive rate on the corpus's held-out requests, per style.
       const test = seqs.filter((s) => s.run!.split === 'test');
       const fprOnControls: Record<string, number> = {};

@@ -319,6 +319,15 @@ export class MemberScoreCache {
   private readonly cache = new Map<string, Map<string, Float32Array>>();
   constructor(private readonly meta: Pick<DetectorMeta, 'modelFingerprint' | 'dModel'>) {}
 
+  /**
+   * The cache for members fitted without one style (`calibrateOn: 'styles'`): member ids there name
+   * other fits, so they get a cache of their own, shared by every detector fitted with this one.
+   */
+  withoutStyle(style: string): MemberScoreCache {
+    return this.heldOut.get(style) ?? this.heldOut.set(style, new MemberScoreCache(this.meta)).get(style)!;
+  }
+  private readonly heldOut = new Map<string, MemberScoreCache>();
+
   scores(m: MemberFit, seq: Seq): Float32Array {
     let bySeq = this.cache.get(m.id);
     if (!bySeq) this.cache.set(m.id, (bySeq = new Map()));
@@ -343,7 +352,7 @@ export interface Detector {
 }
 
 /** Per-position ensemble scores of a detector on a sequence, from cached member scores. */
-export function detectorTokenScores(det: { readonly members: readonly Detector['members'][number][] }, cache: MemberScoreCache, seq: Seq): Float64Array {
+export function detectorTokenScores(det: { readonly members: readonly Detector['members'][number][] }, cache: MemberScores, seq: Seq): Float64Array {
   const out = new Float64Array(seq.positions).fill(-Infinity);
   for (const m of det.members) {
     const s = cache.scores(m, seq);
@@ -356,12 +365,17 @@ export function detectorTokenScores(det: { readonly members: readonly Detector['
   return out;
 }
 
+/** Member scores on a sequence (a MemberScoreCache, or one that scores each style by another fit). */
+export interface MemberScores {
+  scores(m: MemberFit, seq: Seq): Float32Array;
+}
+
 export interface BuildDetectorOptions {
   members: MemberFit[];
   /** Clean sequences (not fitted on) for member calibration and the threshold. */
   calibration: readonly Seq[];
   meta: Omit<DetectorMeta, 'training' | 'evaluation'> & Partial<Pick<DetectorMeta, 'training' | 'evaluation'>>;
-  cache: MemberScoreCache;
+  cache: MemberScores;
   skip?: number;
 }
 
@@ -430,6 +444,42 @@ export interface AnomalyDetectorOptions extends Omit<AnomalyMemberOptions, 'laye
   id?: string;
   label?: string;
   description?: string;
+  /**
+   * What the calibration scores are held out from. 'styles' (default): each corpus request is
+   * scored by members fitted without its style (leave one style out), so member scales and the
+   * threshold carry the tail of text of a kind the fit never saw, which is what a deployment
+   * sends; 'requests': by the detector's own members (held-out requests of fitted styles only).
+   * Trials are scored by the detector's own members either way.
+   */
+  calibrateOn?: 'styles' | 'requests';
+}
+
+/** A corpus request's style (its leave-out group); null for trials. */
+function styleOf(s: Seq): string | null {
+  return s.source === 'corpus' && s.run ? s.run.style : null;
+}
+
+/**
+ * Member scores for calibration with each corpus style held out: a request of style g is scored by
+ * members fitted on the fit sequences without g (a style the fit never held is scored by the
+ * detector's own members, which never saw it either).
+ */
+function heldOutStyleScores(fit: readonly Seq[], calibration: readonly Seq[], members: readonly MemberFit[], o: AnomalyMemberOptions, d: number, cache: MemberScoreCache): MemberScores {
+  const byStyle = new Map<string, { members: Map<string, MemberFit>; cache: MemberScoreCache }>();
+  for (const g of new Set(calibration.map(styleOf))) {
+    if (g === null) continue;
+    const rest = fit.filter((s) => styleOf(s) !== g);
+    if (rest.length === fit.length || rest.length === 0) continue;
+    byStyle.set(g, { members: new Map(fitAnomalyMembers(rest, d, o).map((m) => [m.id, m])), cache: cache.withoutStyle(`${g}|${members.map((m) => m.id).join(',')}`) });
+  }
+  return {
+    scores: (m, s) => {
+      const g = styleOf(s);
+      const held = g === null ? undefined : byStyle.get(g);
+      const own = held?.members.get(m.id);
+      return held && own ? held.cache.scores(own, s) : cache.scores(m, s);
+    },
+  };
 }
 
 export const DEFAULT_GENERIC_AGGREGATOR: AggregatorSpec = { kind: 'rolling-mean', window: 8, skip: GENERIC_SKIP };
@@ -448,16 +498,19 @@ export function fitAnomalyDetector(fit: readonly Seq[], calibration: readonly Se
   const input = o.input ?? 'update';
   const targetFpr = o.targetFpr ?? 0.01;
   const aggregator = o.aggregator ?? DEFAULT_GENERIC_AGGREGATOR;
-  const members = fitAnomalyMembers(fit, o.dModel, { ...o, layers, input, skip: o.skip ?? aggregator.skip ?? GENERIC_SKIP });
+  const memberOptions: AnomalyMemberOptions = { ...o, layers, input, skip: o.skip ?? aggregator.skip ?? GENERIC_SKIP };
+  const members = fitAnomalyMembers(fit, o.dModel, memberOptions);
+  const own = cache ?? new MemberScoreCache({ modelFingerprint: o.modelFingerprint, dModel: o.dModel });
+  const byStyle = (o.calibrateOn ?? 'styles') === 'styles';
   const windowedLayers = members.filter((m) => m.body.kind === 'mahalanobis' && m.body.window !== undefined).map((m) => parseResidPost(hookList(m.hook).at(-1)!));
   const what = input === 'update' ? 'the update of each layer (resid_post L − resid_post L−1; resid_post 0 at layer 0)' : 'resid_post of each layer';
   const description =
     o.description ??
-    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${windowedLayers.length > 0 ? `, and windowed members (layers ${windowedLayers.join(', ')}): the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance: the clean tail's scale per unit of ln n), so long requests fire no more often than short ones; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
+    `Unsupervised anomaly detector: Mahalanobis distance of ${what} from a Gaussian (${covarianceWords(o)}) fitted on ${fit.length} clean requests (${fit.reduce((a, s) => a + s.positions, 0)} positions), layers ${layers.join(', ')}${windowedLayers.length > 0 ? `, and windowed members (layers ${windowedLayers.join(', ')}): the same for the mean input over the request's last ${o.window ?? DEFAULT_GENERIC_WINDOW} novel positions (token pairs new in the request)` : ''}; members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance: the clean tail's scale per unit of ln n), so long requests fire no more often than short ones; threshold at ${targetFpr} FPR per request on ${calibration.length} other clean requests (on the corpus's and the trials' on their own, the higher${byStyle ? '; each corpus request scored by members fitted without its style, so the threshold carries the tail of kinds of text the fit never saw' : ''}); positions 0–${(aggregator.skip ?? 1) - 1} (attention sink, little context) not scored. Trained on no injection.`;
   return buildDetector({
     members,
     calibration,
-    cache: cache ?? new MemberScoreCache({ modelFingerprint: o.modelFingerprint, dModel: o.dModel }),
+    cache: byStyle ? heldOutStyleScores(fit, calibration, members, memberOptions, o.dModel, own) : own,
     meta: { id: o.id ?? GENERIC_ID, label: o.label ?? GENERIC_LABEL, description, modelFingerprint: o.modelFingerprint, dModel: o.dModel, targetFpr, aggregator },
     skip: o.skip ?? aggregator.skip,
   });
