@@ -11,6 +11,8 @@ latentwatch serve [--model DIR] [--probe FILE ...] [--config FILE] [--port N] [o
   With no --model, serves the built-in default model (models/qwen2-code-16m) and its probes.
   Environment: LATENTWATCH_API_KEY, LATENTWATCH_ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION=1,
   LATENTWATCH_CONFIG, LATENTWATCH_PORT, LATENTWATCH_HOST; OTEL_EXPORTER_OTLP_ENDPOINT turns on traces.
+  Proxy mode: --upstream http://HOST:PORT/v1 forwards the API to an OpenAI-compatible server (vLLM…)
+  and scores its answers on this replica (LATENTWATCH_UPSTREAM_URL; its key: --upstream-key-env NAME).
   Options:
 ${Object.entries(FLAGS)
   .map(([flag, f]) => `    --${flag.padEnd(22)} ${f.help}`)
