@@ -157,6 +157,8 @@ interface UpstreamChoice {
   message?: { content?: unknown };
   delta?: { content?: unknown };
   token_ids?: unknown;
+  /** vLLM's completions put the prompt's ids on the choice; its chat on the body. */
+  prompt_token_ids?: unknown;
   finish_reason?: unknown;
 }
 
@@ -273,7 +275,7 @@ export class ProxyService {
         ac.abort();
         throw lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', `${this.d.upstream.url}${path}: the answer has no choices`);
       }
-      checkPrompt(out.prompt_token_ids);
+      checkPrompt(out.prompt_token_ids ?? choice.prompt_token_ids);
       const text = textOf(kind, choice, false);
       feed.push({ ids: align(choice, text), text, finish: finishOf(choice.finish_reason) });
       feed.end();
@@ -312,8 +314,8 @@ export class ProxyService {
           meta = { id: chunk.id ?? meta.id, object: chunk.object ?? meta.object, created: chunk.created ?? meta.created, model: chunk.model ?? meta.model };
           first = false;
         }
-        checkPrompt(chunk.prompt_token_ids);
         const choice = choices[0];
+        checkPrompt(chunk.prompt_token_ids ?? choice?.prompt_token_ids);
         const text = choice ? textOf(kind, choice, true) : '';
         const ids = choice ? align(choice, text) : [];
         if (!job.returnTokenIds) stripTokenIds(chunk);
@@ -369,5 +371,8 @@ function finishOf(reason: unknown): FinishReason | undefined {
 
 function stripTokenIds(body: UpstreamBody): void {
   delete body.prompt_token_ids;
-  for (const c of body.choices ?? []) delete c.token_ids;
+  for (const c of body.choices ?? []) {
+    delete c.token_ids;
+    delete c.prompt_token_ids;
+  }
 }
