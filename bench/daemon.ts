@@ -58,7 +58,7 @@ import { RequestMonitor } from '../src/daemon/monitor.js';
 import { loadProbe, ProbeBank } from '../src/probes/probe.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
-import { processWallOffsetUs, streamRequest, subscribe, until, type ReceivedAlert, type StreamResult, type Subscriber } from './lib/clients.js';
+import { nowUs, processWallOffsetUs, streamRequest, subscribe, until, type ReceivedAlert, type StreamResult, type Subscriber } from './lib/clients.js';
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
@@ -97,6 +97,8 @@ export interface LatencyStats {
   lastReceiptP50Ms: number;
   lastReceiptP99Ms: number;
 }
+
+type LogName = 'groupFull' | 'inlineFull' | 'groupNormal' | 'inlineNormal' | 'memoryLog';
 
 export interface ConcurrencyLevel {
   streams: number;
@@ -161,8 +163,11 @@ export interface ModelDaemonBench {
       inlineNormal: LatencyStats;
       memoryLog: LatencyStats;
       /** Gaps between tokens (client receipt, ms) of a plain stream run beside each batch, per log. */
-      plainStreamGaps: Record<'groupFull' | 'inlineFull' | 'groupNormal' | 'inlineNormal' | 'memoryLog', { p50Ms: number; p99Ms: number }>;
+      plainStreamGaps: Record<LogName, { p50Ms: number; p99Ms: number }>;
+      sendToFirstAlert: Record<LogName, { p50Ms: number; p99Ms: number }>;
     };
+    /** Per request: sent → its first alert received (ms, the bench's clock alone), per log, one at a time. */
+    sendToFirstAlert: Record<LogName, { p50Ms: number; p99Ms: number }>;
     /**
      * Each side's wall clock − its monotonic epoch clock (ms; lib/clients.ts wallOffsetUs), by which
      * latencies are corrected, and the check: min over alerts of alert.ts − corrected forwardAtUs
@@ -421,14 +426,20 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
     // With parallel > 1, a plain streamed request (no injection, no alert) runs beside each batch:
     // its gaps between tokens show what the alerts' writes hold back for everyone else (an fsync
     // on the event loop stalls every stream; the group-commit writer does not).
-    const measureRound = async (parallel: number): Promise<{ stats: Record<LogKey, LatencyStats>; gaps: Record<LogKey, { p50Ms: number; p99Ms: number }> }> => {
+    // Besides forwardAtUs (stamped when the request's loop takes the step, so a wait before that,
+    // e.g. behind another request's fsync on the event loop, is not in it): request sent → its
+    // first alert received by the subscriber on this thread, both on this process's clock.
+    const measureRound = async (parallel: number): Promise<{ stats: Record<LogKey, LatencyStats>; gaps: Record<LogKey, { p50Ms: number; p99Ms: number }>; sendToAlert: Record<LogKey, { p50Ms: number; p99Ms: number }> }> => {
       for (const [, d] of logs) await raiseAlerts(d, 2); // warm-up
       const ids = new Map<string, number[]>(logs.map(([k]) => [k, []]));
       const gaps = new Map<string, number[]>(logs.map(([k]) => [k, []]));
+      const sent = new Map<string, { atWallUs: number; ids: number[] }[]>(logs.map(([k]) => [k, []]));
       for (let i = 0; i < alertRequests; i += parallel) {
         for (const [k, d] of logs) {
           const plain = parallel > 1 ? stream(d, { prompt: PROMPTS[(i / parallel) % PROMPTS.length], max_tokens: 12 }) : null;
+          const atWallUs = nowUs() + processWallOffsetUs();
           const batch = await Promise.all(Array.from({ length: Math.min(parallel, alertRequests - i) }, (_, j) => raiseOne(d, i + j)));
+          for (const b of batch) sent.get(k)!.push({ atWallUs, ids: b });
           ids.get(k)!.push(...batch.flat());
           const x = await plain;
           if (x) gaps.get(k)!.push(...x.tokenTimes.slice(1).map((t, n) => t - x.tokenTimes[n]));
@@ -436,12 +447,16 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
       }
       const stats = {} as Record<LogKey, LatencyStats>;
       const gapStats = {} as Record<LogKey, { p50Ms: number; p99Ms: number }>;
+      const sendStats = {} as Record<LogKey, { p50Ms: number; p99Ms: number }>;
       for (const [k] of logs) {
         stats[k] = await statsOf(audiences.get(k)!, ids.get(k)!);
         const g = gaps.get(k)!;
         gapStats[k] = { p50Ms: round(quantile(g, 0.5), 3), p99Ms: round(quantile(g, 0.99), 3) };
+        const receipt = new Map(audiences.get(k)!.main.alerts.map((x) => [x.id, x.receivedWallUs]));
+        const firsts = sent.get(k)!.filter((r) => r.ids.length > 0).map((r) => (Math.min(...r.ids.map((id) => receipt.get(id) ?? Infinity)) - r.atWallUs) / 1000);
+        sendStats[k] = { p50Ms: round(quantile(firsts, 0.5), 3), p99Ms: round(quantile(firsts, 0.99), 3) };
       }
-      return { stats, gaps: gapStats };
+      return { stats, gaps: gapStats, sendToAlert: sendStats };
     };
     let sequential: Awaited<ReturnType<typeof measureRound>>;
     let parallel: Awaited<ReturnType<typeof measureRound>>;
@@ -507,7 +522,8 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
         normalSync: sequential.stats.inlineNormal,
         inlineFull: sequential.stats.inlineFull,
         groupNormal: sequential.stats.groupNormal,
-        parallel: { streams: PARALLEL_STREAMS, requests: alertRequests, ...parallel.stats, plainStreamGaps: parallel.gaps },
+        sendToFirstAlert: sequential.sendToAlert,
+        parallel: { streams: PARALLEL_STREAMS, requests: alertRequests, ...parallel.stats, plainStreamGaps: parallel.gaps, sendToFirstAlert: parallel.sendToAlert },
         clockCheckMs: { daemonOffset: round(daemonOffsetUs / 1000, 3), benchOffset: round(processWallOffsetUs() / 1000, 3), daemon: round(daemonClock, 3) },
       },
       concurrency,
@@ -592,6 +608,10 @@ function modelSummary(m: ModelDaemonBench): Record<string, number | null> {
     plain_stream_gap_p99_ms_group_full: a.parallel.plainStreamGaps.groupFull.p99Ms,
     plain_stream_gap_p99_ms_inline_full: a.parallel.plainStreamGaps.inlineFull.p99Ms,
     plain_stream_gap_p99_ms_memory_log: a.parallel.plainStreamGaps.memoryLog.p99Ms,
+    send_to_alert_p99_ms_group_full: a.sendToFirstAlert.groupFull.p99Ms,
+    send_to_alert_p99_ms_inline_full: a.sendToFirstAlert.inlineFull.p99Ms,
+    send_to_alert_p99_ms_parallel_group_full: a.parallel.sendToFirstAlert.groupFull.p99Ms,
+    send_to_alert_p99_ms_parallel_inline_full: a.parallel.sendToFirstAlert.inlineFull.p99Ms,
     concurrency1_tok_s: r3(level(1)),
     concurrency4_tok_s: r3(level(4)),
     concurrency16_tok_s: r3(level(16)),
@@ -725,6 +745,21 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
       ),
       '',
       `p99 ratio FULL on the event loop ÷ FULL with group commit, ${a.parallel.streams} at a time: **${f(a.parallel.inlineFull.p99Ms / a.parallel.groupFull.p99Ms, 2)}**.`,
+      '',
+      `forwardAtUs is stamped when the request's loop takes its step: a wait before that (behind another request's fsync on a blocked event loop) is not in the figures above. Measured on the bench's clock alone, request sent → its first alert received (the same requests; the request's prompt and first token are in it, alike for every log):`,
+      '',
+      markdownTable(
+        ['alert log', 'one at a time: p50 / p99 ms', `${a.parallel.streams} at a time: p50 / p99 ms`],
+        (
+          [
+            ['SQLite FULL, group-commit worker (default)', 'groupFull'],
+            ['SQLite FULL, on the event loop', 'inlineFull'],
+            ['SQLite NORMAL, group-commit worker', 'groupNormal'],
+            ['SQLite NORMAL, on the event loop', 'inlineNormal'],
+            ['in memory', 'memoryLog'],
+          ] as const
+        ).map(([name, k]) => [name, `${f(a.sendToFirstAlert[k].p50Ms, 2)} / ${f(a.sendToFirstAlert[k].p99Ms, 2)}`, `${f(a.parallel.sendToFirstAlert[k].p50Ms, 2)} / ${f(a.parallel.sendToFirstAlert[k].p99Ms, 2)}`]),
+      ),
       '',
       ...(m.concurrency ? concurrencyMarkdown(m.concurrency) : []),
     );
