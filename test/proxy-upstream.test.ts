@@ -4,9 +4,12 @@
  * the proxy's local replica scores the upstream's tokens teacher-forced.
  */
 import { join } from 'node:path';
+import { trace } from '@opentelemetry/api';
+import * as tracing from '@opentelemetry/sdk-trace-node';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
+import { EVALUATION_EVENT } from '../src/daemon/tracing.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnServe, startTestDaemon, trainTestProbe, type ServeProcess, type TestProbe } from './daemon-fixture.js';
 import { CODE16M, freePort, tempDir, waitUntil } from './helpers.js';
@@ -177,6 +180,23 @@ describe('serve --upstream: answers and verdicts', () => {
     // The injection still needs the admin key through the proxy.
     const refused = await post(proxy.url, 'completions', { ...body, latentwatch: { inject } });
     expect(refused.status).toBe(403);
+  });
+
+  it('a proxied request is traced like a local one: the GenAI span with the verdict as evaluation events', async () => {
+    const exporter = new tracing.InMemorySpanExporter();
+    const provider = new tracing.BasicTracerProvider({ spanProcessors: [new tracing.SimpleSpanProcessor(exporter)] });
+    trace.setGlobalTracerProvider(provider);
+    try {
+      const r = await post(proxy.url, 'completions', { model: MODEL, prompt: 'def f(x):\n', max_tokens: 8, temperature: 0 });
+      expect(r.status).toBe(200);
+      await waitUntil(() => exporter.getFinishedSpans().some((s) => s.name === `text_completion ${MODEL}`), { timeoutMs: 10_000, what: 'the request span' });
+      const root = exporter.getFinishedSpans().find((s) => s.name === `text_completion ${MODEL}`)!;
+      expect(root.attributes).toMatchObject({ 'gen_ai.usage.output_tokens': r.body.usage.completion_tokens, 'gen_ai.usage.input_tokens': r.body.usage.prompt_tokens });
+      const events = root.events.filter((e) => e.name === EVALUATION_EVENT);
+      expect(events.map((e) => e.attributes?.['gen_ai.evaluation.name'])).toEqual(r.body.latentwatch!.probes.map((p) => p.id));
+    } finally {
+      trace.disable();
+    }
   });
 
   it("the upstream's own 4xx goes back unchanged, and is counted", async () => {
