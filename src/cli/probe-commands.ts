@@ -310,6 +310,13 @@ function layersOpt(v: string | undefined, numLayers: number): number[] {
   return [...new Set(xs)].sort((a, b) => a - b);
 }
 
+/** --calibrate-on styles|requests (fit-anomaly, generic-report): default styles. */
+function calibrateOnOpt(value: string | undefined): 'styles' | 'requests' {
+  const v = value ?? 'styles';
+  if (v !== 'styles' && v !== 'requests') throw lwError('LW_ERR_CLI_USAGE', `--calibrate-on must be styles or requests (got ${value})`);
+  return v;
+}
+
 export const fitAnomalyCommand: Command = {
   name: 'fit-anomaly',
   usage: `
@@ -364,8 +371,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
       this.usage,
     );
     const file = required(v.out, 'out');
-    const calibrateOn = (v['calibrate-on'] ?? 'styles') as 'styles' | 'requests';
-    if (calibrateOn !== 'styles' && calibrateOn !== 'requests') throw lwError('LW_ERR_CLI_USAGE', `--calibrate-on must be styles or requests (got ${v['calibrate-on']})`);
+    const calibrateOn = calibrateOnOpt(v['calibrate-on']);
     const input = (v.input ?? 'update') as 'update' | 'resid';
     if (input !== 'update' && input !== 'resid') throw lwError('LW_ERR_CLI_USAGE', `--input must be update or resid (got ${v.input})`);
     const covariance = (v.covariance ?? 'full') as 'lowrank' | 'full' | 'diagonal';
@@ -424,7 +430,8 @@ export const genericReportCommand: Command = {
   usage: `
 latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--write-probe FILE]
                            [--compare FILE.probe.json]... [--families a,b] [--target-fpr F]
-                           [--ship NAME] [--unsupervised-only] [--precision P] [--cache-dir DIR] [--threads N]
+                           [--ship NAME] [--unsupervised-only] [--calibrate-on styles|requests]
+                           [--precision P] [--cache-dir DIR] [--threads N]
   DIR (--data) is a trial dataset of several vector families traced from position 0 (e.g.
   configs/trials/generic.json). Fits the anomaly detectors (update and residual Mahalanobis, on
   clean corpus prompts and clean train-split trials), the supervised linear detectors (per layer,
@@ -432,7 +439,8 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
   their combination; evaluates every one on families never trained on, held-out concepts and
   clean prompts of every corpus style as the daemon scores (every position from 0); writes
   report.md, report.json and SVG charts to --out, and the shipped detector (--ship, default
-  anomaly-update) to --write-probe. --compare adds existing probes to the comparison.`,
+  anomaly-update) to --write-probe. --compare adds existing probes to the comparison.
+  --calibrate-on as fit-anomaly's (requests: faster, one fit per detector instead of one per style).`,
   async run(argv) {
     const v = parse(
       argv,
@@ -446,6 +454,7 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
         'target-fpr': { type: 'string' },
         ship: { type: 'string' },
         'unsupervised-only': { type: 'boolean' },
+        'calibrate-on': { type: 'string' },
       },
       this.usage,
     );
@@ -465,6 +474,7 @@ latentwatch generic-report --model DIR --data DIR --out DIR [--corpus FILE] [--w
         compare,
         ship: v.ship,
         unsupervisedOnly: v['unsupervised-only'],
+        calibrateOn: calibrateOnOpt(v['calibrate-on']),
         progress: progressBar('generic'),
         tokens: new TrialTokens(engine.tokenizer!, ds.manifest),
       });

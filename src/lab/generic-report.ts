@@ -59,6 +59,8 @@ export interface GenericReportOptions {
   ship?: string;
   /** Skip the supervised detectors (faster). */
   unsupervisedOnly?: boolean;
+  /** How the anomaly detectors are calibrated (fitAnomalyDetector's calibrateOn; default 'styles'). */
+  calibrateOn?: 'styles' | 'requests';
   progress?: (done: number, total: number, what: string) => void;
   /** The trials' token ids (windowed members need them): new TrialTokens(tokenizer, ds.manifest). */
   tokens?: TrialTokens;
@@ -171,7 +173,7 @@ export function computeGenericReport(ds: Dataset, corpus: CorpusActivations, o: 
   const trainedOn = new Map<string, string[]>();
   let step = 0;
   const steps = o.unsupervisedOnly ? 4 : 8;
-  const common = { numLayers: m.numLayers, modelFingerprint: m.modelFingerprint, dModel: d, targetFpr, aggregator };
+  const common = { numLayers: m.numLayers, modelFingerprint: m.modelFingerprint, dModel: d, targetFpr, aggregator, calibrateOn: o.calibrateOn };
   detectors.set('anomaly-update', fitAnomalyDetector(fit, calibration, { ...common, input: 'update' }, cache));
   trainedOn.set('anomaly-update', []);
   progress(++step, steps, 'anomaly-update');
