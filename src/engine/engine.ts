@@ -14,7 +14,7 @@ import { concat, GRAPH_NAMES, type BuildProgress, type GraphInterface } from '..
 import { StreamingDetokenizer } from './detokenizer.js';
 import { RuntimeSession, type Provider, type WebGpuValidation } from './runtime.js';
 import { DeviceKvCache, deviceKvOutputs } from './device-kv.js';
-import { logprobsOf, Sampler, StopStringMatcher } from './sampler.js';
+import { logprobsOf, Sampler, StopStringMatcher, type GreedyChoice } from './sampler.js';
 import { DecodeBatcher } from './decode-batcher.js';
 import { KvPool, privateStorage, type KvStorage } from './kv-pool.js';
 import { Sequence, type ForwardOptions, type ForwardResult, type GraphContext } from './sequence.js';
@@ -154,7 +154,7 @@ export class Engine implements GraphContext {
     const outs = new Set(session.outputNames);
     const ins = new Set(session.inputNames);
     // A device-kv build packs logits and taps into one output (graph.ts), in the build's tap order.
-    const hostOutputs = this.deviceKv ? [GRAPH_NAMES.hostOutputs] : [GRAPH_NAMES.logits, ...this.taps];
+    const hostOutputs = this.deviceKv ? [GRAPH_NAMES.hostOutputs] : [GRAPH_NAMES.logits, GRAPH_NAMES.greedy, ...this.taps];
     for (const o of hostOutputs) if (!outs.has(o)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks output ${o}`);
     for (const p of this.ports) if (!ins.has(injectPort(p))) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `build lacks port input ${injectPort(p)}`);
     const [key, value] = this.deviceKv ? [GRAPH_NAMES.presentKey, GRAPH_NAMES.presentValue] : [GRAPH_NAMES.newKey, GRAPH_NAMES.newValue];
@@ -226,7 +226,10 @@ export class Engine implements GraphContext {
     const stopText = new StopStringMatcher(req.stopStrings ?? []);
     const detok = new StreamingDetokenizer(this.tokenizer ?? (() => ''), { skipSpecialTokens: true });
     const taps = req.taps ?? [];
-    const fwd = { taps, injections: req.injections, promptLength };
+    // A greedy request that reads no logits takes the graph's argmax instead of the logits row
+    // (on a GPU provider the row then never leaves the device).
+    const greedyOnly = sampler.greedy && !req.returnLogits && req.logprobs === undefined;
+    const fwd: ForwardOptions = { taps, injections: req.injections, promptLength, logits: greedyOnly ? 'greedy' : 'last' };
     const seq = this.newSequence(promptLength + req.maxTokens);
     const aborted = () => {
       if (req.signal?.aborted) throw lwError('LW_ERR_ENGINE_ABORTED');
@@ -234,6 +237,7 @@ export class Engine implements GraphContext {
     try {
       // Prefill in chunks; the prompt step carries every prompt position's taps.
       let logits: Float32Array = new Float32Array(0);
+      let greedy: GreedyChoice | undefined;
       const promptTaps = new Map<string, Float32Array[]>();
       const V = this.config.vocabSize;
       // Prompt logprobs need logits at every prompt position: chunks then stay under ~32 MB of logits.
@@ -245,6 +249,7 @@ export class Engine implements GraphContext {
         const ids = req.promptIds.slice(i, i + chunk);
         const r = await seq.forward(ids, wantPrompt ? { ...fwd, logits: 'all' } : fwd);
         logits = wantPrompt ? r.logits.subarray((ids.length - 1) * V) : r.logits;
+        greedy = r.greedy;
         for (const [k, v] of r.taps) promptTaps.set(k, [...(promptTaps.get(k) ?? []), v.data]);
         // Row j predicts prompt token i + j + 1.
         for (let j = 0; wantPrompt && j < ids.length && i + j + 1 < promptLength; j++) {
@@ -264,7 +269,9 @@ export class Engine implements GraphContext {
 
       // Each token step is emitted after the pass that reads that token, so it carries its own
       // activations: a monitor scores a token before its text reaches the client.
-      let token = sampler.sample(logits);
+      // The graph's greedy choice where the pass gave one (a batched step may bring the logits instead).
+      const next = () => (greedy ? sampler.sampleGreedy(greedy) : sampler.sample(logits));
+      let token = next();
       for (let n = 1; ; n++) {
         aborted();
         const isStop = stops.has(token);
@@ -275,6 +282,7 @@ export class Engine implements GraphContext {
         if (!last || taps.length > 0) {
           const r = await this.decode(seq, token, fwd);
           logits = r.logits;
+          greedy = r.greedy;
           stepTaps = r.taps;
         }
         let text = '';
@@ -301,7 +309,7 @@ export class Engine implements GraphContext {
         if (last) step.finishReason = isStop || matched || n < req.maxTokens ? 'stop' : 'length';
         yield step;
         if (last) return;
-        token = sampler.sample(logits);
+        token = next();
       }
     } finally {
       seq.release();

@@ -46,9 +46,30 @@ export class Sampler {
     this.random = createRng(o.seed ?? Math.floor(Math.random() * 2 ** 32)).next;
   }
 
+  /**
+   * Whether the pick is the argmax of the model's own logits (temperature 0, no bias, no penalties):
+   * then the graph's greedy output (graph.ts GRAPH_NAMES.greedy) may stand in for the logits row.
+   */
+  get greedy(): boolean {
+    return this.temperature === 0 && this.logitBias.size === 0 && this.frequencyPenalty === 0 && this.presencePenalty === 0;
+  }
+
   /** Samples the next token and counts it as generated (the penalties look at every earlier pick). */
   sample(raw: Float32Array): number {
-    const token = this.pick(this.adjust(raw));
+    return this.count(this.pick(this.adjust(raw)));
+  }
+
+  /**
+   * The token of a greedy sampler from the graph's argmax and its logit, for a pass that brought no
+   * logits back: what sample() picks from the whole row (the same non-finite check).
+   */
+  sampleGreedy(choice: GreedyChoice): number {
+    if (!this.greedy) throw lwError('LW_ERR_ENGINE_BAD_REQUEST', 'the graph’s greedy choice stands in only for a greedy sampler');
+    checkFinite(choice.logit);
+    return this.count(choice.tokenId);
+  }
+
+  private count(token: number): number {
     this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
     return token;
   }
@@ -70,9 +91,7 @@ export class Sampler {
   private pick(logits: Float32Array): number {
     const best = argmax(logits);
     const max = logits[best];
-    // NaN or infinite logits mean a broken forward pass (e.g. an overflowing injection): fail the
-    // request with a code rather than emit garbage or spin in the nucleus search.
-    if (!Number.isFinite(max)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'the forward pass produced non-finite logits');
+    checkFinite(max);
     if (this.temperature === 0) return best;
     const n = logits.length;
     const inv = 1 / this.temperature;
@@ -125,6 +144,20 @@ export class Sampler {
     }
     return ids;
   }
+}
+
+/** The argmax of a logits row and its logit (the graph's greedy output). */
+export interface GreedyChoice {
+  tokenId: number;
+  logit: number;
+}
+
+/**
+ * NaN or infinite logits (the row's largest) mean a broken forward pass (e.g. an overflowing
+ * injection): fail the request with a code rather than emit garbage or spin in the nucleus search.
+ */
+function checkFinite(maxLogit: number): void {
+  if (!Number.isFinite(maxLogit)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', 'the forward pass produced non-finite logits');
 }
 
 export interface Logprob {

@@ -12,20 +12,27 @@ import { injectPort } from '../hooks.js';
 import { DeviceKvCache } from './device-kv.js';
 import type { KvStorage } from './kv-pool.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type RuntimeSession, type Tensor } from './runtime.js';
+import type { GreedyChoice } from './sampler.js';
 import type { Injection, TapValues } from './types.js';
 
 export interface ForwardOptions {
   taps?: readonly string[];
   injections?: readonly Injection[];
-  /** Which positions of this pass get logits: the last (default), all, or none. */
-  logits?: 'last' | 'all' | 'none';
+  /**
+   * Which positions of this pass get logits: the last (default), all, or none; 'greedy': none, but
+   * the last position's argmax and its logit (the graph's greedy output: on a GPU provider the
+   * logits row then stays on the device).
+   */
+  logits?: 'last' | 'all' | 'none' | 'greedy';
   /** Length of the prompt, to resolve 'prompt'/'generation' windows. */
   promptLength?: number;
 }
 
 export interface ForwardResult {
-  /** [positions with logits, vocab] row-major. */
+  /** [positions with logits, vocab] row-major; empty for logits 'none' and 'greedy'. */
   logits: Float32Array;
+  /** logits 'greedy': the last position's argmax and its logit. */
+  greedy?: GreedyChoice;
   taps: Map<string, TapValues>;
 }
 
@@ -104,11 +111,21 @@ export class Sequence {
       const rows = injectionRows(this.ctx, o.injections ?? [], port, start, n, o.promptLength ?? total);
       feeds[injectPort(port)] = f32Tensor(rows.data, [1, rows.rows, c.hiddenSize]);
     }
-    const out = this.storage instanceof DeviceKvCache ? unpackHostOutputs(this.ctx, await this.runDevice(this.storage, feeds, total, n), logitRows.length, n) : await this.runHost(this.hostStorage, feeds, o, n, start);
+    const mode = o.logits ?? 'last';
+    const hostLogits = mode === 'last' || mode === 'all';
+    let out: Record<string, Float32Array>;
+    if (this.storage instanceof DeviceKvCache) {
+      feeds[GRAPH_NAMES.logitsToHost] = i64Tensor([hostLogits ? 1 : 0], []);
+      out = unpackHostOutputs(this.ctx, await this.runDevice(this.storage, feeds, total, n), logitRows.length, hostLogits, n);
+    } else {
+      out = await this.runHost(this.hostStorage, feeds, o, n, start);
+    }
     this.len = total;
     const taps = new Map<string, TapValues>();
     for (const t of o.taps ?? []) taps.set(t, { positions: n, dModel: c.hiddenSize, data: out[t] });
-    return { logits: o.logits === 'none' ? new Float32Array(0) : out[GRAPH_NAMES.logits], taps };
+    const r: ForwardResult = { logits: hostLogits ? out[GRAPH_NAMES.logits] : new Float32Array(0), taps };
+    if (mode === 'greedy') r.greedy = greedyChoice(out[GRAPH_NAMES.greedy], logitRows.length - 1);
+    return r;
   }
 
   /** A pass on a device cache: the past goes in as the last pass's present, which stays on the device. */
@@ -131,9 +148,12 @@ export class Sequence {
   private async runHost(storage: KvStorage, feeds: Record<string, Tensor>, o: ForwardOptions, n: number, start: number): Promise<Record<string, Float32Array>> {
     const c = this.ctx.config;
     const total = start + n;
+    // Only what the caller reads comes back (onnxruntime-node copies every fetched output).
+    const mode = o.logits ?? 'last';
+    const wanted = [...(mode === 'greedy' ? [GRAPH_NAMES.greedy] : mode === 'none' ? [] : [GRAPH_NAMES.logits]), ...(o.taps ?? [])];
     const r = await this.ctx.exclusive(async () => {
       // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
-      const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
+      const fetches: Record<string, Tensor | null> = Object.fromEntries(wanted.map((name) => [name, null]));
       storage.ensure(total);
       const dims = [1, c.numKvHeads, storage.length, c.headDim];
       for (let l = 0; l < c.numLayers; l++) {
@@ -142,7 +162,6 @@ export class Sequence {
         fetches[GRAPH_NAMES.newKey(l)] = null;
         fetches[GRAPH_NAMES.newValue(l)] = null;
       }
-      for (const t of o.taps ?? []) fetches[t] = null;
       const r = await this.ctx.session.run(feeds, fetches);
       // The cache is an input: the pass's new keys and values come back separately and go in here.
       const len = storage.length;
@@ -152,20 +171,27 @@ export class Sequence {
       }
       return r;
     });
-    return Object.fromEntries([GRAPH_NAMES.logits, ...(o.taps ?? [])].map((name) => [name, tensorData(r[name])]));
+    return Object.fromEntries(wanted.map((name) => [name, tensorData(r[name])]));
   }
 }
 
+/** Row `row` of a greedy output ([rows, 2]: argmax id as a float, its logit). */
+export function greedyChoice(pairs: Float32Array, row: number): GreedyChoice {
+  return { tokenId: pairs[row * 2], logit: pairs[row * 2 + 1] };
+}
+
 /**
- * Splits a device-kv pass's one host output (graph.ts GRAPH_NAMES.hostOutputs): `logitRows` rows of
- * logits, then each tap of the build in layer order over the pass's `n` positions (views, no copy).
+ * Splits a device-kv pass's one host output (graph.ts GRAPH_NAMES.hostOutputs): the greedy pairs of
+ * `logitRows` rows, their logits where the pass brought them back (`withLogits`), then each tap of
+ * the build in layer order over the pass's `n` positions (views, no copy).
  */
-export function unpackHostOutputs(ctx: GraphContext, out: Record<string, Tensor>, logitRows: number, n: number): Record<string, Float32Array> {
+export function unpackHostOutputs(ctx: GraphContext, out: Record<string, Tensor>, logitRows: number, withLogits: boolean, n: number): Record<string, Float32Array> {
   const packed = tensorData(out[GRAPH_NAMES.hostOutputs]);
   const V = ctx.config.vocabSize;
   const D = ctx.config.hiddenSize;
-  const r: Record<string, Float32Array> = { [GRAPH_NAMES.logits]: packed.subarray(0, logitRows * V) };
-  let off = logitRows * V;
+  const logitsEnd = 2 * logitRows + (withLogits ? logitRows * V : 0);
+  const r: Record<string, Float32Array> = { [GRAPH_NAMES.greedy]: packed.subarray(0, 2 * logitRows), [GRAPH_NAMES.logits]: packed.subarray(2 * logitRows, logitsEnd) };
+  let off = logitsEnd;
   for (const t of ctx.taps) {
     r[t] = packed.subarray(off, off + n * D);
     off += n * D;

@@ -9,8 +9,11 @@ import { join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type GraphInterface, type Precision } from './graph.js';
 
-/** Bump when the graph layout changes, so old cached builds are not reused (3: device-kv builds with host_outputs and WebGPU-fusable projections). */
-export const BUILDER_VERSION = 3;
+/**
+ * Bump when the graph layout changes, so old cached builds are not reused (3: device-kv builds with
+ * host_outputs and WebGPU-fusable projections; 4: the greedy output and device-kv's logits_to_host).
+ */
+export const BUILDER_VERSION = 4;
 
 export interface BuildRequest {
   precision?: Precision;

@@ -23,7 +23,10 @@
  * → `present_key.L` [batch, kv_heads, total, head_dim] (present = past + this pass's positions). The
  * engine keeps those outputs on the device (preferredOutputLocation 'gpu-buffer') and feeds them back
  * as the next pass's past, so the cache never crosses the bus; only logits and taps come back, packed
- * into one output (`host_outputs`).
+ * into one output (`host_outputs`), and the logits only where the pass asks (`logits_to_host`).
+ *
+ * Both engine interfaces also give the greedy choice (`greedy`: ArgMax and ReduceMax over each logits
+ * row): a greedy request with no use for the logits reads 2 floats per step instead of the vocabulary.
  */
 import { lwError } from '../errors.js';
 import { injectPort, residPost } from '../hooks.js';
@@ -67,8 +70,20 @@ export const GRAPH_NAMES = {
   presentKey: (l: number) => `present_key.${l}`,
   presentValue: (l: number) => `present_value.${l}`,
   /**
-   * 'device-kv' builds: the logits [batch × n_logits × vocab] then each tapped layer's resid_post
-   * [batch × seq × d_model], in layer order, flattened into one output (one copy back per pass).
+   * The greedy choice at each logits position, [batch, n_logits, 2]: the argmax token id (as a
+   * float: exact below 2^24) and its logit (non-finite when the pass broke; the sampler refuses it).
+   * Greedy decoding reads this instead of the logits row (600 KB for Qwen2.5).
+   */
+  greedy: 'greedy',
+  /**
+   * 'device-kv' builds, int64 scalar: 1 brings the logits back in `host_outputs`, 0 leaves them on
+   * the device (greedy decoding, scoring without logits): only the greedy pairs and the taps come back.
+   */
+  logitsToHost: 'logits_to_host',
+  /**
+   * 'device-kv' builds: the greedy pairs [batch × n_logits × 2], the logits [batch × n_logits ×
+   * vocab] where `logits_to_host` is 1, then each tapped layer's resid_post [batch × seq × d_model],
+   * in layer order, flattened into one output (one copy back per pass).
    */
   hostOutputs: 'host_outputs',
 } as const;
@@ -303,16 +318,29 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   const headName = cfg.tieWordEmbeddings || !ckpt.has('lm_head.weight') ? embName : 'lm_head.weight';
   if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
   const logits = linear(picked, [headName], D, 'lm_head');
+  // Greedy decoding's choice on the device: (argmax id, its logit) per logits position. ArgMax takes
+  // the first of equal maxima, as the sampler's own argmax does.
+  const greedy = hf
+    ? ''
+    : g.op('Concat', [g.op('Cast', [g.op('ArgMax', [logits], { axis: -1, keepdims: 1 })], { to: DT.FLOAT }), g.op('ReduceMax', [logits], { axes: [-1], keepdims: 1 })], { axis: -1 });
   if (deviceKv) {
     // Everything the host reads, in one output: each output a pass brings back from the GPU is a
     // copy and a wait of its own (three taps beside the logits cost 48% of 0.5B decode on an H200).
+    // The logits are sliced to nothing unless logits_to_host is 1 (Slice clamps the end to the length).
     const flat = g.i64('host.flat', [-1]);
-    const parts = [logits, ...[...taps].sort((a, b) => a - b).map((l) => residPost(l))].map((t) => g.op('Reshape', [t, flat]));
+    const toHost = g.input(GRAPH_NAMES.logitsToHost, DT.INT64, []);
+    const end = g.op('Mul', [g.op('Unsqueeze', [toHost, g.i64('host.axis0', [0])]), g.i64('host.all', [Number.MAX_SAFE_INTEGER])]);
+    const hostLogits = g.op('Slice', [g.op('Reshape', [logits, flat]), g.i64('host.start', [0]), end, g.i64('host.axis0s', [0])]);
+    const parts = [g.op('Reshape', [greedy, flat]), hostLogits, ...[...taps].sort((a, b) => a - b).map((l) => g.op('Reshape', [residPost(l), flat]))];
     g.node('Concat', parts, [GRAPH_NAMES.hostOutputs], { axis: 0 });
     g.output(GRAPH_NAMES.hostOutputs, DT.FLOAT, ['host_floats']);
   } else {
     g.node('Identity', [logits], [GRAPH_NAMES.logits]);
     g.output(GRAPH_NAMES.logits, DT.FLOAT, [B, hf ? 'logits_length' : 'n_logits', cfg.vocabSize]);
+    if (!hf) {
+      g.node('Identity', [greedy], [GRAPH_NAMES.greedy]);
+      g.output(GRAPH_NAMES.greedy, DT.FLOAT, [B, 'n_logits', 2]);
+    }
   }
   tick('lm_head');
 
