@@ -15,7 +15,7 @@ import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
 import { AlertLog } from './alert-log.js';
 import { SqliteAlertStore, type AlertStore } from './alert-store.js';
-import { GroupCommitAlertStore } from './group-commit-store.js';
+import { GroupCommitAlertStore, type WriterEvent } from './group-commit-store.js';
 import { JetStreamAlertStore, redactServers } from './nats-alert-store.js';
 import { lwError } from '../errors.js';
 import { Authenticator, SYSTEM_TENANT } from './auth.js';
@@ -114,6 +114,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   let onLogState = (e: { state: 'failing' | 'recovered'; error?: string; pending: number }) => {
     process.stderr.write(`alert log ${e.state}${e.error ? `: ${e.error}` : ''}\n`);
   };
+  // The group-commit writer's deaths (group-commit-store.ts WriterEvent: counts and the error, no alert content).
+  let onWriterEvent = (e: WriterEvent) => {
+    process.stderr.write(`alert log writer ${e.state}: ${e.error}\n`);
+  };
   // The shared stream's connection events wait for the server's logger (they carry no credentials).
   const earlyStreamEvents: ['info' | 'warn' | 'error', Record<string, unknown>, string][] = [];
   let onStreamEvent = (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, msg: string) => {
@@ -146,6 +150,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
           synchronous: config.alertLog.synchronous,
           maintenanceIntervalMs: config.alertLog.maintenanceIntervalSeconds * 1000,
           onStateChange: (e) => onLogState(e),
+          onWriterEvent: (e) => onWriterEvent(e),
         })
       : await JetStreamAlertStore.open({
         servers: nats.servers,
@@ -175,7 +180,10 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     replayPageSize: config.websocket.replayPageSize,
   });
   if (log) metrics.bindAlertLog(log);
-  if (store instanceof GroupCommitAlertStore) metrics.bindAlertLog(store);
+  if (store instanceof GroupCommitAlertStore) {
+    metrics.bindAlertLog(store);
+    metrics.bindAlertLogCommits(store);
+  }
   if (store instanceof JetStreamAlertStore) metrics.bindAlertOutbox(store);
   metrics.bindAlertHub(hub);
   const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
@@ -209,6 +217,11 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   onLogState = (e) => {
     if (e.state === 'failing') app.log.error({ error: e.error, pending: e.pending }, 'alert log writes failing: alerts still go to subscribers and wait in memory for the disk');
     else app.log.warn('alert log recovered: pending alerts written');
+  };
+  onWriterEvent = (e) => {
+    const { state, error, ...counts } = e;
+    if (state === 'restarted') app.log.error({ error, ...counts }, 'alert log writer died and was restarted: unanswered alerts found in the log were acknowledged, the rest retried');
+    else app.log.fatal({ error, ...counts }, 'alert log writer died and could not be restarted: alerts are refused until the daemon restarts');
   };
   onStreamEvent = (level, fields, msg) => app.log[level](fields, msg);
   for (const [level, fields, msg] of earlyStreamEvents.splice(0)) app.log[level](fields, msg);
