@@ -63,7 +63,8 @@ describe('metrics', () => {
       expect(f.name.startsWith(METRIC_PREFIX)).toBe(true);
       expect(text).toContain(`# TYPE ${f.name} ${f.type}`);
       if (f.type === 'counter') expect(f.name).toMatch(/_total$/);
-      if (f.type === 'histogram') expect(f.name).toMatch(/_seconds$|_score$/);
+      // A histogram of counts carries what it counts as its unit (alerts per group commit).
+      if (f.type === 'histogram') expect(f.name).toMatch(/_seconds$|_score$|_alerts$/);
       expect(seriesNames(f).length).toBe(f.type === 'histogram' ? 3 : 1);
     }
     // The process metrics list matches what prom-client registers.

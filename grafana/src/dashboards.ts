@@ -16,8 +16,12 @@ import {
   ALERTS_TOTAL,
   ALERT_SUBSCRIBERS_DROPPED_TOTAL,
   TENANT_ALERTS_TOTAL,
+  ALERT_LOG_COMMITS_TOTAL,
+  ALERT_LOG_COMMIT_ALERTS,
+  ALERT_LOG_COMMIT_SECONDS,
   ALERT_LOG_DROPPED_TOTAL,
   ALERT_LOG_FAILURES_TOTAL,
+  ALERT_LOG_WRITER_RESTARTS_TOTAL,
   ALERT_LOG_PENDING,
   ALERT_OUTBOX_PENDING,
   ALERT_LOG_WRITES_TOTAL,
@@ -505,6 +509,27 @@ export function alertDelivery(): dashboard.DashboardBuilder {
           ),
         ]),
       12,
+    )
+    .add(
+      timeSeries('Group commits', 'Commits of the group-commit writer per second (one fsync each with synchronous=full), and the mean alerts each carried, per replica.', 'short') //
+        .targets([
+          query(`sum by (instance) (rate(${ALERT_LOG_COMMITS_TOTAL}{${I}}[${RATE}]))`, '{{instance}} commits/s', 'A'),
+          query(`sum by (instance) (rate(${ALERT_LOG_COMMIT_ALERTS}_sum{${I}}[${RATE}])) / sum by (instance) (rate(${ALERT_LOG_COMMIT_ALERTS}_count{${I}}[${RATE}]))`, '{{instance}} alerts per commit', 'B'),
+        ]),
+      8,
+    )
+    .add(
+      timeSeries('Commit time', 'Time one group commit takes in the writer thread, the fsync included: p50 and p99 over all replicas. An alert reaches subscribers only after its commit.', 's') //
+        .targets([
+          query(`histogram_quantile(0.5, sum by (le) (rate(${ALERT_LOG_COMMIT_SECONDS}_bucket{${I}}[${RATE}])))`, 'p50', 'A'),
+          query(`histogram_quantile(0.99, sum by (le) (rate(${ALERT_LOG_COMMIT_SECONDS}_bucket{${I}}[${RATE}])))`, 'p99', 'B'),
+        ]),
+      8,
+    )
+    .add(
+      stackedBars('Writer restarts', 'Times the alert-log writer thread died and was restarted, per replica (no acknowledged alert is lost; each restart is logged).', 'short') //
+        .targets([query(`sum by (instance) (increase(${ALERT_LOG_WRITER_RESTARTS_TOTAL}{${I}}[${RATE}]))`, '{{instance}}')]),
+      8,
     );
   return d;
 }

@@ -36,6 +36,12 @@ export interface WorkerSnapshot {
   commits: number;
 }
 
+/** One group commit: how many alerts its transaction held and how long it took (the fsync included). */
+export interface CommitObservation {
+  alerts: number;
+  seconds: number;
+}
+
 export interface WorkerError {
   code?: string;
   message: string;
@@ -45,8 +51,8 @@ export interface WorkerError {
 export type WorkerReply =
   | { type: 'ready'; snapshot: WorkerSnapshot }
   | { type: 'openFailed'; error: WorkerError }
-  | { type: 'reply'; seq: number; ok: true; value: unknown; snapshot: WorkerSnapshot }
-  | { type: 'reply'; seq: number; ok: false; error: WorkerError; snapshot: WorkerSnapshot }
+  | { type: 'reply'; seq: number; ok: true; value: unknown; snapshot: WorkerSnapshot; commit?: CommitObservation }
+  | { type: 'reply'; seq: number; ok: false; error: WorkerError; snapshot: WorkerSnapshot; commit?: CommitObservation }
   | { type: 'state'; event: { state: 'failing' | 'recovered'; error?: string; pending: number } };
 
 export interface WorkerOptions {
@@ -107,10 +113,17 @@ function serve(port: MessagePort, options: WorkerOptions): void {
     const accepted = appends.filter((m) => !refused.has(m.seq));
     let results: AppendResult[] = [];
     let writeError: unknown;
+    let commit: CommitObservation | undefined;
     if (!closing && accepted.length > 0) {
       try {
-        results = log.appendMany(accepted.flatMap((m) => m.drafts));
-        commits++;
+        const drafts = accepted.flatMap((m) => m.drafts);
+        const started = performance.now();
+        results = log.appendMany(drafts);
+        // A batch the disk refused is held pending (durable: false): no commit to report.
+        if (results.length > 0 && results[0].durable) {
+          commits++;
+          commit = { alerts: drafts.length, seconds: (performance.now() - started) / 1000 };
+        }
       } catch (e) {
         writeError = e;
       }
@@ -140,6 +153,8 @@ function serve(port: MessagePort, options: WorkerOptions): void {
         });
       }
     }
+    // The commit's figures ride on the batch's first answer (metrics.ts: commits, alerts per commit, commit seconds).
+    if (commit && replies.length > 0) replies[0] = { ...replies[0], commit } as WorkerReply;
     for (const r of replies) post(r);
     if (closing) port.close();
   };

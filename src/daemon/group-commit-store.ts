@@ -18,12 +18,26 @@
  * The live feed delivers in id order: the writer answers appends in the order it assigned ids and
  * the answers arrive in that order. It may lag the log (an alert is committed before its answer
  * reaches this thread); the hub's resume handles a feed that lags (alert-hub.ts module comment).
+ *
+ * The writer dies (the thread terminated, a crash in it): its SQLite connection is closed with it
+ * (an open transaction rolls back), and a new writer is started on the same file. What the dead one
+ * had not answered is settled without loss and without duplicates: the appends it committed before
+ * dying are found in the log (the ids after the last one answered, matched to the unanswered appends
+ * in the order they were posted: each batch was one transaction, so the committed ones are a prefix)
+ * and acknowledged with their ids, durable, and delivered live; the others, and unanswered reads, are
+ * posted again to the new writer (a retry, so their callers just wait longer). Alerts the dead writer
+ * held pending in memory (a failing disk: answered `durable: false`, delivered live) die with it:
+ * counted in `lostPending` and reported. Each restart is counted (latentwatch_alert_log_writer_restarts_total)
+ * and reported through onWriterEvent (the daemon logs it). More than `maxRestarts` deaths within
+ * `restartWindowMs`, or a writer that cannot start again, fail the store loudly: every waiting and
+ * later call rejects with LW_ERR_ALERT_LOG_CLOSED, /readyz shows it (health().ok false), the event
+ * says so.
  */
 import { Worker } from 'node:worker_threads';
 import { lwError, type ErrorCode, ERRORS } from '../errors.js';
-import type { Alert, AlertDraft, AlertFilter, AppendResult } from './alert-log.js';
+import { MAX_SINCE_LIMIT, normalise, type Alert, type AlertDraft, type AlertFilter, type AppendResult } from './alert-log.js';
 import type { AlertPage, AlertStore, AlertStoreHealth, AlertTiming, LiveListener, StoredResult } from './alert-store.js';
-import type { WorkerError, WorkerOptions, WorkerReply, WorkerRequest, WorkerSnapshot } from './alert-log-worker.js';
+import type { CommitObservation, WorkerError, WorkerOptions, WorkerReply, WorkerRequest, WorkerSnapshot } from './alert-log-worker.js';
 
 export interface GroupCommitOptions {
   /** SQLite file; ':memory:' for a non-durable log. */
@@ -38,17 +52,50 @@ export interface GroupCommitOptions {
   maintenanceIntervalMs?: number;
   /** Told about write failures and recoveries (the daemon logs them). */
   onStateChange?: (event: { state: 'failing' | 'recovered'; error?: string; pending: number }) => void;
+  /** Told when the writer died and was restarted, or could not be (the daemon logs it). */
+  onWriterEvent?: (event: WriterEvent) => void;
+  /** Writer deaths tolerated within restartWindowMs before the store fails for good (default 5). */
+  maxRestarts?: number;
+  restartWindowMs?: number;
+}
+
+/** The writer thread died: restarted (the unanswered work settled as the module comment says) or not. */
+export interface WriterEvent {
+  state: 'restarted' | 'failed';
+  /** Why the writer stopped (its error or exit code; no alert content). */
+  error: string;
+  /** Unanswered requests when it died. */
+  unanswered: number;
+  /** Of those, appends found committed in the log and acknowledged. */
+  recovered: number;
+  /** Of those, requests posted again to the new writer (0 when failed). */
+  retried: number;
+  /** Alerts the dead writer held pending in memory (answered durable: false): lost. */
+  lostPending: number;
+  /** Restarts so far. */
+  restarts: number;
+}
+
+/** What the metrics read: the log's counters over every writer this store ran, commits, restarts. */
+export interface GroupCommitStats extends WorkerSnapshot {
+  restarts: number;
+  lostPending: number;
 }
 
 /** A request without its sequence number (distributed over the union). */
 type WorkerRequestBody = WorkerRequest extends infer R ? (R extends WorkerRequest ? Omit<R, 'seq'> : never) : never;
 
 interface Waiter {
+  /** What was posted (posted again to a new writer when the old one died without answering). */
+  body: WorkerRequestBody;
   resolve: (value: unknown) => void;
   reject: (e: Error) => void;
   /** Appends: the live feed gets these alerts, with this timing, when the answer comes. */
   live?: { timing: AlertTiming | undefined };
 }
+
+/** Counters of writers that died: added to the live writer's so that the totals only grow. */
+const COUNTED = ['writes', 'failures', 'dropped', 'commits'] as const;
 
 /**
  * The worker's entry. From dist/ the compiled .js runs as is; from source (tsx, vitest) the worker
@@ -62,6 +109,35 @@ function startWorker(options: WorkerOptions): Worker {
   return new Worker(boot, { eval: true, workerData: options });
 }
 
+/** Start a writer and wait until it opened the log. Throws LW_ERR_ALERT_LOG_OPEN. */
+async function launch(options: WorkerOptions): Promise<{ worker: Worker; snapshot: WorkerSnapshot; early: WorkerReply[] }> {
+  const worker = startWorker(options);
+  const early: WorkerReply[] = [];
+  const snapshot = await new Promise<WorkerSnapshot>((resolve, reject) => {
+    const onMessage = (m: WorkerReply) => {
+      if (m.type === 'ready') done(() => resolve(m.snapshot));
+      else if (m.type === 'openFailed') done(() => reject(rebuild(m.error)));
+      else early.push(m);
+    };
+    const onError = (e: Error) => done(() => reject(lwError('LW_ERR_ALERT_LOG_OPEN', `${options.path}: alert log writer failed to start: ${e.message}`, { path: options.path }, e)));
+    const onExit = (code: number) => done(() => reject(lwError('LW_ERR_ALERT_LOG_OPEN', `${options.path}: alert log writer exited (${code})`, { path: options.path })));
+    const done = (f: () => void) => {
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+      f();
+    };
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  }).catch(async (e: unknown) => {
+    worker.on('error', () => undefined); // already reported by the rejection
+    await worker.terminate();
+    throw e;
+  });
+  return { worker, snapshot, early };
+}
+
 function rebuild(e: WorkerError): Error {
   if (e.code !== undefined && e.code in ERRORS) {
     const err = lwError(e.code as ErrorCode);
@@ -72,29 +148,48 @@ function rebuild(e: WorkerError): Error {
   return new Error(e.message);
 }
 
+/** Whether a committed alert is the one a draft asked for (the fields a writer copies unchanged). */
+function sameAlert(a: Alert, d: AlertDraft): boolean {
+  return a.requestId === d.requestId && a.probeId === d.probeId && a.tokenIndex === d.tokenIndex && a.kind === d.kind && a.model === d.model && a.score === d.score;
+}
+
 export class GroupCommitAlertStore implements AlertStore {
   readonly kind = 'sqlite' as const;
   readonly path: string;
-  private readonly worker: Worker;
+  private worker: Worker;
+  private readonly workerOptions: WorkerOptions;
   private readonly waiters = new Map<number, Waiter>();
   private readonly listeners: LiveListener[] = [];
+  private readonly commitListeners: ((c: CommitObservation) => void)[] = [];
   private readonly onStateChange: GroupCommitOptions['onStateChange'];
+  private readonly onWriterEvent: GroupCommitOptions['onWriterEvent'];
+  private readonly maxRestarts: number;
+  private readonly restartWindowMs: number;
   private snapshot: WorkerSnapshot;
+  /** Counters of the writers that died (COUNTED). */
+  private readonly base = { writes: 0, failures: 0, dropped: 0, commits: 0 };
+  private restarts = 0;
+  private readonly deaths: number[] = [];
+  private lostPending = 0;
+  /** Set while a new writer starts: requests wait for it instead of being posted. */
+  private restarting: Promise<void> | undefined;
   private seq = 0;
   private delivered = 0;
   private closed = false;
-  /** Set when the writer died: every later call fails with it. */
+  /** Set when the writer died for good: every later call fails with it. */
   private dead: Error | undefined;
   private closing: Promise<void> | undefined;
 
-  private constructor(worker: Worker, snapshot: WorkerSnapshot, options: GroupCommitOptions) {
+  private constructor(worker: Worker, snapshot: WorkerSnapshot, options: GroupCommitOptions, workerOptions: WorkerOptions) {
     this.worker = worker;
     this.snapshot = snapshot;
     this.path = options.path;
+    this.workerOptions = workerOptions;
     this.onStateChange = options.onStateChange;
-    worker.on('message', (m: WorkerReply) => this.receive(m));
-    worker.on('error', (e) => this.fail(e));
-    worker.on('exit', (code) => this.fail(new Error(`alert log writer exited (${code})`)));
+    this.onWriterEvent = options.onWriterEvent;
+    this.maxRestarts = options.maxRestarts ?? 5;
+    this.restartWindowMs = options.restartWindowMs ?? 60_000;
+    this.watch(worker);
   }
 
   /** Start the writer and open the log in it. Throws LW_ERR_ALERT_LOG_OPEN. */
@@ -109,31 +204,8 @@ export class GroupCommitAlertStore implements AlertStore {
       ...(options.busyTimeoutMs !== undefined ? { busyTimeoutMs: options.busyTimeoutMs } : {}),
       ...(options.synchronous !== undefined ? { synchronous: options.synchronous } : {}),
     };
-    const worker = startWorker(workerOptions);
-    const early: WorkerReply[] = [];
-    const snapshot = await new Promise<WorkerSnapshot>((resolve, reject) => {
-      const onMessage = (m: WorkerReply) => {
-        if (m.type === 'ready') done(() => resolve(m.snapshot));
-        else if (m.type === 'openFailed') done(() => reject(rebuild(m.error)));
-        else early.push(m);
-      };
-      const onError = (e: Error) => done(() => reject(lwError('LW_ERR_ALERT_LOG_OPEN', `${options.path}: alert log writer failed to start: ${e.message}`, { path: options.path }, e)));
-      const onExit = (code: number) => done(() => reject(lwError('LW_ERR_ALERT_LOG_OPEN', `${options.path}: alert log writer exited (${code})`, { path: options.path })));
-      const done = (f: () => void) => {
-        worker.off('message', onMessage);
-        worker.off('error', onError);
-        worker.off('exit', onExit);
-        f();
-      };
-      worker.on('message', onMessage);
-      worker.on('error', onError);
-      worker.on('exit', onExit);
-    }).catch(async (e: unknown) => {
-      worker.on('error', () => undefined); // already reported by the rejection
-      await worker.terminate();
-      throw e;
-    });
-    const store = new GroupCommitAlertStore(worker, snapshot, options);
+    const { worker, snapshot, early } = await launch(workerOptions);
+    const store = new GroupCommitAlertStore(worker, snapshot, options, workerOptions);
     for (const m of early) store.receive(m);
     return store;
   }
@@ -155,24 +227,40 @@ export class GroupCommitAlertStore implements AlertStore {
     this.listeners.push(listener);
   }
 
+  /** Told of each group commit: alerts in its transaction and its duration (metrics.ts). */
+  onCommit(listener: (c: CommitObservation) => void): void {
+    this.commitListeners.push(listener);
+  }
+
   get liveThrough(): number {
     return this.delivered;
   }
 
   health(): AlertStoreHealth {
-    const s = this.snapshot;
-    if (this.dead) return { ok: false, pending: s.pending, failures: s.failures, dropped: s.dropped, last_error: this.dead.message };
-    return { ok: !s.failing, pending: s.pending, failures: s.failures, dropped: s.dropped, last_error: s.failing ? s.lastError : null };
+    const s = this.stats();
+    if (this.dead) return { ok: false, pending: s.pending, failures: s.failures, dropped: s.dropped, restarts: s.restarts, last_error: this.dead.message };
+    return { ok: !s.failing, pending: s.pending, failures: s.failures, dropped: s.dropped, restarts: s.restarts, last_error: s.failing ? s.lastError : null };
   }
 
-  /** The log's counters as of the writer's last answer (alert-log.ts AlertLogStats), and its commits. */
-  stats(): WorkerSnapshot {
-    return { ...this.snapshot };
+  /** The log's counters as of the writer's last answer (alert-log.ts AlertLogStats, over every writer), its commits and restarts. */
+  stats(): GroupCommitStats {
+    const s: GroupCommitStats = { ...this.snapshot, restarts: this.restarts, lostPending: this.lostPending };
+    for (const k of COUNTED) s[k] += this.base[k];
+    return s;
+  }
+
+  /**
+   * The writer thread, for fault-injection tests only (terminate it to kill the writer as a crash
+   * would; the store restarts it).
+   */
+  get writerThread(): Worker {
+    return this.worker;
   }
 
   /** Flush what can be flushed (alert-log.ts close), stop the writer. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      if (this.restarting) await this.restarting;
       if (!this.dead) {
         try {
           await this.request({ op: 'close' });
@@ -186,13 +274,23 @@ export class GroupCommitAlertStore implements AlertStore {
     return this.closing;
   }
 
-  private request(m: WorkerRequestBody, live?: Waiter['live']): Promise<unknown> {
+  private watch(worker: Worker): void {
+    worker.on('message', (m: WorkerReply) => {
+      if (worker === this.worker) this.receive(m);
+    });
+    // 'error' (an uncaught exception) is followed by 'exit'; the first one seen handles the death.
+    worker.on('error', (e) => this.died(worker, e.message));
+    worker.on('exit', (code) => this.died(worker, `alert log writer exited (${code})`));
+  }
+
+  private request(body: WorkerRequestBody, live?: Waiter['live']): Promise<unknown> {
     if (this.dead) return Promise.reject(lwError('LW_ERR_ALERT_LOG_CLOSED', this.dead.message));
-    if (this.closed || (this.closing && m.op !== 'close')) return Promise.reject(lwError('LW_ERR_ALERT_LOG_CLOSED'));
+    if (this.closed || (this.closing && body.op !== 'close')) return Promise.reject(lwError('LW_ERR_ALERT_LOG_CLOSED'));
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
-      this.waiters.set(seq, { resolve, reject, ...(live ? { live } : {}) });
-      this.worker.postMessage({ ...m, seq } as WorkerRequest);
+      this.waiters.set(seq, { body, resolve, reject, ...(live ? { live } : {}) });
+      // While a new writer starts, the request waits in `waiters`: posted once it is up.
+      if (!this.restarting) this.worker.postMessage({ ...body, seq } as WorkerRequest);
     });
   }
 
@@ -203,6 +301,7 @@ export class GroupCommitAlertStore implements AlertStore {
     }
     if (m.type !== 'reply') return;
     this.snapshot = m.snapshot;
+    if (m.commit) for (const l of this.commitListeners) l(m.commit);
     const w = this.waiters.get(m.seq);
     if (!w) return;
     this.waiters.delete(m.seq);
@@ -210,19 +309,126 @@ export class GroupCommitAlertStore implements AlertStore {
       w.reject(rebuild(m.error));
       return;
     }
-    if (w.live) {
-      const results = m.value as AppendResult[];
-      if (results.length > 0) {
-        const alerts: Alert[] = results.map((r) => r.alert);
-        this.delivered = alerts[alerts.length - 1].id;
-        for (const l of this.listeners) l(alerts, w.live.timing);
-      }
-    }
+    if (w.live) this.deliver(m.value as AppendResult[], w.live.timing);
     w.resolve(m.value);
   }
 
-  /** The writer died (a bug or the thread killed): what it had not answered fails, and so does everything after. */
-  private fail(e: Error): void {
+  private deliver(results: readonly AppendResult[], timing: AlertTiming | undefined): void {
+    if (results.length === 0) return;
+    const alerts: Alert[] = results.map((r) => r.alert);
+    this.delivered = alerts[alerts.length - 1].id;
+    for (const l of this.listeners) l(alerts, timing);
+  }
+
+  /** A writer stopped. Closing: what it had not answered fails. Else: restart it (module comment) or fail for good. */
+  private died(worker: Worker, why: string): void {
+    if (worker !== this.worker || this.dead) return;
+    if (this.closed || this.closing || this.restarting) {
+      // Closing, or the new writer died during its own restart: no more tries.
+      this.failAll(new Error(why));
+      if (this.restarting) this.onWriterEvent?.({ state: 'failed', error: `${why} (while restarting)`, unanswered: this.waiters.size, recovered: 0, retried: 0, lostPending: 0, restarts: this.restarts });
+      return;
+    }
+    const now = Date.now();
+    this.deaths.push(now);
+    while (this.deaths.length > 0 && this.deaths[0] < now - this.restartWindowMs) this.deaths.shift();
+    const unanswered = this.waiters.size;
+    const lostPending = this.snapshot.pending;
+    // The dead writer's counters stay counted.
+    for (const k of COUNTED) this.base[k] += this.snapshot[k];
+    this.snapshot = { ...this.snapshot, writes: 0, failures: 0, dropped: 0, commits: 0, pending: 0, failing: false, lastError: null };
+    this.lostPending += lostPending;
+    if (this.deaths.length > this.maxRestarts) {
+      this.failAll(new Error(`${why}; ${this.deaths.length} deaths within ${this.restartWindowMs} ms, not restarted`));
+      this.onWriterEvent?.({ state: 'failed', error: why, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
+      return;
+    }
+    this.restarting = this.restart(why, unanswered, lostPending).finally(() => {
+      this.restarting = undefined;
+    });
+  }
+
+  private async restart(why: string, unanswered: number, lostPending: number): Promise<void> {
+    let next: Awaited<ReturnType<typeof launch>>;
+    try {
+      next = await launch(this.workerOptions);
+    } catch (e) {
+      this.failAll(new Error(`${why}; restart failed: ${(e as Error).message}`));
+      this.onWriterEvent?.({ state: 'failed', error: `${why}; restart failed: ${(e as Error).message}`, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
+      return;
+    }
+    this.restarts++;
+    this.worker = next.worker;
+    this.snapshot = next.snapshot;
+    this.watch(next.worker);
+    for (const m of next.early) this.receive(m);
+    // What the dead writer committed but never answered: the log's alerts after the last one answered.
+    const committed: Alert[] = [];
+    try {
+      for (let after = this.delivered; ; ) {
+        const page = (await this.direct({ op: 'since', afterId: after, filter: {}, limit: MAX_SINCE_LIMIT })) as AlertPage;
+        committed.push(...page.alerts);
+        if (page.alerts.length < MAX_SINCE_LIMIT) break;
+        after = page.alerts[page.alerts.length - 1].id;
+      }
+    } catch (e) {
+      await next.worker.terminate();
+      this.failAll(new Error(`${why}; the new writer could not read the log: ${(e as Error).message}`));
+      this.onWriterEvent?.({ state: 'failed', error: why, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
+      return;
+    }
+    // Match them to the unanswered appends in the order they were posted (the committed ones are a prefix).
+    let at = 0;
+    let recovered = 0;
+    const retry: [number, Waiter][] = [];
+    for (const [seq, w] of [...this.waiters].sort((a, b) => a[0] - b[0])) {
+      if (w.body.op === 'append' && at < committed.length) {
+        const drafts = w.body.drafts;
+        let valid = true;
+        try {
+          for (const d of drafts) normalise(d, 0, 0);
+        } catch (e) {
+          // The dead writer refused it too: answer as it would have.
+          this.waiters.delete(seq);
+          w.reject(e as Error);
+          valid = false;
+        }
+        if (!valid) continue;
+        const mine = committed.slice(at, at + drafts.length);
+        if (mine.length === drafts.length && mine.every((a, i) => sameAlert(a, drafts[i]))) {
+          at += drafts.length;
+          recovered++;
+          this.waiters.delete(seq);
+          const results: AppendResult[] = mine.map((alert) => ({ alert, durable: true, retained: true }));
+          this.deliver(results, w.live?.timing);
+          w.resolve(results);
+          continue;
+        }
+      }
+      retry.push([seq, w]);
+    }
+    // Committed alerts that match no unanswered append cannot be told apart from a bug: deliver
+    // them live all the same (they are in the log), so the feed has every stored alert.
+    if (at < committed.length) {
+      const rest = committed.slice(at);
+      this.delivered = rest[rest.length - 1].id;
+      for (const l of this.listeners) l(rest, undefined);
+    }
+    for (const [seq, w] of retry) this.worker.postMessage({ ...w.body, seq } as WorkerRequest);
+    this.onWriterEvent?.({ state: 'restarted', error: why, unanswered, recovered, retried: retry.length, lostPending, restarts: this.restarts });
+  }
+
+  /** A request to the current writer outside the waiters' order (the restart's own read). */
+  private direct(body: WorkerRequestBody): Promise<unknown> {
+    const seq = ++this.seq;
+    return new Promise((resolve, reject) => {
+      this.waiters.set(seq, { body, resolve, reject });
+      this.worker.postMessage({ ...body, seq } as WorkerRequest);
+    }).finally(() => this.waiters.delete(seq));
+  }
+
+  /** The store cannot go on: what waits fails, and so does everything after. */
+  private failAll(e: Error): void {
     if (this.dead || (this.closed && this.waiters.size === 0)) return;
     this.dead = e;
     for (const w of this.waiters.values()) w.reject(lwError('LW_ERR_ALERT_LOG_CLOSED', `alert log writer stopped: ${e.message}`));

@@ -41,6 +41,10 @@ export const ALERT_LOG_WRITES_TOTAL = 'latentwatch_alert_log_writes_total';
 export const ALERT_LOG_FAILURES_TOTAL = 'latentwatch_alert_log_failures_total';
 export const ALERT_LOG_PENDING = 'latentwatch_alert_log_pending';
 export const ALERT_LOG_DROPPED_TOTAL = 'latentwatch_alert_log_dropped_total';
+export const ALERT_LOG_COMMITS_TOTAL = 'latentwatch_alert_log_commits_total';
+export const ALERT_LOG_COMMIT_ALERTS = 'latentwatch_alert_log_commit_alerts';
+export const ALERT_LOG_COMMIT_SECONDS = 'latentwatch_alert_log_commit_seconds';
+export const ALERT_LOG_WRITER_RESTARTS_TOTAL = 'latentwatch_alert_log_writer_restarts_total';
 export const ALERT_OUTBOX_PENDING = 'latentwatch_alert_outbox_pending';
 // Canary.
 export const CANARY_SUCCESS = 'latentwatch_canary_success';
@@ -107,6 +111,14 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = Object.freeze([
   family(ALERT_LOG_FAILURES_TOTAL, 'counter', 'Failed alert log write transactions (appends and retries).'),
   family(ALERT_LOG_PENDING, 'gauge', 'Alerts held in memory until the alert log accepts writes again.'),
   family(ALERT_LOG_DROPPED_TOTAL, 'counter', 'Alerts delivered live only because the pending queue was full.'),
+  // The group-commit writer (alertLog.groupCommit, the default): one commit = one transaction = one fsync under synchronous=full.
+  // alerts per commit: rate(latentwatch_alert_log_commit_alerts_sum[5m]) / rate(latentwatch_alert_log_commit_alerts_count[5m])
+  family(ALERT_LOG_COMMITS_TOTAL, 'counter', 'Write transactions the group-commit writer committed (each one fsync with synchronous=full).'),
+  family(ALERT_LOG_COMMIT_ALERTS, 'histogram', 'Alerts in one group commit (the appends that arrived during the previous commit share it).'),
+  // p99 commit time: histogram_quantile(0.99, sum by (le) (rate(latentwatch_alert_log_commit_seconds_bucket[$__rate_interval])))
+  family(ALERT_LOG_COMMIT_SECONDS, 'histogram', 'Time one group commit took in the writer thread, the fsync included.'),
+  // > 0: the writer thread died and was restarted (no acknowledged alert lost; the daemon logs each restart).
+  family(ALERT_LOG_WRITER_RESTARTS_TOTAL, 'counter', 'Times the alert-log writer thread died and was restarted.'),
   // serve --nats: > 0 while NATS is unreachable (or refuses publishes); drains to 0 when it is back.
   family(ALERT_OUTBOX_PENDING, 'gauge', 'Alerts in the local outbox waiting for the shared JetStream stream to acknowledge them.'),
   family(CANARY_SUCCESS, 'gauge', '1 if the last canary run saw its probe fire, else 0.'),
@@ -165,6 +177,8 @@ export const PROBE_SCORE_BUCKETS = [
   1.5, 2, 3, 5, 10, 20, 50,
 ];
 export const MONITOR_BUCKETS = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
+export const COMMIT_ALERTS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+export const COMMIT_SECONDS_BUCKETS = [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1];
 export const HTTP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 /** Keeps a label's cardinality bounded: an enumeration, or the first `max` distinct values, then "other". */
@@ -226,6 +240,11 @@ export function probeMetrics(registry: Registry) {
 export interface AlertLogStatsSource {
   stats(): { writes: number; failures: number; pending: number; dropped: number };
 }
+/** The group-commit store (group-commit-store.ts): each commit as it happens, restarts at scrape time. */
+export interface AlertLogCommitSource {
+  onCommit(listener: (c: { alerts: number; seconds: number }) => void): void;
+  stats(): { commits: number; restarts: number };
+}
 /** The JetStream store (nats-alert-store.ts). */
 export interface AlertOutboxSource {
   readonly outboxPending: number;
@@ -257,7 +276,7 @@ function droppedByReason(read: () => Readonly<Record<string, number>> | undefine
   };
 }
 
-export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource; outbox?: AlertOutboxSource }) {
+export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource; outbox?: AlertOutboxSource; commits?: AlertLogCommitSource }) {
   return {
     subscribers: gauge(registry, WEBSOCKET_SUBSCRIBERS, function () {
       if (sources.hub) this.set(sources.hub.stats().subscribers);
@@ -273,6 +292,10 @@ export function alertDeliveryMetrics(registry: Registry, sources: { log?: AlertL
     outboxPending: gauge(registry, ALERT_OUTBOX_PENDING, function () {
       this.set(sources.outbox?.outboxPending ?? 0);
     }),
+    logCommits: counter(registry, ALERT_LOG_COMMITS_TOTAL, mirrored(() => sources.commits?.stats().commits)),
+    logCommitAlerts: histogram(registry, ALERT_LOG_COMMIT_ALERTS, COMMIT_ALERTS_BUCKETS),
+    logCommitSeconds: histogram(registry, ALERT_LOG_COMMIT_SECONDS, COMMIT_SECONDS_BUCKETS),
+    logWriterRestarts: counter(registry, ALERT_LOG_WRITER_RESTARTS_TOTAL, mirrored(() => sources.commits?.stats().restarts)),
   };
 }
 
@@ -334,7 +357,7 @@ export class DaemonMetrics {
   readonly info: ReturnType<typeof infoMetrics>;
   readonly learn: ReturnType<typeof learnMetrics>;
   readonly http: ReturnType<typeof httpMetrics>;
-  private readonly sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource; outbox?: AlertOutboxSource } = {};
+  private readonly sources: { log?: AlertLogStatsSource; hub?: AlertHubStatsSource; outbox?: AlertOutboxSource; commits?: AlertLogCommitSource } = {};
   private readonly models: LabelGuard;
   private readonly probes: LabelGuard;
   private readonly routes: LabelGuard;
@@ -372,6 +395,15 @@ export class DaemonMetrics {
   /** Read the alert log's counters at scrape time. */
   bindAlertLog(log: AlertLogStatsSource): void {
     this.sources.log = log;
+  }
+
+  /** The group-commit writer's commits (observed as they happen), commit count and restarts (at scrape time). */
+  bindAlertLogCommits(source: AlertLogCommitSource): void {
+    this.sources.commits = source;
+    source.onCommit((c) => {
+      this.delivery.logCommitAlerts.observe(c.alerts);
+      this.delivery.logCommitSeconds.observe(c.seconds);
+    });
   }
 
   /** Read the outbox of the JetStream store at scrape time (`serve --nats`). */
