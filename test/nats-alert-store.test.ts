@@ -22,6 +22,7 @@ import { Authenticator } from '../src/daemon/auth.js';
 import { installErrorHandlers } from '../src/daemon/http-errors.js';
 import type { AlertDraft } from '../src/daemon/alert-log.js';
 import { JetStreamAlertStore, type JetStreamStoreOptions } from '../src/daemon/nats-alert-store.js';
+import { startSubscriberFleet } from '../bench/lib/subscriber-fleet.js';
 import { startNats, type NatsServer } from './nats-fixture.js';
 import { freePort, tempDir, waitUntil } from './helpers.js';
 
@@ -174,8 +175,11 @@ describe('JetStream alert store', () => {
 
   it('the hub on the stream closes a subscriber that stops reading with 4008 while a fast one gets every alert in id order', async () => {
     const store = await open({ stream: 'SLOW_TEST', subject: 'slow.alerts' });
-    const hub = new AlertHub({ store, auth: new Authenticator({ apiKeys: [], adminKey: null }), bufferLimitBytes: 256 * 1024, maxQueuedMessages: 100_000, heartbeatIntervalMs: 60_000, closeGraceMs: 30_000 });
-    const app = Fastify();
+    // The live feed hands the hub up to one read batch (500 alerts, ~1 MB here) in one fan-out: the
+    // bound is above that, so only a reader that stopped is over it, never one that reads.
+    const hub = new AlertHub({ store, auth: new Authenticator({ apiKeys: [], adminKey: null }), bufferLimitBytes: 4 * 1024 * 1024, maxQueuedMessages: 100_000, heartbeatIntervalMs: 60_000, closeGraceMs: 30_000 });
+    // Under a loaded CI machine registering the routes (websocket plugin, first imports) can pass fastify's 10 s default.
+    const app = Fastify({ pluginTimeout: 60_000 });
     installErrorHandlers(app);
     await app.register(alertRoutes, { hub, store, auth: new Authenticator({ apiKeys: [], adminKey: null }) });
     await app.listen({ host: '127.0.0.1', port: 0 });
@@ -193,7 +197,10 @@ describe('JetStream alert store', () => {
         await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
         return { ws, got, closed };
       };
-      const fast = await connect();
+      // The fast subscriber reads on its own thread, as a real one in its own process does: on this
+      // event loop it could not read while the hub writes a batch, and would look stalled under load.
+      const fast = await startSubscriberFleet(`http://127.0.0.1:${addr.port}`, 1, { workers: 1 });
+      const fastIds = async () => (await fast.collect())[0].alerts.map((a) => a.id);
       const slow = await connect();
       await waitUntil(() => hub.subscriberCount === 2, { timeoutMs: 5000, what: 'two subscribers' });
       slow.ws.pause();
@@ -204,11 +211,15 @@ describe('JetStream alert store', () => {
         acked.push(...results.map((r) => r.alert.id));
       }
       expect(hub.stats().dropped.buffer).toBe(1);
-      await waitUntil(() => fast.got.length >= acked.length, { timeoutMs: 30_000, what: 'the fast subscriber to get every alert' });
-      expect(fast.got).toEqual(acked);
+      let got: number[] = [];
+      for (const deadline = Date.now() + 30_000; got.length < acked.length && Date.now() < deadline; ) {
+        got = await fastIds();
+        if (got.length < acked.length) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(got).toEqual(acked);
       slow.ws.resume();
       expect(await slow.closed).toBe(CLOSE_SLOW_CONSUMER);
-      fast.ws.close();
+      await fast.close();
     } finally {
       await app.close();
     }
