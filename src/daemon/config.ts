@@ -225,6 +225,8 @@ export const CONFIG_SCHEMA = closedObject(
        * instead of once its tokens are scored and their alerts stored (default, as local serving).
        */
       passThrough: Type.Boolean(),
+      /** Score a stream's few newly arrived tokens as one-token steps shared with other streams' passes (proxy.ts scoringPlan); false: one pass of their own. */
+      batchSteps: Type.Boolean(),
     }),
     /** Where the daemon keeps what it learns: learned probes and learning statistics (docs/daemon.md). */
     stateDir: nonEmpty,
@@ -314,7 +316,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   websocket: { bufferLimitBytes: 1_048_576, maxQueuedMessages: 4096, heartbeatIntervalSeconds: 30, pongTimeoutSeconds: 10, replayPageSize: 500 },
   canary: { enabled: false, intervalSeconds: 300, concept: null },
   shutdown: { deadlineSeconds: 10 },
-  upstream: { url: null, keyEnv: null, key: null, model: null, timeoutSeconds: 60, retries: 2, tokenIds: true, passThrough: false },
+  upstream: { url: null, keyEnv: null, key: null, model: null, timeoutSeconds: 60, retries: 2, tokenIds: true, passThrough: false, batchSteps: true },
   stateDir: '.latentwatch',
   learn: { requests: 0, probe: 'generic-injection', targetFpr: 0.01 },
 } satisfies Omit<DaemonConfig, 'host'>);
@@ -366,6 +368,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_UPSTREAM_TIMEOUT: { pointer: '/upstream/timeoutSeconds', kind: 'number' },
   LATENTWATCH_UPSTREAM_TOKEN_IDS: { pointer: '/upstream/tokenIds', kind: 'bool' },
   LATENTWATCH_UPSTREAM_PASS_THROUGH: { pointer: '/upstream/passThrough', kind: 'bool' },
+  LATENTWATCH_UPSTREAM_BATCH_STEPS: { pointer: '/upstream/batchSteps', kind: 'bool' },
 });
 /** Names the config file; not a config value itself. */
 export const CONFIG_FILE_ENV = 'LATENTWATCH_CONFIG';
@@ -407,6 +410,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     'upstream-timeout': { pointer: '/upstream/timeoutSeconds', kind: 'number', help: 'seconds to wait for the upstream\'s headers and for each stream chunk (default 60)' },
     'upstream-token-ids': { pointer: '/upstream/tokenIds', kind: 'bool', help: "ask the upstream for its token ids (return_token_ids; default on); --no-upstream-token-ids re-tokenises its text" },
     'upstream-pass-through': { pointer: '/upstream/passThrough', kind: 'bool', help: 'stream chunks on as they arrive, not once scored (no added latency; alerts may trail the text)' },
+    'upstream-batch-steps': { pointer: '/upstream/batchSteps', kind: 'bool', help: "score a stream's few new tokens in passes shared with other streams (default on); --no-upstream-batch-steps: a pass of their own" },
     learn: { pointer: '/learn/requests', kind: 'int', help: `learn the generic detector from the next N clean requests (${LEARN_MIN_REQUESTS}..${LEARN_MAX_REQUESTS}; skipped when a learned probe exists)` },
   });
 

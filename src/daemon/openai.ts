@@ -234,8 +234,12 @@ export function checkSupported(kind: ApiKind, body: ChatBody | CompletionBody): 
   });
 }
 
-export function toJob(kind: ApiKind, body: ChatBody | CompletionBody): Job {
-  checkSupported(kind, body);
+/**
+ * `checkSupported: false` (proxy mode): parameters the daemon cannot honour are let through, since
+ * the upstream, not the daemon, answers the request.
+ */
+export function toJob(kind: ApiKind, body: ChatBody | CompletionBody, o: { checkSupported?: boolean } = {}): Job {
+  if (o.checkSupported !== false) checkSupported(kind, body);
   const logprobs = logprobsOf(kind, body);
   const echo = kind === 'completion' && (body as CompletionBody).echo === true;
   const job: Job = {

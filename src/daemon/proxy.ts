@@ -2,9 +2,9 @@
  * Proxy mode (`serve --upstream URL`, docs/daemon.md "Proxy mode"): chat and completion requests
  * are forwarded to an OpenAI-compatible upstream that generates; its answer goes back unchanged
  * with the `latentwatch` verdict added (the last chunk before `[DONE]` when streamed). The local
- * replica of the same checkpoint scores the prompt and the upstream's tokens teacher-forced:
- * prefill-shaped passes over whatever has arrived (one token alone joins the engine's decode batch
- * with other requests), never waiting for the whole answer. The steps go through the same
+ * replica of the same checkpoint scores the prompt and the upstream's tokens teacher-forced, never
+ * waiting for the whole answer: what has arrived goes through the engine's decode batch, a token per
+ * pass shared with other requests' steps, or in one prefill-shaped pass of its own (scoringPlan). The steps go through the same
  * InferenceService.run as local serving (inference.ts StepSource), so alerts, metrics, traces and
  * the verdict are those of local serving. A chunk reaches the client once its tokens are scored and
  * their alerts stored, as a generated token does in local serving.
@@ -15,7 +15,7 @@
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Engine } from '../engine/engine.js';
-import type { ForwardResult } from '../engine/sequence.js';
+import type { ChatMessage, Tokenizer } from '../engine/tokenizer.js';
 import type { Step, TapValues } from '../engine/types.js';
 import { lwError } from '../errors.js';
 import type { Principal } from './auth.js';
@@ -105,10 +105,35 @@ function concat(parts: Float32Array[]): Float32Array {
 }
 
 /**
+ * How a stream's newly arrived tokens are scored. onnxruntime's CPU attention (GroupQueryAttention)
+ * takes several new positions per row only in a batch of one ("batch_size must be 1 when
+ * sequence_length > 1 and past context is given"), so a multi-token pass cannot be shared across
+ * requests; a one-token step can: the engine's decode batcher runs concurrent streams' steps in one
+ * pass. k tokens of one stream then cost k shared passes or one pass of their own; with B streams
+ * scoring together the shared passes come out ahead while k ≤ B/2 (on the 2-core bench machine a
+ * shared pass of 8 rows cost about 1.6 lone passes of a few tokens). 'shared': a token per shared
+ * pass; 'alone': one pass of their own (always for a sequence outside the pool, which decodes alone).
+ */
+export function scoringPlan(tokens: number, pooled: boolean, streams: number, batchSteps: boolean): 'shared' | 'alone' {
+  if (!pooled) return 'alone';
+  if (tokens === 1) return 'shared';
+  return batchSteps && tokens <= Math.ceil(streams / 2) ? 'shared' : 'alone';
+}
+
+export interface TeacherForcedOptions {
+  /** Called with the number of arrived tokens past the sequence's room (not scored). */
+  onTruncated(dropped: number): void;
+  /** Streams being scored now, this one included (the batch its steps would share). */
+  streams(): number;
+  /** Whether a few tokens may be scored as shared one-token steps (config upstream.batchSteps). */
+  batchSteps: boolean;
+}
+
+/**
  * Teacher-forced steps shaped like the engine's: the prompt step (every prompt position's taps),
  * then one token step per arrived token, each with its own position's taps.
  */
-export function teacherForced(engine: Engine, feed: TokenFeed, onTruncated: (dropped: number) => void): StepSource {
+export function teacherForced(engine: Engine, feed: TokenFeed, o: TeacherForcedOptions): StepSource {
   return async function* (req) {
     const promptLength = req.promptIds.length;
     const seq = engine.newSequence(promptLength + req.maxTokens);
@@ -129,16 +154,21 @@ export function teacherForced(engine: Engine, feed: TokenFeed, onTruncated: (dro
         // Tokens past the sequence's room (an upstream that ignored max_tokens) are not scored.
         const room = seq.capacity - seq.length;
         const ids = arrived.slice(0, room);
-        if (arrived.length > ids.length) onTruncated(arrived.length - ids.length);
-        let r: ForwardResult | undefined;
-        if (ids.length === 1 && seq.storage.slot >= 0) r = await engine.batcher.step(seq, ids[0], fwd);
-        else if (ids.length > 0) r = await seq.forward(ids, fwd);
+        if (arrived.length > ids.length) o.onTruncated(arrived.length - ids.length);
+        const start = seq.length;
+        const rows: Map<string, TapValues>[] = [];
+        if (ids.length > 0 && scoringPlan(ids.length, seq.storage.slot >= 0, o.streams(), o.batchSteps) === 'shared') {
+          for (const id of ids) rows.push((await engine.batcher.step(seq, id, fwd)).taps);
+        } else if (ids.length > 0) {
+          const r = await seq.forward(ids, fwd);
+          for (let row = 0; row < ids.length; row++) rows.push(tapRow(r.taps, row));
+        }
         let row = 0;
         for (const a of batch) {
           const n = Math.min(a.ids.length, ids.length - row);
           for (let j = 0; j < n; j++, row++) {
             const last = j === n - 1;
-            const step: Step = { kind: 'token', tokenId: a.ids[j], text: last ? a.text : '', position: seq.length - ids.length + row, taps: tapRow(r!.taps, row) };
+            const step: Step = { kind: 'token', tokenId: a.ids[j], text: last ? a.text : '', position: start + row, taps: rows[row] };
             if (last && a.finish) step.finishReason = a.finish;
             yield step;
           }
@@ -153,10 +183,12 @@ export function teacherForced(engine: Engine, feed: TokenFeed, onTruncated: (dro
 }
 
 interface UpstreamChoice {
+  index?: unknown;
   text?: unknown;
   message?: { content?: unknown };
   delta?: { content?: unknown };
   token_ids?: unknown;
+  logprobs?: unknown;
   /** vLLM's completions put the prompt's ids on the choice; its chat on the body. */
   prompt_token_ids?: unknown;
   finish_reason?: unknown;
@@ -189,6 +221,9 @@ export type Alignment = 'token_ids' | 'text';
 export type PromptCheck = 'same' | 'different' | 'unknown';
 
 export class ProxyService {
+  /** Requests being scored now (the streams whose one-token steps may share a pass). */
+  private scoring = 0;
+
   constructor(private readonly d: ProxyDeps) {}
 
   /**
@@ -217,8 +252,12 @@ export class ProxyService {
   /** The completion routes in proxy mode (server.ts calls this instead of local generation). */
   async complete(kind: ApiKind, req: FastifyRequest, reply: FastifyReply, principal: Principal): Promise<unknown> {
     const body = req.body as ChatBody | CompletionBody;
-    const job = toJob(kind, body);
+    // What the daemon could not honour itself (tools, response_format, n, vLLM's extras...) is the
+    // upstream's to answer: forwarded unchanged, and the prompt scored as far as the template renders it.
+    const job = toJob(kind, body, { checkSupported: false });
     const prepared = this.d.inference.prepare(job, principal);
+    const tools = kind === 'chat' ? this.scoreToolsPrompt(body as ChatBody, prepared) : undefined;
+    const proxyInfo = () => ({ alignment, prompt, ...(tools ? { tools } : {}) });
     const ac = new AbortController();
     let clientGone = false;
     reply.raw.on('close', () => {
@@ -229,8 +268,8 @@ export class ProxyService {
     const feed = new TokenFeed();
     let alignment: Alignment = 'token_ids';
     const align = (choice: UpstreamChoice | undefined, text: string): number[] => {
-      const ids = choice?.token_ids;
-      if (this.d.config.upstream.tokenIds && Array.isArray(ids) && ids.every((x) => Number.isInteger(x) && x >= 0 && x < this.d.engine.config.vocabSize)) return ids as number[];
+      const ids = upstreamTokenIds(choice, this.d.engine.config.vocabSize, this.d.config.upstream.tokenIds);
+      if (ids) return ids;
       if (text === '') return [];
       alignment = 'text';
       return this.d.engine.tokenizer!.encode(text, { addSpecialTokens: false });
@@ -269,7 +308,7 @@ export class ProxyService {
         feed.fail(lwError('LW_ERR_ENGINE_ABORTED'));
         return reply.code(answer.status).send(answer.body);
       }
-      const choice = Array.isArray(out.choices) ? out.choices[0] : undefined;
+      const choice = firstChoice(out.choices);
       if (!choice) {
         feed.fail(lwError('LW_ERR_UPSTREAM_BAD_GATEWAY', 'the answer has no choices'));
         ac.abort();
@@ -281,7 +320,7 @@ export class ProxyService {
       feed.end();
       const verdict = await scoring;
       if (!job.returnTokenIds) stripTokenIds(out);
-      out.latentwatch = { ...verdict, proxy: { alignment, prompt } };
+      out.latentwatch = { ...verdict, proxy: proxyInfo() };
       return out;
     }
 
@@ -314,7 +353,8 @@ export class ProxyService {
           meta = { id: chunk.id ?? meta.id, object: chunk.object ?? meta.object, created: chunk.created ?? meta.created, model: chunk.model ?? meta.model };
           first = false;
         }
-        const choice = choices[0];
+        // n > 1: the first choice (index 0) is the one scored; the others pass through unscored.
+        const choice = firstChoice(choices);
         checkPrompt(chunk.prompt_token_ids ?? choice?.prompt_token_ids);
         const text = choice ? textOf(kind, choice, true) : '';
         const ids = choice ? align(choice, text) : [];
@@ -325,7 +365,7 @@ export class ProxyService {
       }
       feed.end();
       const verdict = await scoring;
-      send({ ...meta, choices: [], latentwatch: { ...verdict, proxy: { alignment, prompt } } });
+      send({ ...meta, choices: [], latentwatch: { ...verdict, proxy: proxyInfo() } });
     } catch (e) {
       feed.fail(e);
       if (clientGone) return;
@@ -338,10 +378,41 @@ export class ProxyService {
     res.end('data: [DONE]\n\n');
   }
 
+  /**
+   * A chat request with tool schemas: the prompt the upstream renders has them, so the replica scores
+   * the same rendering where the checkpoint's chat template can give it ('scored', replacing the
+   * prepared prompt); a checkpoint without one scores the messages alone ('not_scored', said in the
+   * verdict). Undefined when the request has no tools.
+   */
+  private scoreToolsPrompt(body: ChatBody, p: PreparedRequest): ToolsScoring | undefined {
+    const tools = (body as { tools?: unknown }).tools;
+    if (!Array.isArray(tools) || tools.length === 0) return undefined;
+    const tok = this.d.engine.tokenizer!;
+    if (!tok.hasChatTemplate) return 'not_scored';
+    const ids = chatPromptIds(tok, body);
+    const context = this.d.engine.contextLength;
+    const maxTokens = p.job.maxTokens ?? Math.min(this.d.config.limits.maxTokens, context - ids.length);
+    if (maxTokens < 1 || ids.length + maxTokens > context) {
+      throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${ids.length} prompt tokens (with the tool schemas) + max_tokens ${maxTokens} > context ${context}`, { param: 'tools' });
+    }
+    p.promptIds = ids;
+    p.maxTokens = maxTokens;
+    return 'scored';
+  }
+
   /** Runs the monitor over the teacher-forced steps; resolves to the verdict. */
   private async score(p: PreparedRequest, feed: TokenFeed, signal: AbortSignal): Promise<VerdictBody> {
-    const source = teacherForced(this.d.engine, feed, (dropped) => this.d.log?.warn({ requestId: p.requestId, dropped }, 'the upstream sent more tokens than the request has room for: those are not scored'));
-    for await (const ev of this.d.inference.run(p, signal, source)) if (ev.type === 'done') return ev.verdict;
+    const source = teacherForced(this.d.engine, feed, {
+      onTruncated: (dropped) => this.d.log?.warn({ requestId: p.requestId, dropped }, 'the upstream sent more tokens than the request has room for: those are not scored'),
+      streams: () => this.scoring,
+      batchSteps: this.d.config.upstream.batchSteps,
+    });
+    this.scoring++;
+    try {
+      for await (const ev of this.d.inference.run(p, signal, source)) if (ev.type === 'done') return ev.verdict;
+    } finally {
+      this.scoring--;
+    }
     throw lwError('LW_ERR_API_INTERNAL', 'scoring ended without a verdict');
   }
 
@@ -357,6 +428,64 @@ export class ProxyService {
     if (body.max_tokens == null && body.max_completion_tokens == null) out.max_tokens = p.maxTokens;
     return out;
   }
+}
+
+/** How a request's tool schemas were scored (verdict `proxy.tools`): rendered into the prompt, or not. */
+export type ToolsScoring = 'scored' | 'not_scored';
+
+/**
+ * The prompt ids of a chat request with tools, rendered as vLLM renders it for a Hugging Face chat
+ * template: the messages as sent (developer as system, text parts joined), tool calls' JSON
+ * `arguments` parsed into objects (vLLM does the same before rendering), and `tools` passed to the
+ * template.
+ */
+export function chatPromptIds(tok: Tokenizer, body: ChatBody): number[] {
+  const messages = body.messages.map((m) => {
+    const out: Record<string, unknown> = { ...m, role: m.role === 'developer' ? 'system' : m.role };
+    if (Array.isArray(m.content)) out.content = m.content.map((part) => (part.type === 'text' ? (part.text ?? '') : '')).join('');
+    const calls = (m as { tool_calls?: unknown }).tool_calls;
+    if (Array.isArray(calls)) {
+      out.tool_calls = calls.map((c: { function?: { arguments?: unknown } }) => {
+        const args = c?.function?.arguments;
+        if (typeof args !== 'string') return c;
+        try {
+          return { ...c, function: { ...c.function, arguments: JSON.parse(args) as unknown } };
+        } catch {
+          return c;
+        }
+      });
+    }
+    return out as ChatMessage;
+  });
+  const tools = (body as { tools?: Record<string, unknown>[] }).tools;
+  return tok.encodeChat(messages, { addGenerationPrompt: true, tools });
+}
+
+/** The choice a stream chunk or answer carries for index 0 (the one scored), if any. */
+function firstChoice(choices: unknown): UpstreamChoice | undefined {
+  if (!Array.isArray(choices)) return undefined;
+  return (choices as UpstreamChoice[]).find((c) => c != null && typeof c === 'object' && (c.index === undefined || c.index === 0));
+}
+
+/** vLLM's `return_tokens_as_token_ids` renders a logprobs token as `token_id:NNN`. */
+const TOKEN_ID_TOKEN = /^token_id:(\d+)$/;
+
+/**
+ * The upstream's token ids for a choice's tokens: its `token_ids` (vLLM's and latentwatch's
+ * `return_token_ids`), else its logprobs tokens where they are rendered as `token_id:NNN` (vLLM's
+ * `return_tokens_as_token_ids`, when the client asked for it); undefined when it gives neither.
+ */
+export function upstreamTokenIds(choice: UpstreamChoice | undefined, vocabSize: number, useTokenIds: boolean): number[] | undefined {
+  if (!choice || !useTokenIds) return undefined;
+  const valid = (ids: unknown[]): ids is number[] => ids.every((x) => Number.isInteger(x) && (x as number) >= 0 && (x as number) < vocabSize);
+  if (Array.isArray(choice.token_ids)) return valid(choice.token_ids) ? choice.token_ids : undefined;
+  const lp = choice.logprobs as { content?: { token?: unknown }[]; tokens?: unknown[] } | null | undefined;
+  const tokens = Array.isArray(lp?.content) ? lp.content.map((e) => e?.token) : Array.isArray(lp?.tokens) ? lp.tokens : undefined;
+  if (!tokens || tokens.length === 0) return undefined;
+  const ids = tokens.map((t) => (typeof t === 'string' ? TOKEN_ID_TOKEN.exec(t)?.[1] : undefined));
+  if (ids.some((x) => x === undefined)) return undefined;
+  const parsed = ids.map(Number);
+  return valid(parsed) ? parsed : undefined;
 }
 
 function textOf(kind: ApiKind, choice: UpstreamChoice, delta: boolean): string {
