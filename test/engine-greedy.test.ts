@@ -80,6 +80,14 @@ for (const [name, dir] of [
       }
     });
 
+    it('logit bias still applies at temperature 0 (the graph’s argmax does not know it: the logits path is taken)', async () => {
+      const p = prompts(dir)[0];
+      const plain = await tokens(pooled, { promptIds: p.ids, maxTokens: 6, ignoreEos: true });
+      const target = (plain.ids[0] + 1) % pooled.config.vocabSize;
+      const biased = await tokens(pooled, { promptIds: p.ids, maxTokens: 6, ignoreEos: true, sampling: { temperature: 0, logitBias: new Map([[target, 100]]) } });
+      expect(biased.ids).toEqual(new Array(6).fill(target));
+    });
+
     it('a broken pass (an injection overflowing to infinity) fails the greedy request with a code, as on the logits path', async () => {
       const p = prompts(dir)[0];
       const hook = residPost(0);
