@@ -3,6 +3,7 @@
  * the built-in model (a real OpenAI-compatible server). The proxy forwards, the upstream generates,
  * the proxy's local replica scores the upstream's tokens teacher-forced.
  */
+import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { trace } from '@opentelemetry/api';
 import * as tracing from '@opentelemetry/sdk-trace-node';
@@ -29,7 +30,7 @@ interface ProbeVerdict {
 interface Verdict {
   request_id: string;
   probes: ProbeVerdict[];
-  proxy?: { alignment: string };
+  proxy?: { alignment: string; prompt?: string; tools?: string };
 }
 interface Completion {
   id: string;
@@ -80,6 +81,14 @@ async function metric(url: string, series: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(series + ' '));
   return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}
+
+/** Positions a daemon scored (the test probe's score observations) while `fn` ran, and what it returned. */
+async function scoredPositions<T>(url: string, fn: () => Promise<T>): Promise<[T, number]> {
+  const series = 'latentwatch_probe_score_count{probe="test-injection"}';
+  const before = await metric(url, series);
+  const r = await fn();
+  return [r, (await metric(url, series)) - before];
 }
 
 let probe: TestProbe;
@@ -161,6 +170,62 @@ describe('serve --upstream: answers and verdicts', () => {
     const r = (await client.chat.completions.create({ model: MODEL, messages, max_tokens: 16, temperature: 0 })) as OpenAI.Chat.Completions.ChatCompletion & { latentwatch?: Verdict };
     expect(r.choices[0].message.content).toBe(direct.body.choices[0].message!.content);
     expectSameScores(r.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it('concurrent proxied streams get the verdict scores each gets alone (within 1e-3), and the upstream\'s own', async () => {
+    const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    const prompts = ['def add(a, b):\n', 'import os\n\ndef walk(root):\n', 'class Cache:\n    def ', 'with open(path) as f:\n    '];
+    const body = (prompt: string) => ({ model: MODEL, prompt, max_tokens: 32, temperature: 0, logit_bias: { '0': -100 } });
+    const streamed = async (prompt: string) => {
+      const chunks: (OpenAI.Completions.Completion & { latentwatch?: Verdict })[] = [];
+      for await (const c of await client.completions.create({ ...body(prompt), stream: true })) chunks.push(c);
+      return { text: chunks.map((c) => c.choices[0]?.text ?? '').join(''), verdict: chunks.at(-1)!.latentwatch! };
+    };
+    const alone = [];
+    for (const p of prompts) alone.push(await streamed(p));
+    const together = await Promise.all(prompts.map(streamed));
+    for (const [i, p] of prompts.entries()) {
+      const direct = await post(upstream.url, 'completions', body(p));
+      expect(together[i].text).toBe(alone[i].text);
+      expect(together[i].text).toBe(direct.body.choices[0].text);
+      expectSameScores(together[i].verdict, alone[i].verdict);
+      expectSameScores(together[i].verdict, direct.body.latentwatch!);
+    }
+  });
+
+  it("the upstream's token ids are what is scored: an answer that ends with EOS has the EOS scored, as the upstream scored it", async () => {
+    // Greedy, this prompt's answer is a few tokens and then EOS (id 0), which its text does not show.
+    const body = { model: MODEL, prompt: 'return ', max_tokens: 32, temperature: 0 };
+    const [direct, upstreamScored] = await scoredPositions(upstream.url, () => post(upstream.url, 'completions', { ...body, return_token_ids: true }));
+    expect(direct.body.choices[0].finish_reason).toBe('stop');
+    const ids = direct.body.choices[0].token_ids!;
+    expect(ids.at(-1)).toBe(0);
+    expect(ids.length).toBeLessThan(32);
+    const tokenizer = await Tokenizer.fromDir(CODE16M);
+    // Re-tokenising the text would leave the EOS out: not the generated ids.
+    expect(tokenizer.encode(direct.body.choices[0].text!, { addSpecialTokens: false })).not.toEqual(ids);
+    for (const stream of [false, true]) {
+      let verdict: Verdict;
+      if (stream) {
+        const r = await fetch(`${proxy.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) });
+        const chunks = (await r.text())
+          .split('\n\n')
+          .filter((e) => e.startsWith('data: {'))
+          .map((e) => JSON.parse(e.slice(6)) as Completion);
+        expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(direct.body.choices[0].text);
+        expect(chunks.every((c) => c.choices.every((ch) => ch.token_ids === undefined))).toBe(true);
+        verdict = chunks.at(-1)!.latentwatch!;
+      } else {
+        const [proxied, proxyScored] = await scoredPositions(proxy.url, () => post(proxy.url, 'completions', body));
+        expect(proxied.body.choices[0].text).toBe(direct.body.choices[0].text);
+        expect(proxied.body.choices[0].token_ids).toBeUndefined();
+        // The positions the replica scored are those the upstream scored for its own answer, the EOS's included.
+        expect(proxyScored).toBe(upstreamScored);
+        verdict = proxied.body.latentwatch!;
+      }
+      expect(verdict.proxy).toEqual({ alignment: 'token_ids', prompt: 'same' });
+      expectSameScores(verdict, direct.body.latentwatch!);
+    }
   });
 
   it('red team: admin injection applies to the local replica only, and makes the proxy\'s probe fire and alert', async () => {
@@ -256,6 +321,14 @@ describe('serve --upstream: an upstream that returns no token ids', () => {
       expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(direct.body.choices[0].text);
       expect(chunks.at(-1)!.latentwatch!.proxy).toEqual({ alignment: 'text', prompt: 'unknown' });
       expect(chunks.at(-1)!.latentwatch!.probes.every((p) => p.max_score !== null)).toBe(true);
+      // An answer that ends with EOS: re-tokenised, its text leaves the EOS unscored, one position
+      // fewer than the upstream scored (with token ids the same positions: the test above).
+      const eos = { model: MODEL, prompt: 'return ', max_tokens: 32, temperature: 0 };
+      const [withEos, upstreamScored] = await scoredPositions(upstream.url, () => post(upstream.url, 'completions', eos));
+      expect(withEos.body.choices[0].finish_reason).toBe('stop');
+      const [retokenised, textScored] = await scoredPositions(textProxy.url, () => post(textProxy.url, 'completions', eos));
+      expect(retokenised.body.choices[0].text).toBe(withEos.body.choices[0].text);
+      expect(textScored).toBe(upstreamScored - 1);
     } finally {
       await textProxy.close();
     }
@@ -294,6 +367,105 @@ describe('serve --upstream: options and limits', () => {
     } finally {
       await narrow.close();
     }
+  });
+});
+
+/**
+ * A relay in front of the upstream: it records each request body as it arrives, drops the keys the
+ * test upstream (latentwatch, which refuses what it cannot honour) would refuse, and passes the
+ * upstream's answer back as sent. It stands where a vLLM that honours tools would be, so that what
+ * the proxy forwarded can be seen and the answer is still a real model's.
+ */
+function recordingRelay(target: string, drop: string[]): { server: Server; url: Promise<string>; bodies: Record<string, unknown>[] } {
+  const bodies: Record<string, unknown>[] = [];
+  const server = createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (b: Buffer) => parts.push(b));
+    req.on('end', () => {
+      void (async () => {
+        const raw = Buffer.concat(parts).toString();
+        let body: string | undefined;
+        if (raw !== '') {
+          const parsed = JSON.parse(raw) as Record<string, unknown>;
+          bodies.push(structuredClone(parsed));
+          for (const k of drop) delete parsed[k];
+          body = JSON.stringify(parsed);
+        }
+        const r = await fetch(target + req.url!, { method: req.method, headers: { 'content-type': 'application/json', authorization: req.headers.authorization ?? '' }, body });
+        res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+        if (r.body) for await (const chunk of r.body) res.write(chunk);
+        res.end();
+      })();
+    });
+  });
+  const url = new Promise<string>((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as { port: number }).port}`)));
+  return { server, url, bodies };
+}
+
+describe('serve --upstream: parameters the daemon cannot honour itself go to the upstream unchanged', () => {
+  /** What the daemon refuses when it generates, and what vLLM adds: the upstream's to answer. */
+  const UPSTREAM_ONLY = ['tools', 'tool_choice', 'parallel_tool_calls', 'response_format', 'min_p', 'chat_template_kwargs'];
+  const tools = [{ type: 'function' as const, function: { name: 'get_weather', description: 'Weather of a city', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const messages = [{ role: 'user' as const, content: 'What is the weather in Paris?' }];
+  const params = { model: MODEL, messages, max_tokens: 16, temperature: 0, seed: 7, user: 'tenant-42', logprobs: true, top_logprobs: 2 };
+  const extras = { tools, tool_choice: 'auto' as const, parallel_tool_calls: false, response_format: { type: 'json_object' as const } };
+  const vllmExtras = { min_p: 0.05, chat_template_kwargs: { enable_thinking: false } };
+
+  let relay: ReturnType<typeof recordingRelay>;
+  let relayed: Daemon;
+  beforeAll(async () => {
+    relay = recordingRelay(upstream.url, UPSTREAM_ONLY);
+    relayed = await startTestDaemon(probe, ['--upstream', `${await relay.url}/v1`, '--upstream-key-env', KEY_ENV], { [KEY_ENV]: UPSTREAM_KEY });
+  }, 120_000);
+  afterAll(async () => {
+    await relayed?.close();
+    relay?.server.close();
+  });
+
+  it('tools, tool_choice, response_format, seed, user, logprobs and vLLM extras through the openai SDK: forwarded as sent, the answer the upstream\'s, the tools said unscored', async () => {
+    const direct = await post(upstream.url, 'chat/completions', params);
+    expect(direct.status).toBe(200);
+    const client = new OpenAI({ baseURL: `${relayed.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    relay.bodies.length = 0;
+    const r = (await client.chat.completions.create({ ...params, ...extras, ...vllmExtras } as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming)) as OpenAI.Chat.Completions.ChatCompletion & { latentwatch?: Verdict };
+    // What reached the upstream: every parameter as the client sent it; the proxy adds only its token-ids request.
+    expect(relay.bodies).toHaveLength(1);
+    const sent = relay.bodies[0];
+    expect(sent).toMatchObject({ ...params, ...extras, ...vllmExtras, return_token_ids: true });
+    expect(sent.latentwatch).toBeUndefined();
+    // What came back: the upstream's answer (text and logprobs as a direct request gets them), with the verdict.
+    expect(r.choices[0].message.content).toBe(direct.body.choices[0].message!.content);
+    expect(r.choices[0].logprobs).toEqual((direct.body.choices[0] as { logprobs?: unknown }).logprobs);
+    expect(r.choices[0].logprobs!.content![0].top_logprobs).toHaveLength(2);
+    expect(Object.keys(r.choices[0]).sort()).toEqual(Object.keys(direct.body.choices[0]).sort());
+    // The built-in model has no chat template: the replica scores the messages without the tool schemas, and says so.
+    expect(r.latentwatch!.proxy).toEqual({ alignment: 'token_ids', prompt: 'same', tools: 'not_scored' });
+    expectSameScores(r.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it('streamed: the same forwarding, text and verdict', async () => {
+    const direct = await post(upstream.url, 'chat/completions', params);
+    const client = new OpenAI({ baseURL: `${relayed.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    relay.bodies.length = 0;
+    const chunks: (OpenAI.Chat.Completions.ChatCompletionChunk & { latentwatch?: Verdict })[] = [];
+    for await (const c of await client.chat.completions.create({ ...params, ...extras, ...vllmExtras, stream: true } as OpenAI.Chat.Completions.ChatCompletionCreateParamsStreaming)) chunks.push(c);
+    expect(relay.bodies[0]).toMatchObject({ ...params, ...extras, ...vllmExtras, stream: true, return_token_ids: true });
+    expect(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('')).toBe(direct.body.choices[0].message!.content);
+    expect(chunks.at(-1)!.latentwatch!.proxy).toEqual({ alignment: 'token_ids', prompt: 'same', tools: 'not_scored' });
+    expectSameScores(chunks.at(-1)!.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it("without the relay the upstream itself answers: its refusal of tools comes back unchanged, and is counted as the upstream's", async () => {
+    const before = await metric(proxy.url, 'latentwatch_upstream_requests_total{code="400"}');
+    const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    const err = await client.chat.completions.create({ ...params, tools }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(OpenAI.APIError);
+    expect((err as InstanceType<typeof OpenAI.APIError>).status).toBe(400);
+    expect((err as InstanceType<typeof OpenAI.APIError>).code).toBe('LW_ERR_API_UNSUPPORTED_PARAMETER');
+    expect(await metric(proxy.url, 'latentwatch_upstream_requests_total{code="400"}')).toBe(before + 1);
   });
 });
 

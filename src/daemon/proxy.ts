@@ -182,7 +182,7 @@ export function teacherForced(engine: Engine, feed: TokenFeed, o: TeacherForcedO
   };
 }
 
-interface UpstreamChoice {
+export interface UpstreamChoice {
   index?: unknown;
   text?: unknown;
   message?: { content?: unknown };
