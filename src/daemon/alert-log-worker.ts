@@ -53,7 +53,9 @@ export type WorkerReply =
   | { type: 'openFailed'; error: WorkerError }
   | { type: 'reply'; seq: number; ok: true; value: unknown; snapshot: WorkerSnapshot; commit?: CommitObservation }
   | { type: 'reply'; seq: number; ok: false; error: WorkerError; snapshot: WorkerSnapshot; commit?: CommitObservation }
-  | { type: 'state'; event: { state: 'failing' | 'recovered'; error?: string; pending: number } };
+  | { type: 'state'; event: { state: 'failing' | 'recovered'; error?: string; pending: number } }
+  /** After a maintenance run (retries, retention) that changed the log's state: no request was answered, health must still see it. */
+  | { type: 'snapshot'; snapshot: WorkerSnapshot };
 
 export interface WorkerOptions {
   path: string;
@@ -87,7 +89,18 @@ function serve(port: MessagePort, options: WorkerOptions): void {
   let commits = 0;
   const snapshot = (): WorkerSnapshot => ({ ...log.stats(), failing: log.isFailing, commits });
   let closing = false;
-  const stopMaintenance = options.maintenanceIntervalMs > 0 ? log.startMaintenance(options.maintenanceIntervalMs) : () => undefined;
+  let stopMaintenance = () => undefined as void;
+  if (options.maintenanceIntervalMs > 0) {
+    const timer = setInterval(() => {
+      const before = JSON.stringify(snapshot());
+      log.retryPending();
+      log.prune();
+      const after = snapshot();
+      if (JSON.stringify(after) !== before) post({ type: 'snapshot', snapshot: after });
+    }, options.maintenanceIntervalMs);
+    timer.unref();
+    stopMaintenance = () => clearInterval(timer);
+  }
   post({ type: 'ready', snapshot: snapshot() });
 
   const handle = (batch: WorkerRequest[]) => {

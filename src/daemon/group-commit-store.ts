@@ -68,7 +68,7 @@ export interface WriterEvent {
   unanswered: number;
   /** Of those, appends found committed in the log and acknowledged. */
   recovered: number;
-  /** Of those, requests posted again to the new writer (0 when failed). */
+  /** Of those, requests posted again to the new writer (0 when failed). Requests made during the restart are posted too, not counted here. */
   retried: number;
   /** Alerts the dead writer held pending in memory (answered durable: false): lost. */
   lostPending: number;
@@ -170,6 +170,8 @@ export class GroupCommitAlertStore implements AlertStore {
   private readonly base = { writes: 0, failures: 0, dropped: 0, commits: 0 };
   private restarts = 0;
   private readonly deaths: number[] = [];
+  /** Writers whose death was handled ('error' and 'exit' both come for one crash). */
+  private readonly buried = new WeakSet<Worker>();
   private lostPending = 0;
   /** Set while a new writer starts: requests wait for it instead of being posted. */
   private restarting: Promise<void> | undefined;
@@ -299,6 +301,10 @@ export class GroupCommitAlertStore implements AlertStore {
       this.onStateChange?.(m.event);
       return;
     }
+    if (m.type === 'snapshot') {
+      this.snapshot = m.snapshot;
+      return;
+    }
     if (m.type !== 'reply') return;
     this.snapshot = m.snapshot;
     if (m.commit) for (const l of this.commitListeners) l(m.commit);
@@ -322,7 +328,8 @@ export class GroupCommitAlertStore implements AlertStore {
 
   /** A writer stopped. Closing: what it had not answered fails. Else: restart it (module comment) or fail for good. */
   private died(worker: Worker, why: string): void {
-    if (worker !== this.worker || this.dead) return;
+    if (worker !== this.worker || this.dead || this.buried.has(worker)) return;
+    this.buried.add(worker);
     if (this.closed || this.closing || this.restarting) {
       // Closing, or the new writer died during its own restart: no more tries.
       this.failAll(new Error(why));
@@ -334,30 +341,30 @@ export class GroupCommitAlertStore implements AlertStore {
     while (this.deaths.length > 0 && this.deaths[0] < now - this.restartWindowMs) this.deaths.shift();
     const unanswered = this.waiters.size;
     const lostPending = this.snapshot.pending;
-    // The dead writer's counters stay counted.
-    for (const k of COUNTED) this.base[k] += this.snapshot[k];
-    this.snapshot = { ...this.snapshot, writes: 0, failures: 0, dropped: 0, commits: 0, pending: 0, failing: false, lastError: null };
-    this.lostPending += lostPending;
     if (this.deaths.length > this.maxRestarts) {
       this.failAll(new Error(`${why}; ${this.deaths.length} deaths within ${this.restartWindowMs} ms, not restarted`));
       this.onWriterEvent?.({ state: 'failed', error: why, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
       return;
     }
-    this.restarting = this.restart(why, unanswered, lostPending).finally(() => {
+    this.restarting = this.restart(why, unanswered, this.seq).finally(() => {
       this.restarting = undefined;
     });
   }
 
-  private async restart(why: string, unanswered: number, lostPending: number): Promise<void> {
+  private async restart(why: string, unanswered: number, lastSeqPosted: number): Promise<void> {
     let next: Awaited<ReturnType<typeof launch>>;
     try {
       next = await launch(this.workerOptions);
     } catch (e) {
       this.failAll(new Error(`${why}; restart failed: ${(e as Error).message}`));
-      this.onWriterEvent?.({ state: 'failed', error: `${why}; restart failed: ${(e as Error).message}`, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
+      this.onWriterEvent?.({ state: 'failed', error: `${why}; restart failed: ${(e as Error).message}`, unanswered, recovered: 0, retried: 0, lostPending: this.snapshot.pending, restarts: this.restarts });
       return;
     }
     this.restarts++;
+    // The dead writer's counters stay counted (its answers that came after the death included).
+    for (const k of COUNTED) this.base[k] += this.snapshot[k];
+    const lostPending = this.snapshot.pending;
+    this.lostPending += lostPending;
     this.worker = next.worker;
     this.snapshot = next.snapshot;
     this.watch(next.worker);
@@ -372,11 +379,14 @@ export class GroupCommitAlertStore implements AlertStore {
         after = page.alerts[page.alerts.length - 1].id;
       }
     } catch (e) {
+      if (this.dead) return; // the new writer died during the read: died() reported it
       await next.worker.terminate();
       this.failAll(new Error(`${why}; the new writer could not read the log: ${(e as Error).message}`));
       this.onWriterEvent?.({ state: 'failed', error: why, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
       return;
     }
+    // The dead writer wrote them: counted with its writes.
+    this.base.writes += committed.length;
     // Match them to the unanswered appends in the order they were posted (the committed ones are a prefix).
     let at = 0;
     let recovered = 0;
@@ -415,7 +425,8 @@ export class GroupCommitAlertStore implements AlertStore {
       for (const l of this.listeners) l(rest, undefined);
     }
     for (const [seq, w] of retry) this.worker.postMessage({ ...w.body, seq } as WorkerRequest);
-    this.onWriterEvent?.({ state: 'restarted', error: why, unanswered, recovered, retried: retry.length, lostPending, restarts: this.restarts });
+    const retried = retry.filter(([seq]) => seq <= lastSeqPosted).length;
+    this.onWriterEvent?.({ state: 'restarted', error: why, unanswered, recovered, retried, lostPending, restarts: this.restarts });
   }
 
   /** A request to the current writer outside the waiters' order (the restart's own read). */
