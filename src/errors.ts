@@ -19,6 +19,7 @@ export const ERRORS = {
   LW_ERR_MODEL_BUILD_OPTIONS: { status: 400, message: 'invalid graph build options' },
   // engine: sessions and generation
   LW_ERR_ENGINE_PROVIDER_UNAVAILABLE: { status: 500, message: 'execution provider not available (its libraries or a device for it are missing; the detail names them)' },
+  LW_ERR_ENGINE_DEVICE_FEATURE_MISSING: { status: 500, message: 'the device lacks a feature the build needs (the detail names it, e.g. shader-f16 for fp16 activations)' },
   LW_ERR_ENGINE_SESSION_FAILED: { status: 500, message: 'the inference session failed' },
   LW_ERR_ENGINE_CONTEXT_LENGTH: { status: 400, message: 'prompt plus max_tokens exceeds the context length' },
   LW_ERR_ENGINE_BAD_REQUEST: { status: 400, message: 'invalid generation request' },

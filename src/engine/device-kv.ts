@@ -10,7 +10,8 @@
  */
 import { GRAPH_NAMES } from '../model/graph.js';
 import type { ModelConfig } from '../model/config.js';
-import { disposeTensor, f32Tensor, type Tensor } from './runtime.js';
+import type { Activations } from '../model/graph.js';
+import { disposeTensor, emptyTensor, type Tensor } from './runtime.js';
 
 export class DeviceKvCache {
   /** Never a pool slot: the engine decodes these sequences alone. */
@@ -19,7 +20,11 @@ export class DeviceKvCache {
   private values: Tensor[] = [];
   private held = 0;
 
-  constructor(private readonly config: ModelConfig) {}
+  constructor(
+    private readonly config: ModelConfig,
+    /** The build's activations: the cache's element type. */
+    private readonly activations: Activations = 'fp32',
+  ) {}
 
   /** Positions the cache holds (the next pass's past length). */
   get length(): number {
@@ -29,9 +34,10 @@ export class DeviceKvCache {
   /** Adds the past inputs of a pass: the last pass's present outputs, or an empty host cache at first. */
   addPast(feeds: Record<string, Tensor>): void {
     const c = this.config;
+    const empty = () => emptyTensor(this.activations === 'fp16' ? 'float16' : 'float32', [1, c.numKvHeads, 0, c.headDim]);
     for (let l = 0; l < c.numLayers; l++) {
-      feeds[GRAPH_NAMES.pastKey(l)] = this.keys[l] ?? f32Tensor(new Float32Array(0), [1, c.numKvHeads, 0, c.headDim]);
-      feeds[GRAPH_NAMES.pastValue(l)] = this.values[l] ?? f32Tensor(new Float32Array(0), [1, c.numKvHeads, 0, c.headDim]);
+      feeds[GRAPH_NAMES.pastKey(l)] = this.keys[l] ?? empty();
+      feeds[GRAPH_NAMES.pastValue(l)] = this.values[l] ?? empty();
     }
   }
 

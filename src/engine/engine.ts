@@ -9,10 +9,10 @@ import { lwError } from '../errors.js';
 import { injectPort, residPost } from '../hooks.js';
 import { openCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { ModelConfig } from '../model/config.js';
-import { ensureBuild, type BuildInfo, type BuildRequest } from '../model/build.js';
+import { ensureBuild, resolveBuildOptions, type BuildInfo, type BuildRequest } from '../model/build.js';
 import { concat, GRAPH_NAMES, type BuildProgress, type GraphInterface } from '../model/graph.js';
 import { StreamingDetokenizer } from './detokenizer.js';
-import { RuntimeSession, type Provider, type WebGpuValidation } from './runtime.js';
+import { requireShaderF16, RuntimeSession, type Provider, type WebGpuValidation } from './runtime.js';
 import { DeviceKvCache, deviceKvOutputs } from './device-kv.js';
 import { logprobsOf, Sampler, StopStringMatcher, type GreedyChoice } from './sampler.js';
 import { DecodeBatcher } from './decode-batcher.js';
@@ -112,6 +112,9 @@ export class Engine implements GraphContext {
     }
     const deviceKv = graphInterface === 'device-kv';
     const checkpoint = openCheckpoint(modelDir);
+    // Refused before a build that may take minutes: options first, then the device's fp16 support.
+    resolveBuildOptions(checkpoint, { ...o, interface: graphInterface });
+    if (o.activations === 'fp16' && o.provider === 'webgpu') await requireShaderF16(o.webgpuValidation);
     const build = ensureBuild(checkpoint, { ...o, interface: graphInterface }, { cacheDir: o.cacheDir, progress: o.progress });
     const quantized = build.options.precision === 'int4' || build.options.precision === 'int8';
     const decodeLevel = o.decodeAccuracyLevel ?? build.options.accuracyLevel;
@@ -175,7 +178,7 @@ export class Engine implements GraphContext {
    */
   newSequence(capacity: number): Sequence {
     if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
-    if (this.deviceKv) return new Sequence(this, capacity, new DeviceKvCache(this.config));
+    if (this.deviceKv) return new Sequence(this, capacity, new DeviceKvCache(this.config, this.build.options.activations));
     const slot = capacity < this.pool.maxSlotLength ? this.pool.allocate() : null;
     if (!slot) return new Sequence(this, capacity, privateStorage(this.config, Math.min(capacity, this.maxPrivateLength)));
     // Delegate rather than spread: `length` is a getter that follows the pool as it grows.

@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
 import { lwError } from '../errors.js';
 
 /**
@@ -56,6 +57,64 @@ export interface SessionOptions {
 export const WEBGPU_VALIDATION = ['disabled', 'wgpuOnly', 'basic'] as const;
 export type WebGpuValidation = (typeof WEBGPU_VALIDATION)[number];
 
+/**
+ * What onnxruntime's WebGPU provider says when a program needs fp16 and the device lacks WebGPU's
+ * `shader-f16` feature (Dawn exposes it where the Vulkan device has shaderFloat16 and 16-bit storage).
+ */
+const MISSING_F16 = /requires f16 but the device does not support it/i;
+
+function missingShaderF16(message: string): Error {
+  return lwError(
+    'LW_ERR_ENGINE_DEVICE_FEATURE_MISSING',
+    `webgpu: the device lacks shader-f16 (fp16 in shaders and buffers), which fp16 activations need; build with fp32 activations instead (${message.trim()})`,
+  );
+}
+
+let shaderF16: Promise<boolean> | undefined;
+
+/**
+ * Whether the WebGPU device has `shader-f16`: a one-node fp16 graph (a Cast to fp16 and back) runs
+ * on the provider, or fails with onnxruntime's "requires f16". onnxruntime-node exposes no adapter
+ * features, and the provider accepts fp16 graphs on any device: without the feature they fail at
+ * their first pass. Once per process (Dawn's one device serves every session).
+ */
+export function webgpuShaderF16(webgpuValidation?: WebGpuValidation): Promise<boolean> {
+  shaderF16 ??= (async () => {
+    const { onnx } = onnxProto;
+    const io = (name: string) => ({ name, type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: [{ dimValue: 1 }] } } } });
+    const bytes = onnx.ModelProto.encode({
+      irVersion: 8,
+      opsetImport: [{ domain: '', version: 17 }],
+      graph: {
+        name: 'f16-probe',
+        node: [
+          { opType: 'Cast', input: ['x'], output: ['h'], attribute: [{ name: 'to', type: onnx.AttributeProto.AttributeType.INT, i: onnx.TensorProto.DataType.FLOAT16 }] },
+          { opType: 'Cast', input: ['h'], output: ['y'], attribute: [{ name: 'to', type: onnx.AttributeProto.AttributeType.INT, i: onnx.TensorProto.DataType.FLOAT }] },
+        ],
+        input: [io('x')],
+        output: [io('y')],
+      },
+    }).finish();
+    // The validation mode of a process's first WebGPU session holds for all: pass the engine's on.
+    const session = await RuntimeSession.load(bytes, { provider: 'webgpu', webgpuValidation });
+    try {
+      const y = await session.run({ x: f32Tensor(Float32Array.of(1.5), [1]) }, { y: null });
+      return tensorData(y.y)[0] === 1.5;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'LW_ERR_ENGINE_DEVICE_FEATURE_MISSING') return false;
+      throw e;
+    } finally {
+      await session.release();
+    }
+  })();
+  return shaderF16;
+}
+
+/** Refuses fp16 activations on a WebGPU device without shader-f16, with a coded error naming the feature. */
+export async function requireShaderF16(webgpuValidation?: WebGpuValidation): Promise<void> {
+  if (!(await webgpuShaderF16(webgpuValidation))) throw missingShaderF16('a one-node fp16 graph failed on the device');
+}
+
 /** Whether the CUDA provider library is installed beside onnxruntime-node's binding. */
 export function cudaAvailable(): boolean {
   const pkg = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
@@ -65,13 +124,14 @@ export function cudaAvailable(): boolean {
 export class RuntimeSession {
   private constructor(private readonly session: ort.InferenceSession) {}
 
-  static async load(modelPath: string, o: SessionOptions = {}): Promise<RuntimeSession> {
+  /** Loads a graph file (or its bytes). */
+  static async load(modelPath: string | Uint8Array, o: SessionOptions = {}): Promise<RuntimeSession> {
     const provider = o.provider ?? 'cpu';
     if (provider === 'cuda' && !cudaAvailable()) {
       throw lwError('LW_ERR_ENGINE_PROVIDER_UNAVAILABLE', 'cuda: the CUDA provider is not installed (see README, "GPU")');
     }
     try {
-      const session = await ort.InferenceSession.create(modelPath, {
+      const options: ort.InferenceSession.SessionOptions = {
         executionProviders: [provider === 'webgpu' && o.webgpuValidation ? { name: 'webgpu', validationMode: o.webgpuValidation } : provider],
         graphOptimizationLevel: 'all',
         intraOpNumThreads: o.threads ?? 0,
@@ -81,7 +141,8 @@ export class RuntimeSession {
         ...(o.profilePrefix ? { enableProfiling: true, profileFilePrefix: o.profilePrefix } : {}),
         ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
         ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
-      });
+      };
+      const session = typeof modelPath === 'string' ? await ort.InferenceSession.create(modelPath, options) : await ort.InferenceSession.create(modelPath, options);
       return new RuntimeSession(session);
     } catch (e) {
       const message = (e as Error).message;
@@ -89,7 +150,7 @@ export class RuntimeSession {
       if (provider === 'webgpu' && /webgpu adapter|supported adapters|vulkan|dawn/i.test(message)) {
         throw lwError('LW_ERR_ENGINE_PROVIDER_UNAVAILABLE', `webgpu: no WebGPU adapter (${message.trim()}); the provider needs ${WEBGPU_NEEDS}`, undefined, e);
       }
-      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `loading ${modelPath}: ${message}`, undefined, e);
+      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `loading ${typeof modelPath === 'string' ? modelPath : 'a graph'}: ${message}`, undefined, e);
     }
   }
 
@@ -106,7 +167,7 @@ export class RuntimeSession {
     try {
       return (await this.session.run(feeds, outputs)) as Record<string, Tensor>;
     } catch (e) {
-      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', (e as Error).message, undefined, e);
+      throw runError(e);
     }
   }
 
@@ -115,7 +176,7 @@ export class RuntimeSession {
     try {
       return (await this.session.run(feeds)) as Record<string, Tensor>;
     } catch (e) {
-      throw lwError('LW_ERR_ENGINE_SESSION_FAILED', (e as Error).message, undefined, e);
+      throw runError(e);
     }
   }
 
@@ -129,8 +190,19 @@ export class RuntimeSession {
   }
 }
 
+/** A failed pass as a coded error: a device without shader-f16 named as such. */
+function runError(e: unknown): Error {
+  const message = (e as Error).message;
+  return MISSING_F16.test(message) ? missingShaderF16(message) : lwError('LW_ERR_ENGINE_SESSION_FAILED', message, undefined, e);
+}
+
 export function f32Tensor(data: Float32Array, dims: readonly number[]): Tensor {
   return new ort.Tensor('float32', data, dims);
+}
+
+/** A tensor with no elements (a first pass's empty past), in fp32 or fp16. */
+export function emptyTensor(type: 'float32' | 'float16', dims: readonly number[]): Tensor {
+  return type === 'float16' ? new ort.Tensor('float16', new Uint16Array(0), dims) : new ort.Tensor('float32', new Float32Array(0), dims);
 }
 
 export function i64Tensor(values: ArrayLike<number>, dims: readonly number[]): Tensor {

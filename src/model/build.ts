@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
-import { buildGraph, validateBuildOptions, type BuildOptions, type BuildProgress, type GraphInterface, type Precision } from './graph.js';
+import { buildGraph, validateBuildOptions, type Activations, type BuildOptions, type BuildProgress, type GraphInterface, type Precision } from './graph.js';
 
 /**
  * Bump when the graph layout changes, so old cached builds are not reused (3: device-kv builds with
@@ -25,6 +25,8 @@ export interface BuildRequest {
   accuracyLevel?: number;
   /** 'hf': Hugging Face optimum's decoder interface for peers (no taps, no ports; not for the engine). */
   interface?: GraphInterface;
+  /** 'fp16': compute in fp16 between the weights ('device-kv' builds: the WebGPU provider; graph.ts). */
+  activations?: Activations;
 }
 
 export interface BuildInfo {
@@ -55,6 +57,7 @@ export function resolveBuildOptions(ckpt: Checkpoint, r: BuildRequest = {}): Bui
     accuracyLevel: r.accuracyLevel ?? 4,
     // Only a non-default interface enters the options (and so the cache key): default keys are unchanged.
     ...(r.interface && r.interface !== 'latentwatch' ? { interface: r.interface } : {}),
+    ...(r.activations && r.activations !== 'fp32' ? { activations: r.activations } : {}),
   };
   validateBuildOptions(ckpt.config, o);
   return o;

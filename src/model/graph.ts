@@ -37,6 +37,9 @@ import { quantizeRows, toHalf, transpose } from './quantize.js';
 
 export type Precision = 'fp32' | 'fp16' | 'int8' | 'int4';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'fp16', 'int8', 'int4'];
+/** The type the graph computes in between the weights: fp16 on a GPU provider whose device has shader-f16. */
+export type Activations = 'fp32' | 'fp16';
+export const ACTIVATIONS: readonly Activations[] = ['fp32', 'fp16'];
 /** The graph's input/output interface: the engine's own (host or device cache), or Hugging Face optimum's (peers only). */
 export type GraphInterface = 'latentwatch' | 'device-kv' | 'hf';
 export const GRAPH_INTERFACES: readonly GraphInterface[] = ['latentwatch', 'device-kv', 'hf'];
@@ -53,6 +56,12 @@ export interface BuildOptions {
   accuracyLevel: number;
   /** Absent means 'latentwatch' (absent, not spelled out, so default builds keep their cache keys). */
   interface?: GraphInterface;
+  /**
+   * Absent means fp32. 'fp16' ('device-kv' builds only): the residual stream, the KV cache and every
+   * product's input in fp16 (int4/int8 weights keep their fp16 scales; fp32 weights are stored fp16);
+   * the norms accumulate in fp32; logits and taps come back as fp32; injection ports take fp32.
+   */
+  activations?: Activations;
 }
 
 export const GRAPH_NAMES = {
@@ -114,6 +123,9 @@ export function validateBuildOptions(cfg: ModelConfig, o: BuildOptions): void {
   if (![0, 1, 2, 3, 4].includes(o.accuracyLevel)) bad(`accuracy level ${o.accuracyLevel} (0..4)`);
   if (o.interface !== undefined && !GRAPH_INTERFACES.includes(o.interface)) bad(`interface ${String(o.interface)} (${GRAPH_INTERFACES.join('|')})`);
   if (o.interface === 'hf' && (o.taps.length || o.ports.length)) bad("the 'hf' interface has no taps and no ports");
+  if (o.activations !== undefined && !ACTIVATIONS.includes(o.activations)) bad(`activations ${String(o.activations)} (${ACTIVATIONS.join('|')})`);
+  // The CPU provider lacks fp16 kernels for most of the graph's ops on x86; the WebGPU provider has them.
+  if (o.activations === 'fp16' && o.interface !== 'device-kv') bad("fp16 activations run on a GPU provider only (the 'device-kv' interface: --provider webgpu)");
 }
 
 /** Writes `modelPath` and `modelPath.data`. Reads one tensor at a time from the checkpoint. */
@@ -135,6 +147,14 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
 
   const hf = o.interface === 'hf';
   const deviceKv = o.interface === 'device-kv';
+  const half = o.activations === 'fp16';
+  /** The activations' type: of the residual stream, the KV cache and every product's input. */
+  const ACT = half ? DT.FLOAT16 : DT.FLOAT;
+  /** A float initializer in the activations' type. */
+  const floats = (name: string, dims: number[], data: Float32Array): string =>
+    half ? g.initializer(name, DT.FLOAT16, dims, new Uint8Array(toHalf(data).buffer)) : g.f32(name, dims, data);
+  /** To fp32 for the host (taps, logits): a no-op in an fp32 build. */
+  const toFloat = (t: string): string => (half ? g.op('Cast', [t], { to: DT.FLOAT }) : t);
   // transformers.js sizes its first (empty) cache from these dimension names: 'batch_size' is one it knows.
   const B = hf ? 'batch_size' : 'batch';
   // Inputs. Batch and sequence are free; the cache length is the preallocated buffer's length.
@@ -167,17 +187,19 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     const mats = names.map((n) => ckpt.read(n));
     const n = mats.reduce((a, m) => a + m.length / k, 0);
     const rows = concat(mats);
-    const addBias = (y: string) => (bias ? g.op('Add', [y, g.f32(`${label}.bias`, [bias.length], bias)]) : y);
+    const addBias = (y: string) => (bias ? g.op('Add', [y, floats(`${label}.bias`, [bias.length], bias)]) : y);
     if (quantized) {
       const bits = o.precision === 'int4' ? 4 : 8;
       const q = quantizeRows(rows, n, k, bits, o.blockSize);
       const b = g.initializer(`${label}.qweight`, DT.UINT8, [n, q.blocksPerRow, q.blobSize], q.packed);
-      const s = g.f32(`${label}.scales`, [n * q.blocksPerRow], q.scales);
+      // MatMulNBits takes its scales (and bias) in its input's type.
+      const s = floats(`${label}.scales`, [n * q.blocksPerRow], q.scales);
       const attrs = { K: k, N: n, bits, block_size: o.blockSize, accuracy_level: o.accuracyLevel };
-      if (bias && inBias) return g.op('MatMulNBits', [x, b, s, '', '', g.f32(`${label}.bias`, [bias.length], bias)], attrs, 'com.microsoft');
+      if (bias && inBias) return g.op('MatMulNBits', [x, b, s, '', '', floats(`${label}.bias`, [bias.length], bias)], attrs, 'com.microsoft');
       return addBias(g.op('MatMulNBits', [x, b, s], attrs, 'com.microsoft'));
     }
     const wt = transpose(rows, n, k);
+    if (half) return addBias(g.op('MatMul', [x, floats(`${label}.weight_fp16`, [k, n], wt)]));
     if (o.precision === 'fp16') {
       // The CPU provider has no fp16 MatMul on x86: store fp16, widen once at session load.
       const h = toHalf(wt);
@@ -186,13 +208,15 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     }
     return addBias(g.op('MatMul', [x, g.f32(`${label}.weight`, [k, n], wt)]));
   };
-  const vec = (name: string, label: string): string => g.f32(label, [ckpt.info(name).shape[0]], ckpt.read(name));
+  const vec = (name: string, label: string): string => floats(label, [ckpt.info(name).shape[0]], ckpt.read(name));
 
   // Embedding: a gather table (fp16 in compact builds: a gather reads one row, so it never limits decode).
   const embName = 'model.embed_tokens.weight';
   const emb = ckpt.read(embName);
   let h: string;
-  if (o.precision === 'fp32') {
+  if (half) {
+    h = g.op('Gather', [g.initializer('embed.weight_fp16', DT.FLOAT16, [cfg.vocabSize, D], new Uint8Array(toHalf(emb).buffer)), ids]);
+  } else if (o.precision === 'fp32') {
     h = g.op('Gather', [g.f32('embed.weight', [cfg.vocabSize, D], emb), ids]);
   } else {
     const e16 = toHalf(emb);
@@ -201,18 +225,19 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   tick('embedding');
 
   // Rotary tables for GroupQueryAttention (non-interleaved halves, as HF's rotate_half).
-  const half = hd / 2;
-  const cos = new Float32Array(cfg.maxPositions * half);
-  const sin = new Float32Array(cfg.maxPositions * half);
+  const rot = hd / 2;
+  const cos = new Float32Array(cfg.maxPositions * rot);
+  const sin = new Float32Array(cfg.maxPositions * rot);
   for (let p = 0; p < cfg.maxPositions; p++) {
-    for (let i = 0; i < half; i++) {
+    for (let i = 0; i < rot; i++) {
       const invFreq = 1 / Math.pow(cfg.ropeTheta, (2 * i) / hd);
-      cos[p * half + i] = Math.cos(p * invFreq);
-      sin[p * half + i] = Math.sin(p * invFreq);
+      cos[p * rot + i] = Math.cos(p * invFreq);
+      sin[p * rot + i] = Math.sin(p * invFreq);
     }
   }
-  const cosCache = g.f32('rotary.cos', [cfg.maxPositions, half], cos);
-  const sinCache = g.f32('rotary.sin', [cfg.maxPositions, half], sin);
+  // GroupQueryAttention takes its rotary tables in the activations' type.
+  const cosCache = floats('rotary.cos', [cfg.maxPositions, rot], cos);
+  const sinCache = floats('rotary.sin', [cfg.maxPositions, rot], sin);
   // Positions of this pass in each row's cache, [batch, kv_heads, seq, 1]: row b's seq new positions
   // end at seqlens_k[b]. The engine reads its new keys and values there out of the attention's
   // present cache (GatherND), so the cache itself never has to leave onnxruntime: onnxruntime-node
@@ -256,8 +281,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     }
     const names = hf ? HF_GRAPH_NAMES : GRAPH_NAMES;
     const pastLen = hf ? 'past_sequence_length' : 'cache_len';
-    const pastK = g.input(names.pastKey(l), DT.FLOAT, [B, KV, pastLen, hd]);
-    const pastV = g.input(names.pastValue(l), DT.FLOAT, [B, KV, pastLen, hd]);
+    const pastK = g.input(names.pastKey(l), ACT, [B, KV, pastLen, hd]);
+    const pastV = g.input(names.pastValue(l), ACT, [B, KV, pastLen, hd]);
     const [presentK, presentV] = hf
       ? [HF_GRAPH_NAMES.presentKey(l), HF_GRAPH_NAMES.presentValue(l)]
       : deviceKv
@@ -271,8 +296,8 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
       'com.microsoft',
     );
     if (hf || deviceKv) {
-      g.output(presentK, DT.FLOAT, [B, KV, 'total_sequence_length', hd]);
-      g.output(presentV, DT.FLOAT, [B, KV, 'total_sequence_length', hd]);
+      g.output(presentK, ACT, [B, KV, 'total_sequence_length', hd]);
+      g.output(presentV, ACT, [B, KV, 'total_sequence_length', hd]);
     } else {
       for (const [present, out] of [[presentK, GRAPH_NAMES.newKey(l)], [presentV, GRAPH_NAMES.newValue(l)]]) {
         g.node('GatherND', [present, newIndex], [out], { batch_dims: 2 });
@@ -299,7 +324,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     if (ports.has(l)) {
       // Adding into the MLP output before the residual add puts the vector into resid_post itself.
       const port = g.input(injectPort(hook), DT.FLOAT, [`inject_${l}_batch`, `inject_${l}_seq`, D]);
-      mlp = g.op('Add', [mlp, port]);
+      mlp = g.op('Add', [mlp, half ? g.op('Cast', [port], { to: DT.FLOAT16 }) : port]);
     }
     const last = l === cfg.numLayers - 1;
     const nextNorm = last ? vec('model.norm.weight', 'final_norm') : vec(`model.layers.${l + 1}.input_layernorm.weight`, `layers.${l + 1}.ln1`);
@@ -317,7 +342,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     : g.op('Gather', [x, logitsIndex], { axis: 1 });
   const headName = cfg.tieWordEmbeddings || !ckpt.has('lm_head.weight') ? embName : 'lm_head.weight';
   if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
-  const logits = linear(picked, [headName], D, 'lm_head');
+  const logits = toFloat(linear(picked, [headName], D, 'lm_head'));
   // Greedy decoding's choice on the device: (argmax id, its logit) per logits position. ArgMax takes
   // the first of equal maxima, as the sampler's own argmax does.
   const greedy = hf
@@ -331,7 +356,7 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
     const toHost = g.input(GRAPH_NAMES.logitsToHost, DT.INT64, []);
     const end = g.op('Mul', [g.op('Unsqueeze', [toHost, g.i64('host.axis0', [0])]), g.i64('host.all', [Number.MAX_SAFE_INTEGER])]);
     const hostLogits = g.op('Slice', [g.op('Reshape', [logits, flat]), g.i64('host.start', [0]), end, g.i64('host.axis0s', [0])]);
-    const parts = [g.op('Reshape', [greedy, flat]), hostLogits, ...[...taps].sort((a, b) => a - b).map((l) => g.op('Reshape', [residPost(l), flat]))];
+    const parts = [g.op('Reshape', [greedy, flat]), hostLogits, ...[...taps].sort((a, b) => a - b).map((l) => g.op('Reshape', [toFloat(residPost(l)), flat]))];
     g.node('Concat', parts, [GRAPH_NAMES.hostOutputs], { axis: 0 });
     g.output(GRAPH_NAMES.hostOutputs, DT.FLOAT, ['host_floats']);
   } else {
