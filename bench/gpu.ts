@@ -6,7 +6,7 @@
  *   npx tsx bench/gpu.ts [--work /tmp/lw-gpu] [--shapes 0.5b,7b] [--python python3] [--prompt 128]
  *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
  *       [--merge EARLIER.json] [--build-only] [--webgpu-validation disabled|wgpuOnly|basic]
- *       [--accuracy-levels 4/0,4,0] [--profile]
+ *       [--accuracy-levels 4/0,4,0] [--activations fp32,fp16] [--greedy-path argmax|logits|both] [--profile]
  *
  * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
  *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
@@ -30,6 +30,13 @@
  * encoding and dispatch of its programs, what decode is bound by) against the step's wall time.
  * --webgpu-validation sets the WebGPU provider's validation mode for the whole process (runtime.ts):
  * 'disabled' skips Dawn's per-dispatch checks, the host cost decode is bound by.
+ * --activations: the webgpu engines' activations, side by side with the accuracy levels (fp16: the
+ * residual stream, KV cache and products' inputs in fp16, graph.ts; the route to faster prefill
+ * kernels); keys of fp16 engines end _fp16act. The engine refuses fp16 on a device without
+ * shader-f16 (LW_ERR_ENGINE_DEVICE_FEATURE_MISSING).
+ * --greedy-path: how the greedy tokens come back: 'argmax' (default, what serving does for greedy
+ * requests without logprobs: the graph's argmax, 2 floats per step), 'logits' (the logits row, 600 KB
+ * for Qwen2.5, argmax on the host), 'both' (side by side; keys of the logits path end _logitspath).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -39,6 +46,7 @@ import { fileURLToPath } from 'node:url';
 import { Engine, interfaceFor, type EngineOptions } from '../src/engine/engine.js';
 import { WEBGPU_VALIDATION, type WebGpuValidation } from '../src/engine/runtime.js';
 import { ensureBuild } from '../src/model/build.js';
+import { ACTIVATIONS, type Activations } from '../src/model/graph.js';
 import { residPost } from '../src/hooks.js';
 import { graphBytes } from './lib/graph-bytes.js';
 import { describeMachine } from './lib/machine.js';
@@ -52,7 +60,13 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const SHAPES: Record<string, RandomCheckpointShape> = {
   '0.5b': { hiddenSize: 896, numLayers: 24, numHeads: 14, numKvHeads: 2, intermediateSize: 4864, vocabSize: 151936, maxPositions: 32768, ropeTheta: 1_000_000, tieWordEmbeddings: true },
   '7b': { hiddenSize: 3584, numLayers: 28, numHeads: 28, numKvHeads: 4, intermediateSize: 18944, vocabSize: 152064, maxPositions: 32768, ropeTheta: 1_000_000, tieWordEmbeddings: false },
+  /** Not a Qwen shape: a smoke test of this script where there is no GPU (lavapipe; no transformers). */
+  smoke: { hiddenSize: 128, numLayers: 4, numHeads: 4, numKvHeads: 2, intermediateSize: 256, vocabSize: 4096, maxPositions: 1024, ropeTheta: 1_000_000, tieWordEmbeddings: true },
 };
+/** Prompt ids of the measured requests. */
+const promptOf = (length: number, vocab: number) => Array.from({ length }, (_, i) => (i * 7919 + 13) % Math.min(150_000, vocab));
+/** Shapes measured with taps (the monitor's cost) and against the CPU provider. */
+const SMALL = new Set(['0.5b', 'smoke']);
 /** Summary-key spelling of a shape: decode_tok_s_webgpu_int4_qwen2_5_7b. */
 const keyOf = (shape: string) => `qwen2_5_${shape.replace('.', '_')}`;
 
@@ -91,6 +105,8 @@ interface Config {
   options: EngineOptions;
   /** Layers tapped (returned) at every step. */
   taps: number[];
+  /** Greedy tokens from the logits row (true) or from the graph's argmax (false: what serving does). */
+  returnLogits: boolean;
 }
 
 /**
@@ -107,13 +123,13 @@ async function measure(modelDir: string, configs: readonly Config[], a: { prompt
       const engine = await Engine.load(modelDir, { ...c.options, progress: (d, t, what) => d === t && log(`built ${modelDir} ${c.options.provider} ${c.options.precision} (${what})`) });
       loaded.push({ engine, loadS: (performance.now() - t0) / 1000, taps: c.taps.map(residPost) });
     }
-    const promptIds = Array.from({ length: a.prompt }, (_, i) => (i * 7919 + 13) % 150_000);
-    const once = async (l: (typeof loaded)[number], maxTokens: number) => {
+    const promptIds = promptOf(a.prompt, loaded[0].engine.config.vocabSize);
+    const once = async (l: (typeof loaded)[number], maxTokens: number, returnLogits: boolean) => {
       const ids: number[] = [];
       let firstLogits: Float32Array = new Float32Array(0);
       const start = performance.now();
       let prefillEnd = start;
-      for await (const s of l.engine.generate({ promptIds, maxTokens, ignoreEos: true, taps: l.taps, returnLogits: true })) {
+      for await (const s of l.engine.generate({ promptIds, maxTokens, ignoreEos: true, taps: l.taps, returnLogits })) {
         if (s.kind === 'prompt') prefillEnd = performance.now();
         else {
           if (ids.length === 0) firstLogits = s.logits!;
@@ -124,15 +140,17 @@ async function measure(modelDir: string, configs: readonly Config[], a: { prompt
       const passes = l.taps.length > 0 ? maxTokens : maxTokens - 1;
       return { prefill: a.prompt / ((prefillEnd - start) / 1000), decode: passes / ((performance.now() - prefillEnd) / 1000), ids, firstLogits };
     };
-    for (const l of loaded) await once(l, 4);
+    // The warm-up brings the logits back: the first-token logits compared across providers.
+    const warm: Awaited<ReturnType<typeof once>>[] = [];
+    for (const l of loaded) warm.push(await once(l, 4, true));
     const runs = loaded.map(() => [] as Awaited<ReturnType<typeof once>>[]);
-    for (let r = 0; r < a.runs; r++) for (const [i, l] of loaded.entries()) runs[i].push(await once(l, a.decode));
+    for (let r = 0; r < a.runs; r++) for (const [i, l] of loaded.entries()) runs[i].push(await once(l, a.decode, configs[i].returnLogits));
     return loaded.map((l, i) => ({
       prefill_tok_s: round(median(runs[i].map((r) => r.prefill)), 1),
       decode_tok_s: round(median(runs[i].map((r) => r.decode)), 2),
       decode_tok_s_runs: runs[i].map((r) => round(r.decode, 2)),
       ids: runs[i][0].ids,
-      firstLogits: runs[i][0].firstLogits,
+      firstLogits: warm[i].firstLogits,
       load_s: round(l.loadS, 1),
       build_s: round(l.engine.build.buildSeconds, 1),
       weight_bytes_per_token: graphBytes(l.engine.build.modelPath).perTokenBytes,
@@ -203,7 +221,7 @@ async function profileDecode(dir: string, options: EngineOptions, prefix: string
   const engine = await Engine.load(dir, { ...options, profilePrefix: prefix });
   let wallUsPerStep = 0;
   try {
-    const promptIds = Array.from({ length: prompt }, (_, i) => (i * 7919 + 13) % 150_000);
+    const promptIds = promptOf(prompt, engine.config.vocabSize);
     const stamps: number[] = [];
     for await (const s of engine.generate({ promptIds, maxTokens: 24, ignoreEos: true })) if (s.kind === 'token') stamps.push(performance.now());
     // Steps after the two warm-up ones, as the profile summary counts them.
@@ -225,7 +243,7 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels']);
+  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels', 'activations', 'greedy-path']);
   const work = a.get('work', '/tmp/lw-gpu')!;
   const shapes = a.get('shapes', '0.5b,7b')!.split(',');
   for (const s of shapes) if (!SHAPES[s]) throw new Error(`--shapes: ${s} is not one of ${Object.keys(SHAPES).join(',')}`);
@@ -253,19 +271,45 @@ async function main(argv: string[]): Promise<void> {
     for (const l of [prefill, decode]) if (![0, 1, 2, 3, 4].includes(l)) throw new Error(`--accuracy-levels: ${spec} (levels 0..4, 'P/D' or 'L')`);
     return { spec, prefill, decode };
   });
-  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache, accuracyLevel: levels[0].prefill, decodeAccuracyLevel: levels[0].decode, ...(validation ? { webgpuValidation: validation } : {}) };
-  const suffix = (i: number) => (i === 0 ? '' : `_acc${levels[i].spec.replace('/', '_')}`);
+  const activations = a.get('activations', 'fp32')!.split(',') as Activations[];
+  for (const act of activations) if (!ACTIVATIONS.includes(act)) throw new Error(`--activations: ${act} is not one of ${ACTIVATIONS.join(',')}`);
+  const greedyPath = a.get('greedy-path', 'argmax')!;
+  if (!['argmax', 'logits', 'both'].includes(greedyPath)) throw new Error(`--greedy-path: ${greedyPath} is not one of argmax,logits,both`);
+  const paths = greedyPath === 'both' ? [false, true] : [greedyPath === 'logits'];
+  const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache, accuracyLevel: levels[0].prefill, decodeAccuracyLevel: levels[0].decode, activations: activations[0], ...(validation ? { webgpuValidation: validation } : {}) };
+  // The engines measured side by side, the first giving the summary's plain keys (with --activations
+  // fp16 alone, keys ending _fp16act), the others keys with a suffix per way they differ.
+  const variants = levels.flatMap((level, li) =>
+    activations.flatMap((act) =>
+      paths.map((returnLogits) => ({
+        level,
+        act,
+        returnLogits,
+        suffix: `${li === 0 ? '' : `_acc${level.spec.replace('/', '_')}`}${act === 'fp16' ? '_fp16act' : ''}${returnLogits ? '_logitspath' : ''}`,
+        label: `accuracy level ${level.spec}, ${act} activations, greedy from the ${returnLogits ? 'logits row' : "graph's argmax"}`,
+      })),
+    ),
+  );
   if (a.has('build-only')) {
     for (const shape of shapes) {
       const t = performance.now();
-      for (const accuracyLevel of new Set(levels.flatMap((l) => [l.prefill, l.decode]))) {
-        ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, accuracyLevel, interface: interfaceFor('webgpu') }, { cacheDir: cache });
-        log(`built ${shape} webgpu int4 (accuracy level ${accuracyLevel}) in ${((performance.now() - t) / 1000).toFixed(0)} s`);
+      for (const act of activations) {
+        for (const accuracyLevel of new Set(levels.flatMap((l) => [l.prefill, l.decode]))) {
+          ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, accuracyLevel, activations: act, interface: interfaceFor('webgpu') }, { cacheDir: cache });
+          log(`built ${shape} webgpu int4 (accuracy level ${accuracyLevel}, ${act} activations) in ${((performance.now() - t) / 1000).toFixed(0)} s`);
+        }
       }
     }
     return;
   }
-  const report = { kind: 'gpu', version: 1, machine: describeMachine(), args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)', accuracy_levels: levels.map((l) => l.spec) }, summary, details };
+  const report = {
+    kind: 'gpu',
+    version: 1,
+    machine: describeMachine(),
+    args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)', accuracy_levels: levels.map((l) => l.spec), activations, greedy_path: greedyPath },
+    summary,
+    details,
+  };
   const save = () => writeJson(out, report);
 
   // 1. Checkpoints and transformers' figures.
@@ -306,21 +350,24 @@ async function main(argv: string[]): Promise<void> {
     // 0.5B: the plain serving build and one with three layers tapped every step (the monitor's
     // cost; a probe's scoring is host arithmetic on top), measured in alternation.
     const L = SHAPES[shape].numLayers;
-    const tapLayers = shape === '0.5b' ? [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)] : null;
-    const configs: Config[] = levels.flatMap((l) => {
-      const options = { ...webgpuInt4, accuracyLevel: l.prefill, decodeAccuracyLevel: l.decode };
-      return [{ options, taps: [] }, ...(tapLayers ? [{ options: { ...options, taps: tapLayers }, taps: tapLayers }] : [])];
+    const tapLayers = SMALL.has(shape) ? [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)] : null;
+    // The monitor's cost is measured on the path serving takes (the first of --greedy-path).
+    const configs: Config[] = variants.flatMap((v) => {
+      const options = { ...webgpuInt4, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act };
+      const tapped = tapLayers && v.returnLogits === paths[0];
+      return [{ options, taps: [], returnLogits: v.returnLogits }, ...(tapped ? [{ options: { ...options, taps: tapLayers }, taps: tapLayers, returnLogits: v.returnLogits }] : [])];
     });
     const measured = await measure(dir, configs, { prompt, decode, runs });
     const h = hf?.shapes[shape];
     summary[`decode_tok_s_hf_eager_bf16_${k}`] = h ? round(h.decode_tok_s, 2) : null;
     summary[`prefill_tok_s_hf_eager_bf16_${k}`] = h ? round(h.prefill_tok_s, 1) : null;
     summary[`bandwidth_limit_tok_s_hf_eager_bf16_${k}`] = h ? limit(h.weight_bytes_per_token) : null;
-    const perLevel = tapLayers ? 2 : 1;
-    for (const [i, { spec }] of levels.entries()) {
-      const [gpu, tapped] = measured.slice(i * perLevel, (i + 1) * perLevel);
-      const x = suffix(i);
-      log(`${shape} webgpu int4 accuracy level ${spec}: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
+    let at = 0;
+    for (const v of variants) {
+      const gpu = measured[at++];
+      const tapped = tapLayers && v.returnLogits === paths[0] ? measured[at++] : undefined;
+      const x = v.suffix;
+      log(`${shape} webgpu int4 ${v.label}: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
       summary[`decode_tok_s_webgpu_int4${x}_${k}`] = gpu.decode_tok_s;
       summary[`prefill_tok_s_webgpu_int4${x}_${k}`] = gpu.prefill_tok_s;
       const lim = limit(gpu.weight_bytes_per_token);
@@ -330,7 +377,7 @@ async function main(argv: string[]): Promise<void> {
       summary[`prefill_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.prefill_tok_s / h.prefill_tok_s, 2) : null;
       details[`webgpu_int4${x}_${k}`] = kept(gpu);
       if (tapped && tapLayers) {
-        log(`${shape} webgpu int4 accuracy level ${spec} with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
+        log(`${shape} webgpu int4 ${v.label} with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
         summary[`monitor_overhead_pct_webgpu${x}`] = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
         summary.monitor_taps = tapLayers.map(residPost);
         details[`webgpu_int4_taps${x}_${k}`] = kept(tapped);
@@ -345,8 +392,8 @@ async function main(argv: string[]): Promise<void> {
     }
     save();
 
-    if (shape === '0.5b') {
-      const [cpu] = await measure(dir, [{ options: { ...webgpuInt4, provider: 'cpu', decodeAccuracyLevel: undefined, threads: availableParallelism() }, taps: [] }], { prompt, decode: Math.min(decode, 32), runs: 1 });
+    if (SMALL.has(shape)) {
+      const [cpu] = await measure(dir, [{ options: { ...webgpuInt4, provider: 'cpu', decodeAccuracyLevel: undefined, activations: 'fp32', threads: availableParallelism() }, taps: [], returnLogits: false }], { prompt, decode: Math.min(decode, 32), runs: 1 });
       log(`${shape} cpu int4 (${availableParallelism()} threads): decode ${cpu.decode_tok_s} tok/s`);
       const n = Math.min(32, gpu.ids.length, cpu.ids.length);
       summary.greedy_prefix_webgpu_vs_cpu_int4 = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));
