@@ -54,6 +54,8 @@ export type WorkerReply =
   | { type: 'reply'; seq: number; ok: true; value: unknown; snapshot: WorkerSnapshot; commit?: CommitObservation }
   | { type: 'reply'; seq: number; ok: false; error: WorkerError; snapshot: WorkerSnapshot; commit?: CommitObservation }
   | { type: 'state'; event: { state: 'failing' | 'recovered'; error?: string; pending: number } }
+  /** A batch's answers, in order, in one message: one wake-up of the daemon's event loop per commit, not one per append. */
+  | { type: 'replies'; replies: WorkerReply[] }
   /** After a maintenance run (retries, retention) that changed the log's state: no request was answered, health must still see it. */
   | { type: 'snapshot'; snapshot: WorkerSnapshot };
 
@@ -168,7 +170,8 @@ function serve(port: MessagePort, options: WorkerOptions): void {
     }
     // The commit's figures ride on the batch's first answer (metrics.ts: commits, alerts per commit, commit seconds).
     if (commit && replies.length > 0) replies[0] = { ...replies[0], commit } as WorkerReply;
-    for (const r of replies) post(r);
+    if (replies.length === 1) post(replies[0]);
+    else if (replies.length > 1) post({ type: 'replies', replies });
     if (closing) port.close();
   };
 

@@ -301,6 +301,10 @@ export class GroupCommitAlertStore implements AlertStore {
       this.onStateChange?.(m.event);
       return;
     }
+    if (m.type === 'replies') {
+      for (const r of m.replies) this.receive(r);
+      return;
+    }
     if (m.type === 'snapshot') {
       this.snapshot = m.snapshot;
       return;
