@@ -12,14 +12,22 @@
  * a near-tie: 0.003). int4 weights at accuracy level 0: logits 0.1 and taps 0.03 of the CPU's int4
  * level-0 build (measured 0.038 and 0.016).
  */
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/daemon/config.js';
+import { startDaemon } from '../src/daemon/daemon.js';
 import { DeviceKvCache } from '../src/engine/device-kv.js';
 import { Engine } from '../src/engine/engine.js';
 import { webgpuShaderF16, type Tensor } from '../src/engine/runtime.js';
 import type { GenerateRequest, Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
 import { GRAPH_NAMES } from '../src/model/graph.js';
-import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, readReference, referenceTensors, type SubjectReference, type TinyReference } from './helpers.js';
+import { API_KEY } from './daemon-fixture.js';
+import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, readReference, referenceTensors, tempDir, thrown, type SubjectReference, type TinyReference } from './helpers.js';
+
+const run = promisify(execFile);
 
 async function steps(engine: Engine, req: GenerateRequest): Promise<Step[]> {
   const out: Step[] = [];
@@ -169,6 +177,38 @@ describe('qwen2-code-16m (the built-in model) with fp16 activations on the WebGP
     },
     LAVAPIPE_SLOW_MS,
   );
+});
+
+describe('--activations in the CLI and the daemon', () => {
+  it('generate --provider webgpu --activations fp16 gives the reference text; a value outside fp32|fp16 is a usage error', async () => {
+    const BIN = new URL('../bin/latentwatch.js', import.meta.url).pathname;
+    const p = readReference<SubjectReference>(CODE16M).prompts[1];
+    const ok = await run('node', [BIN, 'generate', '--model', CODE16M, '--prompt', p.text, '--max-tokens', '24', '--provider', 'webgpu', '--activations', 'fp16', '--cache-dir', TEST_CACHE, '--json']);
+    expect((JSON.parse(ok.stdout) as { text: string }).text).toBe(p.greedy_text);
+    const e = await run('node', [BIN, 'generate', '--prompt', 'x', '--activations', 'bf16']).then(
+      () => null,
+      (err: { code: number; stderr: string }) => err,
+    );
+    expect(e!.code).toBe(2);
+    expect(e!.stderr).toContain('fp32|fp16');
+  }, LAVAPIPE_SLOW_MS);
+
+  it('serve: --activations and LATENTWATCH_ACTIVATIONS set it; fp16 on the CPU provider stops start-up with a coded error', async () => {
+    const base = ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-alerts-'), 'alerts.db')];
+    expect(loadConfig({ argv: [...base, '--activations', 'fp16', '--provider', 'webgpu'] }).config.activations).toBe('fp16');
+    expect(loadConfig({ argv: base, env: { LATENTWATCH_ACTIVATIONS: 'fp16' } }).config.activations).toBe('fp16');
+    expect(loadConfig({ argv: base }).config.activations).toBe('fp32');
+    expect(thrown(() => loadConfig({ argv: [...base, '--activations', 'bf16'] })).code).toBe('LW_ERR_CONFIG_INVALID');
+    const { config } = loadConfig({ argv: [...base, '--activations', 'fp16'], env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_HOST: '127.0.0.1' } });
+    const e = await startDaemon(config).then(
+      async (d) => {
+        await d.close();
+        return null;
+      },
+      (err: { code?: string }) => err,
+    );
+    expect(e?.code).toBe('LW_ERR_MODEL_BUILD_OPTIONS');
+  });
 });
 
 describe('the device-kv fp16 build refuses what does not fit', () => {

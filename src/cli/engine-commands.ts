@@ -4,7 +4,7 @@ import { lwError } from '../errors.js';
 import { Engine, interfaceFor } from '../engine/engine.js';
 import { parseResidPost } from '../hooks.js';
 import { ensureBuild } from '../model/build.js';
-import { PRECISIONS, type Precision } from '../model/graph.js';
+import { ACTIVATIONS, PRECISIONS, type Activations, type Precision } from '../model/graph.js';
 import { encodeSafetensors, readSafetensorsHeader, readTensorF32 } from '../model/safetensors.js';
 import { DEFAULT_MODEL_DIR } from '../paths.js';
 import { PROVIDERS, type Provider } from '../engine/runtime.js';
@@ -16,9 +16,15 @@ function precision(v: string | undefined): Precision {
   return p;
 }
 
+function activations(v: string | undefined): Activations | undefined {
+  if (v === undefined || (ACTIVATIONS as readonly string[]).includes(v)) return v as Activations | undefined;
+  throw lwError('LW_ERR_CLI_USAGE', `--activations must be one of ${ACTIVATIONS.join('|')} (got ${v})`);
+}
+
 const common = {
   model: { type: 'string' },
   precision: { type: 'string' },
+  activations: { type: 'string' },
   'cache-dir': { type: 'string' },
   threads: { type: 'string' },
   provider: { type: 'string' },
@@ -34,10 +40,11 @@ export const buildCommand: Command = {
   name: 'build',
   usage: `
 latentwatch build [--model DIR] [--precision fp32|fp16|int8|int4] [--taps all|L,L] [--ports all|none|L,L]
-                  [--block-size N] [--provider cpu|cuda|webgpu] [--cache-dir DIR] [--force]
+                  [--block-size N] [--provider cpu|cuda|webgpu] [--activations fp32|fp16] [--cache-dir DIR] [--force]
   Builds (or finds in the cache) the graph for a Hugging Face Qwen2/Qwen3 checkpoint and prints
   where it is. Default model: the built-in ${DEFAULT_MODEL_DIR}. --provider webgpu builds the
-  graph the engine runs there (its KV cache stays on the GPU: docs/gpu.md).`,
+  graph the engine runs there (its KV cache stays on the GPU: docs/gpu.md); --activations fp16
+  (webgpu only) computes in fp16 between the weights.`,
   async run(argv) {
     const v = parse(argv, { ...common, taps: { type: 'string' }, ports: { type: 'string' }, 'block-size': { type: 'string' }, force: { type: 'boolean' } }, this.usage);
     const ports = layerList(v.ports, 'ports');
@@ -49,6 +56,7 @@ latentwatch build [--model DIR] [--precision fp32|fp16|int8|int4] [--taps all|L,
         ports: v.ports === 'none' ? 'none' : ports,
         blockSize: num(v['block-size'], 'block-size'),
         interface: interfaceFor(provider(v.provider)),
+        activations: activations(v.activations),
       },
       { cacheDir: v['cache-dir'], progress: progressBar('build'), force: v.force },
     );
@@ -61,7 +69,7 @@ export const generateCommand: Command = {
   usage: `
 latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N] [--temperature T]
                      [--top-p P] [--top-k K] [--seed S] [--ignore-eos] [--precision P] [--json]
-                     [--provider cpu|cuda|webgpu] [--threads N] [--cache-dir DIR]
+                     [--provider cpu|cuda|webgpu] [--activations fp32|fp16] [--threads N] [--cache-dir DIR]
   --chat wraps TEXT as a user message in the model's chat template (plain format for base models).
   --json prints {"prompt_ids": [...], "ids": [...], "text": "..."} (ids: generated ids only).`,
   async run(argv) {
@@ -89,6 +97,7 @@ latentwatch generate [--model DIR] (--prompt TEXT | --chat TEXT) [--max-tokens N
       cacheDir: v['cache-dir'],
       threads: num(v.threads, 'threads'),
       provider: provider(v.provider),
+      activations: activations(v.activations),
       progress: progressBar('build'),
     });
     const tok = engine.tokenizer;
@@ -118,7 +127,7 @@ export const activationsCommand: Command = {
   usage: `
 latentwatch activations [--model DIR] --prompt TEXT --hook blocks.L.hook_resid_post --out FILE.safetensors
                         [--inject-hook H --inject-vector FILE --inject-scale A] [--precision P]
-                        [--provider cpu|cuda|webgpu]
+                        [--provider cpu|cuda|webgpu] [--activations fp32|fp16]
   FILE.safetensors gets tensor "activations" [tokens, d_model] fp32. --inject-vector is a safetensors
   file whose first tensor (or one named "vector") holds d_model floats, added (times --inject-scale,
   default 1) at every prompt position of --inject-hook.`,
@@ -139,6 +148,7 @@ latentwatch activations [--model DIR] --prompt TEXT --hook blocks.L.hook_resid_p
       cacheDir: v['cache-dir'],
       threads: num(v.threads, 'threads'),
       provider: provider(v.provider),
+      activations: activations(v.activations),
       progress: progressBar('build'),
     });
     const tok = engine.tokenizer;

@@ -83,6 +83,8 @@ export const CONFIG_SCHEMA = closedObject(
     precision: Type.Enum(['fp32', 'fp16', 'int8', 'int4']),
     /** onnxruntime execution provider. */
     provider: Type.Enum(PROVIDERS),
+    /** What the graph computes in between the weights: fp16 on provider webgpu only (docs/gpu.md). */
+    activations: Type.Enum(['fp32', 'fp16']),
     /** onnxruntime intra-op threads; 0 = one per core. */
     threads: Type.Integer({ minimum: 0, maximum: 1024 }),
     /**
@@ -272,6 +274,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   modelDir: null,
   precision: 'fp32',
   provider: 'cpu',
+  activations: 'fp32',
   threads: 0,
   spinning: false,
   servedModelName: null,
@@ -328,6 +331,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_MODEL: { pointer: '/modelDir', kind: 'path' },
   LATENTWATCH_PRECISION: { pointer: '/precision', kind: 'string' },
   LATENTWATCH_PROVIDER: { pointer: '/provider', kind: 'string' },
+  LATENTWATCH_ACTIVATIONS: { pointer: '/activations', kind: 'string' },
   LATENTWATCH_THREADS: { pointer: '/threads', kind: 'int' },
   LATENTWATCH_SPINNING: { pointer: '/spinning', kind: 'bool' },
   LATENTWATCH_SERVED_MODEL_NAME: { pointer: '/servedModelName', kind: 'string' },
@@ -383,6 +387,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     model: { pointer: '/modelDir', kind: 'path', help: 'checkpoint directory (default: the built-in model)' },
     precision: { pointer: '/precision', kind: 'string', help: 'fp32|fp16|int8|int4 weights' },
     provider: { pointer: '/provider', kind: 'string', help: `${PROVIDERS.join('|')} onnxruntime execution provider (default cpu)` },
+    activations: { pointer: '/activations', kind: 'string', help: 'fp32|fp16: fp16 activations on provider webgpu (a device with shader-f16)' },
     threads: { pointer: '/threads', kind: 'int', help: 'onnxruntime intra-op threads (0: one per core)' },
     spinning: { pointer: '/spinning', kind: 'bool', help: 'idle onnxruntime threads spin-wait between passes (default off)' },
     'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },
