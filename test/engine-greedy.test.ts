@@ -59,6 +59,25 @@ for (const [name, dir] of [
       }
     });
 
+    it('a batched decode step asked for the greedy choice gives it for its row, beside rows that read logits', async () => {
+      const ids = prompts(dir)[0].ids;
+      const [a, b] = [pooled.newSequence(ids.length + 1), pooled.newSequence(ids.length + 1)];
+      try {
+        expect(a.storage.slot).toBeGreaterThanOrEqual(0);
+        await a.forward(ids);
+        await b.forward(ids);
+        const before = pooled.batcher.stats.passes;
+        const [g, full] = await Promise.all([pooled.batcher.step(a, 7, { logits: 'greedy' }), pooled.batcher.step(b, 7, { logits: 'last' })]);
+        expect(pooled.batcher.stats.passes).toBe(before + 1); // one pass, two rows
+        expect(g.logits.length).toBe(0);
+        expect(g.greedy).toEqual({ tokenId: argmax(full.logits), logit: full.logits[argmax(full.logits)] });
+        expect(full.greedy).toBeUndefined();
+      } finally {
+        a.release();
+        b.release();
+      }
+    });
+
     it('greedy continuations are the logits path’s, token for token, pooled or not, with taps and several streams at once', async () => {
       const maxTokens = dir === CODE16M ? 24 : 12;
       for (const engine of [alone, pooled]) {

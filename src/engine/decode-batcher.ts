@@ -9,7 +9,7 @@ import { GRAPH_NAMES } from '../model/graph.js';
 import { injectPort } from '../hooks.js';
 import type { KvPool } from './kv-pool.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type Tensor } from './runtime.js';
-import { injectionRows, storeNew, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
+import { greedyChoice, injectionRows, storeNew, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
 import type { TapValues } from './types.js';
 
 interface PendingStep {
@@ -140,7 +140,12 @@ export class DecodeBatcher {
       [GRAPH_NAMES.totalSeqLen]: i32Tensor([Math.max(...seqlens) + 1], []),
       [GRAPH_NAMES.logitsIndex]: i64Tensor([0], [1]),
     };
-    const fetches: Record<string, Tensor | null> = { [GRAPH_NAMES.logits]: null };
+    // Logits come back where a row reads them; greedy rows read only their argmax (graph.ts greedy).
+    const wantsGreedy = (p: PendingStep) => p.o.logits === 'greedy';
+    const wantsLogits = (p: PendingStep) => p.o.logits !== 'greedy' && p.o.logits !== 'none';
+    const fetches: Record<string, Tensor | null> = {};
+    if (batch.some(wantsLogits)) fetches[GRAPH_NAMES.logits] = null;
+    if (batch.some(wantsGreedy)) fetches[GRAPH_NAMES.greedy] = null;
     const dims = [B, c.numKvHeads, this.pool.slotLength, c.headDim];
     for (let l = 0; l < c.numLayers; l++) {
       const v = this.pool.range(l, lo, hi);
@@ -176,7 +181,8 @@ export class DecodeBatcher {
     }
     this.stats.passes++;
     this.stats.rows += batch.length;
-    const logits = tensorData(out[GRAPH_NAMES.logits]);
+    const logits = fetches[GRAPH_NAMES.logits] === null ? tensorData(out[GRAPH_NAMES.logits]) : new Float32Array(0);
+    const greedy = fetches[GRAPH_NAMES.greedy] === null ? tensorData(out[GRAPH_NAMES.greedy]) : new Float32Array(0);
     const V = c.vocabSize;
     // Outputs are fresh buffers each pass: a lone row keeps them as they are, no copy.
     const row = (data: Float32Array, r: number, width: number) => (B === 1 ? data : data.slice(r * width, (r + 1) * width));
@@ -185,7 +191,9 @@ export class DecodeBatcher {
       p.seq.advance(1);
       const taps = new Map<string, TapValues>();
       for (const t of p.o.taps ?? []) taps.set(t, { positions: 1, dModel: D, data: row(tensorData(out[t]), r, D) });
-      return { logits: row(logits, r, V), taps };
+      const result: ForwardResult = { logits: wantsLogits(p) ? row(logits, r, V) : new Float32Array(0), taps };
+      if (wantsGreedy(p)) result.greedy = greedyChoice(greedy, r);
+      return result;
     });
   }
 }
