@@ -18,6 +18,9 @@ REQUIREMENTS=(
   # Mesa's CPU Vulkan driver (lavapipe): a real WebGPU device for onnxruntime's WebGPU provider without
   # a GPU. bookworm's Mesa 22.3 lacks a feature Dawn requires; backports' Mesa 25 has it (docs/gpu.md).
   "/usr/share/vulkan/icd.d/lvp_icd*.json mesa-vulkan-drivers/bookworm-backports test/engine-webgpu.test.ts runs the engine on the WebGPU provider"
+  # A C compiler: test/engine-webgpu-no-f16.test.ts builds a Vulkan driver over lavapipe without fp16 shaders.
+  "cc gcc test/engine-webgpu-no-f16.test.ts compiles test/fixtures/vulkan-no-f16/icd.c"
+  "/usr/include/dlfcn.h libc6-dev test/engine-webgpu-no-f16.test.ts compiles test/fixtures/vulkan-no-f16/icd.c"
 )
 
 present() {
