@@ -11,9 +11,10 @@ import { buildGraph, validateBuildOptions, type Activations, type BuildOptions, 
 
 /**
  * Bump when the graph layout changes, so old cached builds are not reused (3: device-kv builds with
- * host_outputs and WebGPU-fusable projections; 4: the greedy output and device-kv's logits_to_host).
+ * host_outputs and WebGPU-fusable projections; 4: the greedy output and device-kv's logits_to_host;
+ * 5: the greedy output without ArgMax, so no int64 Cast on the host in a WebGPU pass).
  */
-export const BUILDER_VERSION = 4;
+export const BUILDER_VERSION = 5;
 
 export interface BuildRequest {
   precision?: Precision;

@@ -25,8 +25,8 @@
  * as the next pass's past, so the cache never crosses the bus; only logits and taps come back, packed
  * into one output (`host_outputs`), and the logits only where the pass asks (`logits_to_host`).
  *
- * Both engine interfaces also give the greedy choice (`greedy`: ArgMax and ReduceMax over each logits
- * row): a greedy request with no use for the logits reads 2 floats per step instead of the vocabulary.
+ * Both engine interfaces also give the greedy choice (`greedy`: the first argmax and the max of each
+ * logits row): a greedy request with no use for the logits reads 2 floats per step instead of the vocabulary.
  */
 import { lwError } from '../errors.js';
 import { injectPort, residPost } from '../hooks.js';
@@ -132,6 +132,8 @@ export function validateBuildOptions(cfg: ModelConfig, o: BuildOptions): void {
 export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string, progress: BuildProgress = () => {}): { dataBytes: number } {
   const cfg = ckpt.config;
   validateBuildOptions(cfg, o);
+  // The greedy output carries token ids as floats: exact up to 2^24.
+  if (cfg.vocabSize > 2 ** 24) throw lwError('LW_ERR_MODEL_UNSUPPORTED', `a vocabulary of ${cfg.vocabSize} ids (at most 2^24)`);
   const g = new OnnxGraphWriter(modelPath);
   const D = cfg.hiddenSize;
   const hd = cfg.headDim;
@@ -343,11 +345,19 @@ export function buildGraph(ckpt: Checkpoint, o: BuildOptions, modelPath: string,
   const headName = cfg.tieWordEmbeddings || !ckpt.has('lm_head.weight') ? embName : 'lm_head.weight';
   if (headName === embName && !cfg.tieWordEmbeddings) throw lwError('LW_ERR_MODEL_TENSOR_MISSING', 'lm_head.weight (tie_word_embeddings is false)');
   const logits = toFloat(linear(picked, [headName], D, 'lm_head'));
-  // Greedy decoding's choice on the device: (argmax id, its logit) per logits position. ArgMax takes
-  // the first of equal maxima, as the sampler's own argmax does.
-  const greedy = hf
-    ? ''
-    : g.op('Concat', [g.op('Cast', [g.op('ArgMax', [logits], { axis: -1, keepdims: 1 })], { to: DT.FLOAT }), g.op('ReduceMax', [logits], { axes: [-1], keepdims: 1 })], { axis: -1 });
+  // Greedy decoding's choice on the device: (argmax id, its logit) per logits position, the first of
+  // equal maxima as the sampler's own argmax. Not ArgMax: its int64 output needs a Cast the WebGPU
+  // provider runs on the CPU, a copy to the host and back in the middle of every pass; this is
+  // float throughout: the smallest id whose logit equals the row's max (a NaN row gives a NaN logit,
+  // which the sampler refuses).
+  let greedy = '';
+  if (!hf) {
+    const max = g.op('ReduceMax', [logits], { axes: [-1], keepdims: 1 });
+    const ids = g.f32('greedy.ids', [cfg.vocabSize], Float32Array.from({ length: cfg.vocabSize }, (_, i) => i));
+    const none = g.f32('greedy.none', [1], Float32Array.of(cfg.vocabSize));
+    const first = g.op('ReduceMin', [g.op('Where', [g.op('Equal', [logits, max]), ids, none])], { axes: [-1], keepdims: 1 });
+    greedy = g.op('Concat', [first, max], { axis: -1 });
+  }
   if (deviceKv) {
     // Everything the host reads, in one output: each output a pass brings back from the GPU is a
     // copy and a wait of its own (three taps beside the logits cost 48% of 0.5B decode on an H200).
