@@ -177,6 +177,25 @@ describe('qwen2-code-16m (the built-in model) with fp16 activations on the WebGP
     },
     LAVAPIPE_SLOW_MS,
   );
+
+  it(
+    'int4 weights with fp16 activations at the default accuracy level 4 (DP4A): tokens of the fp32-activation build on the same provider, logits within 0.5',
+    async () => {
+      const build = { cacheDir: TEST_CACHE, precision: 'int4' as const, provider: 'webgpu' as const, taps: [0], ports: [] };
+      const [half, full] = [await Engine.load(CODE16M, { ...build, activations: 'fp16' }), await Engine.load(CODE16M, build)];
+      try {
+        const req: GenerateRequest = { promptIds: ref.prompts[1].input_ids, maxTokens: 12, ignoreEos: true, returnLogits: true };
+        const [a, b] = [await steps(half, req), await steps(full, req)];
+        expect(a.map((s) => s.tokenId)).toEqual(b.map((s) => s.tokenId));
+        // Level 4 quantizes each product's input to int8 (from fp16 here, fp32 there): measured 0.24.
+        expect(gaps(a, b, []).logits).toBeLessThan(0.5);
+      } finally {
+        await half.close();
+        await full.close();
+      }
+    },
+    LAVAPIPE_SLOW_MS,
+  );
 });
 
 describe('--activations in the CLI and the daemon', () => {
