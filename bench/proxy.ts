@@ -8,6 +8,15 @@
  *      front of a replay upstream that sends the recorded answers at once, so the replica, not the
  *      generation, is the bottleneck; tokens scored per second over C concurrent streams, and how
  *      many local-serving streams' worth of tokens that is.
+ *   2b. Cross-request batching, before/after in the same run: the same capacity measurement with
+ *      `--no-upstream-batch-steps` (before: a lone token joins the shared decode pass, several
+ *      tokens take a pass of their own) and the default (after: a stream's few tokens also go as
+ *      one-token steps in the shared passes, proxy.ts scoringPlan), with the answers sent at once
+ *      and trickled (--trickle-ms apart per stream: 2 saturates the replica with several tokens
+ *      waiting per stream; 10 leaves it a few).
+ *   2c. The same in process, without HTTP: C teacher-forced streams on one engine (proxy.ts
+ *      teacherForced), each stream's tokens arriving k at a time (the next once the last are
+ *      scored); scored tokens per second and forward passes per scored token, before and after.
  *   3. Added latency per chunk: the replay upstream paces its chunks (--pace-ms apart, a GPU
  *      server's rate) and stamps each with its send time; a client reads them directly from the
  *      replay upstream and through the proxy; the difference of the per-chunk delays is what the
@@ -15,13 +24,15 @@
  * The replay upstream is a recording of real latentwatch answers (step 1), not a model: in this
  * bench it stands for a fast GPU server so that the replica's own cost is what is measured.
  *
- * Usage: npx tsx bench/proxy.ts [--quick] [--tokens N] [--pace-ms MS] [--out DIR]
+ * Usage: npx tsx bench/proxy.ts [--quick] [--tokens N] [--pace-ms MS] [--trickle-ms MS[,MS...]] [--out DIR]
  * Writes proxy.json and proxy.md to --out (default docs/reports/bench).
  */
 import { createServer, type Server } from 'node:http';
 import { mkdtempSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { scoringPlan, teacherForced, TokenFeed } from '../src/daemon/proxy.js';
+import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
 import { streamRequest } from './lib/clients.js';
 import { spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
@@ -29,10 +40,15 @@ import { describeMachine, machineMarkdown } from './lib/machine.js';
 import { markdownTable, parseArgs, writeJson, writeText } from './lib/report.js';
 import { quantile, round } from './lib/stats.js';
 
-const args = parseArgs(process.argv.slice(2), ['tokens', 'pace-ms', 'out']);
+const args = parseArgs(process.argv.slice(2), ['tokens', 'pace-ms', 'trickle-ms', 'out']);
 const quick = args.has('quick');
 const TOKENS = args.num('tokens', quick ? 48 : 128);
 const PACE_MS = args.num('pace-ms', 20);
+/** Trickled arrivals: ms between one stream's chunks (comma-separated settings). */
+const TRICKLE_MS = args
+  .get('trickle-ms', quick ? '10' : '2,10')!
+  .split(',')
+  .map(Number);
 const OUT = args.get('out', join(PACKAGE_ROOT, 'docs', 'reports', 'bench'))!;
 const KEY = 'bench-proxy-key';
 const MODEL = 'qwen2-code-16m';
@@ -69,6 +85,35 @@ async function concurrentRate(url: string, c: number, rounds: number, record?: M
   );
   const seconds = (performance.now() - started) / 1000;
   return { tokens, seconds: round(seconds), tokPerS: round(tokens / seconds, 4), errors };
+}
+
+/**
+ * C clients, each sending `rounds` requests in turn: scored tokens per second, and each text
+ * chunk's delay (receipt − the replay upstream's send) after the first of its stream.
+ */
+async function rateAndDelays(url: string, c: number, rounds: number): Promise<{ tokPerS: number; delayP50: number; delayP99: number; load1m: number; errors: number }> {
+  const started = performance.now();
+  let tokens = 0;
+  let errors = 0;
+  const delays: number[] = [];
+  await Promise.all(
+    Array.from({ length: c }, async (_, client) => {
+      for (let r = 0; r < rounds; r++) {
+        let n = 0;
+        const res = await streamRequest(url, '/v1/completions', body(PROMPTS[(client + r * c) % PROMPTS.length]), {
+          key: KEY,
+          onEvent: (ev) => {
+            const sent = ev.bench_sent_ms;
+            if (typeof sent === 'number' && (ev.choices as unknown[] | undefined)?.length && n++ > 0) delays.push(performance.now() - sent);
+          },
+        });
+        if (res.error || !res.done) errors++;
+        tokens += tokensOf(res.events);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  return { tokPerS: round(tokens / seconds, 4), delayP50: round(quantile(delays, 0.5), 3), delayP99: round(quantile(delays, 0.99), 3), load1m: round(loadavg()[0], 2), errors };
 }
 
 /** An OpenAI-compatible upstream that replays recorded streams, at once or paced, stamping each chunk's send time. */
@@ -150,12 +195,42 @@ const replay = replayUpstream(recordings);
 const replayUrl = await replay.url;
 const proxy = await spawnDaemonProcess({ argv: serveArgs(['--upstream', `${replayUrl}/v1`]), env: { LATENTWATCH_API_KEY: KEY } });
 const proxyRates: Record<string, Awaited<ReturnType<typeof concurrentRate>>> = {};
+type Rate = Awaited<ReturnType<typeof rateAndDelays>>;
+const batching: { arrival: string; paceMs: number; c: number; reps: number; before: Rate; after: Rate }[] = [];
+const REPS = quick ? 1 : 3;
+/** The median run of several (by tokens per second), its figures kept together. */
+const medianRun = (runs: Rate[]): Rate => [...runs].sort((a, b) => a.tokPerS - b.tokPerS)[runs.length >> 1];
 const latency: Record<string, { direct: { first: number[]; rest: number[] }; proxied: { first: number[]; rest: number[] }; passThrough: { first: number[]; rest: number[] } }> = {};
 try {
   await concurrentRate(proxy.url, 1, 1); // warm-up
   for (const c of PROXY_CONCURRENCY) {
     proxyRates[c] = await concurrentRate(proxy.url, c, ROUNDS);
     log(`  proxy C=${c}: ${proxyRates[c].tokPerS} scored tok/s`);
+  }
+  // 2b. Before/after the cross-request batching of several tokens, the same run, alternating, on two
+  // fresh replicas warmed alike (a replica that has served more runs faster: JIT, grown caches).
+  const before = await spawnDaemonProcess({ argv: serveArgs(['--upstream', `${replayUrl}/v1`, '--no-upstream-batch-steps']), env: { LATENTWATCH_API_KEY: KEY } });
+  const after = await spawnDaemonProcess({ argv: serveArgs(['--upstream', `${replayUrl}/v1`]), env: { LATENTWATCH_API_KEY: KEY } });
+  try {
+    for (const d of [before, after]) for (const c of PROXY_CONCURRENCY) await concurrentRate(d.url, c, 1); // warm-up
+    for (const [arrival, paceMs] of [['at once', 0] as const, ...TRICKLE_MS.map((ms) => [`trickled, ${ms} ms apart`, ms] as const)]) {
+      replay.pace.ms = paceMs;
+      for (const c of PROXY_CONCURRENCY) {
+        const runs: { before: Rate[]; after: Rate[] } = { before: [], after: [] };
+        for (let rep = 0; rep < REPS; rep++) {
+          // Alternate which goes first, so that drifting load does not favour one.
+          for (const which of rep % 2 === 0 ? (['before', 'after'] as const) : (['after', 'before'] as const)) {
+            runs[which].push(await rateAndDelays(which === 'before' ? before.url : after.url, c, ROUNDS));
+          }
+        }
+        const row = { arrival, paceMs, c, reps: REPS, before: medianRun(runs.before), after: medianRun(runs.after) };
+        batching.push(row);
+        log(`  ${arrival} C=${c}: before ${row.before.tokPerS} tok/s (chunk delay p50 ${row.before.delayP50} ms), after ${row.after.tokPerS} tok/s (${row.after.delayP50} ms)`);
+      }
+    }
+  } finally {
+    await before.stop();
+    await after.stop();
   }
   replay.pace.ms = PACE_MS;
   const passing = await spawnDaemonProcess({ argv: serveArgs(['--upstream', `${replayUrl}/v1`, '--upstream-pass-through']), env: { LATENTWATCH_API_KEY: KEY } });
@@ -173,6 +248,61 @@ try {
 } finally {
   await proxy.stop();
   replay.server.close();
+}
+
+// 2c. In process: teacher-forced streams on one engine, k tokens per arrival.
+log('in process: teacher-forced streams on one engine');
+type EngineRun = { tokPerS: number; passesPerToken: number; load1m: number };
+const inProcess: { k: number; c: number; reps: number; before: EngineRun; after: EngineRun }[] = [];
+{
+  const engine = await Engine.load(DEFAULT_MODEL_DIR, { maxBatch: 16 });
+  const taps = [...engine.taps];
+  const tokenizer = engine.tokenizer!;
+  const streams = PROMPTS.map((p) => tokenizer.encode(p));
+  const continuation = Array.from({ length: TOKENS }, (_, i) => 100 + ((i * 37) % 5000));
+  /** C streams scored together, each's tokens arriving k at a time; passes counted (shared ones from the batcher, lone ones here). */
+  const run = async (c: number, k: number, batchSteps: boolean): Promise<EngineRun> => {
+    const shared = engine.batcher.stats.passes;
+    let lone = 0;
+    let active = c;
+    const started = performance.now();
+    await Promise.all(
+      Array.from({ length: c }, async (_, i) => {
+        const feed = new TokenFeed();
+        let at = 0;
+        const next = () => {
+          if (at >= continuation.length) return feed.end();
+          const ids = continuation.slice(at, at + k);
+          at += k;
+          // The scorer takes this arrival alone (the next comes once it is scored): its plan, as teacherForced makes it.
+          if (scoringPlan(ids.length, true, active, batchSteps) === 'alone') lone++;
+          feed.push({ ids, text: '', onScored: next });
+        };
+        next();
+        const source = teacherForced(engine, feed, { onTruncated: () => undefined, streams: () => active, batchSteps });
+        lone++; // the prompt's pass
+        for await (const step of source({ promptIds: streams[i % streams.length], maxTokens: TOKENS, taps })) void step;
+        active--;
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    const sharedPasses = engine.batcher.stats.passes - shared;
+    return { tokPerS: round((c * TOKENS) / seconds, 4), passesPerToken: round((sharedPasses + lone) / (c * TOKENS), 4), load1m: round(loadavg()[0], 2) };
+  };
+  for (const batchSteps of [true, false]) await run(Math.max(...PROXY_CONCURRENCY), 2, batchSteps); // warm-up
+  for (const k of [2, 4]) {
+    for (const c of PROXY_CONCURRENCY) {
+      const runs: { before: EngineRun[]; after: EngineRun[] } = { before: [], after: [] };
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const which of rep % 2 === 0 ? (['before', 'after'] as const) : (['after', 'before'] as const)) runs[which].push(await run(c, k, which === 'after'));
+      }
+      const med = (xs: EngineRun[]) => [...xs].sort((a, b) => a.tokPerS - b.tokPerS)[xs.length >> 1];
+      const row = { k, c, reps: REPS, before: med(runs.before), after: med(runs.after) };
+      inProcess.push(row);
+      log(`  k=${k} C=${c}: before ${row.before.tokPerS} tok/s (${row.before.passesPerToken} passes/token), after ${row.after.tokPerS} tok/s (${row.after.passesPerToken})`);
+    }
+  }
+  await engine.close();
 }
 
 const q = (v: number[], p: number) => round(quantile(v, p), 3);
@@ -198,6 +328,10 @@ const result = {
     /** Scored over generated, both at their best concurrency. */
     scoredOverGeneratedBest: round(bestProxy / bestLocal, 3),
   },
+  /** Scored tok/s without (before) and with (after) several tokens scored as shared one-token steps. */
+  crossRequestBatching: batching.map((b) => ({ ...b, afterOverBefore: round(b.after.tokPerS / b.before.tokPerS, 3) })),
+  /** In process, without HTTP: C teacher-forced streams, k tokens per arrival, before/after. */
+  crossRequestBatchingInProcess: inProcess.map((b) => ({ ...b, afterOverBefore: round(b.after.tokPerS / b.before.tokPerS, 3) })),
   paceMs: PACE_MS,
   chunkLatencyMs: Object.fromEntries(
     Object.entries(latency).map(([c, l]) => [
@@ -231,6 +365,24 @@ ${markdownTable(
 )}
 
 One proxy replica scores **${round(bestProxy, 1)} tok/s** at best, ${round(result.summary.streamsWorthOfOneStream, 1)}× one locally generating stream (${round(oneStream, 1)} tok/s) and ${round(result.summary.scoredOverGeneratedBest, 2)}× local serving at its best concurrency (${round(bestLocal, 1)} tok/s): the tokens of a stream arrive together and are scored in prefill-shaped passes, not one decode pass each.
+
+## Cross-request batching: before and after
+
+Scored tokens per second of one replica with \`--no-upstream-batch-steps\` (before: a lone token joins the decode pass shared with other streams, several tokens take a pass of their own) and the default (after: a stream's few tokens, up to half the streams scoring, also go as one-token steps in the shared passes; proxy.ts \`scoringPlan\`). onnxruntime's CPU attention takes several new positions per row only in a batch of one, so a multi-token pass cannot be shared. Same run, two fresh replicas warmed alike, alternating; the answers sent at once (each stream's tokens arrive together: long passes of their own either way), or trickled ${TRICKLE_MS.join(' or ')} ms apart per stream (a few tokens wait per stream).
+
+${markdownTable(
+  ['arrival', 'concurrent streams', 'before tok/s', 'after tok/s', 'after / before', 'chunk delay p50 / p99 ms, before', 'after', 'load (1 min) before / after'],
+  result.crossRequestBatching.map((b) => [b.arrival, b.c, b.before.tokPerS, b.after.tokPerS, b.afterOverBefore, `${b.before.delayP50} / ${b.before.delayP99}`, `${b.after.delayP50} / ${b.after.delayP99}`, `${b.before.load1m} / ${b.after.load1m}`]),
+)}
+
+In process, without HTTP (bench/proxy.ts 2c): C teacher-forced streams on one engine (\`teacherForced\`, the scoring path of the proxy), each stream's ${TOKENS} tokens arriving k at a time, the next arrival once the last is scored; forward passes per scored token count the shared passes and the passes of their own.
+
+${markdownTable(
+  ['tokens per arrival', 'concurrent streams', 'before tok/s', 'after tok/s', 'after / before', 'passes per token before', 'after', 'load (1 min) before / after'],
+  result.crossRequestBatchingInProcess.map((b) => [b.k, b.c, b.before.tokPerS, b.after.tokPerS, b.afterOverBefore, b.before.passesPerToken, b.after.passesPerToken, `${b.before.load1m} / ${b.after.load1m}`]),
+)}
+
+Each cell is the median of ${REPS} alternating runs of ${ROUNDS} requests per stream (in process: of one stream each). With one stream both replicas do the same (a lone token shares its pass with nobody; several take a pass of their own), so the one-stream rows show the run-to-run noise on this shared machine. Chunk delay: receipt at the client − send by the replay upstream, the chunks after each stream's first.
 
 ## Added latency per chunk
 

@@ -107,21 +107,36 @@ afterAll(async () => {
 });
 
 describe('serve --upstream: answers and verdicts', () => {
-  it('our own completions return token ids when asked (return_token_ids), streamed and not, the stop token included', async () => {
+  it('our own server returns token ids when asked (return_token_ids) where vLLM puts them, streamed and not, the stop token included', async () => {
+    type WithIds = Omit<Completion, 'choices'> & { prompt_token_ids?: number[]; choices: (Completion['choices'][number] & { prompt_token_ids?: number[] })[] };
+    const events = async (route: string, body: Record<string, unknown>) =>
+      (await (await fetch(`${upstream.url}/v1/${route}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) })).text())
+        .split('\n\n')
+        .filter((e) => e.startsWith('data: {'))
+        .map((e) => JSON.parse(e.slice(6)) as WithIds);
+    // Completions: the prompt's ids on the choice (vLLM's CompletionResponseChoice), the first streamed chunk's only.
     const body = { model: MODEL, prompt: 'def add(a, b):\n', max_tokens: 40, temperature: 0, return_token_ids: true };
-    const whole = await post(upstream.url, 'completions', body);
-    expect(whole.status).toBe(200);
-    const ids = whole.body.choices[0].token_ids!;
-    expect(ids.length).toBe(whole.body.usage.completion_tokens);
-    expect((whole.body as Completion & { prompt_token_ids: number[] }).prompt_token_ids.length).toBe(whole.body.usage.prompt_tokens);
-    const r = await fetch(`${upstream.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, stream: true }) });
-    const chunks = (await r.text())
-      .split('\n\n')
-      .filter((e) => e.startsWith('data: {'))
-      .map((e) => JSON.parse(e.slice(6)) as Completion & { prompt_token_ids?: number[] });
+    const whole = (await post(upstream.url, 'completions', body)).body as WithIds;
+    const ids = whole.choices[0].token_ids!;
+    expect(ids.length).toBe(whole.usage.completion_tokens);
+    expect(whole.choices[0].prompt_token_ids!.length).toBe(whole.usage.prompt_tokens);
+    expect(whole.prompt_token_ids).toBeUndefined();
+    const chunks = await events('completions', body);
     expect(chunks.flatMap((c) => c.choices.flatMap((ch) => ch.token_ids ?? []))).toEqual(ids);
-    expect(chunks[0].prompt_token_ids).toEqual((whole.body as Completion & { prompt_token_ids: number[] }).prompt_token_ids);
-    expect(chunks.slice(1).every((c) => c.prompt_token_ids === undefined)).toBe(true);
+    expect(chunks[0].choices[0].prompt_token_ids).toEqual(whole.choices[0].prompt_token_ids);
+    expect(chunks.slice(1).every((c) => c.choices.every((ch) => ch.prompt_token_ids === undefined) && c.prompt_token_ids === undefined)).toBe(true);
+    // Chat: on the body (vLLM's ChatCompletionResponse), the first streamed chunk's only.
+    const chat = { model: MODEL, messages: [{ role: 'user', content: 'Reverse a list.' }], max_tokens: 12, temperature: 0, return_token_ids: true };
+    const chatWhole = (await post(upstream.url, 'chat/completions', chat)).body as WithIds;
+    expect(chatWhole.prompt_token_ids!.length).toBe(chatWhole.usage.prompt_tokens);
+    expect(chatWhole.choices[0].token_ids!.length).toBe(chatWhole.usage.completion_tokens);
+    const chatChunks = await events('chat/completions', chat);
+    expect(chatChunks[0].prompt_token_ids).toEqual(chatWhole.prompt_token_ids);
+    expect(chatChunks.flatMap((c) => c.choices.flatMap((ch) => ch.token_ids ?? []))).toEqual(chatWhole.choices[0].token_ids);
+    // Not asked: no ids.
+    const plain = (await post(upstream.url, 'completions', { ...body, return_token_ids: false })).body as WithIds;
+    expect(plain.choices[0].token_ids).toBeUndefined();
+    expect(plain.choices[0].prompt_token_ids).toBeUndefined();
   });
 
   it('completions: the text, finish reason and usage are the upstream\'s; the verdict scores equal the upstream\'s own within 1e-3', async () => {

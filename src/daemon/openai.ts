@@ -416,6 +416,17 @@ export function deltaChunk(job: Job, text: string, finish: FinishReason | null, 
   return { id: job.id, object: job.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: job.created, model: job.model, choices: [choice] };
 }
 
+/**
+ * return_token_ids: the prompt's ids where vLLM puts them: on the body of a chat answer or chunk,
+ * on the choice of a completion's (CompletionResponseChoice / CompletionResponseStreamChoice).
+ */
+export function attachPromptIds(kind: ApiKind, body: Record<string, unknown>, ids: readonly number[]): Record<string, unknown> {
+  const choice = (body.choices as Record<string, unknown>[] | undefined)?.[0];
+  if (kind === 'completion' && choice) choice.prompt_token_ids = ids;
+  else body.prompt_token_ids = ids;
+  return body;
+}
+
 export function usageChunk(job: Job, u: Usage): Record<string, unknown> {
   return { id: job.id, object: job.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: job.created, model: job.model, choices: [], usage: u };
 }

@@ -3,15 +3,18 @@
  * are forwarded to an OpenAI-compatible upstream that generates; its answer goes back unchanged
  * with the `latentwatch` verdict added (the last chunk before `[DONE]` when streamed). The local
  * replica of the same checkpoint scores the prompt and the upstream's tokens teacher-forced, never
- * waiting for the whole answer: what has arrived goes through the engine's decode batch, a token per
- * pass shared with other requests' steps, or in one prefill-shaped pass of its own (scoringPlan). The steps go through the same
- * InferenceService.run as local serving (inference.ts StepSource), so alerts, metrics, traces and
- * the verdict are those of local serving. A chunk reaches the client once its tokens are scored and
- * their alerts stored, as a generated token does in local serving.
+ * waiting for the whole answer: what has arrived goes a token per pass through the engine's decode
+ * batch, shared with other requests' steps, or in one prefill-shaped pass of its own (scoringPlan).
+ * The steps go through the same InferenceService.run as local serving (inference.ts StepSource), so
+ * alerts, metrics, traces and the verdict are those of local serving. A chunk reaches the client
+ * once its tokens are scored and their alerts stored, as a generated token does in local serving.
+ * Parameters the daemon cannot honour itself (tools, response_format, n...) go to the upstream
+ * unchanged; tool schemas are scored where the checkpoint's chat template renders them.
  *
- * Token alignment: the upstream's own token ids (`return_token_ids`, vLLM and latentwatch), else
- * the chunk's text re-tokenised with the checkpoint's tokenizer (a stop token it does not show is
- * then not scored, and token boundaries may differ from what the upstream generated).
+ * Token alignment: the upstream's own token ids (`return_token_ids`, vLLM and latentwatch; or
+ * logprobs tokens rendered `token_id:NNN`), else the chunk's text re-tokenised with the checkpoint's
+ * tokenizer (a stop token it does not show is then not scored, and token boundaries may differ from
+ * what the upstream generated).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Engine } from '../engine/engine.js';
@@ -381,15 +384,22 @@ export class ProxyService {
   /**
    * A chat request with tool schemas: the prompt the upstream renders has them, so the replica scores
    * the same rendering where the checkpoint's chat template can give it ('scored', replacing the
-   * prepared prompt); a checkpoint without one scores the messages alone ('not_scored', said in the
-   * verdict). Undefined when the request has no tools.
+   * prepared prompt); a checkpoint without one, or whose template fails on them, scores the messages
+   * alone ('not_scored', said in the verdict). Undefined when the request has no tools.
    */
   private scoreToolsPrompt(body: ChatBody, p: PreparedRequest): ToolsScoring | undefined {
     const tools = (body as { tools?: unknown }).tools;
     if (!Array.isArray(tools) || tools.length === 0) return undefined;
     const tok = this.d.engine.tokenizer!;
     if (!tok.hasChatTemplate) return 'not_scored';
-    const ids = chatPromptIds(tok, body);
+    let ids: number[];
+    try {
+      ids = chatPromptIds(tok, body);
+    } catch (e) {
+      // A template that cannot render these tools: the upstream answers for itself; the messages are scored.
+      if ((e as { code?: unknown }).code === 'LW_ERR_TOKENIZER_TEMPLATE') return 'not_scored';
+      throw e;
+    }
     const context = this.d.engine.contextLength;
     const maxTokens = p.job.maxTokens ?? Math.min(this.d.config.limits.maxTokens, context - ids.length);
     if (maxTokens < 1 || ids.length + maxTokens > context) {

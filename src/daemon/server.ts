@@ -16,7 +16,7 @@ import type { ProxyService } from './proxy.js';
 import type { DaemonMetrics } from './metrics.js';
 import { checkHeaders, installRequestGuard, principalOf, type GuardOptions } from './request-guard.js';
 import { redactUrl, SecretScrubber, setProcessSecrets } from './redact.js';
-import { chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
+import { attachPromptIds, chatRequestSchema, completionRequestSchema, deltaChunk, fullResponse, toJob, usageChunk, verdictChunk, type ApiKind, type ChatBody, type CompletionBody } from './openai.js';
 
 export interface ServerDeps {
   config: FrozenConfig;
@@ -124,7 +124,10 @@ export function buildServer(d: ServerDeps): FastifyInstance {
       let text = '';
       for await (const ev of events) {
         if (ev.type === 'text') text += ev.text;
-        else return { ...fullResponse(job, text, ev.finishReason, ev.usage, ev.verdict), ...(job.returnTokenIds ? { prompt_token_ids: prepared.promptIds } : {}) };
+        else {
+          const body = fullResponse(job, text, ev.finishReason, ev.usage, ev.verdict);
+          return job.returnTokenIds ? attachPromptIds(job.kind, body, prepared.promptIds) : body;
+        }
       }
       throw lwError('LW_ERR_API_INTERNAL', 'generation ended without a result');
     }
@@ -138,7 +141,7 @@ export function buildServer(d: ServerDeps): FastifyInstance {
     let promptIdsSent = !job.returnTokenIds;
     const send = (obj: Record<string, unknown>) => {
       if (!promptIdsSent && Array.isArray(obj.choices) && obj.choices.length > 0) {
-        obj.prompt_token_ids = prepared.promptIds;
+        attachPromptIds(job.kind, obj, prepared.promptIds);
         promptIdsSent = true;
       }
       res.write(`data: ${JSON.stringify(obj)}\n\n`);
