@@ -2,8 +2,9 @@
  * fp16 activations on a WebGPU device without `shader-f16`. Such a device is made from lavapipe
  * itself: test/fixtures/vulkan-no-f16/icd.c is a Vulkan driver that forwards every call to lavapipe
  * but reports shaderFloat16 unsupported, so Dawn exposes no shader-f16 (as on GPUs without fp16
- * shaders). The engine must refuse fp16 there with a coded error naming the feature, before any build,
- * and serve fp32 on the same device.
+ * shaders). The engine must refuse graphs with fp16 tensors there (fp16 activations; int4/int8/fp16
+ * builds, whose embedding table is fp16) with a coded error naming the feature, before any build, and
+ * serve fp32 on the same device.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
@@ -30,17 +31,19 @@ describe('a WebGPU device without shader-f16 (lavapipe with shaderFloat16 hidden
     env = { ...process.env, VK_DRIVER_FILES: icd, VK_ICD_FILENAMES: icd, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? dir };
   });
 
-  it('fp16 activations: the CLI stops with LW_ERR_ENGINE_DEVICE_FEATURE_MISSING naming shader-f16, and builds nothing', async () => {
-    const cache = tempDir('lw-no-f16-cache-');
-    const e = await run('node', [BIN, 'generate', '--model', CODE16M, '--prompt', 'def', '--max-tokens', '2', '--provider', 'webgpu', '--activations', 'fp16', '--cache-dir', cache], { env }).then(
-      () => null,
-      (err: { code: number; stderr: string }) => err,
-    );
-    expect(e).not.toBeNull();
-    expect(e!.code).not.toBe(0);
-    expect(e!.stderr).toContain('LW_ERR_ENGINE_DEVICE_FEATURE_MISSING');
-    expect(e!.stderr).toContain('shader-f16');
-    expect(readdirSync(cache)).toEqual([]);
+  it('fp16 activations, and int4 weights (their embedding table is fp16): the CLI stops with LW_ERR_ENGINE_DEVICE_FEATURE_MISSING naming shader-f16, and builds nothing', async () => {
+    for (const flags of [['--activations', 'fp16'], ['--precision', 'int4']]) {
+      const cache = tempDir('lw-no-f16-cache-');
+      const e = await run('node', [BIN, 'generate', '--model', CODE16M, '--prompt', 'def', '--max-tokens', '2', '--provider', 'webgpu', ...flags, '--cache-dir', cache], { env }).then(
+        () => null,
+        (err: { code: number; stderr: string }) => err,
+      );
+      expect(e, flags.join(' ')).not.toBeNull();
+      expect(e!.code).not.toBe(0);
+      expect(e!.stderr).toContain('LW_ERR_ENGINE_DEVICE_FEATURE_MISSING');
+      expect(e!.stderr).toContain('shader-f16');
+      expect(readdirSync(cache)).toEqual([]);
+    }
   });
 
   it('fp32 activations on the same device serve the reference greedy text', async () => {

@@ -112,9 +112,10 @@ export class Engine implements GraphContext {
     }
     const deviceKv = graphInterface === 'device-kv';
     const checkpoint = openCheckpoint(modelDir);
-    // Refused before a build that may take minutes: options first, then the device's fp16 support.
-    resolveBuildOptions(checkpoint, { ...o, interface: graphInterface });
-    if (o.activations === 'fp16' && o.provider === 'webgpu') await requireShaderF16(o.webgpuValidation);
+    // Refused before a build that may take minutes: options first, then the device's fp16 support,
+    // which fp16 activations need and so does every build but fp32's (its embedding table is fp16).
+    const options = resolveBuildOptions(checkpoint, { ...o, interface: graphInterface });
+    if (o.provider === 'webgpu' && (options.activations === 'fp16' || options.precision !== 'fp32')) await requireShaderF16(o.webgpuValidation);
     const build = ensureBuild(checkpoint, { ...o, interface: graphInterface }, { cacheDir: o.cacheDir, progress: o.progress });
     const quantized = build.options.precision === 'int4' || build.options.precision === 'int8';
     const decodeLevel = o.decodeAccuracyLevel ?? build.options.accuracyLevel;

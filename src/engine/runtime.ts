@@ -66,7 +66,7 @@ const MISSING_F16 = /requires f16 but the device does not support it/i;
 function missingShaderF16(message: string): Error {
   return lwError(
     'LW_ERR_ENGINE_DEVICE_FEATURE_MISSING',
-    `webgpu: the device lacks shader-f16 (fp16 in shaders and buffers), which fp16 activations need; build with fp32 activations instead (${message.trim()})`,
+    `webgpu: the device lacks shader-f16 (fp16 in shaders and buffers), which the graph's fp16 tensors need: fp16 activations, and the fp16 embedding table of int4/int8/fp16 builds; on this device use --activations fp32 --precision fp32 (${message.trim()})`,
   );
 }
 
@@ -110,7 +110,7 @@ export function webgpuShaderF16(webgpuValidation?: WebGpuValidation): Promise<bo
   return shaderF16;
 }
 
-/** Refuses fp16 activations on a WebGPU device without shader-f16, with a coded error naming the feature. */
+/** Refuses a graph with fp16 tensors on a WebGPU device without shader-f16, with a coded error naming the feature. */
 export async function requireShaderF16(webgpuValidation?: WebGpuValidation): Promise<void> {
   if (!(await webgpuShaderF16(webgpuValidation))) throw missingShaderF16('a one-node fp16 graph failed on the device');
 }
