@@ -3,8 +3,8 @@
  * token's alerts are handed to the store and their receipt by 100 WebSocket subscribers, without a
  * model (bench/daemon.ts measures the whole daemon, forward pass and scoring included).
  *
- *   npx tsx bench/alert-path.ts [--tokens N] [--alerts K] [--interval-ms MS] [--subscribers S] [--rounds R]
- *   (defaults: 50 tokens, 16 alerts, 200 ms apart — one burst per injected request, as in bench/daemon.ts — 100 subscribers, 2 rounds)
+ *   npx tsx bench/alert-path.ts [--tokens N] [--alerts K] [--interval-ms MS] [--subscribers S] [--rounds R] [--forward-ms F]
+ *   (defaults: 50 tokens, 16 alerts, 200 ms apart — one burst per injected request, as in bench/daemon.ts — 100 subscribers, 2 rounds, F 40)
  *       [--out FILE.json] [--md FILE.md]
  *
  * In this process: the alert store (each of: SQLite FULL with the group-commit worker, FULL on the
@@ -18,6 +18,11 @@
  *     per alert, one write per subscriber);
  *   - receipt: append call → each subscriber's receipt (wall clocks of both threads aligned,
  *     lib/clients.ts wallOffsetUs); "last subscriber": the last of the S receipts of an alert.
+ * With --forward-ms F (default 40; 0: off) the stores run again with F ms of synchronous work
+ * started on the event loop right after each append, from a setImmediate: what the daemon's event
+ * loop does when the decode batcher starts another stream's forward pass (onnxruntime-node runs a
+ * session synchronously, node_modules/onnxruntime-node/dist/backend.js `run`). An answer from the
+ * writer thread that arrives meanwhile waits for the pass; a synchronous store fans out before it.
  * Rounds alternate the stores' order (ABBA...), so the machine's load falls on each alike.
  * Then the fan-out's own synchronous cost, three ways, interleaved (fanOutStrategies): the ratio
  * holds on a loaded machine where the wall-clock stages above do not.
@@ -58,6 +63,8 @@ export interface StageStats {
 export interface StoreResult {
   store: StoreName;
   label: string;
+  /** Milliseconds of synchronous work started on the event loop right after each append (0: none). */
+  forwardMs: number;
   tokens: number;
   receipts: number;
   commit: StageStats;
@@ -80,13 +87,13 @@ export interface AlertPathBench {
   /** `uptime`'s load averages when the run started and ended. */
   loadAverage: { start: number[]; end: number[] };
   diskFlush: DiskFlush;
-  config: { tokens: number; alertsPerToken: number; intervalMs: number; subscribers: number; rounds: number };
+  config: { tokens: number; alertsPerToken: number; intervalMs: number; subscribers: number; rounds: number; forwardMs: number };
   results: StoreResult[];
   /** The fan-out's own cost, three ways, interleaved in one run (fanOutStrategies). */
   fanOut: { subscribers: number; alertsPerToken: number; tokens: number; strategies: FanOutStrategy[]; perFrameOverJoined: number; perSubscriberJsonOverJoined: number };
 }
 
-const stats = (xs: readonly number[]): StageStats => ({ p50Ms: round(quantile(xs, 0.5), 3), p90Ms: round(quantile(xs, 0.9), 3), p99Ms: round(quantile(xs, 0.99), 3), maxMs: round(Math.max(...xs), 3) });
+const stats = (xs: readonly number[]): StageStats => ({ p50Ms: round(quantile(xs, 0.5), 3), p90Ms: round(quantile(xs, 0.9), 3), p99Ms: round(quantile(xs, 0.99), 3), maxMs: round(xs.reduce((m, x) => Math.max(m, x), -Infinity), 3) });
 
 async function openStore(name: StoreName, dir: string): Promise<AlertStore> {
   const path = join(dir, `${name}.db`);
@@ -124,7 +131,7 @@ interface Samples {
   tokens: number;
 }
 
-async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'], into: Samples): Promise<void> {
+async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'], forwardMs: number, into: Samples): Promise<void> {
   const store = await openStore(name, dir);
   // Registered before the hub's: called when the feed hands a token's alerts over, before the fan-out.
   const handedAt = new Map<number, number>();
@@ -144,6 +151,16 @@ async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'
   for (let t = 0; t < o.tokens; t++) {
     const at = nowUs();
     writes.push(store.append(drafts(t, o.alertsPerToken), { forwardAtUs: at }).then((r) => postedAt.set(r[0].alert.id, at)));
+    // Another stream's forward pass, as the decode batcher starts one: onnxruntime-node runs a
+    // session synchronously on the event loop (from a setImmediate), so nothing else runs meanwhile.
+    if (forwardMs > 0) {
+      setImmediate(() => {
+        const end = performance.now() + forwardMs;
+        while (performance.now() < end) {
+          // the pass
+        }
+      });
+    }
     await new Promise((r) => setTimeout(r, o.intervalMs));
   }
   await Promise.all(writes);
@@ -259,13 +276,19 @@ export async function benchAlertPath(config: AlertPathBench['config']): Promise<
   const start = loadAverage();
   const machine = describeMachine();
   const diskFlush = measureDiskFlush(dir);
-  const samples = new Map<StoreName, Samples>(STORES.map((s) => [s.name, { commit: [], fanOut: [], receipt: [], last: [], first: [], tokens: 0 }]));
+  // Every store without a forward pass; the durable ones and memory with one after each token.
+  const runs = [
+    ...STORES.map((s) => ({ ...s, forwardMs: 0 })),
+    ...(config.forwardMs > 0 ? STORES.filter((s) => s.name !== 'groupNormal').map((s) => ({ ...s, forwardMs: config.forwardMs })) : []),
+  ];
+  const key = (r: { name: StoreName; forwardMs: number }) => `${r.name}/${r.forwardMs}`;
+  const samples = new Map<string, Samples>(runs.map((r) => [key(r), { commit: [], fanOut: [], receipt: [], last: [], first: [], tokens: 0 }]));
   try {
     for (let r = 0; r < config.rounds; r++) {
-      const order = r % 2 === 0 ? STORES : [...STORES].reverse();
+      const order = r % 2 === 0 ? runs : [...runs].reverse();
       for (const s of order) {
-        process.stderr.write(`round ${r + 1}/${config.rounds}: ${s.label}\n`);
-        await runStore(s.name, dir, config, samples.get(s.name)!);
+        process.stderr.write(`round ${r + 1}/${config.rounds}: ${s.label}${s.forwardMs ? `, ${s.forwardMs} ms pass after each token` : ''}\n`);
+        await runStore(s.name, dir, config, s.forwardMs, samples.get(key(s))!);
       }
     }
   } finally {
@@ -273,9 +296,9 @@ export async function benchAlertPath(config: AlertPathBench['config']): Promise<
   }
   process.stderr.write('fan-out strategies\n');
   const fanOut = await fanOutStrategies(config.subscribers, config.alertsPerToken, 300);
-  const results = STORES.map((s) => {
-    const x = samples.get(s.name)!;
-    return { store: s.name, label: s.label, tokens: x.tokens, receipts: x.receipt.length, commit: stats(x.commit), fanOut: stats(x.fanOut), receipt: stats(x.receipt), lastSubscriber: stats(x.last), firstSubscriber: stats(x.first) };
+  const results = runs.map((s) => {
+    const x = samples.get(key(s))!;
+    return { store: s.name, label: s.label, forwardMs: s.forwardMs, tokens: x.tokens, receipts: x.receipt.length, commit: stats(x.commit), fanOut: stats(x.fanOut), receipt: stats(x.receipt), lastSubscriber: stats(x.last), firstSubscriber: stats(x.first) };
   });
   return { machine, loadAverage: { start, end: loadAverage() }, diskFlush, config, results, fanOut };
 }
@@ -292,11 +315,11 @@ export function alertPathMarkdown(b: AlertPathBench): string {
     '',
     `Disk under the logs: fdatasync of a 4 KiB append, ${b.diskFlush.samples} samples: p50 ${b.diskFlush.p50Ms} ms, p99 ${b.diskFlush.p99Ms} ms.`,
     '',
-    `No model: one token's ${c.alertsPerToken} alerts appended every ${c.intervalMs} ms, ${c.tokens} tokens per store per round, ${c.rounds} rounds (store order alternating), ${c.subscribers} WebSocket subscribers on 4 worker threads of this process. Figures are p50 / p99 ms from the append call.`,
+    `No model: one token's ${c.alertsPerToken} alerts appended every ${c.intervalMs} ms, ${c.tokens} tokens per store per round, ${c.rounds} rounds (store order alternating), ${c.subscribers} WebSocket subscribers on 4 worker threads of this process. Figures are p50 / p99 ms from the append call. "Synchronous pass": ${c.forwardMs} ms of work on the event loop started (setImmediate) right after each append, as another stream's forward pass in onnxruntime-node.`,
     '',
     markdownTable(
-      ['alert log', 'tokens', 'receipts', 'commit (append → feed)', 'fan-out (feed → all sockets written)', 'receipt, every subscriber', 'first subscriber', 'last subscriber'],
-      b.results.map((r) => [r.label, r.tokens, r.receipts, cell(r.commit), cell(r.fanOut), cell(r.receipt), cell(r.firstSubscriber), cell(r.lastSubscriber)]),
+      ['alert log', 'synchronous pass after each token', 'tokens', 'receipts', 'commit (append → feed)', 'fan-out (feed → all sockets written)', 'receipt, every subscriber', 'first subscriber', 'last subscriber'],
+      b.results.map((r) => [r.label, r.forwardMs ? `${r.forwardMs} ms` : 'none', r.tokens, r.receipts, cell(r.commit), cell(r.fanOut), cell(r.receipt), cell(r.firstSubscriber), cell(r.lastSubscriber)]),
     ),
     '',
     `## The fan-out's own cost`,
@@ -311,7 +334,7 @@ export function alertPathMarkdown(b: AlertPathBench): string {
 
 runIfMain(import.meta.url, async (argv) => {
   const a = parseArgs(argv, ['tokens', 'alerts', 'interval-ms', 'subscribers', 'rounds', 'out', 'md']);
-  const config = { tokens: a.num('tokens', 50), alertsPerToken: a.num('alerts', 16), intervalMs: a.num('interval-ms', 200), subscribers: a.num('subscribers', 100), rounds: a.num('rounds', 2) };
+  const config = { tokens: a.num('tokens', 50), alertsPerToken: a.num('alerts', 16), intervalMs: a.num('interval-ms', 200), subscribers: a.num('subscribers', 100), rounds: a.num('rounds', 2), forwardMs: a.num('forward-ms', 40) };
   const b = await benchAlertPath(config);
   writeBenchResult(a, 'alert-path', b, alertPathMarkdown(b));
 });
