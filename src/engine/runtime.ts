@@ -52,6 +52,8 @@ export interface SessionOptions {
   webgpuValidation?: WebGpuValidation;
   /** onnxruntime's profiler on: every pass's node timings go to `<profilePrefix>_<date>.json` (endProfiling writes it). */
   profilePrefix?: string;
+  /** onnxruntime logs fatal errors only (a probe whose failure is an answer, not an error). */
+  quiet?: boolean;
 }
 
 export const WEBGPU_VALIDATION = ['disabled', 'wgpuOnly', 'basic'] as const;
@@ -96,7 +98,7 @@ export function webgpuShaderF16(webgpuValidation?: WebGpuValidation): Promise<bo
       },
     }).finish();
     // The validation mode of a process's first WebGPU session holds for all: pass the engine's on.
-    const session = await RuntimeSession.load(bytes, { provider: 'webgpu', webgpuValidation });
+    const session = await RuntimeSession.load(bytes, { provider: 'webgpu', webgpuValidation, quiet: true });
     try {
       const y = await session.run({ x: f32Tensor(Float32Array.of(1.5), [1]) }, { y: null });
       return tensorData(y.y)[0] === 1.5;
@@ -136,7 +138,7 @@ export class RuntimeSession {
         graphOptimizationLevel: 'all',
         intraOpNumThreads: o.threads ?? 0,
         interOpNumThreads: 1,
-        logSeverityLevel: 3,
+        logSeverityLevel: o.quiet ? 4 : 3,
         ...(o.optimizedModelPath ? { optimizedModelFilePath: o.optimizedModelPath } : {}),
         ...(o.profilePrefix ? { enableProfiling: true, profileFilePrefix: o.profilePrefix } : {}),
         ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
