@@ -13,14 +13,16 @@
  * level-0 build (measured 0.038 and 0.016).
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon } from '../src/daemon/daemon.js';
 import { DeviceKvCache } from '../src/engine/device-kv.js';
 import { Engine } from '../src/engine/engine.js';
-import { webgpuShaderF16, type Tensor } from '../src/engine/runtime.js';
+import { RuntimeSession, webgpuShaderF16, type Tensor } from '../src/engine/runtime.js';
 import type { GenerateRequest, Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
 import { GRAPH_NAMES } from '../src/model/graph.js';
@@ -196,6 +198,24 @@ describe('qwen2-code-16m (the built-in model) with fp16 activations on the WebGP
     },
     LAVAPIPE_SLOW_MS,
   );
+});
+
+describe('the provider’s fused kernels with fp16 activations', () => {
+  it('an int4 fp16 build of Qwen3 becomes one MatMulNBitsMlp and one MatMulNBitsQkv per layer on the WebGPU provider', async () => {
+    const engine = await Engine.load(QWEN3_TINY, { cacheDir: TEST_CACHE, provider: 'webgpu', precision: 'int4', accuracyLevel: 0, activations: 'fp16' });
+    try {
+      const optimized = join(tempDir('lw-webgpu-opt-'), 'model.onnx');
+      const session = await RuntimeSession.load(engine.build.modelPath, { provider: 'webgpu', optimizedModelPath: optimized });
+      await session.release();
+      const ops = new Map<string, number>();
+      for (const n of onnxProto.onnx.ModelProto.decode(readFileSync(optimized)).graph?.node ?? []) ops.set(n.opType ?? '', (ops.get(n.opType ?? '') ?? 0) + 1);
+      expect(ops.get('MatMulNBitsMlp')).toBe(engine.config.numLayers);
+      expect(ops.get('MatMulNBitsQkv')).toBe(engine.config.numLayers);
+      expect(ops.get('Sigmoid') ?? 0).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
 });
 
 describe('--activations in the CLI and the daemon', () => {
