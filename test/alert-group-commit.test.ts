@@ -124,6 +124,28 @@ describe('GroupCommitAlertStore', () => {
     expect(commits).toBeLessThan(n / 4);
   });
 
+  it('fans a token out before a synchronous task queued after it (a forward pass on the event loop), unless told not to wait', async () => {
+    // onnxruntime-node runs a pass synchronously from a setImmediate: queued right after the append,
+    // as the decode batcher starts another stream's pass.
+    const order = async (store: GroupCommitAlertStore): Promise<string[]> => {
+      const seen: string[] = [];
+      store.onLive(() => seen.push('live'));
+      const stored = store.append([draft(1), draft(2)], { forwardAtUs: 1 });
+      setImmediate(() => {
+        seen.push('pass');
+        const end = performance.now() + 50;
+        while (performance.now() < end) {
+          // the pass
+        }
+      });
+      expect((await stored).every((r) => r.durable)).toBe(true);
+      await new Promise((r) => setTimeout(r, 100)); // both have run
+      return seen;
+    };
+    expect(await order(await open('before-pass.db'))).toEqual(['live', 'pass']);
+    expect(await order(await open('after-pass.db', { waitForCommitMs: 0 }))).toEqual(['pass', 'live']);
+  });
+
   it('refuses a bad draft alone, with its coded error; the others of the same batch are stored', async () => {
     const store = await open('refuse.db');
     const good = store.append([draft(1)]);

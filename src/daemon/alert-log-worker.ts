@@ -69,6 +69,13 @@ export interface WorkerOptions {
   synchronous?: 'full' | 'normal';
   /** Retention and retries every this many ms (0: never). */
   maintenanceIntervalMs: number;
+  /**
+   * Where answers go (after 'ready'), and a counter bumped after each batch's answers are posted:
+   * the store can then take them synchronously (receiveMessageOnPort) while it waits on the counter
+   * (Atomics.wait). Without them, answers go to the parent port.
+   */
+  replyPort?: MessagePort;
+  answered?: SharedArrayBuffer;
 }
 
 function toWorkerError(e: unknown): WorkerError {
@@ -79,12 +86,19 @@ function toWorkerError(e: unknown): WorkerError {
 if (parentPort) serve(parentPort, workerData as WorkerOptions);
 
 function serve(port: MessagePort, options: WorkerOptions): void {
-  const post = (m: WorkerReply) => port.postMessage(m);
+  const replies = options.replyPort ?? port;
+  const answered = options.answered ? new Int32Array(options.answered) : undefined;
+  const post = (m: WorkerReply) => replies.postMessage(m);
+  const bump = () => {
+    if (!answered) return;
+    Atomics.add(answered, 0, 1);
+    Atomics.notify(answered, 0);
+  };
   let log: AlertLog;
   try {
     log = AlertLog.open({ ...options, onStateChange: (event) => post({ type: 'state', event }) });
   } catch (e) {
-    post({ type: 'openFailed', error: toWorkerError(e) });
+    port.postMessage({ type: 'openFailed', error: toWorkerError(e) } satisfies WorkerReply);
     port.close();
     return;
   }
@@ -103,15 +117,15 @@ function serve(port: MessagePort, options: WorkerOptions): void {
     timer.unref();
     stopMaintenance = () => clearInterval(timer);
   }
-  post({ type: 'ready', snapshot: snapshot() });
+  port.postMessage({ type: 'ready', snapshot: snapshot() } satisfies WorkerReply);
 
   const handle = (batch: WorkerRequest[]) => {
-    const replies: WorkerReply[] = [];
+    const answers: WorkerReply[] = [];
     const reply = (seq: number, f: () => unknown) => {
       try {
-        replies.push({ type: 'reply', seq, ok: true, value: f(), snapshot: snapshot() });
+        answers.push({ type: 'reply', seq, ok: true, value: f(), snapshot: snapshot() });
       } catch (e) {
-        replies.push({ type: 'reply', seq, ok: false, error: toWorkerError(e), snapshot: snapshot() });
+        answers.push({ type: 'reply', seq, ok: false, error: toWorkerError(e), snapshot: snapshot() });
       }
     };
     // Every valid append of the batch in one transaction. A draft the log would refuse fails its
@@ -169,9 +183,10 @@ function serve(port: MessagePort, options: WorkerOptions): void {
       }
     }
     // The commit's figures ride on the batch's first answer (metrics.ts: commits, alerts per commit, commit seconds).
-    if (commit && replies.length > 0) replies[0] = { ...replies[0], commit } as WorkerReply;
-    if (replies.length === 1) post(replies[0]);
-    else if (replies.length > 1) post({ type: 'replies', replies });
+    if (commit && answers.length > 0) answers[0] = { ...answers[0], commit } as WorkerReply;
+    if (answers.length === 1) post(answers[0]);
+    else if (answers.length > 1) post({ type: 'replies', replies: answers });
+    bump();
     if (closing) port.close();
   };
 

@@ -15,6 +15,13 @@
  * Ids, the file format and the reservation are the log's own (alert-log.ts): the same file can be
  * opened by either store.
  *
+ * One exception to "the event loop only posts": onnxruntime-node runs each forward pass
+ * synchronously on the event loop, so an answer that arrives during another stream's pass would wait
+ * for all of it. The loop's next turn after a token's alerts were posted therefore waits (at most
+ * waitForCommitMs) for their commit and takes the answers synchronously (a reply channel and a
+ * shared counter the writer bumps), so alerts are fanned out before any later task starts. The wait
+ * is about one commit, on tokens that raised alerts only; appends of the same turn share it.
+ *
  * The live feed delivers in id order: the writer answers appends in the order it assigned ids and
  * the answers arrive in that order. It may lag the log (an alert is committed before its answer
  * reaches this thread); the hub's resume handles a feed that lags (alert-hub.ts module comment).
@@ -33,7 +40,7 @@
  * later call rejects with LW_ERR_ALERT_LOG_CLOSED, /readyz shows it (health().ok false), the event
  * says so.
  */
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import { lwError, type ErrorCode, ERRORS } from '../errors.js';
 import { MAX_SINCE_LIMIT, normalise, type Alert, type AlertDraft, type AlertFilter, type AppendResult } from './alert-log.js';
 import type { AlertPage, AlertStore, AlertStoreHealth, AlertTiming, LiveListener, StoredResult } from './alert-store.js';
@@ -54,6 +61,16 @@ export interface GroupCommitOptions {
   onStateChange?: (event: { state: 'failing' | 'recovered'; error?: string; pending: number }) => void;
   /** Told when the writer died and was restarted, or could not be (the daemon logs it). */
   onWriterEvent?: (event: WriterEvent) => void;
+  /**
+   * After a token's alerts are posted, the event loop's next turn waits up to this long for their
+   * commit and fans them out then (default 50; 0: never wait, the answer comes as a message).
+   * Why: onnxruntime-node runs a forward pass synchronously on the event loop; an answer that
+   * arrives during another stream's pass waits for the whole pass (bench/alert-path.ts
+   * --forward-ms: 44 ms instead of 4.5 behind a 40 ms pass). Waiting blocks the loop for about one
+   * commit (as the log on the event loop does) only on tokens that raised alerts; the appends
+   * posted in the same turn (concurrent streams) still share one commit.
+   */
+  waitForCommitMs?: number;
   /** Writer deaths tolerated within restartWindowMs before the store fails for good (default 5). */
   maxRestarts?: number;
   restartWindowMs?: number;
@@ -103,14 +120,26 @@ const COUNTED = ['writes', 'failures', 'dropped', 'commits'] as const;
  */
 function startWorker(options: WorkerOptions): Worker {
   const here = import.meta.url;
-  if (!here.endsWith('.ts')) return new Worker(new URL('./alert-log-worker.js', here), { workerData: options });
+  const transferList = options.replyPort ? [options.replyPort] : [];
+  if (!here.endsWith('.ts')) return new Worker(new URL('./alert-log-worker.js', here), { workerData: options, transferList });
   const entry = new URL('./alert-log-worker.ts', here).href;
   const boot = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(boot, { eval: true, workerData: options });
+  return new Worker(boot, { eval: true, workerData: options, transferList });
+}
+
+/** A writer and the channel its answers come back on (alert-log-worker.ts WorkerOptions.replyPort). */
+interface Writer {
+  worker: Worker;
+  replies: MessagePort;
+  /** Bumped by the writer after each batch's answers. */
+  answered: Int32Array;
 }
 
 /** Start a writer and wait until it opened the log. Throws LW_ERR_ALERT_LOG_OPEN. */
-async function launch(options: WorkerOptions): Promise<{ worker: Worker; snapshot: WorkerSnapshot; early: WorkerReply[] }> {
+async function launch(base: WorkerOptions): Promise<Writer & { snapshot: WorkerSnapshot; early: WorkerReply[] }> {
+  const channel = new MessageChannel();
+  const answered = new SharedArrayBuffer(4);
+  const options: WorkerOptions = { ...base, replyPort: channel.port2, answered };
   const worker = startWorker(options);
   const early: WorkerReply[] = [];
   const snapshot = await new Promise<WorkerSnapshot>((resolve, reject) => {
@@ -133,9 +162,10 @@ async function launch(options: WorkerOptions): Promise<{ worker: Worker; snapsho
   }).catch(async (e: unknown) => {
     worker.on('error', () => undefined); // already reported by the rejection
     await worker.terminate();
+    channel.port1.close();
     throw e;
   });
-  return { worker, snapshot, early };
+  return { worker, replies: channel.port1, answered: new Int32Array(answered), snapshot, early };
 }
 
 function rebuild(e: WorkerError): Error {
@@ -157,7 +187,11 @@ export class GroupCommitAlertStore implements AlertStore {
   readonly kind = 'sqlite' as const;
   readonly path: string;
   private worker: Worker;
+  private replies: MessagePort;
+  private answered: Int32Array;
   private readonly workerOptions: WorkerOptions;
+  private readonly waitForCommitMs: number;
+  private pickUpScheduled = false;
   private readonly waiters = new Map<number, Waiter>();
   private readonly listeners: LiveListener[] = [];
   private readonly commitListeners: ((c: CommitObservation) => void)[] = [];
@@ -182,8 +216,11 @@ export class GroupCommitAlertStore implements AlertStore {
   private dead: Error | undefined;
   private closing: Promise<void> | undefined;
 
-  private constructor(worker: Worker, snapshot: WorkerSnapshot, options: GroupCommitOptions, workerOptions: WorkerOptions) {
-    this.worker = worker;
+  private constructor(writer: Writer, snapshot: WorkerSnapshot, options: GroupCommitOptions, workerOptions: WorkerOptions) {
+    this.worker = writer.worker;
+    this.replies = writer.replies;
+    this.answered = writer.answered;
+    this.waitForCommitMs = options.waitForCommitMs ?? 50;
     this.snapshot = snapshot;
     this.path = options.path;
     this.workerOptions = workerOptions;
@@ -191,7 +228,7 @@ export class GroupCommitAlertStore implements AlertStore {
     this.onWriterEvent = options.onWriterEvent;
     this.maxRestarts = options.maxRestarts ?? 5;
     this.restartWindowMs = options.restartWindowMs ?? 60_000;
-    this.watch(worker);
+    this.watch(writer);
   }
 
   /** Start the writer and open the log in it. Throws LW_ERR_ALERT_LOG_OPEN. */
@@ -206,15 +243,46 @@ export class GroupCommitAlertStore implements AlertStore {
       ...(options.busyTimeoutMs !== undefined ? { busyTimeoutMs: options.busyTimeoutMs } : {}),
       ...(options.synchronous !== undefined ? { synchronous: options.synchronous } : {}),
     };
-    const { worker, snapshot, early } = await launch(workerOptions);
-    const store = new GroupCommitAlertStore(worker, snapshot, options, workerOptions);
+    const { snapshot, early, ...writer } = await launch(workerOptions);
+    const store = new GroupCommitAlertStore(writer, snapshot, options, workerOptions);
     for (const m of early) store.receive(m);
     return store;
   }
 
   append(drafts: readonly AlertDraft[], timing?: AlertTiming): Promise<StoredResult[]> {
     if (drafts.length === 0 && !this.closed) return Promise.resolve([]);
-    return this.request({ op: 'append', drafts: [...drafts] }, { timing }) as Promise<StoredResult[]>;
+    const answer = this.request({ op: 'append', drafts: [...drafts] }, { timing }) as Promise<StoredResult[]>;
+    if (this.waitForCommitMs > 0 && !this.pickUpScheduled && !this.restarting && !this.dead) {
+      this.pickUpScheduled = true;
+      setImmediate(() => this.pickUp());
+    }
+    return answer;
+  }
+
+  /**
+   * The event loop's next turn after alerts were posted: wait (Atomics.wait, at most
+   * waitForCommitMs) until the writer answered every append posted so far, taking its answers
+   * synchronously, so the alerts are fanned out before any later task runs (waitForCommitMs).
+   */
+  private pickUp(): void {
+    this.pickUpScheduled = false;
+    const deadline = performance.now() + this.waitForCommitMs;
+    while (!this.restarting && !this.dead && !this.closed && this.unansweredAppends()) {
+      // Read the counter before looking at the port: an answer posted after the look bumps it after the read.
+      const seen = Atomics.load(this.answered, 0);
+      let m = receiveMessageOnPort(this.replies);
+      if (m !== undefined) {
+        for (; m !== undefined; m = receiveMessageOnPort(this.replies)) this.receive(m.message as WorkerReply);
+        continue;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0 || Atomics.wait(this.answered, 0, seen, left) === 'timed-out') return; // the answer comes as a message
+    }
+  }
+
+  private unansweredAppends(): boolean {
+    for (const w of this.waiters.values()) if (w.body.op === 'append') return true;
+    return false;
   }
 
   since(afterId: number, filter: AlertFilter, limit: number): Promise<AlertPage> {
@@ -272,12 +340,13 @@ export class GroupCommitAlertStore implements AlertStore {
       }
       this.closed = true;
       await this.worker.terminate();
+      this.replies.close();
     })();
     return this.closing;
   }
 
-  private watch(worker: Worker): void {
-    worker.on('message', (m: WorkerReply) => {
+  private watch({ worker, replies }: Writer): void {
+    replies.on('message', (m: WorkerReply) => {
       if (worker === this.worker) this.receive(m);
     });
     // 'error' (an uncaught exception) is followed by 'exit'; the first one seen handles the death.
@@ -369,9 +438,13 @@ export class GroupCommitAlertStore implements AlertStore {
     for (const k of COUNTED) this.base[k] += this.snapshot[k];
     const lostPending = this.snapshot.pending;
     this.lostPending += lostPending;
+    const old = this.replies;
     this.worker = next.worker;
+    this.replies = next.replies;
+    this.answered = next.answered;
     this.snapshot = next.snapshot;
-    this.watch(next.worker);
+    this.watch(next);
+    old.close();
     for (const m of next.early) this.receive(m);
     // What the dead writer committed but never answered: the log's alerts after the last one answered.
     const committed: Alert[] = [];
