@@ -158,7 +158,7 @@ describe('windowed members: the lab fit and learn mode agree', () => {
       targetFpr: 0.01,
       requests: seqs.length + 1,
       fitRequests: seqs.length,
-      members: [{ id: 'update-L1-w4', hooks, difference: true, window: { size: 4, positions: 'novel-bigram' } }],
+      members: [{ id: 'update-L1-w4', hooks, difference: true, window: lab.body.kind === 'mahalanobis' ? lab.body.window : undefined }],
       maxPositions: 1024,
     });
     for (const s of seqs) {
@@ -174,7 +174,9 @@ describe('windowed members: the lab fit and learn mode agree', () => {
     const learned = learner.members()[0];
     const a = lab.body.kind === 'mahalanobis' ? lab.body : null;
     const b = learned.body.kind === 'mahalanobis' ? learned.body : null;
-    expect(a?.window).toEqual({ size: 4, positions: 'novel-bigram' });
+    expect(a?.window).toMatchObject({ size: 4, positions: 'novel-bigram' });
+    // The spread discount is learned from the same sums as the lab's (probes/window.ts SpreadMoments).
+    expect(a?.window?.spread?.scale).toHaveLength(d);
     expect(b?.window).toEqual(a?.window);
     if (a?.gaussian.form !== 'cholesky' || b?.gaussian.form !== 'cholesky') throw new Error('expected full Gaussians');
     // Both round to 7 significant digits; the moment fit equals the row fit to ~1e-9 before that.

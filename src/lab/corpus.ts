@@ -34,6 +34,11 @@ export interface CorpusStyle {
   description: string;
   /** Never fitted on: every prompt of the style is a test prompt. */
   holdout: boolean;
+  /**
+   * Never left out of a fit, also when calibration leaves one style out (`--calibrate-on styles`):
+   * for text every detector is fitted on by design (junk), so a fit without it never runs in use.
+   */
+  alwaysFitted: boolean;
   prompts: string[];
 }
 
@@ -85,6 +90,7 @@ const CORPUS_SCHEMA = {
           name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' },
           description: { type: 'string' },
           holdout: { type: 'boolean' },
+          alwaysFitted: { type: 'boolean' },
           prompts: { type: 'array', minItems: 1, items: nonEmpty },
         },
       },
@@ -119,7 +125,7 @@ export function resolveCorpus(value: unknown, source = 'corpus'): Corpus {
     seed: v.seed ?? 0,
     generation: { maxTokens: v.generation?.maxTokens ?? 8, temperature: v.generation?.temperature ?? 0 },
     split: { testFraction: v.split?.testFraction ?? 0.3 },
-    styles: v.styles.map((s) => ({ name: s.name, description: s.description ?? '', holdout: s.holdout ?? false, prompts: [...s.prompts] })),
+    styles: v.styles.map((s) => ({ name: s.name, description: s.description ?? '', holdout: s.holdout ?? false, alwaysFitted: s.alwaysFitted ?? false, prompts: [...s.prompts] })),
   };
 }
 
@@ -244,6 +250,8 @@ export interface CorpusRequest {
   index: number;
   /** 'fit': may be fitted on; 'test': held out (holdout styles, and a seeded share of the rest). */
   split: 'fit' | 'test';
+  /** Its style is never left out of a fit (CorpusStyle.alwaysFitted). */
+  alwaysFitted: boolean;
   text: string;
   /** Tokens to generate after the prompt. */
   maxTokens: number;
@@ -261,7 +269,7 @@ export function corpusRequests(c: Corpus): CorpusRequest[] {
       const id = `${s.name}/${index}`;
       const test = s.holdout || (c.split.testFraction > 0 && hashUnit(`${c.seed}|corpus|${id}`) < c.split.testFraction);
       const maxTokens = c.maxTokens?.[k]?.[index] ?? c.generation.maxTokens;
-      out.push({ id, style: s.name, index, split: test ? 'test' : 'fit', text, maxTokens, temperature: c.generation.temperature, sampleSeed: hash32(`${c.seed}|sample|${id}`) });
+      out.push({ id, style: s.name, index, split: test ? 'test' : 'fit', alwaysFitted: s.alwaysFitted, text, maxTokens, temperature: c.generation.temperature, sampleSeed: hash32(`${c.seed}|sample|${id}`) });
     });
   });
   return out;

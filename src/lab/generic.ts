@@ -45,7 +45,7 @@ import { fitLogistic } from './logistic.js';
 import { createProbe, type Probe } from '../probes/probe.js';
 import { hookList, linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
 import { hashUnit } from '../rng.js';
-import { forEachFullWindowMean, novelPositions } from '../probes/window.js';
+import { forEachFullWindowMean, novelPositions, SpreadMoments, windowSpec } from '../probes/window.js';
 import type { TrialTokens } from './trials.js';
 
 export { calibrate, ensembleFile, requestScore, type DetectorMeta, type MemberFit };
@@ -156,19 +156,37 @@ export interface AnomalyMemberOptions {
    * last `window` novel positions (0: none). Default DEFAULT_GENERIC_WINDOW.
    */
   window?: number;
+  /** Windowed members discount windows whose rows spread more than clean ones (probes/window.ts). Default true. */
+  windowSpread?: boolean;
 }
 
 /** Positions a windowed member averages by default (bench/persistent-shift.ts: 16 beat 8 and 32). */
 export const DEFAULT_GENERIC_WINDOW = 16;
 
-/** Window means of a member's input at every novel position whose window is full, positions ≥ skip. */
-function windowRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d: number, skip: number, size: number): Float32Array {
+/**
+ * Window means of a member's input at every novel position whose window is full, positions ≥ skip;
+ * with `spread`, those windows' variances and the per-token rows go into it too.
+ */
+function windowRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d: number, skip: number, size: number, spread: SpreadMoments | null): Float32Array {
   const parts: Float32Array[] = [];
   for (const s of seqs) {
     const from = Math.max(0, skip - s.start);
     if (from >= s.positions) continue;
     const novel = seqNovelty(s);
-    forEachFullWindowMean(s.rows(layer), input === 'update' ? s.rows(layer - 1) : null, (p) => novel[p] === 1, from, s.positions, d, size, (m) => parts.push(m.slice()));
+    const x = s.rows(layer);
+    const prev = input === 'update' ? s.rows(layer - 1) : null;
+    forEachFullWindowMean(x, prev, (p) => novel[p] === 1, from, s.positions, d, size, (m, v) => {
+      parts.push(m.slice());
+      if (spread) spread.addWindow(v!);
+    }, spread !== null);
+    if (spread) {
+      // float32 differences, as anomalyRows forms them
+      const row = new Float32Array(d);
+      for (let p = from; p < s.positions; p++) {
+        for (let j = 0; j < d; j++) row[j] = x[p * d + j] - (prev ? prev[p * d + j] : 0);
+        spread.addRow(row, 0);
+      }
+    }
   }
   return concat(parts);
 }
@@ -181,16 +199,18 @@ export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemb
   const size = o.window ?? DEFAULT_GENERIC_WINDOW;
   // Requests shorter than skip + size novel positions give no full window: with none (short
   // traffic), a layer gets no windowed member rather than failing the fit (the output lists members).
+  const spread = o.windowSpread ?? true;
   const windowed =
     size > 0
       ? o.layers.flatMap((layer): MemberFit[] => {
           const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
-          const data = windowRows(fit, layer, kind, d, skip, size);
+          const moments = spread ? new SpreadMoments(d) : null;
+          const data = windowRows(fit, layer, kind, d, skip, size, moments);
           const rows = data.length / d;
           if (rows < 2) return [];
           const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, rank: o.rank, shrinkage: o.shrinkage }), digits);
-          const tag = `${g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : ''}-w${size}`;
-          const window = { size, positions: 'novel-bigram' } as const;
+          const tag = `${g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : ''}-w${size}${spread ? '' : '-plain'}`;
+          const window = windowSpec(size, moments, digits);
           return [
             kind === 'update'
               ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference', window) }
@@ -454,9 +474,9 @@ export interface AnomalyDetectorOptions extends Omit<AnomalyMemberOptions, 'laye
   calibrateOn?: 'styles' | 'requests';
 }
 
-/** A corpus request's style (its leave-out group); null for trials. */
+/** A corpus request's style (its leave-out group); null for trials and styles never left out (alwaysFitted). */
 function styleOf(s: Seq): string | null {
-  return s.source === 'corpus' && s.run ? s.run.style : null;
+  return s.source === 'corpus' && s.run && !s.run.alwaysFitted ? s.run.style : null;
 }
 
 /**

@@ -21,7 +21,7 @@ import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
 import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
-import { forEachFullWindowMean, novelPositions } from './window.js';
+import { forEachFullWindowMean, novelPositions, SpreadMoments, windowSpec } from './window.js';
 
 /** One member to learn: a single hook (its residual) or two (the update hook[1] − hook[0]). */
 export interface LearnMember {
@@ -66,7 +66,8 @@ export function learnableMembers(file: ProbeFile): LearnMember[] {
     const hooks = [...hookList(m.hook)];
     const difference = m.input === 'difference';
     if (hooks.length !== (difference ? 2 : 1)) throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} reads ${hooks.length} hooks`, { probe: file.id, member: m.id });
-    return { id: m.id, hooks, difference, ...(m.window ? { window: { size: m.window.size, positions: m.window.positions } } : {}) };
+    // A window's spread discount is relearned too (its presence is what carries over, not its values).
+    return { id: m.id, hooks, difference, ...(m.window ? { window: { size: m.window.size, positions: m.window.positions, ...(m.window.spread ? { spread: m.window.spread } : {}) } } : {}) };
   });
 }
 
@@ -140,6 +141,8 @@ export class DetectorLearner {
   fitPositions = 0;
   calibrationPositions = 0;
   readonly moments: MomentAccumulator[];
+  /** Per member: the spread discount's sums (windowed members that have one), else null. */
+  readonly spreads: (SpreadMoments | null)[];
   /** Per calibration request: one Float32Array of per-position scores per member. */
   readonly calibration: Float32Array[][] = [];
   private candidate: { fits: MemberFit[]; probes: Probe[] } | null = null;
@@ -149,6 +152,7 @@ export class DetectorLearner {
   constructor(readonly spec: LearnSpec) {
     if (spec.fitRequests < 1 || spec.fitRequests >= spec.requests) throw lwError('LW_ERR_PROBE_FIT', `fit share ${spec.fitRequests} of ${spec.requests} requests leaves no calibration share`);
     this.moments = spec.members.map(() => new MomentAccumulator(spec.dModel));
+    this.spreads = spec.members.map((m) => (m.window?.spread ? new SpreadMoments(spec.dModel) : null));
     this.hookIndex = new Map(learnHooks(spec.members).map((h, i) => [h, i]));
     this.scratch = new Float32Array(2 * spec.dModel);
   }
@@ -186,7 +190,18 @@ export class DetectorLearner {
         if (m.window) {
           // A windowed member fits the means of full windows of counted positions, as the lab does.
           const all = m.window.positions === 'all';
-          forEachFullWindowMean(b ?? a, b ? a : null, (p) => all || novel[p] === 1, skip, r.positions, d, m.window.size, (mean) => this.moments[i].add(mean, 0));
+          const spread = this.spreads[i];
+          forEachFullWindowMean(b ?? a, b ? a : null, (p) => all || novel[p] === 1, skip, r.positions, d, m.window.size, (mean, v) => {
+            this.moments[i].add(mean, 0);
+            if (spread) spread.addWindow(v!);
+          }, spread !== null);
+          if (spread) {
+            for (let p = skip; p < r.positions; p++) {
+              const o = p * d;
+              if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
+              spread.addRow(b ? x : a, b ? 0 : o);
+            }
+          }
           return;
         }
         for (let p = skip; p < r.positions; p++) {
@@ -229,7 +244,8 @@ export class DetectorLearner {
     const fits: MemberFit[] = this.spec.members.map((m, i) => {
       if (this.moments[i].n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${this.moments[i].n} positions to fit on`);
       const g = roundedGaussian(fitGaussianFromMoments(this.moments[i]), 7);
-      return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined, m.window) };
+      const window = m.window && (m.window.spread ? windowSpec(m.window.size, this.spreads[i], 7, m.window.positions) : { size: m.window.size, positions: m.window.positions });
+      return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined, window) };
     });
     const meta = { modelFingerprint: this.spec.modelFingerprint, dModel: this.spec.dModel };
     this.candidate = { fits, probes: fits.map((f) => createProbe(memberFile(f, meta))) };
@@ -306,13 +322,21 @@ export class DetectorLearner {
       calibration: this.calibration.map((r) => r[0].length),
     };
     const head = Buffer.from(`${LEARN_STATE_MAGIC}\n${JSON.stringify(header)}\n`, 'utf8');
-    const mBytes = this.moments.length * momentLength(d) * 8;
+    const sBytes = this.spreads.filter((x) => x !== null).length * SpreadMoments.length(d) * 8;
+    const mBytes = this.moments.length * momentLength(d) * 8 + sBytes;
     const cBytes = this.calibration.reduce((a, r) => a + r.length * r[0].length * 4, 0);
     const out = new Uint8Array(head.length + mBytes + cBytes);
     out.set(head, 0);
     let o = head.length;
     for (const m of this.moments) {
       const a = m.toArray();
+      out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
+      o += a.byteLength;
+    }
+    // The spread discounts' sums after the moments, for the windowed members that have one.
+    for (const x of this.spreads) {
+      if (!x) continue;
+      const a = x.toArray();
       out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
       o += a.byteLength;
     }
@@ -359,7 +383,8 @@ export class DetectorLearner {
     if (!Array.isArray(cal) || !cal.every((n) => Number.isInteger(n) && n > 0) || !counts.every((n) => Number.isInteger(n) && (n as number) >= 0)) throw bad(source, 'bad counts');
     const d = spec.dModel;
     const mLen = momentLength(d) * 8;
-    const need = nl2 + 1 + spec.members.length * mLen + (cal as number[]).reduce((a, n) => a + n * spec.members.length * 4, 0);
+    const sLen = SpreadMoments.length(d) * 8;
+    const need = nl2 + 1 + spec.members.length * mLen + learner.spreads.filter((x) => x !== null).length * sLen + (cal as number[]).reduce((a, n) => a + n * spec.members.length * 4, 0);
     if (buf.length !== need) throw bad(source, `expected ${need} bytes, found ${buf.length}`);
     // Copies (ArrayBuffer.slice), aligned for the typed arrays whatever the header's length.
     const copy = (from: number, bytes: number) => buf.buffer.slice(buf.byteOffset + from, buf.byteOffset + from + bytes);
@@ -368,6 +393,11 @@ export class DetectorLearner {
       const a = new Float64Array(copy(o, mLen));
       learner.moments[i] = MomentAccumulator.fromArray(d, a);
       o += mLen;
+    });
+    learner.spreads.forEach((x, i) => {
+      if (!x) return;
+      learner.spreads[i] = SpreadMoments.fromArray(d, new Float64Array(copy(o, sLen)));
+      o += sLen;
     });
     for (const n of cal as number[]) {
       learner.calibration.push(

@@ -99,7 +99,14 @@ const GAUSSIAN_SCHEMA = taggedUnion('form', [
 
 /** Scoring positions for a windowed member: 'novel-bigram' counts a position whose (previous, this) token pair is new in the request. */
 export const WINDOW_POSITIONS = ['novel-bigram', 'all'] as const;
-const WINDOW_SCHEMA = closedObject({ size: Type.Integer({ minimum: 2, maximum: 4096 }), positions: Type.Enum(WINDOW_POSITIONS) });
+/**
+ * A window's spread discount (probes/window.ts): the distance is divided by √max(1, s / reference),
+ * s being the mean squared distance of the window's counted rows from their own mean with each
+ * dimension multiplied by `scale` (1/σ of the member's per-token rows), `reference` the mean of s
+ * over clean full windows.
+ */
+const SPREAD_SCHEMA = closedObject({ scale: Type.Array(positive), reference: positive });
+const WINDOW_SCHEMA = closedObject({ size: Type.Integer({ minimum: 2, maximum: 4096 }), positions: Type.Enum(WINDOW_POSITIONS), spread: Type.Optional(SPREAD_SCHEMA) });
 
 const MAHALANOBIS_BODY = {
   kind: Type.Literal('mahalanobis'),
@@ -181,7 +188,11 @@ export function mahalanobisBody(model: GaussianModel, input?: 'difference', wind
       : model.form === 'diagonal'
         ? { form: 'diagonal', ...common, variance: Array.from(model.variance) }
         : { form: 'lowrank', ...common, eigenvalues: Array.from(model.eigenvalues), components: Array.from(model.components), residualVariance: model.residualVariance };
-  return { kind: 'mahalanobis', ...(input === 'difference' ? { input } : {}), ...(window ? { window: { size: window.size, positions: window.positions } } : {}), gaussian };
+  return { kind: 'mahalanobis', ...(input === 'difference' ? { input } : {}), ...(window ? { window: windowBody(window) } : {}), gaussian };
+}
+
+function windowBody(w: WindowSpec): WindowSpec {
+  return { size: w.size, positions: w.positions, ...(w.spread ? { spread: { scale: Array.from(w.spread.scale), reference: w.spread.reference } } : {}) };
 }
 
 /** Width of the vector a leaf body reads: dModel for a difference, hooks × dModel otherwise. */
@@ -384,7 +395,8 @@ function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string)
     }
     gaussian = { form: g.form, ...common, factor };
   }
-  return { kind: o.kind, ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: { size: o.window.size, positions: o.window.positions } }), gaussian };
+  if (o.window?.spread) sized(o.window.spread.scale, inputDim, `${where}.window.spread.scale`);
+  return { kind: o.kind, ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: windowBody(o.window) }), gaussian };
 }
 
 // ---- deterministic writer ----------------------------------------------------------------

@@ -24,7 +24,7 @@ import { mahalanobis, type GaussianModel } from './gaussian.js';
 import { foldStandardisation, sigmoid } from './linear.js';
 import { SimdMatVec } from './simd.js';
 import { hookList, readProbeFile, type EnsembleMember, type GaussianBody, type LeafBody, type ProbeFile, type ProbeKind } from './probe-file.js';
-import { NoveltyTracker, WindowMean } from './window.js';
+import { NoveltyTracker, spreadDiscount, WindowMean } from './window.js';
 
 /** Scores the rows of one request in position order; `novel`: the row's token pair is new in the request. */
 export type RequestRowScorer = (activation: Float32Array, offset: number, novel: boolean) => number;
@@ -121,14 +121,15 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
   }
   const difference = body.input === 'difference';
   const dim = difference ? inputDim / 2 : inputDim;
-  const { size, positions } = body.window;
+  const { size, positions, spread } = body.window;
   const countAll = positions === 'all';
   const ofMean = leafScorer({ kind: 'mahalanobis', gaussian: body.gaussian }, dim);
   const fill = Float32Array.from(body.gaussian.mean);
+  const scale = spread ? Float64Array.from(spread.scale) : null;
   const row = new Float32Array(dim);
   const mean = new Float32Array(dim);
   return () => {
-    const window = new WindowMean(size, dim, fill);
+    const window = new WindowMean(size, dim, fill, scale);
     let last = 0;
     return (activation, offset, novel) => {
       if (!novel && !countAll) return last;
@@ -138,6 +139,7 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
       } else window.push(activation, offset);
       window.mean(mean);
       last = ofMean(mean, 0);
+      if (spread) last /= spreadDiscount(window.spread(), spread.reference);
       return last;
     };
   };
