@@ -181,7 +181,7 @@ describe('anomaly detector (fit-anomaly)', () => {
     expect(a.det.file.kind).toBe('ensemble-max');
     expect(a.det.members.map((m) => m.id)).toEqual(['resid-L0', 'update-L1', 'update-L2', 'resid-L0-w16', 'update-L1-w16', 'update-L2-w16']);
     const windowed = a.det.file.kind === 'ensemble-max' ? a.det.file.members.slice(3) : [];
-    for (const m of windowed) expect(m.kind === 'mahalanobis' && m.window).toEqual({ size: 16, positions: 'novel-bigram' });
+    for (const m of windowed) expect(m.kind === 'mahalanobis' && m.window).toMatchObject({ size: 16, positions: 'novel-bigram', spread: { reference: expect.any(Number) } });
     expect(a.det.file.aggregator).toEqual({ kind: 'rolling-mean', window: 8, skip: 4 });
     expect(a.det.file.label).toBe('generic injection (any direction)');
   });
