@@ -459,6 +459,7 @@ export class GroupCommitAlertStore implements AlertStore {
       if (this.dead) return; // the new writer died during the read: died() reported it
       await next.worker.terminate();
       next.replies.close();
+      if (this.dead) return; // its exit was reported as a death during the restart
       this.failAll(new Error(`${why}; the new writer could not read the log: ${(e as Error).message}`));
       this.onWriterEvent?.({ state: 'failed', error: why, unanswered, recovered: 0, retried: 0, lostPending, restarts: this.restarts });
       return;
