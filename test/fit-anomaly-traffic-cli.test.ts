@@ -49,8 +49,10 @@ describe('latentwatch fit-anomaly on traffic', () => {
     const args = ['fit-anomaly', '--model', CODE16M, '--out', join(dir, 'x.probe.json')];
     await expect(cli(...args, '--prompts', traffic)).rejects.toMatchObject({ stderr: expect.stringMatching(/LW_ERR_CORPUS_INVALID[\s\S]*line 2/) });
     await expect(cli(...args, '--prompts', traffic, '--max-tokens', '1.5')).rejects.toMatchObject({ stderr: expect.stringContaining('LW_ERR_CLI_USAGE') });
+    await expect(cli(...args, '--window-spread', 'maybe')).rejects.toMatchObject({ stderr: expect.stringMatching(/LW_ERR_CLI_USAGE[\s\S]*--window-spread/) });
     const { stdout } = await cli('fit-anomaly', '--help');
     expect(stdout).toContain('--max-tokens');
     expect(stdout).toContain('max_tokens');
+    expect(stdout).toContain('--window-spread');
   }, 60_000);
 });

@@ -322,8 +322,8 @@ export const fitAnomalyCommand: Command = {
   usage: `
 latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
                         [--prompts FILE]... [--max-tokens N] [--data DIR] [--target-fpr F] [--input update|resid]
-                        [--covariance full|lowrank|diagonal] [--rank K] [--window W] [--calibration-fraction F]
-                        [--calibrate-on styles|requests] [--id ID] [--label TEXT]
+                        [--covariance full|lowrank|diagonal] [--rank K] [--window W] [--window-spread on|off]
+                        [--calibration-fraction F] [--calibrate-on styles|requests] [--id ID] [--label TEXT]
                         [--precision P] [--cache-dir DIR] [--threads N]
   Runs clean requests through the model as the daemon does (every position from 0, then
   generated tokens), fits per layer a Gaussian (mean + Ledoit-Wolf shrunk covariance; scored in
@@ -339,7 +339,9 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
   --window W (default 16; 0: none) adds per layer a windowed member: the Gaussian of the mean
   update over the request's last W novel positions (token pairs not seen before in the request),
   a persistent shift: it catches injections 4x weaker than one position shows, and counts
-  repeated text once (docs/generic-detectors.md, "Windowed members").
+  repeated text once (docs/generic-detectors.md, "Windowed members"). --window-spread on (default)
+  divides a window's distance by sqrt(max(1, spread / clean spread)) of its rows: a kind of text
+  the fit never held spreads them, an added vector does not; off: the plain window mean.
   --prompts: a corpus config (.json, default configs/corpus/clean.json: code, prose, chat, long
   context) or live traffic (.jsonl, one prompt per line: a JSON string or {"prompt", "style",
   "max_tokens"}); of either a hashed share (split.testFraction; 0.3 for traffic) is held out and
@@ -363,6 +365,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
         covariance: { type: 'string' },
         rank: { type: 'string' },
         window: { type: 'string' },
+        'window-spread': { type: 'string' },
         'calibration-fraction': { type: 'string' },
         'calibrate-on': { type: 'string' },
         id: { type: 'string' },
@@ -380,6 +383,8 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
     if (!Number.isInteger(rank) || rank < 1) throw lwError('LW_ERR_CLI_USAGE', `--rank must be a positive integer (got ${v.rank})`);
     const window = num(v.window, 'window') ?? DEFAULT_GENERIC_WINDOW;
     if (!Number.isInteger(window) || window < 0 || window === 1 || window > 4096) throw lwError('LW_ERR_CLI_USAGE', `--window must be 0 (no windowed members) or an integer in 2..4096 (got ${v.window})`);
+    const spreadOpt = v['window-spread'] ?? 'on';
+    if (spreadOpt !== 'on' && spreadOpt !== 'off') throw lwError('LW_ERR_CLI_USAGE', `--window-spread must be on or off (got ${spreadOpt})`);
     const targetFpr = num(v['target-fpr'], 'target-fpr') ?? 0.01;
     const calFrac = num(v['calibration-fraction'], 'calibration-fraction') ?? 0.4;
     if (!(calFrac > 0 && calFrac < 1)) throw lwError('LW_ERR_CLI_USAGE', '--calibration-fraction must be in (0, 1)');
@@ -403,7 +408,7 @@ latentwatch fit-anomaly --model DIR --out FILE.probe.json [--layers all|L,L,...]
       const { fit, calibration } = splitClean(pool, calFrac, String(corpus.seed));
       if (calibration.length === 0 || fit.length === 0) throw lwError('LW_ERR_CORPUS_INVALID', `${pool.length} clean requests cannot give both a fit and a calibration share`);
       const cache = new MemberScoreCache({ modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize });
-      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, window, calibrateOn, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
+      let det = fitAnomalyDetector(fit, calibration, { layers, numLayers: L, modelFingerprint: engine.fingerprint, dModel: engine.config.hiddenSize, targetFpr, input, covariance, rank, window, windowSpread: spreadOpt === 'on', calibrateOn, id: v.id ?? GENERIC_ID, label: v.label ?? GENERIC_LABEL }, cache);
       // False-positive rate on the corpus's held-out requests, per style.
       const test = seqs.filter((s) => s.run!.split === 'test');
       const fprOnControls: Record<string, number> = {};
