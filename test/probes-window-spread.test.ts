@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
 import { parseProbeFile, serializeProbeFile, validateProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
 import { fitAnomalyMembers, type Seq } from '../src/lab/generic.js';
-import { spreadDiscount } from '../src/probes/window.js';
+import { novelPositions, spreadDiscount } from '../src/probes/window.js';
 
 interface Reference {
   fit: { ids: number[]; h0: number[]; h1: number[] }[];
@@ -85,6 +85,20 @@ describe('window spread discount', () => {
     // From position 24 the window holds shifted rows with a clean spread: the score stands.
     for (let p = 24; p < REF.ids.length; p++) expect(discounted[p]).toBeCloseTo(plain[p], 6);
     expect(Math.min(...discounted.slice(24))).toBeGreaterThan(Math.max(...discounted.slice(11, 20)));
+  });
+
+  it('scores 0 until minCount positions are counted, then as without it (repeated junk never fills a window)', () => {
+    const minCount = 3;
+    const got = scores({ ...REF.probe, window: { ...REF.probe.window, minCount } } as ProbeFile, [5, REF.ids.length]);
+    const novel = novelPositions(REF.ids);
+    let counted = 0;
+    got.forEach((x, p) => {
+      counted += novel[p];
+      if (counted < minCount) expect(x).toBe(0);
+      else expect(Math.abs(x - REF.discounted[p])).toBeLessThan(TOLERANCE * Math.max(1, REF.discounted[p]));
+    });
+    expect(novel.slice(0, 3).reduce((a, b) => a + b, 0)).toBeLessThan(minCount + 1);
+    expect(() => validateProbeFile({ ...REF.probe, window: { ...REF.probe.window, minCount: 5 } })).toThrow(/minCount/);
   });
 
   it('is never a boost: a window that spreads less than the reference, or has one row, keeps its distance', () => {

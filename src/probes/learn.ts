@@ -67,7 +67,7 @@ export function learnableMembers(file: ProbeFile): LearnMember[] {
     const difference = m.input === 'difference';
     if (hooks.length !== (difference ? 2 : 1)) throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} reads ${hooks.length} hooks`, { probe: file.id, member: m.id });
     // A window's spread discount is relearned too (its presence is what carries over, not its values).
-    return { id: m.id, hooks, difference, ...(m.window ? { window: { size: m.window.size, positions: m.window.positions, ...(m.window.spread ? { spread: m.window.spread } : {}) } } : {}) };
+    return { id: m.id, hooks, difference, ...(m.window ? { window: { size: m.window.size, positions: m.window.positions, ...(m.window.minCount === undefined ? {} : { minCount: m.window.minCount }), ...(m.window.spread ? { spread: m.window.spread } : {}) } } : {}) };
   });
 }
 
@@ -244,7 +244,7 @@ export class DetectorLearner {
     const fits: MemberFit[] = this.spec.members.map((m, i) => {
       if (this.moments[i].n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${this.moments[i].n} positions to fit on`);
       const g = roundedGaussian(fitGaussianFromMoments(this.moments[i]), 7);
-      const window = m.window && (m.window.spread ? windowSpec(m.window.size, this.spreads[i], 7, m.window.positions) : { size: m.window.size, positions: m.window.positions });
+      const window = m.window && windowSpec(m.window.size, this.spreads[i], 7, m.window.positions, m.window.minCount);
       return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined, window) };
     });
     const meta = { modelFingerprint: this.spec.modelFingerprint, dModel: this.spec.dModel };

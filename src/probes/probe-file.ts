@@ -106,7 +106,13 @@ export const WINDOW_POSITIONS = ['novel-bigram', 'all'] as const;
  * over clean full windows.
  */
 const SPREAD_SCHEMA = closedObject({ scale: Type.Array(positive), reference: positive });
-const WINDOW_SCHEMA = closedObject({ size: Type.Integer({ minimum: 2, maximum: 4096 }), positions: Type.Enum(WINDOW_POSITIONS), spread: Type.Optional(SPREAD_SCHEMA) });
+/** minCount: the member scores 0 until that many positions are counted (repeated junk never fills a window). */
+const WINDOW_SCHEMA = closedObject({
+  size: Type.Integer({ minimum: 2, maximum: 4096 }),
+  positions: Type.Enum(WINDOW_POSITIONS),
+  minCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })),
+  spread: Type.Optional(SPREAD_SCHEMA),
+});
 
 const MAHALANOBIS_BODY = {
   kind: Type.Literal('mahalanobis'),
@@ -192,7 +198,7 @@ export function mahalanobisBody(model: GaussianModel, input?: 'difference', wind
 }
 
 function windowBody(w: WindowSpec): WindowSpec {
-  return { size: w.size, positions: w.positions, ...(w.spread ? { spread: { scale: Array.from(w.spread.scale), reference: w.spread.reference } } : {}) };
+  return { size: w.size, positions: w.positions, ...(w.minCount === undefined ? {} : { minCount: w.minCount }), ...(w.spread ? { spread: { scale: Array.from(w.spread.scale), reference: w.spread.reference } } : {}) };
 }
 
 /** Width of the vector a leaf body reads: dModel for a difference, hooks × dModel otherwise. */
@@ -396,6 +402,7 @@ function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string)
     gaussian = { form: g.form, ...common, factor };
   }
   if (o.window?.spread) sized(o.window.spread.scale, inputDim, `${where}.window.spread.scale`);
+  if (o.window?.minCount !== undefined && o.window.minCount > o.window.size) throw invalid(`${where}.window.minCount`, `must be at most the window size ${o.window.size}, got ${o.window.minCount}`);
   return { kind: o.kind, ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: windowBody(o.window) }), gaussian };
 }
 

@@ -121,7 +121,7 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
   }
   const difference = body.input === 'difference';
   const dim = difference ? inputDim / 2 : inputDim;
-  const { size, positions, spread } = body.window;
+  const { size, positions, spread, minCount } = body.window;
   const countAll = positions === 'all';
   const ofMean = leafScorer({ kind: 'mahalanobis', gaussian: body.gaussian }, dim);
   const fill = Float32Array.from(body.gaussian.mean);
@@ -137,6 +137,7 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
         for (let j = 0; j < dim; j++) row[j] = activation[offset + dim + j] - activation[offset + j];
         window.push(row, 0);
       } else window.push(activation, offset);
+      if (minCount !== undefined && window.filled < minCount) return (last = 0);
       window.mean(mean);
       last = ofMean(mean, 0);
       if (spread) last /= spreadDiscount(window.spread(), spread.reference);

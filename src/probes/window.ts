@@ -15,6 +15,13 @@
  * knows the natural autocorrelation; before `size` positions are counted the missing ones are taken
  * at the Gaussian's mean, so a short window is never inflated.
  *
+ * Counted positions needed (`window.minCount`, half the window in fits since issue 12): repeated
+ * junk (one character, word or line again and again) has a handful of novel positions, and the
+ * first of them can carry a massive update (the model treats a run of one token like the attention
+ * sink); averaged with the fill they made the largest window distances of any clean text at the
+ * middle layers (measured: up to 140 where natural text reached 38), which set the threshold and
+ * hid ×0.25 injections. The per-token members still score such positions.
+ *
  * Spread discount (`window.spread`): a kind of text the fit never held shifts a window mean as far
  * as a weak injection does, but it also spreads the window's rows more than clean text does (its
  * tokens are unusual one by one); an added vector moves every row by the same amount and leaves
@@ -253,9 +260,10 @@ export class SpreadMoments {
 }
 
 /** A windowed member's spec over novel positions, with the spread discount fitted from `moments` when given and fittable. */
-export function windowSpec(size: number, moments: SpreadMoments | null, digits = 7, positions: WindowSpec['positions'] = 'novel-bigram'): WindowSpec {
+export function windowSpec(size: number, moments: SpreadMoments | null, digits = 7, positions: WindowSpec['positions'] = 'novel-bigram', minCount: number | undefined = Math.ceil(size / 2)): WindowSpec {
   const fitted = moments?.fit();
-  return fitted ? { size, positions, spread: { scale: roundAll(fitted.scale, digits), reference: round(fitted.reference, digits) } } : { size, positions };
+  const base = { size, positions, ...(minCount === undefined ? {} : { minCount }) };
+  return fitted ? { ...base, spread: { scale: roundAll(fitted.scale, digits), reference: round(fitted.reference, digits) } } : base;
 }
 
 /** The discount a window's distance is divided by: √max(1, spread / reference); 1 when the spread is undefined. */
