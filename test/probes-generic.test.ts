@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { aggregateSequence, createAggregator, skipFrom, validateAggregatorSpec } from '../src/probes/aggregators.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
 import { corpusRequests, loadCorpora, loadCorpus, resolveCorpus } from '../src/lab/corpus.js';
-import { calibrate, detectorTokenScores, fitAnomalyDetector, MemberScoreCache, requestScore, scoreSeq, type Seq } from '../src/lab/generic.js';
+import { calibrate, detectorTokenScores, fitAnomalyDetector, MemberScoreCache, requestScore, scoreSeq, windowFromLayer, type Seq } from '../src/lab/generic.js';
 import { fitGaussian } from '../src/lab/gaussian-fit.js';
 import { createProbe, loadProbe } from '../src/probes/probe.js';
 import { mahalanobisBody, parseProbeFile, serializeProbeFile, validateProbeFile } from '../src/probes/probe-file.js';
@@ -179,7 +179,9 @@ describe('anomaly detector (fit-anomaly)', () => {
     const b = fitSmall();
     expect(serializeProbeFile(a.det.file)).toBe(serializeProbeFile(b.det.file));
     expect(a.det.file.kind).toBe('ensemble-max');
-    expect(a.det.members.map((m) => m.id)).toEqual(['resid-L0', 'update-L1', 'update-L2', 'resid-L0-w16', 'update-L1-w16', 'update-L2-w16']);
+    // Windowed members from layer max(2, ⌊layers/4⌋) on: the first layers' windows see what the text is.
+    expect(a.det.members.map((m) => m.id)).toEqual(['resid-L0', 'update-L1', 'update-L2', 'update-L2-w16']);
+    expect([3, 6, 8, 24, 28].map(windowFromLayer)).toEqual([2, 2, 2, 6, 7]);
     const windowed = a.det.file.kind === 'ensemble-max' ? a.det.file.members.slice(3) : [];
     for (const m of windowed) expect(m.kind === 'mahalanobis' && m.window).toMatchObject({ size: 16, positions: 'novel-bigram', spread: { reference: expect.any(Number) } });
     expect(a.det.file.aggregator).toEqual({ kind: 'rolling-mean', window: 8, skip: 4 });
