@@ -206,9 +206,19 @@ describe('learning the generic detector from live traffic', () => {
     expect(file.id).toBe('generic-injection');
     expect(file.training.trials).toBe(7);
     expect(file.evaluation.trials).toBe(5);
-    // Eight per-token members and eight windowed ones (16 novel positions), as the shipped file.
-    expect(file.members).toHaveLength(16);
-    expect(file.members.filter((m: Body) => m.window?.positions === 'novel-bigram')).toHaveLength(8);
+    // Eight per-token members and six windowed ones (16 novel positions, layers 2-7), as the shipped
+    // file, each with its spread discount relearned from this traffic and the shipped minCount.
+    const shipped = JSON.parse(readFileSync(join(CODE16M, 'probes', 'generic-injection.probe.json'), 'utf8')) as { members: Body[] };
+    expect(file.members).toHaveLength(14);
+    const windowed = file.members.filter((m: Body) => m.window?.positions === 'novel-bigram');
+    expect(windowed).toHaveLength(6);
+    for (const [k, m] of windowed.entries()) {
+      const ship = shipped.members.filter((x) => x.window)[k];
+      expect(m.window.minCount).toBe(8);
+      expect(m.window.spread.scale).toHaveLength(d.engine.config.hiddenSize);
+      expect(m.window.spread.reference).toBeGreaterThan(0);
+      expect(m.window.spread.reference).not.toBe(ship.window!.spread!.reference);
+    }
     const manifest = JSON.parse(readFileSync(learnedPath.replace('.probe.json', '.learn.json'), 'utf8'));
     expect(manifest).toMatchObject({ version: 1, modelFingerprint: d.engine.fingerprint, requests: { fit: 7, calibration: 5 }, targetFpr: 0.01, threshold: file.threshold });
     expect(manifest.positions.fit).toBeGreaterThan(0);

@@ -52,9 +52,17 @@ describe('generic detector fast path vs float64 on real activations', () => {
         else {
           windowed++;
           if (novel[p]) {
-            windows[k] = [...windows[k], x].slice(-m.window.size);
-            const mean = Float64Array.from(g.mean, (mu, j) => (windows[k].reduce((a, w) => a + w[j], 0) + (m.window!.size - windows[k].length) * mu) / m.window!.size);
-            last[k] = mahalanobis(g, mean, 0, new Float64Array(d));
+            const w = m.window;
+            windows[k] = [...windows[k], x].slice(-w.size);
+            const rows = windows[k];
+            const mean = Float64Array.from(g.mean, (mu, j) => (rows.reduce((a, r) => a + r[j], 0) + (w.size - rows.length) * mu) / w.size);
+            last[k] = w.minCount !== undefined && rows.length < w.minCount ? 0 : mahalanobis(g, mean, 0, new Float64Array(d));
+            if (w.spread && rows.length >= 2 && last[k] > 0) {
+              // The spread discount: mean scaled squared distance of the rows from their own mean.
+              const own = Float64Array.from(g.mean, (_, j) => rows.reduce((a, r) => a + r[j], 0) / rows.length);
+              const spread = rows.reduce((a, r) => a + r.reduce((b, v, j) => b + ((v - own[j]) * w.spread!.scale[j]) ** 2, 0), 0) / rows.length;
+              if (spread > w.spread.reference) last[k] /= Math.sqrt(spread / w.spread.reference);
+            }
           }
           distance = last[k];
         }
