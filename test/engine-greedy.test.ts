@@ -19,6 +19,13 @@ async function tokens(engine: Engine, req: GenerateRequest): Promise<{ ids: numb
 }
 
 /** Prompts per checkpoint: the references' own (their greedy continuations are known). */
+/** A greedy pass brings back no logits row, and the argmax (and its logit) of the full pass's row. */
+function expectGreedyOf(g: { logits: ArrayLike<number>; greedy?: unknown }, full: { logits: Float32Array; greedy?: unknown }): void {
+  expect(g.logits.length).toBe(0);
+  expect(g.greedy).toEqual({ tokenId: argmax(full.logits), logit: full.logits[argmax(full.logits)] });
+  expect(full.greedy).toBeUndefined();
+}
+
 function prompts(dir: string): { ids: number[]; expected?: number[] }[] {
   if (dir === CODE16M) return readReference<SubjectReference>(dir).prompts.map((p) => ({ ids: p.input_ids, expected: p.greedy_continuation }));
   const ref = readReference<TinyReference>(dir);
@@ -50,9 +57,7 @@ for (const [name, dir] of [
       try {
         const g = await a.forward(ids, { logits: 'greedy' });
         const full = await b.forward(ids, { logits: 'last' });
-        expect(g.logits.length).toBe(0);
-        expect(g.greedy).toEqual({ tokenId: argmax(full.logits), logit: full.logits[argmax(full.logits)] });
-        expect(full.greedy).toBeUndefined();
+        expectGreedyOf(g, full);
       } finally {
         a.release();
         b.release();
@@ -69,9 +74,7 @@ for (const [name, dir] of [
         const before = pooled.batcher.stats.passes;
         const [g, full] = await Promise.all([pooled.batcher.step(a, 7, { logits: 'greedy' }), pooled.batcher.step(b, 7, { logits: 'last' })]);
         expect(pooled.batcher.stats.passes).toBe(before + 1); // one pass, two rows
-        expect(g.logits.length).toBe(0);
-        expect(g.greedy).toEqual({ tokenId: argmax(full.logits), logit: full.logits[argmax(full.logits)] });
-        expect(full.greedy).toBeUndefined();
+        expectGreedyOf(g, full);
       } finally {
         a.release();
         b.release();

@@ -191,14 +191,7 @@ function windowRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d:
       parts.push(m.slice());
       if (spread) spread.addWindow(v!);
     }, spread !== null);
-    if (spread) {
-      // float32 differences, as anomalyRows forms them
-      const row = new Float32Array(d);
-      for (let p = from; p < s.positions; p++) {
-        for (let j = 0; j < d; j++) row[j] = x[p * d + j] - (prev ? prev[p * d + j] : 0);
-        spread.addRow(row, 0);
-      }
-    }
+    spread?.addRows(x, prev, from, s.positions);
   }
   return concat(parts);
 }

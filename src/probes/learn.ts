@@ -195,13 +195,7 @@ export class DetectorLearner {
             this.moments[i].add(mean, 0);
             if (spread) spread.addWindow(v!);
           }, spread !== null);
-          if (spread) {
-            for (let p = skip; p < r.positions; p++) {
-              const o = p * d;
-              if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
-              spread.addRow(b ? x : a, b ? 0 : o);
-            }
-          }
+          spread?.addRows(b ?? a, b ? a : null, skip, r.positions);
           return;
         }
         for (let p = skip; p < r.positions; p++) {

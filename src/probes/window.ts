@@ -237,6 +237,16 @@ export class SpreadMoments {
     return m;
   }
 
+  /** Every position's row in [from, to): x[p] − prev[p] in float32 (a layer's update), or x[p]. */
+  addRows(x: Float32Array, prev: Float32Array | null, from: number, to: number): void {
+    const d = this.dim;
+    const row = new Float32Array(d);
+    for (let p = from; p < to; p++) {
+      for (let j = 0; j < d; j++) row[j] = x[p * d + j] - (prev ? prev[p * d + j] : 0);
+      this.addRow(row, 0);
+    }
+  }
+
   addWindow(variance: ArrayLike<number>): void {
     for (let j = 0; j < this.dim; j++) this.windowVariance[j] += variance[j];
     this.windows++;
