@@ -227,7 +227,7 @@ describe('daemon with the writer killed while it serves', () => {
   beforeAll(async () => {
     probe = await trainTestProbe();
     const { config } = loadConfig({
-      env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
+      env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1', LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS: '30' },
       argv: ['--model', CODE16M, '--port', '0', '--log-level', 'info', '--alert-log', join(dir, 'daemon.db'), '--probe', probe.path],
     });
     d = await startDaemon(config, [], { logStream: { write: (s: string) => (logLines.push(s), true) } });
@@ -249,6 +249,7 @@ describe('daemon with the writer killed while it serves', () => {
   it('verdicts and subscribers get every alert, the restart is logged (no key) and exported, /readyz stays ready', async () => {
     const store = d.store as GroupCommitAlertStore;
     expect(store).toBeInstanceOf(GroupCommitAlertStore);
+    expect(store.waitForCommitMs).toBe(30); // alertLog.waitForCommitMs reaches the store
     const sub = subscribe(d.url, { key: ADMIN_KEY });
     await sub.opened;
     const acked: number[] = [];

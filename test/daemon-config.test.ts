@@ -189,6 +189,33 @@ describe('serve flags go through the shared parser', () => {
   });
 });
 
+describe('alertLog.waitForCommitMs', () => {
+  it('defaults to 50; set by the file or LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS, the env winning', () => {
+    expect(loadConfig({ cwd: dir }).config.alertLog.waitForCommitMs).toBe(50);
+    const cfg = file('wait.json', { alertLog: { waitForCommitMs: 0 } });
+    const fromFile = loadConfig({ configFile: cfg });
+    expect(fromFile.config.alertLog.waitForCommitMs).toBe(0);
+    expect(fromFile.config.alertLog.groupCommit).toBe(true); // the rest of alertLog keeps its defaults
+    expect(fromFile.sources.get('/alertLog/waitForCommitMs')).toBe(`file ${cfg}`);
+    const fromEnv = loadConfig({ configFile: cfg, env: { LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS: '20' } });
+    expect(fromEnv.config.alertLog.waitForCommitMs).toBe(20);
+    expect(fromEnv.sources.get('/alertLog/waitForCommitMs')).toBe('env LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS');
+  });
+
+  it('refuses a negative, fractional, too large or non-numeric wait with LW_ERR_CONFIG_INVALID at its path', () => {
+    for (const value of ['-1', '2.5', '1001', 'soon']) {
+      const e = thrown(() => loadConfig({ env: { LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS: value } }));
+      expect(e.code).toBe('LW_ERR_CONFIG_INVALID');
+      expect(e.details?.path).toBe('/alertLog/waitForCommitMs');
+      expect(e.details?.source).toBe('env LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS');
+    }
+    const e = thrown(() => loadConfig({ configFile: file('wait-bad.json', { alertLog: { waitForCommitMs: '50' } }) }));
+    expect(e.code).toBe('LW_ERR_CONFIG_INVALID');
+    expect(e.details?.path).toBe('/alertLog/waitForCommitMs');
+    expect(String(e.details?.source)).toMatch(/^file /);
+  });
+});
+
 describe('in-memory alert log from flags and environment', () => {
   it('keeps :memory: as SQLite in-memory, not a file named after it', () => {
     const fromFlag = loadConfig({ argv: ['--alert-log', ':memory:'], cwd: '/tmp' }).config;

@@ -152,6 +152,12 @@ export const CONFIG_SCHEMA = closedObject(
       synchronous: Type.Union([Type.Literal('full'), Type.Literal('normal')]),
       /** true: a worker thread writes the log and commits the alerts of many tokens in one fsync, off the event loop (group-commit-store.ts); false: each token's alerts are committed on the event loop. */
       groupCommit: Type.Boolean(),
+      /**
+       * With groupCommit: after a token raised alerts, the event loop's next turn waits up to this
+       * many ms for their commit and fans them out before any later task (a forward pass); 0: never
+       * wait, the answer comes as a message (group-commit-store.ts waitForCommitMs).
+       */
+      waitForCommitMs: Type.Integer({ minimum: 0, maximum: 1000 }),
     }),
     /**
      * Several replicas, one alert stream (docs/daemon.md, "Several replicas"): with servers, alerts go
@@ -301,6 +307,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
     maintenanceIntervalSeconds: 60,
     synchronous: 'full',
     groupCommit: true,
+    waitForCommitMs: 50,
   },
   nats: {
     servers: [],
@@ -352,6 +359,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_ALERT_LOG: { pointer: '/alertLog/path', kind: 'path' },
   LATENTWATCH_ALERT_LOG_SYNC: { pointer: '/alertLog/synchronous', kind: 'string' },
   LATENTWATCH_ALERT_LOG_GROUP_COMMIT: { pointer: '/alertLog/groupCommit', kind: 'bool' },
+  LATENTWATCH_ALERT_LOG_WAIT_FOR_COMMIT_MS: { pointer: '/alertLog/waitForCommitMs', kind: 'int' },
   LATENTWATCH_CANARY: { pointer: '/canary/enabled', kind: 'bool' },
   LATENTWATCH_CANARY_INTERVAL: { pointer: '/canary/intervalSeconds', kind: 'number' },
   LATENTWATCH_SHUTDOWN_DEADLINE: { pointer: '/shutdown/deadlineSeconds', kind: 'number' },

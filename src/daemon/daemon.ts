@@ -150,6 +150,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
           pendingLimit: config.alertLog.pendingLimit,
           synchronous: config.alertLog.synchronous,
           maintenanceIntervalMs: config.alertLog.maintenanceIntervalSeconds * 1000,
+          waitForCommitMs: config.alertLog.waitForCommitMs,
           onStateChange: (e) => onLogState(e),
           onWriterEvent: (e) => onWriterEvent(e),
         })

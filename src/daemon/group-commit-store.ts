@@ -190,7 +190,8 @@ export class GroupCommitAlertStore implements AlertStore {
   private replies: MessagePort;
   private answered: Int32Array;
   private readonly workerOptions: WorkerOptions;
-  private readonly waitForCommitMs: number;
+  /** GroupCommitOptions.waitForCommitMs as configured (alertLog.waitForCommitMs). */
+  readonly waitForCommitMs: number;
   private pickUpScheduled = false;
   private readonly waiters = new Map<number, Waiter>();
   private readonly listeners: LiveListener[] = [];
