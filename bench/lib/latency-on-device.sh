@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the alert-latency part of bench/daemon.ts (--latency-only, the 0.5B shape) on a host without
+# Node or node_modules, from what bench/lib/latency-bundle.sh packed into .lat/:
+#
+#   OUT=DIR bash bench/lib/latency-on-device.sh        (from the repository root)
+#
+# Unpacks Node and pkg/ into a temporary directory outside the checkout (no node_modules above it),
+# writes the random Qwen2.5-0.5B checkpoint there (bench/random-checkpoint.ts: bf16, seed 0, ~1 GB),
+# builds its int4 graph into a private cache (HOME is the temporary directory) and runs
+#   node daemon.js --latency-only --model CKPT --out $OUT/daemon-latency-device.json
+# Writes under $OUT: daemon-latency-device.{json,md} (the bench's report), log.txt (everything
+# printed, with timings of each step), machine.txt (CPU, memory, load before and after).
+# For a rehearsal on a small machine: CKPT_ARGS (extra random-checkpoint.js arguments, e.g. a tiny
+# shape) and BENCH_ARGS (extra daemon.js arguments, e.g. --quick).
+set -uo pipefail
+: "${OUT:?OUT must name the output directory}"
+mkdir -p "$OUT"
+LAT=${LAT_DIR:-$PWD/.lat}
+WORK=$(mktemp -d /tmp/lw-latency.XXXXXX)
+exec > >(tee -a "$OUT/log.txt") 2>&1
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+{ date -u; uname -a; nproc; grep -m1 'model name' /proc/cpuinfo; free -g | head -2; uptime; } > "$OUT/machine.txt" 2>&1
+stamp "unpacking into $WORK"
+if command -v xz >/dev/null; then
+  xz -dc "$LAT/node.xz" > "$WORK/node" && tar -xJf "$LAT/pkg.tar.xz" -C "$WORK"
+else
+  python3 -c 'import lzma,sys,tarfile; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read()); tarfile.open(sys.argv[3],"r:xz").extractall(sys.argv[4])' "$LAT/node.xz" "$WORK/node" "$LAT/pkg.tar.xz" "$WORK"
+fi
+chmod +x "$WORK/node"
+NODE="$WORK/node"
+stamp "node $("$NODE" --version)"
+cd "$WORK/pkg"
+export HOME="$WORK/home"
+mkdir -p "$HOME"
+CKPT="$WORK/qwen2.5-0.5b-random"
+stamp "random checkpoint"
+# shellcheck disable=SC2086 # word splitting of the extra arguments is meant
+"$NODE" random-checkpoint.js --out "$CKPT" ${CKPT_ARGS:-} || { stamp "random checkpoint failed"; exit 1; }
+stamp "bench (the first start builds and quantizes the graph)"
+# shellcheck disable=SC2086
+"$NODE" daemon.js --latency-only --model "$CKPT" ${BENCH_ARGS:-} --out "$OUT/daemon-latency-device.json" --md "$OUT/daemon-latency-device.md"
+rc=$?
+stamp "bench exited $rc"
+uptime >> "$OUT/machine.txt"
+rm -rf "$WORK"
+exit $rc
