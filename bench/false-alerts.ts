@@ -11,14 +11,14 @@
  * Writes FILE.json, FILE.md and FILE.svg (rate per style and probe). Without --probe the daemon
  * loads the model's shipped probes.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { corpusRequests, loadCorpus } from '../src/lab/corpus.js';
 import { barChart } from '../src/lab/svg-plot.js';
 import { DEFAULT_CORPUS, PACKAGE_ROOT } from '../src/paths.js';
 import { spawnDaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown } from './lib/machine.js';
-import { markdownTable, parseArgs, runIfMain, usageOf, writeBenchResult } from './lib/report.js';
+import { markdownTable, parseArgs, runIfMain, usageOf, writeBenchResult, writeText } from './lib/report.js';
 
 interface RequestResult {
   set: string;
@@ -129,7 +129,7 @@ async function main(argv: string[]): Promise<void> {
     referenceLines: [{ y: 0.01, label: '1% goal' }],
     width: 900,
   });
-  writeFileSync(out.replace(/\.json$/, '.svg'), svg);
+  writeText(out.replace(/\.json$/, '.svg'), svg);
   const markdown = [
     `# False alerts on clean traffic (${new Date().toISOString().slice(0, 10)})`,
     '',

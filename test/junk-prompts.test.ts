@@ -1,7 +1,8 @@
 /**
  * Junk input is ordinary traffic (issue 12): repeated characters and token ids, emoji, whitespace
  * runs, random bytes, one word repeated, mixed scripts. Through the real daemon with the built-in
- * model's shipped probes, none raises an alert or an error. The prompts
+ * model's shipped probes (the bundled generic detector and the optional concept probe, both named),
+ * none raises an alert or an error. The prompts
  * (test/fixtures/junk-prompts.json) are not texts the detector was fitted on: the test checks that
  * none of them is in the corpus's degenerate style (scripts/degenerate-style.ts).
  */
@@ -22,7 +23,7 @@ let daemon: Daemon;
 beforeAll(async () => {
   const { config } = loadConfig({
     env: { LATENTWATCH_HOST: '127.0.0.1' },
-    argv: ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-junk-'), 'alerts.db')],
+    argv: ['--model', CODE16M, '--probe', join(CODE16M, 'probes', 'generic-injection.probe.json'), '--probe', join(CODE16M, 'optional-probes', 'concept-injection.probe.json'), '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-junk-'), 'alerts.db')],
   });
   daemon = await startDaemon(config);
 }, 120_000);

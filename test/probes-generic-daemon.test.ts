@@ -1,23 +1,27 @@
 /**
- * The shipped probe set in the daemon (issue 7): models/qwen2-code-16m/probes holds the concept
- * probe and the generic-injection detector; the daemon loads both, labels their alerts, keeps
- * ordinary requests quiet, flags an admin-injected random direction (no concept) with the generic
- * detector, and its canary passes on the bundled set. (The concept probe, recalibrated for whole
- * prompts, has a measured clean FPR of about 1% per request but fires on some short prose
- * requests; see docs/reports/qwen2-code-16m-generic.)
+ * The shipped probe set in the daemon (issues 7, 12): models/qwen2-code-16m/probes holds the
+ * generic-injection detector, which the daemon loads by default; the issue-3 concept probe lives in
+ * optional-probes/ (in the daemon's whole-request view it flagged 2.5% of 0.5x concept injections and
+ * caused 3 of the 4 false alerts on unseen kinds of text: docs/generic-detectors.md) and loads only
+ * when named. Both load when named, with their labels; ordinary requests stay quiet; an
+ * admin-injected random direction (no concept) fires the generic detector; the canary passes.
  */
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledProbes, type Daemon } from '../src/daemon/daemon.js';
 import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, API_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
 import { CODE16M } from './helpers.js';
 
+const GENERIC_PROBE = join(CODE16M, 'probes', 'generic-injection.probe.json');
+const CONCEPT_PROBE = join(CODE16M, 'optional-probes', 'concept-injection.probe.json');
+
 type Verdict = { probes: { id: string; label?: string; fired: boolean; max_score: number | null; threshold: number }[] };
 
 let daemon: Daemon;
 
 beforeAll(async () => {
-  daemon = await startModelDaemon(CODE16M, ['--canary', '--canary-interval', '3600']);
+  daemon = await startModelDaemon(CODE16M, ['--canary', '--canary-interval', '3600', '--probe', CONCEPT_PROBE, '--probe', GENERIC_PROBE]);
 }, 120_000);
 afterAll(async () => {
   await daemon?.close();
@@ -25,9 +29,9 @@ afterAll(async () => {
 
 const complete = (prompt: string, extra: Record<string, unknown> = {}, key = API_KEY) => completeVerdict<Verdict>(daemon.url, prompt, extra, key);
 
-describe('bundled probes: concept-injection + generic-injection', () => {
-  it('both load, with their labels', () => {
-    expect(bundledProbes(CODE16M).map((p) => p.split('/').at(-1))).toEqual(['concept-injection.probe.json', 'generic-injection.probe.json']);
+describe('shipped probes: generic-injection bundled, concept-injection optional', () => {
+  it('only the generic detector is bundled; both load when named, with their labels', () => {
+    expect(bundledProbes(CODE16M).map((p) => p.split('/').at(-1))).toEqual(['generic-injection.probe.json']);
     expect(daemon.probes.map((p) => [p.id, p.label])).toEqual([
       ['concept-injection', 'concept injection'],
       ['generic-injection', 'generic injection (any direction)'],
@@ -58,7 +62,7 @@ describe('bundled probes: concept-injection + generic-injection', () => {
     expect(g.max_score!).toBeGreaterThan(g.threshold);
   });
 
-  it('the canary passes on the bundled set', async () => {
+  it('the canary passes on these probes', async () => {
     expect(await daemon.canary!.runOnce()).toBe('success');
   });
 });
