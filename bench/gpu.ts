@@ -7,6 +7,7 @@
  *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
  *       [--merge EARLIER.json] [--build-only] [--webgpu-validation disabled|wgpuOnly|basic]
  *       [--accuracy-levels 4/0,4,0] [--activations fp32,fp16] [--greedy-path argmax|logits|both] [--profile]
+ *       [--chunk-check 16]
  *
  * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
  *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
@@ -25,9 +26,10 @@
  * several sessions: work/hf.json is reused when it covers the shapes; --merge starts from an earlier
  * report's summary and details (e.g. 0.5b first, then --shapes 7b --merge that); --build-only makes
  * the engine's webgpu int4 builds of the shapes and exits (to build one while another is measured).
- * --profile: per shape, one more generate under onnxruntime's profiler (the first accuracy level):
- * the host time each op type's kernels take per decode step (on WebGPU a kernel's time is the host's
- * encoding and dispatch of its programs, what decode is bound by) against the step's wall time.
+ * --profile: per shape and engine of one build, one more generate and prompt pass under
+ * onnxruntime's profiler: the host time each op type's kernels take per decode step and in the prompt
+ * pass (on WebGPU a kernel's time is the host's encoding and dispatch of its programs, what decode is
+ * bound by) against the pass's wall time, and each GPU program's time (timestamp queries).
  * --webgpu-validation sets the WebGPU provider's validation mode for the whole process (runtime.ts):
  * 'disabled' skips Dawn's per-dispatch checks, the host cost decode is bound by.
  * --activations: the webgpu engines' activations, side by side with the accuracy levels (fp16: the
@@ -36,7 +38,11 @@
  * shader-f16 (LW_ERR_ENGINE_DEVICE_FEATURE_MISSING).
  * --greedy-path: how the greedy tokens come back: 'argmax' (default, what serving does for greedy
  * requests without logprobs: the graph's argmax, 2 floats per step), 'logits' (the logits row, 600 KB
- * for Qwen2.5, argmax on the host), 'both' (side by side; keys of the logits path end _logitspath).
+ * for Qwen2.5, argmax on the host), 'both' (side by side, the logits path at the first accuracy
+ * level only; keys of the logits path end _logitspath).
+ * Greedy agreement with the CPU provider: its int4 build at each accuracy level the webgpu engines
+ * run, against each of them (keys greedy_prefix_webgpu_vs_cpu_int4<suffix>), with the CPU's top-2
+ * logit margin where the two part (a near-tie or not).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -107,6 +113,8 @@ interface Config {
   taps: number[];
   /** Greedy tokens from the logits row (true) or from the graph's argmax (false: what serving does). */
   returnLogits: boolean;
+  /** Each step's top-2 logit margin (with returnLogits; host time, so only for references, not timed variants). */
+  margins?: boolean;
 }
 
 /**
@@ -115,17 +123,19 @@ interface Config {
  * each configuration once in turn (a slow phase of the machine lands on every configuration alike);
  * medians. Also each configuration's first-token logits.
  */
-async function measure(modelDir: string, configs: readonly Config[], a: { prompt: number; decode: number; runs: number }): Promise<(RunFigures & { firstLogits: Float32Array })[]> {
-  const loaded: { engine: Engine; loadS: number; taps: string[] }[] = [];
+async function measure(modelDir: string, configs: readonly Config[], a: { prompt: number; decode: number; runs: number }): Promise<(RunFigures & { firstLogits: Float32Array; margins: number[] })[]> {
+  const loaded: { engine: Engine; loadS: number; taps: string[]; margins: boolean }[] = [];
   try {
     for (const c of configs) {
       const t0 = performance.now();
       const engine = await Engine.load(modelDir, { ...c.options, progress: (d, t, what) => d === t && log(`built ${modelDir} ${c.options.provider} ${c.options.precision} (${what})`) });
-      loaded.push({ engine, loadS: (performance.now() - t0) / 1000, taps: c.taps.map(residPost) });
+      loaded.push({ engine, loadS: (performance.now() - t0) / 1000, taps: c.taps.map(residPost), margins: c.margins === true });
     }
     const promptIds = promptOf(a.prompt, loaded[0].engine.config.vocabSize);
     const once = async (l: (typeof loaded)[number], maxTokens: number, returnLogits: boolean) => {
       const ids: number[] = [];
+      // Per step, where the logits come back: the top-2 margin (how near a tie the greedy choice was).
+      const margins: number[] = [];
       let firstLogits: Float32Array = new Float32Array(0);
       const start = performance.now();
       let prefillEnd = start;
@@ -133,12 +143,14 @@ async function measure(modelDir: string, configs: readonly Config[], a: { prompt
         if (s.kind === 'prompt') prefillEnd = performance.now();
         else {
           if (ids.length === 0) firstLogits = s.logits!;
+          if (s.logits && l.margins) margins.push(top2Margin(s.logits));
           ids.push(s.tokenId);
         }
       }
+      const end = performance.now();
       // A token step follows the pass that read it; the last token needs no pass unless it is tapped.
       const passes = l.taps.length > 0 ? maxTokens : maxTokens - 1;
-      return { prefill: a.prompt / ((prefillEnd - start) / 1000), decode: passes / ((performance.now() - prefillEnd) / 1000), ids, firstLogits };
+      return { prefill: a.prompt / ((prefillEnd - start) / 1000), decode: passes / ((end - prefillEnd) / 1000), ids, firstLogits, margins };
     };
     // The warm-up brings the logits back: the first-token logits compared across providers.
     const warm: Awaited<ReturnType<typeof once>>[] = [];
@@ -151,6 +163,7 @@ async function measure(modelDir: string, configs: readonly Config[], a: { prompt
       decode_tok_s_runs: runs[i].map((r) => round(r.decode, 2)),
       ids: runs[i][0].ids,
       firstLogits: warm[i].firstLogits,
+      margins: runs[i][0].margins,
       load_s: round(l.loadS, 1),
       build_s: round(l.engine.build.buildSeconds, 1),
       weight_bytes_per_token: graphBytes(l.engine.build.modelPath).perTokenBytes,
@@ -161,9 +174,22 @@ async function measure(modelDir: string, configs: readonly Config[], a: { prompt
 }
 
 /** Figures as the report keeps them (without the logits). */
-function kept(r: RunFigures & { firstLogits?: Float32Array }): RunFigures {
-  const { firstLogits: _, ...rest } = r;
+function kept(r: RunFigures & { firstLogits?: Float32Array; margins?: number[] }): RunFigures {
+  const { firstLogits: _, margins: __, ...rest } = r;
   return rest;
+}
+
+/** Largest logit minus the second largest. */
+function top2Margin(logits: Float32Array): number {
+  let first = -Infinity;
+  let second = -Infinity;
+  for (const x of logits) {
+    if (x > first) {
+      second = first;
+      first = x;
+    } else if (x > second) second = x;
+  }
+  return first - second;
 }
 
 /** Largest |a - b| and the spread (standard deviation) of a, to read the first against the second. */
@@ -188,52 +214,96 @@ interface ProfileEvent {
   args?: { op_name?: string; provider?: string };
 }
 
-/**
- * Per decode step from an onnxruntime profile: the passes after the prompt's and two warm-up
- * steps (shader compilation), each op type's kernel time and count, against the pass's own time.
- */
-function summarizeProfile(file: string, wallUsPerStep: number) {
-  const events = JSON.parse(readFileSync(file, 'utf8')) as ProfileEvent[];
-  const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').sort((x, y) => x.ts - y.ts).slice(3);
-  const byOp = new Map<string, { us: number; count: number }>();
+/** Time per op type (or GPU program) over some passes, per pass, largest first. */
+function perPass(events: readonly ProfileEvent[], passes: number, keyOf: (e: ProfileEvent) => string) {
+  const by = new Map<string, { us: number; count: number }>();
   for (const e of events) {
-    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || !runs.some((r) => e.ts >= r.ts && e.ts <= r.ts + r.dur)) continue;
-    const op = `${e.args?.op_name ?? '?'} (${e.args?.provider ?? '?'})`;
-    const t = byOp.get(op) ?? { us: 0, count: 0 };
+    const t = by.get(keyOf(e)) ?? { us: 0, count: 0 };
     t.us += e.dur;
     t.count++;
-    byOp.set(op, t);
+    by.set(keyOf(e), t);
   }
-  const n = runs.length;
-  const ops = [...byOp.entries()].map(([op, t]) => ({ op, per_step: round(t.count / n, 1), us_per_step: round(t.us / n, 0) })).sort((x, y) => y.us_per_step - x.us_per_step);
+  const n = Math.max(1, passes);
+  return [...by.entries()].map(([op, t]) => ({ op, per_step: round(t.count / n, 1), us_per_step: round(t.us / n, 0) })).sort((x, y) => y.us_per_step - x.us_per_step);
+}
+
+/**
+ * From an onnxruntime profile of one generate (a cold prompt pass, then decode passes) and one more
+ * prompt pass (warm): per decode step (after two warm-up steps: shader compilation) and for the
+ * warm prompt pass, each op type's kernel time on the host and count, against the pass's own time;
+ * and, where the device has timestamp queries (onnxruntime's WebGPU profiler adds 'Api' events,
+ * `kernel&op type&program`, with GPU durations), each GPU program's time.
+ */
+function summarizeProfile(file: string, wallUsPerStep: number, prefillWallUs: number) {
+  const events = JSON.parse(readFileSync(file, 'utf8')) as ProfileEvent[];
+  const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').sort((x, y) => x.ts - y.ts);
+  // Each event belongs to the last pass that started before it (GPU events land after their pass's dispatch).
+  const passOf = (e: ProfileEvent) => {
+    let i = -1;
+    for (const [j, r] of runs.entries()) if (r.ts <= e.ts) i = j;
+    return i;
+  };
+  const decodeRuns = new Set(runs.map((_, j) => j).slice(3, -1));
+  const prefillRun = runs.length - 1;
+  const nodes = events.filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'));
+  const gpu = events.filter((e) => e.cat === 'Api');
+  const opOf = (e: ProfileEvent) => `${e.args?.op_name ?? '?'} (${e.args?.provider ?? '?'})`;
+  // 'kernel&op type&program': the op type and program, without the node's own name.
+  const programOf = (e: ProfileEvent) => e.name.split('&').slice(1).join('&') || e.name;
+  const sum = (xs: readonly { us_per_step: number }[]) => xs.reduce((acc, o) => acc + o.us_per_step, 0);
+  const n = decodeRuns.size;
+  const decodeOps = perPass(nodes.filter((e) => decodeRuns.has(passOf(e))), n, opOf);
+  const decodeGpu = perPass(gpu.filter((e) => decodeRuns.has(passOf(e))), n, programOf);
+  const prefillOps = perPass(nodes.filter((e) => passOf(e) === prefillRun), 1, opOf);
+  const prefillGpu = perPass(gpu.filter((e) => passOf(e) === prefillRun), 1, programOf);
   return {
-    decode_passes: n,
-    wall_us_per_step: round(wallUsPerStep, 0),
-    pass_us_per_step: round(runs.reduce((acc, r) => acc + r.dur, 0) / Math.max(1, n), 0),
-    kernel_us_per_step: ops.reduce((acc, o) => acc + o.us_per_step, 0),
-    nodes_per_step: round(ops.reduce((acc, o) => acc + o.per_step, 0), 0),
-    ops,
+    file,
+    gpu_timestamps: gpu.length > 0,
+    decode: {
+      decode_passes: n,
+      wall_us_per_step: round(wallUsPerStep, 0),
+      pass_us_per_step: round([...decodeRuns].reduce((acc, j) => acc + runs[j].dur, 0) / Math.max(1, n), 0),
+      kernel_us_per_step: sum(decodeOps),
+      nodes_per_step: round(decodeOps.reduce((acc, o) => acc + o.per_step, 0), 0),
+      gpu_us_per_step: gpu.length ? sum(decodeGpu) : null,
+      gpu_programs_per_step: gpu.length ? round(decodeGpu.reduce((acc, o) => acc + o.per_step, 0), 0) : null,
+      ops: decodeOps,
+      gpu_programs: decodeGpu,
+    },
+    prefill: {
+      wall_us: round(prefillWallUs, 0),
+      pass_us: runs.length ? runs[prefillRun].dur : null,
+      kernel_us: sum(prefillOps),
+      gpu_us: gpu.length ? sum(prefillGpu) : null,
+      ops: prefillOps,
+      gpu_programs: prefillGpu,
+    },
   };
 }
 
-/** Decode under onnxruntime's profiler; the summary of its profile (summarizeProfile). */
-async function profileDecode(dir: string, options: EngineOptions, prefix: string, prompt: number) {
+/** One generate and one more prompt pass under onnxruntime's profiler; the summary of its profile (summarizeProfile). */
+async function profileRun(dir: string, options: EngineOptions, prefix: string, prompt: number) {
   const engine = await Engine.load(dir, { ...options, profilePrefix: prefix });
   let wallUsPerStep = 0;
+  let prefillWallUs = 0;
   try {
     const promptIds = promptOf(prompt, engine.config.vocabSize);
     const stamps: number[] = [];
     for await (const s of engine.generate({ promptIds, maxTokens: 24, ignoreEos: true })) if (s.kind === 'token') stamps.push(performance.now());
     // Steps after the two warm-up ones, as the profile summary counts them.
     wallUsPerStep = ((stamps[stamps.length - 1] - stamps[2]) * 1000) / (stamps.length - 3);
+    const t0 = performance.now();
+    for await (const s of engine.generate({ promptIds, maxTokens: 1, ignoreEos: true })) if (s.kind === 'prompt') prefillWallUs = (performance.now() - t0) * 1000;
     engine.session.endProfiling();
   } finally {
     await engine.close();
   }
   const dirOf = dirname(prefix);
-  const files = readdirSync(dirOf).filter((f) => f.startsWith(`${prefix.slice(dirOf.length + 1)}_`) && f.endsWith('.json')).sort();
+  // onnxruntime names it <prefix>_<date>_<time>.json (another engine's prefix may start with this one's).
+  const base = prefix.slice(dirOf.length + 1);
+  const files = readdirSync(dirOf).filter((f) => f.startsWith(`${base}_`) && /^_\d{4}-\d{2}-\d{2}_[\d_-]+\.json$/.test(f.slice(base.length))).sort();
   if (!files.length) throw new Error(`no profile ${prefix}_*.json`);
-  return summarizeProfile(join(dirOf, files[files.length - 1]), wallUsPerStep);
+  return summarizeProfile(join(dirOf, files[files.length - 1]), wallUsPerStep, prefillWallUs);
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -243,7 +313,7 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels', 'activations', 'greedy-path']);
+  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels', 'activations', 'greedy-path', 'chunk-check']);
   const work = a.get('work', '/tmp/lw-gpu')!;
   const shapes = a.get('shapes', '0.5b,7b')!.split(',');
   for (const s of shapes) if (!SHAPES[s]) throw new Error(`--shapes: ${s} is not one of ${Object.keys(SHAPES).join(',')}`);
@@ -279,9 +349,11 @@ async function main(argv: string[]): Promise<void> {
   const webgpuInt4: EngineOptions = { provider: 'webgpu', precision: 'int4', taps: [], ports: 'none', cacheDir: cache, accuracyLevel: levels[0].prefill, decodeAccuracyLevel: levels[0].decode, activations: activations[0], ...(validation ? { webgpuValidation: validation } : {}) };
   // The engines measured side by side, the first giving the summary's plain keys (with --activations
   // fp16 alone, keys ending _fp16act), the others keys with a suffix per way they differ.
-  const variants = levels.flatMap((level, li) =>
+  // The logits path only at the first level (what it costs is the row's copy and host scan, the same
+  // at every level): fewer engines loaded side by side.
+  const mainVariants: { level: (typeof levels)[number]; act: Activations; returnLogits: boolean; suffix: string; label: string; chunk?: number }[] = levels.flatMap((level, li) =>
     activations.flatMap((act) =>
-      paths.map((returnLogits) => ({
+      (li === 0 ? paths : paths.slice(0, 1)).map((returnLogits) => ({
         level,
         act,
         returnLogits,
@@ -290,6 +362,19 @@ async function main(argv: string[]): Promise<void> {
       })),
     ),
   );
+  // --chunk-check N: each one-build fp32 engine again with prompts fed N tokens a pass (engine
+  // prefillChunk), keys ending _chunk<N>. onnxruntime's WebGPU GroupQueryAttention takes another
+  // kernel (FlashAttention) for passes of 32 new tokens or more; chunks under 32 keep the kernel
+  // that decode steps use. Their first logits are compared (…_vs_one_pass).
+  const chunkCheck = a.has('chunk-check') ? a.num('chunk-check', 16) : null;
+  const variants = [
+    ...mainVariants,
+    ...(chunkCheck === null
+      ? []
+      : mainVariants
+          .filter((v) => v.level.prefill === v.level.decode && v.act === 'fp32' && v.returnLogits === paths[0])
+          .map((v) => ({ ...v, chunk: chunkCheck, suffix: `${v.suffix}_chunk${chunkCheck}`, label: `${v.label}, prompt in passes of ${chunkCheck} tokens` }))),
+  ];
   if (a.has('build-only')) {
     for (const shape of shapes) {
       const t = performance.now();
@@ -353,8 +438,8 @@ async function main(argv: string[]): Promise<void> {
     const tapLayers = SMALL.has(shape) ? [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)] : null;
     // The monitor's cost is measured on the path serving takes (the first of --greedy-path).
     const configs: Config[] = variants.flatMap((v) => {
-      const options = { ...webgpuInt4, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act };
-      const tapped = tapLayers && v.returnLogits === paths[0];
+      const options = { ...webgpuInt4, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act, ...(v.chunk ? { prefillChunk: v.chunk } : {}) };
+      const tapped = tapLayers && v.returnLogits === paths[0] && !v.chunk;
       return [{ options, taps: [], returnLogits: v.returnLogits }, ...(tapped ? [{ options: { ...options, taps: tapLayers }, taps: tapLayers, returnLogits: v.returnLogits }] : [])];
     });
     const measured = await measure(dir, configs, { prompt, decode, runs });
@@ -363,9 +448,11 @@ async function main(argv: string[]): Promise<void> {
     summary[`prefill_tok_s_hf_eager_bf16_${k}`] = h ? round(h.prefill_tok_s, 1) : null;
     summary[`bandwidth_limit_tok_s_hf_eager_bf16_${k}`] = h ? limit(h.weight_bytes_per_token) : null;
     let at = 0;
+    const byVariant = new Map<string, (typeof measured)[number]>();
     for (const v of variants) {
       const gpu = measured[at++];
-      const tapped = tapLayers && v.returnLogits === paths[0] ? measured[at++] : undefined;
+      byVariant.set(v.suffix, gpu);
+      const tapped = tapLayers && v.returnLogits === paths[0] && !v.chunk ? measured[at++] : undefined;
       const x = v.suffix;
       log(`${shape} webgpu int4 ${v.label}: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
       summary[`decode_tok_s_webgpu_int4${x}_${k}`] = gpu.decode_tok_s;
@@ -376,6 +463,14 @@ async function main(argv: string[]): Promise<void> {
       summary[`decode_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
       summary[`prefill_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.prefill_tok_s / h.prefill_tok_s, 2) : null;
       details[`webgpu_int4${x}_${k}`] = kept(gpu);
+      const onePass = v.chunk ? byVariant.get(x.replace(`_chunk${v.chunk}`, '')) : undefined;
+      if (onePass) {
+        const n = Math.min(32, gpu.ids.length, onePass.ids.length);
+        const gap = logitsGap(gpu.firstLogits, onePass.firstLogits);
+        summary[`first_logits_max_abs_diff_webgpu_int4${x}_vs_one_pass_${k}`] = round(gap.maxAbsDiff, 6);
+        summary[`greedy_prefix_webgpu_int4${x}_vs_one_pass_${k}`] = commonPrefix(gpu.ids.slice(0, n), onePass.ids.slice(0, n));
+        log(`${shape} ${v.label} vs one prompt pass: first logits max |diff| ${gap.maxAbsDiff.toExponential(2)}, ${summary[`greedy_prefix_webgpu_int4${x}_vs_one_pass_${k}`]} of ${n} leading tokens agree`);
+      }
       if (tapped && tapLayers) {
         log(`${shape} webgpu int4 ${v.label} with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
         summary[`monitor_overhead_pct_webgpu${x}`] = round(100 * (gpu.decode_tok_s / tapped.decode_tok_s - 1), 1);
@@ -383,28 +478,57 @@ async function main(argv: string[]): Promise<void> {
         details[`webgpu_int4_taps${x}_${k}`] = kept(tapped);
       }
     }
-    const gpu = measured[0];
     if (a.has('profile')) {
-      const p = await profileDecode(dir, { ...webgpuInt4 }, join(work, `profile-${shape}`), prompt);
-      log(`${shape} profile: ${p.wall_us_per_step} us per decode step, ${p.pass_us_per_step} in onnxruntime's pass, ${p.kernel_us_per_step} in ${p.nodes_per_step} kernels: ${p.ops.slice(0, 6).map((o) => `${o.op} ${o.us_per_step}`).join(', ')}`);
-      details[`profile_webgpu_int4_${k}`] = p;
-      save();
+      // Each engine of one build (level P/D splits have two sessions) on the serving path, under the profiler.
+      for (const v of variants.filter((w) => w.level.prefill === w.level.decode && w.returnLogits === paths[0] && !w.chunk)) {
+        const options = { ...webgpuInt4, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act };
+        const p = await profileRun(dir, options, join(work, `profile-${shape}${v.suffix || '_default'}`), prompt);
+        const top = (ops: { op: string; us_per_step: number }[]) => ops.slice(0, 6).map((o) => `${o.op} ${o.us_per_step}`).join(', ');
+        log(`${shape} profile (${v.label}): decode ${p.decode.wall_us_per_step} us per step, ${p.decode.pass_us_per_step} in onnxruntime's pass, ${p.decode.kernel_us_per_step} in ${p.decode.nodes_per_step} kernels: ${top(p.decode.ops)}`);
+        log(`${shape} profile (${v.label}): prompt pass ${p.prefill.pass_us} us, kernels (host) ${p.prefill.kernel_us}: ${top(p.prefill.ops)}; GPU programs ${p.prefill.gpu_us ?? 'n/a'} us: ${top(p.prefill.gpu_programs)}`);
+        details[`profile_webgpu_int4${v.suffix}_${k}`] = p;
+        save();
+      }
     }
     save();
 
     if (SMALL.has(shape)) {
-      const [cpu] = await measure(dir, [{ options: { ...webgpuInt4, provider: 'cpu', decodeAccuracyLevel: undefined, activations: 'fp32', threads: availableParallelism() }, taps: [], returnLogits: false }], { prompt, decode: Math.min(decode, 32), runs: 1 });
-      log(`${shape} cpu int4 (${availableParallelism()} threads): decode ${cpu.decode_tok_s} tok/s`);
-      const n = Math.min(32, gpu.ids.length, cpu.ids.length);
-      summary.greedy_prefix_webgpu_vs_cpu_int4 = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));
-      summary.greedy_same_token_positions_webgpu_vs_cpu_int4 = gpu.ids.slice(0, n).filter((id, i) => id === cpu.ids[i]).length;
-      summary.greedy_tokens_compared = n;
-      // Random weights give a nearly flat distribution (near-ties): how far apart the first logits are, against their spread.
-      const gap = logitsGap(gpu.firstLogits, cpu.firstLogits);
-      summary.first_logits_max_abs_diff_webgpu_vs_cpu_int4 = round(gap.maxAbsDiff, 4);
-      summary.first_logits_std_webgpu_int4 = round(gap.std, 4);
-      summary[`decode_tok_s_cpu_int4_${k}`] = cpu.decode_tok_s;
-      details[`cpu_int4_${k}`] = kept(cpu);
+      // Like with like: the CPU provider's int4 build at each accuracy level a webgpu engine runs
+      // (one build for prompt and decode), against the webgpu engines at that level on the serving
+      // path. At level 4 both providers quantize activations to int8, each its own way; at level 0
+      // both dequantize the weights and multiply in fp32 (the webgpu fp16 engines in fp16).
+      const compared = variants.filter((v) => v.level.prefill === v.level.decode && v.returnLogits === paths[0]);
+      const cpuLevels = [...new Set(compared.map((v) => v.level.prefill))];
+      const threads = availableParallelism();
+      // The logits row every step: each step's top-2 margin (how near a tie the reference's choice was).
+      const cpuRuns = await measure(
+        dir,
+        cpuLevels.map((level) => ({ options: { ...webgpuInt4, provider: 'cpu' as const, accuracyLevel: level, decodeAccuracyLevel: undefined, activations: 'fp32' as const, threads }, taps: [], returnLogits: true, margins: true })),
+        { prompt, decode: Math.min(decode, 32), runs: 1 },
+      );
+      for (const [li, level] of cpuLevels.entries()) {
+        const cpu = cpuRuns[li];
+        log(`${shape} cpu int4 accuracy level ${level} (${threads} threads, logits path): decode ${cpu.decode_tok_s} tok/s`);
+        summary[`decode_tok_s_cpu_int4_acc${level}_${k}`] = cpu.decode_tok_s;
+        summary[`first_logits_top2_margin_cpu_int4_acc${level}`] = round(cpu.margins[0], 4);
+        details[`cpu_int4_acc${level}_${k}`] = { ...kept(cpu), top2_margins: cpu.margins.map((m) => round(m, 4)) };
+        for (const v of compared.filter((w) => w.level.prefill === level)) {
+          const gpu = byVariant.get(v.suffix)!;
+          const x = v.suffix;
+          const n = Math.min(32, gpu.ids.length, cpu.ids.length);
+          const prefix = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));
+          summary[`greedy_prefix_webgpu_vs_cpu_int4${x}`] = prefix;
+          summary[`greedy_same_token_positions_webgpu_vs_cpu_int4${x}`] = gpu.ids.slice(0, n).filter((id, i) => id === cpu.ids[i]).length;
+          // Where they part: the reference's top-2 margin there, against the providers' logits gap.
+          summary[`greedy_part_margin_cpu_int4${x}`] = prefix < n ? round(cpu.margins[prefix], 4) : null;
+          summary.greedy_tokens_compared = n;
+          // Random weights give a nearly flat distribution (near-ties): how far apart the first logits are, against their spread.
+          const gap = logitsGap(gpu.firstLogits, cpu.firstLogits);
+          summary[`first_logits_max_abs_diff_webgpu_vs_cpu_int4${x}`] = round(gap.maxAbsDiff, 4);
+          summary[`first_logits_std_webgpu_int4${x}`] = round(gap.std, 4);
+          log(`${shape} greedy ${v.label} vs cpu level ${level}: ${prefix} of ${n} leading tokens agree; first logits max |diff| ${gap.maxAbsDiff.toFixed(4)} (std ${gap.std.toFixed(3)}, cpu top-2 margin ${cpu.margins[0].toFixed(4)})`);
+        }
+      }
       save();
     }
   }
