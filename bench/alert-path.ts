@@ -3,12 +3,14 @@
  * token's alerts are handed to the store and their receipt by 100 WebSocket subscribers, without a
  * model (bench/daemon.ts measures the whole daemon, forward pass and scoring included).
  *
- *   npx tsx bench/alert-path.ts [--tokens N] [--alerts K] [--interval-ms MS] [--subscribers S] [--rounds R] [--forward-ms F]
+ *   npx tsx bench/alert-path.ts [--tokens N] [--alerts K] [--interval-ms MS] [--subscribers S] [--rounds R] [--forward-ms F] [--stores a,b]
  *   (defaults: 50 tokens, 16 alerts, 200 ms apart — one burst per injected request, as in bench/daemon.ts — 100 subscribers, 2 rounds, F 40)
  *       [--out FILE.json] [--md FILE.md]
  *
- * In this process: the alert store (each of: SQLite FULL with the group-commit worker, FULL on the
- * event loop, NORMAL with the worker, in memory), the daemon's AlertHub on an HTTP server on
+ * In this process: the alert store (each of, or those --stores names: groupFull = SQLite FULL with
+ * the group-commit worker, inlineFull = FULL on the event loop, poolSync = NORMAL on the event loop
+ * with fdatasync of the WAL on the libuv pool (lib/pool-sync-store.ts, a candidate), groupNormal =
+ * NORMAL with the worker, memory), the daemon's AlertHub on an HTTP server on
  * loopback, and S subscribers (`ws` clients) on 4 worker threads (lib/subscriber-fleet.ts, as
  * bench/daemon.ts). A producer appends one token's K alerts every MS milliseconds (the pace of a
  * decode loop), each with forwardAtUs = the time of the append call. Stages, per token:
@@ -40,15 +42,17 @@ import { Authenticator } from '../src/daemon/auth.js';
 import { GroupCommitAlertStore } from '../src/daemon/group-commit-store.js';
 import { nowUs, processWallOffsetUs } from './lib/clients.js';
 import { measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
+import { PoolSyncAlertStore } from './lib/pool-sync-store.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 import { quantile, round } from './lib/stats.js';
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 
-type StoreName = 'groupFull' | 'inlineFull' | 'groupNormal' | 'memory';
+type StoreName = 'groupFull' | 'inlineFull' | 'poolSync' | 'groupNormal' | 'memory';
 const STORES: { name: StoreName; label: string }[] = [
   { name: 'groupFull', label: 'SQLite FULL, group-commit worker (default)' },
   { name: 'inlineFull', label: 'SQLite FULL, on the event loop' },
+  { name: 'poolSync', label: 'SQLite NORMAL on the event loop + fdatasync of the WAL on the libuv pool (candidate)' },
   { name: 'groupNormal', label: 'SQLite NORMAL, group-commit worker' },
   { name: 'memory', label: 'in memory' },
 ];
@@ -87,7 +91,7 @@ export interface AlertPathBench {
   /** `uptime`'s load averages when the run started and ended. */
   loadAverage: { start: number[]; end: number[] };
   diskFlush: DiskFlush;
-  config: { tokens: number; alertsPerToken: number; intervalMs: number; subscribers: number; rounds: number; forwardMs: number };
+  config: { tokens: number; alertsPerToken: number; intervalMs: number; subscribers: number; rounds: number; forwardMs: number; stores?: StoreName[] };
   results: StoreResult[];
   /** The fan-out's own cost, three ways, interleaved in one run (fanOutStrategies). */
   fanOut: { subscribers: number; alertsPerToken: number; tokens: number; strategies: FanOutStrategy[]; perFrameOverJoined: number; perSubscriberJsonOverJoined: number };
@@ -100,6 +104,7 @@ async function openStore(name: StoreName, dir: string): Promise<AlertStore> {
   if (name === 'groupFull') return GroupCommitAlertStore.open({ path, synchronous: 'full' });
   if (name === 'groupNormal') return GroupCommitAlertStore.open({ path, synchronous: 'normal' });
   if (name === 'inlineFull') return new SqliteAlertStore(AlertLog.open({ path, synchronous: 'full' }));
+  if (name === 'poolSync') return new PoolSyncAlertStore(path);
   return new SqliteAlertStore(AlertLog.open({ path: ':memory:' }));
 }
 
@@ -277,9 +282,10 @@ export async function benchAlertPath(config: AlertPathBench['config']): Promise<
   const machine = describeMachine();
   const diskFlush = measureDiskFlush(dir);
   // Every store without a forward pass; the durable ones and memory with one after each token.
+  const chosen = STORES.filter((s) => !config.stores || config.stores.includes(s.name));
   const runs = [
-    ...STORES.map((s) => ({ ...s, forwardMs: 0 })),
-    ...(config.forwardMs > 0 ? STORES.filter((s) => s.name !== 'groupNormal').map((s) => ({ ...s, forwardMs: config.forwardMs })) : []),
+    ...chosen.map((s) => ({ ...s, forwardMs: 0 })),
+    ...(config.forwardMs > 0 ? chosen.filter((s) => s.name !== 'groupNormal').map((s) => ({ ...s, forwardMs: config.forwardMs })) : []),
   ];
   const key = (r: { name: StoreName; forwardMs: number }) => `${r.name}/${r.forwardMs}`;
   const samples = new Map<string, Samples>(runs.map((r) => [key(r), { commit: [], fanOut: [], receipt: [], last: [], first: [], tokens: 0 }]));
@@ -333,8 +339,10 @@ export function alertPathMarkdown(b: AlertPathBench): string {
 }
 
 runIfMain(import.meta.url, async (argv) => {
-  const a = parseArgs(argv, ['tokens', 'alerts', 'interval-ms', 'subscribers', 'rounds', 'out', 'md']);
-  const config = { tokens: a.num('tokens', 50), alertsPerToken: a.num('alerts', 16), intervalMs: a.num('interval-ms', 200), subscribers: a.num('subscribers', 100), rounds: a.num('rounds', 2), forwardMs: a.num('forward-ms', 40) };
+  const a = parseArgs(argv, ['tokens', 'alerts', 'interval-ms', 'subscribers', 'rounds', 'forward-ms', 'stores', 'out', 'md']);
+  const stores = a.get('stores')?.split(',') as StoreName[] | undefined;
+  for (const s of stores ?? []) if (!STORES.some((x) => x.name === s)) throw new Error(`--stores: unknown store ${s} (${STORES.map((x) => x.name).join(', ')})`);
+  const config = { tokens: a.num('tokens', 50), alertsPerToken: a.num('alerts', 16), intervalMs: a.num('interval-ms', 200), subscribers: a.num('subscribers', 100), rounds: a.num('rounds', 2), forwardMs: a.num('forward-ms', 40), ...(stores ? { stores } : {}) };
   const b = await benchAlertPath(config);
   writeBenchResult(a, 'alert-path', b, alertPathMarkdown(b));
 });

@@ -8,10 +8,12 @@
 # writes the random Qwen2.5-0.5B checkpoint there (bench/random-checkpoint.ts: bf16, seed 0, ~1 GB),
 # builds its int4 graph into a private cache (HOME is the temporary directory) and runs
 #   node daemon.js --latency-only --model CKPT --out $OUT/daemon-latency-device.json
-# Writes under $OUT: daemon-latency-device.{json,md} (the bench's report), log.txt (everything
+# then, if under ALERT_PATH_IF_BEFORE_S (380) seconds have passed, bench/alert-path.ts for one round.
+# Writes under $OUT: daemon-latency-device.{json,md} (the bench's report),
+# daemon-alert-path-device.{json,md} (if it ran), log.txt (everything
 # printed, with timings of each step), machine.txt (CPU, memory, load before and after).
 # For a rehearsal on a small machine: CKPT_ARGS (extra random-checkpoint.js arguments, e.g. a tiny
-# shape) and BENCH_ARGS (extra daemon.js arguments, e.g. --quick).
+# shape), BENCH_ARGS (extra daemon.js arguments, e.g. --quick), ALERT_PATH_ARGS (e.g. --tokens 5).
 set -uo pipefail
 : "${OUT:?OUT must name the output directory}"
 mkdir -p "$OUT"
@@ -41,6 +43,17 @@ stamp "bench (the first start builds and quantizes the graph)"
 "$NODE" daemon.js --latency-only --model "$CKPT" ${BENCH_ARGS:-} --out "$OUT/daemon-latency-device.json" --md "$OUT/daemon-latency-device.md"
 rc=$?
 stamp "bench exited $rc"
+# Then, if the call has time left (SECONDS counts from the start), the alert path without a model
+# (bench/alert-path.ts: the group-commit worker vs FULL on the event loop vs NORMAL + fdatasync of
+# the WAL on the libuv pool, with and without a 40 ms synchronous pass), one round.
+if [ "${ALERT_PATH:-1}" = 1 ] && [ "$SECONDS" -lt "${ALERT_PATH_IF_BEFORE_S:-380}" ]; then
+  stamp "alert path"
+  # shellcheck disable=SC2086
+  "$NODE" alert-path.js --rounds 1 --stores groupFull,inlineFull,poolSync,memory ${ALERT_PATH_ARGS:-} --out "$OUT/daemon-alert-path-device.json" --md "$OUT/daemon-alert-path-device.md"
+  stamp "alert path exited $?"
+else
+  stamp "alert path skipped (${SECONDS} s elapsed)"
+fi
 uptime >> "$OUT/machine.txt"
 rm -rf "$WORK"
 exit $rc
