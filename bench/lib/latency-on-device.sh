@@ -8,12 +8,16 @@
 # writes the random Qwen2.5-0.5B checkpoint there (bench/random-checkpoint.ts: bf16, seed 0, ~1 GB),
 # builds its int4 graph into a private cache (HOME is the temporary directory) and runs
 #   node daemon.js --latency-only --model CKPT --out $OUT/daemon-latency-device.json
-# then, if under ALERT_PATH_IF_BEFORE_S (380) seconds have passed, bench/alert-path.ts for one round.
-# Writes under $OUT: daemon-latency-device.{json,md} (the bench's report),
-# daemon-alert-path-device.{json,md} (if it ran), log.txt (everything
+# then, if under REPLICAS_IF_BEFORE_S (330) seconds have passed, bench/replicas.ts (3 daemons on
+# the carried nats-server, a random checkpoint of the built-in model's shape with the Qwen2.5
+# vocabulary, LATENTWATCH_THREADS 5 per daemon: 16 cores for 3 engines), and if under
+# ALERT_PATH_IF_BEFORE_S (440), bench/alert-path.ts for one round.
+# Writes under $OUT: daemon-latency-device.{json,md} (the bench's report), replicas-device.{json,md}
+# and daemon-alert-path-device.{json,md} (if they ran), log.txt (everything
 # printed, with timings of each step), machine.txt (CPU, memory, load before and after).
 # For a rehearsal on a small machine: CKPT_ARGS (extra random-checkpoint.js arguments, e.g. a tiny
-# shape), BENCH_ARGS (extra daemon.js arguments, e.g. --quick), ALERT_PATH_ARGS (e.g. --tokens 5).
+# shape), BENCH_ARGS (extra daemon.js arguments, e.g. --quick), REPLICAS_ARGS (--quick),
+# ALERT_PATH_ARGS (e.g. --tokens 5); REPLICAS=0 or ALERT_PATH=0 skip those steps.
 set -uo pipefail
 : "${OUT:?OUT must name the output directory}"
 mkdir -p "$OUT"
@@ -23,13 +27,16 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 { date -u; uname -a; nproc; grep -m1 'model name' /proc/cpuinfo; free -g | head -2; uptime; } > "$OUT/machine.txt" 2>&1
 stamp "unpacking into $WORK"
+mkdir -p "$WORK/bin"
 if command -v xz >/dev/null; then
-  xz -dc "$LAT/node.xz" > "$WORK/node" && tar -xJf "$LAT/pkg.tar.xz" -C "$WORK"
+  xz -dc "$LAT/node.xz" > "$WORK/bin/node" && xz -dc "$LAT/nats-server.xz" > "$WORK/bin/nats-server" && tar -xJf "$LAT/pkg.tar.xz" -C "$WORK"
 else
-  python3 -c 'import lzma,sys,tarfile; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read()); tarfile.open(sys.argv[3],"r:xz").extractall(sys.argv[4])' "$LAT/node.xz" "$WORK/node" "$LAT/pkg.tar.xz" "$WORK"
+  python3 -c 'import lzma,sys,tarfile; [open(o,"wb").write(lzma.open(i).read()) for i,o in ((sys.argv[1],sys.argv[2]),(sys.argv[3],sys.argv[4]))]; tarfile.open(sys.argv[5],"r:xz").extractall(sys.argv[6])' "$LAT/node.xz" "$WORK/bin/node" "$LAT/nats-server.xz" "$WORK/bin/nats-server" "$LAT/pkg.tar.xz" "$WORK"
 fi
-chmod +x "$WORK/node"
-NODE="$WORK/node"
+chmod +x "$WORK/bin/node" "$WORK/bin/nats-server"
+# The carried nats-server first (bench/lib/nats-server.ts looks on PATH before /usr/sbin).
+export PATH="$WORK/bin:$PATH"
+NODE="$WORK/bin/node"
 stamp "node $("$NODE" --version)"
 cd "$WORK/pkg"
 export HOME="$WORK/home"
@@ -43,10 +50,24 @@ stamp "bench (the first start builds and quantizes the graph)"
 "$NODE" daemon.js --latency-only --model "$CKPT" ${BENCH_ARGS:-} --out "$OUT/daemon-latency-device.json" --md "$OUT/daemon-latency-device.md"
 rc=$?
 stamp "bench exited $rc"
-# Then, if the call has time left (SECONDS counts from the start), the alert path without a model
+# Then, if the call has time left (SECONDS counts from the start), several replicas on one NATS
+# JetStream stream against one node (the cross-replica goal) on a small random checkpoint.
+if [ "${REPLICAS:-1}" = 1 ] && [ "$SECONDS" -lt "${REPLICAS_IF_BEFORE_S:-330}" ]; then
+  stamp "replicas: random checkpoint of the built-in shape"
+  SMALL="$WORK/qwen2-16m-shape-random"
+  # shellcheck disable=SC2086
+  "$NODE" random-checkpoint.js --out "$SMALL" --hidden 384 --layers 8 --heads 6 --kv-heads 2 --intermediate 1024 --max-positions 1024 ${SMALL_CKPT_ARGS:-} >/dev/null
+  stamp "replicas"
+  # shellcheck disable=SC2086
+  LATENTWATCH_THREADS=${REPLICA_THREADS:-5} "$NODE" replicas.js --model "$SMALL" ${REPLICAS_ARGS:-} --out "$OUT/replicas-device.json" --md "$OUT/replicas-device.md"
+  stamp "replicas exited $?"
+else
+  stamp "replicas skipped (${SECONDS} s elapsed)"
+fi
+# Then, if the call has time left, the alert path without a model
 # (bench/alert-path.ts: the group-commit worker vs FULL on the event loop vs NORMAL + fdatasync of
 # the WAL on the libuv pool, with and without a 40 ms synchronous pass), one round.
-if [ "${ALERT_PATH:-1}" = 1 ] && [ "$SECONDS" -lt "${ALERT_PATH_IF_BEFORE_S:-380}" ]; then
+if [ "${ALERT_PATH:-1}" = 1 ] && [ "$SECONDS" -lt "${ALERT_PATH_IF_BEFORE_S:-440}" ]; then
   stamp "alert path"
   # shellcheck disable=SC2086
   "$NODE" alert-path.js --rounds 1 --stores groupFull,inlineFull,poolSync,memory ${ALERT_PATH_ARGS:-} --out "$OUT/daemon-alert-path-device.json" --md "$OUT/daemon-alert-path-device.md"
