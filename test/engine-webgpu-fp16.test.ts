@@ -25,6 +25,8 @@ import { Engine } from '../src/engine/engine.js';
 import { RuntimeSession, webgpuShaderF16, type Tensor } from '../src/engine/runtime.js';
 import type { GenerateRequest, Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
+import { buildKey, resolveBuildOptions, type BuildRequest } from '../src/model/build.js';
+import { openCheckpoint } from '../src/model/checkpoint.js';
 import { GRAPH_NAMES } from '../src/model/graph.js';
 import { API_KEY } from './daemon-fixture.js';
 import { CODE16M, QWEN2_TINY, QWEN3_TINY, TEST_CACHE, maxAbsDiff, readReference, referenceTensors, tempDir, thrown, type SubjectReference, type TinyReference } from './helpers.js';
@@ -181,10 +183,13 @@ describe('qwen2-code-16m (the built-in model) with fp16 activations on the WebGP
   );
 
   it(
-    'int4 weights with fp16 activations at the default accuracy level 4 (DP4A): tokens of the fp32-activation build on the same provider, logits within 0.5',
+    'int4 weights at the webgpu defaults (fp16 activations, accuracy level 4: DP4A): tokens of the fp32-activation build on the same provider, logits within 0.5',
     async () => {
       const build = { cacheDir: TEST_CACHE, precision: 'int4' as const, provider: 'webgpu' as const, taps: [0], ports: [] };
-      const [half, full] = [await Engine.load(CODE16M, { ...build, activations: 'fp16' }), await Engine.load(CODE16M, build)];
+      const [half, full] = [await Engine.load(CODE16M, build), await Engine.load(CODE16M, { ...build, activations: 'fp32' })];
+      // fp16 is the default activations of a webgpu int4 build.
+      expect(half.build.options.activations).toBe('fp16');
+      expect(full.build.options.activations).toBeUndefined();
       try {
         const req: GenerateRequest = { promptIds: ref.prompts[1].input_ids, maxTokens: 12, ignoreEos: true, returnLogits: true };
         const [a, b] = [await steps(half, req), await steps(full, req)];
@@ -236,7 +241,8 @@ describe('--activations in the CLI and the daemon', () => {
     const base = ['--model', CODE16M, '--port', '0', '--log-level', 'silent', '--alert-log', join(tempDir('lw-alerts-'), 'alerts.db')];
     expect(loadConfig({ argv: [...base, '--activations', 'fp16', '--provider', 'webgpu'] }).config.activations).toBe('fp16');
     expect(loadConfig({ argv: base, env: { LATENTWATCH_ACTIVATIONS: 'fp16' } }).config.activations).toBe('fp16');
-    expect(loadConfig({ argv: base }).config.activations).toBe('fp32');
+    expect(loadConfig({ argv: base }).config.activations).toBe('auto');
+    expect(loadConfig({ argv: [...base, '--activations', 'fp32'] }).config.activations).toBe('fp32');
     expect(thrown(() => loadConfig({ argv: [...base, '--activations', 'bf16'] })).code).toBe('LW_ERR_CONFIG_INVALID');
     const { config } = loadConfig({ argv: [...base, '--activations', 'fp16'], env: { LATENTWATCH_API_KEY: API_KEY, LATENTWATCH_HOST: '127.0.0.1' } });
     const e = await startDaemon(config).then(
@@ -247,6 +253,24 @@ describe('--activations in the CLI and the daemon', () => {
       (err: { code?: string }) => err,
     );
     expect(e?.code).toBe('LW_ERR_MODEL_BUILD_OPTIONS');
+  });
+});
+
+describe('default activations', () => {
+  it('fp16 for a webgpu (device-kv) build of int4/int8/fp16 weights; fp32 for fp32 weights, for the CPU provider, and when asked', () => {
+    const ckpt = openCheckpoint(QWEN2_TINY);
+    const resolved = (r: BuildRequest) => resolveBuildOptions(ckpt, r).activations ?? 'fp32';
+    for (const precision of ['int4', 'int8', 'fp16'] as const) {
+      expect(resolved({ precision, interface: 'device-kv' })).toBe('fp16');
+      expect(resolved({ precision, interface: 'device-kv', activations: 'fp32' })).toBe('fp32');
+      expect(resolved({ precision })).toBe('fp32');
+    }
+    expect(resolved({ precision: 'fp32', interface: 'device-kv' })).toBe('fp32');
+    expect(resolved({ interface: 'device-kv' })).toBe('fp32');
+    // The default and the explicit fp16 are one build (one cache key).
+    const key = (r: BuildRequest) => buildKey('f', resolveBuildOptions(ckpt, r));
+    expect(key({ precision: 'int4', interface: 'device-kv' })).toBe(key({ precision: 'int4', interface: 'device-kv', activations: 'fp16' }));
+    expect(key({ precision: 'int4' })).toBe(key({ precision: 'int4', activations: 'fp32' }));
   });
 });
 

@@ -53,7 +53,8 @@ for (const [name, dir, qkvFused] of [
     const tensor = referenceTensors(dir);
     const build = { precision: 'int4' as const, accuracyLevel: 0, cacheDir: TEST_CACHE };
     beforeAll(async () => {
-      gpu = await Engine.load(dir, { ...build, provider: 'webgpu', prefillChunk: 3 });
+      // fp32 activations (webgpu's default for int4 is fp16: test/engine-webgpu-fp16.test.ts), to compare at 1e-4.
+      gpu = await Engine.load(dir, { ...build, provider: 'webgpu', activations: 'fp32', prefillChunk: 3 });
       cpu = await Engine.load(dir, build);
     });
     afterAll(async () => {
@@ -114,8 +115,8 @@ describe('qwen2-code-16m int4 on the WebGPU provider: prefill at accuracy level 
   let level4: Engine;
   let cpu0: Engine;
   beforeAll(async () => {
-    split = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', decodeAccuracyLevel: 0, cacheDir: TEST_CACHE });
-    level4 = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', cacheDir: TEST_CACHE });
+    split = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', activations: 'fp32', decodeAccuracyLevel: 0, cacheDir: TEST_CACHE });
+    level4 = await Engine.load(CODE16M, { precision: 'int4', provider: 'webgpu', activations: 'fp32', cacheDir: TEST_CACHE });
     cpu0 = await Engine.load(CODE16M, { precision: 'int4', accuracyLevel: 0, cacheDir: TEST_CACHE });
   });
   afterAll(async () => {

@@ -44,7 +44,8 @@ latentwatch build [--model DIR] [--precision fp32|fp16|int8|int4] [--taps all|L,
   Builds (or finds in the cache) the graph for a Hugging Face Qwen2/Qwen3 checkpoint and prints
   where it is. Default model: the built-in ${DEFAULT_MODEL_DIR}. --provider webgpu builds the
   graph the engine runs there (its KV cache stays on the GPU: docs/gpu.md); --activations fp16
-  (webgpu only) computes in fp16 between the weights.`,
+  (webgpu only) computes in fp16 between the weights, the default there for int4/int8/fp16 weights
+  (--activations fp32 to keep fp32).`,
   async run(argv) {
     const v = parse(argv, { ...common, taps: { type: 'string' }, ports: { type: 'string' }, 'block-size': { type: 'string' }, force: { type: 'boolean' } }, this.usage);
     const ports = layerList(v.ports, 'ports');

@@ -83,8 +83,11 @@ export const CONFIG_SCHEMA = closedObject(
     precision: Type.Enum(['fp32', 'fp16', 'int8', 'int4']),
     /** onnxruntime execution provider. */
     provider: Type.Enum(PROVIDERS),
-    /** What the graph computes in between the weights: fp16 on provider webgpu only (docs/gpu.md). */
-    activations: Type.Enum(['fp32', 'fp16']),
+    /**
+     * What the graph computes in between the weights: fp16 on provider webgpu only (docs/gpu.md);
+     * 'auto': the engine's default (fp16 on webgpu for int4/int8/fp16 weights, else fp32).
+     */
+    activations: Type.Enum(['auto', 'fp32', 'fp16']),
     /** onnxruntime intra-op threads; 0 = one per core. */
     threads: Type.Integer({ minimum: 0, maximum: 1024 }),
     /**
@@ -280,7 +283,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   modelDir: null,
   precision: 'fp32',
   provider: 'cpu',
-  activations: 'fp32',
+  activations: 'auto',
   threads: 0,
   spinning: false,
   servedModelName: null,
@@ -395,7 +398,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     model: { pointer: '/modelDir', kind: 'path', help: 'checkpoint directory (default: the built-in model)' },
     precision: { pointer: '/precision', kind: 'string', help: 'fp32|fp16|int8|int4 weights' },
     provider: { pointer: '/provider', kind: 'string', help: `${PROVIDERS.join('|')} onnxruntime execution provider (default cpu)` },
-    activations: { pointer: '/activations', kind: 'string', help: 'fp32|fp16: fp16 activations on provider webgpu (a device with shader-f16)' },
+    activations: { pointer: '/activations', kind: 'string', help: 'auto|fp32|fp16: fp16 activations on provider webgpu (a device with shader-f16); auto: fp16 there for int4/int8/fp16 weights, else fp32' },
     threads: { pointer: '/threads', kind: 'int', help: 'onnxruntime intra-op threads (0: one per core)' },
     spinning: { pointer: '/spinning', kind: 'bool', help: 'idle onnxruntime threads spin-wait between passes (default off)' },
     'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },

@@ -73,7 +73,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   const engine = await Engine.load(modelDir, {
     precision: config.precision,
     provider: config.provider,
-    activations: config.activations,
+    activations: config.activations === 'auto' ? undefined : config.activations,
     threads: config.threads || undefined,
     spinning: config.spinning,
     taps: [...new Set(probeHooks.map(parseResidPost))],

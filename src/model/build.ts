@@ -26,8 +26,22 @@ export interface BuildRequest {
   accuracyLevel?: number;
   /** 'hf': Hugging Face optimum's decoder interface for peers (no taps, no ports; not for the engine). */
   interface?: GraphInterface;
-  /** 'fp16': compute in fp16 between the weights ('device-kv' builds: the WebGPU provider; graph.ts). */
+  /**
+   * 'fp16': compute in fp16 between the weights ('device-kv' builds: the WebGPU provider; graph.ts).
+   * Default: defaultActivations (fp16 for a device-kv build of int4/int8/fp16 weights, else fp32).
+   */
   activations?: Activations;
+}
+
+/**
+ * What a build computes in between its weights unless asked: fp16 for a 'device-kv' (WebGPU) build of
+ * quantized or fp16 weights — on an H200 it decodes the Qwen2.5-7B shape 1.28x and the 0.5B shape
+ * 1.2-2x faster than fp32 (docs/gpu.md); those builds need shader-f16 anyway (their embedding table
+ * is fp16) — and fp32 otherwise: the CPU provider has no fp16 path, and `--precision fp32` keeps
+ * fp32 throughout (the one build a device without shader-f16 runs).
+ */
+export function defaultActivations(graphInterface: GraphInterface | undefined, precision: Precision): Activations {
+  return graphInterface === 'device-kv' && precision !== 'fp32' ? 'fp16' : 'fp32';
 }
 
 export interface BuildInfo {
@@ -50,15 +64,17 @@ export function resolveBuildOptions(ckpt: Checkpoint, r: BuildRequest = {}): Bui
   const sorted = (xs: number[]) => [...new Set(xs)].sort((a, b) => a - b);
   // An 'hf' build has neither taps nor ports unless asked (and validation refuses them).
   const dflt = r.interface === 'hf' ? [] : all;
+  const precision = r.precision ?? 'fp32';
+  const activations = r.activations ?? defaultActivations(r.interface, precision);
   const o: BuildOptions = {
-    precision: r.precision ?? 'fp32',
+    precision,
     taps: r.taps === undefined ? dflt : r.taps === 'all' ? all : sorted(r.taps),
     ports: r.ports === undefined ? dflt : r.ports === 'all' ? all : r.ports === 'none' ? [] : sorted(r.ports),
     blockSize: r.blockSize ?? 32,
     accuracyLevel: r.accuracyLevel ?? 4,
     // Only a non-default interface enters the options (and so the cache key): default keys are unchanged.
     ...(r.interface && r.interface !== 'latentwatch' ? { interface: r.interface } : {}),
-    ...(r.activations && r.activations !== 'fp32' ? { activations: r.activations } : {}),
+    ...(activations !== 'fp32' ? { activations } : {}),
   };
   validateBuildOptions(ckpt.config, o);
   return o;

