@@ -10,8 +10,11 @@
 # Phase A: checkpoints + transformers (bench/gpu_hf.py), the four 7B builds (accuracy level 4/0 x
 # fp32/fp16 activations) in the background in their own sessions (they outlive the call: the next
 # call, within the machine's 30 s idle time, finds them), 0.5B measured. Phase B: 7B measured, merged
-# with A's report. Phase C: 0.5B alone on a quiet host. Reports and a tgz of logs and profiles go to
+# with A's report. Phase C: 0.5B alone on a quiet host. Phase D: the default engine's monitor cost, 15 rounds. Reports and a tgz of logs and profiles go to
 # $OUT. Smoke-test here first: S05=smoke S7=smoke with a ready hf.json in the work folder.
+set -u
+phase=$1
+R=$(pwd)
 set -u
 phase=$1
 R=$(pwd)
@@ -66,6 +69,12 @@ elif [ "$phase" = C ]; then
   python3 bench/gpu_hf.py --work $W --shapes $S05 --json $W/hf.json > $L/hf.log 2>&1; echo "gpu_hf rc $? at $(el) s"; cat $L/hf.log
   $B --shapes $S05 --accuracy-levels 4,0 --activations fp32,fp16 --greedy-path both --runs 5 --out $W/gpu-$D-0.5b-quiet.json > $L/bench-0.5b-quiet.log 2>&1
   echo "0.5b quiet rc $? at $(el) s"; grep -v '^  "' $L/bench-0.5b-quiet.log | grep -v Deprecation | tail -40
+  pack
+elif [ "$phase" = D ]; then
+  # The default engine (fp16, level 4) against itself with three layers tapped: many rounds, longer decode.
+  python3 bench/gpu_hf.py --work $W --shapes $S05 --json $W/hf.json > $L/hf.log 2>&1; echo "gpu_hf rc $? at $(el) s"; cat $L/hf.log
+  $B --shapes $S05 --accuracy-levels 4 --activations fp16 --runs 15 --decode 128 --out $W/gpu-$D-monitor.json > $L/bench-monitor.log 2>&1
+  echo "monitor rc $? at $(el) s"; grep -v '^  "' $L/bench-monitor.log | grep -v Deprecation | tail -20; grep monitor_overhead $W/gpu-$D-monitor.json
   pack
 else
   if [ ! -e $W/qwen2.5-$S7-random.done ]; then echo "fresh machine: 7B checkpoint again"; checkpoints $S7; else builds7b; fi
