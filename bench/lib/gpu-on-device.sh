@@ -10,11 +10,8 @@
 # Phase A: checkpoints + transformers (bench/gpu_hf.py), the four 7B builds (accuracy level 4/0 x
 # fp32/fp16 activations) in the background in their own sessions (they outlive the call: the next
 # call, within the machine's 30 s idle time, finds them), 0.5B measured. Phase B: 7B measured, merged
-# with A's report. Phase C: 0.5B alone on a quiet host. Phase D: the default engine's monitor cost, 15 rounds. Reports and a tgz of logs and profiles go to
-# $OUT. Smoke-test here first: S05=smoke S7=smoke with a ready hf.json in the work folder.
-set -u
-phase=$1
-R=$(pwd)
+# with A's report. Phase C: 0.5B alone on a quiet host. Phase D: the default engine's monitor cost,
+# 15 rounds. Reports and a tgz of logs and profiles go to $OUT. Smoke-test here first: S05=smoke S7=smoke with a ready hf.json in the work folder.
 set -u
 phase=$1
 R=$(pwd)
