@@ -146,6 +146,33 @@ describe('GroupCommitAlertStore', () => {
     expect(await order(await open('after-pass.db', { waitForCommitMs: 0 }))).toEqual(['pass', 'live']);
   });
 
+  it('fans a token out before a pass that was queued before the append (another request\'s prefill already waiting)', async () => {
+    // Four requests at once: their prefills are queued (onnxruntime-node: one setImmediate each)
+    // while the first request's pass runs; its alerts are appended in that pass's continuation.
+    // Waiting in the loop's next turn (a setImmediate) came after every queued prefill: 198 ms at
+    // p99 on the 16-core host (docs/reports/bench/daemon-latency-h200host.md, 4 at a time).
+    const store = await open('before-queued-pass.db');
+    const seen: string[] = [];
+    store.onLive(() => seen.push('live'));
+    let stored: Promise<unknown> | undefined;
+    setImmediate(() => {
+      // The first request's pass returned: its continuation (a promise) appends the alerts.
+      void Promise.resolve().then(() => {
+        stored = store.append([draft(1), draft(2)], { forwardAtUs: 1 });
+      });
+    });
+    setImmediate(() => {
+      seen.push('pass');
+      const end = performance.now() + 50;
+      while (performance.now() < end) {
+        // the next request's prefill
+      }
+    });
+    await new Promise((r) => setTimeout(r, 150));
+    await stored;
+    expect(seen).toEqual(['live', 'pass']);
+  });
+
   it('refuses a bad draft alone, with its coded error; the others of the same batch are stored', async () => {
     const store = await open('refuse.db');
     const good = store.append([draft(1)]);
