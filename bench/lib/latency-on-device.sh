@@ -62,7 +62,7 @@ if [ "${REPLICAS:-1}" = 1 ] && [ "$SECONDS" -lt "${REPLICAS_IF_BEFORE_S:-330}" ]
   LATENTWATCH_THREADS=${REPLICA_THREADS:-5} "$NODE" replicas.js --model "$SMALL" ${REPLICAS_ARGS:-} --out "$OUT/replicas-device.json" --md "$OUT/replicas-device.md"
   stamp "replicas exited $?"
 else
-  stamp "replicas skipped (${SECONDS} s elapsed)"
+  stamp "replicas skipped (REPLICAS=${REPLICAS:-1}, ${SECONDS} s elapsed)"
 fi
 # Then, if the call has time left, the alert path without a model
 # (bench/alert-path.ts: the group-commit worker vs FULL on the event loop vs NORMAL + fdatasync of
@@ -73,7 +73,7 @@ if [ "${ALERT_PATH:-1}" = 1 ] && [ "$SECONDS" -lt "${ALERT_PATH_IF_BEFORE_S:-440
   "$NODE" alert-path.js --rounds 1 --stores groupFull,inlineFull,poolSync,memory ${ALERT_PATH_ARGS:-} --out "$OUT/daemon-alert-path-device.json" --md "$OUT/daemon-alert-path-device.md"
   stamp "alert path exited $?"
 else
-  stamp "alert path skipped (${SECONDS} s elapsed)"
+  stamp "alert path skipped (ALERT_PATH=${ALERT_PATH:-1}, ${SECONDS} s elapsed)"
 fi
 uptime >> "$OUT/machine.txt"
 rm -rf "$WORK"
