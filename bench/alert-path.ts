@@ -3,7 +3,8 @@
  * token's alerts are handed to the store and their receipt by 100 WebSocket subscribers, without a
  * model (bench/daemon.ts measures the whole daemon, forward pass and scoring included).
  *
- *   npx tsx bench/alert-path.ts [--tokens N] [--alerts K] [--interval-ms MS] [--subscribers S] [--rounds R] [--forward-ms F] [--stores a,b]
+ *   npx tsx bench/alert-path.ts [--tokens N] [--alerts K] [--interval-ms MS] [--subscribers S] [--rounds R] [--forward-ms F]
+ *       [--queued-passes Q] [--stores a,b]
  *   (defaults: 50 tokens, 16 alerts, 200 ms apart — one burst per injected request, as in bench/daemon.ts — 100 subscribers, 2 rounds, F 40)
  *       [--out FILE.json] [--md FILE.md]
  *
@@ -25,6 +26,10 @@
  * loop does when the decode batcher starts another stream's forward pass (onnxruntime-node runs a
  * session synchronously, node_modules/onnxruntime-node/dist/backend.js `run`). An answer from the
  * writer thread that arrives meanwhile waits for the pass; a synchronous store fans out before it.
+ * With --queued-passes Q (default 0: off) they run a third time with Q such passes already queued
+ * when the append is made from the continuation of an earlier immediate: several requests at once,
+ * the others' prefills waiting (groupFullNoWait: the worker's answer taken as a message, which is
+ * where a wait in the loop's next turn also landed).
  * Rounds alternate the stores' order (ABBA...), so the machine's load falls on each alike.
  * Then the fan-out's own synchronous cost, three ways, interleaved (fanOutStrategies): the ratio
  * holds on a loaded machine where the wall-clock stages above do not.
@@ -48,9 +53,10 @@ import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/rep
 import { quantile, round } from './lib/stats.js';
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 
-type StoreName = 'groupFull' | 'inlineFull' | 'poolSync' | 'groupNormal' | 'memory';
+type StoreName = 'groupFull' | 'groupFullNoWait' | 'inlineFull' | 'poolSync' | 'groupNormal' | 'memory';
 const STORES: { name: StoreName; label: string }[] = [
   { name: 'groupFull', label: 'SQLite FULL, group-commit worker (default)' },
+  { name: 'groupFullNoWait', label: 'SQLite FULL, group-commit worker, waitForCommitMs 0 (the answer as a message)' },
   { name: 'inlineFull', label: 'SQLite FULL, on the event loop' },
   { name: 'poolSync', label: 'SQLite NORMAL on the event loop + fdatasync of the WAL on the libuv pool (candidate)' },
   { name: 'groupNormal', label: 'SQLite NORMAL, group-commit worker' },
@@ -69,6 +75,8 @@ export interface StoreResult {
   label: string;
   /** Milliseconds of synchronous work started on the event loop right after each append (0: none). */
   forwardMs: number;
+  /** Passes of forwardMs already queued (setImmediate) when the append is made (0: the pass comes after it). */
+  queuedPasses: number;
   tokens: number;
   receipts: number;
   commit: StageStats;
@@ -91,7 +99,7 @@ export interface AlertPathBench {
   /** `uptime`'s load averages when the run started and ended. */
   loadAverage: { start: number[]; end: number[] };
   diskFlush: DiskFlush;
-  config: { tokens: number; alertsPerToken: number; intervalMs: number; subscribers: number; rounds: number; forwardMs: number; stores?: StoreName[] };
+  config: { tokens: number; alertsPerToken: number; intervalMs: number; subscribers: number; rounds: number; forwardMs: number; queuedPasses?: number; stores?: StoreName[] };
   results: StoreResult[];
   /** The fan-out's own cost, three ways, interleaved in one run (fanOutStrategies). */
   fanOut: { subscribers: number; alertsPerToken: number; tokens: number; strategies: FanOutStrategy[]; perFrameOverJoined: number; perSubscriberJsonOverJoined: number };
@@ -102,6 +110,7 @@ const stats = (xs: readonly number[]): StageStats => ({ p50Ms: round(quantile(xs
 async function openStore(name: StoreName, dir: string): Promise<AlertStore> {
   const path = join(dir, `${name}.db`);
   if (name === 'groupFull') return GroupCommitAlertStore.open({ path, synchronous: 'full' });
+  if (name === 'groupFullNoWait') return GroupCommitAlertStore.open({ path, synchronous: 'full', waitForCommitMs: 0 });
   if (name === 'groupNormal') return GroupCommitAlertStore.open({ path, synchronous: 'normal' });
   if (name === 'inlineFull') return new SqliteAlertStore(AlertLog.open({ path, synchronous: 'full' }));
   if (name === 'poolSync') return new PoolSyncAlertStore(path);
@@ -136,7 +145,7 @@ interface Samples {
   tokens: number;
 }
 
-async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'], forwardMs: number, into: Samples): Promise<void> {
+async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'], forwardMs: number, queuedPasses: number, into: Samples): Promise<void> {
   const store = await openStore(name, dir);
   // Registered before the hub's: called when the feed hands a token's alerts over, before the fan-out.
   const handedAt = new Map<number, number>();
@@ -154,17 +163,26 @@ async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'
   const postedAt = new Map<number, number>();
   const writes: Promise<unknown>[] = [];
   for (let t = 0; t < o.tokens; t++) {
-    const at = nowUs();
-    writes.push(store.append(drafts(t, o.alertsPerToken), { forwardAtUs: at }).then((r) => postedAt.set(r[0].alert.id, at)));
-    // Another stream's forward pass, as the decode batcher starts one: onnxruntime-node runs a
-    // session synchronously on the event loop (from a setImmediate), so nothing else runs meanwhile.
-    if (forwardMs > 0) {
-      setImmediate(() => {
-        const end = performance.now() + forwardMs;
-        while (performance.now() < end) {
-          // the pass
-        }
-      });
+    const pass = () => {
+      const end = performance.now() + forwardMs;
+      while (performance.now() < end) {
+        // the pass
+      }
+    };
+    const append = () => {
+      const at = nowUs();
+      writes.push(store.append(drafts(t, o.alertsPerToken), { forwardAtUs: at }).then((r) => postedAt.set(r[0].alert.id, at)));
+    };
+    if (queuedPasses > 0) {
+      // Several requests at once: this request's pass just returned (an immediate) and appends in its
+      // continuation, while the other requests' prefills are queued behind it (one setImmediate each).
+      setImmediate(() => void Promise.resolve().then(append));
+      for (let i = 0; i < queuedPasses; i++) setImmediate(pass);
+    } else {
+      append();
+      // Another stream's forward pass, as the decode batcher starts one: onnxruntime-node runs a
+      // session synchronously on the event loop (from a setImmediate), so nothing else runs meanwhile.
+      if (forwardMs > 0) setImmediate(pass);
     }
     await new Promise((r) => setTimeout(r, o.intervalMs));
   }
@@ -283,18 +301,20 @@ export async function benchAlertPath(config: AlertPathBench['config']): Promise<
   const diskFlush = measureDiskFlush(dir);
   // Every store without a forward pass; the durable ones and memory with one after each token.
   const chosen = STORES.filter((s) => !config.stores || config.stores.includes(s.name));
+  const queued = config.queuedPasses ?? 0;
   const runs = [
-    ...chosen.map((s) => ({ ...s, forwardMs: 0 })),
-    ...(config.forwardMs > 0 ? chosen.filter((s) => s.name !== 'groupNormal').map((s) => ({ ...s, forwardMs: config.forwardMs })) : []),
+    ...chosen.map((s) => ({ ...s, forwardMs: 0, queuedPasses: 0 })),
+    ...(config.forwardMs > 0 ? chosen.filter((s) => s.name !== 'groupNormal').map((s) => ({ ...s, forwardMs: config.forwardMs, queuedPasses: 0 })) : []),
+    ...(config.forwardMs > 0 && queued > 0 ? chosen.filter((s) => s.name !== 'groupNormal').map((s) => ({ ...s, forwardMs: config.forwardMs, queuedPasses: queued })) : []),
   ];
-  const key = (r: { name: StoreName; forwardMs: number }) => `${r.name}/${r.forwardMs}`;
+  const key = (r: { name: StoreName; forwardMs: number; queuedPasses: number }) => `${r.name}/${r.forwardMs}/${r.queuedPasses}`;
   const samples = new Map<string, Samples>(runs.map((r) => [key(r), { commit: [], fanOut: [], receipt: [], last: [], first: [], tokens: 0 }]));
   try {
     for (let r = 0; r < config.rounds; r++) {
       const order = r % 2 === 0 ? runs : [...runs].reverse();
       for (const s of order) {
-        process.stderr.write(`round ${r + 1}/${config.rounds}: ${s.label}${s.forwardMs ? `, ${s.forwardMs} ms pass after each token` : ''}\n`);
-        await runStore(s.name, dir, config, s.forwardMs, samples.get(key(s))!);
+        process.stderr.write(`round ${r + 1}/${config.rounds}: ${s.label}${s.queuedPasses ? `, ${s.queuedPasses} passes of ${s.forwardMs} ms queued before each append` : s.forwardMs ? `, ${s.forwardMs} ms pass after each token` : ''}\n`);
+        await runStore(s.name, dir, config, s.forwardMs, s.queuedPasses, samples.get(key(s))!);
       }
     }
   } finally {
@@ -304,7 +324,7 @@ export async function benchAlertPath(config: AlertPathBench['config']): Promise<
   const fanOut = await fanOutStrategies(config.subscribers, config.alertsPerToken, 300);
   const results = runs.map((s) => {
     const x = samples.get(key(s))!;
-    return { store: s.name, label: s.label, forwardMs: s.forwardMs, tokens: x.tokens, receipts: x.receipt.length, commit: stats(x.commit), fanOut: stats(x.fanOut), receipt: stats(x.receipt), lastSubscriber: stats(x.last), firstSubscriber: stats(x.first) };
+    return { store: s.name, label: s.label, forwardMs: s.forwardMs, queuedPasses: s.queuedPasses, tokens: x.tokens, receipts: x.receipt.length, commit: stats(x.commit), fanOut: stats(x.fanOut), receipt: stats(x.receipt), lastSubscriber: stats(x.last), firstSubscriber: stats(x.first) };
   });
   return { machine, loadAverage: { start, end: loadAverage() }, diskFlush, config, results, fanOut };
 }
@@ -321,11 +341,11 @@ export function alertPathMarkdown(b: AlertPathBench): string {
     '',
     `Disk under the logs: fdatasync of a 4 KiB append, ${b.diskFlush.samples} samples: p50 ${b.diskFlush.p50Ms} ms, p99 ${b.diskFlush.p99Ms} ms.`,
     '',
-    `No model: one token's ${c.alertsPerToken} alerts appended every ${c.intervalMs} ms, ${c.tokens} tokens per store per round, ${c.rounds} rounds (store order alternating), ${c.subscribers} WebSocket subscribers on 4 worker threads of this process. Figures are p50 / p99 ms from the append call. "Synchronous pass": ${c.forwardMs} ms of work on the event loop started (setImmediate) right after each append, as another stream's forward pass in onnxruntime-node.`,
+    `No model: one token's ${c.alertsPerToken} alerts appended every ${c.intervalMs} ms, ${c.tokens} tokens per store per round, ${c.rounds} rounds (store order alternating), ${c.subscribers} WebSocket subscribers on 4 worker threads of this process. Figures are p50 / p99 ms from the append call. "Synchronous pass": ${c.forwardMs} ms of work on the event loop started (setImmediate) right after each append, as another stream's forward pass in onnxruntime-node; "queued before": that many such passes already queued when the append is made from the continuation of an earlier one (several requests' prefills at once).`,
     '',
     markdownTable(
       ['alert log', 'synchronous pass after each token', 'tokens', 'receipts', 'commit (append → feed)', 'fan-out (feed → all sockets written)', 'receipt, every subscriber', 'first subscriber', 'last subscriber'],
-      b.results.map((r) => [r.label, r.forwardMs ? `${r.forwardMs} ms` : 'none', r.tokens, r.receipts, cell(r.commit), cell(r.fanOut), cell(r.receipt), cell(r.firstSubscriber), cell(r.lastSubscriber)]),
+      b.results.map((r) => [r.label, r.queuedPasses ? `${r.queuedPasses} × ${r.forwardMs} ms queued before the append` : r.forwardMs ? `${r.forwardMs} ms after` : 'none', r.tokens, r.receipts, cell(r.commit), cell(r.fanOut), cell(r.receipt), cell(r.firstSubscriber), cell(r.lastSubscriber)]),
     ),
     '',
     `## The fan-out's own cost`,
@@ -339,10 +359,10 @@ export function alertPathMarkdown(b: AlertPathBench): string {
 }
 
 runIfMain(import.meta.url, async (argv) => {
-  const a = parseArgs(argv, ['tokens', 'alerts', 'interval-ms', 'subscribers', 'rounds', 'forward-ms', 'stores', 'out', 'md']);
+  const a = parseArgs(argv, ['tokens', 'alerts', 'interval-ms', 'subscribers', 'rounds', 'forward-ms', 'queued-passes', 'stores', 'out', 'md']);
   const stores = a.get('stores')?.split(',') as StoreName[] | undefined;
   for (const s of stores ?? []) if (!STORES.some((x) => x.name === s)) throw new Error(`--stores: unknown store ${s} (${STORES.map((x) => x.name).join(', ')})`);
-  const config = { tokens: a.num('tokens', 50), alertsPerToken: a.num('alerts', 16), intervalMs: a.num('interval-ms', 200), subscribers: a.num('subscribers', 100), rounds: a.num('rounds', 2), forwardMs: a.num('forward-ms', 40), ...(stores ? { stores } : {}) };
+  const config = { tokens: a.num('tokens', 50), alertsPerToken: a.num('alerts', 16), intervalMs: a.num('interval-ms', 200), subscribers: a.num('subscribers', 100), rounds: a.num('rounds', 2), forwardMs: a.num('forward-ms', 40), queuedPasses: a.num('queued-passes', 0), ...(stores ? { stores } : {}) };
   const b = await benchAlertPath(config);
   writeBenchResult(a, 'alert-path', b, alertPathMarkdown(b));
 });
