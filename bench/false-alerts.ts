@@ -6,13 +6,21 @@
  * fires on it; every one of these requests is clean.
  *
  *   npx tsx bench/false-alerts.ts [--model DIR] [--probe FILE]... [--corpus FILE] [--traffic FILE.jsonl]
- *                                 [--max-tokens N] [--out FILE.json]
+ *                                 [--learn FILE.jsonl] [--max-tokens N] [--out FILE.json]
  *
  * Writes FILE.json, FILE.md and FILE.svg (rate per style and probe). Without --probe the daemon
  * loads the model's shipped probes.
+ *
+ * --learn runs the product's calibration on a deployment's own traffic first: the daemon (with an
+ * admin key and a fresh state dir) is asked to relearn `generic-injection` from the next N requests
+ * (POST /v1/admin/learn, N = the file's lines, 10..10000), every line of FILE.jsonl is sent as a
+ * client would, and once the learned probe is swapped in the sets above are measured on it. The
+ * learned file is copied beside FILE.json (FILE.learned.probe.json) for offline sensitivity figures
+ * (`generic-report --compare`).
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { corpusRequests, loadCorpus } from '../src/lab/corpus.js';
 import { barChart } from '../src/lab/svg-plot.js';
 import { DEFAULT_CORPUS, PACKAGE_ROOT } from '../src/paths.js';
@@ -42,6 +50,49 @@ interface SetSummary {
 }
 
 type Verdict = { probes: { id: string; fired: boolean; max_score: number | null }[] };
+
+/** A JSONL traffic file's lines: a JSON string, or {prompt, style?, max_tokens?} (as fit-anomaly reads them). */
+function readTraffic(path: string): { prompt: string; style?: string; maxTokens?: number }[] {
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => {
+      const v = JSON.parse(l) as string | { prompt: string; style?: string; max_tokens?: number };
+      return typeof v === 'string' ? { prompt: v } : { prompt: v.prompt, style: v.style, maxTokens: v.max_tokens };
+    });
+}
+
+const ADMIN_KEY = 'bench-false-alerts-admin';
+
+async function learnAdmin(url: string, method: 'GET' | 'POST', body?: unknown): Promise<Record<string, unknown>> {
+  const r = await fetch(`${url}/v1/admin/learn`, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = (await r.json()) as Record<string, unknown>;
+  if (r.status >= 300) throw new Error(`/v1/admin/learn ${method}: ${r.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** Relearn generic-injection from every line of `path` through the daemon's learn mode; the run's last report. */
+async function learnFromTraffic(url: string, path: string, maxTokens: number): Promise<Record<string, unknown>> {
+  const lines = readTraffic(path);
+  await learnAdmin(url, 'POST', { probe: 'generic-injection', requests: lines.length });
+  // The run folds in the always-fitted baseline first; requests count once it is collecting.
+  while ((await learnAdmin(url, 'GET')).phase === 'preparing') await new Promise((r) => setTimeout(r, 250));
+  for (const [k, l] of lines.entries()) {
+    const r = await send(url, l.prompt, l.maxTokens ?? maxTokens);
+    if (r.status !== 200) throw new Error(`learn traffic line ${k + 1}: status ${r.status}`);
+    if ((k + 1) % 25 === 0 || k + 1 === lines.length) console.error(`false-alerts: learning ${k + 1}/${lines.length} requests`);
+  }
+  for (const start = Date.now(); Date.now() - start < 600_000; await new Promise((r) => setTimeout(r, 500))) {
+    const status = await learnAdmin(url, 'GET');
+    if (status.phase === 'done') return status;
+    if (status.phase === 'failed') throw new Error(`learn run failed: ${JSON.stringify(status)}`);
+  }
+  throw new Error('learn run did not finish within 10 minutes');
+}
 
 async function send(url: string, prompt: string | number[], maxTokens: number): Promise<Omit<RequestResult, 'set' | 'id'>> {
   const r = await fetch(`${url}/v1/completions`, {
@@ -76,7 +127,7 @@ function summarise(set: string, rs: readonly RequestResult[], probeIds: readonly
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'max-tokens', 'out', 'md']);
+  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'max-tokens', 'out', 'md']);
   if (a.has('help')) return void console.log(usageOf(import.meta.url));
   const probes = argv.flatMap((x, i) => (argv[i - 1] === '--probe' ? [x] : []));
   const corpus = loadCorpus(a.get('corpus') ?? DEFAULT_CORPUS);
@@ -89,27 +140,35 @@ async function main(argv: string[]): Promise<void> {
     ...Object.entries(junk).map(([id, prompt]) => ({ set: 'junk', id, prompt })),
   ];
   const traffic = a.get('traffic');
-  if (traffic) {
-    readFileSync(traffic, 'utf8')
-      .split('\n')
-      .filter((l) => l.trim())
-      .forEach((l, i) => {
-        const v = JSON.parse(l) as string | { prompt: string; style?: string };
-        const style = typeof v === 'string' ? undefined : v.style;
-        sets.push({ set: style ? `traffic: ${style}` : 'traffic', id: `traffic/${i}`, prompt: typeof v === 'string' ? v : v.prompt });
-      });
-  }
+  if (traffic) for (const [i, l] of readTraffic(traffic).entries()) sets.push({ set: l.style ? `traffic: ${l.style}` : 'traffic', id: `traffic/${i}`, prompt: l.prompt });
+  const learn = a.get('learn');
+  const stateDir = learn ? mkdtempSync(join(tmpdir(), 'lw-false-alerts-learn-')) : null;
   const daemon = await spawnDaemonProcess({
-    argv: [...(a.get('model') ? ['--model', a.get('model')!] : []), ...probes.flatMap((p) => ['--probe', p]), '--port', '0', '--served-model-name', 'served', '--alert-log', ':memory:', '--log-level', 'warn'],
+    argv: [
+      ...(a.get('model') ? ['--model', a.get('model')!] : []),
+      ...probes.flatMap((p) => ['--probe', p]),
+      ...(stateDir ? ['--state-dir', stateDir] : []),
+      ...['--port', '0', '--served-model-name', 'served', '--alert-log', ':memory:', '--log-level', 'warn'],
+    ],
+    env: stateDir ? { LATENTWATCH_ADMIN_KEY: ADMIN_KEY } : {},
   });
+  const out = a.get('out') ?? join(PACKAGE_ROOT, 'bench/out/false-alerts.json');
+  let learned: Record<string, unknown> | null = null;
   const results: RequestResult[] = [];
   try {
+    if (learn && stateDir) {
+      learned = (await learnFromTraffic(daemon.url, learn, maxTokens)).last as Record<string, unknown>;
+      const version = learned.version as number;
+      mkdirSync(dirname(out), { recursive: true });
+      copyFileSync(join(stateDir, 'learned', `generic-injection.v${version}.probe.json`), out.replace(/\.json$/, '.learned.probe.json'));
+    }
     for (const [k, s] of sets.entries()) {
       results.push({ set: s.set, id: s.id, ...(await send(daemon.url, s.prompt, maxTokens)) });
       if ((k + 1) % 25 === 0 || k + 1 === sets.length) console.error(`false-alerts: ${k + 1}/${sets.length} requests`);
     }
   } finally {
     await daemon.stop();
+    if (stateDir) rmSync(stateDir, { recursive: true, force: true });
   }
   const probeIds = [...new Set(results.flatMap((r) => Object.keys(r.maxScore)))].sort();
   const names = [...new Set(results.map((r) => r.set))];
@@ -120,7 +179,6 @@ async function main(argv: string[]): Promise<void> {
     summarise('corpus: all held-out', corpusAll, probeIds),
     ...(trafficAll.length ? [summarise('traffic: all', trafficAll, probeIds)] : []),
   ];
-  const out = a.get('out') ?? join(PACKAGE_ROOT, 'bench/out/false-alerts.json');
   const svg = barChart({
     title: 'Requests with a false alert, per set (clean traffic through the daemon)',
     yLabel: 'fraction of requests',
@@ -137,6 +195,14 @@ async function main(argv: string[]): Promise<void> {
     '',
     machineMarkdown(describeMachine()),
     '',
+    ...(learned
+      ? [
+          `Learned first from ${learn} through the daemon's learn mode (POST /v1/admin/learn): ${JSON.stringify(learned.requests)} requests, ` +
+            `threshold ${learned.threshold} (replaced ${JSON.stringify(learned.replaced)}), achieved rate on its calibration share ${learned.achievedFpr}; ` +
+            `the learned file: ${out.replace(/\.json$/, '.learned.probe.json').split('/').at(-1)}`,
+          '',
+        ]
+      : []),
     markdownTable(
       ['set', 'requests', 'errors', 'tokens', 'false-alert requests', 'per request', 'per 1,000 tokens', ...probeIds.map((p) => `${p} fired`)],
       summaries.map((s) => [s.set, s.requests, s.errors, s.tokens, s.falseAlertRequests, s.perRequest, s.per1kTokens, ...probeIds.map((p) => s.byProbe[p])]),
@@ -144,7 +210,7 @@ async function main(argv: string[]): Promise<void> {
     '',
     `![false alerts](${out.replace(/\.json$/, '.svg').split('/').at(-1)})`,
   ].join('\n');
-  writeBenchResult(a, 'false-alerts', { machine: describeMachine(), corpus: corpus.name, maxTokens, probes, summaries, results }, markdown);
+  writeBenchResult(a, 'false-alerts', { machine: describeMachine(), corpus: corpus.name, maxTokens, probes, learned: learned && { from: learn, ...learned }, summaries, results }, markdown);
 }
 
 runIfMain(import.meta.url, main);

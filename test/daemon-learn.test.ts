@@ -17,7 +17,9 @@ import { DetectorLearner } from '../src/probes/learn.js';
 import { matrix } from '../src/probes/matrix.js';
 import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
-import { CODE16M, tempDir, waitUntil } from './helpers.js';
+import { corpusRequests, loadCorpus } from '../src/corpus.js';
+import { DEFAULT_CORPUS } from '../src/paths.js';
+import { CODE16M, FIXTURES, tempDir, waitUntil } from './helpers.js';
 
 const expected = JSON.parse(readFileSync(new URL('./fixtures/probes/expected.json', import.meta.url), 'utf8')) as { gaussian: { name: string; rows: number; cols: number; X: number[] }[] };
 
@@ -90,6 +92,14 @@ const PROMPTS = [
   'def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n',
 ];
 
+/** The fit-split requests of the shipped corpus's always-fitted styles: learn mode's baseline. */
+const BASELINE = corpusRequests(loadCorpus(DEFAULT_CORPUS)).filter((r) => r.alwaysFitted && r.split === 'fit');
+let baselineRequests = NaN;
+let baselineAll = NaN;
+/** PROMPTS[0]'s request score under the shipped probe (the learned one scores it otherwise). */
+let shippedScore = NaN;
+const JUNK = JSON.parse(readFileSync(join(FIXTURES, 'junk-prompts.json'), 'utf8')) as Record<string, string | number[]>;
+
 const daemons: Daemon[] = [];
 afterAll(async () => {
   for (const d of daemons) await d.close();
@@ -114,7 +124,7 @@ async function stop(d: Daemon): Promise<void> {
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Body = Record<string, any>;
 
-type Verdict = { probes: { id: string; threshold: number; max_score: number | null }[] };
+type Verdict = { probes: { id: string; threshold: number; max_score: number | null; fired: boolean }[] };
 
 const complete = (d: Daemon, prompt: string, extra: Record<string, unknown> = {}, key = API_KEY) => completeVerdict<Verdict>(d.url, prompt, extra, key);
 
@@ -169,8 +179,22 @@ describe('learning the generic detector from live traffic', () => {
 
     const started = await admin(d, 'POST', { probe: 'generic-injection', requests: 12, target_fpr: 0.01 });
     expect(started.status).toBe(202);
-    expect(started.body).toMatchObject({ phase: 'collecting', probe: 'generic-injection', requests: { target: 12, seen: 0, fit_target: 7 } });
+    // First the shipped corpus's always-fitted (junk) style is folded in; no traffic counts meanwhile.
+    expect(started.body).toMatchObject({ phase: 'preparing', probe: 'generic-injection', requests: { target: 12, seen: 0, fit_target: 7 } });
     expect((await admin(d, 'POST', { requests: 12 })).body.error.code).toBe('LW_ERR_LEARN_BUSY');
+    shippedScore = (await complete(d, PROMPTS[0])).probes.find((p) => p.id === 'generic-injection')!.max_score!;
+    let prepared: Body = {};
+    await waitUntil(async () => (prepared = (await admin(d, 'GET')).body).phase === 'collecting', { timeoutMs: 120_000, what: 'the learn baseline to be folded in (phase collecting)' });
+    expect(prepared.requests.seen).toBe(0);
+    // Every one that fits the context (as the daemon would refuse the others).
+    const fits = BASELINE.filter((r) => d.engine.tokenizer!.encode(r.text).length + r.maxTokens <= d.engine.contextLength);
+    expect(fits.length).toBeGreaterThan(40);
+    // A hashed ~60% folds into the fit now; the rest calibrates once the members are fitted.
+    expect(prepared.baseline.requests).toBeGreaterThan(fits.length * 0.4);
+    expect(prepared.baseline.requests).toBeLessThan(fits.length * 0.8);
+    expect(prepared.baseline.positions).toBeGreaterThan(prepared.baseline.requests * 8);
+    baselineRequests = prepared.baseline.requests;
+    baselineAll = fits.length;
 
     // An admin-injected request is not clean traffic: not counted.
     const rng = createRng(42);
@@ -226,12 +250,44 @@ describe('learning the generic detector from live traffic', () => {
     expect(typeof manifest.learnedAt).toBe('string');
     expect(status.last.fit_seconds).toBeGreaterThan(0);
     learnedThreshold = file.threshold;
-    expect(learnedThreshold).not.toBe(SHIPPED.threshold);
-    // New requests are scored by the learned probe.
+    // New requests are scored by the learned probe: its threshold, and another score for the same request.
     expect(genericThreshold(await complete(d, 'def main():\n    run()\n'))).toBe(learnedThreshold);
+    const relearned = (await complete(d, PROMPTS[0])).probes.find((p) => p.id === 'generic-injection')!.max_score!;
+    expect(Number.isFinite(shippedScore) && Number.isFinite(relearned)).toBe(true);
+    expect(relearned).not.toBeCloseTo(shippedScore, 6);
     expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
     expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(7);
+    expect(status.last.baseline).toEqual({ requests: baselineRequests, positions: expect.any(Number), calibrationRequests: baselineAll - baselineRequests });
     console.log(`learned generic-injection: threshold ${learnedThreshold} (shipped ${SHIPPED.threshold}), fit from moments ${status.last.fit_seconds} s, calibrate + threshold + load ${status.last.compute_seconds} s, write + swap in total ${status.last.finish_seconds} s`);
+  }, 300_000);
+
+  it('junk raises nothing after a run learned from ordinary text alone, because the junk baseline is folded in', async () => {
+    // Without the baseline, a detector learned from 132 requests of real files fired on 9 of 14
+    // junk prompts (docs/daemon.md). Here: 60 requests of the corpus's ordinary styles (36 fit, 24
+    // calibrate), no junk among them.
+    const d = await start(tempDir('lw-learn-junk-'));
+    const traffic = corpusRequests(loadCorpus(DEFAULT_CORPUS)).filter((r) => !r.alwaysFitted && r.split === 'fit').slice(0, 60);
+    expect(traffic).toHaveLength(60);
+    expect((await admin(d, 'POST', { requests: 60 })).status).toBe(202);
+    await waitUntil(async () => (await admin(d, 'GET')).body.phase === 'collecting', { timeoutMs: 120_000, what: 'the learn baseline to be folded in' });
+    for (const r of traffic) await complete(d, r.text.slice(0, 1200));
+    let status: Body = {};
+    await waitUntil(async () => (status = (await admin(d, 'GET')).body).phase === 'done', { timeoutMs: 60_000, what: 'the learn run to finish' });
+    expect(status.last).toMatchObject({ version: 1, requests: { fit: 36, calibration: 24 } });
+    const results: { name: string; score: number | null; fired: boolean }[] = [];
+    for (const [name, prompt] of Object.entries(JUNK)) {
+      const r = await fetch(`${d.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` },
+        body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0 }),
+      });
+      expect(r.status).toBe(200);
+      const g = ((await r.json()) as { latentwatch: Verdict }).latentwatch.probes.find((p) => p.id === 'generic-injection')!;
+      expect(g.threshold).toBe(status.last.threshold);
+      results.push({ name, score: g.max_score, fired: g.fired });
+    }
+    expect(results.filter((x) => x.fired)).toEqual([]);
+    await stop(d);
   }, 300_000);
 
   it('a restart keeps the learned probe, and --learn does not relearn over it', async () => {

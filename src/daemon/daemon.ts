@@ -9,7 +9,7 @@ import type { FastifyInstance } from 'fastify';
 import { Engine } from '../engine/engine.js';
 import { parseResidPost, residPost } from '../hooks.js';
 import { hookList, readProbeFile } from '../probes/probe-file.js';
-import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../paths.js';
+import { DEFAULT_CORPUS, DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../paths.js';
 import { ConceptStore } from '../probes/concept-store.js';
 import { loadProbe, ProbeBank, type Probe } from '../probes/probe.js';
 import { AlertHub } from './alert-hub.js';
@@ -23,7 +23,8 @@ import { Canary } from './canary.js';
 import { ruleForProbe, type FrozenConfig } from './config.js';
 import { InferenceService } from './inference.js';
 import { learnRoutes } from './learn-routes.js';
-import { LearningService, withLearnedProbes } from './learning.js';
+import { alwaysFittedBaseline } from './learn-baseline.js';
+import { LEARN_FIT_FRACTION, LearningService, withLearnedProbes } from './learning.js';
 import { createMetrics } from './metrics.js';
 import { toJob } from './openai.js';
 import { buildServer } from './server.js';
@@ -188,7 +189,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   }
   if (store instanceof JetStreamAlertStore) metrics.bindAlertOutbox(store);
   metrics.bindAlertHub(hub);
-  const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions });
+  const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions, baseline: alwaysFittedBaseline(engine, DEFAULT_CORPUS, 1 - LEARN_FIT_FRACTION) });
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
   inference.warm();
   if (upstream) upstream.recorder = metrics;

@@ -21,6 +21,7 @@ import { DetectorLearner, learnableMembers, type LearnSpec, type RequestRows } f
 import { createProbe, loadProbe, type Probe, type ProbeBank, type TapTensor } from '../probes/probe.js';
 import { writeProbeFile } from '../probes/probe-file.js';
 import { LEARN_MAX_REQUESTS, LEARN_MIN_REQUESTS } from './config.js';
+import type { LearnBaseline } from './learn-baseline.js';
 import type { DaemonMetrics } from './metrics.js';
 
 /** Share of a run's requests that feed the fit; the rest calibrate (the lab's default split is 60/40 too). */
@@ -56,13 +57,15 @@ export interface LearnedVersion {
   learnedAt: string | null;
 }
 
-type Phase = 'idle' | 'collecting' | 'calibrating' | 'writing' | 'done' | 'failed';
+type Phase = 'idle' | 'preparing' | 'collecting' | 'calibrating' | 'writing' | 'done' | 'failed';
 
 interface Run {
   learner: DetectorLearner;
   startedAt: string;
   origin: string;
   writing: boolean;
+  /** Folding in the always-fitted baseline (learn-baseline.ts): no traffic is counted yet. */
+  preparing: boolean;
   /** Seconds the members' Gaussians took to fit from moments (event loop held), once fitted. */
   fitSeconds?: number;
 }
@@ -74,6 +77,8 @@ export interface LearningDeps {
   metrics: DaemonMetrics;
   /** Active learned versions by probe id (0 or absent: the probe as loaded). */
   versions: Map<string, LearnedVersion>;
+  /** Folded into every new run's fit share before traffic counts (the shipped junk style); none: traffic only. */
+  baseline?: LearnBaseline;
 }
 
 const learnedDir = (stateDir: string) => join(stateDir, 'learned');
@@ -147,6 +152,8 @@ export class LearningService {
   private writes: Promise<void> = Promise.resolve();
   private dirty = false;
   private writing = false;
+  /** Aborted at shutdown: a baseline still running stops. */
+  private readonly closing = new AbortController();
   log: Logger = { info: () => {}, warn: () => {}, error: () => {} };
 
   constructor(private readonly d: LearningDeps) {
@@ -167,6 +174,7 @@ export class LearningService {
             target_fpr: l.spec.targetFpr,
             requests: { target: l.spec.requests, seen: l.requestsSeen, fit: l.fitRequests, fit_target: l.spec.fitRequests, calibration: l.calibration.length },
             positions: { fit: l.fitPositions, calibration: l.calibrationPositions },
+            baseline: { requests: l.baselineRequests, positions: l.baselinePositions },
             ...(r.fitSeconds === undefined ? {} : { fit_seconds: r.fitSeconds }),
           }
         : {}),
@@ -208,8 +216,29 @@ export class LearningService {
     const spec = this.plan(req);
     this.begin(new DetectorLearner(spec), origin, new Date().toISOString());
     this.log.info({ probe: spec.probeId, requests: spec.requests, fitRequests: spec.fitRequests, targetFpr: spec.targetFpr, origin }, `learning ${spec.probeId} from the next ${spec.requests} clean requests`);
-    this.persist();
+    const baseline = this.d.baseline;
+    if (baseline) void this.prepare(this.run!, baseline);
+    else this.persist();
     return this.status();
+  }
+
+  /** Fold the always-fitted baseline in, then count traffic (statistics first written after it). */
+  private async prepare(run: Run, baseline: LearnBaseline): Promise<void> {
+    run.preparing = true;
+    this.phase = 'preparing';
+    const t0 = performance.now();
+    try {
+      await baseline.fit(run.learner, this.closing.signal);
+    } catch (e) {
+      if (!this.closing.signal.aborted) this.fail(run, e);
+      return;
+    }
+    if (this.run !== run || this.closing.signal.aborted) return;
+    run.preparing = false;
+    this.phase = 'collecting';
+    const l = run.learner;
+    this.log.info({ probe: l.spec.probeId, requests: l.baselineRequests, positions: l.baselinePositions, seconds: round3((performance.now() - t0) / 1000) }, `learning ${l.spec.probeId}: folded in the always-fitted baseline; counting traffic`);
+    this.persist();
   }
 
   /** Whether a learned version of `probeId` is active (then `--learn` at start does nothing). */
@@ -259,7 +288,7 @@ export class LearningService {
   }
 
   private begin(learner: DetectorLearner, origin: string, startedAt: string): void {
-    this.run = { learner, origin, startedAt, writing: false };
+    this.run = { learner, origin, startedAt, writing: false, preparing: false };
     this.phase = learner.phase === 'fit' ? 'collecting' : 'calibrating';
     this.refused = null;
   }
@@ -267,7 +296,7 @@ export class LearningService {
   /** A tap for one request, or null when nothing is being learned. */
   tap(): LearnTap | null {
     const run = this.run;
-    if (!run || run.writing) return null;
+    if (!run || run.writing || run.preparing) return null;
     let rows: RequestRows | null = run.learner.newRequest();
     return {
       observe: (taps, tokenIds) => rows?.observe(taps, tokenIds),
@@ -314,6 +343,11 @@ export class LearningService {
     const l = run.learner;
     const id = l.spec.probeId;
     try {
+      // The baseline's calibration part, scored by the fitted members (seconds; no traffic counts meanwhile).
+      if (this.d.baseline && l.baselineRequests > 0) {
+        await this.d.baseline.calibrate(l, this.closing.signal);
+        if (this.closing.signal.aborted) return;
+      }
       const t0 = performance.now();
       const result = l.finish();
       const probe = createProbe(result.file);
@@ -331,6 +365,7 @@ export class LearningService {
         origin: run.origin,
         requests: { fit: result.fitRequests, calibration: result.calibrationRequests },
         positions: { fit: result.fitPositions, calibration: result.calibrationPositions },
+        baseline: { requests: l.baselineRequests, positions: l.baselinePositions, calibrationRequests: l.baselineCalibration.length },
         targetFpr: l.spec.targetFpr,
         achievedFpr: result.achievedFpr,
         threshold: result.threshold,
@@ -390,8 +425,9 @@ export class LearningService {
     })();
   }
 
-  /** Wait for the statistics on disk (shutdown). */
+  /** Stop a baseline still running and wait for the statistics on disk (shutdown). */
   async flush(): Promise<void> {
+    this.closing.abort();
     await this.writes;
   }
 }

@@ -140,11 +140,16 @@ export class DetectorLearner {
   fitRequests = 0;
   fitPositions = 0;
   calibrationPositions = 0;
+  /** Requests and positions of the always-fitted baseline (addBaseline): in the fit, not in the plan's counts. */
+  baselineRequests = 0;
+  baselinePositions = 0;
   readonly moments: MomentAccumulator[];
   /** Per member: the spread discount's sums (windowed members that have one), else null. */
   readonly spreads: (SpreadMoments | null)[];
   /** Per calibration request: one Float32Array of per-position scores per member. */
   readonly calibration: Float32Array[][] = [];
+  /** The baseline's calibration requests (addBaselineCalibration), scored like `calibration`; not persisted. */
+  readonly baselineCalibration: Float32Array[][] = [];
   private candidate: { fits: MemberFit[]; probes: Probe[] } | null = null;
   private readonly hookIndex: Map<string, number>;
   private readonly scratch: Float32Array;
@@ -180,37 +185,79 @@ export class DetectorLearner {
     if (phase === 'complete') return 'complete';
     const skip = skipOf(this.spec);
     if (r.positions <= skip) return 'empty';
-    const d = this.spec.dModel;
-    const novel = novelPositions(r.ids);
     if (phase === 'fit') {
-      this.spec.members.forEach((m, i) => {
-        const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
-        const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
-        const x = this.scratch;
-        if (m.window) {
-          // A windowed member fits the means of full windows of counted positions, as the lab does.
-          const all = m.window.positions === 'all';
-          const spread = this.spreads[i];
-          forEachFullWindowMean(b ?? a, b ? a : null, (p) => all || novel[p] === 1, skip, r.positions, d, m.window.size, (mean, v) => {
-            this.moments[i].add(mean, 0);
-            if (spread) spread.addWindow(v!);
-          }, spread !== null);
-          spread?.addRows(b ?? a, b ? a : null, skip, r.positions);
-          return;
-        }
-        for (let p = skip; p < r.positions; p++) {
-          const o = p * d;
-          // float32 differences, as the lab's anomalyRows forms them
-          if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
-          this.moments[i].add(b ? x : a, b ? 0 : o);
-        }
-      });
+      this.foldFit(r);
       this.fitRequests++;
       this.fitPositions += r.positions - skip;
       return 'fit';
     }
+    return this.foldCalibration(r);
+  }
+
+  /**
+   * Fold a request of the always-fitted baseline (the shipped corpus's junk style: repeated and
+   * random text that traffic seldom holds, which the fitted members must know so that junk raises no
+   * alert) into the fit share's statistics, outside the plan's request counts. Only while fitting.
+   */
+  addBaseline(r: RequestRows): void {
+    if (this.phase !== 'fit') throw lwError('LW_ERR_PROBE_FIT', 'the baseline folds into the fit share, which is already fitted');
+    const skip = skipOf(this.spec);
+    if (r.positions <= skip) return;
+    this.foldFit(r);
+    this.baselineRequests++;
+    this.baselinePositions += r.positions - skip;
+  }
+
+  private foldFit(r: RequestRows): void {
+    const skip = skipOf(this.spec);
+    const d = this.spec.dModel;
+    const novel = novelPositions(r.ids);
+    this.spec.members.forEach((m, i) => {
+      const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
+      const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
+      const x = this.scratch;
+      if (m.window) {
+        // A windowed member fits the means of full windows of counted positions, as the lab does.
+        const all = m.window.positions === 'all';
+        const spread = this.spreads[i];
+        forEachFullWindowMean(b ?? a, b ? a : null, (p) => all || novel[p] === 1, skip, r.positions, d, m.window.size, (mean, v) => {
+          this.moments[i].add(mean, 0);
+          if (spread) spread.addWindow(v!);
+        }, spread !== null);
+        spread?.addRows(b ?? a, b ? a : null, skip, r.positions);
+        return;
+      }
+      for (let p = skip; p < r.positions; p++) {
+        const o = p * d;
+        // float32 differences, as the lab's anomalyRows forms them
+        if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
+        this.moments[i].add(b ? x : a, b ? 0 : o);
+      }
+    });
+  }
+
+  private foldCalibration(r: RequestRows): 'calibrate' {
+    this.calibration.push(this.memberScores(r));
+    this.calibrationPositions += r.positions - skipOf(this.spec);
+    return 'calibrate';
+  }
+
+  /**
+   * Score a request of the always-fitted baseline with the fitted members for calibration, outside
+   * the plan's counts: the threshold then holds the target on the baseline on its own too (a
+   * population of its own, as the lab's corpus and trials are), so junk does not page. After the fit.
+   */
+  addBaselineCalibration(r: RequestRows): void {
+    if (r.positions <= skipOf(this.spec)) return;
+    this.baselineCalibration.push(this.memberScores(r));
+  }
+
+  /** Per member, the per-position scores of a request by the fitted members. */
+  private memberScores(r: RequestRows): Float32Array[] {
+    const d = this.spec.dModel;
+    const novel = novelPositions(r.ids);
     const probes = this.candidateProbes();
-    const scores = this.spec.members.map((m, i) => {
+    return this.spec.members.map((m, i) => {
       const a = r.hookRows(this.hookIndex.get(m.hooks[0])!);
       const b = m.difference ? r.hookRows(this.hookIndex.get(m.hooks[1])!) : null;
       const out = new Float32Array(r.positions);
@@ -226,9 +273,6 @@ export class DetectorLearner {
       }
       return out;
     });
-    this.calibration.push(scores);
-    this.calibrationPositions += r.positions - skip;
-    return 'calibrate';
   }
 
   /** The fitted (uncalibrated) members; fitted on first use once the fit share is full. */
@@ -257,14 +301,20 @@ export class DetectorLearner {
     const { spec } = this;
     const skip = skipOf(spec);
     const fits = this.members();
+    // Traffic first, then the baseline (its own population): the lab calibrates on its corpus's
+    // junk style beside the other styles the same way.
+    const populations = [
+      ...this.calibration.map((scores) => ({ scores, population: 'traffic' })),
+      ...this.baselineCalibration.map((scores) => ({ scores, population: 'baseline' })),
+    ];
     const members = fits.map((m, i) => {
       const toks: number[] = [];
-      for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) toks.push(req[i][p]);
+      for (const { scores } of populations) for (let p = skip; p < scores[i].length; p++) toks.push(scores[i][p]);
       return { ...m, calibration: calibrate(toks) };
     });
     const indexOf = new Map(members.map((m, i) => [m.id, i]));
     const requestsOf = (subset: readonly (typeof members)[number][]): CleanRequestScores[] =>
-      this.calibration.map((scores) => {
+      populations.map(({ scores, population }) => {
         const tok = new Float64Array(scores[0].length).fill(-Infinity);
         for (const m of subset) {
           const inv = 1 / m.calibration.scale;
@@ -274,16 +324,18 @@ export class DetectorLearner {
             if (v > tok[p] || Number.isNaN(v)) tok[p] = v;
           }
         }
-        return { scores: tok, start: 0, population: 'traffic' };
+        return { scores: tok, start: 0, population };
       });
     // Each kind of member (per token, windowed) weighed by its own tail, the length allowance and
     // the threshold: the lab's buildDetector rules (calibration.ts).
-    const { members: balanced, aggregator, threshold, requestScores: req } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
-    const achievedFpr = req.filter((x) => x > threshold).length / req.length;
+    const { members: balanced, aggregator, threshold, byPopulation } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
+    // The achieved rate on the traffic's calibration share.
+    const traffic = byPopulation.get('traffic') ?? [];
+    const achievedFpr = traffic.filter((x) => x > threshold).length / Math.max(1, traffic.length);
     const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
     const description =
       `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
-      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}); positions 0–${skip - 1} not scored.${extraDescription}`;
+      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests) and, as a population of its own, into the threshold (${this.baselineCalibration.length} requests)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
     const file = ensembleFile(balanced, {
       id: spec.probeId,
       label: spec.label,
@@ -313,6 +365,8 @@ export class DetectorLearner {
       fitRequests: this.fitRequests,
       fitPositions: this.fitPositions,
       calibrationPositions: this.calibrationPositions,
+      baselineRequests: this.baselineRequests,
+      baselinePositions: this.baselinePositions,
       calibration: this.calibration.map((r) => r[0].length),
     };
     const head = Buffer.from(`${LEARN_STATE_MAGIC}\n${JSON.stringify(header)}\n`, 'utf8');
@@ -373,7 +427,10 @@ export class DetectorLearner {
       throw bad(source, (e as Error).message);
     }
     const cal = header.calibration;
-    const counts = [header.fitRequests, header.fitPositions, header.calibrationPositions];
+    // States written before the baseline existed have no baseline counts: 0.
+    header.baselineRequests ??= 0;
+    header.baselinePositions ??= 0;
+    const counts = [header.fitRequests, header.fitPositions, header.calibrationPositions, header.baselineRequests, header.baselinePositions];
     if (!Array.isArray(cal) || !cal.every((n) => Number.isInteger(n) && n > 0) || !counts.every((n) => Number.isInteger(n) && (n as number) >= 0)) throw bad(source, 'bad counts');
     const d = spec.dModel;
     const mLen = momentLength(d) * 8;
@@ -405,6 +462,8 @@ export class DetectorLearner {
     learner.fitRequests = header.fitRequests as number;
     learner.fitPositions = header.fitPositions as number;
     learner.calibrationPositions = header.calibrationPositions as number;
+    learner.baselineRequests = header.baselineRequests as number;
+    learner.baselinePositions = header.baselinePositions as number;
     if (learner.fitRequests > spec.fitRequests || learner.calibration.length > spec.requests - spec.fitRequests) throw bad(source, 'more requests than the plan');
     return { learner, header };
   }
