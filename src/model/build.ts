@@ -35,8 +35,8 @@ export interface BuildRequest {
 
 /**
  * What a build computes in between its weights unless asked: fp16 for a 'device-kv' (WebGPU) build of
- * quantized or fp16 weights — on an H200 it decodes the Qwen2.5-7B shape 1.28x and the 0.5B shape
- * 1.2-2x faster than fp32 (docs/gpu.md); those builds need shader-f16 anyway (their embedding table
+ * quantized or fp16 weights — on an H200 it decodes the Qwen2.5-7B and 0.5B shapes 1.28x and 1.37x
+ * as fast as fp32 at accuracy level 4 (docs/gpu.md); those builds need shader-f16 anyway (their embedding table
  * is fp16) — and fp32 otherwise: the CPU provider has no fp16 path, and `--precision fp32` keeps
  * fp32 throughout (the one build a device without shader-f16 runs).
  */
