@@ -13,13 +13,13 @@ import { fitGaussian } from '../src/lab/gaussian-fit.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
 import { fitGaussianFromMoments, MomentAccumulator } from '../src/probes/moments.js';
-import { DetectorLearner } from '../src/probes/learn.js';
+import { DetectorLearner, type LearnSpec } from '../src/probes/learn.js';
 import { matrix } from '../src/probes/matrix.js';
 import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, API_KEY, completeVerdict } from './daemon-fixture.js';
 import { corpusRequests, loadCorpus } from '../src/corpus.js';
 import { DEFAULT_CORPUS } from '../src/paths.js';
-import { CODE16M, FIXTURES, tempDir, waitUntil } from './helpers.js';
+import { CODE16M, tempDir, waitUntil } from './helpers.js';
 
 const expected = JSON.parse(readFileSync(new URL('./fixtures/probes/expected.json', import.meta.url), 'utf8')) as { gaussian: { name: string; rows: number; cols: number; X: number[] }[] };
 
@@ -74,6 +74,49 @@ describe('Gaussian from sufficient statistics = fitGaussian on the rows', () => 
   });
 });
 
+describe('the always-fitted baseline in a learner', () => {
+  const d = 16;
+  const spec: LearnSpec = {
+    probeId: 'generic-injection',
+    label: 'generic injection (any direction)',
+    modelFingerprint: 'lw1-00000000000000000000000000000000',
+    dModel: d,
+    aggregator: { kind: 'rolling-mean', window: 8, skip: 4 },
+    targetFpr: 0.01,
+    requests: 12,
+    fitRequests: 7,
+    members: [
+      { id: 'update-L1', hooks: ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'], difference: true },
+      { id: 'update-L1-w4', hooks: ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'], difference: true, window: { size: 4, positions: 'novel-bigram', minCount: 2, spread: { scale: new Array<number>(d).fill(1), reference: 1 } } },
+    ],
+    maxPositions: 1024,
+  };
+  const rng = createRng(3);
+  const request = (learner: DetectorLearner, n: number) => {
+    const rows = learner.newRequest();
+    const tap = () => ({ positions: n, dModel: d, data: Float32Array.from({ length: n * d }, () => rng.gaussian()) });
+    rows.observe(new Map([['blocks.0.hook_resid_post', tap()], ['blocks.1.hook_resid_post', tap()]]), Array.from({ length: n }, (_, i) => i % 5));
+    return rows;
+  };
+
+  it('folds rows into the fit exactly as a fit request does, outside the plan, and survives serialisation', () => {
+    const withBaseline = new DetectorLearner(spec);
+    const asTraffic = new DetectorLearner(spec);
+    const junk = request(withBaseline, 30);
+    withBaseline.addBaseline(junk);
+    asTraffic.add(junk);
+    expect([withBaseline.fitRequests, withBaseline.baselineRequests, withBaseline.baselinePositions]).toEqual([0, 1, 26]);
+    expect(asTraffic.fitRequests).toBe(1);
+    for (let i = 0; i < spec.members.length; i++) expect(Array.from(withBaseline.moments[i].toArray())).toEqual(Array.from(asTraffic.moments[i].toArray()));
+    expect(Array.from(withBaseline.spreads[1]!.toArray())).toEqual(Array.from(asTraffic.spreads[1]!.toArray()));
+    const back = DetectorLearner.deserialize(withBaseline.serialize(), spec.modelFingerprint).learner;
+    expect([back.baselineRequests, back.baselinePositions, back.fitRequests]).toEqual([1, 26, 0]);
+    // Once the fit share is full, the baseline no longer folds in.
+    for (let k = 0; k < spec.fitRequests; k++) withBaseline.add(request(withBaseline, 12));
+    expect(() => withBaseline.addBaseline(request(withBaseline, 12))).toThrow(/already fitted/);
+  });
+});
+
 // ---- the daemon -----------------------------------------------------------------------------------
 
 const SHIPPED = JSON.parse(readFileSync(join(CODE16M, 'probes', 'generic-injection.probe.json'), 'utf8')) as { threshold: number; modelFingerprint: string };
@@ -95,10 +138,8 @@ const PROMPTS = [
 /** The fit-split requests of the shipped corpus's always-fitted styles: learn mode's baseline. */
 const BASELINE = corpusRequests(loadCorpus(DEFAULT_CORPUS)).filter((r) => r.alwaysFitted && r.split === 'fit');
 let baselineRequests = NaN;
-let baselineAll = NaN;
 /** PROMPTS[0]'s request score under the shipped probe (the learned one scores it otherwise). */
 let shippedScore = NaN;
-const JUNK = JSON.parse(readFileSync(join(FIXTURES, 'junk-prompts.json'), 'utf8')) as Record<string, string | number[]>;
 
 const daemons: Daemon[] = [];
 afterAll(async () => {
@@ -189,12 +230,9 @@ describe('learning the generic detector from live traffic', () => {
     // Every one that fits the context (as the daemon would refuse the others).
     const fits = BASELINE.filter((r) => d.engine.tokenizer!.encode(r.text).length + r.maxTokens <= d.engine.contextLength);
     expect(fits.length).toBeGreaterThan(40);
-    // A hashed ~60% folds into the fit now; the rest calibrates once the members are fitted.
-    expect(prepared.baseline.requests).toBeGreaterThan(fits.length * 0.4);
-    expect(prepared.baseline.requests).toBeLessThan(fits.length * 0.8);
-    expect(prepared.baseline.positions).toBeGreaterThan(prepared.baseline.requests * 8);
-    baselineRequests = prepared.baseline.requests;
-    baselineAll = fits.length;
+    expect(prepared.baseline.requests).toBe(fits.length);
+    expect(prepared.baseline.positions).toBeGreaterThan(fits.length * 8);
+    baselineRequests = fits.length;
 
     // An admin-injected request is not clean traffic: not counted.
     const rng = createRng(42);
@@ -257,37 +295,8 @@ describe('learning the generic detector from live traffic', () => {
     expect(relearned).not.toBeCloseTo(shippedScore, 6);
     expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
     expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(7);
-    expect(status.last.baseline).toEqual({ requests: baselineRequests, positions: expect.any(Number), calibrationRequests: baselineAll - baselineRequests });
+    expect(status.last.baseline).toEqual({ requests: baselineRequests, positions: expect.any(Number) });
     console.log(`learned generic-injection: threshold ${learnedThreshold} (shipped ${SHIPPED.threshold}), fit from moments ${status.last.fit_seconds} s, calibrate + threshold + load ${status.last.compute_seconds} s, write + swap in total ${status.last.finish_seconds} s`);
-  }, 300_000);
-
-  it('junk raises nothing after a run learned from ordinary text alone, because the junk baseline is folded in', async () => {
-    // Without the baseline, a detector learned from 132 requests of real files fired on 9 of 14
-    // junk prompts (docs/daemon.md). Here: 60 requests of the corpus's ordinary styles (36 fit, 24
-    // calibrate), no junk among them.
-    const d = await start(tempDir('lw-learn-junk-'));
-    const traffic = corpusRequests(loadCorpus(DEFAULT_CORPUS)).filter((r) => !r.alwaysFitted && r.split === 'fit').slice(0, 60);
-    expect(traffic).toHaveLength(60);
-    expect((await admin(d, 'POST', { requests: 60 })).status).toBe(202);
-    await waitUntil(async () => (await admin(d, 'GET')).body.phase === 'collecting', { timeoutMs: 120_000, what: 'the learn baseline to be folded in' });
-    for (const r of traffic) await complete(d, r.text.slice(0, 1200));
-    let status: Body = {};
-    await waitUntil(async () => (status = (await admin(d, 'GET')).body).phase === 'done', { timeoutMs: 60_000, what: 'the learn run to finish' });
-    expect(status.last).toMatchObject({ version: 1, requests: { fit: 36, calibration: 24 } });
-    const results: { name: string; score: number | null; fired: boolean }[] = [];
-    for (const [name, prompt] of Object.entries(JUNK)) {
-      const r = await fetch(`${d.url}/v1/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` },
-        body: JSON.stringify({ model: 'qwen2-code-16m', prompt, max_tokens: 8, temperature: 0 }),
-      });
-      expect(r.status).toBe(200);
-      const g = ((await r.json()) as { latentwatch: Verdict }).latentwatch.probes.find((p) => p.id === 'generic-injection')!;
-      expect(g.threshold).toBe(status.last.threshold);
-      results.push({ name, score: g.max_score, fired: g.fired });
-    }
-    expect(results.filter((x) => x.fired)).toEqual([]);
-    await stop(d);
   }, 300_000);
 
   it('a restart keeps the learned probe, and --learn does not relearn over it', async () => {

@@ -24,7 +24,7 @@ import { ruleForProbe, type FrozenConfig } from './config.js';
 import { InferenceService } from './inference.js';
 import { learnRoutes } from './learn-routes.js';
 import { alwaysFittedBaseline } from './learn-baseline.js';
-import { LEARN_FIT_FRACTION, LearningService, withLearnedProbes } from './learning.js';
+import { LearningService, withLearnedProbes } from './learning.js';
 import { createMetrics } from './metrics.js';
 import { toJob } from './openai.js';
 import { buildServer } from './server.js';
@@ -189,7 +189,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
   }
   if (store instanceof JetStreamAlertStore) metrics.bindAlertOutbox(store);
   metrics.bindAlertHub(hub);
-  const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions, baseline: alwaysFittedBaseline(engine, DEFAULT_CORPUS, 1 - LEARN_FIT_FRACTION) });
+  const learning = new LearningService({ bank, fingerprint: engine.fingerprint, stateDir: config.stateDir, metrics, versions: learned.versions, baseline: alwaysFittedBaseline(engine, DEFAULT_CORPUS) });
   const inference = new InferenceService({ engine, bank, config, hub, metrics, concepts, modelName, learning });
   inference.warm();
   if (upstream) upstream.recorder = metrics;

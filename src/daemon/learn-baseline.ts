@@ -4,34 +4,26 @@
  * files fired on 9 of 14 junk prompts and 16 of 35 held-out junk-style corpus requests, so any API
  * user could page the on-call team again. The shipped corpus marks the styles no fit may leave out
  * (`alwaysFitted`: the degenerate style of repeated and random text); learn mode runs their fit-split
- * requests through the served model itself, as the daemon runs a request: a hashed share folds into
- * the fit share's statistics before traffic counts, the rest is scored after the fit as a
- * calibration population of its own (the lab splits its corpus the same way). They are shipped
- * texts, not users' requests.
+ * requests through the served model itself, as the daemon runs a request, and folds them into the
+ * fit share's statistics before traffic counts. They are shipped texts, not users' requests.
+ *
+ * Fit only, not calibration: scored as a calibration population of its own (the threshold holding
+ * the target on junk too), the junk windows' tail set the windowed members' weight and the
+ * threshold, and ×0.25 injections went from 96–100% flagged to none (built-in model, the same
+ * 132 requests learned); fitted only, junk stayed quiet (0 of 14) and sensitivity was kept.
  */
-import { corpusRequests, loadCorpus, type CorpusRequest } from '../corpus.js';
+import { corpusRequests, loadCorpus } from '../corpus.js';
 import type { Engine } from '../engine/engine.js';
 import { lwError } from '../errors.js';
-import { learnHooks, type DetectorLearner, type RequestRows } from '../probes/learn.js';
-import { hashUnit } from '../rng.js';
+import { learnHooks, type DetectorLearner } from '../probes/learn.js';
 
-export interface LearnBaseline {
-  /** Fold the fit part into a learner that is still fitting. */
-  fit(learner: DetectorLearner, signal: AbortSignal): Promise<void>;
-  /** Score the calibration part with the learner's fitted members. */
-  calibrate(learner: DetectorLearner, signal: AbortSignal): Promise<void>;
-}
+/** Folds the baseline into a learner that is still fitting; stops early when `signal` aborts. */
+export type LearnBaseline = (learner: DetectorLearner, signal: AbortSignal) => Promise<void>;
 
-/** The fit-split requests of the corpus's always-fitted styles, through `engine`; `calibrationFraction` of them calibrate. */
-export function alwaysFittedBaseline(engine: Engine, corpusPath: string, calibrationFraction: number): LearnBaseline {
-  let parts: { fit: CorpusRequest[]; calibrate: CorpusRequest[] } | null = null;
-  const split = () => {
-    if (parts) return parts;
-    const all = corpusRequests(loadCorpus(corpusPath)).filter((r) => r.alwaysFitted && r.split === 'fit');
-    const calibrates = (r: CorpusRequest) => hashUnit(`learn-baseline|${r.id}`) < calibrationFraction;
-    return (parts = { fit: all.filter((r) => !calibrates(r)), calibrate: all.filter(calibrates) });
-  };
-  const run = async (requests: readonly CorpusRequest[], learner: DetectorLearner, signal: AbortSignal, fold: (rows: RequestRows) => void) => {
+/** The fit-split requests of the always-fitted styles of the corpus at `corpusPath`, through `engine`. */
+export function alwaysFittedBaseline(engine: Engine, corpusPath: string): LearnBaseline {
+  return async (learner, signal) => {
+    const requests = corpusRequests(loadCorpus(corpusPath)).filter((r) => r.alwaysFitted && r.split === 'fit');
     const tokenizer = engine.tokenizer;
     if (!tokenizer) throw lwError('LW_ERR_PROBE_FIT', `${engine.checkpoint.dir} has no tokenizer.json: the learn baseline cannot be tokenised`);
     const taps = learnHooks(learner.spec.members);
@@ -45,11 +37,7 @@ export function alwaysFittedBaseline(engine: Engine, corpusPath: string, calibra
         // The ids beside each pass's taps, as inference.ts hands them to a learn tap.
         rows.observe(step.taps, step.kind === 'prompt' ? promptIds : [step.tokenId]);
       }
-      if (!signal.aborted) fold(rows);
+      if (!signal.aborted) learner.addBaseline(rows);
     }
-  };
-  return {
-    fit: (learner, signal) => run(split().fit, learner, signal, (rows) => learner.addBaseline(rows)),
-    calibrate: (learner, signal) => run(split().calibrate, learner, signal, (rows) => learner.addBaselineCalibration(rows)),
   };
 }

@@ -228,7 +228,7 @@ export class LearningService {
     this.phase = 'preparing';
     const t0 = performance.now();
     try {
-      await baseline.fit(run.learner, this.closing.signal);
+      await baseline(run.learner, this.closing.signal);
     } catch (e) {
       if (!this.closing.signal.aborted) this.fail(run, e);
       return;
@@ -343,11 +343,6 @@ export class LearningService {
     const l = run.learner;
     const id = l.spec.probeId;
     try {
-      // The baseline's calibration part, scored by the fitted members (seconds; no traffic counts meanwhile).
-      if (this.d.baseline && l.baselineRequests > 0) {
-        await this.d.baseline.calibrate(l, this.closing.signal);
-        if (this.closing.signal.aborted) return;
-      }
       const t0 = performance.now();
       const result = l.finish();
       const probe = createProbe(result.file);
@@ -365,7 +360,7 @@ export class LearningService {
         origin: run.origin,
         requests: { fit: result.fitRequests, calibration: result.calibrationRequests },
         positions: { fit: result.fitPositions, calibration: result.calibrationPositions },
-        baseline: { requests: l.baselineRequests, positions: l.baselinePositions, calibrationRequests: l.baselineCalibration.length },
+        baseline: { requests: l.baselineRequests, positions: l.baselinePositions },
         targetFpr: l.spec.targetFpr,
         achievedFpr: result.achievedFpr,
         threshold: result.threshold,

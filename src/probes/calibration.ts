@@ -195,7 +195,7 @@ export function setEnsembleThreshold<M extends { readonly calibration: { center:
   requestsOf: (subset: readonly M[]) => CleanRequestScores[],
   aggregator: AggregatorSpec,
   targetFpr: number,
-): { members: M[]; aggregator: AggregatorSpec; threshold: number; requestScores: number[]; byPopulation: Map<string, number[]> } {
+): { members: M[]; aggregator: AggregatorSpec; threshold: number; requestScores: number[] } {
   const { lengthAllowance: _none, ...plainSpec } = aggregator;
   const plain = plainSpec as AggregatorSpec;
   const scoresUnder = (reqs: readonly CleanRequestScores[], agg: AggregatorSpec): Map<string, number[]> => {
@@ -215,7 +215,7 @@ export function setEnsembleThreshold<M extends { readonly calibration: { center:
     reqs.map((r) => aggregateSequence(skipFrom(plain, r.start), r.scores, Math.max(0, r.start - (plain.skip ?? 0)))),
   );
   const byPopulation = scoresUnder(reqs, withAllowance);
-  return { members: balanced, aggregator: withAllowance, threshold: roundThreshold(thresholdOf(byPopulation)), requestScores: [...byPopulation.values()].flat(), byPopulation };
+  return { members: balanced, aggregator: withAllowance, threshold: roundThreshold(thresholdOf(byPopulation)), requestScores: [...byPopulation.values()].flat() };
 }
 
 /** Per-token or windowed: the kinds balanceKinds weighs (a member's body says which). */

@@ -148,8 +148,6 @@ export class DetectorLearner {
   readonly spreads: (SpreadMoments | null)[];
   /** Per calibration request: one Float32Array of per-position scores per member. */
   readonly calibration: Float32Array[][] = [];
-  /** The baseline's calibration requests (addBaselineCalibration), scored like `calibration`; not persisted. */
-  readonly baselineCalibration: Float32Array[][] = [];
   private candidate: { fits: MemberFit[]; probes: Probe[] } | null = null;
   private readonly hookIndex: Map<string, number>;
   private readonly scratch: Float32Array;
@@ -242,16 +240,6 @@ export class DetectorLearner {
     return 'calibrate';
   }
 
-  /**
-   * Score a request of the always-fitted baseline with the fitted members for calibration, outside
-   * the plan's counts: the threshold then holds the target on the baseline on its own too (a
-   * population of its own, as the lab's corpus and trials are), so junk does not page. After the fit.
-   */
-  addBaselineCalibration(r: RequestRows): void {
-    if (r.positions <= skipOf(this.spec)) return;
-    this.baselineCalibration.push(this.memberScores(r));
-  }
-
   /** Per member, the per-position scores of a request by the fitted members. */
   private memberScores(r: RequestRows): Float32Array[] {
     const d = this.spec.dModel;
@@ -301,20 +289,14 @@ export class DetectorLearner {
     const { spec } = this;
     const skip = skipOf(spec);
     const fits = this.members();
-    // Traffic first, then the baseline (its own population): the lab calibrates on its corpus's
-    // junk style beside the other styles the same way.
-    const populations = [
-      ...this.calibration.map((scores) => ({ scores, population: 'traffic' })),
-      ...this.baselineCalibration.map((scores) => ({ scores, population: 'baseline' })),
-    ];
     const members = fits.map((m, i) => {
       const toks: number[] = [];
-      for (const { scores } of populations) for (let p = skip; p < scores[i].length; p++) toks.push(scores[i][p]);
+      for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) toks.push(req[i][p]);
       return { ...m, calibration: calibrate(toks) };
     });
     const indexOf = new Map(members.map((m, i) => [m.id, i]));
     const requestsOf = (subset: readonly (typeof members)[number][]): CleanRequestScores[] =>
-      populations.map(({ scores, population }) => {
+      this.calibration.map((scores) => {
         const tok = new Float64Array(scores[0].length).fill(-Infinity);
         for (const m of subset) {
           const inv = 1 / m.calibration.scale;
@@ -324,18 +306,16 @@ export class DetectorLearner {
             if (v > tok[p] || Number.isNaN(v)) tok[p] = v;
           }
         }
-        return { scores: tok, start: 0, population };
+        return { scores: tok, start: 0, population: 'traffic' };
       });
     // Each kind of member (per token, windowed) weighed by its own tail, the length allowance and
     // the threshold: the lab's buildDetector rules (calibration.ts).
-    const { members: balanced, aggregator, threshold, byPopulation } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
-    // The achieved rate on the traffic's calibration share.
-    const traffic = byPopulation.get('traffic') ?? [];
-    const achievedFpr = traffic.filter((x) => x > threshold).length / Math.max(1, traffic.length);
+    const { members: balanced, aggregator, threshold, requestScores: req } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
+    const achievedFpr = req.filter((x) => x > threshold).length / req.length;
     const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
     const description =
       `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
-      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests) and, as a population of its own, into the threshold (${this.baselineCalibration.length} requests)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
+      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
     const file = ensembleFile(balanced, {
       id: spec.probeId,
       label: spec.label,
