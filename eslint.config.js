@@ -15,7 +15,8 @@ const layer = (files, forbidden, why) => ({
 });
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'models/**', 'grafana/**/*.json'] },
+  // .dev, .gl, .lat: ignored device carry folders (bundles, packages), .scratch: local notes; none is in a clone.
+  { ignores: ['dist/**', 'node_modules/**', 'models/**', 'grafana/**/*.json', '.dev/**', '.gl/**', '.lat/**', '.scratch/**'] },
   ...tseslint.configs.recommended,
   {
     rules: {
