@@ -45,6 +45,7 @@ import { fitLogistic } from './logistic.js';
 import { createProbe, type Probe } from '../probes/probe.js';
 import { hookList, linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
 import { hashUnit } from '../rng.js';
+import { fitGaussianFromMoments, MomentAccumulator } from '../probes/moments.js';
 import { forEachFullWindowMean, novelPositions, SpreadMoments, windowSpec } from '../probes/window.js';
 import type { TrialTokens } from './trials.js';
 
@@ -486,17 +487,98 @@ function styleOf(s: Seq): string | null {
 }
 
 /**
+ * fitAnomalyMembers(fit without style g) for each g of `styles`, from per-style moments: each row
+ * is folded once into its style's accumulator (one shift per member, so they add up), and a
+ * leave-one-out fit is a sum of the other styles' moments, Ledoit–Wolf and a Cholesky factor
+ * (fitGaussianFromMoments, equal to fitGaussian on the rows within 1e-9: test/daemon-learn.test.ts).
+ * Refitting from the rows per style cost one full pass over the fit set per style (31.5 min for the
+ * built-in model with 19 styles). Full covariance with Ledoit–Wolf only (null otherwise).
+ */
+export function leaveOneStyleOutMembers(fit: readonly Seq[], d: number, o: AnomalyMemberOptions, styles: readonly string[]): Map<string, MemberFit[]> | null {
+  if ((o.covariance ?? 'full') !== 'full' || (o.shrinkage ?? 'ledoit-wolf') !== 'ledoit-wolf') return null;
+  const skip = o.skip ?? GENERIC_SKIP;
+  const digits = o.digits ?? 7;
+  const size = o.window ?? DEFAULT_GENERIC_WINDOW;
+  const spread = o.windowSpread ?? true;
+  const groups = new Map<string, Seq[]>();
+  for (const s of fit) {
+    const g = styleOf(s) ?? '';
+    (groups.get(g) ?? groups.set(g, []).get(g)!).push(s);
+  }
+  /** Per style: the moments of `rowsOf(group)`, around the first row of the whole fit set. */
+  const momentsByStyle = (rowsOf: (group: readonly Seq[], spreadSums: SpreadMoments | null) => Float32Array, withSpread: boolean) => {
+    const rows = [...groups].map(([g, group]) => {
+      const sums = withSpread ? new SpreadMoments(d) : null;
+      return { g, rows: rowsOf(group, sums), sums };
+    });
+    const shift = rows.find((r) => r.rows.length > 0)?.rows.subarray(0, d) ?? new Float32Array(d);
+    const out = new Map<string, { moments: MomentAccumulator; spread: SpreadMoments | null }>();
+    for (const { g, rows: x, sums } of rows) {
+      const moments = new MomentAccumulator(d, shift);
+      for (let i = 0; i < x.length; i += d) moments.add(x, i);
+      out.set(g, { moments, spread: sums });
+    }
+    return out;
+  };
+  const without = (parts: Map<string, { moments: MomentAccumulator; spread: SpreadMoments | null }>, left: string) => {
+    let moments: MomentAccumulator | null = null;
+    let sums: SpreadMoments | null = null;
+    for (const [g, p] of parts) {
+      if (g === left) continue;
+      moments = moments ? moments.plus(p.moments) : p.moments;
+      if (p.spread) sums = sums ? sums.plus(p.spread) : p.spread;
+    }
+    return { moments: moments!, spread: sums };
+  };
+  const out = new Map<string, MemberFit[]>(styles.map((g) => [g, []]));
+  for (const layer of o.layers) {
+    const kind: AnomalyInput = (o.input ?? 'update') === 'update' && layer > 0 ? 'update' : 'resid';
+    const parts = momentsByStyle((group) => anomalyRows(group, layer, kind, d, skip), false);
+    for (const g of styles) {
+      const { moments } = without(parts, g);
+      if (moments.n < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${moments.n} clean rows to fit on without style ${g}`);
+      const gauss = roundedGaussian(fitGaussianFromMoments(moments), digits);
+      out.get(g)!.push(
+        kind === 'update' ? { id: `update-L${layer}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(gauss, 'difference') } : { id: `resid-L${layer}`, hook: residPost(layer), body: mahalanobisBody(gauss) },
+      );
+    }
+  }
+  if (size > 0)
+    for (const layer of o.layers.filter((l) => l >= (o.windowFrom ?? 0))) {
+      const kind: AnomalyInput = (o.input ?? 'update') === 'update' && layer > 0 ? 'update' : 'resid';
+      const parts = momentsByStyle((group, sums) => windowRows(group, layer, kind, d, skip, size, sums), spread);
+      const tag = `-w${size}${spread ? '' : '-plain'}`;
+      for (const g of styles) {
+        const { moments, spread: sums } = without(parts, g);
+        if (moments.n < 2) continue; // as fitAnomalyMembers: no full window, no windowed member
+        const gauss = roundedGaussian(fitGaussianFromMoments(moments), digits);
+        const window = windowSpec(size, sums, digits);
+        out.get(g)!.push(
+          kind === 'update'
+            ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(gauss, 'difference', window) }
+            : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(gauss, undefined, window) },
+        );
+      }
+    }
+  return out;
+}
+
+/**
  * Member scores for calibration with each corpus style held out: a request of style g is scored by
  * members fitted on the fit sequences without g (a style the fit never held is scored by the
  * detector's own members, which never saw it either).
  */
 function heldOutStyleScores(fit: readonly Seq[], calibration: readonly Seq[], members: readonly MemberFit[], o: AnomalyMemberOptions, d: number, cache: MemberScoreCache): MemberScores {
   const byStyle = new Map<string, { members: Map<string, MemberFit>; cache: MemberScoreCache }>();
-  for (const g of new Set(calibration.map(styleOf))) {
-    if (g === null) continue;
-    const rest = fit.filter((s) => styleOf(s) !== g);
-    if (rest.length === fit.length || rest.length === 0) continue;
-    byStyle.set(g, { members: new Map(fitAnomalyMembers(rest, d, o).map((m) => [m.id, m])), cache: cache.withoutStyle(`${g}|${members.map((m) => m.id).join(',')}`) });
+  const styles = [...new Set(calibration.map(styleOf))].filter((g): g is string => {
+    if (g === null) return false;
+    const rest = fit.filter((s) => styleOf(s) !== g).length;
+    return rest !== fit.length && rest !== 0;
+  });
+  const leftOut = leaveOneStyleOutMembers(fit, d, o, styles);
+  for (const g of styles) {
+    const fitted = leftOut?.get(g) ?? fitAnomalyMembers(fit.filter((s) => styleOf(s) !== g), d, o);
+    byStyle.set(g, { members: new Map(fitted.map((m) => [m.id, m])), cache: cache.withoutStyle(`${g}|${members.map((m) => m.id).join(',')}`) });
   }
   return {
     scores: (m, s) => {

@@ -28,18 +28,44 @@ export class MomentAccumulator {
   sumNorm4 = 0;
   private readonly y: Float64Array;
 
-  constructor(readonly d: number) {
+  /**
+   * `shift`: the point the moments are taken around (default: the first row added). Accumulators
+   * with one shift add up (`plus`): the lab folds per-style moments into leave-one-style-out fits.
+   */
+  constructor(
+    readonly d: number,
+    shift?: ArrayLike<number>,
+  ) {
     this.shift = new Float64Array(d);
+    if (shift) this.shift.set(Array.from({ length: d }, (_, j) => shift[j]));
+    this.fixedShift = shift !== undefined;
     this.sum = new Float64Array(d);
     this.sumOuter = new Float64Array((d * (d + 1)) / 2);
     this.sumNorm2Row = new Float64Array(d);
     this.y = new Float64Array(d);
   }
 
+  private readonly fixedShift: boolean;
+
+  /** The moments of both accumulators' rows together (the same shift and width only). */
+  plus(other: MomentAccumulator): MomentAccumulator {
+    if (other.d !== this.d || !other.shift.every((v, j) => v === this.shift[j])) throw lwError('LW_ERR_PROBE_FIT', 'moments taken around different shifts do not add up');
+    const out = new MomentAccumulator(this.d, this.shift);
+    out.n = this.n + other.n;
+    out.sumNorm4 = this.sumNorm4 + other.sumNorm4;
+    for (const [a, b, c] of [
+      [out.sum, this.sum, other.sum],
+      [out.sumOuter, this.sumOuter, other.sumOuter],
+      [out.sumNorm2Row, this.sumNorm2Row, other.sumNorm2Row],
+    ])
+      for (let i = 0; i < a.length; i++) a[i] = b[i] + c[i];
+    return out;
+  }
+
   /** Add the row of `d` numbers at `offset`. */
   add(row: ArrayLike<number>, offset: number): void {
     const { d, y, shift, sum, sumOuter, sumNorm2Row } = this;
-    if (this.n === 0) for (let j = 0; j < d; j++) shift[j] = row[offset + j];
+    if (this.n === 0 && !this.fixedShift) for (let j = 0; j < d; j++) shift[j] = row[offset + j];
     let r = 0;
     for (let j = 0; j < d; j++) {
       const v = row[offset + j] - shift[j];
