@@ -43,7 +43,8 @@ import type { Dataset, TrialRecord } from './dataset.js';
 import { fitGaussian } from './gaussian-fit.js';
 import { fitLogistic } from './logistic.js';
 import { createProbe, type Probe } from '../probes/probe.js';
-import { hookList, linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile } from '../probes/probe-file.js';
+import { hookList, linearBody, mahalanobisBody, validateProbeFile, type LeafBody, type ProbeFigures, type ProbeFile, type WindowSpec } from '../probes/probe-file.js';
+import type { GaussianModel } from '../probes/gaussian.js';
 import { hashUnit } from '../rng.js';
 import { fitGaussianFromMoments, MomentAccumulator } from '../probes/moments.js';
 import { forEachFullWindowMean, novelPositions, SpreadMoments, windowSpec } from '../probes/window.js';
@@ -198,9 +199,25 @@ function windowRows(seqs: readonly Seq[], layer: number, input: AnomalyInput, d:
   return concat(parts);
 }
 
+/** What a member at `layer` reads: the layer's update (input 'update', the default, from layer 1), else resid_post. */
+function memberInput(input: AnomalyInput | undefined, layer: number): AnomalyInput {
+  return (input ?? 'update') === 'update' && layer > 0 ? 'update' : 'resid';
+}
+
+/**
+ * A Mahalanobis member of `layer`: its id names the input, the layer, the Gaussian's form (so score
+ * caches never mix a low-rank member with a full one) and `suffix` (a windowed member's), its hooks
+ * the input's.
+ */
+function anomalyMember(layer: number, kind: AnomalyInput, g: GaussianModel, suffix = '', window?: WindowSpec): MemberFit {
+  const tag = `${g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : ''}${suffix}`;
+  return kind === 'update'
+    ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference', window) }
+    : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g, undefined, window) };
+}
+
 /** Fit one Mahalanobis member per layer on clean sequences (and a windowed one per layer, unless window is 0). */
 export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemberOptions): MemberFit[] {
-  const input = o.input ?? 'update';
   const skip = o.skip ?? GENERIC_SKIP;
   const digits = o.digits ?? 7;
   const size = o.window ?? DEFAULT_GENERIC_WINDOW;
@@ -210,34 +227,29 @@ export function fitAnomalyMembers(fit: readonly Seq[], d: number, o: AnomalyMemb
   const windowed =
     size > 0
       ? o.layers.filter((layer) => layer >= (o.windowFrom ?? 0)).flatMap((layer): MemberFit[] => {
-          const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
+          const kind = memberInput(o.input, layer);
           const moments = spread ? new SpreadMoments(d) : null;
           const data = windowRows(fit, layer, kind, d, skip, size, moments);
           const rows = data.length / d;
           if (rows < 2) return [];
           const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, rank: o.rank, shrinkage: o.shrinkage }), digits);
-          const tag = `${g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : ''}-w${size}${spread ? '' : '-plain'}`;
-          const window = windowSpec(size, moments, digits);
-          return [
-            kind === 'update'
-              ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference', window) }
-              : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g, undefined, window) },
-          ];
+          return [anomalyMember(layer, kind, g, windowSuffix(size, spread), windowSpec(size, moments, digits))];
         })
       : [];
   const perToken = o.layers.map((layer): MemberFit => {
-    const kind: AnomalyInput = input === 'update' && layer > 0 ? 'update' : 'resid';
+    const kind = memberInput(o.input, layer);
     const data = anomalyRows(fit, layer, kind, d, skip);
     const rows = data.length / d;
     if (rows < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${rows} clean rows to fit on`);
     const g = roundedGaussian(fitGaussian({ rows, cols: d, data }, { covariance: o.covariance, rank: o.rank, shrinkage: o.shrinkage }), digits);
-    // Member ids name the form too, so score caches never mix a low-rank member with a full one.
-    const tag = g.form === 'lowrank' ? `-r${g.eigenvalues.length}` : g.form === 'diagonal' ? '-diag' : '';
-    return kind === 'update'
-      ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(g, 'difference') }
-      : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(g) };
+    return anomalyMember(layer, kind, g);
   });
   return [...perToken, ...windowed];
+}
+
+/** A windowed member's id suffix: its size, and `-plain` without the spread discount. */
+function windowSuffix(size: number, spread: boolean): string {
+  return `-w${size}${spread ? '' : '-plain'}`;
 }
 
 // ---- linear members -----------------------------------------------------------------------------
@@ -532,32 +544,22 @@ export function leaveOneStyleOutMembers(fit: readonly Seq[], d: number, o: Anoma
   };
   const out = new Map<string, MemberFit[]>(styles.map((g) => [g, []]));
   for (const layer of o.layers) {
-    const kind: AnomalyInput = (o.input ?? 'update') === 'update' && layer > 0 ? 'update' : 'resid';
+    const kind = memberInput(o.input, layer);
     const parts = momentsByStyle((group) => anomalyRows(group, layer, kind, d, skip), false);
     for (const g of styles) {
       const { moments } = without(parts, g);
       if (moments.n < 2) throw lwError('LW_ERR_PROBE_FIT', `layer ${layer}: ${moments.n} clean rows to fit on without style ${g}`);
-      const gauss = roundedGaussian(fitGaussianFromMoments(moments), digits);
-      out.get(g)!.push(
-        kind === 'update' ? { id: `update-L${layer}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(gauss, 'difference') } : { id: `resid-L${layer}`, hook: residPost(layer), body: mahalanobisBody(gauss) },
-      );
+      out.get(g)!.push(anomalyMember(layer, kind, roundedGaussian(fitGaussianFromMoments(moments), digits)));
     }
   }
   if (size > 0)
     for (const layer of o.layers.filter((l) => l >= (o.windowFrom ?? 0))) {
-      const kind: AnomalyInput = (o.input ?? 'update') === 'update' && layer > 0 ? 'update' : 'resid';
+      const kind = memberInput(o.input, layer);
       const parts = momentsByStyle((group, sums) => windowRows(group, layer, kind, d, skip, size, sums), spread);
-      const tag = `-w${size}${spread ? '' : '-plain'}`;
       for (const g of styles) {
         const { moments, spread: sums } = without(parts, g);
         if (moments.n < 2) continue; // as fitAnomalyMembers: no full window, no windowed member
-        const gauss = roundedGaussian(fitGaussianFromMoments(moments), digits);
-        const window = windowSpec(size, sums, digits);
-        out.get(g)!.push(
-          kind === 'update'
-            ? { id: `update-L${layer}${tag}`, hook: [residPost(layer - 1), residPost(layer)], body: mahalanobisBody(gauss, 'difference', window) }
-            : { id: `resid-L${layer}${tag}`, hook: residPost(layer), body: mahalanobisBody(gauss, undefined, window) },
-        );
+        out.get(g)!.push(anomalyMember(layer, kind, roundedGaussian(fitGaussianFromMoments(moments), digits), windowSuffix(size, spread), windowSpec(size, sums, digits)));
       }
     }
   return out;

@@ -27,6 +27,8 @@ export class MomentAccumulator {
   readonly sumNorm2Row: Float64Array;
   sumNorm4 = 0;
   private readonly y: Float64Array;
+  /** A shift given to the constructor: the first row added does not replace it. */
+  private readonly fixedShift: boolean;
 
   /**
    * `shift`: the point the moments are taken around (default: the first row added). Accumulators
@@ -37,15 +39,13 @@ export class MomentAccumulator {
     shift?: ArrayLike<number>,
   ) {
     this.shift = new Float64Array(d);
-    if (shift) this.shift.set(Array.from({ length: d }, (_, j) => shift[j]));
+    if (shift) for (let j = 0; j < d; j++) this.shift[j] = shift[j];
     this.fixedShift = shift !== undefined;
     this.sum = new Float64Array(d);
     this.sumOuter = new Float64Array((d * (d + 1)) / 2);
     this.sumNorm2Row = new Float64Array(d);
     this.y = new Float64Array(d);
   }
-
-  private readonly fixedShift: boolean;
 
   /** The moments of both accumulators' rows together (the same shift and width only). */
   plus(other: MomentAccumulator): MomentAccumulator {
