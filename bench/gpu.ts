@@ -7,7 +7,8 @@
  *       [--decode 64] [--runs 3] [--out docs/reports/bench/gpu-YYYY-MM-DD.json] [--bandwidth-gb-s N]
  *       [--merge EARLIER.json] [--build-only] [--webgpu-validation disabled|wgpuOnly|basic]
  *       [--accuracy-levels 4/0,4,0] [--activations fp32,fp16] [--greedy-path argmax|logits|both] [--profile]
- *       [--chunk-check 16]
+ *       [--chunk-check 16] [--prompts 128,512,2048] [--weights int4,fp16] [--prefill-chunks 2048]
+ *       [--profile-prompt 512]
  *
  * 1. bench/gpu_hf.py (where `python3 -c "import torch"` works): makes Qwen2.5-0.5B- and 7B-shaped
  *    checkpoints with random weights (Qwen2ForCausalLM(config).save_pretrained, bf16) and times
@@ -40,6 +41,15 @@
  * requests without logprobs: the graph's argmax, 2 floats per step), 'logits' (the logits row, 600 KB
  * for Qwen2.5, argmax on the host), 'both' (side by side, the logits path at the first accuracy
  * level only; keys of the logits path end _logitspath).
+ * --prompts: after the generate rounds, prefill alone (a prompt pass, no token) at each of these
+ * prompt lengths, every engine in turn per round (warm-up first), medians; keys end _p<length>
+ * (prefill_tok_s_webgpu_int4_qwen2_5_7b_p512), transformers' from gpu_hf.py --prompts. The plain
+ * keys stay the generate rounds' (--prompt). Prompts longer than the engine's prefill chunk (512
+ * tokens) run in several passes: --prefill-chunks N adds each engine again with passes of up to N
+ * (keys ending _chunk<N>), the graph shape onnxruntime's kernels see (M = the pass's tokens).
+ * --weights int4,fp16: engines of fp16 weights too (plain MatMul, at fp16 activations only; keys
+ * webgpu_fp16…): a build for prompt passes if its kernels beat the int4 ones. --profile-prompt: the
+ * profiled prompt pass's length (default --prompt).
  * Greedy agreement with the CPU provider: its int4 build at each accuracy level the webgpu engines
  * run, against each of them (keys greedy_prefix_webgpu_vs_cpu_int4<suffix>), with the CPU's top-2
  * logit margin where the two part (a near-tie or not).
@@ -52,7 +62,7 @@ import { fileURLToPath } from 'node:url';
 import { Engine, interfaceFor, type EngineOptions } from '../src/engine/engine.js';
 import { WEBGPU_VALIDATION, type WebGpuValidation } from '../src/engine/runtime.js';
 import { ensureBuild } from '../src/model/build.js';
-import { ACTIVATIONS, type Activations } from '../src/model/graph.js';
+import { ACTIVATIONS, type Activations, type Precision } from '../src/model/graph.js';
 import { residPost } from '../src/hooks.js';
 import { graphBytes } from './lib/graph-bytes.js';
 import { describeMachine } from './lib/machine.js';
@@ -81,11 +91,14 @@ interface HfResult {
   torch: string;
   transformers: string;
   copy_bandwidth_gb_s: number;
-  shapes: Record<string, { prefill_tok_s: number; decode_tok_s: number; weight_bytes_per_token: number; checkpoint: string }>;
+  shapes: Record<string, { prefill_tok_s: number; prefill_tok_s_by_prompt?: Record<string, number>; decode_tok_s: number; weight_bytes_per_token: number; checkpoint: string }>;
 }
 
 interface RunFigures {
   prefill_tok_s: number;
+  /** Prefill alone at each --prompts length (tok/s, medians) and each round's figures. */
+  prefill_tok_s_by_prompt?: Record<string, number>;
+  prefill_tok_s_by_prompt_runs?: Record<string, number[]>;
   decode_tok_s: number;
   decode_tok_s_runs: number[];
   ids: number[];
@@ -123,7 +136,7 @@ interface Config {
  * each configuration once in turn (a slow phase of the machine lands on every configuration alike);
  * medians. Also each configuration's first-token logits.
  */
-async function measure(modelDir: string, configs: readonly Config[], a: { prompt: number; decode: number; runs: number }): Promise<(RunFigures & { firstLogits: Float32Array; margins: number[] })[]> {
+async function measure(modelDir: string, configs: readonly Config[], a: { prompt: number; decode: number; runs: number; prompts?: readonly number[] }): Promise<(RunFigures & { firstLogits: Float32Array; margins: number[] })[]> {
   const loaded: { engine: Engine; loadS: number; taps: string[]; margins: boolean }[] = [];
   try {
     for (const c of configs) {
@@ -157,8 +170,27 @@ async function measure(modelDir: string, configs: readonly Config[], a: { prompt
     for (const l of loaded) warm.push(await once(l, 4, true));
     const runs = loaded.map(() => [] as Awaited<ReturnType<typeof once>>[]);
     for (let r = 0; r < a.runs; r++) for (const [i, l] of loaded.entries()) runs[i].push(await once(l, a.decode, configs[i].returnLogits));
+    // Prefill alone at each length: one prompt pass (or several, prefill chunks), no token.
+    const byPrompt = loaded.map(() => ({}) as Record<string, number[]>);
+    for (const n of a.prompts ?? []) {
+      const ids = promptOf(n, loaded[0].engine.config.vocabSize);
+      const prefillOnce = async (l: (typeof loaded)[number]) => {
+        const t0 = performance.now();
+        for await (const s of l.engine.generate({ promptIds: ids, maxTokens: 0, ignoreEos: true, taps: l.taps })) void s;
+        return n / ((performance.now() - t0) / 1000);
+      };
+      for (const l of loaded) await prefillOnce(l); // warm-up: the shaders of this pass shape
+      for (let r = 0; r < a.runs; r++) for (const [i, l] of loaded.entries()) (byPrompt[i][n] ??= []).push(await prefillOnce(l));
+      log(`prefill at ${n} tokens: ${byPrompt.map((b) => round(median(b[n]), 0)).join(', ')} tok/s`);
+    }
     return loaded.map((l, i) => ({
       prefill_tok_s: round(median(runs[i].map((r) => r.prefill)), 1),
+      ...(a.prompts?.length
+        ? {
+            prefill_tok_s_by_prompt: Object.fromEntries(Object.entries(byPrompt[i]).map(([n, xs]) => [n, round(median(xs), 1)])),
+            prefill_tok_s_by_prompt_runs: Object.fromEntries(Object.entries(byPrompt[i]).map(([n, xs]) => [n, xs.map((x) => round(x, 1))])),
+          }
+        : {}),
       decode_tok_s: round(median(runs[i].map((r) => r.decode)), 2),
       decode_tok_s_runs: runs[i].map((r) => round(r.decode, 2)),
       ids: runs[i][0].ids,
@@ -313,7 +345,7 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels', 'activations', 'greedy-path', 'chunk-check']);
+  const a = parseArgs(argv, ['work', 'shapes', 'python', 'prompt', 'decode', 'runs', 'out', 'bandwidth-gb-s', 'merge', 'webgpu-validation', 'accuracy-levels', 'activations', 'greedy-path', 'chunk-check', 'prompts', 'weights', 'prefill-chunks', 'profile-prompt']);
   const work = a.get('work', '/tmp/lw-gpu')!;
   const shapes = a.get('shapes', '0.5b,7b')!.split(',');
   for (const s of shapes) if (!SHAPES[s]) throw new Error(`--shapes: ${s} is not one of ${Object.keys(SHAPES).join(',')}`);
@@ -321,6 +353,12 @@ async function main(argv: string[]): Promise<void> {
   const prompt = a.num('prompt', 128)!;
   const decode = a.num('decode', 64)!;
   const runs = a.num('runs', 3)!;
+  const lengths = (a.get('prompts', '') ?? '').split(',').filter(Boolean).map(Number);
+  for (const n of lengths) if (!Number.isInteger(n) || n < 1) throw new Error(`--prompts: ${n} is not a prompt length`);
+  const profilePrompt = a.num('profile-prompt', prompt)!;
+  const weightsList = a.get('weights', 'int4')!.split(',') as Precision[];
+  for (const w of weightsList) if (w !== 'int4' && w !== 'fp16') throw new Error(`--weights: ${w} is not one of int4,fp16`);
+  const prefillChunks = (a.get('prefill-chunks', '') ?? '').split(',').filter(Boolean).map(Number);
   const out = a.get('out', join(REPO, 'docs', 'reports', 'bench', `gpu-${new Date().toISOString().slice(0, 10)}.json`))!;
   const cache = join(work, 'builds');
   const earlier = a.has('merge')
@@ -351,17 +389,27 @@ async function main(argv: string[]): Promise<void> {
   // fp16 alone, keys ending _fp16act), the others keys with a suffix per way they differ.
   // The logits path only at the first level (what it costs is the row's copy and host scan, the same
   // at every level): fewer engines loaded side by side.
-  const mainVariants: { level: (typeof levels)[number]; act: Activations; returnLogits: boolean; suffix: string; label: string; chunk?: number }[] = levels.flatMap((level, li) =>
-    activations.flatMap((act) =>
-      (li === 0 ? paths : paths.slice(0, 1)).map((returnLogits) => ({
-        level,
-        act,
-        returnLogits,
-        suffix: `${li === 0 ? '' : `_acc${level.spec.replace('/', '_')}`}${act === 'fp16' ? '_fp16act' : ''}${returnLogits ? '_logitspath' : ''}`,
-        label: `accuracy level ${level.spec}, ${act} activations, greedy from the ${returnLogits ? 'logits row' : "graph's argmax"}`,
-      })),
-    ),
-  );
+  // fp16 weights (--weights fp16): plain MatMul, at fp16 activations only (fp32 ones would widen
+  // the weights to fp32 at load), the first accuracy level (which MatMul ignores), the serving path.
+  const mainVariants: { weights: Precision; level: (typeof levels)[number]; act: Activations; returnLogits: boolean; suffix: string; label: string; chunk?: number }[] = [
+    ...(weightsList.includes('int4')
+      ? levels.flatMap((level, li) =>
+          activations.flatMap((act) =>
+            (li === 0 ? paths : paths.slice(0, 1)).map((returnLogits) => ({
+              weights: 'int4' as Precision,
+              level,
+              act,
+              returnLogits,
+              suffix: `${li === 0 ? '' : `_acc${level.spec.replace('/', '_')}`}${act === 'fp16' ? '_fp16act' : ''}${returnLogits ? '_logitspath' : ''}`,
+              label: `int4, accuracy level ${level.spec}, ${act} activations, greedy from the ${returnLogits ? 'logits row' : "graph's argmax"}`,
+            })),
+          ),
+        )
+      : []),
+    ...(weightsList.includes('fp16') && activations.includes('fp16')
+      ? [{ weights: 'fp16' as Precision, level: levels[0], act: 'fp16' as Activations, returnLogits: paths[0], suffix: '_fp16act', label: `fp16 weights, fp16 activations, greedy from the ${paths[0] ? 'logits row' : "graph's argmax"}` }]
+      : []),
+  ];
   // --chunk-check N: each one-build fp32 engine again with prompts fed N tokens a pass (engine
   // prefillChunk), keys ending _chunk<N>. onnxruntime's WebGPU GroupQueryAttention takes another
   // kernel (FlashAttention) for passes of 32 new tokens or more; chunks under 32 keep the kernel
@@ -374,14 +422,20 @@ async function main(argv: string[]): Promise<void> {
       : mainVariants
           .filter((v) => v.level.prefill === v.level.decode && v.act === 'fp32' && v.returnLogits === paths[0])
           .map((v) => ({ ...v, chunk: chunkCheck, suffix: `${v.suffix}_chunk${chunkCheck}`, label: `${v.label}, prompt in passes of ${chunkCheck} tokens` }))),
+    // --prefill-chunks N: each engine on the serving path again with prompt passes of up to N tokens.
+    ...prefillChunks.flatMap((n) =>
+      mainVariants
+        .filter((v) => v.returnLogits === paths[0])
+        .map((v) => ({ ...v, chunk: n, suffix: `${v.suffix}_chunk${n}`, label: `${v.label}, prompt in passes of up to ${n} tokens` })),
+    ),
   ];
   if (a.has('build-only')) {
     for (const shape of shapes) {
       const t = performance.now();
-      for (const act of activations) {
-        for (const accuracyLevel of new Set(levels.flatMap((l) => [l.prefill, l.decode]))) {
-          ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, accuracyLevel, activations: act, interface: interfaceFor('webgpu') }, { cacheDir: cache });
-          log(`built ${shape} webgpu int4 (accuracy level ${accuracyLevel}, ${act} activations) in ${((performance.now() - t) / 1000).toFixed(0)} s`);
+      for (const v of mainVariants.filter((w) => w.returnLogits === paths[0])) {
+        for (const accuracyLevel of new Set([v.level.prefill, v.level.decode])) {
+          ensureBuild(join(work, `qwen2.5-${shape}-random`), { ...webgpuInt4, precision: v.weights, accuracyLevel, activations: v.act, interface: interfaceFor('webgpu') }, { cacheDir: cache });
+          log(`built ${shape} webgpu ${v.weights} (accuracy level ${accuracyLevel}, ${v.act} activations) in ${((performance.now() - t) / 1000).toFixed(0)} s`);
         }
       }
     }
@@ -391,7 +445,7 @@ async function main(argv: string[]): Promise<void> {
     kind: 'gpu',
     version: 1,
     machine: describeMachine(),
-    args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)', accuracy_levels: levels.map((l) => l.spec), activations, greedy_path: greedyPath },
+    args: { shapes, prompt, decode, runs, webgpu_validation: validation || 'basic (default)', accuracy_levels: levels.map((l) => l.spec), activations, greedy_path: greedyPath, prompts: lengths, weights: weightsList, prefill_chunks: prefillChunks, profile_prompt: profilePrompt },
     summary,
     details,
   };
@@ -405,7 +459,7 @@ async function main(argv: string[]): Promise<void> {
     hf = hfEarlier;
     log(`transformers figures and checkpoints from ${hfJson}`);
   } else if (hasTorch(python)) {
-    const r = spawnSync(python, [join(REPO, 'bench', 'gpu_hf.py'), '--work', work, '--shapes', shapes.join(','), '--prompt', String(prompt), '--decode', String(decode), '--runs', String(runs), '--json', hfJson], {
+    const r = spawnSync(python, [join(REPO, 'bench', 'gpu_hf.py'), '--work', work, '--shapes', shapes.join(','), '--prompt', String(prompt), ...(lengths.length ? ['--prompts', lengths.join(',')] : []), '--decode', String(decode), '--runs', String(runs), '--json', hfJson], {
       stdio: ['ignore', 'ignore', 'inherit'],
       env: { ...process.env, PYTHONUNBUFFERED: '1' },
     });
@@ -438,12 +492,13 @@ async function main(argv: string[]): Promise<void> {
     const tapLayers = SMALL.has(shape) ? [Math.floor(L / 4), Math.floor(L / 2), Math.floor((3 * L) / 4)] : null;
     // The monitor's cost is measured on the path serving takes (the first of --greedy-path).
     const configs: Config[] = variants.flatMap((v) => {
-      const options = { ...webgpuInt4, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act, ...(v.chunk ? { prefillChunk: v.chunk } : {}) };
-      const tapped = tapLayers && v.returnLogits === paths[0] && !v.chunk;
+      const options = { ...webgpuInt4, precision: v.weights, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act, ...(v.chunk ? { prefillChunk: v.chunk } : {}) };
+      const tapped = tapLayers && v.weights === 'int4' && v.returnLogits === paths[0] && !v.chunk;
       return [{ options, taps: [], returnLogits: v.returnLogits }, ...(tapped ? [{ options: { ...options, taps: tapLayers }, taps: tapLayers, returnLogits: v.returnLogits }] : [])];
     });
-    const measured = await measure(dir, configs, { prompt, decode, runs });
+    const measured = await measure(dir, configs, { prompt, decode, runs, prompts: lengths });
     const h = hf?.shapes[shape];
+    for (const n of lengths) summary[`prefill_tok_s_hf_eager_bf16_${k}_p${n}`] = h?.prefill_tok_s_by_prompt?.[n] ? round(h.prefill_tok_s_by_prompt[n], 1) : null;
     summary[`decode_tok_s_hf_eager_bf16_${k}`] = h ? round(h.decode_tok_s, 2) : null;
     summary[`prefill_tok_s_hf_eager_bf16_${k}`] = h ? round(h.prefill_tok_s, 1) : null;
     summary[`bandwidth_limit_tok_s_hf_eager_bf16_${k}`] = h ? limit(h.weight_bytes_per_token) : null;
@@ -451,25 +506,34 @@ async function main(argv: string[]): Promise<void> {
     const byVariant = new Map<string, (typeof measured)[number]>();
     for (const v of variants) {
       const gpu = measured[at++];
-      byVariant.set(v.suffix, gpu);
-      const tapped = tapLayers && v.returnLogits === paths[0] && !v.chunk ? measured[at++] : undefined;
+      byVariant.set(`${v.weights}${v.suffix}`, gpu);
+      const tapped = tapLayers && v.weights === 'int4' && v.returnLogits === paths[0] && !v.chunk ? measured[at++] : undefined;
       const x = v.suffix;
-      log(`${shape} webgpu int4 ${v.label}: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
-      summary[`decode_tok_s_webgpu_int4${x}_${k}`] = gpu.decode_tok_s;
-      summary[`prefill_tok_s_webgpu_int4${x}_${k}`] = gpu.prefill_tok_s;
+      // webgpu_int4… (the issue's keys) or webgpu_fp16… (fp16 weights).
+      const w = v.weights;
+      log(`${shape} webgpu ${v.label}: prefill ${gpu.prefill_tok_s} tok/s, decode ${gpu.decode_tok_s} tok/s (runs ${gpu.decode_tok_s_runs.join(', ')}; build ${gpu.build_s} s, load ${gpu.load_s} s)`);
+      summary[`decode_tok_s_webgpu_${w}${x}_${k}`] = gpu.decode_tok_s;
+      summary[`prefill_tok_s_webgpu_${w}${x}_${k}`] = gpu.prefill_tok_s;
       const lim = limit(gpu.weight_bytes_per_token);
-      summary[`bandwidth_limit_tok_s_webgpu_int4${x}_${k}`] = lim;
-      summary[`decode_pct_of_limit_webgpu_int4${x}_${k}`] = lim === null ? null : round((100 * gpu.decode_tok_s) / lim, 1);
-      summary[`decode_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
-      summary[`prefill_speedup_webgpu_int4${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.prefill_tok_s / h.prefill_tok_s, 2) : null;
-      details[`webgpu_int4${x}_${k}`] = kept(gpu);
-      const onePass = v.chunk ? byVariant.get(x.replace(`_chunk${v.chunk}`, '')) : undefined;
+      summary[`bandwidth_limit_tok_s_webgpu_${w}${x}_${k}`] = lim;
+      summary[`decode_pct_of_limit_webgpu_${w}${x}_${k}`] = lim === null ? null : round((100 * gpu.decode_tok_s) / lim, 1);
+      summary[`decode_speedup_webgpu_${w}${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.decode_tok_s / h.decode_tok_s, 2) : null;
+      summary[`prefill_speedup_webgpu_${w}${x}_vs_hf_eager_bf16_${k}`] = h ? round(gpu.prefill_tok_s / h.prefill_tok_s, 2) : null;
+      details[`webgpu_${w}${x}_${k}`] = kept(gpu);
+      for (const n of lengths) {
+        const mine = gpu.prefill_tok_s_by_prompt?.[n] ?? null;
+        const theirs = h?.prefill_tok_s_by_prompt?.[n];
+        summary[`prefill_tok_s_webgpu_${w}${x}_${k}_p${n}`] = mine;
+        summary[`prefill_speedup_webgpu_${w}${x}_vs_hf_eager_bf16_${k}_p${n}`] = mine !== null && theirs ? round(mine / theirs, 2) : null;
+      }
+      if (lengths.length) log(`${shape} webgpu ${v.label}: prefill by prompt length ${lengths.map((n) => `${n}: ${gpu.prefill_tok_s_by_prompt?.[n]}`).join(', ')} tok/s`);
+      const onePass = v.chunk ? byVariant.get(`${w}${x.replace(`_chunk${v.chunk}`, '')}`) : undefined;
       if (onePass) {
         const n = Math.min(32, gpu.ids.length, onePass.ids.length);
         const gap = logitsGap(gpu.firstLogits, onePass.firstLogits);
-        summary[`first_logits_max_abs_diff_webgpu_int4${x}_vs_one_pass_${k}`] = round(gap.maxAbsDiff, 6);
-        summary[`greedy_prefix_webgpu_int4${x}_vs_one_pass_${k}`] = commonPrefix(gpu.ids.slice(0, n), onePass.ids.slice(0, n));
-        log(`${shape} ${v.label} vs one prompt pass: first logits max |diff| ${gap.maxAbsDiff.toExponential(2)}, ${summary[`greedy_prefix_webgpu_int4${x}_vs_one_pass_${k}`]} of ${n} leading tokens agree`);
+        summary[`first_logits_max_abs_diff_webgpu_${w}${x}_vs_one_pass_${k}`] = round(gap.maxAbsDiff, 6);
+        summary[`greedy_prefix_webgpu_${w}${x}_vs_one_pass_${k}`] = commonPrefix(gpu.ids.slice(0, n), onePass.ids.slice(0, n));
+        log(`${shape} ${v.label} vs one prompt pass: first logits max |diff| ${gap.maxAbsDiff.toExponential(2)}, ${summary[`greedy_prefix_webgpu_${w}${x}_vs_one_pass_${k}`]} of ${n} leading tokens agree`);
       }
       if (tapped && tapLayers) {
         log(`${shape} webgpu int4 ${v.label} with taps ${tapLayers.join(',')}: decode ${tapped.decode_tok_s} tok/s (runs ${tapped.decode_tok_s_runs.join(', ')})`);
@@ -483,12 +547,12 @@ async function main(argv: string[]): Promise<void> {
     if (a.has('profile')) {
       // Each engine of one build (level P/D splits have two sessions) on the serving path, under the profiler.
       for (const v of variants.filter((w) => w.level.prefill === w.level.decode && w.returnLogits === paths[0] && !w.chunk)) {
-        const options = { ...webgpuInt4, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act };
-        const p = await profileRun(dir, options, join(work, `profile-${shape}${v.suffix || '_default'}`), prompt);
+        const options = { ...webgpuInt4, precision: v.weights, accuracyLevel: v.level.prefill, decodeAccuracyLevel: v.level.decode, activations: v.act, prefillChunk: Math.max(512, profilePrompt) };
+        const p = await profileRun(dir, options, join(work, `profile-${shape}-${v.weights}${v.suffix || '_default'}`), profilePrompt);
         const top = (ops: { op: string; us_per_step: number }[]) => ops.slice(0, 6).map((o) => `${o.op} ${o.us_per_step}`).join(', ');
         log(`${shape} profile (${v.label}): decode ${p.decode.wall_us_per_step} us per step, ${p.decode.pass_us_per_step} in onnxruntime's pass, ${p.decode.kernel_us_per_step} in ${p.decode.nodes_per_step} kernels: ${top(p.decode.ops)}`);
         log(`${shape} profile (${v.label}): prompt pass ${p.prefill.pass_us} us, kernels (host) ${p.prefill.kernel_us}: ${top(p.prefill.ops)}; GPU programs ${p.prefill.gpu_us ?? 'n/a'} us: ${top(p.prefill.gpu_programs)}`);
-        details[`profile_webgpu_int4${v.suffix}_${k}`] = p;
+        details[`profile_webgpu_${v.weights}${v.suffix}_${k}`] = p;
         save();
       }
     }
@@ -499,7 +563,7 @@ async function main(argv: string[]): Promise<void> {
       // (one build for prompt and decode), against the webgpu engines at that level on the serving
       // path. At level 4 both providers quantize activations to int8, each its own way; at level 0
       // both dequantize the weights and multiply in fp32 (the webgpu fp16 engines in fp16).
-      const compared = variants.filter((v) => v.level.prefill === v.level.decode && v.returnLogits === paths[0]);
+      const compared = variants.filter((v) => v.weights === 'int4' && v.level.prefill === v.level.decode && v.returnLogits === paths[0]);
       const cpuLevels = [...new Set(compared.map((v) => v.level.prefill))];
       const threads = availableParallelism();
       // The logits row every step: each step's top-2 margin (how near a tie the reference's choice was).
@@ -515,7 +579,7 @@ async function main(argv: string[]): Promise<void> {
         summary[`first_logits_top2_margin_cpu_int4_acc${level}`] = round(cpu.margins[0], 4);
         details[`cpu_int4_acc${level}_${k}`] = { ...kept(cpu), top2_margins: cpu.margins.map((m) => round(m, 4)) };
         for (const v of compared.filter((w) => w.level.prefill === level)) {
-          const gpu = byVariant.get(v.suffix)!;
+          const gpu = byVariant.get(`int4${v.suffix}`)!;
           const x = v.suffix;
           const n = Math.min(32, gpu.ids.length, cpu.ids.length);
           const prefix = commonPrefix(gpu.ids.slice(0, n), cpu.ids.slice(0, n));

@@ -5,8 +5,10 @@ seed 0), saved with save_pretrained (bf16 safetensors) for the engine to build f
 `generate` timings on the GPU: prefill (one forward over the prompt) and greedy decode (generate of
 N+1 tokens minus generate of 1, over N). Also the card's memory bandwidth (device-to-device copy,
 bytes read + written). Prints one JSON object on the last line of stdout, and writes it to --json.
+--prompts: prefill alone at more prompt lengths too (one forward each with the last position's logits
+only, as the engine's prompt pass; medians; prefill_tok_s_by_prompt).
 
-  python3 bench/gpu_hf.py --work /tmp/lw-gpu --shapes 0.5b,7b [--prompt 128] [--decode 64] --json FILE
+  python3 bench/gpu_hf.py --work /tmp/lw-gpu --shapes 0.5b,7b [--prompt 128] [--prompts 128,512,2048] [--decode 64] --json FILE
 """
 import argparse
 import json
@@ -50,7 +52,7 @@ def timed(fn) -> float:
 
 
 @torch.inference_mode()
-def bench(model: Qwen2ForCausalLM, prompt: int, decode: int, runs: int) -> dict:
+def bench(model: Qwen2ForCausalLM, prompt: int, decode: int, runs: int, prompts: list[int]) -> dict:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=g).cuda()
     gen = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
@@ -63,11 +65,21 @@ def bench(model: Qwen2ForCausalLM, prompt: int, decode: int, runs: int) -> dict:
         decode_s.append((full - one) / decode)
     prefill.sort()
     decode_s.sort()
+    # Prefill alone at each length: a warm-up forward (kernels for the shape), then `runs` timed ones.
+    # Logits of the last position only, as generate's prompt pass and the engine's (the plain
+    # prefill_tok_s above computes them at every position: 2.2 TFLOP more at 2048 tokens on 7B).
+    by_prompt = {}
+    for n in prompts:
+        long_ids = torch.randint(0, model.config.vocab_size, (1, n), generator=g).cuda()
+        model(long_ids, logits_to_keep=1)
+        t = sorted(timed(lambda: model(long_ids, logits_to_keep=1)) for _ in range(runs))
+        by_prompt[str(n)] = n / t[len(t) // 2]
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     if model.config.tie_word_embeddings:
         weight_bytes += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     return {
         "prefill_tok_s": prompt / prefill[len(prefill) // 2],
+        "prefill_tok_s_by_prompt": by_prompt,
         "decode_tok_s": 1 / decode_s[len(decode_s) // 2],
         "weight_bytes_per_token": weight_bytes,
         "runs": runs,
@@ -90,6 +102,7 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     ap.add_argument("--shapes", default="0.5b,7b")
     ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--prompts", default="", help="comma-separated prompt lengths timed for prefill alone")
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", required=True)
@@ -107,10 +120,11 @@ def main() -> None:
     # Every checkpoint first (a caller may build from them meanwhile), then the timings.
     models = {name: checkpoint(a.work, name) for name in a.shapes.split(",")}
     for name, (path, model) in models.items():
-        r = bench(model, a.prompt, a.decode, a.runs)
+        r = bench(model, a.prompt, a.decode, a.runs, [int(n) for n in a.prompts.split(",") if n])
         r["checkpoint"] = path
         out["shapes"][name] = r
-        print(f"gpu_hf: {name} eager bf16 prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} tok/s", flush=True)
+        by = ", ".join(f"{n}: {v:.0f}" for n, v in r["prefill_tok_s_by_prompt"].items())
+        print(f"gpu_hf: {name} eager bf16 prefill {r['prefill_tok_s']:.0f} tok/s ({by}), decode {r['decode_tok_s']:.1f} tok/s", flush=True)
         del model
         models[name] = None
         torch.cuda.empty_cache()

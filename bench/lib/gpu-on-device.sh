@@ -11,7 +11,12 @@
 # fp32/fp16 activations) in the background in their own sessions (they outlive the call: the next
 # call, within the machine's 30 s idle time, finds them), 0.5B measured. Phase B: 7B measured, merged
 # with A's report. Phase C: 0.5B alone on a quiet host. Phase D: the default engine's monitor cost,
-# 15 rounds. Reports and a tgz of logs and profiles go to $OUT. Smoke-test here first: S05=smoke S7=smoke with a ready hf.json in the work folder.
+# 15 rounds. Phases P1 and P2 (issue 14's prefill goal; two calls on one machine, P2 within its idle
+# time): P1 makes the checkpoints, times transformers at prompts of 128/512/2048 tokens, starts the
+# 7B builds (int4 at fp16 and fp32 activations, fp16 weights) in their own sessions, measures 0.5B
+# meanwhile, then 7B int4 with prompt passes of up to 512 (the engine's default) and 2048 tokens
+# and profiles at 512; P2 waits for the fp16-weight build and measures it beside the default engine.
+# Reports and a tgz of logs and profiles go to $OUT. Smoke-test here first: S05=smoke S7=smoke with a ready hf.json in the work folder.
 set -u
 phase=$1
 R=$(pwd)
@@ -55,7 +60,43 @@ checkpoints() { # $1: shapes; builds start once the 7B checkpoint is on disk
 }
 pack() { cp $W/gpu-*.json $OUT/ 2>/dev/null; tar czf $OUT/logs-$phase.tgz -C $W logs $(cd $W && ls profile-*.json 2>/dev/null); ls -la $OUT; }
 
-if [ "$phase" = A ]; then
+PR=${PR:-128,512,2048}
+# One build per background process: $1 weights, $2 activations (accuracy level 4).
+build7b() {
+  [ -e $L/build-7b-$1-$2.rc ] && return
+  setsid nohup bash -c "$B --shapes $S7 --build-only --weights $1 --accuracy-levels 4 --activations $2 > $L/build-7b-$1-$2.log 2>&1; echo \$? > $L/build-7b-$1-$2.rc" >/dev/null 2>&1 < /dev/null &
+}
+waitfor() { # $1: files that must exist, $2: seconds since the phase began
+  while ! ls $1 >/dev/null 2>&1 && [ $(el) -lt $2 ]; do sleep 3; done
+}
+show() { grep -v '^  "' $1 | grep -v Deprecation | tail -${2:-40}; }
+p1() {
+  python3 bench/gpu_hf.py --work $W --shapes $S05,$S7 --prompts $PR --json $W/hf.json > $L/hf.log 2>&1 &
+  HF=$!
+  while [ ! -e $W/qwen2.5-$S7-random.done ] && kill -0 $HF 2>/dev/null; do sleep 2; done
+  echo "7b checkpoint at $(el) s"; build7b int4 fp16; build7b int4 fp32; build7b fp16 fp16
+  wait $HF; echo "gpu_hf rc $? at $(el) s"; grep -v Writing $L/hf.log
+  # 0.5B while the 7B builds run (3 of the 16 cores): noisier, as phase A's was.
+  $B --shapes $S05 --weights int4,fp16 --accuracy-levels 4 --activations fp16,fp32 --prompts $PR --prefill-chunks 2048 --out $W/gpu-$D-prefill-0.5b.json > $L/bench-0.5b.log 2>&1
+  echo "0.5b rc $? at $(el) s"; show $L/bench-0.5b.log 30
+  waitfor "$L/build-7b-int4-fp16.rc $L/build-7b-int4-fp32.rc" 400
+  echo "int4 builds at $(el) s: $(cat $L/build-7b-int4-*.rc | tr '\n' ' ')"; tail -qn 1 $L/build-7b-*.log
+  $B --shapes $S7 --weights int4 --accuracy-levels 4 --activations fp16,fp32 --prompts $PR --prefill-chunks 2048 --profile --profile-prompt 512 --merge $W/gpu-$D-prefill-0.5b.json --out $W/gpu-$D-prefill.json > $L/bench-7b.log 2>&1
+  echo "7b rc $? at $(el) s"; show $L/bench-7b.log 30
+}
+p2() {
+  waitfor $L/build-7b-fp16-fp16.rc $1
+  echo "fp16-weight build at $(el) s: rc $(cat $L/build-7b-fp16-fp16.rc 2>/dev/null)"; tail -n 2 $L/build-7b-fp16-fp16.log
+  $B --shapes $S7 --weights int4,fp16 --accuracy-levels 4 --activations fp16 --prompts $PR --prefill-chunks 2048 --profile --profile-prompt 512 --merge $W/gpu-$D-prefill.json --out $W/gpu-$D-prefill-fp16w.json > $L/bench-7b-fp16w.log 2>&1
+  echo "7b fp16 weights rc $? at $(el) s"; show $L/bench-7b-fp16w.log 30
+}
+if [ "$phase" = P ]; then
+  # One call: P1, its files to $OUT, then P2 where enough of the call's 600 s is left.
+  p1; pack
+  if [ $(el) -lt 400 ]; then p2 430; pack; else echo "P2 left for the next call at $(el) s"; fi
+elif [ "$phase" = P2 ]; then
+  p2 300; pack
+elif [ "$phase" = A ]; then
   checkpoints $S05,$S7
   $B --shapes $S05 --accuracy-levels 4,0 --activations fp32,fp16 --greedy-path both --profile --chunk-check 16 --out $W/gpu-$D-0.5b.json > $L/bench-0.5b.log 2>&1
   echo "0.5b rc $? at $(el) s"; grep -v '^  "' $L/bench-0.5b.log | grep -v Deprecation | tail -40
