@@ -58,8 +58,12 @@ export interface ReplicasBench {
   };
   /** The same three replicas with traffic on A only (the single node's load): the NATS hop without three engines sharing the cores. */
   oneRaising: { alerts: number; latency: Latency; sameReplica: Latency; crossReplica: Latency; missing: number; duplicates: number };
+  /** The three replicas again with every forward pass on the event loop (`--no-engine-thread`), traffic on all. */
+  eventLoopEngine: { alerts: number; latency: Latency; sameReplica: Latency; crossReplica: Latency; missing: number; duplicates: number; alertsCounted: number; alertsRaised: number };
   /** p99 three replicas on NATS / p99 one node on SQLite, same run. */
   p99Ratio: number;
+  /** p99 with passes on the event loop / p99 with the engine's own thread (three replicas, traffic on all), same run. */
+  p99RatioEventLoop: number;
   /** p99 three replicas, traffic on A only / p99 one node. */
   p99RatioOneRaising: number;
   /** The bench's wall clock − monotonic epoch clock (ms); receipts and forwardAtUs are both corrected to the wall clock (lib/clients.ts wallOffsetUs). */
@@ -155,47 +159,65 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
 
     // ---- three replicas on one JetStream stream, 100 subscribers spread over them ----
     nats = await startNats();
-    log(`three daemons on ${nats.url}, ${SUBSCRIBERS} subscribers spread over them`);
+    const natsUrl = nats.url;
     const names = ['A', 'B', 'C'];
-    for (const name of names) daemons.push(await spawnDaemonProcess({ argv: [...base, '--nats', nats.url, '--replica', name, '--state-dir', join(root, name)], env }));
-    for (let k = 0; k < names.length; k++) fleets.push(await startSubscriberFleet(daemons[k].url, Math.floor(SUBSCRIBERS / names.length) + (k < SUBSCRIBERS % names.length ? 1 : 0), { key: ADMIN_KEY, workers: 2 }));
-    let warmup = 0;
-    for (const d of daemons) for (let i = 0; i < 2; i++) warmup += (await injectedIds(d, set, model, i)).length;
-    const offsets = daemons.map(clockOffsetOf);
-    /** Traffic on `raising` (indexes into daemons) at once, one request at a time on each; every receipt's latency, split by where it arrived. */
-    const round3 = async (raising: readonly number[]) => {
-      const raisedBy = new Map<number, number>();
-      await Promise.all(
-        raising.map(async (k) => {
-          for (let i = 0; i < requests; i++) for (const id of await injectedIds(daemons[k], set, model, i)) raisedBy.set(id, k);
-        }),
-      );
-      const ids = [...raisedBy.keys()].sort((x, y) => x - y);
-      const perFleet = await Promise.all(fleets.map(async (f) => (await collectAll([f], ids)).map((s) => ({ ...s }))));
-      const all: number[] = [];
-      const same: number[] = [];
-      const cross: number[] = [];
-      perFleet.forEach((subs, k) => {
-        for (const s of subs) {
-          for (const a of s.alerts) {
-            const by = raisedBy.get(a.id);
-            if (by === undefined || a.forwardAtUs === undefined) continue;
-            const ms = (a.receivedWallUs - (a.forwardAtUs + offsets[by])) / 1000;
-            all.push(ms);
-            (by === k ? same : cross).push(ms);
+    /** Three replicas (extra flags `extra`), their subscribers, traffic on all and then (`alsoOnlyA`) on A only; stopped after. */
+    const threeReplicas = async (label: string, extra: readonly string[], alsoOnlyA: boolean) => {
+      log(`three daemons on ${natsUrl} (${label}), ${SUBSCRIBERS} subscribers spread over them`);
+      for (const name of names) daemons.push(await spawnDaemonProcess({ argv: [...base, ...extra, '--nats', natsUrl, '--replica', name, '--state-dir', join(root, `${label}-${name}`)], env }));
+      for (let k = 0; k < names.length; k++) fleets.push(await startSubscriberFleet(daemons[k].url, Math.floor(SUBSCRIBERS / names.length) + (k < SUBSCRIBERS % names.length ? 1 : 0), { key: ADMIN_KEY, workers: 2 }));
+      let warmup = 0;
+      for (const d of daemons) for (let i = 0; i < 2; i++) warmup += (await injectedIds(d, set, model, i)).length;
+      const offsets = daemons.map(clockOffsetOf);
+      /** Traffic on `raising` (indexes into daemons) at once, one request at a time on each; every receipt's latency, split by where it arrived. */
+      const round3 = async (raising: readonly number[]) => {
+        const raisedBy = new Map<number, number>();
+        await Promise.all(
+          raising.map(async (k) => {
+            for (let i = 0; i < requests; i++) for (const id of await injectedIds(daemons[k], set, model, i)) raisedBy.set(id, k);
+          }),
+        );
+        const ids = [...raisedBy.keys()].sort((x, y) => x - y);
+        const perFleet = await Promise.all(fleets.map(async (f) => (await collectAll([f], ids)).map((s) => ({ ...s }))));
+        const all: number[] = [];
+        const same: number[] = [];
+        const cross: number[] = [];
+        perFleet.forEach((subs, k) => {
+          for (const s of subs) {
+            for (const a of s.alerts) {
+              const by = raisedBy.get(a.id);
+              if (by === undefined || a.forwardAtUs === undefined) continue;
+              const ms = (a.receivedWallUs - (a.forwardAtUs + offsets[by])) / 1000;
+              all.push(ms);
+              (by === k ? same : cross).push(ms);
+            }
           }
-        }
-      });
-      return { ids, perFleet, all, same, cross };
+        });
+        return { ids, perFleet, all, same, cross };
+      };
+      const every = await round3(daemons.map((_, k) => k));
+      const counted = (await Promise.all(daemons.map(alertsCounted))).reduce((x, y) => x + y, 0);
+      const result = { count: names.length, alerts: every.ids.length, latency: latency(every.all), sameReplica: latency(every.same), crossReplica: latency(every.cross), ...delivery(every.perFleet.flat(), every.ids), alertsCounted: counted, alertsRaised: every.ids.length + warmup };
+      // The same path with a third of the compute: traffic on A only (the single node's load), so
+      // what the NATS hop costs shows apart from three engines sharing the cores.
+      let onlyA: Awaited<ReturnType<typeof round3>> | undefined;
+      if (alsoOnlyA) {
+        log('traffic on replica A only');
+        onlyA = await round3([0]);
+      }
+      const oneRaising = onlyA && { alerts: onlyA.ids.length, latency: latency(onlyA.all), sameReplica: latency(onlyA.same), crossReplica: latency(onlyA.cross), ...delivery(onlyA.perFleet.flat(), onlyA.ids) };
+      for (const f of fleets.splice(0)) await f.close();
+      for (const d of daemons.splice(0)) await d.stop();
+      return { result, oneRaising, offsets };
     };
-    const every = await round3(daemons.map((_, k) => k));
-    const counted = (await Promise.all(daemons.map(alertsCounted))).reduce((x, y) => x + y, 0);
-    const replicas = { count: names.length, alerts: every.ids.length, latency: latency(every.all), sameReplica: latency(every.same), crossReplica: latency(every.cross), ...delivery(every.perFleet.flat(), every.ids), alertsCounted: counted, alertsRaised: every.ids.length + warmup };
-    // The same path with a third of the compute: traffic on A only (the single node's load), so
-    // what the NATS hop costs shows apart from three engines sharing the cores.
-    log('traffic on replica A only');
-    const onlyA = await round3([0]);
-    const oneRaising = { alerts: onlyA.ids.length, latency: latency(onlyA.all), sameReplica: latency(onlyA.same), crossReplica: latency(onlyA.cross), ...delivery(onlyA.perFleet.flat(), onlyA.ids) };
+    const shipped = await threeReplicas('engine-thread', [], true);
+    // The same with every forward pass on the event loop (as before the engine had a thread of its
+    // own): what a pass holding the loop costs the other replicas' alerts.
+    const onLoop = await threeReplicas('event-loop', ['--no-engine-thread'], false);
+    const replicas = shipped.result;
+    const oneRaising = shipped.oneRaising!;
+    const offsets = shipped.offsets;
+    const { count: _count, ...eventLoop } = onLoop.result;
     const clockCheckMs = round(processWallOffsetUs() / 1000, 3);
     return {
       machine: describeMachine(),
@@ -205,7 +227,9 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
       single: singleResult,
       replicas,
       oneRaising,
+      eventLoopEngine: eventLoop,
       p99Ratio: round(replicas.latency.p99Ms / singleResult.latency.p99Ms, 2),
+      p99RatioEventLoop: round(eventLoop.latency.p99Ms / replicas.latency.p99Ms, 2),
       p99RatioOneRaising: round(oneRaising.latency.p99Ms / singleResult.latency.p99Ms, 2),
       daemonClockOffsetsMs: { single: round(singleOffsetUs / 1000, 3), replicas: offsets.map((x) => round(x / 1000, 3)) },
       clockCheckMs,
@@ -237,14 +261,17 @@ export function replicasBenchMarkdown(r: ReplicasBench): string {
         row(`${r.replicas.count} daemons on one JetStream stream, traffic on A only`, r.oneRaising.latency, r.oneRaising.alerts, r.oneRaising.missing, r.oneRaising.duplicates),
         row('… receipts on A', r.oneRaising.sameReplica, r.oneRaising.alerts, '', ''),
         row('… receipts on B and C', r.oneRaising.crossReplica, r.oneRaising.alerts, '', ''),
+        row(`${r.replicas.count} daemons, traffic on all, forward passes on the event loop (--no-engine-thread)`, r.eventLoopEngine.latency, r.eventLoopEngine.alerts, r.eventLoopEngine.missing, r.eventLoopEngine.duplicates),
+        row('… receipts on the raising replica', r.eventLoopEngine.sameReplica, r.eventLoopEngine.alerts, '', ''),
+        row('… receipts on another replica', r.eventLoopEngine.crossReplica, r.eventLoopEngine.alerts, '', ''),
       ],
     ),
     '',
-    `p99 ratio (3 replicas on NATS / 1 node on SQLite, same run): **${r.p99Ratio}**; with traffic on A only: **${r.p99RatioOneRaising}**.`,
+    `p99 ratio (3 replicas on NATS / 1 node on SQLite, same run): **${r.p99Ratio}**; with traffic on A only: **${r.p99RatioOneRaising}**; forward passes on the event loop / on the engine's thread (3 replicas, traffic on all): **${r.p99RatioEventLoop}**.`,
     '',
     `Clocks: each process's and subscriber thread's monotonic epoch clock (forwardAtUs, receipt) differs from the wall clock by a few ms; both ends are corrected to it (bench ${r.clockCheckMs} ms, daemons ${r.daemonClockOffsetsMs.single} / ${r.daemonClockOffsetsMs.replicas.join(', ')} ms).`,
     '',
-    `Sum of latentwatch_alerts_total over the replicas: ${r.replicas.alertsCounted}; alerts raised (measured + warm-up): ${r.replicas.alertsRaised}.`,
+    `Sum of latentwatch_alerts_total over the replicas: ${r.replicas.alertsCounted}; alerts raised (measured + warm-up): ${r.replicas.alertsRaised} (event-loop run: ${r.eventLoopEngine.alertsCounted} / ${r.eventLoopEngine.alertsRaised}).`,
     '',
     `Total ${r.seconds} s.`,
   ].join('\n');

@@ -57,6 +57,15 @@ describe('daemon config', () => {
     expect(ruleForProbe(config, 'other', 0.7).severity).toBe('warning');
   });
 
+  it('engineThread: on by default, off by env or flag, the flag winning', () => {
+    expect(loadConfig({ cwd: '/work', env: {}, argv: [] }).config.engineThread).toBe(true);
+    expect(loadConfig({ cwd: '/work', env: { LATENTWATCH_ENGINE_THREAD: '0' }, argv: [] }).config.engineThread).toBe(false);
+    expect(loadConfig({ cwd: '/work', env: {}, argv: ['--no-engine-thread'] }).config.engineThread).toBe(false);
+    const flagged = loadConfig({ cwd: '/work', env: { LATENTWATCH_ENGINE_THREAD: '0' }, argv: ['--engine-thread'] });
+    expect(flagged.config.engineThread).toBe(true);
+    expect(flagged.sources.get('/engineThread')).toBe('flag --engine-thread');
+  });
+
   it('spinning: off by default, on by env or flag, the flag winning, type-checked', () => {
     expect(loadConfig({ cwd: '/work', env: {}, argv: [] }).config.spinning).toBe(false);
     expect(loadConfig({ cwd: '/work', env: { LATENTWATCH_SPINNING: '1' }, argv: [] }).config.spinning).toBe(true);

@@ -97,6 +97,11 @@ export const CONFIG_SCHEMA = closedObject(
      * alert p99 with 100 subscribers 8.6 ms instead of 12–14 ms, at up to ~10% single-stream speed.
      */
     spinning: Type.Boolean(),
+    /**
+     * Whether forward passes on the cpu provider run on a thread of their own (default on): the event
+     * loop then streams, fans alerts out and answers health checks while a pass runs (engine/session-worker.ts).
+     */
+    engineThread: Type.Boolean(),
     /** Name answered in /v1/models and matched against `model` in requests; null = derived from the model. */
     servedModelName: nullable(Type.String({ minLength: 1, maxLength: 256 })),
     /** `*.probe.json` files to load. */
@@ -286,6 +291,7 @@ export const DEFAULTS: DeepReadonly<Omit<DaemonConfig, 'host'>> = deepFreeze({
   activations: 'auto',
   threads: 0,
   spinning: false,
+  engineThread: true,
   servedModelName: null,
   probes: [],
   port: 8000,
@@ -344,6 +350,7 @@ export const ENV_VARS: Readonly<Record<string, { pointer: string; kind: ValueKin
   LATENTWATCH_ACTIVATIONS: { pointer: '/activations', kind: 'string' },
   LATENTWATCH_THREADS: { pointer: '/threads', kind: 'int' },
   LATENTWATCH_SPINNING: { pointer: '/spinning', kind: 'bool' },
+  LATENTWATCH_ENGINE_THREAD: { pointer: '/engineThread', kind: 'bool' },
   LATENTWATCH_SERVED_MODEL_NAME: { pointer: '/servedModelName', kind: 'string' },
   LATENTWATCH_PROBES: { pointer: '/probes', kind: 'paths' },
   LATENTWATCH_HOST: { pointer: '/host', kind: 'string' },
@@ -401,6 +408,7 @@ export const FLAGS: Readonly<Record<string, { pointer: string; kind: ValueKind; 
     activations: { pointer: '/activations', kind: 'string', help: 'auto|fp32|fp16: fp16 activations on provider webgpu (a device with shader-f16); auto: fp16 there for int4/int8/fp16 weights, else fp32' },
     threads: { pointer: '/threads', kind: 'int', help: 'onnxruntime intra-op threads (0: one per core)' },
     spinning: { pointer: '/spinning', kind: 'bool', help: 'idle onnxruntime threads spin-wait between passes (default off)' },
+    'engine-thread': { pointer: '/engineThread', kind: 'bool', help: 'cpu forward passes run on a thread of their own, off the event loop (default on)' },
     'served-model-name': { pointer: '/servedModelName', kind: 'string', help: 'model name answered by the API' },
     probe: { pointer: '/probes', kind: 'path', repeat: true, help: '*.probe.json file (repeatable)' },
     host: { pointer: '/host', kind: 'string', help: 'listen address (127.0.0.1 unless an API key is set)' },

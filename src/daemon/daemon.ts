@@ -77,6 +77,7 @@ export async function startDaemon(config: FrozenConfig, notices: readonly string
     activations: config.activations === 'auto' ? undefined : config.activations,
     threads: config.threads || undefined,
     spinning: config.spinning,
+    ownThread: config.engineThread,
     taps: [...new Set(probeHooks.map(parseResidPost))],
     ports: config.allowInjection || config.canary.enabled ? 'all' : 'none',
     maxBatch: config.limits.maxConcurrent,

@@ -49,6 +49,7 @@ import { lwError, type ErrorCode, ERRORS } from '../errors.js';
 import { MAX_SINCE_LIMIT, normalise, type Alert, type AlertDraft, type AlertFilter, type AppendResult } from './alert-log.js';
 import type { AlertPage, AlertStore, AlertStoreHealth, AlertTiming, LiveListener, StoredResult } from './alert-store.js';
 import type { CommitObservation, WorkerError, WorkerOptions, WorkerReply, WorkerRequest, WorkerSnapshot } from './alert-log-worker.js';
+import { startWorker } from '../worker.js';
 
 export interface GroupCommitOptions {
   /** SQLite file; ':memory:' for a non-durable log. */
@@ -119,17 +120,8 @@ interface Waiter {
 /** Counters of writers that died: added to the live writer's so that the totals only grow. */
 const COUNTED = ['writes', 'failures', 'dropped', 'commits'] as const;
 
-/**
- * The worker's entry. From dist/ the compiled .js runs as is; from source (tsx, vitest) the worker
- * first registers tsx's loader, which a Worker does not inherit from its parent on Node 20.
- */
-function startWorker(options: WorkerOptions): Worker {
-  const here = import.meta.url;
-  const transferList = options.replyPort ? [options.replyPort] : [];
-  if (!here.endsWith('.ts')) return new Worker(new URL('./alert-log-worker.js', here), { workerData: options, transferList });
-  const entry = new URL('./alert-log-worker.ts', here).href;
-  const boot = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(boot, { eval: true, workerData: options, transferList });
+function startWriter(options: WorkerOptions): Worker {
+  return startWorker(import.meta.url, 'alert-log-worker', { workerData: options, transferList: options.replyPort ? [options.replyPort] : [] });
 }
 
 /** A writer and the channel its answers come back on (alert-log-worker.ts WorkerOptions.replyPort). */
@@ -145,7 +137,7 @@ async function launch(base: WorkerOptions): Promise<Writer & { snapshot: WorkerS
   const channel = new MessageChannel();
   const answered = new SharedArrayBuffer(4);
   const options: WorkerOptions = { ...base, replyPort: channel.port2, answered };
-  const worker = startWorker(options);
+  const worker = startWriter(options);
   const early: WorkerReply[] = [];
   const snapshot = await new Promise<WorkerSnapshot>((resolve, reject) => {
     const onMessage = (m: WorkerReply) => {

@@ -143,16 +143,15 @@ export class DecodeBatcher {
     // Logits come back where a row reads them; greedy rows read only their argmax (graph.ts greedy).
     const wantsGreedy = (p: PendingStep) => p.o.logits === 'greedy';
     const wantsLogits = (p: PendingStep) => p.o.logits !== 'greedy' && p.o.logits !== 'none';
-    const fetches: Record<string, Tensor | null> = {};
-    if (batch.some(wantsLogits)) fetches[GRAPH_NAMES.logits] = null;
-    if (batch.some(wantsGreedy)) fetches[GRAPH_NAMES.greedy] = null;
+    const fetches = new Set<string>();
+    if (batch.some(wantsLogits)) fetches.add(GRAPH_NAMES.logits);
+    if (batch.some(wantsGreedy)) fetches.add(GRAPH_NAMES.greedy);
     const dims = [B, c.numKvHeads, this.pool.slotLength, c.headDim];
     for (let l = 0; l < c.numLayers; l++) {
       const v = this.pool.range(l, lo, hi);
       feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(v.keys, dims);
       feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(v.values, dims);
-      fetches[GRAPH_NAMES.newKey(l)] = null;
-      fetches[GRAPH_NAMES.newValue(l)] = null;
+      fetches.add(GRAPH_NAMES.newKey(l)).add(GRAPH_NAMES.newValue(l));
     }
     for (const port of this.ctx.ports) {
       const perRow = batch.map((p) => injectionRows(this.ctx, p.o.injections ?? [], port, p.seq.length, 1, p.o.promptLength ?? p.seq.length + 1).data);
@@ -165,9 +164,9 @@ export class DecodeBatcher {
       }
     }
     const wanted = new Set(batch.flatMap((p) => p.o.taps ?? []));
-    for (const t of wanted) fetches[t] = null;
+    for (const t of wanted) fetches.add(t);
 
-    const out = await this.ctx.session.run(feeds, fetches);
+    const out = await this.ctx.session.run(feeds, [...fetches]);
     // Each row's new key and value go into its slot at its next position (idle rows: nowhere).
     const slotLen = this.pool.slotLength;
     for (let l = 0; l < c.numLayers; l++) {
@@ -181,8 +180,8 @@ export class DecodeBatcher {
     }
     this.stats.passes++;
     this.stats.rows += batch.length;
-    const logits = fetches[GRAPH_NAMES.logits] === null ? tensorData(out[GRAPH_NAMES.logits]) : new Float32Array(0);
-    const greedy = fetches[GRAPH_NAMES.greedy] === null ? tensorData(out[GRAPH_NAMES.greedy]) : new Float32Array(0);
+    const logits = fetches.has(GRAPH_NAMES.logits) ? tensorData(out[GRAPH_NAMES.logits]) : new Float32Array(0);
+    const greedy = fetches.has(GRAPH_NAMES.greedy) ? tensorData(out[GRAPH_NAMES.greedy]) : new Float32Array(0);
     const V = c.vocabSize;
     // Outputs are fresh buffers each pass: a lone row keeps them as they are, no copy.
     const row = (data: Float32Array, r: number, width: number) => (B === 1 ? data : data.slice(r * width, (r + 1) * width));

@@ -27,6 +27,8 @@ export interface EngineOptions extends BuildRequest {
   threads?: number;
   /** Whether idle onnxruntime pool threads spin between passes (default true; see runtime.ts). */
   spinning?: boolean;
+  /** Whether cpu passes run on a thread of their own (default true; runtime.ts SessionOptions.ownThread). */
+  ownThread?: boolean;
   /** The WebGPU provider's validation mode (runtime.ts; default onnxruntime's 'basic'). */
   webgpuValidation?: WebGpuValidation;
   /**
@@ -128,6 +130,7 @@ export class Engine implements GraphContext {
         provider: o.provider,
         threads: o.threads ?? availableParallelism(),
         spinning: o.spinning,
+        ownThread: o.ownThread,
         webgpuValidation: o.webgpuValidation,
         profilePrefix: o.profilePrefix,
         deviceOutputs: deviceKv ? deviceKvOutputs(checkpoint.config) : undefined,

@@ -8,9 +8,12 @@
  * length, not the positions in use, so buffers start small and double as sequences need room,
  * copying what they hold. The cost is amortised: a sequence of n tokens is copied O(log n) times.
  * Passes only read these buffers (the cache is a graph input); the engine writes each pass's new
- * keys and values in afterwards (sequence.ts storeNew).
+ * keys and values in afterwards (sequence.ts storeNew). A pass on the session's own thread borrows
+ * the buffers for its duration (wire-tensor.ts lendableFloats): views taken before a pass are not
+ * valid after it, so every use asks for its view anew.
  */
 import type { ModelConfig } from '../model/config.js';
+import { lendableFloats } from './wire-tensor.js';
 
 const INITIAL_SLOT_LENGTH = 256;
 
@@ -59,8 +62,8 @@ export class KvPool {
     this.values = [];
     if (this.slots === 0) return;
     for (let l = 0; l < this.config.numLayers; l++) {
-      this.keys.push(new Float32Array(this.slots * this.slotFloats));
-      this.values.push(new Float32Array(this.slots * this.slotFloats));
+      this.keys.push(lendableFloats(this.slots * this.slotFloats, (moved) => (this.keys[l] = moved)));
+      this.values.push(lendableFloats(this.slots * this.slotFloats, (moved) => (this.values[l] = moved)));
     }
   }
 

@@ -1,6 +1,7 @@
 /**
- * The one module that imports onnxruntime-node (DESIGN.md: one file owns the runtime).
- * Everything else asks it for sessions and tensors.
+ * The runtime: the one place that imports onnxruntime-node (DESIGN.md: one file owns the runtime),
+ * with its helpers for a session on a thread of its own (session-thread.ts, session-worker.ts,
+ * wire-tensor.ts). Everything else asks it for sessions and tensors.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -8,6 +9,7 @@ import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { lwError } from '../errors.js';
+import { SessionThread } from './session-thread.js';
 
 /**
  * 'webgpu': onnxruntime-node's WebGPU provider (Dawn on Vulkan), inside the npm package; it needs a
@@ -54,6 +56,12 @@ export interface SessionOptions {
   profilePrefix?: string;
   /** onnxruntime logs fatal errors only (a probe whose failure is an answer, not an error). */
   quiet?: boolean;
+  /**
+   * Whether a host-provider session runs its passes on a thread of its own (default true for 'cpu';
+   * session-worker.ts says why). GPU providers run on the calling thread: their device tensors
+   * cannot cross threads.
+   */
+  ownThread?: boolean;
 }
 
 export const WEBGPU_VALIDATION = ['disabled', 'wgpuOnly', 'basic'] as const;
@@ -100,7 +108,7 @@ export function webgpuShaderF16(webgpuValidation?: WebGpuValidation): Promise<bo
     // The validation mode of a process's first WebGPU session holds for all: pass the engine's on.
     const session = await RuntimeSession.load(bytes, { provider: 'webgpu', webgpuValidation, quiet: true });
     try {
-      const y = await session.run({ x: f32Tensor(Float32Array.of(1.5), [1]) }, { y: null });
+      const y = await session.run({ x: f32Tensor(Float32Array.of(1.5), [1]) }, ['y']);
       return tensorData(y.y)[0] === 1.5;
     } catch (e) {
       if ((e as { code?: string }).code === 'LW_ERR_ENGINE_DEVICE_FEATURE_MISSING') return false;
@@ -123,8 +131,27 @@ export function cudaAvailable(): boolean {
   return existsSync(join(pkg, 'bin', 'napi-v6', process.platform, process.arch, 'libonnxruntime_providers_cuda.so'));
 }
 
+/** What RuntimeSession drives: an onnxruntime session on this thread, or one on its own. */
+interface SessionBackend {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null): Promise<Record<string, Tensor>>;
+  endProfiling(): void;
+  release(): Promise<void>;
+}
+
+function localBackend(session: ort.InferenceSession): SessionBackend {
+  return {
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    run: async (feeds, outputs) => (outputs ? await session.run(feeds, outputs) : await session.run(feeds)) as Record<string, Tensor>,
+    endProfiling: () => session.endProfiling(),
+    release: () => session.release(),
+  };
+}
+
 export class RuntimeSession {
-  private constructor(private readonly session: ort.InferenceSession) {}
+  private constructor(private readonly session: SessionBackend) {}
 
   /** Loads a graph file (or its bytes). */
   static async load(modelPath: string | Uint8Array, o: SessionOptions = {}): Promise<RuntimeSession> {
@@ -144,8 +171,9 @@ export class RuntimeSession {
         ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
         ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
       };
+      if (provider === 'cpu' && o.ownThread !== false) return new RuntimeSession(await SessionThread.start({ model: modelPath, options }));
       const session = typeof modelPath === 'string' ? await ort.InferenceSession.create(modelPath, options) : await ort.InferenceSession.create(modelPath, options);
-      return new RuntimeSession(session);
+      return new RuntimeSession(localBackend(session));
     } catch (e) {
       const message = (e as Error).message;
       // Dawn found no Vulkan device (no loader, no driver, or a driver it refuses).
@@ -164,10 +192,10 @@ export class RuntimeSession {
     return this.session.outputNames;
   }
 
-  /** Runs the graph. `outputs` maps each wanted output to a preallocated tensor or null (allocate). */
-  async run(feeds: Record<string, Tensor>, outputs: Record<string, Tensor | null>): Promise<Record<string, Tensor>> {
+  /** Runs the graph; only the outputs named come back (onnxruntime-node copies every fetched output). */
+  async run(feeds: Record<string, Tensor>, outputs: readonly string[]): Promise<Record<string, Tensor>> {
     try {
-      return (await this.session.run(feeds, outputs)) as Record<string, Tensor>;
+      return await this.session.run(feeds, outputs);
     } catch (e) {
       throw runError(e);
     }
@@ -176,7 +204,7 @@ export class RuntimeSession {
   /** Runs the graph and returns every output (each where preferredOutputLocation puts it). */
   async runAll(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
     try {
-      return (await this.session.run(feeds)) as Record<string, Tensor>;
+      return await this.session.run(feeds, null);
     } catch (e) {
       throw runError(e);
     }

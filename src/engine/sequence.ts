@@ -153,14 +153,13 @@ export class Sequence {
     const wanted = [...(mode === 'greedy' ? [GRAPH_NAMES.greedy] : mode === 'none' ? [] : [GRAPH_NAMES.logits]), ...(o.taps ?? [])];
     const r = await this.ctx.exclusive(async () => {
       // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
-      const fetches: Record<string, Tensor | null> = Object.fromEntries(wanted.map((name) => [name, null]));
+      const fetches = [...wanted];
       storage.ensure(total);
       const dims = [1, c.numKvHeads, storage.length, c.headDim];
       for (let l = 0; l < c.numLayers; l++) {
         feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(storage.keys(l), dims);
         feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(storage.values(l), dims);
-        fetches[GRAPH_NAMES.newKey(l)] = null;
-        fetches[GRAPH_NAMES.newValue(l)] = null;
+        fetches.push(GRAPH_NAMES.newKey(l), GRAPH_NAMES.newValue(l));
       }
       const r = await this.ctx.session.run(feeds, fetches);
       // The cache is an input: the pass's new keys and values come back separately and go in here.

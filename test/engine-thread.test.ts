@@ -1,0 +1,86 @@
+/**
+ * Forward passes on the session's own thread (runtime.ts ownThread, session-worker.ts): the event
+ * loop runs while a pass does, the results are those of a session on the calling thread, and the
+ * KV cache lent to each pass comes back (decode after prefill, batched rows, growth past 256).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../src/engine/engine.js';
+import type { GenerateRequest, Step } from '../src/engine/types.js';
+import { residPost } from '../src/hooks.js';
+import { CODE16M, TEST_CACHE, maxAbsDiff } from './helpers.js';
+
+async function collect(engine: Engine, req: GenerateRequest): Promise<Step[]> {
+  const steps: Step[] = [];
+  for await (const s of engine.generate(req)) steps.push(s);
+  return steps;
+}
+const tokens = (steps: Step[]) => steps.filter((s) => s.kind === 'token').map((s) => s.tokenId);
+
+/** Ticks of a 1 ms interval while `pass` runs, and how long it ran. */
+async function ticksDuring(pass: () => Promise<unknown>): Promise<{ ticks: number; ms: number }> {
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  // Let the interval arm before the pass starts.
+  await new Promise((r) => setTimeout(r, 5));
+  ticks = 0;
+  const t0 = performance.now();
+  await pass();
+  const ms = performance.now() - t0;
+  clearInterval(timer);
+  return { ticks, ms };
+}
+
+describe('forward passes on the session thread (qwen2-code-16m, cpu)', () => {
+  let threaded: Engine;
+  let onLoop: Engine;
+  const tap = residPost(3);
+  beforeAll(async () => {
+    // One onnxruntime thread each, so a core is left for the event loop on a 2-core machine.
+    threaded = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, threads: 1, taps: [3] });
+    onLoop = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, threads: 1, taps: [3], ownThread: false });
+  });
+  afterAll(async () => {
+    await threaded.close();
+    await onLoop.close();
+  });
+  const prompt = Array.from({ length: 400 }, (_, i) => 100 + ((i * 37) % 3000));
+
+  it('timers fire while a pass runs on the thread, not while one runs on the event loop', async () => {
+    // Warm both (first passes allocate).
+    await threaded.newSequence(prompt.length).forward(prompt, { logits: 'last' });
+    await onLoop.newSequence(prompt.length).forward(prompt, { logits: 'last' });
+    const t = await ticksDuring(() => threaded.newSequence(prompt.length).forward(prompt, { logits: 'last' }));
+    const l = await ticksDuring(() => onLoop.newSequence(prompt.length).forward(prompt, { logits: 'last' }));
+    // A 400-token prefill takes tens of ms here; on the thread the 1 ms timer keeps ticking.
+    expect(t.ms).toBeGreaterThan(15);
+    expect(t.ticks).toBeGreaterThanOrEqual(Math.floor(t.ms / 10));
+    // On the event loop the pass holds every timer: at most the tick due before it started.
+    expect(l.ticks).toBeLessThanOrEqual(1);
+  });
+
+  it('gives the same logits and taps as the session on the event loop', async () => {
+    const a = await threaded.newSequence(prompt.length).forward(prompt, { logits: 'all', taps: [tap] });
+    const b = await onLoop.newSequence(prompt.length).forward(prompt, { logits: 'all', taps: [tap] });
+    expect(a.logits.length).toBe(prompt.length * threaded.config.vocabSize);
+    expect(maxAbsDiff(a.logits, b.logits)).toBe(0);
+    expect(maxAbsDiff(a.taps.get(tap)!.data, b.taps.get(tap)!.data)).toBe(0);
+  });
+
+  it('concurrent streams decode past the first KV buffer with the same tokens on both (the lent cache comes back)', async () => {
+    const reqs = [0, 1, 2].map((k) => ({ promptIds: prompt.slice(k * 50, k * 50 + 200), maxTokens: 80, ignoreEos: true }));
+    const a = await Promise.all(reqs.map((r) => collect(threaded, r)));
+    const b = await Promise.all(reqs.map((r) => collect(onLoop, r)));
+    for (let k = 0; k < reqs.length; k++) {
+      expect(tokens(a[k])).toHaveLength(80);
+      expect(tokens(a[k])).toEqual(tokens(b[k]));
+    }
+  });
+
+  it('a failed pass is a coded error and the engine keeps working', async () => {
+    // No feeds at all: onnxruntime itself refuses the pass, on the thread.
+    await expect(threaded.session.run({}, ['logits'])).rejects.toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED' });
+    const again = await collect(threaded, { promptIds: prompt.slice(0, 20), maxTokens: 5, ignoreEos: true });
+    const ref = await collect(onLoop, { promptIds: prompt.slice(0, 20), maxTokens: 5, ignoreEos: true });
+    expect(tokens(again)).toEqual(tokens(ref));
+  });
+});
