@@ -17,7 +17,8 @@
 # printed, with timings of each step), machine.txt (CPU, memory, load before and after).
 # For a rehearsal on a small machine: CKPT_ARGS (extra random-checkpoint.js arguments, e.g. a tiny
 # shape), BENCH_ARGS (extra daemon.js arguments, e.g. --quick), REPLICAS_ARGS (--quick),
-# ALERT_PATH_ARGS (e.g. --tokens 5); REPLICAS=0 or ALERT_PATH=0 skip those steps.
+# ALERT_PATH_ARGS (e.g. --tokens 5); REPLICAS=0 or ALERT_PATH=0 skip those steps; LATENCY=0 skips
+# daemon.js; REPLICAS_MODEL=big runs the replicas on the 0.5B checkpoint instead of the small one.
 set -uo pipefail
 : "${OUT:?OUT must name the output directory}"
 mkdir -p "$OUT"
@@ -45,19 +46,24 @@ CKPT="$WORK/qwen2.5-0.5b-random"
 stamp "random checkpoint"
 # shellcheck disable=SC2086 # word splitting of the extra arguments is meant
 "$NODE" random-checkpoint.js --out "$CKPT" ${CKPT_ARGS:-} || { stamp "random checkpoint failed"; exit 1; }
-stamp "bench (the first start builds and quantizes the graph)"
-# shellcheck disable=SC2086
-"$NODE" daemon.js --latency-only --model "$CKPT" ${BENCH_ARGS:-} --out "$OUT/daemon-latency-device.json" --md "$OUT/daemon-latency-device.md"
-rc=$?
-stamp "bench exited $rc"
+rc=0
+if [ "${LATENCY:-1}" = 1 ]; then
+  stamp "bench (the first start builds and quantizes the graph)"
+  # shellcheck disable=SC2086
+  "$NODE" daemon.js --latency-only --model "$CKPT" ${BENCH_ARGS:-} --out "$OUT/daemon-latency-device.json" --md "$OUT/daemon-latency-device.md"
+  rc=$?
+  stamp "bench exited $rc"
+fi
 # Then, if the call has time left (SECONDS counts from the start), several replicas on one NATS
 # JetStream stream against one node (the cross-replica goal) on a small random checkpoint.
 if [ "${REPLICAS:-1}" = 1 ] && [ "$SECONDS" -lt "${REPLICAS_IF_BEFORE_S:-330}" ]; then
-  stamp "replicas: random checkpoint of the built-in shape"
-  SMALL="$WORK/qwen2-16m-shape-random"
-  # shellcheck disable=SC2086
-  "$NODE" random-checkpoint.js --out "$SMALL" --hidden 384 --layers 8 --heads 6 --kv-heads 2 --intermediate 1024 --max-positions 1024 ${SMALL_CKPT_ARGS:-} >/dev/null
-  stamp "replicas"
+  if [ "${REPLICAS_MODEL:-small}" = big ]; then SMALL="$CKPT"; else
+    stamp "replicas: random checkpoint of the built-in shape"
+    SMALL="$WORK/qwen2-16m-shape-random"
+    # shellcheck disable=SC2086
+    "$NODE" random-checkpoint.js --out "$SMALL" --hidden 384 --layers 8 --heads 6 --kv-heads 2 --intermediate 1024 --max-positions 1024 ${SMALL_CKPT_ARGS:-} >/dev/null
+  fi
+  stamp "replicas on $(basename "$SMALL")"
   # shellcheck disable=SC2086
   LATENTWATCH_THREADS=${REPLICA_THREADS:-5} "$NODE" replicas.js --model "$SMALL" ${REPLICAS_ARGS:-} --out "$OUT/replicas-device.json" --md "$OUT/replicas-device.md"
   stamp "replicas exited $?"
