@@ -198,7 +198,7 @@ async function main(argv: string[]): Promise<void> {
     ...(learned
       ? [
           `Learned first from ${learn} through the daemon's learn mode (POST /v1/admin/learn): ${JSON.stringify(learned.requests)} requests, ` +
-            `threshold ${learned.threshold} (replaced ${JSON.stringify(learned.replaced)}), achieved rate on its calibration share ${learned.achievedFpr}; ` +
+            `threshold ${learned.threshold}${learned.empiricalThreshold !== undefined && learned.empiricalThreshold !== learned.threshold ? ` (the calibration share's own ${learned.empiricalThreshold}, raised: too few requests to hold the rate)` : ''} (replaced ${JSON.stringify(learned.replaced)}), achieved rate on its calibration share ${learned.achievedFpr}; ` +
             `the learned file: ${out.replace(/\.json$/, '.learned.probe.json').split('/').at(-1)}`,
           '',
         ]

@@ -137,7 +137,7 @@ const PROMPTS = [
 
 /** The fit-split requests of the shipped corpus's always-fitted styles: learn mode's baseline. */
 const BASELINE = corpusRequests(loadCorpus(DEFAULT_CORPUS)).filter((r) => r.alwaysFitted && r.split === 'fit');
-let baselineRequests = NaN;
+let baseline: { requests: number; seconds: number } = { requests: NaN, seconds: NaN };
 /** PROMPTS[0]'s request score under the shipped probe (the learned one scores it otherwise). */
 let shippedScore = NaN;
 
@@ -232,7 +232,9 @@ describe('learning the generic detector from live traffic', () => {
     expect(fits.length).toBeGreaterThan(40);
     expect(prepared.baseline.requests).toBe(fits.length);
     expect(prepared.baseline.positions).toBeGreaterThan(fits.length * 8);
-    baselineRequests = fits.length;
+    // What the baseline cost this run (through the served model), reported once folded in.
+    expect(prepared.baseline.seconds).toBeGreaterThan(0);
+    baseline = { requests: fits.length, seconds: prepared.baseline.seconds };
 
     // An admin-injected request is not clean traffic: not counted.
     const rng = createRng(42);
@@ -252,7 +254,8 @@ describe('learning the generic detector from live traffic', () => {
     for (const p of PROMPTS.slice(0, 5)) expect(stats.includes(Buffer.from(p.slice(0, 20)))).toBe(false);
 
     const again = await start(stateDir);
-    expect((await admin(again, 'GET')).body).toMatchObject({ phase: 'collecting', origin: 'api', requests: { target: 12, seen: 5, fit: 5 } });
+    // The baseline's counts and cost come back with the statistics.
+    expect((await admin(again, 'GET')).body).toMatchObject({ phase: 'collecting', origin: 'api', requests: { target: 12, seen: 5, fit: 5 }, baseline });
   }, 300_000);
 
   it('finishes after N requests: writes the versioned probe with fingerprint and counts, swaps it in, reports it', async () => {
@@ -295,7 +298,12 @@ describe('learning the generic detector from live traffic', () => {
     expect(relearned).not.toBeCloseTo(shippedScore, 6);
     expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
     expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(7);
-    expect(status.last.baseline).toEqual({ requests: baselineRequests, positions: expect.any(Number) });
+    expect(status.last.baseline).toEqual({ ...baseline, positions: expect.any(Number) });
+    expect(manifest.baseline).toEqual(status.last.baseline);
+    // 5 short calibration requests: too few positions for a tail slope, so the threshold is their own
+    // (longer shares are raised above their maximum: probes-learn-threshold.test.ts).
+    expect(file.aggregator.lengthAllowance).toBeUndefined();
+    expect(manifest.empiricalThreshold).toBe(manifest.threshold);
     console.log(`learned generic-injection: threshold ${learnedThreshold} (shipped ${SHIPPED.threshold}), fit from moments ${status.last.fit_seconds} s, calibrate + threshold + load ${status.last.compute_seconds} s, write + swap in total ${status.last.finish_seconds} s`);
   }, 300_000);
 

@@ -66,6 +66,8 @@ interface Run {
   writing: boolean;
   /** Folding in the always-fitted baseline (learn-baseline.ts): no traffic is counted yet. */
   preparing: boolean;
+  /** Seconds the baseline took to fold in (through the served model), once folded. */
+  baselineSeconds?: number;
   /** Seconds the members' Gaussians took to fit from moments (event loop held), once fitted. */
   fitSeconds?: number;
 }
@@ -174,7 +176,7 @@ export class LearningService {
             target_fpr: l.spec.targetFpr,
             requests: { target: l.spec.requests, seen: l.requestsSeen, fit: l.fitRequests, fit_target: l.spec.fitRequests, calibration: l.calibration.length },
             positions: { fit: l.fitPositions, calibration: l.calibrationPositions },
-            baseline: { requests: l.baselineRequests, positions: l.baselinePositions },
+            baseline: this.baselineCounts(r),
             ...(r.fitSeconds === undefined ? {} : { fit_seconds: r.fitSeconds }),
           }
         : {}),
@@ -222,6 +224,12 @@ export class LearningService {
     return this.status();
   }
 
+  /** The baseline's counts (and its seconds, once folded) for the status and the manifest. */
+  private baselineCounts(r: Run): Record<string, number> {
+    const l = r.learner;
+    return { requests: l.baselineRequests, positions: l.baselinePositions, ...(r.baselineSeconds === undefined ? {} : { seconds: r.baselineSeconds }) };
+  }
+
   /** Fold the always-fitted baseline in, then count traffic (statistics first written after it). */
   private async prepare(run: Run, baseline: LearnBaseline): Promise<void> {
     run.preparing = true;
@@ -235,9 +243,10 @@ export class LearningService {
     }
     if (this.run !== run || this.closing.signal.aborted) return;
     run.preparing = false;
+    run.baselineSeconds = round3((performance.now() - t0) / 1000);
     this.phase = 'collecting';
     const l = run.learner;
-    this.log.info({ probe: l.spec.probeId, requests: l.baselineRequests, positions: l.baselinePositions, seconds: round3((performance.now() - t0) / 1000) }, `learning ${l.spec.probeId}: folded in the always-fitted baseline; counting traffic`);
+    this.log.info({ probe: l.spec.probeId, requests: l.baselineRequests, positions: l.baselinePositions, seconds: run.baselineSeconds }, `learning ${l.spec.probeId}: folded in the always-fitted baseline; counting traffic`);
     this.persist();
   }
 
@@ -275,6 +284,7 @@ export class LearningService {
         if (!probe) throw lwError('LW_ERR_LEARN_UNSUPPORTED', `${path}: probe ${spec.probeId} is not loaded`);
         if (`${spec.probeId}.learning` !== name) throw lwError('LW_ERR_LEARN_STATE_INVALID', `${path}: holds statistics for ${spec.probeId}`);
         this.begin(learner, String(header.origin ?? 'resumed'), String(header.startedAt ?? new Date().toISOString()));
+        if (typeof header.baselineSeconds === 'number') this.run!.baselineSeconds = header.baselineSeconds;
         this.log.info({ probe: spec.probeId, seen: learner.requestsSeen, requests: spec.requests, path }, `resumed learning ${spec.probeId}: ${learner.requestsSeen} of ${spec.requests} requests`);
         if (learner.phase === 'complete') void this.finish(this.run!);
         return true;
@@ -360,10 +370,11 @@ export class LearningService {
         origin: run.origin,
         requests: { fit: result.fitRequests, calibration: result.calibrationRequests },
         positions: { fit: result.fitPositions, calibration: result.calibrationPositions },
-        baseline: { requests: l.baselineRequests, positions: l.baselinePositions },
+        baseline: this.baselineCounts(run),
         targetFpr: l.spec.targetFpr,
         achievedFpr: result.achievedFpr,
         threshold: result.threshold,
+        empiricalThreshold: result.empiricalThreshold,
         replaced: { threshold: this.d.bank.probes.find((p) => p.id === id)?.threshold ?? null, version: this.d.versions.get(id)?.version ?? 0 },
       };
       // Manifest first: a probe file on disk always has its figures beside it.
@@ -410,7 +421,7 @@ export class LearningService {
           if (!run || run.writing) break;
           const id = run.learner.spec.probeId;
           mkdirSync(learnedDir(this.d.stateDir), { recursive: true });
-          await writeFileAtomicAsync(statsPath(this.d.stateDir, id), run.learner.serialize({ origin: run.origin, startedAt: run.startedAt }));
+          await writeFileAtomicAsync(statsPath(this.d.stateDir, id), run.learner.serialize({ origin: run.origin, startedAt: run.startedAt, ...(run.baselineSeconds === undefined ? {} : { baselineSeconds: run.baselineSeconds }) }));
         }
       } catch (e) {
         this.log.error({ error: (e as Error).message }, 'learning statistics not written; a restart resumes from the last written state');

@@ -17,7 +17,7 @@
 import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
 import type { AggregatorSpec } from './aggregators.js';
-import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
+import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian, roundThreshold, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
 import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
@@ -125,9 +125,28 @@ export class RequestRows {
 
 export type LearnPhase = 'fit' | 'calibrate' | 'complete';
 
+/**
+ * The threshold at the target rate when the calibration share is too small to hold it. With n
+ * clean requests and (n + 1) · targetFpr < 1 the empirical threshold is their maximum, and a new
+ * request like them exceeds the maximum of n with probability 1 / (n + 1), not targetFpr: 1.9% for
+ * the 53 calibration requests of a 132-request run (measured: 2 of 132 unseen requests on the
+ * second architecture). The request score's tail is extrapolated instead: a request's score is a
+ * maximum over positions, whose tail is exponential with the per-position aggregate's tail scale
+ * (`perLog`, the length allowance's slope, fitted on thousands of positions), so the rate falls by
+ * e per perLog above the maximum, and the threshold rises by perLog · ln(1 / ((n + 1) · targetFpr)).
+ * Unchanged when the share holds the rate or there is no allowance (too few positions to say).
+ */
+export function smallShareThreshold(empirical: number, calibrationRequests: number, targetFpr: number, perLog: number | undefined): number {
+  const shortfall = 1 / ((calibrationRequests + 1) * targetFpr);
+  if (!(shortfall > 1) || perLog === undefined || !(perLog > 0)) return empirical;
+  return roundThreshold(empirical + perLog * Math.log(shortfall));
+}
+
 export interface LearnResult {
   file: ProbeFile;
   threshold: number;
+  /** The threshold the calibration share gives alone (its maximum when it is too small: smallShareThreshold). */
+  empiricalThreshold: number;
   achievedFpr: number;
   fitRequests: number;
   fitPositions: number;
@@ -310,12 +329,13 @@ export class DetectorLearner {
       });
     // Each kind of member (per token, windowed) weighed by its own tail, the length allowance and
     // the threshold: the lab's buildDetector rules (calibration.ts).
-    const { members: balanced, aggregator, threshold, requestScores: req } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
+    const { members: balanced, aggregator, threshold: empirical, requestScores: req } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
+    const threshold = smallShareThreshold(empirical, req.length, spec.targetFpr, aggregator.lengthAllowance?.perLog);
     const achievedFpr = req.filter((x) => x > threshold).length / req.length;
     const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
     const description =
       `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
-      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
+      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}${threshold !== empirical ? `; raised from their maximum ${empirical} by the tail's slope, too few requests to hold the rate` : ''})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
     const file = ensembleFile(balanced, {
       id: spec.probeId,
       label: spec.label,
@@ -327,7 +347,7 @@ export class DetectorLearner {
       training: { ...NO_FIGURES, trials: this.fitRequests },
       evaluation: { ...NO_FIGURES, trials: this.calibration.length, fprOnControls: { 'clean-traffic': achievedFpr } },
     }, threshold);
-    return { file, threshold, achievedFpr, fitRequests: this.fitRequests, fitPositions: this.fitPositions, calibrationRequests: this.calibration.length, calibrationPositions: this.calibrationPositions };
+    return { file, threshold, empiricalThreshold: empirical, achievedFpr, fitRequests: this.fitRequests, fitPositions: this.fitPositions, calibrationRequests: this.calibration.length, calibrationPositions: this.calibrationPositions };
   }
 
   // ---- persistence ------------------------------------------------------------------------------
