@@ -61,6 +61,8 @@ export interface EngineKnobs {
   threads?: number;
   maxBatch?: number;
   batchContext?: number;
+  /** false: passes on the calling thread (the event loop), as before the session thread (runtime.ts ownThread). */
+  ownThread?: boolean;
 }
 
 export interface BenchConfig {
@@ -325,6 +327,7 @@ export function investigationConfigs(quick: boolean): BenchConfig[] {
   });
   const list = [
     c('int4-default', 'engine defaults (bs32, acc4, taps+ports all, pooled growable KV, batcher)', {}),
+    c('int4-onloop', 'engine defaults, passes on the calling thread (ownThread false: the engine before its session thread)', { ownThread: false }),
     c('int4-kv', 'private KV storage (maxBatch 0: no pool, no batcher)', { ...kv }),
     c('int4-kv-fwd', 'private KV, Sequence.forward + argmax loop (no generate())', { ...kv }, 'forward'),
     c('int4-kv-bs64', 'private KV + block 64', { ...kv, blockSize: 64 }),

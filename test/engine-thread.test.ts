@@ -4,6 +4,9 @@
  * KV cache lent to each pass comes back (decode after prefill, batched rows, growth past 256).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { applyKvWrites, packKvWrites, unpackKvWrites, type KvWrite } from '../src/engine/kv-write.js';
+import { f32Tensor, i32Tensor, i64Tensor } from '../src/engine/runtime.js';
+import { lendableFloats, packTensors, returnLent, unpackTensors } from '../src/engine/wire-tensor.js';
 import { Engine } from '../src/engine/engine.js';
 import type { GenerateRequest, Step } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
@@ -82,5 +85,60 @@ describe('forward passes on the session thread (qwen2-code-16m, cpu)', () => {
     const again = await collect(threaded, { promptIds: prompt.slice(0, 20), maxTokens: 5, ignoreEos: true });
     const ref = await collect(onLoop, { promptIds: prompt.slice(0, 20), maxTokens: 5, ignoreEos: true });
     expect(tokens(again)).toEqual(tokens(ref));
+  });
+});
+
+describe('what crosses to the session thread (wire-tensor.ts, kv-write.ts)', () => {
+  it('tensors round-trip as numbers: types, shapes and values; lent views by offset, not copied', () => {
+    let home: Float32Array | undefined;
+    const cache = lendableFloats(64, (moved) => (home = moved));
+    cache.set(Array.from({ length: 64 }, (_, i) => i));
+    const tensors = {
+      ids: i64Tensor([3, -7], [1, 2]),
+      lens: i32Tensor([5], [1]),
+      vec: f32Tensor(Float32Array.of(0.5, -1.25, 3), [1, 1, 3]),
+      past: f32Tensor(cache.subarray(16, 48), [1, 2, 4, 4]),
+    };
+    const names = ['ids', 'lens', 'vec', 'past'];
+    const lent: ArrayBuffer[] = [];
+    const packed = packTensors(tensors, new Map(names.map((n, i) => [n, i])), lent);
+    expect(lent).toEqual([cache.buffer]);
+    // Only the small tensors' values are copied (8-byte aligned each): 16 + 8 + 16 bytes.
+    expect(packed.values.byteLength).toBe(40);
+    const back = unpackTensors(packed, names, lent);
+    for (const n of names) {
+      const a = tensors[n as keyof typeof tensors];
+      expect(back[n].type).toBe(a.type);
+      expect(back[n].dims).toEqual(a.dims);
+      expect(Array.from(back[n].data as ArrayLike<number | bigint>)).toEqual(Array.from(a.data as ArrayLike<number | bigint>));
+    }
+    // The lent view is a view: a write through it lands in the cache.
+    (back.past.data as Float32Array)[0] = -1;
+    expect(cache[16]).toBe(-1);
+    // After the trip the owner gets the buffer back anew.
+    const buffer = cache.buffer as ArrayBuffer;
+    const moved = structuredClone(buffer, { transfer: [buffer] });
+    returnLent(lent, [moved]);
+    expect(home!.length).toBe(64);
+    expect(home![16]).toBe(-1);
+    expect(cache.length).toBe(0);
+  });
+
+  it('cache writes round-trip and put each kept row at its position, row by row', () => {
+    const inputs = ['past_key_0'];
+    const outputs = ['logits', 'new_key_0'];
+    // Two rows of [kvHeads 2, cacheLen 3, headDim 2] in the feed; a pass of n = 1 over 2 rows.
+    const writes: KvWrite[] = [{ output: 'new_key_0', feed: 'past_key_0', cacheLen: 3, kvHeads: 2, headDim: 2, n: 1, rows: [{ row: 1, cacheOffset: 12, start: 2 }] }];
+    const packed = packKvWrites(writes, new Map(inputs.map((n, i) => [n, i])), new Map(outputs.map((n, i) => [n, i])));
+    const back = unpackKvWrites(packed, inputs, outputs);
+    expect(back).toEqual(writes);
+    const cache = new Float32Array(24);
+    const fresh = Float32Array.from({ length: 8 }, (_, i) => i + 1); // [rows 2, heads 2, n 1, headDim 2]
+    applyKvWrites(back, () => cache, () => fresh);
+    // Row 1's head 0 (5, 6) at position 2 of row 1's cache, head 1 (7, 8) likewise; row 0 untouched.
+    const expected = new Float32Array(24);
+    expected.set([5, 6], 12 + (0 * 3 + 2) * 2);
+    expected.set([7, 8], 12 + (1 * 3 + 2) * 2);
+    expect(Array.from(cache)).toEqual(Array.from(expected));
   });
 });

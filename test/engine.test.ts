@@ -206,18 +206,18 @@ describe('a failing batched decode pass', () => {
     const other = ref.prompts[1];
     // The one fake in this file: a pass that writes the victim's 14th position fails, as a real
     // onnxruntime error would (a required feed is dropped, so onnxruntime raises it itself).
-    const session = engine.session as unknown as { run: (f: Record<string, { data: unknown }>, o: unknown) => Promise<unknown> };
+    const session = engine.session as unknown as { run: (f: Record<string, { data: unknown }>, o: unknown, w: unknown) => Promise<unknown> };
     const real = session.run.bind(session);
     let tripped = 0;
-    session.run = (feeds, outputs) => {
+    session.run = (feeds, outputs, writes) => {
       const seqlens = feeds.seqlens_k.data as Int32Array;
       const ids = feeds.input_ids.data as BigInt64Array;
       if (ids.length <= 4 && seqlens.includes(victim.length + 5)) {
         tripped++;
         const { seqlens_k: _, ...rest } = feeds;
-        return real(rest, outputs);
+        return real(rest, outputs, writes);
       }
-      return real(feeds, outputs);
+      return real(feeds, outputs, writes);
     };
     const [a, b] = await Promise.allSettled([
       collect(engine, { promptIds: victim, maxTokens: 20, ignoreEos: true }),

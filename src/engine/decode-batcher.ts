@@ -9,7 +9,8 @@ import { GRAPH_NAMES } from '../model/graph.js';
 import { injectPort } from '../hooks.js';
 import type { KvPool } from './kv-pool.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type Tensor } from './runtime.js';
-import { greedyChoice, injectionRows, storeNew, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
+import type { KvWrite } from './kv-write.js';
+import { greedyChoice, injectionRows, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
 import type { TapValues } from './types.js';
 
 interface PendingStep {
@@ -146,12 +147,17 @@ export class DecodeBatcher {
     const fetches = new Set<string>();
     if (batch.some(wantsLogits)) fetches.add(GRAPH_NAMES.logits);
     if (batch.some(wantsGreedy)) fetches.add(GRAPH_NAMES.greedy);
-    const dims = [B, c.numKvHeads, this.pool.slotLength, c.headDim];
+    const slotLen = this.pool.slotLength;
+    const dims = [B, c.numKvHeads, slotLen, c.headDim];
+    // Each row's new key and value go into its slot at its next position, as part of the pass (idle rows: nowhere).
+    const rows = batch.map((p) => ({ row: p.seq.storage.slot - lo, cacheOffset: (p.seq.storage.slot - lo) * c.numKvHeads * slotLen * c.headDim, start: p.seq.length }));
+    const writes: KvWrite[] = [];
+    const write = (output: string, feed: string): KvWrite => ({ output, feed, cacheLen: slotLen, kvHeads: c.numKvHeads, headDim: c.headDim, n: 1, rows });
     for (let l = 0; l < c.numLayers; l++) {
       const v = this.pool.range(l, lo, hi);
       feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(v.keys, dims);
       feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(v.values, dims);
-      fetches.add(GRAPH_NAMES.newKey(l)).add(GRAPH_NAMES.newValue(l));
+      writes.push(write(GRAPH_NAMES.newKey(l), GRAPH_NAMES.pastKey(l)), write(GRAPH_NAMES.newValue(l), GRAPH_NAMES.pastValue(l)));
     }
     for (const port of this.ctx.ports) {
       const perRow = batch.map((p) => injectionRows(this.ctx, p.o.injections ?? [], port, p.seq.length, 1, p.o.promptLength ?? p.seq.length + 1).data);
@@ -166,18 +172,7 @@ export class DecodeBatcher {
     const wanted = new Set(batch.flatMap((p) => p.o.taps ?? []));
     for (const t of wanted) fetches.add(t);
 
-    const out = await this.ctx.session.run(feeds, [...fetches]);
-    // Each row's new key and value go into its slot at its next position (idle rows: nowhere).
-    const slotLen = this.pool.slotLength;
-    for (let l = 0; l < c.numLayers; l++) {
-      const keys = tensorData(out[GRAPH_NAMES.newKey(l)]);
-      const values = tensorData(out[GRAPH_NAMES.newValue(l)]);
-      for (const p of batch) {
-        const r = p.seq.storage.slot - lo;
-        storeNew(p.seq.hostStorage.keys(l), slotLen, keys, r, c.numKvHeads, 1, p.seq.length, c.headDim);
-        storeNew(p.seq.hostStorage.values(l), slotLen, values, r, c.numKvHeads, 1, p.seq.length, c.headDim);
-      }
-    }
+    const out = await this.ctx.session.run(feeds, [...fetches], writes);
     this.stats.passes++;
     this.stats.rows += batch.length;
     const logits = fetches.has(GRAPH_NAMES.logits) ? tensorData(out[GRAPH_NAMES.logits]) : new Float32Array(0);

@@ -8,9 +8,9 @@
  * length, not the positions in use, so buffers start small and double as sequences need room,
  * copying what they hold. The cost is amortised: a sequence of n tokens is copied O(log n) times.
  * Passes only read these buffers (the cache is a graph input); the engine writes each pass's new
- * keys and values in afterwards (sequence.ts storeNew). A pass on the session's own thread borrows
- * the buffers for its duration (wire-tensor.ts lendableFloats): views taken before a pass are not
- * valid after it, so every use asks for its view anew.
+ * keys and values in as part of the pass (kv-write.ts). A pass on the session's own thread borrows
+ * the pool's one buffer for its duration (wire-tensor.ts lendableFloats): views taken before a pass
+ * are not valid after it, so every use asks for its view anew.
  */
 import type { ModelConfig } from '../model/config.js';
 import { lendableFloats } from './wire-tensor.js';
@@ -57,14 +57,20 @@ export class KvPool {
     return this.config.numKvHeads * this.slotLen * this.rowFloats;
   }
 
+  /** One buffer for every layer's keys and values (a pass lends it as one), viewed per layer. */
   private allocateArrays(): void {
     this.keys = [];
     this.values = [];
     if (this.slots === 0) return;
-    for (let l = 0; l < this.config.numLayers; l++) {
-      this.keys.push(lendableFloats(this.slots * this.slotFloats, (moved) => (this.keys[l] = moved)));
-      this.values.push(lendableFloats(this.slots * this.slotFloats, (moved) => (this.values[l] = moved)));
-    }
+    const layerFloats = this.slots * this.slotFloats;
+    this.viewLayers(lendableFloats(2 * this.config.numLayers * layerFloats, (moved) => this.viewLayers(moved)));
+  }
+
+  private viewLayers(all: Float32Array): void {
+    const layerFloats = this.slots * this.slotFloats;
+    const view = (i: number) => all.subarray(i * layerFloats, (i + 1) * layerFloats);
+    this.keys = Array.from({ length: this.config.numLayers }, (_, l) => view(2 * l));
+    this.values = Array.from({ length: this.config.numLayers }, (_, l) => view(2 * l + 1));
   }
 
   /** Grows every slot to hold at least `positions` (never beyond maxSlotLength). */

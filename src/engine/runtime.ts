@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { lwError } from '../errors.js';
+import { applyKvWrites, type KvWrite } from './kv-write.js';
 import { SessionThread } from './session-thread.js';
 
 /**
@@ -135,7 +136,8 @@ export function cudaAvailable(): boolean {
 interface SessionBackend {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
-  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null): Promise<Record<string, Tensor>>;
+  /** `writes` are applied before the promise resolves; their outputs need not come back. */
+  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null, writes: readonly KvWrite[]): Promise<Record<string, Tensor>>;
   endProfiling(): void;
   release(): Promise<void>;
 }
@@ -144,7 +146,11 @@ function localBackend(session: ort.InferenceSession): SessionBackend {
   return {
     inputNames: session.inputNames,
     outputNames: session.outputNames,
-    run: async (feeds, outputs) => (outputs ? await session.run(feeds, outputs) : await session.run(feeds)) as Record<string, Tensor>,
+    run: async (feeds, outputs, writes) => {
+      const r = (outputs ? await session.run(feeds, [...outputs, ...writes.map((w) => w.output)]) : await session.run(feeds)) as Record<string, Tensor>;
+      applyKvWrites(writes, (name) => tensorData(feeds[name]), (name) => tensorData(r[name]));
+      return r;
+    },
     endProfiling: () => session.endProfiling(),
     release: () => session.release(),
   };
@@ -192,10 +198,13 @@ export class RuntimeSession {
     return this.session.outputNames;
   }
 
-  /** Runs the graph; only the outputs named come back (onnxruntime-node copies every fetched output). */
-  async run(feeds: Record<string, Tensor>, outputs: readonly string[]): Promise<Record<string, Tensor>> {
+  /**
+   * Runs the graph; only the outputs named come back (onnxruntime-node copies every fetched output).
+   * `writes`: the pass's new keys and values go into the host cache it read, before this resolves.
+   */
+  async run(feeds: Record<string, Tensor>, outputs: readonly string[], writes: readonly KvWrite[] = []): Promise<Record<string, Tensor>> {
     try {
-      return await this.session.run(feeds, outputs);
+      return await this.session.run(feeds, outputs, writes);
     } catch (e) {
       throw runError(e);
     }
@@ -204,7 +213,7 @@ export class RuntimeSession {
   /** Runs the graph and returns every output (each where preferredOutputLocation puts it). */
   async runAll(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
     try {
-      return await this.session.run(feeds, null);
+      return await this.session.run(feeds, null, []);
     } catch (e) {
       throw runError(e);
     }

@@ -11,6 +11,7 @@ import type { ModelConfig } from '../model/config.js';
 import { injectPort } from '../hooks.js';
 import { DeviceKvCache } from './device-kv.js';
 import type { KvStorage } from './kv-pool.js';
+import type { KvWrite } from './kv-write.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type RuntimeSession, type Tensor } from './runtime.js';
 import type { GreedyChoice } from './sampler.js';
 import type { Injection, TapValues } from './types.js';
@@ -153,22 +154,17 @@ export class Sequence {
     const wanted = [...(mode === 'greedy' ? [GRAPH_NAMES.greedy] : mode === 'none' ? [] : [GRAPH_NAMES.logits]), ...(o.taps ?? [])];
     const r = await this.ctx.exclusive(async () => {
       // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
-      const fetches = [...wanted];
       storage.ensure(total);
       const dims = [1, c.numKvHeads, storage.length, c.headDim];
+      // The cache is an input: the pass's new keys and values are written into it as part of the pass.
+      const writes: KvWrite[] = [];
+      const write = (output: string, feed: string): KvWrite => ({ output, feed, cacheLen: storage.length, kvHeads: c.numKvHeads, headDim: c.headDim, n, rows: [{ row: 0, cacheOffset: 0, start }] });
       for (let l = 0; l < c.numLayers; l++) {
         feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(storage.keys(l), dims);
         feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(storage.values(l), dims);
-        fetches.push(GRAPH_NAMES.newKey(l), GRAPH_NAMES.newValue(l));
+        writes.push(write(GRAPH_NAMES.newKey(l), GRAPH_NAMES.pastKey(l)), write(GRAPH_NAMES.newValue(l), GRAPH_NAMES.pastValue(l)));
       }
-      const r = await this.ctx.session.run(feeds, fetches);
-      // The cache is an input: the pass's new keys and values come back separately and go in here.
-      const len = storage.length;
-      for (let l = 0; l < c.numLayers; l++) {
-        storeNew(storage.keys(l), len, tensorData(r[GRAPH_NAMES.newKey(l)]), 0, c.numKvHeads, n, start, c.headDim);
-        storeNew(storage.values(l), len, tensorData(r[GRAPH_NAMES.newValue(l)]), 0, c.numKvHeads, n, start, c.headDim);
-      }
-      return r;
+      return this.ctx.session.run(feeds, wanted, writes);
     });
     return Object.fromEntries(wanted.map((name) => [name, tensorData(r[name])]));
   }
@@ -197,17 +193,6 @@ export function unpackHostOutputs(ctx: GraphContext, out: Record<string, Tensor>
   }
   if (off !== packed.length) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `host outputs hold ${packed.length} floats, expected ${off}`);
   return r;
-}
-
-/**
- * Writes row `row` of a pass's new keys or values ([rows, kv_heads, n, head_dim]) into a cache laid
- * out [kv_heads, cacheLen, head_dim], at positions start..start+n-1: one copy per kv head.
- */
-export function storeNew(cache: Float32Array, cacheLen: number, fresh: Float32Array, row: number, kvHeads: number, n: number, start: number, headDim: number): void {
-  for (let h = 0; h < kvHeads; h++) {
-    const from = ((row * kvHeads + h) * n) * headDim;
-    cache.set(fresh.subarray(from, from + n * headDim), (h * cacheLen + start) * headDim);
-  }
 }
 
 export function checkHooks(ctx: GraphContext, o: ForwardOptions): void {

@@ -5,7 +5,8 @@
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../worker.js';
 import type { SessionReply, SessionRequest, SessionWorkerData } from './session-worker.js';
-import { fromWire, lendable, returnLent, toWire, type Tensor } from './wire-tensor.js';
+import { packKvWrites, type KvWrite } from './kv-write.js';
+import { packTensors, returnLent, unpackTensors, type Tensor } from './wire-tensor.js';
 
 interface Pending {
   resolve(outputs: Record<string, Tensor>): void;
@@ -18,12 +19,16 @@ export class SessionThread {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private failure: Error | undefined;
+  private readonly inputIndex: ReadonlyMap<string, number>;
+  private readonly outputIndex: ReadonlyMap<string, number>;
 
   private constructor(
     private readonly worker: Worker,
     readonly inputNames: readonly string[],
     readonly outputNames: readonly string[],
   ) {
+    this.inputIndex = new Map(inputNames.map((n, i) => [n, i]));
+    this.outputIndex = new Map(outputNames.map((n, i) => [n, i]));
     worker.on('message', (m: SessionReply) => this.answer(m));
     worker.on('error', (e) => this.fail(e));
     worker.on('exit', () => this.fail(new Error('the session thread exited')));
@@ -48,17 +53,25 @@ export class SessionThread {
     });
   }
 
-  /** One pass; `outputs` null: every output. */
-  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null): Promise<Record<string, Tensor>> {
+  /** One pass; `outputs` null: every output. `writes` happen on the thread; their outputs do not come back. */
+  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null, writes: readonly KvWrite[]): Promise<Record<string, Tensor>> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
-    const wire = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toWire(t)]));
-    // The KV cache moves for the pass (no copy); small feeds are copied.
-    const lent = lendable(Object.values(wire));
+    // The KV cache moves for the pass (no copy; its views go as offsets); small feeds are copied.
+    const lent: ArrayBuffer[] = [];
+    let request: SessionRequest;
+    try {
+      const packed = packTensors(feeds, this.inputIndex, lent);
+      const wanted = outputs && Int32Array.from(outputs, (n) => this.outputIndex.get(n) ?? -1);
+      if (wanted?.includes(-1)) throw new Error(`unknown output among ${outputs!.join(', ')}`);
+      request = { type: 'run', id, feeds: packed, outputs: wanted, writes: packKvWrites(writes, this.inputIndex, this.outputIndex), lent };
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, lent });
       if (this.pending.size === 1) this.worker.ref();
-      this.worker.postMessage({ type: 'run', id, feeds: wire, outputs, lent } satisfies SessionRequest, lent);
+      this.worker.postMessage(request, [...lent, request.feeds.values]);
     });
   }
 
@@ -89,7 +102,7 @@ export class SessionThread {
     if (this.pending.size === 0) this.worker.unref();
     if (m.type !== 'released') returnLent(p.lent, m.lent);
     if (m.type === 'error') p.reject(new Error(m.message));
-    else p.resolve(m.type === 'ran' ? Object.fromEntries(Object.entries(m.outputs).map(([k, w]) => [k, fromWire(w)])) : {});
+    else p.resolve(m.type === 'ran' ? unpackTensors(m.outputs, this.outputNames) : {});
   }
 
   /** The thread died (it should not): every pass in flight fails, and so does every later one. */
