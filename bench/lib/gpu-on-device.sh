@@ -61,6 +61,8 @@ checkpoints() { # $1: shapes; builds start once the 7B checkpoint is on disk
 pack() { cp $W/gpu-*.json $OUT/ 2>/dev/null; tar czf $OUT/logs-$phase.tgz -C $W logs $(cd $W && ls profile-*.json 2>/dev/null); ls -la $OUT; }
 
 PR=${PR:-128,512,2048}
+# The call's limit in seconds (run's timeout_s): phase P fits its steps into it.
+LIMIT=${LIMIT:-600}
 # One build per background process: $1 weights, $2 activations (accuracy level 4).
 build7b() {
   [ -e $L/build-7b-$1-$2.rc ] && return
@@ -77,13 +79,13 @@ p1() {
   echo "7b checkpoint at $(el) s"; build7b int4 fp16; build7b int4 fp32; build7b fp16 fp16
   wait $HF; echo "gpu_hf rc $? at $(el) s"; grep -v Writing $L/hf.log
   # 0.5B while the 7B builds run (3 of the 16 cores): noisier, as phase A's was.
-  timeout 200 $B --shapes $S05 --weights int4,fp16 --accuracy-levels 4 --activations fp16,fp32 --prompts $PR --prefill-chunks 2048 --out $W/gpu-$D-prefill-0.5b.json > $L/bench-0.5b.log 2>&1
+  timeout 150 $B --shapes $S05 --weights int4,fp16 --accuracy-levels 4 --activations fp16,fp32 --prompts $PR --prefill-chunks 2048 --out $W/gpu-$D-prefill-0.5b.json > $L/bench-0.5b.log 2>&1
   echo "0.5b rc $? at $(el) s"; show $L/bench-0.5b.log 30
-  waitfor "$L/build-7b-int4-fp16.rc $L/build-7b-int4-fp32.rc" 400
+  waitfor "$L/build-7b-int4-fp16.rc $L/build-7b-int4-fp32.rc" $((LIMIT - 200))
   echo "int4 builds at $(el) s: $(cat $L/build-7b-int4-*.rc 2>/dev/null | tr '\n' ' ')"; tail -qn 1 $L/build-7b-*.log
   [ "$(cat $L/build-7b-int4-*.rc 2>/dev/null | tr -d '\n')" = 00 ] || { echo "int4 builds missing: 7B skipped"; return; }
   M=""; [ -e $W/gpu-$D-prefill-0.5b.json ] && M="--merge $W/gpu-$D-prefill-0.5b.json"
-  timeout 220 $B --shapes $S7 --weights int4 --accuracy-levels 4 --activations fp16,fp32 --prompts $PR --prefill-chunks 2048 --profile --profile-prompt 512 $M --out $W/gpu-$D-prefill.json > $L/bench-7b.log 2>&1
+  timeout $((LIMIT > 560 ? 220 : 120)) $B --shapes $S7 --weights int4 --accuracy-levels 4 --activations fp16,fp32 --prompts $PR --prefill-chunks 2048 --profile --profile-prompt 512 $M --out $W/gpu-$D-prefill.json > $L/bench-7b.log 2>&1
   echo "7b rc $? at $(el) s"; show $L/bench-7b.log 30
 }
 p2() { # $1: the phase's second by which the fp16-weight build must be there
@@ -93,13 +95,13 @@ p2() { # $1: the phase's second by which the fp16-weight build must be there
   [ "$(cat $L/build-7b-fp16-fp16.rc 2>/dev/null)" = 0 ] || { echo "no fp16-weight build: P2 skipped"; return; }
   M=""; [ -e $W/gpu-$D-prefill.json ] && M="--merge $W/gpu-$D-prefill.json"
   # The default engine again beside it (like with like in one process); passes of up to 512 only.
-  timeout $((590 - $(el))) $B --shapes $S7 --weights int4,fp16 --accuracy-levels 4 --activations fp16 --prompts $PR --profile --profile-prompt 512 $M --out $W/gpu-$D-prefill-fp16w.json > $L/bench-7b-fp16w.log 2>&1
+  timeout $((LIMIT - 12 - $(el))) $B --shapes $S7 --weights int4,fp16 --accuracy-levels 4 --activations fp16 --prompts $PR --profile --profile-prompt 512 $M --out $W/gpu-$D-prefill-fp16w.json > $L/bench-7b-fp16w.log 2>&1
   echo "7b fp16 weights rc $? at $(el) s"; show $L/bench-7b-fp16w.log 30
 }
 if [ "$phase" = P ]; then
-  # One call of at most 600 s: P1, its files to $OUT, then P2 where the fp16-weight build is there by 470 s.
+  # One call of at most LIMIT s: P1, its files to $OUT, then P2 where the fp16-weight build is there 130 s before the end.
   p1; pack
-  p2 470; pack
+  p2 $((LIMIT - 130)); pack
 elif [ "$phase" = P2 ]; then
   p2 300; pack
 elif [ "$phase" = A ]; then
