@@ -6,7 +6,7 @@
  * fires on it; every one of these requests is clean.
  *
  *   npx tsx bench/false-alerts.ts [--model DIR] [--probe FILE]... [--corpus FILE] [--traffic FILE.jsonl]
- *                                 [--learn FILE.jsonl] [--max-tokens N] [--out FILE.json]
+ *                                 [--learn FILE.jsonl] [--learn-shuffle SEED] [--max-tokens N] [--out FILE.json]
  *
  * Writes FILE.json, FILE.md and FILE.svg (rate per style and probe). Without --probe the daemon
  * loads the model's shipped probes.
@@ -16,7 +16,9 @@
  * (POST /v1/admin/learn, N = the file's lines, 10..10000), every line of FILE.jsonl is sent as a
  * client would, and once the learned probe is swapped in the sets above are measured on it. The
  * learned file is copied beside FILE.json (FILE.learned.probe.json) for offline sensitivity figures
- * (`generic-report --compare`).
+ * (`generic-report --compare`). Learn mode's fit share is the first 60% of the requests it counts,
+ * so a file sorted by style gives a fit and a calibration share of different styles; live traffic
+ * interleaves them: `--learn-shuffle SEED` sends the lines in a seeded random order instead.
  */
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,6 +26,7 @@ import { dirname, join } from 'node:path';
 import { corpusRequests, loadCorpus } from '../src/lab/corpus.js';
 import { barChart } from '../src/lab/svg-plot.js';
 import { DEFAULT_CORPUS, PACKAGE_ROOT } from '../src/paths.js';
+import { createRng, shuffled } from '../src/rng.js';
 import { spawnDaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown } from './lib/machine.js';
 import { markdownTable, parseArgs, runIfMain, usageOf, writeBenchResult, writeText } from './lib/report.js';
@@ -76,8 +79,9 @@ async function learnAdmin(url: string, method: 'GET' | 'POST', body?: unknown): 
 }
 
 /** Relearn generic-injection from every line of `path` through the daemon's learn mode; the run's last report. */
-async function learnFromTraffic(url: string, path: string, maxTokens: number): Promise<Record<string, unknown>> {
-  const lines = readTraffic(path);
+async function learnFromTraffic(url: string, path: string, maxTokens: number, shuffleSeed: number | null): Promise<Record<string, unknown>> {
+  const inFile = readTraffic(path);
+  const lines = shuffleSeed === null ? inFile : shuffled(inFile, createRng(shuffleSeed));
   await learnAdmin(url, 'POST', { probe: 'generic-injection', requests: lines.length });
   // The run folds in the always-fitted baseline first; requests count once it is collecting.
   while ((await learnAdmin(url, 'GET')).phase === 'preparing') await new Promise((r) => setTimeout(r, 250));
@@ -127,7 +131,7 @@ function summarise(set: string, rs: readonly RequestResult[], probeIds: readonly
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'max-tokens', 'out', 'md']);
+  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'max-tokens', 'out', 'md']);
   if (a.has('help')) return void console.log(usageOf(import.meta.url));
   const probes = argv.flatMap((x, i) => (argv[i - 1] === '--probe' ? [x] : []));
   const corpus = loadCorpus(a.get('corpus') ?? DEFAULT_CORPUS);
@@ -157,7 +161,7 @@ async function main(argv: string[]): Promise<void> {
   const results: RequestResult[] = [];
   try {
     if (learn && stateDir) {
-      learned = (await learnFromTraffic(daemon.url, learn, maxTokens)).last as Record<string, unknown>;
+      learned = (await learnFromTraffic(daemon.url, learn, maxTokens, a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null)).last as Record<string, unknown>;
       const version = learned.version as number;
       mkdirSync(dirname(out), { recursive: true });
       copyFileSync(join(stateDir, 'learned', `generic-injection.v${version}.probe.json`), out.replace(/\.json$/, '.learned.probe.json'));
@@ -197,7 +201,7 @@ async function main(argv: string[]): Promise<void> {
     '',
     ...(learned
       ? [
-          `Learned first from ${learn} through the daemon's learn mode (POST /v1/admin/learn): ${JSON.stringify(learned.requests)} requests, ` +
+          `Learned first from ${learn}${a.has('learn-shuffle') ? ` (lines in a random order, seed ${a.get('learn-shuffle')})` : ' (lines in file order)'} through the daemon's learn mode (POST /v1/admin/learn): ${JSON.stringify(learned.requests)} requests, ` +
             `threshold ${learned.threshold}${learned.empiricalThreshold !== undefined && learned.empiricalThreshold !== learned.threshold ? ` (the calibration share's own ${learned.empiricalThreshold}, raised: too few requests to hold the rate)` : ''} (replaced ${JSON.stringify(learned.replaced)}), achieved rate on its calibration share ${learned.achievedFpr}; ` +
             `the learned file: ${out.replace(/\.json$/, '.learned.probe.json').split('/').at(-1)}`,
           '',
@@ -210,7 +214,7 @@ async function main(argv: string[]): Promise<void> {
     '',
     `![false alerts](${out.replace(/\.json$/, '.svg').split('/').at(-1)})`,
   ].join('\n');
-  writeBenchResult(a, 'false-alerts', { machine: describeMachine(), corpus: corpus.name, maxTokens, probes, learned: learned && { from: learn, ...learned }, summaries, results }, markdown);
+  writeBenchResult(a, 'false-alerts', { machine: describeMachine(), corpus: corpus.name, maxTokens, probes, learned: learned && { from: learn, shuffleSeed: a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null, ...learned }, summaries, results }, markdown);
 }
 
 runIfMain(import.meta.url, main);
