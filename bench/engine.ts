@@ -61,8 +61,9 @@ export interface EngineKnobs {
   threads?: number;
   maxBatch?: number;
   batchContext?: number;
-  /** false: passes on the calling thread (the event loop), as before the session thread (runtime.ts ownThread). */
+  /** Passes on the session's own thread (runtime.ts ownThread; the daemon's default, engineThread). */
   ownThread?: boolean;
+  spinning?: boolean;
 }
 
 export interface BenchConfig {
@@ -327,7 +328,9 @@ export function investigationConfigs(quick: boolean): BenchConfig[] {
   });
   const list = [
     c('int4-default', 'engine defaults (bs32, acc4, taps+ports all, pooled growable KV, batcher)', {}),
-    c('int4-onloop', 'engine defaults, passes on the calling thread (ownThread false: the engine before its session thread)', { ownThread: false }),
+    c('int4-thread', 'passes on the session thread (ownThread)', { ownThread: true }),
+    c('int4-nospin', 'pool threads do not spin (the daemon default)', { spinning: false }),
+    c('int4-nospin-thread', 'no spinning + passes on the session thread (the daemon as shipped)', { spinning: false, ownThread: true }),
     c('int4-kv', 'private KV storage (maxBatch 0: no pool, no batcher)', { ...kv }),
     c('int4-kv-fwd', 'private KV, Sequence.forward + argmax loop (no generate())', { ...kv }, 'forward'),
     c('int4-kv-bs64', 'private KV + block 64', { ...kv, blockSize: 64 }),

@@ -38,7 +38,8 @@ const { config } = loadConfig({
   env: { LATENTWATCH_ADMIN_KEY: spec.adminKey, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1' },
   argv: ['--model', spec.modelDir, '--port', '0', '--log-level', 'warn', '--max-concurrent', String(spec.maxConcurrent), '--max-queue', '256', '--max-tokens', '1024'],
 });
-const engine = await Engine.load(spec.modelDir, { maxBatch: config.limits.maxConcurrent, precision: spec.precision, spinning: spec.spinning });
+// Passes on the engine's own thread as the daemon runs them (config engineThread, default on).
+const engine = await Engine.load(spec.modelDir, { maxBatch: config.limits.maxConcurrent, precision: spec.precision, spinning: spec.spinning, ownThread: config.engineThread });
 const modelName = basename(spec.modelDir);
 const urls: Record<string, string> = {};
 const closers: (() => Promise<void>)[] = [];

@@ -8,7 +8,8 @@
 import { GRAPH_NAMES } from '../model/graph.js';
 import { injectPort } from '../hooks.js';
 import type { KvPool } from './kv-pool.js';
-import { f32Tensor, i32Tensor, i64Tensor, tensorData, type Tensor } from './runtime.js';
+import { f32Tensor, i32Tensor, i64Tensor, tensorData } from './runtime.js';
+import type { Feed } from './kv-memory.js';
 import type { KvWrite } from './kv-write.js';
 import { greedyChoice, injectionRows, type ForwardOptions, type ForwardResult, type GraphContext, type Sequence } from './sequence.js';
 import type { TapValues } from './types.js';
@@ -135,7 +136,7 @@ export class DecodeBatcher {
     }
     // Room for every active row's new position.
     this.pool.ensure(Math.max(...batch.map((p) => p.seq.length)) + 1);
-    const feeds: Record<string, Tensor> = {
+    const feeds: Record<string, Feed> = {
       [GRAPH_NAMES.inputIds]: i64Tensor(ids, [B, 1]),
       [GRAPH_NAMES.seqlensK]: i32Tensor(seqlens, [B]),
       [GRAPH_NAMES.totalSeqLen]: i32Tensor([Math.max(...seqlens) + 1], []),
@@ -148,15 +149,14 @@ export class DecodeBatcher {
     if (batch.some(wantsLogits)) fetches.add(GRAPH_NAMES.logits);
     if (batch.some(wantsGreedy)) fetches.add(GRAPH_NAMES.greedy);
     const slotLen = this.pool.slotLength;
-    const dims = [B, c.numKvHeads, slotLen, c.headDim];
     // Each row's new key and value go into its slot at its next position, as part of the pass (idle rows: nowhere).
     const rows = batch.map((p) => ({ row: p.seq.storage.slot - lo, cacheOffset: (p.seq.storage.slot - lo) * c.numKvHeads * slotLen * c.headDim, start: p.seq.length }));
     const writes: KvWrite[] = [];
     const write = (output: string, feed: string): KvWrite => ({ output, feed, cacheLen: slotLen, kvHeads: c.numKvHeads, headDim: c.headDim, n: 1, rows });
     for (let l = 0; l < c.numLayers; l++) {
       const v = this.pool.range(l, lo, hi);
-      feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(v.keys, dims);
-      feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(v.values, dims);
+      feeds[GRAPH_NAMES.pastKey(l)] = v.keys;
+      feeds[GRAPH_NAMES.pastValue(l)] = v.values;
       writes.push(write(GRAPH_NAMES.newKey(l), GRAPH_NAMES.pastKey(l)), write(GRAPH_NAMES.newValue(l), GRAPH_NAMES.pastValue(l)));
     }
     for (const port of this.ctx.ports) {

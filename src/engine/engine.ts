@@ -27,7 +27,7 @@ export interface EngineOptions extends BuildRequest {
   threads?: number;
   /** Whether idle onnxruntime pool threads spin between passes (default true; see runtime.ts). */
   spinning?: boolean;
-  /** Whether cpu passes run on a thread of their own (default true; runtime.ts SessionOptions.ownThread). */
+  /** Whether cpu passes run on a thread of their own (default false; runtime.ts SessionOptions.ownThread). */
   ownThread?: boolean;
   /** The WebGPU provider's validation mode (runtime.ts; default onnxruntime's 'basic'). */
   webgpuValidation?: WebGpuValidation;
@@ -92,7 +92,7 @@ export class Engine implements GraphContext {
     // Slots hold up to batchContext positions (+1: a sequence of exactly batchContext is pooled).
     // A device-cache build decodes each sequence alone: its pool has no slots.
     this.deviceKv = build.options.interface === 'device-kv';
-    this.pool = new KvPool(cfg, this.deviceKv ? 0 : (o.maxBatch ?? 8), Math.min(o.batchContext ?? 4096, this.contextLength) + 1);
+    this.pool = new KvPool(cfg, this.deviceKv ? 0 : (o.maxBatch ?? 8), Math.min(o.batchContext ?? 4096, this.contextLength) + 1, (floats) => session.kvMemory(floats));
     this.maxPrivateLength = this.contextLength;
     this.batcher = new DecodeBatcher(this, this.pool);
     this.checkNames(session);
@@ -184,15 +184,15 @@ export class Engine implements GraphContext {
     if (capacity > this.contextLength) throw lwError('LW_ERR_ENGINE_CONTEXT_LENGTH', `${capacity} positions > context length ${this.contextLength}`);
     if (this.deviceKv) return new Sequence(this, capacity, new DeviceKvCache(this.config, this.build.options.activations));
     const slot = capacity < this.pool.maxSlotLength ? this.pool.allocate() : null;
-    if (!slot) return new Sequence(this, capacity, privateStorage(this.config, Math.min(capacity, this.maxPrivateLength)));
+    if (!slot) return new Sequence(this, capacity, privateStorage(this.config, Math.min(capacity, this.maxPrivateLength), (floats) => this.session.kvMemory(floats)));
     // Delegate rather than spread: `length` is a getter that follows the pool as it grows.
     const storage: KvStorage = {
       slot: slot.slot,
       get length() {
         return slot.length;
       },
-      keys: (l) => slot.keys(l),
-      values: (l) => slot.values(l),
+      key: (l) => slot.key(l),
+      value: (l) => slot.value(l),
       ensure: (n) => slot.ensure(n),
       free: () => {
         this.batcher.unregister(seq);

@@ -8,23 +8,25 @@
  * length, not the positions in use, so buffers start small and double as sequences need room,
  * copying what they hold. The cost is amortised: a sequence of n tokens is copied O(log n) times.
  * Passes only read these buffers (the cache is a graph input); the engine writes each pass's new
- * keys and values in as part of the pass (kv-write.ts). A pass on the session's own thread borrows
- * the pool's one buffer for its duration (wire-tensor.ts lendableFloats): views taken before a pass
- * are not valid after it, so every use asks for its view anew.
+ * keys and values in as part of the pass (kv-write.ts). The floats live in a KvMemory (kv-memory.ts):
+ * on this thread, or resident on the session's own thread; the pool only keeps their layout.
  */
 import type { ModelConfig } from '../model/config.js';
-import { lendableFloats } from './wire-tensor.js';
+import type { Feed, KvMemory } from './kv-memory.js';
 
 const INITIAL_SLOT_LENGTH = 256;
+
+/** Makes a pool's memory of `floats` floats (kv-memory.ts: on this thread or the session's own). */
+export type KvMemoryFactory = (floats: number) => KvMemory;
 
 export interface KvStorage {
   /** Slot index in the shared pool, or -1 for a private one. */
   readonly slot: number;
   /** Positions the buffers hold now (they grow up to the pool's maximum). */
   readonly length: number;
-  /** Layer l's key and value buffers, [1, kv_heads, length, head_dim]; replaced when they grow. */
-  keys(layer: number): Float32Array;
-  values(layer: number): Float32Array;
+  /** Layer l's key and value buffers as feeds, [1, kv_heads, length, head_dim]. */
+  key(layer: number): Feed;
+  value(layer: number): Feed;
   /** Makes room for `positions` positions. */
   ensure(positions: number): void;
   free(): void;
@@ -32,8 +34,7 @@ export interface KvStorage {
 
 export class KvPool {
   private slotLen: number;
-  private keys: Float32Array[] = [];
-  private values: Float32Array[] = [];
+  private readonly memory: KvMemory | null;
   private readonly used: boolean[];
   private readonly rowFloats: number;
 
@@ -42,11 +43,12 @@ export class KvPool {
     readonly slots: number,
     /** The most positions a slot may grow to. */
     readonly maxSlotLength: number,
+    memory: KvMemoryFactory,
   ) {
     this.used = new Array<boolean>(slots).fill(false);
     this.rowFloats = config.headDim;
     this.slotLen = Math.min(INITIAL_SLOT_LENGTH, maxSlotLength);
-    this.allocateArrays();
+    this.memory = slots === 0 ? null : memory(this.totalFloats);
   }
 
   get slotLength(): number {
@@ -57,40 +59,28 @@ export class KvPool {
     return this.config.numKvHeads * this.slotLen * this.rowFloats;
   }
 
-  /** One buffer for every layer's keys and values (a pass lends it as one), viewed per layer. */
-  private allocateArrays(): void {
-    this.keys = [];
-    this.values = [];
-    if (this.slots === 0) return;
-    const layerFloats = this.slots * this.slotFloats;
-    this.viewLayers(lendableFloats(2 * this.config.numLayers * layerFloats, (moved) => this.viewLayers(moved)));
+  /** Every layer's keys, then values, one after another: [2 * layers][slots, kv_heads, slot_len, head_dim]. */
+  private get totalFloats(): number {
+    return 2 * this.config.numLayers * this.slots * this.slotFloats;
   }
 
-  private viewLayers(all: Float32Array): void {
-    const layerFloats = this.slots * this.slotFloats;
-    const view = (i: number) => all.subarray(i * layerFloats, (i + 1) * layerFloats);
-    this.keys = Array.from({ length: this.config.numLayers }, (_, l) => view(2 * l));
-    this.values = Array.from({ length: this.config.numLayers }, (_, l) => view(2 * l + 1));
+  /** Where layer l's keys (`which` 0) or values (1) of slot `slot` start. */
+  private offset(layer: number, which: 0 | 1, slot: number): number {
+    return ((2 * layer + which) * this.slots + slot) * this.slotFloats;
   }
 
   /** Grows every slot to hold at least `positions` (never beyond maxSlotLength). */
   ensure(positions: number): void {
-    if (positions <= this.slotLen) return;
+    if (positions <= this.slotLen || !this.memory) return;
     const oldLen = this.slotLen;
-    const oldKeys = this.keys;
-    const oldValues = this.values;
     this.slotLen = Math.min(this.maxSlotLength, Math.max(positions, oldLen * 2));
-    this.allocateArrays();
-    // Each (slot, kv head) row of positions moves to its new stride.
-    const rows = this.slots * this.config.numKvHeads;
+    // Each (layer, keys|values, slot, kv head) row of positions moves to its new stride.
+    const rows = 2 * this.config.numLayers * this.slots * this.config.numKvHeads;
     const oldRow = oldLen * this.rowFloats;
     const newRow = this.slotLen * this.rowFloats;
-    for (let l = 0; l < this.config.numLayers; l++) {
-      for (let r = 0; r < rows; r++) {
-        this.keys[l].set(oldKeys[l].subarray(r * oldRow, (r + 1) * oldRow), r * newRow);
-        this.values[l].set(oldValues[l].subarray(r * oldRow, (r + 1) * oldRow), r * newRow);
-      }
-    }
+    const moves = new Float64Array(3 * rows);
+    for (let r = 0; r < rows; r++) moves.set([r * oldRow, r * newRow, oldRow], 3 * r);
+    this.memory.resize(this.totalFloats, moves);
   }
 
   /** Lowest free slot (keeping batches compact), or null when full. */
@@ -98,15 +88,15 @@ export class KvPool {
     const slot = this.used.indexOf(false);
     if (slot < 0) return null;
     this.used[slot] = true;
-    const view = (a: Float32Array) => a.subarray(slot * this.slotFloats, (slot + 1) * this.slotFloats);
+    const feed = (layer: number, which: 0 | 1) => this.memory!.feed(this.offset(layer, which, slot), this.slotFloats, [1, this.config.numKvHeads, this.slotLen, this.rowFloats]);
     const length = () => this.slotLen;
     return {
       slot,
       get length() {
         return length();
       },
-      keys: (l) => view(this.keys[l]),
-      values: (l) => view(this.values[l]),
+      key: (l) => feed(l, 0),
+      value: (l) => feed(l, 1),
       ensure: (n) => this.ensure(n),
       free: () => {
         this.used[slot] = false;
@@ -114,24 +104,34 @@ export class KvPool {
     };
   }
 
-  /** Views over slots lo..hi (inclusive) for one layer: [hi-lo+1, kv_heads, slot_len, head_dim]. */
-  range(layer: number, lo: number, hi: number): { keys: Float32Array; values: Float32Array } {
-    const f = this.slotFloats;
-    return { keys: this.keys[layer].subarray(lo * f, (hi + 1) * f), values: this.values[layer].subarray(lo * f, (hi + 1) * f) };
+  /** Feeds over slots lo..hi (inclusive) for one layer: [hi-lo+1, kv_heads, slot_len, head_dim]. */
+  range(layer: number, lo: number, hi: number): { keys: Feed; values: Feed } {
+    const dims = [hi - lo + 1, this.config.numKvHeads, this.slotLen, this.rowFloats];
+    const length = (hi - lo + 1) * this.slotFloats;
+    return { keys: this.memory!.feed(this.offset(layer, 0, lo), length, dims), values: this.memory!.feed(this.offset(layer, 1, lo), length, dims) };
+  }
+
+  /** Frees the memory (a private pool when its sequence ends; resident memory is not collected). */
+  release(): void {
+    this.memory?.free();
   }
 }
 
 /** A sequence's own growable cache, for when the shared pool is full or too short. */
-export function privateStorage(config: ModelConfig, maxLength: number): KvStorage {
-  const s = new KvPool(config, 1, maxLength).allocate()!;
+export function privateStorage(config: ModelConfig, maxLength: number, memory: KvMemoryFactory): KvStorage {
+  const pool = new KvPool(config, 1, maxLength, memory);
+  const s = pool.allocate()!;
   return {
     slot: -1,
     get length() {
       return s.length;
     },
-    keys: (l) => s.keys(l),
-    values: (l) => s.values(l),
+    key: (l) => s.key(l),
+    value: (l) => s.value(l),
     ensure: (n) => s.ensure(n),
-    free: () => s.free(),
+    free: () => {
+      s.free();
+      pool.release();
+    },
   };
 }

@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { lwError } from '../errors.js';
+import { HostKvMemory, isResident, type Feed, type KvMemory } from './kv-memory.js';
 import { applyKvWrites, type KvWrite } from './kv-write.js';
 import { SessionThread } from './session-thread.js';
 
@@ -58,9 +59,12 @@ export interface SessionOptions {
   /** onnxruntime logs fatal errors only (a probe whose failure is an answer, not an error). */
   quiet?: boolean;
   /**
-   * Whether a host-provider session runs its passes on a thread of its own (default true for 'cpu';
-   * session-worker.ts says why). GPU providers run on the calling thread: their device tensors
-   * cannot cross threads.
+   * Whether a 'cpu' session runs its passes on a thread of its own (session-worker.ts says why; the
+   * daemon's default, engineThread). Off by default: with onnxruntime's pool threads spinning (its
+   * default) each hand-off between the threads waits for a core, and on the 2-core machine int4
+   * decode of the 0.5B shape fell from 64 to 9–13 tok/s (bench/engine.ts --investigate int4-thread);
+   * with spinning off (the daemon's default) the two ran alike (58 tok/s). GPU providers always run
+   * on the calling thread: their device tensors cannot cross threads.
    */
   ownThread?: boolean;
 }
@@ -137,7 +141,9 @@ interface SessionBackend {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   /** `writes` are applied before the promise resolves; their outputs need not come back. */
-  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null, writes: readonly KvWrite[]): Promise<Record<string, Tensor>>;
+  run(feeds: Record<string, Feed>, outputs: readonly string[] | null, writes: readonly KvWrite[]): Promise<Record<string, Tensor>>;
+  /** Memory for a KV pool, where this backend's passes read it. */
+  kvMemory(floats: number): KvMemory;
   endProfiling(): void;
   release(): Promise<void>;
 }
@@ -147,13 +153,21 @@ function localBackend(session: ort.InferenceSession): SessionBackend {
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     run: async (feeds, outputs, writes) => {
-      const r = (outputs ? await session.run(feeds, [...outputs, ...writes.map((w) => w.output)]) : await session.run(feeds)) as Record<string, Tensor>;
-      applyKvWrites(writes, (name) => tensorData(feeds[name]), (name) => tensorData(r[name]));
+      const tensors = hostFeeds(feeds);
+      const r = (outputs ? await session.run(tensors, [...outputs, ...writes.map((w) => w.output)]) : await session.run(tensors)) as Record<string, Tensor>;
+      applyKvWrites(writes, (name) => tensorData(tensors[name]), (name) => tensorData(r[name]));
       return r;
     },
+    kvMemory: (floats) => new HostKvMemory(floats),
     endProfiling: () => session.endProfiling(),
     release: () => session.release(),
   };
+}
+
+/** Feeds of a session on this thread: every one a tensor (only a session thread makes resident memory). */
+function hostFeeds(feeds: Record<string, Feed>): Record<string, Tensor> {
+  for (const [name, f] of Object.entries(feeds)) if (isResident(f)) throw lwError('LW_ERR_ENGINE_SESSION_FAILED', `feed ${name} is resident on a session thread this session does not run on`);
+  return feeds as Record<string, Tensor>;
 }
 
 export class RuntimeSession {
@@ -177,7 +191,7 @@ export class RuntimeSession {
         ...(o.deviceOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
         ...(o.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } } : {}),
       };
-      if (provider === 'cpu' && o.ownThread !== false) return new RuntimeSession(await SessionThread.start({ model: modelPath, options }));
+      if (provider === 'cpu' && o.ownThread === true) return new RuntimeSession(await SessionThread.start({ model: modelPath, options }));
       const session = typeof modelPath === 'string' ? await ort.InferenceSession.create(modelPath, options) : await ort.InferenceSession.create(modelPath, options);
       return new RuntimeSession(localBackend(session));
     } catch (e) {
@@ -202,7 +216,7 @@ export class RuntimeSession {
    * Runs the graph; only the outputs named come back (onnxruntime-node copies every fetched output).
    * `writes`: the pass's new keys and values go into the host cache it read, before this resolves.
    */
-  async run(feeds: Record<string, Tensor>, outputs: readonly string[], writes: readonly KvWrite[] = []): Promise<Record<string, Tensor>> {
+  async run(feeds: Record<string, Feed>, outputs: readonly string[], writes: readonly KvWrite[] = []): Promise<Record<string, Tensor>> {
     try {
       return await this.session.run(feeds, outputs, writes);
     } catch (e) {
@@ -217,6 +231,11 @@ export class RuntimeSession {
     } catch (e) {
       throw runError(e);
     }
+  }
+
+  /** Memory for a KV pool of `floats` floats, where this session's passes read it (kv-memory.ts). */
+  kvMemory(floats: number): KvMemory {
+    return this.session.kvMemory(floats);
   }
 
   /** Writes the profile of a session loaded with `profilePrefix`. */

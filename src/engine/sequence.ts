@@ -11,6 +11,7 @@ import type { ModelConfig } from '../model/config.js';
 import { injectPort } from '../hooks.js';
 import { DeviceKvCache } from './device-kv.js';
 import type { KvStorage } from './kv-pool.js';
+import type { Feed } from './kv-memory.js';
 import type { KvWrite } from './kv-write.js';
 import { f32Tensor, i32Tensor, i64Tensor, tensorData, type RuntimeSession, type Tensor } from './runtime.js';
 import type { GreedyChoice } from './sampler.js';
@@ -146,7 +147,7 @@ export class Sequence {
   }
 
   /** A pass on a host cache; returns the logits and the taps asked for. */
-  private async runHost(storage: KvStorage, feeds: Record<string, Tensor>, o: ForwardOptions, n: number, start: number): Promise<Record<string, Float32Array>> {
+  private async runHost(storage: KvStorage, passFeeds: Record<string, Tensor>, o: ForwardOptions, n: number, start: number): Promise<Record<string, Float32Array>> {
     const c = this.ctx.config;
     const total = start + n;
     // Only what the caller reads comes back (onnxruntime-node copies every fetched output).
@@ -155,13 +156,13 @@ export class Sequence {
     const r = await this.ctx.exclusive(async () => {
       // Inside the exclusive section: the pool may grow (and move buffers) only between passes.
       storage.ensure(total);
-      const dims = [1, c.numKvHeads, storage.length, c.headDim];
+      const feeds: Record<string, Feed> = { ...passFeeds };
       // The cache is an input: the pass's new keys and values are written into it as part of the pass.
       const writes: KvWrite[] = [];
       const write = (output: string, feed: string): KvWrite => ({ output, feed, cacheLen: storage.length, kvHeads: c.numKvHeads, headDim: c.headDim, n, rows: [{ row: 0, cacheOffset: 0, start }] });
       for (let l = 0; l < c.numLayers; l++) {
-        feeds[GRAPH_NAMES.pastKey(l)] = f32Tensor(storage.keys(l), dims);
-        feeds[GRAPH_NAMES.pastValue(l)] = f32Tensor(storage.values(l), dims);
+        feeds[GRAPH_NAMES.pastKey(l)] = storage.key(l);
+        feeds[GRAPH_NAMES.pastValue(l)] = storage.value(l);
         writes.push(write(GRAPH_NAMES.newKey(l), GRAPH_NAMES.pastKey(l)), write(GRAPH_NAMES.newValue(l), GRAPH_NAMES.pastValue(l)));
       }
       return this.ctx.session.run(feeds, wanted, writes);

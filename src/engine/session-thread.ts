@@ -6,18 +6,18 @@ import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../worker.js';
 import type { SessionReply, SessionRequest, SessionWorkerData } from './session-worker.js';
 import { packKvWrites, type KvWrite } from './kv-write.js';
-import { packTensors, returnLent, unpackTensors, type Tensor } from './wire-tensor.js';
+import type { Feed, KvMemory } from './kv-memory.js';
+import { packTensors, unpackTensors, type Tensor } from './wire-tensor.js';
 
 interface Pending {
   resolve(outputs: Record<string, Tensor>): void;
   reject(e: Error): void;
-  /** The buffers the pass borrowed, as they were before they moved. */
-  lent: ArrayBuffer[];
 }
 
 export class SessionThread {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  private nextMemory = 1;
   private failure: Error | undefined;
   private readonly inputIndex: ReadonlyMap<string, number>;
   private readonly outputIndex: ReadonlyMap<string, number>;
@@ -54,25 +54,37 @@ export class SessionThread {
   }
 
   /** One pass; `outputs` null: every output. `writes` happen on the thread; their outputs do not come back. */
-  run(feeds: Record<string, Tensor>, outputs: readonly string[] | null, writes: readonly KvWrite[]): Promise<Record<string, Tensor>> {
+  run(feeds: Record<string, Feed>, outputs: readonly string[] | null, writes: readonly KvWrite[]): Promise<Record<string, Tensor>> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
-    // The KV cache moves for the pass (no copy; its views go as offsets); small feeds are copied.
-    const lent: ArrayBuffer[] = [];
-    let request: SessionRequest;
+    // The KV cache is resident there (its regions go as offsets); small feeds are copied.
+    let request: Extract<SessionRequest, { type: 'run' }>;
     try {
-      const packed = packTensors(feeds, this.inputIndex, lent);
       const wanted = outputs && Int32Array.from(outputs, (n) => this.outputIndex.get(n) ?? -1);
       if (wanted?.includes(-1)) throw new Error(`unknown output among ${outputs!.join(', ')}`);
-      request = { type: 'run', id, feeds: packed, outputs: wanted, writes: packKvWrites(writes, this.inputIndex, this.outputIndex), lent };
+      request = { type: 'run', id, feeds: packTensors(feeds, this.inputIndex), outputs: wanted, writes: packKvWrites(writes, this.inputIndex, this.outputIndex) };
     } catch (e) {
       return Promise.reject(e as Error);
     }
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, lent });
+      this.pending.set(id, { resolve, reject });
       if (this.pending.size === 1) this.worker.ref();
-      this.worker.postMessage(request, [...lent, request.feeds.values]);
+      this.worker.postMessage(request, [request.feeds.values]);
     });
+  }
+
+  /**
+   * KV memory resident on the thread (kv-memory.ts says why). Its messages are ordered with the
+   * passes', so a resize or free takes effect between the passes around it, as on this thread.
+   */
+  kvMemory(floats: number): KvMemory {
+    const id = this.nextMemory++;
+    this.post({ type: 'kvAlloc', id, floats });
+    return {
+      resize: (next, moves) => this.post({ type: 'kvResize', id, floats: next, moves }),
+      feed: (offset, length, dims) => ({ resident: id, offset, length, dims }),
+      free: () => this.post({ type: 'kvFree', id }),
+    };
   }
 
   endProfiling(): void {
@@ -83,7 +95,7 @@ export class SessionThread {
     if (this.failure) return;
     const id = this.nextId++;
     await new Promise<void>((resolve, reject) => {
-      this.pending.set(id, { resolve: () => resolve(), reject, lent: [] });
+      this.pending.set(id, { resolve: () => resolve(), reject });
       this.worker.ref();
       this.post({ type: 'release', id });
     });
@@ -91,7 +103,7 @@ export class SessionThread {
   }
 
   private post(m: SessionRequest): void {
-    this.worker.postMessage(m);
+    if (!this.failure) this.worker.postMessage(m);
   }
 
   private answer(m: SessionReply): void {
@@ -100,7 +112,6 @@ export class SessionThread {
     if (!p) return;
     this.pending.delete(m.id);
     if (this.pending.size === 0) this.worker.unref();
-    if (m.type !== 'released') returnLent(p.lent, m.lent);
     if (m.type === 'error') p.reject(new Error(m.message));
     else p.resolve(m.type === 'ran' ? unpackTensors(m.outputs, this.outputNames) : {});
   }
