@@ -4,7 +4,7 @@
  * started as `latentwatch serve` starts, clients over loopback HTTP/SSE and WebSocket).
  *
  *   npx tsx bench/daemon.ts [--quick] [--out FILE.json] [--md FILE.md] [--model DIR] [--big] [--big-model DIR]
- *       [--precision P] [--spinning] [--latency-only]
+ *       [--precision P] [--spinning] [--no-engine-thread] [--latency-only]
  *
  * --latency-only measures the alert latency alone (no monitor overhead, no concurrency).
  *
@@ -116,6 +116,8 @@ export interface ModelDaemonBench {
   fingerprint: string;
   precision: string;
   spinning: boolean;
+  /** Forward passes on the engine's own thread (the daemon's default, engineThread); false with --no-engine-thread. */
+  engineThread: boolean;
   probes: { id: string; hook: string }[];
   /** null with latencyOnly. */
   monitorOverhead: {
@@ -200,6 +202,7 @@ export interface DaemonBenchOptions {
   models?: string[];
   /** onnxruntime's idle threads spin-wait between passes (default false, as the daemon). */
   spinning?: boolean;
+  engineThread?: boolean;
   /** Precision of the served graph per checkpoint: default fp32 for the built-in model, int4 for others. */
   precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
   /** Only the alert latency (skip monitor overhead and concurrency; their fields are left empty). */
@@ -248,7 +251,7 @@ function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids
 
 const decodeRate = (r: StreamResult): number => ((r.completionTokens ?? 0) - 1) / ((r.endedAt - r.tokenTimes[0]) / 1000);
 
-async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean, root: string, log: (l: string) => void, engineOpts: { precision: string; spinning: boolean }): Promise<ModelDaemonBench> {
+async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean, root: string, log: (l: string) => void, engineOpts: { precision: string; spinning: boolean; engineThread: boolean }): Promise<ModelDaemonBench> {
   const small = basename(modelDir) === basename(DEFAULT_MODEL_DIR);
   // Counts: bounded in time on a shared 2-core machine (quick: well under a minute for the 16M model).
   const scale = small ? 1 : 0.25;
@@ -560,7 +563,8 @@ async function monitorMicro(modelDir: string, probePaths: string[], fingerprint:
       onScore: (probeId, score) => metrics.observeProbeScore(probeId, score),
     });
     const t0 = performance.now();
-    for (let t = 0; t < tokens; t++) monitor.step({ position: t, text: words[t % words.length] }, bank.score(taps));
+    // Windowed probes (the generic detector) read each position's token id.
+    for (let t = 0; t < tokens; t++) monitor.step({ position: t, text: words[t % words.length] }, bank.score(taps, [100 + (t % words.length)]));
     monitor.finish();
     return ((performance.now() - t0) * 1000) / tokens;
   };
@@ -631,7 +635,7 @@ export async function runDaemonBench(o: DaemonBenchOptions = {}): Promise<Daemon
   try {
     for (const m of o.models ?? [DEFAULT_MODEL_DIR]) {
       const precision = o.precision ?? (basename(m) === basename(DEFAULT_MODEL_DIR) ? 'fp32' : 'int4');
-      models.push(await benchModel(resolve(m), quick, o.latencyOnly ?? false, root, log, { precision, spinning: o.spinning ?? false }));
+      models.push(await benchModel(resolve(m), quick, o.latencyOnly ?? false, root, log, { precision, spinning: o.spinning ?? false, engineThread: o.engineThread ?? true }));
     }
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -706,7 +710,7 @@ export function daemonBenchMarkdown(r: DaemonBenchResult): string {
     const o = m.monitorOverhead;
     const a = m.alertLatency;
     parts.push(
-      `## ${m.modelName} (${m.fingerprint}), ${m.precision}, onnxruntime spinning ${m.spinning ? 'on' : 'off'}`,
+      `## ${m.modelName} (${m.fingerprint}), ${m.precision}, onnxruntime spinning ${m.spinning ? 'on' : 'off'}, forward passes on ${m.engineThread ? "the engine's own thread" : 'the event loop'}`,
       '',
       `Probes (monitored daemon): ${m.probes.map((p) => `${p.id} @ ${p.hook}`).join(', ')}. Daemon RSS ${f((m.rssBytes ?? NaN) / 2 ** 20, 0)} MiB.`,
       '',
@@ -775,7 +779,7 @@ async function main(argv: string[]): Promise<void> {
   if (a.has('big') || a.has('big-model')) models.push(a.get('big-model') ?? '/tmp/lw-bench/qwen2.5-0.5b-random');
   const precision = a.get('precision') as DaemonBenchOptions['precision'];
   const latencyOnly = a.has('latency-only');
-  const res = await runDaemonBench({ quick, models, precision, spinning: a.has('spinning'), latencyOnly });
+  const res = await runDaemonBench({ quick, models, precision, spinning: a.has('spinning'), engineThread: !a.has('no-engine-thread'), latencyOnly });
   writeBenchResult(a, `daemon${quick ? '-quick' : ''}${latencyOnly ? '-latency' : ''}`, res, daemonBenchMarkdown(res));
 }
 

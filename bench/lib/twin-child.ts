@@ -29,6 +29,8 @@ export interface TwinSpec {
   maxConcurrent: number;
   precision?: 'fp32' | 'fp16' | 'int8' | 'int4';
   spinning?: boolean;
+  /** Forward passes on the engine's own thread (default: the daemon's, engineThread). */
+  engineThread?: boolean;
   /** groupCommit: the log written by the worker thread with group commit (the daemon's default; group-commit-store.ts), else on the event loop. */
   variants: { name: string; probes: string[]; alertLog: string; synchronous?: 'full' | 'normal'; groupCommit?: boolean }[];
 }
@@ -39,7 +41,7 @@ const { config } = loadConfig({
   argv: ['--model', spec.modelDir, '--port', '0', '--log-level', 'warn', '--max-concurrent', String(spec.maxConcurrent), '--max-queue', '256', '--max-tokens', '1024'],
 });
 // Passes on the engine's own thread as the daemon runs them (config engineThread, default on).
-const engine = await Engine.load(spec.modelDir, { maxBatch: config.limits.maxConcurrent, precision: spec.precision, spinning: spec.spinning, ownThread: config.engineThread });
+const engine = await Engine.load(spec.modelDir, { maxBatch: config.limits.maxConcurrent, precision: spec.precision, spinning: spec.spinning, ownThread: spec.engineThread ?? config.engineThread });
 const modelName = basename(spec.modelDir);
 const urls: Record<string, string> = {};
 const closers: (() => Promise<void>)[] = [];
