@@ -89,6 +89,15 @@ describe('forward passes on the session thread (qwen2-code-16m, cpu)', () => {
   });
 });
 
+describe('a released session thread', () => {
+  it('fails later passes with a coded error naming the release, and a second release does nothing', async () => {
+    const e = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, threads: 1, ownThread: true });
+    await e.session.release();
+    await expect(e.newSequence(4).forward([1, 2, 3], { logits: 'last' })).rejects.toMatchObject({ code: 'LW_ERR_ENGINE_SESSION_FAILED', message: expect.stringMatching(/released/) });
+    await e.session.release();
+  });
+});
+
 describe('what crosses to the session thread (wire-tensor.ts, kv-write.ts)', () => {
   it('tensors round-trip as numbers: types, shapes and values; resident regions by offset, not copied', () => {
     const cache = Float32Array.from({ length: 64 }, (_, i) => i);

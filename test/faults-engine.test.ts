@@ -31,19 +31,19 @@ beforeAll(async () => {
 });
 
 type Feeds = Record<string, Tensor>;
-type Run = (feeds: Feeds, outputs: Record<string, Tensor | null>) => Promise<Record<string, Tensor>>;
+type Run = (feeds: Feeds, outputs: readonly string[], writes?: unknown) => Promise<Record<string, Tensor>>;
 
 /** Drops `seqlens_k` from the passes `trip` picks: onnxruntime then fails the run itself. */
 function breakPasses(d: Daemon, trip: (feeds: Feeds) => boolean): { restore(): void; tripped(): number } {
   const session = d.engine.session as unknown as { run: Run };
   const real = session.run.bind(session);
   let tripped = 0;
-  session.run = (feeds, outputs) => {
-    if (!trip(feeds)) return real(feeds, outputs);
+  session.run = (feeds, outputs, writes) => {
+    if (!trip(feeds)) return real(feeds, outputs, writes);
     tripped++;
     const broken = { ...feeds };
     delete broken[GRAPH_NAMES.seqlensK];
-    return real(broken, outputs);
+    return real(broken, outputs, writes);
   };
   return { restore: () => (session.run = real), tripped: () => tripped };
 }

@@ -93,11 +93,14 @@ export class SessionThread {
 
   async release(): Promise<void> {
     if (this.failure) return;
+    // Passes asked for from now on fail, as on a released session on the calling thread; those
+    // already posted run first (messages are ordered).
+    this.failure = new Error('the session was released');
     const id = this.nextId++;
     await new Promise<void>((resolve, reject) => {
       this.pending.set(id, { resolve: () => resolve(), reject });
       this.worker.ref();
-      this.post({ type: 'release', id });
+      this.worker.postMessage({ type: 'release', id } satisfies SessionRequest);
     });
     await this.worker.terminate();
   }
