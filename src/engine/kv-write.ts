@@ -1,7 +1,7 @@
 /**
  * A pass's new keys and values written into the KV cache it read, as part of the pass
- * (RuntimeSession.run `writes`): on the session's own thread the write happens there, before the
- * lent cache goes back, so the per-layer new keys and values never cross threads (session-worker.ts).
+ * (RuntimeSession.run `writes`): on the session's own thread the write happens there, in the cache
+ * resident there (kv-memory.ts), so the per-layer new keys and values never cross threads.
  */
 
 /** Output `output` ([rows, kv_heads, n, head_dim]) into feed `feed`'s buffer, one entry per row kept. */

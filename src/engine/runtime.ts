@@ -60,11 +60,10 @@ export interface SessionOptions {
   quiet?: boolean;
   /**
    * Whether a 'cpu' session runs its passes on a thread of its own (session-worker.ts says why; the
-   * daemon's default, engineThread). Off by default: with onnxruntime's pool threads spinning (its
-   * default) each hand-off between the threads waits for a core, and on the 2-core machine int4
-   * decode of the 0.5B shape fell from 64 to 9–13 tok/s (bench/engine.ts --investigate int4-thread);
-   * with spinning off (the daemon's default) the two ran alike (58 tok/s). GPU providers always run
-   * on the calling thread: their device tensors cannot cross threads.
+   * daemon's default, engineThread). Off by default: it pays only where something else waits for the
+   * event loop, and its two hand-offs per pass cost single-stream decode 5–9% (0.5B int4) to 12–16%
+   * (the built-in model) on the 2-core machine (docs/benchmarks.md). GPU providers always run on the
+   * calling thread: their device tensors cannot cross threads.
    */
   ownThread?: boolean;
 }

@@ -1,5 +1,5 @@
 /**
- * A host-provider onnxruntime session on a thread of its own (runtime.ts SessionThread).
+ * A host-provider onnxruntime session on a thread of its own (the caller's side: session-thread.ts).
  *
  * Why: onnxruntime-node runs a pass synchronously on the calling thread. On the event loop, every
  * forward pass held every WebSocket send, NATS delivery, health check and metrics scrape behind it:

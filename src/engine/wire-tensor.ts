@@ -39,7 +39,7 @@ const TYPE_CODE = new Map(TYPES.map(([t], i) => [t, i]));
  */
 export interface PackedTensors {
   meta: Float64Array;
-  /** The values of the tensors not lent, one after another (8-byte aligned). */
+  /** The values of the tensors that are not resident regions, one after another (8-byte aligned). */
   values: ArrayBuffer;
 }
 
@@ -60,12 +60,9 @@ export function packTensors(tensors: Record<string, Feed>, names: ReadonlyMap<st
     const code = TYPE_CODE.get(t.type);
     if (index === undefined || code === undefined) throw new Error(`cannot send tensor '${name}' (${t.type}) to the session thread`);
     const data = t.data as TypedArray;
-    meta.push(index, code, t.dims.length, ...t.dims);
-    {
-      meta.push(SOURCE_VALUES, bytes, data.length);
-      copied.push({ at: bytes, data });
-      bytes += Math.ceil(data.byteLength / 8) * 8;
-    }
+    meta.push(index, code, t.dims.length, ...t.dims, SOURCE_VALUES, bytes, data.length);
+    copied.push({ at: bytes, data });
+    bytes += Math.ceil(data.byteLength / 8) * 8;
   }
   const values = new ArrayBuffer(bytes);
   const out = new Uint8Array(values);
