@@ -6,7 +6,7 @@
  * ArrayBuffers), so memory both threads see is not possible; copying the cache per pass costs a
  * memcpy of all of it (25 MB at 1,024 positions of the 0.5B shape), and moving it (a transfer there
  * and back) made V8 count it as new external memory twice a pass: a full GC every few passes, and
- * 0.5B int4 decode fell from ~60 to 7–14 tok/s on the 2-core machine. So the session's thread owns
+ * 0.5B int4 decode fell from ~60 to 6–15 tok/s on the 2-core machine. So the session's thread owns
  * the cache: a pass names regions of it (ResidentFeed), writes its new keys and values into it there
  * (kv-write.ts), and growth copies there too.
  */
