@@ -7,7 +7,7 @@
  * (scored independently with the written file), and a share that holds the rate is left as it is.
  */
 import { describe, expect, it } from 'vitest';
-import { requestScore } from '../src/probes/calibration.js';
+import { conformalThreshold, requestScore, thresholdAtFpr } from '../src/probes/calibration.js';
 import { DetectorLearner, smallShareThreshold, type LearnSpec, type RequestRows } from '../src/probes/learn.js';
 import { createProbe } from '../src/probes/probe.js';
 import { createRng } from '../src/rng.js';
@@ -22,6 +22,51 @@ describe('smallShareThreshold', () => {
     expect(smallShareThreshold(1.2, 2000, 0.01, 0.07)).toBe(1.2);
     // No allowance (too few positions to fit a slope): nothing to extrapolate with.
     expect(smallShareThreshold(1.2, 53, 0.01, undefined)).toBe(1.2);
+  });
+});
+
+describe('conformalThreshold', () => {
+  it('is the smallest score with (above + 1) / (n + 1) within the rate', () => {
+    const xs = Array.from({ length: 132 }, (_, i) => i + 1); // 1..132
+    // 132 at 1%: (0 + 1) / 133 ≤ 0.01, (1 + 1) / 133 > 0.01: the largest; thresholdAtFpr allows one above.
+    expect(conformalThreshold(xs, 0.01)).toBe(132);
+    expect(thresholdAtFpr(xs, 0.01)).toBe(131);
+    // 799 at 1%: up to 7 above ((7 + 1) / 800 = 0.01); so does thresholdAtFpr (8 / 799 > 0.01): large shares agree.
+    const ys = Array.from({ length: 799 }, (_, i) => i + 1);
+    expect(conformalThreshold(ys, 0.01)).toBe(792);
+    expect(thresholdAtFpr(ys, 0.01)).toBe(792);
+    // Ties count together: [1, 2, 2, 2] at 0.5 → (0 + 1) / 5 ≤ 0.5 for 2, (3 + 1) / 5 > 0.5 for 1.
+    expect(conformalThreshold([2, 1, 2, 2], 0.5)).toBe(2);
+    // Too few to hold the rate: the largest (learn mode then extrapolates: smallShareThreshold).
+    expect(conformalThreshold([3, 1, 2], 0.01)).toBe(3);
+    expect(() => conformalThreshold([], 0.01)).toThrow(RangeError);
+    expect(() => conformalThreshold([1, Number.NaN], 0.01)).toThrow(RangeError);
+  });
+
+  it('holds the rate on new requests drawn like the calibration ones, where the empirical rule exceeds it', () => {
+    // 4,000 calibrations of 132 heavy-tailed scores each, every threshold checked on 200 new scores
+    // of the same law: the conformal rule's mean rate is 1 / 133 (≤ 1%); the empirical one's 2 / 133.
+    const rng = createRng(5);
+    const draw = () => (-Math.log(1 - rng.next())) ** 1.5;
+    let conformal = 0;
+    let empirical = 0;
+    const runs = 4000;
+    const fresh = 200;
+    for (let r = 0; r < runs; r++) {
+      const cal = Array.from({ length: 132 }, draw);
+      const tc = conformalThreshold(cal, 0.01);
+      const te = thresholdAtFpr(cal, 0.01);
+      for (let k = 0; k < fresh; k++) {
+        const x = draw();
+        if (x > tc) conformal++;
+        if (x > te) empirical++;
+      }
+    }
+    const rate = (n: number) => n / (runs * fresh);
+    expect(rate(conformal)).toBeLessThan(0.01);
+    expect(rate(conformal)).toBeCloseTo(1 / 133, 3);
+    expect(rate(empirical)).toBeGreaterThan(0.01);
+    expect(rate(empirical)).toBeCloseTo(2 / 133, 3);
   });
 });
 

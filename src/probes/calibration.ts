@@ -96,6 +96,31 @@ export function thresholdAtFpr(negatives: ArrayLike<number>, targetFpr: number):
   return sorted[m - 1]; // unreachable: the largest value has 0 above it
 }
 
+/**
+ * The threshold for a target rate on NEW requests like the calibration ones (split-conformal):
+ * the smallest calibration score t with (above(t) + 1) / (n + 1) ≤ targetFpr, `above` counting the
+ * scores strictly greater. A new request exchangeable with n calibration requests exceeds the
+ * score with k above it with probability (k + 1) / (n + 1); thresholdAtFpr's above / n is the rate
+ * on the calibration requests themselves, an under-estimate by about one request in n + 1 (132
+ * requests at 1%: the second largest, 1.5% expected on new ones, where the largest gives 0.75%).
+ * When even the largest falls short ((n + 1) · targetFpr < 1) it returns the largest: callers that
+ * can extrapolate the tail raise it (learn.ts smallShareThreshold).
+ */
+export function conformalThreshold(scores: ArrayLike<number>, targetFpr: number): number {
+  if (scores.length === 0) throw new RangeError('scores: none');
+  for (let i = 0; i < scores.length; i++) if (Number.isNaN(scores[i])) throw new RangeError(`scores[${i}] is NaN`);
+  if (!(targetFpr >= 0 && targetFpr < 1)) throw new RangeError(`targetFpr must be in [0, 1), got ${targetFpr}`);
+  const n = scores.length;
+  const sorted = Float64Array.from(scores).sort();
+  for (let i = 0; i < n; ) {
+    let j = i;
+    while (j + 1 < n && sorted[j + 1] === sorted[i]) j++;
+    if ((n - 1 - j + 1) / (n + 1) <= targetFpr) return sorted[i];
+    i = j + 1;
+  }
+  return sorted[n - 1];
+}
+
 /** Scored positions before the length allowance starts: requests this short keep their plain maximum. */
 export const LENGTH_ALLOWANCE_FROM = 16;
 
@@ -187,8 +212,8 @@ export interface CleanRequestScores {
 /**
  * The threshold rules of an ensemble detector, for the lab and learn mode alike: members weighed
  * by kind (balanceKinds), the length allowance fitted on the balanced ensemble's clean per-position
- * aggregates, then the threshold at the target rate per request for each population on its own,
- * the higher. `requestsOf(subset)` scores the clean calibration requests with a subset of members.
+ * aggregates, then the threshold at the target rate per new request (conformalThreshold) for each
+ * population on its own, the higher. `requestsOf(subset)` scores the clean calibration requests with a subset of members.
  */
 export function setEnsembleThreshold<M extends { readonly calibration: { center: number; scale: number }; readonly body: LeafBody }>(
   members: readonly M[],
@@ -207,7 +232,7 @@ export function setEnsembleThreshold<M extends { readonly calibration: { center:
     if (byPopulation.size === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean calibration requests to set the threshold on');
     return byPopulation;
   };
-  const thresholdOf = (byPopulation: Map<string, number[]>): number => Math.max(...[...byPopulation.values()].map((req) => thresholdAtFpr(req, targetFpr)));
+  const thresholdOf = (byPopulation: Map<string, number[]>): number => Math.max(...[...byPopulation.values()].map((req) => conformalThreshold(req, targetFpr)));
   const balanced = balanceKinds(members, memberKind, (subset) => thresholdOf(scoresUnder(requestsOf(subset), plain)));
   const reqs = requestsOf(balanced);
   const withAllowance = withLengthAllowance(
