@@ -99,7 +99,7 @@ describe('the always-fitted baseline in a learner', () => {
     return rows;
   };
 
-  it('folds rows into the fit exactly as a fit request does, outside the plan, and survives serialisation', () => {
+  it('folds rows as a fit request does, apart from the traffic and outside the plan, and survives serialisation', () => {
     const withBaseline = new DetectorLearner(spec);
     const asTraffic = new DetectorLearner(spec);
     const junk = request(withBaseline, 30);
@@ -107,13 +107,69 @@ describe('the always-fitted baseline in a learner', () => {
     asTraffic.add(junk);
     expect([withBaseline.fitRequests, withBaseline.baselineRequests, withBaseline.baselinePositions]).toEqual([0, 1, 26]);
     expect(asTraffic.fitRequests).toBe(1);
-    for (let i = 0; i < spec.members.length; i++) expect(Array.from(withBaseline.moments[i].toArray())).toEqual(Array.from(asTraffic.moments[i].toArray()));
-    expect(Array.from(withBaseline.spreads[1]!.toArray())).toEqual(Array.from(asTraffic.spreads[1]!.toArray()));
+    for (let i = 0; i < spec.members.length; i++) {
+      expect(Array.from(withBaseline.baselineMoments[i].toArray())).toEqual(Array.from(asTraffic.moments[i].toArray()));
+      expect(withBaseline.moments[i].n).toBe(0);
+    }
+    expect(Array.from(withBaseline.baselineSpreads[1]!.toArray())).toEqual(Array.from(asTraffic.spreads[1]!.toArray()));
     const back = DetectorLearner.deserialize(withBaseline.serialize(), spec.modelFingerprint).learner;
     expect([back.baselineRequests, back.baselinePositions, back.fitRequests]).toEqual([1, 26, 0]);
+    for (let i = 0; i < spec.members.length; i++) expect(Array.from(back.baselineMoments[i].toArray())).toEqual(Array.from(withBaseline.baselineMoments[i].toArray()));
+    expect(Array.from(back.baselineSpreads[1]!.toArray())).toEqual(Array.from(withBaseline.baselineSpreads[1]!.toArray()));
     // Once the fit share is full, the baseline no longer folds in.
     for (let k = 0; k < spec.fitRequests; k++) withBaseline.add(request(withBaseline, 12));
     expect(() => withBaseline.addBaseline(request(withBaseline, 12))).toThrow(/already fitted/);
+  });
+
+  it('weighs the baseline to a quarter of the fit when traffic outgrows it: the fitted mean is the weighted mean of the rows', () => {
+    const learner = new DetectorLearner(spec);
+    const updates: { rows: Float64Array[]; baseline: boolean }[] = [];
+    const fold = (n: number, baseline: boolean) => {
+      const rows = learner.newRequest();
+      const a = Float32Array.from({ length: n * d }, () => rng.gaussian() + (baseline ? 3 : 0));
+      const b = Float32Array.from({ length: n * d }, () => rng.gaussian());
+      rows.observe(new Map([['blocks.0.hook_resid_post', { positions: n, dModel: d, data: a }], ['blocks.1.hook_resid_post', { positions: n, dModel: d, data: b }]]), Array.from({ length: n }, (_, i) => i));
+      // The update rows the learner fits (float32 differences, positions from skip 4 on), by hand.
+      updates.push({ baseline, rows: Array.from({ length: n - 4 }, (_, k) => Float64Array.from({ length: d }, (_, j) => Math.fround(b[(k + 4) * d + j] - a[(k + 4) * d + j]))) });
+      if (baseline) learner.addBaseline(rows);
+      else learner.add(rows);
+    };
+    fold(30, true); // 26 baseline positions
+    for (let k = 0; k < spec.fitRequests; k++) fold(60, false); // 7 × 56 = 392 traffic positions
+    const w = (0.25 / 0.75) * (392 / 26);
+    expect(learner.baselineWeight).toBeCloseTo(w, 12);
+    const mean = new Float64Array(d);
+    let n = 0;
+    for (const u of updates) for (const r of u.rows) {
+      const k = u.baseline ? w : 1;
+      for (let j = 0; j < d; j++) mean[j] += k * r[j];
+      n += k;
+    }
+    const fitted = learner.members()[0].body as { gaussian: { mean: number[] } };
+    for (let j = 0; j < d; j++) expect(fitted.gaussian.mean[j]).toBeCloseTo(mean[j] / n, 5);
+    // The baseline's rows sit ~3 lower: weighed, it pulls the mean well past where once would.
+    const once = updates.flatMap((u) => u.rows).reduce((acc, r) => acc + r[0], 0) / (26 + 392);
+    expect(Math.abs(fitted.gaussian.mean[0] - once)).toBeGreaterThan(0.3);
+    // A baseline already a quarter of the fit counts once.
+    const small = new DetectorLearner(spec);
+    small.addBaseline(request(small, 30));
+    for (let k = 0; k < spec.fitRequests; k++) small.add(request(small, 12)); // 26 of 26 + 56
+    expect(small.baselineWeight).toBe(1);
+  });
+
+  it('adds moments taken around other shifts, weighted, as the rows themselves would', () => {
+    const rowsA = Array.from({ length: 40 }, () => Float64Array.from({ length: d }, () => 5 + rng.gaussian()));
+    const rowsB = Array.from({ length: 25 }, () => Float64Array.from({ length: d }, () => -2 + 2 * rng.gaussian()));
+    const a = new MomentAccumulator(d);
+    const b = new MomentAccumulator(d);
+    const direct = new MomentAccumulator(d);
+    for (const r of rowsA) (a.add(r, 0), direct.add(r, 0));
+    for (const r of rowsB) b.add(r, 0);
+    for (let k = 0; k < 3; k++) for (const r of rowsB) direct.add(r, 0); // B counted three times
+    const sum = a.plus(b, 3).toArray();
+    const want = direct.toArray();
+    expect(sum.length).toBe(want.length);
+    for (let i = 0; i < want.length; i++) expect(Math.abs(sum[i] - want[i])).toBeLessThan(1e-9 * Math.max(1, Math.abs(want[i])));
   });
 });
 
@@ -298,7 +354,8 @@ describe('learning the generic detector from live traffic', () => {
     expect(relearned).not.toBeCloseTo(shippedScore, 6);
     expect(await metric(d, 'latentwatch_probe_version')).toBe(1);
     expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(7);
-    expect(status.last.baseline).toEqual({ ...baseline, positions: expect.any(Number) });
+    // The baseline (59 requests) outweighs 7 short fit requests: it counts once (weighed only when traffic outgrows it).
+    expect(status.last.baseline).toEqual({ ...baseline, positions: expect.any(Number), weight: 1 });
     expect(manifest.baseline).toEqual(status.last.baseline);
     // 5 short calibration requests: too few positions for a tail slope, so the threshold is their own
     // (longer shares are raised above their maximum: probes-learn-threshold.test.ts).

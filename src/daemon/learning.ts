@@ -370,7 +370,7 @@ export class LearningService {
         origin: run.origin,
         requests: { fit: result.fitRequests, calibration: result.calibrationRequests },
         positions: { fit: result.fitPositions, calibration: result.calibrationPositions },
-        baseline: this.baselineCounts(run),
+        baseline: { ...this.baselineCounts(run), weight: result.baselineWeight },
         targetFpr: l.spec.targetFpr,
         achievedFpr: result.achievedFpr,
         threshold: result.threshold,

@@ -125,6 +125,9 @@ export class RequestRows {
 
 export type LearnPhase = 'fit' | 'calibrate' | 'complete';
 
+/** The least share of the fit's positions the always-fitted baseline is weighed to (baselineWeight). */
+export const BASELINE_FIT_SHARE = 0.25;
+
 /**
  * The threshold at the target rate when the calibration share is too small to hold it. With n
  * clean requests and (n + 1) · targetFpr < 1 the conformal threshold (calibration.ts) is their
@@ -148,6 +151,8 @@ export interface LearnResult {
   /** The threshold the calibration share gives alone (its maximum when it is too small: smallShareThreshold). */
   empiricalThreshold: number;
   achievedFpr: number;
+  /** How many times each baseline position counted in the fit (DetectorLearner.baselineWeight). */
+  baselineWeight: number;
   fitRequests: number;
   fitPositions: number;
   calibrationRequests: number;
@@ -165,6 +170,9 @@ export class DetectorLearner {
   readonly moments: MomentAccumulator[];
   /** Per member: the spread discount's sums (windowed members that have one), else null. */
   readonly spreads: (SpreadMoments | null)[];
+  /** The baseline's moments and spread sums, apart: weighed into the fit (baselineWeight). */
+  readonly baselineMoments: MomentAccumulator[];
+  readonly baselineSpreads: (SpreadMoments | null)[];
   /** Per calibration request: one Float32Array of per-position scores per member. */
   readonly calibration: Float32Array[][] = [];
   private candidate: { fits: MemberFit[]; probes: Probe[] } | null = null;
@@ -175,6 +183,8 @@ export class DetectorLearner {
     if (spec.fitRequests < 1 || spec.fitRequests >= spec.requests) throw lwError('LW_ERR_PROBE_FIT', `fit share ${spec.fitRequests} of ${spec.requests} requests leaves no calibration share`);
     this.moments = spec.members.map(() => new MomentAccumulator(spec.dModel));
     this.spreads = spec.members.map((m) => (m.window?.spread ? new SpreadMoments(spec.dModel) : null));
+    this.baselineMoments = spec.members.map(() => new MomentAccumulator(spec.dModel));
+    this.baselineSpreads = spec.members.map((m) => (m.window?.spread ? new SpreadMoments(spec.dModel) : null));
     this.hookIndex = new Map(learnHooks(spec.members).map((h, i) => [h, i]));
     this.scratch = new Float32Array(2 * spec.dModel);
   }
@@ -203,7 +213,7 @@ export class DetectorLearner {
     const skip = skipOf(this.spec);
     if (r.positions <= skip) return 'empty';
     if (phase === 'fit') {
-      this.foldFit(r);
+      this.foldFit(r, this.moments, this.spreads);
       this.fitRequests++;
       this.fitPositions += r.positions - skip;
       return 'fit';
@@ -220,12 +230,23 @@ export class DetectorLearner {
     if (this.phase !== 'fit') throw lwError('LW_ERR_PROBE_FIT', 'the baseline folds into the fit share, which is already fitted');
     const skip = skipOf(this.spec);
     if (r.positions <= skip) return;
-    this.foldFit(r);
+    this.foldFit(r, this.baselineMoments, this.baselineSpreads);
     this.baselineRequests++;
     this.baselinePositions += r.positions - skip;
   }
 
-  private foldFit(r: RequestRows): void {
+  /**
+   * How many times each baseline position counts in the fit: enough for the baseline to be at least
+   * BASELINE_FIT_SHARE of the fit's positions, never less than once. Folded once, its share falls as
+   * the traffic grows, and junk fires again: on the built-in model, learned from 132 requests (the
+   * baseline ~22% of the fit) 0–1 of 14 junk prompts fired, from 330 (~10%) 3 of 14.
+   */
+  get baselineWeight(): number {
+    if (this.baselinePositions === 0 || this.fitPositions === 0) return 1;
+    return Math.max(1, ((BASELINE_FIT_SHARE / (1 - BASELINE_FIT_SHARE)) * this.fitPositions) / this.baselinePositions);
+  }
+
+  private foldFit(r: RequestRows, moments: MomentAccumulator[], spreads: (SpreadMoments | null)[]): void {
     const skip = skipOf(this.spec);
     const d = this.spec.dModel;
     const novel = novelPositions(r.ids);
@@ -236,9 +257,9 @@ export class DetectorLearner {
       if (m.window) {
         // A windowed member fits the means of full windows of counted positions, as the lab does.
         const all = m.window.positions === 'all';
-        const spread = this.spreads[i];
+        const spread = spreads[i];
         forEachFullWindowMean(b ?? a, b ? a : null, (p) => all || novel[p] === 1, skip, r.positions, d, m.window.size, (mean, v) => {
-          this.moments[i].add(mean, 0);
+          moments[i].add(mean, 0);
           if (spread) spread.addWindow(v!);
         }, spread !== null);
         spread?.addRows(b ?? a, b ? a : null, skip, r.positions);
@@ -248,7 +269,7 @@ export class DetectorLearner {
         const o = p * d;
         // float32 differences, as the lab's anomalyRows forms them
         if (b) for (let j = 0; j < d; j++) x[j] = b[o + j] - a[o + j];
-        this.moments[i].add(b ? x : a, b ? 0 : o);
+        moments[i].add(b ? x : a, b ? 0 : o);
       }
     });
   }
@@ -286,10 +307,15 @@ export class DetectorLearner {
   members(): MemberFit[] {
     if (this.candidate) return this.candidate.fits;
     if (this.phase === 'fit') throw lwError('LW_ERR_PROBE_FIT', `the fit share has ${this.fitRequests} of ${this.spec.fitRequests} requests`);
+    const w = this.baselineWeight;
     const fits: MemberFit[] = this.spec.members.map((m, i) => {
-      if (this.moments[i].n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${this.moments[i].n} positions to fit on`);
-      const g = roundedGaussian(fitGaussianFromMoments(this.moments[i]), 7);
-      const window = m.window && windowSpec(m.window.size, this.spreads[i], 7, m.window.positions, m.window.minCount);
+      const moments = this.baselineMoments[i].n > 0 ? this.moments[i].plus(this.baselineMoments[i], w) : this.moments[i];
+      const own = this.spreads[i];
+      const base = this.baselineSpreads[i];
+      const spread = own && base ? own.plus(base, w) : own;
+      if (moments.n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${moments.n} positions to fit on`);
+      const g = roundedGaussian(fitGaussianFromMoments(moments), 7);
+      const window = m.window && windowSpec(m.window.size, spread, 7, m.window.positions, m.window.minCount);
       return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined, window) };
     });
     const meta = { modelFingerprint: this.spec.modelFingerprint, dModel: this.spec.dModel };
@@ -335,7 +361,7 @@ export class DetectorLearner {
     const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
     const description =
       `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
-      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}${threshold !== empirical ? `; raised from their maximum ${empirical} by the tail's slope, too few requests to hold the rate` : ''})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
+      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}${threshold !== empirical ? `; raised from their maximum ${empirical} by the tail's slope, too few requests to hold the rate` : ''})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions, each counted ${round(this.baselineWeight, 4)} times: at least ${BASELINE_FIT_SHARE * 100}% of the fit)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
     const file = ensembleFile(balanced, {
       id: spec.probeId,
       label: spec.label,
@@ -347,7 +373,7 @@ export class DetectorLearner {
       training: { ...NO_FIGURES, trials: this.fitRequests },
       evaluation: { ...NO_FIGURES, trials: this.calibration.length, fprOnControls: { 'clean-traffic': achievedFpr } },
     }, threshold);
-    return { file, threshold, empiricalThreshold: empirical, achievedFpr, fitRequests: this.fitRequests, fitPositions: this.fitPositions, calibrationRequests: this.calibration.length, calibrationPositions: this.calibrationPositions };
+    return { file, threshold, empiricalThreshold: empirical, achievedFpr, baselineWeight: round(this.baselineWeight, 6), fitRequests: this.fitRequests, fitPositions: this.fitPositions, calibrationRequests: this.calibration.length, calibrationPositions: this.calibrationPositions };
   }
 
   // ---- persistence ------------------------------------------------------------------------------
@@ -370,23 +396,29 @@ export class DetectorLearner {
       calibration: this.calibration.map((r) => r[0].length),
     };
     const head = Buffer.from(`${LEARN_STATE_MAGIC}\n${JSON.stringify(header)}\n`, 'utf8');
+    // Traffic's moments and spread sums, then the baseline's, in the same layout.
     const sBytes = this.spreads.filter((x) => x !== null).length * SpreadMoments.length(d) * 8;
-    const mBytes = this.moments.length * momentLength(d) * 8 + sBytes;
+    const mBytes = 2 * (this.moments.length * momentLength(d) * 8 + sBytes);
     const cBytes = this.calibration.reduce((a, r) => a + r.length * r[0].length * 4, 0);
     const out = new Uint8Array(head.length + mBytes + cBytes);
     out.set(head, 0);
     let o = head.length;
-    for (const m of this.moments) {
-      const a = m.toArray();
-      out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
-      o += a.byteLength;
-    }
-    // The spread discounts' sums after the moments, for the windowed members that have one.
-    for (const x of this.spreads) {
-      if (!x) continue;
-      const a = x.toArray();
-      out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
-      o += a.byteLength;
+    for (const [moments, spreads] of [
+      [this.moments, this.spreads],
+      [this.baselineMoments, this.baselineSpreads],
+    ] as const) {
+      for (const m of moments) {
+        const a = m.toArray();
+        out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
+        o += a.byteLength;
+      }
+      // The spread discounts' sums after the moments, for the windowed members that have one.
+      for (const x of spreads) {
+        if (!x) continue;
+        const a = x.toArray();
+        out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
+        o += a.byteLength;
+      }
     }
     for (const r of this.calibration) {
       for (const s of r) {
@@ -413,7 +445,9 @@ export class DetectorLearner {
       throw bad(source, `header is not JSON: ${(e as Error).message}`);
     }
     const spec = header.spec as LearnSpec | undefined;
-    if (header.format !== LEARN_STATE_FORMAT || typeof spec !== 'object' || spec === null || typeof spec.modelFingerprint !== 'string') throw bad(source, 'unknown format');
+    // Format 1 (before the baseline was weighed) folded the baseline into the traffic's moments.
+    const baselineApart = header.format === LEARN_STATE_FORMAT;
+    if ((!baselineApart && header.format !== LEARN_STATE_FORMAT_1) || typeof spec !== 'object' || spec === null || typeof spec.modelFingerprint !== 'string') throw bad(source, 'unknown format');
     if (spec.modelFingerprint !== expectedFingerprint) {
       throw lwError('LW_ERR_LEARN_MODEL_MISMATCH', `${source}: collected on model ${spec.modelFingerprint}, the loaded model is ${expectedFingerprint}`, {
         stateModelFingerprint: spec.modelFingerprint,
@@ -435,21 +469,27 @@ export class DetectorLearner {
     const d = spec.dModel;
     const mLen = momentLength(d) * 8;
     const sLen = SpreadMoments.length(d) * 8;
-    const need = nl2 + 1 + spec.members.length * mLen + learner.spreads.filter((x) => x !== null).length * sLen + (cal as number[]).reduce((a, n) => a + n * spec.members.length * 4, 0);
+    const need = nl2 + 1 + (baselineApart ? 2 : 1) * (spec.members.length * mLen + learner.spreads.filter((x) => x !== null).length * sLen) + (cal as number[]).reduce((a, n) => a + n * spec.members.length * 4, 0);
     if (buf.length !== need) throw bad(source, `expected ${need} bytes, found ${buf.length}`);
     // Copies (ArrayBuffer.slice), aligned for the typed arrays whatever the header's length.
     const copy = (from: number, bytes: number) => buf.buffer.slice(buf.byteOffset + from, buf.byteOffset + from + bytes);
     let o = nl2 + 1;
-    spec.members.forEach((_, i) => {
-      const a = new Float64Array(copy(o, mLen));
-      learner.moments[i] = MomentAccumulator.fromArray(d, a);
-      o += mLen;
-    });
-    learner.spreads.forEach((x, i) => {
-      if (!x) return;
-      learner.spreads[i] = SpreadMoments.fromArray(d, new Float64Array(copy(o, sLen)));
-      o += sLen;
-    });
+    for (const [moments, spreads] of baselineApart
+      ? ([
+          [learner.moments, learner.spreads],
+          [learner.baselineMoments, learner.baselineSpreads],
+        ] as const)
+      : ([[learner.moments, learner.spreads]] as const)) {
+      spec.members.forEach((_, i) => {
+        moments[i] = MomentAccumulator.fromArray(d, new Float64Array(copy(o, mLen)));
+        o += mLen;
+      });
+      spreads.forEach((x, i) => {
+        if (!x) return;
+        spreads[i] = SpreadMoments.fromArray(d, new Float64Array(copy(o, sLen)));
+        o += sLen;
+      });
+    }
     for (const n of cal as number[]) {
       learner.calibration.push(
         spec.members.map(() => {
@@ -470,7 +510,8 @@ export class DetectorLearner {
 }
 
 const LEARN_STATE_MAGIC = 'LWLEARN1';
-const LEARN_STATE_FORMAT = 'latentwatch-learning-state/1';
+const LEARN_STATE_FORMAT = 'latentwatch-learning-state/2';
+const LEARN_STATE_FORMAT_1 = 'latentwatch-learning-state/1';
 
 function bad(source: string, what: string) {
   return lwError('LW_ERR_LEARN_STATE_INVALID', `${source}: ${what}`);

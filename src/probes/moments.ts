@@ -47,18 +47,58 @@ export class MomentAccumulator {
     this.y = new Float64Array(d);
   }
 
-  /** The moments of both accumulators' rows together (the same shift and width only). */
-  plus(other: MomentAccumulator): MomentAccumulator {
-    if (other.d !== this.d || !other.shift.every((v, j) => v === this.shift[j])) throw lwError('LW_ERR_PROBE_FIT', 'moments taken around different shifts do not add up');
-    const out = new MomentAccumulator(this.d, this.shift);
-    out.n = this.n + other.n;
-    out.sumNorm4 = this.sumNorm4 + other.sumNorm4;
+  /**
+   * The moments of both accumulators' rows together, `other`'s rows counted `weight` times (learn
+   * mode weighs its junk baseline so; a weight need not be whole). Moments taken around another
+   * shift are moved to this one first: with δ = other.shift − this.shift, y' = y + δ, t = δ·y and
+   * e = ‖δ‖², every sum of y' follows from the stored sums of y:
+   *   Σy' = Σy + nδ,   Σy'y'ᵀ = Σyyᵀ + Σy δᵀ + δ Σyᵀ + n δδᵀ,
+   *   Σ‖y'‖²y' = Σ‖y‖²y + 2(Σyyᵀ)δ + e Σy + δ(Σ‖y‖² + 2δ·Σy + n e),
+   *   Σ‖y'‖⁴ = Σ‖y‖⁴ + 4δᵀ(Σyyᵀ)δ + n e² + 4δ·Σ‖y‖²y + 2e Σ‖y‖² + 4e δ·Σy.
+   */
+  plus(other: MomentAccumulator, weight = 1): MomentAccumulator {
+    if (other.d !== this.d) throw lwError('LW_ERR_PROBE_FIT', `moments of width ${other.d} do not add to width ${this.d}`);
+    if (!(weight >= 0 && Number.isFinite(weight))) throw lwError('LW_ERR_PROBE_FIT', `moment weight must be finite and ≥ 0, got ${weight}`);
+    const { d } = this;
+    const o = other.shift.every((v, j) => v === this.shift[j]) ? other : other.shiftedTo(this.shift);
+    const out = new MomentAccumulator(d, this.shift);
+    out.n = this.n + weight * o.n;
+    out.sumNorm4 = this.sumNorm4 + weight * o.sumNorm4;
     for (const [a, b, c] of [
-      [out.sum, this.sum, other.sum],
-      [out.sumOuter, this.sumOuter, other.sumOuter],
-      [out.sumNorm2Row, this.sumNorm2Row, other.sumNorm2Row],
+      [out.sum, this.sum, o.sum],
+      [out.sumOuter, this.sumOuter, o.sumOuter],
+      [out.sumNorm2Row, this.sumNorm2Row, o.sumNorm2Row],
     ])
-      for (let i = 0; i < a.length; i++) a[i] = b[i] + c[i];
+      for (let i = 0; i < a.length; i++) a[i] = b[i] + weight * c[i];
+    return out;
+  }
+
+  /** The same rows' moments taken around `shift` (plus's identities). */
+  shiftedTo(shift: ArrayLike<number>): MomentAccumulator {
+    const { d, n } = this;
+    const out = new MomentAccumulator(d, shift);
+    const delta = Float64Array.from({ length: d }, (_, j) => this.shift[j] - shift[j]);
+    const full = (a: number, b: number): number => (a >= b ? this.sumOuter[(a * (a + 1)) / 2 + b] : this.sumOuter[(b * (b + 1)) / 2 + a]);
+    const sDelta = new Float64Array(d); // (Σyyᵀ)δ
+    let trace = 0;
+    for (let a = 0; a < d; a++) {
+      let v = 0;
+      for (let b = 0; b < d; b++) v += full(a, b) * delta[b];
+      sDelta[a] = v;
+      trace += full(a, a);
+    }
+    const e = dot(delta, 0, delta, 0, d);
+    const dSum = dot(delta, 0, this.sum, 0, d);
+    const dRow = dot(delta, 0, this.sumNorm2Row, 0, d);
+    const dSd = dot(delta, 0, sDelta, 0, d);
+    out.n = n;
+    let k = 0;
+    for (let a = 0; a < d; a++) {
+      out.sum[a] = this.sum[a] + n * delta[a];
+      out.sumNorm2Row[a] = this.sumNorm2Row[a] + 2 * sDelta[a] + e * this.sum[a] + delta[a] * (trace + 2 * dSum + n * e);
+      for (let b = 0; b <= a; b++) out.sumOuter[k++] = full(a, b) + this.sum[a] * delta[b] + delta[a] * this.sum[b] + n * delta[a] * delta[b];
+    }
+    out.sumNorm4 = this.sumNorm4 + 4 * dSd + n * e * e + 4 * dRow + 2 * e * trace + 4 * e * dSum;
     return out;
   }
 

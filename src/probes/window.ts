@@ -211,12 +211,15 @@ export class SpreadMoments {
     this.rows++;
   }
 
-  /** The sums of both (every field is a sum): the lab's leave-one-style-out fits add per-style ones. */
-  plus(other: SpreadMoments): SpreadMoments {
+  /**
+   * The sums of both (every field is a sum), `other`'s counted `weight` times: the lab's
+   * leave-one-style-out fits add per-style ones, learn mode its weighted junk baseline.
+   */
+  plus(other: SpreadMoments, weight = 1): SpreadMoments {
     const a = this.toArray();
     const b = other.toArray();
     if (a.length !== b.length) throw lwError('LW_ERR_PROBE_FIT', `spread sums of width ${other.dim} do not add to width ${this.dim}`);
-    return SpreadMoments.fromArray(this.dim, a.map((v, i) => v + b[i]));
+    return SpreadMoments.fromArray(this.dim, a.map((v, i) => v + weight * b[i]));
   }
 
   /** Float64 values in a fixed layout (3·dim + 2), for learn mode's persisted state. */
