@@ -7,7 +7,7 @@
  * (scored independently with the written file), and a share that holds the rate is left as it is.
  */
 import { describe, expect, it } from 'vitest';
-import { conformalThreshold, requestScore, thresholdAtFpr } from '../src/probes/calibration.js';
+import { conformalThreshold, requestScore, roundThreshold, thresholdAtFpr } from '../src/probes/calibration.js';
 import { DetectorLearner, smallShareThreshold, type LearnSpec, type RequestRows } from '../src/probes/learn.js';
 import { createProbe } from '../src/probes/probe.js';
 import { createRng } from '../src/rng.js';
@@ -41,6 +41,18 @@ describe('conformalThreshold', () => {
     expect(conformalThreshold([3, 1, 2], 0.01)).toBe(3);
     expect(() => conformalThreshold([], 0.01)).toThrow(RangeError);
     expect(() => conformalThreshold([1, Number.NaN], 0.01)).toThrow(RangeError);
+  });
+
+  it('sets a threshold far enough above its clean score that a float32 recomputation of it does not fire', () => {
+    // Measured: a learned threshold set at a calibration score of 1.0 was 1.00000001; the daemon
+    // scored requests like it 1.0000000894 and they fired.
+    for (const score of [1, 0.731, 1.2533195, 17.25, -0.5]) {
+      const t = roundThreshold(score);
+      expect(t).toBeGreaterThanOrEqual(score + Math.abs(score) * 1e-6);
+      expect(t).toBeLessThan(score + Math.abs(score) * 1.1e-6 + 1e-9);
+      expect(Math.fround(score) + Math.abs(score) * 2.4e-7).toBeLessThan(t); // two float32 steps off
+    }
+    expect(roundThreshold(1)).toBe(1.000001);
   });
 
   it('holds the rate on new requests drawn like the calibration ones, where the empirical rule exceeds it', () => {

@@ -26,11 +26,22 @@ export function roundAll(xs: ArrayLike<number>, digits: number): number[] {
   return Array.from(xs, (x) => round(x, digits));
 }
 
+/** How far above the clean score it is set at a threshold sits, relative (roundThreshold). */
+export const THRESHOLD_MARGIN = 1e-6;
+
 /**
- * A threshold to 9 significant digits, never below x: the threshold is one of the clean scores and
- * fires strictly above it, so rounding it down would let that clean request fire.
+ * A threshold to 9 significant digits, a millionth (relative) above x: the threshold is one of the
+ * clean scores and fires strictly above it, and the daemon's float32 scorer recomputes a score
+ * within about 1e-7 relative of the fit's (learned on qwen3-code-7m, three C headers whose greedy
+ * continuations scored 1.00000009 fired against a threshold of 1.00000001 set at a calibration
+ * request's 1.0: the same score but for rounding).
  */
-export function roundThreshold(x: number): number {
+export function roundThreshold(score: number): number {
+  return roundUp(score + Math.abs(score) * THRESHOLD_MARGIN);
+}
+
+/** x to 9 significant digits, never below it. */
+export function roundUp(x: number): number {
   const r = round(x, 9);
   if (!(r < x)) return r;
   const ulp9 = 10 ** (Math.floor(Math.log10(Math.abs(x))) - 8);

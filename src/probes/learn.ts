@@ -17,7 +17,7 @@
 import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
 import type { AggregatorSpec } from './aggregators.js';
-import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian, roundThreshold, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
+import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian, roundUp, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
 import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
@@ -142,7 +142,7 @@ export const BASELINE_FIT_SHARE = 0.25;
 export function smallShareThreshold(empirical: number, calibrationRequests: number, targetFpr: number, perLog: number | undefined): number {
   const shortfall = 1 / ((calibrationRequests + 1) * targetFpr);
   if (!(shortfall > 1) || perLog === undefined || !(perLog > 0)) return empirical;
-  return roundThreshold(empirical + perLog * Math.log(shortfall));
+  return roundUp(empirical + perLog * Math.log(shortfall)); // empirical already sits above its score (roundThreshold)
 }
 
 export interface LearnResult {
