@@ -299,9 +299,14 @@ describe('learning the generic detector from live traffic', () => {
     await complete(d, PROMPTS[0], { latentwatch: { inject: { vector: vector.map((x) => x / norm), layer: 4, scale: 18, window: 'all' } } }, ADMIN_KEY);
     expect((await admin(d, 'GET')).body.requests.seen).toBe(0);
 
+    const writesBefore = (await admin(d, 'GET')).body.statistics_writes as number;
+    const t0 = performance.now();
     for (const p of PROMPTS.slice(0, 5)) expect(genericThreshold(await complete(d, p))).toBe(SHIPPED.threshold);
+    const elapsed = performance.now() - t0;
     const mid = (await admin(d, 'GET')).body;
     expect(mid).toMatchObject({ phase: 'collecting', requests: { seen: 5, fit: 5, calibration: 0 } });
+    // Statistics are written at most once a second (LEARN_WRITE_INTERVAL_MS), not once a request.
+    expect(mid.statistics_writes - writesBefore).toBeLessThanOrEqual(2 + Math.floor(elapsed / 1000));
     expect(mid.positions.fit).toBeGreaterThan(5 * 8);
     expect(await metric(d, 'latentwatch_learn_requests_total')).toBe(5);
     await stop(d); // flushes the statistics

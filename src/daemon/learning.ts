@@ -15,6 +15,7 @@
  */
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { writeFileAtomicAsync } from '../atomic-write.js';
 import { isLatentwatchError, lwError } from '../errors.js';
 import { DetectorLearner, learnableMembers, type LearnSpec, type RequestRows } from '../probes/learn.js';
@@ -28,6 +29,12 @@ import type { DaemonMetrics } from './metrics.js';
 export const LEARN_FIT_FRACTION = 0.6;
 /** Positions of one request kept for learning: bounds the rows a running request holds. */
 export const LEARN_MAX_POSITIONS = 1024;
+/**
+ * The least time between two writes of a run's statistics: each rewrites every member's moments
+ * (16.8 MB on the built-in model), so busy traffic would otherwise keep the disk writing without
+ * pause; a kill -9 loses at most this much counted traffic (shutdown writes at once).
+ */
+export const LEARN_WRITE_INTERVAL_MS = 1000;
 
 /** What inference.ts calls for one clean request. */
 export interface LearnTap {
@@ -70,6 +77,8 @@ interface Run {
   baselineSeconds?: number;
   /** Seconds the members' Gaussians took to fit from moments (event loop held), once fitted. */
   fitSeconds?: number;
+  /** Statistics writes so far (at most one a LEARN_WRITE_INTERVAL_MS). */
+  statisticsWrites: number;
 }
 
 export interface LearningDeps {
@@ -154,6 +163,7 @@ export class LearningService {
   private writes: Promise<void> = Promise.resolve();
   private dirty = false;
   private writing = false;
+  private lastWriteAt = -Infinity;
   /** Aborted at shutdown: a baseline still running stops. */
   private readonly closing = new AbortController();
   log: Logger = { info: () => {}, warn: () => {}, error: () => {} };
@@ -177,6 +187,7 @@ export class LearningService {
             requests: { target: l.spec.requests, seen: l.requestsSeen, fit: l.fitRequests, fit_target: l.spec.fitRequests, calibration: l.calibration.length },
             positions: { fit: l.fitPositions, calibration: l.calibrationPositions },
             baseline: this.baselineCounts(r),
+            statistics_writes: r.statisticsWrites,
             ...(r.fitSeconds === undefined ? {} : { fit_seconds: r.fitSeconds }),
           }
         : {}),
@@ -298,7 +309,7 @@ export class LearningService {
   }
 
   private begin(learner: DetectorLearner, origin: string, startedAt: string): void {
-    this.run = { learner, origin, startedAt, writing: false, preparing: false };
+    this.run = { learner, origin, startedAt, writing: false, preparing: false, statisticsWrites: 0 };
     this.phase = learner.phase === 'fit' ? 'collecting' : 'calibrating';
     this.refused = null;
   }
@@ -416,12 +427,17 @@ export class LearningService {
     this.writes = (async () => {
       try {
         while (this.dirty) {
+          const wait = this.lastWriteAt + LEARN_WRITE_INTERVAL_MS - performance.now();
+          // Requests counted meanwhile ride on the next write; shutdown (closing) writes at once.
+          if (wait > 0 && !this.closing.signal.aborted) await sleep(wait, undefined, { signal: this.closing.signal }).catch(() => {});
           this.dirty = false;
           const run = this.run;
           if (!run || run.writing) break;
           const id = run.learner.spec.probeId;
           mkdirSync(learnedDir(this.d.stateDir), { recursive: true });
+          this.lastWriteAt = performance.now();
           await writeFileAtomicAsync(statsPath(this.d.stateDir, id), run.learner.serialize({ origin: run.origin, startedAt: run.startedAt, ...(run.baselineSeconds === undefined ? {} : { baselineSeconds: run.baselineSeconds }) }));
+          run.statisticsWrites++;
         }
       } catch (e) {
         this.log.error({ error: (e as Error).message }, 'learning statistics not written; a restart resumes from the last written state');
