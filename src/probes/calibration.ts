@@ -90,21 +90,26 @@ export function requestScore(scores: ArrayLike<number>, aggregator: AggregatorSp
  * 0.001 → the largest negative, FPR 0): report the achieved figure beside the target.
  */
 export function thresholdAtFpr(negatives: ArrayLike<number>, targetFpr: number): number {
-  if (negatives.length === 0) throw new RangeError('negatives: no scores');
-  for (let i = 0; i < negatives.length; i++) if (Number.isNaN(negatives[i])) throw new RangeError(`negatives[${i}] is NaN`);
+  return smallestScoreWith(negatives, targetFpr, (above, n) => above / n);
+}
+
+/**
+ * The smallest of `scores` whose `rate(above, n)` is ≤ targetFpr, `above` counting the scores
+ * strictly greater (ties walked together); the largest when none qualifies.
+ */
+function smallestScoreWith(scores: ArrayLike<number>, targetFpr: number, rate: (above: number, n: number) => number): number {
+  if (scores.length === 0) throw new RangeError('negatives: no scores');
+  for (let i = 0; i < scores.length; i++) if (Number.isNaN(scores[i])) throw new RangeError(`negatives[${i}] is NaN`);
   if (!(targetFpr >= 0 && targetFpr < 1)) throw new RangeError(`targetFpr must be in [0, 1), got ${targetFpr}`);
-  const m = negatives.length;
-  const sorted = Float64Array.from(negatives).sort();
-  // Walk distinct values upward; above(i) = count of negatives strictly greater than sorted[i].
-  let i = 0;
-  while (i < m) {
+  const n = scores.length;
+  const sorted = Float64Array.from(scores).sort();
+  for (let i = 0; i < n; ) {
     let j = i;
-    while (j + 1 < m && sorted[j + 1] === sorted[i]) j++;
-    const above = m - 1 - j;
-    if (above / m <= targetFpr) return sorted[i];
+    while (j + 1 < n && sorted[j + 1] === sorted[i]) j++;
+    if (rate(n - 1 - j, n) <= targetFpr) return sorted[i];
     i = j + 1;
   }
-  return sorted[m - 1]; // unreachable: the largest value has 0 above it
+  return sorted[n - 1];
 }
 
 /**
@@ -118,18 +123,7 @@ export function thresholdAtFpr(negatives: ArrayLike<number>, targetFpr: number):
  * can extrapolate the tail raise it (learn.ts smallShareThreshold).
  */
 export function conformalThreshold(scores: ArrayLike<number>, targetFpr: number): number {
-  if (scores.length === 0) throw new RangeError('scores: none');
-  for (let i = 0; i < scores.length; i++) if (Number.isNaN(scores[i])) throw new RangeError(`scores[${i}] is NaN`);
-  if (!(targetFpr >= 0 && targetFpr < 1)) throw new RangeError(`targetFpr must be in [0, 1), got ${targetFpr}`);
-  const n = scores.length;
-  const sorted = Float64Array.from(scores).sort();
-  for (let i = 0; i < n; ) {
-    let j = i;
-    while (j + 1 < n && sorted[j + 1] === sorted[i]) j++;
-    if ((n - 1 - j + 1) / (n + 1) <= targetFpr) return sorted[i];
-    i = j + 1;
-  }
-  return sorted[n - 1];
+  return smallestScoreWith(scores, targetFpr, (above, n) => (above + 1) / (n + 1));
 }
 
 /** Scored positions before the length allowance starts: requests this short keep their plain maximum. */
