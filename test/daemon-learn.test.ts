@@ -145,7 +145,7 @@ describe('the always-fitted baseline in a learner', () => {
       for (let j = 0; j < d; j++) mean[j] += k * r[j];
       n += k;
     }
-    const fitted = learner.members()[0].body as { gaussian: { mean: number[] } };
+    const fitted = learner.members()[0].body as { gaussian: { mean: readonly number[] } };
     for (let j = 0; j < d; j++) expect(fitted.gaussian.mean[j]).toBeCloseTo(mean[j] / n, 5);
     // The baseline's rows sit ~3 lower: weighed, it pulls the mean well past where once would.
     const once = updates.flatMap((u) => u.rows).reduce((acc, r) => acc + r[0], 0) / (26 + 392);
@@ -163,7 +163,10 @@ describe('the always-fitted baseline in a learner', () => {
     const a = new MomentAccumulator(d);
     const b = new MomentAccumulator(d);
     const direct = new MomentAccumulator(d);
-    for (const r of rowsA) (a.add(r, 0), direct.add(r, 0));
+    for (const r of rowsA) {
+      a.add(r, 0);
+      direct.add(r, 0);
+    }
     for (const r of rowsB) b.add(r, 0);
     for (let k = 0; k < 3; k++) for (const r of rowsB) direct.add(r, 0); // B counted three times
     const sum = a.plus(b, 3).toArray();

@@ -131,9 +131,9 @@ export const BASELINE_FIT_SHARE = 0.25;
 /**
  * The threshold at the target rate when the calibration share is too small to hold it. With n
  * clean requests and (n + 1) · targetFpr < 1 the conformal threshold (calibration.ts) is their
- * maximum, and a new request like them exceeds the maximum of n with probability 1 / (n + 1), not targetFpr: 1.9% for
- * the 53 calibration requests of a 132-request run (measured: 2 of 132 unseen requests on the
- * second architecture). The request score's tail is extrapolated instead: a request's score is a
+ * maximum, and a new request like them exceeds the maximum of n with probability 1 / (n + 1), not
+ * targetFpr: 1.9% for the 53 calibration requests of a 132-request run (measured: 2 of 132 unseen
+ * requests on the second architecture). The request score's tail is extrapolated instead: a request's score is a
  * maximum over positions, whose tail is exponential with the per-position aggregate's tail scale
  * (`perLog`, the length allowance's slope, fitted on thousands of positions), so the rate falls by
  * e per perLog above the maximum, and the threshold rises by perLog · ln(1 / ((n + 1) · targetFpr)).
