@@ -98,8 +98,8 @@ export function thresholdAtFpr(negatives: ArrayLike<number>, targetFpr: number):
  * strictly greater (ties walked together); the largest when none qualifies.
  */
 function smallestScoreWith(scores: ArrayLike<number>, targetFpr: number, rate: (above: number, n: number) => number): number {
-  if (scores.length === 0) throw new RangeError('negatives: no scores');
-  for (let i = 0; i < scores.length; i++) if (Number.isNaN(scores[i])) throw new RangeError(`negatives[${i}] is NaN`);
+  if (scores.length === 0) throw new RangeError('scores: none');
+  for (let i = 0; i < scores.length; i++) if (Number.isNaN(scores[i])) throw new RangeError(`scores[${i}] is NaN`);
   if (!(targetFpr >= 0 && targetFpr < 1)) throw new RangeError(`targetFpr must be in [0, 1), got ${targetFpr}`);
   const n = scores.length;
   const sorted = Float64Array.from(scores).sort();
@@ -218,7 +218,8 @@ export interface CleanRequestScores {
  * The threshold rules of an ensemble detector, for the lab and learn mode alike: members weighed
  * by kind (balanceKinds), the length allowance fitted on the balanced ensemble's clean per-position
  * aggregates, then the threshold at the target rate per new request (conformalThreshold) for each
- * population on its own, the higher. `requestsOf(subset)` scores the clean calibration requests with a subset of members.
+ * population on its own, the higher. `requestsOf(subset)` scores the clean calibration requests
+ * with a subset of members.
  */
 export function setEnsembleThreshold<M extends { readonly calibration: { center: number; scale: number }; readonly body: LeafBody }>(
   members: readonly M[],
