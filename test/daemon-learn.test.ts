@@ -12,7 +12,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { fitGaussian } from '../src/lab/gaussian-fit.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../src/daemon/daemon.js';
-import { fitGaussianFromMoments, MomentAccumulator } from '../src/probes/moments.js';
+import { fitGaussianFromMoments, MomentAccumulator, momentLength } from '../src/probes/moments.js';
+import { SpreadMoments } from '../src/probes/window.js';
 import { DetectorLearner, type LearnSpec } from '../src/probes/learn.js';
 import { matrix } from '../src/probes/matrix.js';
 import { createRng } from '../src/rng.js';
@@ -119,6 +120,29 @@ describe('the always-fitted baseline in a learner', () => {
     // Once the fit share is full, the baseline no longer folds in.
     for (let k = 0; k < spec.fitRequests; k++) withBaseline.add(request(withBaseline, 12));
     expect(() => withBaseline.addBaseline(request(withBaseline, 12))).toThrow(/already fitted/);
+  });
+
+  it('reads a state written before the baseline was kept apart (format 1: one block of moments)', () => {
+    const learner = new DetectorLearner(spec);
+    learner.add(request(learner, 30));
+    const bytes = Buffer.from(learner.serialize());
+    const nl1 = bytes.indexOf(10);
+    const nl2 = bytes.indexOf(10, nl1 + 1);
+    const header = JSON.parse(bytes.subarray(nl1 + 1, nl2).toString('utf8'));
+    expect(header.format).toBe('latentwatch-learning-state/2');
+    // Format 1: the same header but its format, and only the first block (traffic moments, spread sums).
+    const block = spec.members.length * momentLength(d) * 8 + SpreadMoments.length(d) * 8;
+    const old = Buffer.concat([bytes.subarray(0, nl1 + 1), Buffer.from(`${JSON.stringify({ ...header, format: 'latentwatch-learning-state/1' })}\n`), bytes.subarray(nl2 + 1, nl2 + 1 + block)]);
+    const back = DetectorLearner.deserialize(old, spec.modelFingerprint).learner;
+    expect(back.fitRequests).toBe(1);
+    for (let i = 0; i < spec.members.length; i++) {
+      expect(Array.from(back.moments[i].toArray())).toEqual(Array.from(learner.moments[i].toArray()));
+      expect(back.baselineMoments[i].n).toBe(0);
+    }
+    expect(Array.from(back.spreads[1]!.toArray())).toEqual(Array.from(learner.spreads[1]!.toArray()));
+    // A format-1 header over format-2 bytes is refused, not misread.
+    const mixed = Buffer.concat([bytes.subarray(0, nl1 + 1), Buffer.from(`${JSON.stringify({ ...header, format: 'latentwatch-learning-state/1' })}\n`), bytes.subarray(nl2 + 1)]);
+    expect(() => DetectorLearner.deserialize(mixed, spec.modelFingerprint)).toThrow(/expected \d+ bytes/);
   });
 
   it('weighs the baseline to a quarter of the fit when traffic outgrows it: the fitted mean is the weighted mean of the rows', () => {

@@ -378,6 +378,14 @@ export class DetectorLearner {
 
   // ---- persistence ------------------------------------------------------------------------------
 
+  /** The moments and spread sums as the state file holds them: the traffic's, then the baseline's. */
+  private statisticsBlocks(): [MomentAccumulator[], (SpreadMoments | null)[]][] {
+    return [
+      [this.moments, this.spreads],
+      [this.baselineMoments, this.baselineSpreads],
+    ];
+  }
+
   /**
    * The state as bytes: a magic line, a JSON header line (the spec, counts, layout), then the
    * members' moments (float64) and the calibration scores (float32). Numbers only: no rows, no text.
@@ -403,10 +411,7 @@ export class DetectorLearner {
     const out = new Uint8Array(head.length + mBytes + cBytes);
     out.set(head, 0);
     let o = head.length;
-    for (const [moments, spreads] of [
-      [this.moments, this.spreads],
-      [this.baselineMoments, this.baselineSpreads],
-    ] as const) {
+    for (const [moments, spreads] of this.statisticsBlocks()) {
       for (const m of moments) {
         const a = m.toArray();
         out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), o);
@@ -474,12 +479,7 @@ export class DetectorLearner {
     // Copies (ArrayBuffer.slice), aligned for the typed arrays whatever the header's length.
     const copy = (from: number, bytes: number) => buf.buffer.slice(buf.byteOffset + from, buf.byteOffset + from + bytes);
     let o = nl2 + 1;
-    for (const [moments, spreads] of baselineApart
-      ? ([
-          [learner.moments, learner.spreads],
-          [learner.baselineMoments, learner.baselineSpreads],
-        ] as const)
-      : ([[learner.moments, learner.spreads]] as const)) {
+    for (const [moments, spreads] of learner.statisticsBlocks().slice(0, baselineApart ? 2 : 1)) {
       spec.members.forEach((_, i) => {
         moments[i] = MomentAccumulator.fromArray(d, new Float64Array(copy(o, mLen)));
         o += mLen;
