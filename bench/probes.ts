@@ -59,7 +59,7 @@ async function benchScoring(): Promise<void> {
     const probe = await loadProbe(join(dir, f), fp);
     runs.push({ name: probe.id, file: f, probe, loadMs: performance.now() - t0 });
     const pf = probe.file;
-    if (probe.windowed && pf.kind === 'ensemble-max') {
+    if (pf.kind === 'ensemble-max' && pf.members.some((m) => m.kind === 'mahalanobis' && m.window !== undefined)) {
       const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => m.kind !== 'mahalanobis' || m.window === undefined) }));
       runs.push({ name: `${probe.id} (per-token members only)`, file: f, probe: perToken, loadMs: NaN });
     }
@@ -85,7 +85,7 @@ async function benchScoring(): Promise<void> {
     const t2 = performance.now();
     for (let k = 0; k < 500; k++) request.score(one, ids(1));
     const tokenUs = ((performance.now() - t2) * 1000) / 500;
-    (result.probes as Record<string, unknown>)[name] = { file: f, kind: probe.kind, members: probe.file.kind === 'ensemble-max' ? probe.file.members.length : 1, windowed: probe.windowed, hooks: probe.hooks.length, loadMs: Number.isNaN(loadMs) ? null : r(loadMs, 1), usPerPromptPosition: r(promptUs, 1), usPerGeneratedToken: r(tokenUs, 1) };
+    (result.probes as Record<string, unknown>)[name] = { file: f, kind: probe.kind, members: probe.file.kind === 'ensemble-max' ? probe.file.members.length : 1, ordered: probe.ordered, hooks: probe.hooks.length, loadMs: Number.isNaN(loadMs) ? null : r(loadMs, 1), usPerPromptPosition: r(promptUs, 1), usPerGeneratedToken: r(tokenUs, 1) };
   }
   const text = `${JSON.stringify(result, null, 2)}\n`;
   process.stdout.write(text);

@@ -365,6 +365,10 @@ describe('learning the generic detector from live traffic', () => {
     expect(file.members).toHaveLength(14);
     const windowed = file.members.filter((m: Body) => m.window?.positions === 'novel-bigram');
     expect(windowed).toHaveLength(6);
+    // The per-token members score novel token pairs only (learn.ts, learnableMembers), though the
+    // shipped file's score every position.
+    expect(file.members.filter((m: Body) => !m.window).map((m: Body) => m.positions)).toEqual(Array(8).fill('novel-bigram'));
+    expect(shipped.members.some((m) => m.positions !== undefined)).toBe(false);
     for (const [k, m] of windowed.entries()) {
       const ship = shipped.members.filter((x) => x.window)[k];
       expect(m.window.minCount).toBe(8);

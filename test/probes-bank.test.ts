@@ -155,6 +155,25 @@ describe('ProbeBank', () => {
     }
   });
 
+  it("a novel-only member scores new token pairs and reports 0, its clean median, at repeated ones", () => {
+    // Member 'a' novel-only with its centre far below its scores (all > 0), member 'b' every position.
+    const novelOnly: ProbeFile = { ...ensemble, id: 'ens-novel', members: [{ ...ensemble.members[0], positions: 'novel-bigram', calibration: { center: -50, scale: 1 } }, { ...ensemble.members[1], calibration: { center: 1e6, scale: 1 } }] } as ProbeFile;
+    const probe = createProbe(parseProbeFile(serializeProbeFile(novelOnly), FP));
+    expect(probe.ordered).toBe(true);
+    expect(() => probe.scoreRow(new Float32Array(2 * D), 0)).toThrow(/earlier positions/);
+    const t = taps(4);
+    const own = new ProbeBank([probe]);
+    expect(() => own.score(t)).toThrow(/token id/);
+    // Ids 7 7 7 8 7: pairs (·,7) (7,7) (7,7) (7,8) (8,7): positions 2 repeats (7,7).
+    const got = own.score(t, [7, 7, 7, 8, 7])[0].scores;
+    const direct = createProbe(parseProbeFile(serializeProbeFile({ ...novelOnly, members: [{ ...novelOnly.members[0], positions: undefined }, novelOnly.members[1]] } as ProbeFile), FP));
+    for (let p = 0; p < POSITIONS; p++) {
+      const all = direct.scoreRow(row(t, [H(1), H(3)], p), 0);
+      expect(all).toBeGreaterThan(40);
+      expect(got[p]).toBe(p === 2 ? 0 : Math.fround(all));
+    }
+  });
+
   it('one position per decode step; repeated calls give fresh, equal results', () => {
     const t = taps(3, 1);
     const a = bank.score(t);

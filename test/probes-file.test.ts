@@ -229,4 +229,22 @@ describe('probe file: validation (LW_ERR_PROBE_INVALID)', () => {
     expect(codeOf(() => validateProbeFile({ ...ens, members: [{ ...member, calibration: { center: 0, scale: 0 } }] }))).toBe('LW_ERR_PROBE_INVALID');
     expect(codeOf(() => validateProbeFile({ ...ens, members: [] }))).toBe('LW_ERR_PROBE_INVALID');
   });
+
+  it("ensemble: positions 'novel-bigram' on per-token Mahalanobis members only, kept on a round trip", () => {
+    const { bias: _b, normalisation: _n, weights: _w, ...header } = linearProbe();
+    const hook = 'blocks.4.hook_resid_post';
+    const gaussian = mahalanobisBody(fitGaussian(matrixFromRows([[0, 1, 2], [1, 0, 1], [2, 2, 0], [3, 1, 1], [0, 0, 3]]))).gaussian;
+    const token = { id: 't', kind: 'mahalanobis', hook, calibration: { center: 0, scale: 1 }, positions: 'novel-bigram', gaussian };
+    const ens = { ...header, kind: 'ensemble-max', hook: [hook], members: [token] } as unknown as ProbeFile;
+    const back = parseProbeFile(serializeProbeFile(ens), FINGERPRINT);
+    expect(back).toEqual(ens);
+    expect(Object.keys((back as { members: object[] }).members[0]).slice(0, 5)).toEqual(['id', 'kind', 'hook', 'calibration', 'positions']);
+    const window = { size: 4, positions: 'novel-bigram' };
+    expect(codeOf(() => validateProbeFile({ ...ens, members: [{ ...token, window }] }))).toBe('LW_ERR_PROBE_INVALID');
+    expect(codeOf(() => validateProbeFile({ ...ens, members: [{ ...token, positions: 'all' }] }))).toBe('LW_ERR_PROBE_INVALID');
+    const linearMember = { id: 'm', kind: 'direction', hook, calibration: { center: 0, scale: 1 }, positions: 'novel-bigram', bias: 0, normalisation: { mean: [0, 0, 0], std: [1, 1, 1] }, weights: [1, 0, 0] };
+    expect(codeOf(() => validateProbeFile({ ...ens, members: [linearMember] }))).toBe('LW_ERR_PROBE_INVALID');
+    // A leaf file has no calibration to say what 0 is: no positions there.
+    expect(codeOf(() => validateProbeFile({ ...header, kind: 'mahalanobis', hook, positions: 'novel-bigram', gaussian }))).toBe('LW_ERR_PROBE_INVALID');
+  });
 });

@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { conformalThreshold, requestScore, roundThreshold, thresholdAtFpr } from '../src/probes/calibration.js';
 import { DetectorLearner, smallShareThreshold, type LearnSpec, type RequestRows } from '../src/probes/learn.js';
 import { createProbe } from '../src/probes/probe.js';
+import { novelPositions } from '../src/probes/window.js';
 import { createRng } from '../src/rng.js';
 
 describe('smallShareThreshold', () => {
@@ -149,6 +150,40 @@ describe('a learner with a small calibration share', () => {
     const stricter = learn(0.005).result;
     expect(stricter.empiricalThreshold).toBe(result.empiricalThreshold);
     expect(stricter.threshold - result.threshold).toBeCloseTo(perLog * Math.LN2, 6);
+  });
+
+  it('a novel-only member: calibrated on the positions it scores, and the threshold is the written file\'s own scores', () => {
+    // Ids repeat (a 3-token cycle after 100 novel ones), so most pairs are seen before.
+    const ids = Array.from({ length: 300 }, (_, i) => (i < 100 ? i : 1000 + (i % 3)));
+    const novel = novelPositions(ids);
+    const novelSpec: LearnSpec = { ...spec(0.2), members: spec(0.2).members.map((m) => ({ ...m, positions: 'novel-bigram' as const })) };
+    const learner = new DetectorLearner(novelSpec);
+    const rows: RequestRows[] = [];
+    for (const r of requests()) {
+      const x = learner.newRequest();
+      x.observe(r.taps, ids);
+      rows.push(x);
+      learner.add(x);
+    }
+    const result = learner.finish();
+    expect((result.file as { members: { positions?: string }[] }).members.map((m) => m.positions)).toEqual(['novel-bigram', 'novel-bigram']);
+    const probe = createProbe(result.file);
+    expect(probe.ordered).toBe(true);
+    const scores = rows.slice(7).map((r) => {
+      const score = probe.createScorer();
+      const x = new Float32Array(2 * d);
+      const s = Float64Array.from({ length: r.positions }, (_, p) => {
+        x.set(r.hookRows(0).subarray(p * d, (p + 1) * d), 0);
+        x.set(r.hookRows(1).subarray(p * d, (p + 1) * d), d);
+        return score(x, 0, novel[p] === 1);
+      });
+      // Repeated pairs score exactly 0 (both members novel-only).
+      for (let p = 0; p < r.positions; p++) if (novel[p] !== 1) expect(s[p]).toBe(0);
+      return requestScore(s, probe.aggregator);
+    });
+    // 5 requests at 20%: the conformal rule takes their maximum, as the written file scores them.
+    expect(result.empiricalThreshold).toBeCloseTo(Math.max(...scores), 4);
+    expect(result.threshold).toBe(result.empiricalThreshold);
   });
 
   it('a share that holds the rate keeps the empirical threshold', () => {

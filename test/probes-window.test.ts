@@ -67,7 +67,7 @@ describe('windowed members', () => {
   });
 
   it('score every position as numpy does: a prompt pass, then one pass per generated token', () => {
-    expect(probe.windowed).toBe(true);
+    expect(probe.ordered).toBe(true);
     const ends = [10, ...Array.from({ length: N - 10 }, (_, i) => 11 + i)];
     const got = scoreInPasses(bank, ends);
     expect(got).toHaveLength(N);

@@ -107,7 +107,7 @@ export function scoreSeq(probe: Probe, seq: Seq): Float32Array {
   const layers = probe.hooks.map(parseResidPost);
   const rows = concatRows(seq, layers, probe.dModel);
   const out = new Float32Array(seq.positions);
-  const novel = probe.windowed ? seqNovelty(seq) : null;
+  const novel = probe.ordered ? seqNovelty(seq) : null;
   const score = probe.createScorer();
   for (let p = 0; p < seq.positions; p++) out[p] = score(rows, p * probe.inputDim, novel === null || novel[p] === 1);
   return out;

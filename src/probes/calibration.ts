@@ -168,6 +168,8 @@ export function withLengthAllowance(aggregator: AggregatorSpec, aggregates: Iter
 export interface MemberFit {
   id: string;
   hook: string | string[];
+  /** Per-token members scored at novel token pairs only (probe-file.ts). */
+  positions?: 'novel-bigram';
   body: LeafBody;
 }
 
@@ -277,7 +279,7 @@ export function ensembleFile(members: readonly (MemberFit & { calibration: { cen
     aggregator: meta.aggregator,
     training: meta.training,
     evaluation: meta.evaluation,
-    members: members.map((m) => ({ id: m.id, hook: m.hook, calibration: m.calibration, ...m.body }) as EnsembleMember),
+    members: members.map((m) => ({ id: m.id, hook: m.hook, calibration: m.calibration, ...(m.positions ? { positions: m.positions } : {}), ...m.body }) as EnsembleMember),
   };
   return validateProbeFile(file);
 }

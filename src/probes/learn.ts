@@ -30,6 +30,8 @@ export interface LearnMember {
   readonly difference: boolean;
   /** A windowed member (probes/window.ts): its Gaussian is of window means, fitted from their moments. */
   readonly window?: WindowSpec;
+  /** A per-token member scored at novel token pairs only (probe-file.ts, member `positions`). */
+  readonly positions?: 'novel-bigram';
 }
 
 export interface LearnSpec {
@@ -56,6 +58,14 @@ export function skipOf(spec: Pick<LearnSpec, 'aggregator'>): number {
  * The members of a loaded probe that can be relearned: an ensemble-max of full-covariance
  * Mahalanobis members, each on one hook or on the difference of two. Anything else (a linear
  * member, a low-rank or diagonal Gaussian) is refused with LW_ERR_LEARN_UNSUPPORTED.
+ *
+ * Learned per-token members score novel token pairs only (`positions: 'novel-bigram'`), whatever
+ * the loaded file did. Measured (issue 12): learned from 330 requests, the built-in model's
+ * detector fired on "!?" × 150 (1.14 × its threshold) through layer 1's per-token update at a
+ * repeated pair; scored at novel pairs only it fell to 0.40 with the same threshold, the same
+ * false alerts on the other 330 requests and the same ×0.25/×0.5 sensitivity on both models.
+ * A learned detector knows only the traffic's text and the junk baseline, not every kind of
+ * repetition the shipped corpus's calibration covered.
  */
 export function learnableMembers(file: ProbeFile): LearnMember[] {
   if (file.kind !== 'ensemble-max') throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id} is ${file.kind}, not an ensemble of Gaussian members`, { probe: file.id });
@@ -67,7 +77,8 @@ export function learnableMembers(file: ProbeFile): LearnMember[] {
     const difference = m.input === 'difference';
     if (hooks.length !== (difference ? 2 : 1)) throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} reads ${hooks.length} hooks`, { probe: file.id, member: m.id });
     // A window's spread discount is relearned too (its presence is what carries over, not its values).
-    return { id: m.id, hooks, difference, ...(m.window ? { window: { size: m.window.size, positions: m.window.positions, ...(m.window.minCount === undefined ? {} : { minCount: m.window.minCount }), ...(m.window.spread ? { spread: m.window.spread } : {}) } } : {}) };
+    if (!m.window) return { id: m.id, hooks, difference, positions: 'novel-bigram' as const };
+    return { id: m.id, hooks, difference, window: { size: m.window.size, positions: m.window.positions, ...(m.window.minCount === undefined ? {} : { minCount: m.window.minCount }), ...(m.window.spread ? { spread: m.window.spread } : {}) } };
   });
 }
 
@@ -280,7 +291,7 @@ export class DetectorLearner {
     return 'calibrate';
   }
 
-  /** Per member, the per-position scores of a request by the fitted members. */
+  /** Per member, the per-position scores of a request by the fitted members (NaN where a novel-only member does not score). */
   private memberScores(r: RequestRows): Float32Array[] {
     const d = this.spec.dModel;
     const novel = novelPositions(r.ids);
@@ -291,9 +302,11 @@ export class DetectorLearner {
       const out = new Float32Array(r.positions);
       const x = this.scratch;
       const score = probes[i].createScorer();
+      const novelOnly = m.positions === 'novel-bigram';
       for (let p = 0; p < r.positions; p++) {
         const o = p * d;
-        if (b) {
+        if (novelOnly && novel[p] !== 1) out[p] = Number.NaN;
+        else if (b) {
           x.set(a.subarray(o, o + d), 0);
           x.set(b.subarray(o, o + d), d);
           out[p] = score(x, 0, novel[p] === 1);
@@ -316,7 +329,7 @@ export class DetectorLearner {
       if (moments.n < 2) throw lwError('LW_ERR_PROBE_FIT', `member ${m.id}: ${moments.n} positions to fit on`);
       const g = roundedGaussian(fitGaussianFromMoments(moments), 7);
       const window = m.window && windowSpec(m.window.size, spread, 7, m.window.positions, m.window.minCount);
-      return { id: m.id, hook: [...m.hooks], body: mahalanobisBody(g, m.difference ? 'difference' : undefined, window) };
+      return { id: m.id, hook: [...m.hooks], ...(m.positions ? { positions: m.positions } : {}), body: mahalanobisBody(g, m.difference ? 'difference' : undefined, window) };
     });
     const meta = { modelFingerprint: this.spec.modelFingerprint, dModel: this.spec.dModel };
     this.candidate = { fits, probes: fits.map((f) => createProbe(memberFile(f, meta))) };
@@ -336,7 +349,9 @@ export class DetectorLearner {
     const fits = this.members();
     const members = fits.map((m, i) => {
       const toks: number[] = [];
-      for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) toks.push(req[i][p]);
+      // A novel-only member is calibrated on the positions it scores (NaN marks the others).
+      const novelOnly = m.positions === 'novel-bigram';
+      for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) if (!(novelOnly && Number.isNaN(req[i][p]))) toks.push(req[i][p]);
       return { ...m, calibration: calibrate(toks) };
     });
     const indexOf = new Map(members.map((m, i) => [m.id, i]));
@@ -346,8 +361,10 @@ export class DetectorLearner {
         for (const m of subset) {
           const inv = 1 / m.calibration.scale;
           const s = scores[indexOf.get(m.id)!];
+          const novelOnly = m.positions === 'novel-bigram';
           for (let p = 0; p < s.length; p++) {
-            const v = (s[p] - m.calibration.center) * inv;
+            // Where a novel-only member does not score it reports its clean median, 0 (probe.ts).
+            const v = novelOnly && Number.isNaN(s[p]) ? 0 : (s[p] - m.calibration.center) * inv;
             if (v > tok[p] || Number.isNaN(v)) tok[p] = v;
           }
         }

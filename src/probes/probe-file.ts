@@ -32,8 +32,10 @@
  *                      scores the MEAN row over the last `size` counted positions of the request, a
  *                      persistent shift; 'novel-bigram' counts a position only when its token pair
  *                      (previous id, id) is new in the request, so repeated text counts once)
- *   ensemble-max:      members [{ id, kind, hook, calibration { center, scale }, …leaf body }]; the
- *                      ensemble's hook list is exactly the union of its members' hooks
+ *   ensemble-max:      members [{ id, kind, hook, calibration { center, scale }, [positions], …leaf body }];
+ *                      the ensemble's hook list is exactly the union of its members' hooks;
+ *                      positions: 'novel-bigram' (per-token Mahalanobis members) scores a member only
+ *                      where the token pair is new in the request, 0 (its clean median) elsewhere
  *
  * Writing is deterministic: the same probe gives the same bytes (fixed key order, number arrays
  * on one line, numbers as JavaScript's shortest round-trip form, fprOnControls keys sorted,
@@ -128,6 +130,12 @@ const MEMBER_HEADER = {
   hook: hooks,
   /** calibrated = (score − center) / scale, so members on different scales compare. */
   calibration: closedObject({ center: finite, scale: positive }),
+  /**
+   * Per-token Mahalanobis members only. 'novel-bigram': scored where the position's token pair is
+   * new in the request; at a repeated pair the member's calibrated score is 0, its clean median
+   * (repeated text is not evidence: a run of one token is computed like the attention sink).
+   */
+  positions: Type.Optional(Type.Enum(['novel-bigram'])),
 };
 const MEMBER_SCHEMA = taggedUnion('kind', [closedObject({ ...MEMBER_HEADER, ...LINEAR_BODY }), closedObject({ ...MEMBER_HEADER, ...MAHALANOBIS_BODY })]);
 
@@ -251,7 +259,9 @@ export function validateProbeFile(value: unknown): ProbeFile {
       used.add(h);
     }
     const { kind, ...body } = leafBody(m, hookList(m.hook).length, file.dModel, where);
-    return { id: m.id, kind, hook: copyHooks(m.hook), calibration: { center: m.calibration.center, scale: m.calibration.scale }, ...body } as EnsembleMember;
+    if (m.positions !== undefined && (m.kind !== 'mahalanobis' || m.window !== undefined)) throw invalid(`${where}.positions`, 'only a per-token Mahalanobis member has positions (a windowed one counts its own)');
+    const positions = m.positions === undefined ? {} : { positions: m.positions };
+    return { id: m.id, kind, hook: copyHooks(m.hook), calibration: { center: m.calibration.center, scale: m.calibration.scale }, ...positions, ...body } as EnsembleMember;
   });
   for (const h of hookNames) if (!used.has(h)) throw invalid('$.hook', `${h} is used by no member`);
   return { ...header, kind: 'ensemble-max', members };

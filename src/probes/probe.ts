@@ -9,8 +9,9 @@
  *                 `input: 'difference'` of row(hook 2) − row(hook 1): a layer's update)
  * - ensemble-max: max over members of (memberScore − center) / scale
  * A Mahalanobis member with a `window` scores the mean row over the request's last counted
- * positions (probes/window.ts), so its score depends on what came before: such a probe is
- * `windowed`, and rows are scored through `createScorer()`, one per request, in position order.
+ * positions (probes/window.ts), and a member with `positions: 'novel-bigram'` only positions whose
+ * token pair is new in the request, so its score depends on what came before: such a probe is
+ * `ordered`, and rows are scored through `createScorer()`, one per request, in position order.
  * Standardisation is folded into the weights at load (one dot product per row), and every probe
  * owns its scratch buffers, so scoring allocates nothing per row. Probes are not reentrant, which
  * is fine: JavaScript runs one score call at a time.
@@ -42,9 +43,12 @@ export interface Probe {
   readonly targetFpr: number;
   readonly aggregator: AggregatorSpec;
   readonly file: ProbeFile;
-  /** Some member scores a window of positions: score through createScorer (scoreRow refuses). */
-  readonly windowed: boolean;
-  /** Score of the input row starting at `offset` in `activation` (probes that are not windowed). */
+  /**
+   * Some member depends on the request's earlier positions (a window of them, or novel token pairs
+   * only): score through createScorer in position order, with token ids (scoreRow refuses).
+   */
+  readonly ordered: boolean;
+  /** Score of the input row starting at `offset` in `activation` (probes that are not ordered). */
   scoreRow(activation: Float32Array, offset: number): number;
   /** A scorer for one request's rows, in position order (windowed members keep their state in it). */
   createScorer(): RequestRowScorer;
@@ -70,12 +74,12 @@ export function createProbe(file: ProbeFile): Probe {
   const hooks = hookList(file.hook);
   const inputDim = hooks.length * file.dModel;
   const createScorer = file.kind === 'ensemble-max' ? ensembleScorer(file.members, hooks, file.dModel) : leafFactory(file, inputDim);
-  const windowed = file.kind === 'ensemble-max' ? file.members.some(isWindowed) : isWindowed(file);
-  const shared = windowed ? null : createScorer();
+  const ordered = file.kind === 'ensemble-max' ? file.members.some((m) => isWindowed(m) || m.positions !== undefined) : isWindowed(file);
+  const shared = ordered ? null : createScorer();
   const scoreRow = shared
     ? (activation: Float32Array, offset: number) => shared(activation, offset, true)
     : () => {
-        throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `probe ${file.id} scores windows of positions: score a request's rows in order through createScorer()`, { probe: file.id });
+        throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `probe ${file.id} depends on earlier positions: score a request's rows in order through createScorer()`, { probe: file.id });
       };
   const aggregator = file.aggregator;
   return {
@@ -89,7 +93,7 @@ export function createProbe(file: ProbeFile): Probe {
     targetFpr: file.targetFpr,
     aggregator,
     file,
-    windowed,
+    ordered,
     scoreRow,
     createScorer,
     createAggregator: () => createAggregator(aggregator),
@@ -264,7 +268,7 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
     const segments = memberHooks.map((h) => hooks.indexOf(h) * dModel);
     const contiguous = segments.every((s, i) => s === segments[0] + i * dModel);
     const scratch = contiguous ? null : new Float32Array(inputDim);
-    return { factory, segments, scratch, center: m.calibration.center, invScale: 1 / m.calibration.scale };
+    return { factory, segments, scratch, center: m.calibration.center, invScale: 1 / m.calibration.scale, novelOnly: m.positions === 'novel-bigram' };
   });
   return () => {
     const scorers = parts.map((p) => p.factory());
@@ -272,6 +276,11 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
       let best = -Infinity;
       for (let i = 0; i < parts.length; i++) {
         const p = parts[i];
+        // A repeated token pair is no evidence for a novel-only member: its clean median, 0.
+        if (p.novelOnly && !novel) {
+          if (best < 0) best = 0;
+          continue;
+        }
         let s: number;
         if (p.scratch === null) s = scorers[i](activation, offset + p.segments[0], novel);
         else {
@@ -300,11 +309,11 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
  * builds a new immutable set and replaces the reference, so a snapshot never changes.
  *
  * A snapshot is also the request's scoring state: `score` takes the passes of ONE request in order
- * with their token ids (which positions are novel, for windowed members), so call it on a fresh
+ * with their token ids (which positions are novel, for ordered probes), so call it on a fresh
  * snapshot per request.
  */
 export class ProbeBank {
-  private set: { probes: readonly Probe[]; gather: (Float32Array | null)[]; windowed: boolean };
+  private set: { probes: readonly Probe[]; gather: (Float32Array | null)[]; ordered: boolean };
   private request: { scorers: RequestRowScorer[]; novelty: NoveltyTracker } | null = null;
 
   constructor(probes: readonly Probe[]) {
@@ -318,7 +327,7 @@ export class ProbeBank {
       ids.add(p.id);
     }
     const list = Object.freeze([...probes]);
-    return { probes: list, gather: list.map((p) => (p.hooks.length > 1 ? new Float32Array(p.inputDim) : null)), windowed: list.some((p) => p.windowed) };
+    return { probes: list, gather: list.map((p) => (p.hooks.length > 1 ? new Float32Array(p.inputDim) : null)), ordered: list.some((p) => p.ordered) };
   }
 
   get probes(): readonly Probe[] {
@@ -348,9 +357,9 @@ export class ProbeBank {
     return s;
   }
 
-  /** Whether some probe scores windows of positions (score then needs the token ids). */
-  get windowed(): boolean {
-    return this.set.windowed;
+  /** Whether some probe depends on earlier positions (score then needs the token ids). */
+  get ordered(): boolean {
+    return this.set.ordered;
   }
 
   /** Every hook some probe reads, each once, in first-use order. */
@@ -362,7 +371,7 @@ export class ProbeBank {
 
   /**
    * Scores of one forward pass of this snapshot's request: `tokenIds` are the ids at the pass's
-   * positions (needed when some probe is windowed; passes in order, from position 0).
+   * positions (needed when some probe is ordered; passes in order, from position 0).
    */
   score(taps: ReadonlyMap<string, TapTensor>, tokenIds?: ArrayLike<number>): ProbeScores[] {
     const out: ProbeScores[] = [];
@@ -377,9 +386,9 @@ export class ProbeBank {
       const positions = first.positions;
       if (novel === null) {
         novel = new Uint8Array(positions).fill(1);
-        if (this.windowed) {
+        if (this.ordered) {
           if (tokenIds === undefined || tokenIds.length !== positions) {
-            throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `windowed probes need the token id of each of the ${positions} positions, got ${tokenIds?.length ?? 'none'}`);
+            throw lwError('LW_ERR_PROBE_INPUT_MISMATCH', `ordered probes need the token id of each of the ${positions} positions, got ${tokenIds?.length ?? 'none'}`);
           }
           for (let p = 0; p < positions; p++) novel[p] = novelty.next(tokenIds[p]) ? 1 : 0;
         }
