@@ -4,7 +4,7 @@ import { fitGaussian } from '../src/lab/gaussian-fit.js';
 import { mahalanobis } from '../src/probes/gaussian.js';
 import { fitLogistic, predictProbability } from '../src/lab/logistic.js';
 import { matrix } from '../src/probes/matrix.js';
-import { linearBody, mahalanobisBody, parseProbeFile, serializeProbeFile, type ProbeFile, type ProbeHeader, type ProbeKind } from '../src/probes/probe-file.js';
+import { linearBody, mahalanobisBody, parseProbeFile, serializeProbeFile, type EnsembleProbeFile, type ProbeFile, type ProbeHeader, type ProbeKind } from '../src/probes/probe-file.js';
 import { createProbe, ProbeBank, type TapTensor } from '../src/probes/probe.js';
 
 const FP = 'sha256:test-model';
@@ -157,7 +157,7 @@ describe('ProbeBank', () => {
 
   it("a novel-only member scores new token pairs and reports 0, its clean median, at repeated ones", () => {
     // Member 'a' novel-only with its centre far below its scores (all > 0), member 'b' every position.
-    const novelOnly: ProbeFile = { ...ensemble, id: 'ens-novel', members: [{ ...ensemble.members[0], positions: 'novel-bigram', calibration: { center: -50, scale: 1 } }, { ...ensemble.members[1], calibration: { center: 1e6, scale: 1 } }] } as ProbeFile;
+    const novelOnly = { ...ensemble, id: 'ens-novel', members: [{ ...ensemble.members[0], positions: 'novel-bigram', calibration: { center: -50, scale: 1 } }, { ...ensemble.members[1], calibration: { center: 1e6, scale: 1 } }] } as EnsembleProbeFile;
     const probe = createProbe(parseProbeFile(serializeProbeFile(novelOnly), FP));
     expect(probe.ordered).toBe(true);
     expect(() => probe.scoreRow(new Float32Array(2 * D), 0)).toThrow(/earlier positions/);

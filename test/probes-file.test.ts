@@ -14,6 +14,7 @@ import {
   serializeProbeFile,
   validateProbeFile,
   writeProbeFile,
+  type EnsembleProbeFile,
   type LinearProbeFile,
   type ProbeFigures,
   type ProbeFile,
@@ -238,7 +239,7 @@ describe('probe file: validation (LW_ERR_PROBE_INVALID)', () => {
     const ens = { ...header, kind: 'ensemble-max', hook: [hook], members: [token] } as unknown as ProbeFile;
     const back = parseProbeFile(serializeProbeFile(ens), FINGERPRINT);
     expect(back).toEqual(ens);
-    expect(Object.keys((back as { members: object[] }).members[0]).slice(0, 5)).toEqual(['id', 'kind', 'hook', 'calibration', 'positions']);
+    expect(Object.keys((back as EnsembleProbeFile).members[0]).slice(0, 5)).toEqual(['id', 'kind', 'hook', 'calibration', 'positions']);
     const window = { size: 4, positions: 'novel-bigram' };
     expect(codeOf(() => validateProbeFile({ ...ens, members: [{ ...token, window }] }))).toBe('LW_ERR_PROBE_INVALID');
     expect(codeOf(() => validateProbeFile({ ...ens, members: [{ ...token, positions: 'all' }] }))).toBe('LW_ERR_PROBE_INVALID');

@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { conformalThreshold, requestScore, roundThreshold, thresholdAtFpr } from '../src/probes/calibration.js';
 import { DetectorLearner, smallShareThreshold, type LearnSpec, type RequestRows } from '../src/probes/learn.js';
 import { createProbe } from '../src/probes/probe.js';
+import type { EnsembleProbeFile } from '../src/probes/probe-file.js';
 import { novelPositions } from '../src/probes/window.js';
 import { createRng } from '../src/rng.js';
 
@@ -166,7 +167,7 @@ describe('a learner with a small calibration share', () => {
       learner.add(x);
     }
     const result = learner.finish();
-    expect((result.file as { members: { positions?: string }[] }).members.map((m) => m.positions)).toEqual(['novel-bigram', 'novel-bigram']);
+    expect((result.file as EnsembleProbeFile).members.map((m) => m.positions)).toEqual(['novel-bigram', 'novel-bigram']);
     const probe = createProbe(result.file);
     expect(probe.ordered).toBe(true);
     const scores = rows.slice(7).map((r) => {
