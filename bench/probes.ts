@@ -24,7 +24,7 @@ import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
 import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
 import { Dataset } from '../src/lab/dataset.js';
-import { createProbe, loadProbe, ProbeBank, type Probe, type TapTensor } from '../src/probes/probe.js';
+import { createProbe, isWindowed, loadProbe, ProbeBank, type Probe, type TapTensor } from '../src/probes/probe.js';
 import { validateProbeFile } from '../src/probes/probe-file.js';
 import { createRng } from '../src/rng.js';
 import { trainProbe } from '../src/lab/train.js';
@@ -59,8 +59,8 @@ async function benchScoring(): Promise<void> {
     const probe = await loadProbe(join(dir, f), fp);
     runs.push({ name: probe.id, file: f, probe, loadMs: performance.now() - t0 });
     const pf = probe.file;
-    if (pf.kind === 'ensemble-max' && pf.members.some((m) => m.kind === 'mahalanobis' && m.window !== undefined)) {
-      const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => m.kind !== 'mahalanobis' || m.window === undefined) }));
+    if (pf.kind === 'ensemble-max' && pf.members.some(isWindowed)) {
+      const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => !isWindowed(m)) }));
       runs.push({ name: `${probe.id} (per-token members only)`, file: f, probe: perToken, loadMs: NaN });
     }
   }

@@ -153,7 +153,7 @@ describe('a learner with a small calibration share', () => {
     expect(stricter.threshold - result.threshold).toBeCloseTo(perLog * Math.LN2, 6);
   });
 
-  it('a novel-only member: calibrated on the positions it scores, and the threshold is the written file\'s own scores', () => {
+  it('a novel-only member: repeated pairs score 0, and the threshold is the written file\'s own scores', () => {
     // Ids repeat (a 3-token cycle after 100 novel ones), so most pairs are seen before.
     const ids = Array.from({ length: 300 }, (_, i) => (i < 100 ? i : 1000 + (i % 3)));
     const novel = novelPositions(ids);

@@ -107,7 +107,8 @@ export async function loadProbe(path: string, expectedModelFingerprint: string):
 
 type RowScorer = (activation: Float32Array, offset: number) => number;
 
-function isWindowed(body: LeafBody): boolean {
+/** A Mahalanobis leaf or member that scores a window of positions (probes/window.ts). */
+export function isWindowed(body: LeafBody): boolean {
   return body.kind === 'mahalanobis' && body.window !== undefined;
 }
 
