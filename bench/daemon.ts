@@ -64,7 +64,7 @@ import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-pr
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
-import { median, quantile, round, summarize, type Summary } from './lib/stats.js';
+import { maxOf, median, quantile, round, summarize, type Summary } from './lib/stats.js';
 
 /** Worker threads the 99 other subscribers of the 100-subscriber latency run are spread over. */
 const FLEET_WORKERS = 4;
@@ -241,7 +241,7 @@ function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids
     p50Ms: round(quantile(all, 0.5), 3),
     p90Ms: round(quantile(all, 0.9), 3),
     p99Ms: round(quantile(all, 0.99), 3),
-    maxMs: round(Math.max(...all), 3),
+    maxMs: round(maxOf(all), 3),
     firstOfTokenP50Ms: round(quantile(first, 0.5), 3),
     firstOfTokenP99Ms: round(quantile(first, 0.99), 3),
     lastReceiptP50Ms: round(quantile(lasts, 0.5), 3),

@@ -23,7 +23,7 @@ import { spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js'
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { startNats, type NatsServer } from './lib/nats-server.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
-import { quantile, round } from './lib/stats.js';
+import { maxOf, quantile, round } from './lib/stats.js';
 import { startSubscriberFleet, type SubscriberFleet } from './lib/subscriber-fleet.js';
 
 const ADMIN_KEY = 'bench-admin-key';
@@ -74,7 +74,7 @@ export interface ReplicasBench {
 }
 
 function latency(values: readonly number[]): Latency {
-  return { receipts: values.length, p50Ms: round(quantile(values, 0.5), 3), p90Ms: round(quantile(values, 0.9), 3), p99Ms: round(quantile(values, 0.99), 3), maxMs: round(Math.max(...values), 3) };
+  return { receipts: values.length, p50Ms: round(quantile(values, 0.5), 3), p90Ms: round(quantile(values, 0.9), 3), p99Ms: round(quantile(values, 0.99), 3), maxMs: round(maxOf(values), 3) };
 }
 
 /** Missing and duplicate receipts of `ids` over every subscriber. */

@@ -5,7 +5,7 @@
  */
 import { closeSync, fdatasyncSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { quantile, round } from './stats.js';
+import { maxOf, quantile, round } from './stats.js';
 
 export interface DiskFlush {
   dir: string;
@@ -32,5 +32,5 @@ export function measureDiskFlush(dir: string, samples = 200): DiskFlush {
     closeSync(fd);
     rmSync(path, { force: true });
   }
-  return { dir, samples, p50Ms: round(quantile(ms, 0.5), 3), p90Ms: round(quantile(ms, 0.9), 3), p99Ms: round(quantile(ms, 0.99), 3), maxMs: round(Math.max(...ms), 3) };
+  return { dir, samples, p50Ms: round(quantile(ms, 0.5), 3), p90Ms: round(quantile(ms, 0.9), 3), p99Ms: round(quantile(ms, 0.99), 3), maxMs: round(maxOf(ms), 3) };
 }

@@ -20,6 +20,20 @@ export function quantile(values: readonly number[], q: number): number {
   return s[lo] + (s[hi] - s[lo]) * (pos - lo);
 }
 
+/** Largest of `values` (-Infinity for none); a loop, not Math.max(...values), whose spread overflows the call stack past ~100k values (a 3-replica, 100-subscriber run). */
+export function maxOf(values: readonly number[]): number {
+  let m = -Infinity;
+  for (const v of values) if (v > m) m = v;
+  return m;
+}
+
+/** Smallest of `values` (Infinity for none); see maxOf. */
+export function minOf(values: readonly number[]): number {
+  let m = Infinity;
+  for (const v of values) if (v < m) m = v;
+  return m;
+}
+
 export function median(values: readonly number[]): number {
   return quantile(values, 0.5);
 }
@@ -28,8 +42,8 @@ export function summarize(values: readonly number[]): Summary {
   return {
     n: values.length,
     median: median(values),
-    min: values.length ? Math.min(...values) : NaN,
-    max: values.length ? Math.max(...values) : NaN,
+    min: values.length ? minOf(values) : NaN,
+    max: values.length ? maxOf(values) : NaN,
     p10: quantile(values, 0.1),
     p90: quantile(values, 0.9),
     mean: values.length ? values.reduce((a, b) => a + b, 0) / values.length : NaN,
