@@ -6,7 +6,7 @@
  * fires on it; every one of these requests is clean.
  *
  *   npx tsx bench/false-alerts.ts [--model DIR] [--probe FILE]... [--corpus FILE] [--traffic FILE.jsonl]
- *                                 [--learn FILE.jsonl] [--learn-shuffle SEED] [--max-tokens N] [--out FILE.json]
+ *                                 [--learn FILE.jsonl] [--learn-shuffle SEED] [--learn-target RATE] [--max-tokens N] [--out FILE.json]
  *
  * Writes FILE.json, FILE.md and FILE.svg (rate per style and probe). Without --probe the daemon
  * loads the model's shipped probes.
@@ -19,6 +19,8 @@
  * (`generic-report --compare`). Learn mode's fit share is the first 60% of the requests it counts,
  * so a file sorted by style gives a fit and a calibration share of different styles; live traffic
  * interleaves them: `--learn-shuffle SEED` sends the lines in a seeded random order instead.
+ * `--learn-target RATE` asks for that false-alert rate per request (target_fpr; default: the
+ * daemon's learn.targetFpr).
  */
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -79,10 +81,10 @@ async function learnAdmin(url: string, method: 'GET' | 'POST', body?: unknown): 
 }
 
 /** Relearn generic-injection from every line of `path` through the daemon's learn mode; the run's last report. */
-async function learnFromTraffic(url: string, path: string, maxTokens: number, shuffleSeed: number | null): Promise<Record<string, unknown>> {
+async function learnFromTraffic(url: string, path: string, maxTokens: number, shuffleSeed: number | null, targetFpr: number | null): Promise<Record<string, unknown>> {
   const inFile = readTraffic(path);
   const lines = shuffleSeed === null ? inFile : shuffled(inFile, createRng(shuffleSeed));
-  await learnAdmin(url, 'POST', { probe: 'generic-injection', requests: lines.length });
+  await learnAdmin(url, 'POST', { probe: 'generic-injection', requests: lines.length, ...(targetFpr === null ? {} : { target_fpr: targetFpr }) });
   // The run folds in the always-fitted baseline first; requests count once it is collecting.
   while ((await learnAdmin(url, 'GET')).phase === 'preparing') await new Promise((r) => setTimeout(r, 250));
   for (const [k, l] of lines.entries()) {
@@ -131,7 +133,7 @@ function summarise(set: string, rs: readonly RequestResult[], probeIds: readonly
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'max-tokens', 'out', 'md']);
+  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'learn-target', 'max-tokens', 'out', 'md']);
   if (a.has('help')) return void console.log(usageOf(import.meta.url));
   const probes = argv.flatMap((x, i) => (argv[i - 1] === '--probe' ? [x] : []));
   const corpus = loadCorpus(a.get('corpus') ?? DEFAULT_CORPUS);
@@ -161,7 +163,7 @@ async function main(argv: string[]): Promise<void> {
   const results: RequestResult[] = [];
   try {
     if (learn && stateDir) {
-      learned = (await learnFromTraffic(daemon.url, learn, maxTokens, a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null)).last as Record<string, unknown>;
+      learned = (await learnFromTraffic(daemon.url, learn, maxTokens, a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null, a.has('learn-target') ? a.num('learn-target', 0) : null)).last as Record<string, unknown>;
       const version = learned.version as number;
       mkdirSync(dirname(out), { recursive: true });
       copyFileSync(join(stateDir, 'learned', `generic-injection.v${version}.probe.json`), out.replace(/\.json$/, '.learned.probe.json'));
@@ -202,7 +204,7 @@ async function main(argv: string[]): Promise<void> {
     ...(learned
       ? [
           `Learned first from ${learn}${a.has('learn-shuffle') ? ` (lines in a random order, seed ${a.get('learn-shuffle')})` : ' (lines in file order)'} through the daemon's learn mode (POST /v1/admin/learn): ${JSON.stringify(learned.requests)} requests, ` +
-            `threshold ${learned.threshold}${learned.empiricalThreshold !== undefined && learned.empiricalThreshold !== learned.threshold ? ` (the calibration share's own ${learned.empiricalThreshold}, raised: too few requests to hold the rate)` : ''} (replaced ${JSON.stringify(learned.replaced)}), achieved rate on its calibration share ${learned.achievedFpr}; ` +
+            `target ${learned.targetFpr} per request, threshold ${learned.threshold}${learned.empiricalThreshold !== undefined && learned.empiricalThreshold !== learned.threshold ? ` (the calibration share's own ${learned.empiricalThreshold}, raised: too few requests to hold the rate)` : ''} (replaced ${JSON.stringify(learned.replaced)}), achieved rate on its calibration share ${learned.achievedFpr}; ` +
             `the learned file: ${out.replace(/\.json$/, '.learned.probe.json').split('/').at(-1)}`,
           '',
         ]

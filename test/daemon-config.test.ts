@@ -225,6 +225,26 @@ describe('alertLog.waitForCommitMs', () => {
   });
 });
 
+describe('learn.targetFpr', () => {
+  it('defaults to 0.005; set by LATENTWATCH_LEARN_TARGET_FPR or --learn-target-fpr, the flag winning', () => {
+    expect(loadConfig({ cwd: dir }).config.learn.targetFpr).toBe(0.005);
+    const fromEnv = loadConfig({ cwd: dir, env: { LATENTWATCH_LEARN_TARGET_FPR: '0.01' } });
+    expect(fromEnv.config.learn.targetFpr).toBe(0.01);
+    expect(fromEnv.sources.get('/learn/targetFpr')).toBe('env LATENTWATCH_LEARN_TARGET_FPR');
+    const both = loadConfig({ cwd: dir, env: { LATENTWATCH_LEARN_TARGET_FPR: '0.01' }, argv: ['--learn-target-fpr', '0.002'] });
+    expect(both.config.learn.targetFpr).toBe(0.002);
+  });
+
+  it('refuses 0, more than 0.5 and non-numbers with LW_ERR_CONFIG_INVALID at its path', () => {
+    for (const value of ['0', '0.6', 'low']) {
+      const e = thrown(() => loadConfig({ cwd: dir, argv: ['--learn-target-fpr', value] }));
+      expect(e.code).toBe('LW_ERR_CONFIG_INVALID');
+      expect(e.details?.path).toBe('/learn/targetFpr');
+      expect(e.details?.source).toBe('flag --learn-target-fpr');
+    }
+  });
+});
+
 describe('in-memory alert log from flags and environment', () => {
   it('keeps :memory: as SQLite in-memory, not a file named after it', () => {
     const fromFlag = loadConfig({ argv: ['--alert-log', ':memory:'], cwd: '/tmp' }).config;
