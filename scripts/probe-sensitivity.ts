@@ -1,9 +1,9 @@
 /**
  * Sensitivity of probe files on a generic trial dataset (the one `generic-report` uses), scored as
  * the daemon scores a request (scoreSeq, then requestScore with the file's aggregator) at each
- * file's own threshold: per family and strength, the share of injected trials flagged and the AUROC
- * against the dataset's eval clean trials; per injection layer, the share flagged; and how many
- * clean trials fire. For probe files made elsewhere (learn mode's, bench/false-alerts.ts copies them
+ * file's own threshold: per family and strength, and per injection layer, the share of injected
+ * trials flagged and the AUROC against the dataset's eval clean trials; and how many clean trials
+ * fire. For probe files made elsewhere (learn mode's, bench/false-alerts.ts copies them
  * beside its report as FILE.learned.probe.json) without refitting anything.
  *
  *   npx tsx scripts/probe-sensitivity.ts --model DIR --data DIR [--out FILE.json] PROBE.probe.json...
@@ -26,7 +26,7 @@ interface Cell {
   layer: number | null;
   trials: number;
   flagged: number;
-  auroc: number | null;
+  auroc: number;
 }
 
 const argv = process.argv.slice(2);
@@ -54,7 +54,7 @@ for (const path of probes) {
     }
   }
   const cell = (family: string, strength: number, layer: number | null, xs: number[]): Cell => ({
-    family, strength, layer, trials: xs.length, flagged: xs.filter((x) => x > p.threshold).length / xs.length, auroc: layer === null ? auroc(xs, clean) : null,
+    family, strength, layer, trials: xs.length, flagged: xs.filter((x) => x > p.threshold).length / xs.length, auroc: auroc(xs, clean),
   });
   const byLayer = [...groups.values()].map((g) => cell(g.family, g.strength, g.layer, g.scores));
   const pooled = new Map<string, { family: string; strength: number; scores: number[] }>();
@@ -66,7 +66,7 @@ for (const path of probes) {
   const cleanFired = clean.filter((x) => x > p.threshold).length;
   console.log(`\n${path}: threshold ${p.threshold}; clean eval trials fired ${cleanFired} of ${clean.length}`);
   console.log('| family | strength | trials | flagged | AUROC |\n|---|---|---|---|---|');
-  for (const c of byFamily) console.log(`| ${c.family} | ×${c.strength} | ${c.trials} | ${c.flagged.toFixed(3)} | ${c.auroc?.toFixed(3)} |`);
+  for (const c of byFamily) console.log(`| ${c.family} | ×${c.strength} | ${c.trials} | ${c.flagged.toFixed(3)} | ${c.auroc.toFixed(3)} |`);
   results.push({ probe: path, threshold: p.threshold, clean: { trials: clean.length, fired: cleanFired }, byFamily, byLayer: byLayer.sort((x, y) => x.family.localeCompare(y.family) || x.strength - y.strength || x.layer! - y.layer!) });
 }
 ds.close();
