@@ -8,8 +8,10 @@
  *
  *   npx tsx scripts/probe-sensitivity.ts --model DIR --data DIR [--out FILE.json] PROBE.probe.json...
  *
- * Held-out families as in generic-report: concept trials of the eval split only, every trial of the
- * other families.
+ * Trials scored: concept injections of the eval split only (their words may have built a concept
+ * probe), every injection of the other families (an unsupervised file saw none of them; unlike
+ * generic-report, which also holds out its supervised detectors' training families), and the eval
+ * split's clean trials.
  */
 import { Engine } from '../src/engine/engine.js';
 import { Dataset } from '../src/lab/dataset.js';
