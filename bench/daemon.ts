@@ -62,7 +62,7 @@ import { nowUs, processWallOffsetUs, streamRequest, subscribe, until, type Recei
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
-import { measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
+import { flushAllWrites, measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
 import { maxOf, median, quantile, round, summarize, type Summary } from './lib/stats.js';
 
@@ -434,6 +434,7 @@ async function benchModel(modelDir: string, quick: boolean, latencyOnly: boolean
     // first alert received by the subscriber on this thread, both on this process's clock.
     const measureRound = async (parallel: number): Promise<{ stats: Record<LogKey, LatencyStats>; gaps: Record<LogKey, { p50Ms: number; p99Ms: number }>; sendToAlert: Record<LogKey, { p50Ms: number; p99Ms: number }> }> => {
       for (const [, d] of logs) await raiseAlerts(d, 2); // warm-up
+      flushAllWrites(); // the setup's checkpoint and graph cache, so the logs' fsyncs measure the logs
       const ids = new Map<string, number[]>(logs.map(([k]) => [k, []]));
       const gaps = new Map<string, number[]>(logs.map(([k]) => [k, []]));
       const sent = new Map<string, { atWallUs: number; ids: number[] }[]>(logs.map(([k]) => [k, []]));

@@ -17,26 +17,18 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { bundledProbes } from '../src/daemon/daemon.js';
-import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
-import { processWallOffsetUs, type ReceivedAlert } from './lib/clients.js';
+import { trainBenchProbes } from './lib/bench-probes.js';
+import { processWallOffsetUs } from './lib/clients.js';
 import { spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
+import { flushAllWrites } from './lib/disk-flush.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { startNats, type NatsServer } from './lib/nats-server.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
-import { maxOf, quantile, round } from './lib/stats.js';
+import { round } from './lib/stats.js';
 import { startSubscriberFleet, type SubscriberFleet } from './lib/subscriber-fleet.js';
+import { ADMIN_KEY, alertsCounted, clockOffsetOf, collectAll, delivery, injectedIds, latency, type Latency } from './lib/alert-receipts.js';
 
-const ADMIN_KEY = 'bench-admin-key';
 const SUBSCRIBERS = 100;
-const PROMPTS = ['def main():\n', 'import os\n\n', 'class Cache:\n    def ', 'for line in lines:\n    '];
-
-interface Latency {
-  receipts: number;
-  p50Ms: number;
-  p90Ms: number;
-  p99Ms: number;
-  maxMs: number;
-}
 
 export interface ReplicasBench {
   machine: MachineDescription;
@@ -73,57 +65,6 @@ export interface ReplicasBench {
   seconds: number;
 }
 
-function latency(values: readonly number[]): Latency {
-  return { receipts: values.length, p50Ms: round(quantile(values, 0.5), 3), p90Ms: round(quantile(values, 0.9), 3), p99Ms: round(quantile(values, 0.99), 3), maxMs: round(maxOf(values), 3) };
-}
-
-/** Missing and duplicate receipts of `ids` over every subscriber. */
-function delivery(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids: readonly number[]): { missing: number; duplicates: number } {
-  let missing = 0;
-  let duplicates = 0;
-  for (const s of subs) {
-    const seen = new Map<number, number>();
-    for (const a of s.alerts) seen.set(a.id, (seen.get(a.id) ?? 0) + 1);
-    for (const id of ids) {
-      const k = seen.get(id) ?? 0;
-      if (k === 0) missing++;
-      if (k > 1) duplicates += k - 1;
-    }
-  }
-  return { missing, duplicates };
-}
-
-async function injectedIds(d: DaemonProcess, set: BenchProbeSet, model: string, i: number): Promise<number[]> {
-  const r = await fetch(`${d.url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
-    body: JSON.stringify({ model, prompt: PROMPTS[i % PROMPTS.length], max_tokens: 2, temperature: 0, latentwatch: { inject: { vector: set.vector, layer: set.injectLayer, scale: set.scale, window: 'generation' } } }),
-  });
-  if (r.status !== 200) throw new Error(`injected request: ${r.status} ${await r.text()}`);
-  const v = ((await r.json()) as { latentwatch: { probes: { alert_ids: number[]; alerts_queued?: number }[] } }).latentwatch;
-  if (v.probes.some((p) => (p.alerts_queued ?? 0) > 0)) throw new Error('alerts were queued in the outbox: NATS did not acknowledge them');
-  return v.probes.flatMap((p) => p.alert_ids);
-}
-
-async function collectAll(fleets: readonly SubscriberFleet[], ids: readonly number[]): Promise<{ alerts: ReceivedAlert[] }[]> {
-  const complete = (subs: { alerts: ReceivedAlert[] }[]) => subs.every((s) => ids.every((id) => s.alerts.some((a) => a.id === id)));
-  for (const deadline = Date.now() + 20_000; ; ) {
-    const subs = (await Promise.all(fleets.map((f) => f.collect()))).flat();
-    if (complete(subs) || Date.now() > deadline) return subs;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** A daemon child's wall clock − its forwardAtUs clock (µs), from its ready line. */
-const clockOffsetOf = (d: DaemonProcess): number => Number(d.ready.clockOffsetUs ?? 0);
-
-async function alertsCounted(d: DaemonProcess): Promise<number> {
-  const text = await (await fetch(`${d.url}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) if (line.startsWith('latentwatch_alerts_total{')) sum += Number(line.split(' ').at(-1));
-  return sum;
-}
-
 export async function runReplicasBench(o: { modelDir: string; quick: boolean; log?: (l: string) => void }): Promise<ReplicasBench> {
   const log = o.log ?? ((l: string) => console.error(l));
   const t0 = Date.now();
@@ -146,6 +87,7 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
     const model = ((await (await fetch(`${single.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0].id;
     fleets.push(await startSubscriberFleet(single.url, SUBSCRIBERS, { key: ADMIN_KEY, workers: 4 }));
     for (let i = 0; i < 3; i++) await injectedIds(single, set, model, i); // warm-up
+    flushAllWrites(); // the checkpoint and graph cache the setup wrote, so the log's fsyncs measure the log
     const singleIds: number[] = [];
     for (let i = 0; i < requests; i++) singleIds.push(...(await injectedIds(single, set, model, i)));
     const singleSubs = await collectAll(fleets, singleIds);
@@ -169,6 +111,7 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
       let warmup = 0;
       for (const d of daemons) for (let i = 0; i < 2; i++) warmup += (await injectedIds(d, set, model, i)).length;
       const offsets = daemons.map(clockOffsetOf);
+      flushAllWrites();
       /** Traffic on `raising` (indexes into daemons) at once, one request at a time on each; every receipt's latency, split by where it arrived. */
       const round3 = async (raising: readonly number[]) => {
         const raisedBy = new Map<number, number>();

