@@ -21,13 +21,23 @@
  * interleaves them: `--learn-shuffle SEED` sends the lines in a seeded random order instead.
  * `--learn-target RATE` asks for that false-alert rate per request (target_fpr; default: the
  * daemon's learn.targetFpr).
+ *
+ * --inject-sample N measures sensitivity the same way, through the daemon and on the deployment's
+ * own kind of request: N requests of the traffic file (seeded sample, --inject-seed; the held-out
+ * corpus without --traffic) are sent again with an admin injection of each family (a stored
+ * concept, a seeded random direction, a stored contrast pair), at 0.5× and 0.25× the layer's mean
+ * residual norm, during the prompt only (the latent trace afterwards) and throughout, at the layers
+ * of --inject-layers (default ⌊L/3⌋, ⌊L/2⌋, ⌊5L/6⌋, taken in turn). A request fires when any probe
+ * fires; its score is the largest max_score/threshold over the probes, and the AUROC of each cell
+ * is against the same score on every clean traffic request.
  */
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { corpusRequests, loadCorpus } from '../src/lab/corpus.js';
+import { auroc } from '../src/lab/metrics.js';
 import { barChart } from '../src/lab/svg-plot.js';
-import { DEFAULT_CORPUS, PACKAGE_ROOT } from '../src/paths.js';
+import { DEFAULT_CORPUS, DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
 import { createRng, shuffled } from '../src/rng.js';
 import { spawnDaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown } from './lib/machine.js';
@@ -40,6 +50,31 @@ interface RequestResult {
   tokens: number;
   fired: string[];
   maxScore: Record<string, number | null>;
+  /** The largest max_score / threshold over the probes (null: no probe scored). */
+  score: number | null;
+}
+
+type Family = 'concept' | 'random' | 'contrast';
+type Window = 'prompt' | 'all';
+
+interface InjectedResult {
+  family: Family;
+  strength: number;
+  window: Window;
+  layer: number;
+  status: number;
+  fired: boolean;
+  score: number | null;
+}
+
+interface SensitivityCell {
+  family: Family | 'all';
+  strength: number;
+  window: Window | 'both';
+  requests: number;
+  fired: number;
+  firedShare: number;
+  auroc: number;
 }
 
 interface SetSummary {
@@ -54,7 +89,7 @@ interface SetSummary {
   byProbe: Record<string, number>;
 }
 
-type Verdict = { probes: { id: string; fired: boolean; max_score: number | null }[] };
+type Verdict = { probes: { id: string; fired: boolean; max_score: number | null; threshold: number }[] };
 
 /** A JSONL traffic file's lines: a JSON string, or {prompt, style?, max_tokens?} (as fit-anomaly reads them). */
 function readTraffic(path: string): { prompt: string; style?: string; maxTokens?: number }[] {
@@ -100,11 +135,11 @@ async function learnFromTraffic(url: string, path: string, maxTokens: number, sh
   throw new Error('learn run did not finish within 10 minutes');
 }
 
-async function send(url: string, prompt: string | number[], maxTokens: number): Promise<Omit<RequestResult, 'set' | 'id'>> {
+async function send(url: string, prompt: string | number[], maxTokens: number, inject?: Record<string, unknown>): Promise<Omit<RequestResult, 'set' | 'id'>> {
   const r = await fetch(`${url}/v1/completions`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'served', prompt, max_tokens: maxTokens, temperature: 0 }),
+    headers: { 'content-type': 'application/json', ...(inject ? { authorization: `Bearer ${ADMIN_KEY}` } : {}) },
+    body: JSON.stringify({ model: 'served', prompt, max_tokens: maxTokens, temperature: 0, ...(inject ? { latentwatch: { inject } } : {}) }),
   });
   const body = (await r.json()) as { latentwatch?: Verdict; usage?: { total_tokens: number } };
   const probes = body.latentwatch?.probes ?? [];
@@ -113,7 +148,40 @@ async function send(url: string, prompt: string | number[], maxTokens: number): 
     tokens: body.usage?.total_tokens ?? 0,
     fired: probes.filter((p) => p.fired).map((p) => p.id),
     maxScore: Object.fromEntries(probes.map((p) => [p.id, p.max_score])),
+    score: probes.some((p) => p.max_score !== null) ? Math.max(...probes.filter((p) => p.max_score !== null).map((p) => p.max_score! / p.threshold)) : null,
   };
+}
+
+/** Layers, mean residual norms and stored concept and contrast names of a model's concept library. */
+function conceptLibrary(modelDir: string): { numLayers: number; dModel: number; meanResidNorm: number[]; concepts: string[]; contrast: string[] } {
+  const m = JSON.parse(readFileSync(join(modelDir, 'concepts', 'concepts.json'), 'utf8')) as { numLayers: number; dModel: number; meanResidNorm: number[]; concepts: { name: string }[]; contrast: { name: string }[] };
+  return { numLayers: m.numLayers, dModel: m.dModel, meanResidNorm: m.meanResidNorm, concepts: m.concepts.map((c) => c.name), contrast: m.contrast.map((c) => c.name) };
+}
+
+/** The `latentwatch.inject` object for one injected request: stored vectors by name (relative scale), a random direction as a unit vector scaled to the layer's norm. */
+function injection(family: Family, strength: number, window: Window, layer: number, k: number, lib: ReturnType<typeof conceptLibrary>, seed: number): Record<string, unknown> {
+  if (family === 'concept') return { concept: lib.concepts[k % lib.concepts.length], layer, scale: strength, window };
+  if (family === 'contrast') return { concept: lib.contrast[k % lib.contrast.length], layer, scale: strength, window };
+  const rng = createRng(seed * 100_003 + k);
+  const v = Array.from({ length: lib.dModel }, () => rng.gaussian());
+  const n = Math.hypot(...v);
+  return { vector: v.map((x) => x / n), layer, scale: strength * lib.meanResidNorm[layer], window };
+}
+
+function sensitivityCells(injected: readonly InjectedResult[], clean: readonly number[]): SensitivityCell[] {
+  const cell = (family: Family | 'all', strength: number, window: Window | 'both', rs: readonly InjectedResult[]): SensitivityCell => {
+    const ok = rs.filter((r) => r.status === 200);
+    const fired = ok.filter((r) => r.fired).length;
+    return { family, strength, window, requests: ok.length, fired, firedShare: ok.length ? fired / ok.length : 0, auroc: auroc(ok.map((r) => r.score ?? 0), clean) };
+  };
+  const cells: SensitivityCell[] = [];
+  for (const strength of [...new Set(injected.map((r) => r.strength))]) {
+    for (const family of ['concept', 'random', 'contrast'] as const) {
+      for (const window of ['prompt', 'all'] as const) cells.push(cell(family, strength, window, injected.filter((r) => r.family === family && r.strength === strength && r.window === window)));
+    }
+    cells.push(cell('all', strength, 'both', injected.filter((r) => r.strength === strength)));
+  }
+  return cells;
 }
 
 function summarise(set: string, rs: readonly RequestResult[], probeIds: readonly string[]): SetSummary {
@@ -133,7 +201,7 @@ function summarise(set: string, rs: readonly RequestResult[], probeIds: readonly
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'learn-target', 'max-tokens', 'out', 'md']);
+  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'learn-target', 'max-tokens', 'inject-sample', 'inject-seed', 'inject-layers', 'out', 'md']);
   if (a.has('help')) return void console.log(usageOf(import.meta.url));
   const probes = argv.flatMap((x, i) => (argv[i - 1] === '--probe' ? [x] : []));
   const corpus = loadCorpus(a.get('corpus') ?? DEFAULT_CORPUS);
@@ -148,6 +216,10 @@ async function main(argv: string[]): Promise<void> {
   const traffic = a.get('traffic');
   if (traffic) for (const [i, l] of readTraffic(traffic).entries()) sets.push({ set: l.style ? `traffic: ${l.style}` : 'traffic', id: `traffic/${i}`, prompt: l.prompt });
   const learn = a.get('learn');
+  const injectSample = a.has('inject-sample') ? a.num('inject-sample', 0) : 0;
+  const injectSeed = a.has('inject-seed') ? a.num('inject-seed', 0) : 1;
+  const lib = injectSample > 0 ? conceptLibrary(a.get('model') ?? DEFAULT_MODEL_DIR) : null;
+  const injectLayers = lib ? (a.get('inject-layers')?.split(',').map(Number) ?? [Math.floor(lib.numLayers / 3), Math.floor(lib.numLayers / 2), Math.floor((5 * lib.numLayers) / 6)]) : [];
   const stateDir = learn ? mkdtempSync(join(tmpdir(), 'lw-false-alerts-learn-')) : null;
   const daemon = await spawnDaemonProcess({
     argv: [
@@ -156,11 +228,12 @@ async function main(argv: string[]): Promise<void> {
       ...(stateDir ? ['--state-dir', stateDir] : []),
       ...['--port', '0', '--served-model-name', 'served', '--alert-log', ':memory:', '--log-level', 'warn'],
     ],
-    env: stateDir ? { LATENTWATCH_ADMIN_KEY: ADMIN_KEY } : {},
+    env: { ...(stateDir || injectSample > 0 ? { LATENTWATCH_ADMIN_KEY: ADMIN_KEY } : {}), ...(injectSample > 0 ? { LATENTWATCH_ALLOW_INJECTION: '1' } : {}) },
   });
   const out = a.get('out') ?? join(PACKAGE_ROOT, 'bench/out/false-alerts.json');
   let learned: Record<string, unknown> | null = null;
   const results: RequestResult[] = [];
+  const injected: InjectedResult[] = [];
   try {
     if (learn && stateDir) {
       learned = (await learnFromTraffic(daemon.url, learn, maxTokens, a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null, a.has('learn-target') ? a.num('learn-target', 0) : null)).last as Record<string, unknown>;
@@ -171,6 +244,17 @@ async function main(argv: string[]): Promise<void> {
     for (const [k, s] of sets.entries()) {
       results.push({ set: s.set, id: s.id, ...(await send(daemon.url, s.prompt, maxTokens)) });
       if ((k + 1) % 25 === 0 || k + 1 === sets.length) console.error(`false-alerts: ${k + 1}/${sets.length} requests`);
+    }
+    if (lib) {
+      const pool = sets.filter((x) => (traffic ? x.set.startsWith('traffic') : x.set.startsWith('corpus: ')));
+      const sample = shuffled(pool, createRng(injectSeed)).slice(0, injectSample);
+      const plan = sample.flatMap((x, j) => (['concept', 'random', 'contrast'] as const).flatMap((family, fi) => [0.5, 0.25].flatMap((strength, si) => (['prompt', 'all'] as const).map((window, wi) => ({ x, family, strength, window, layer: injectLayers[(j + fi + si + wi) % injectLayers.length], k: j * 4 + si * 2 + wi })))));
+      for (const [n, q] of plan.entries()) {
+        const r = await send(daemon.url, q.x.prompt, maxTokens, injection(q.family, q.strength, q.window, q.layer, q.k, lib, injectSeed));
+        if (r.status !== 200) throw new Error(`injected request ${n + 1}: status ${r.status}`);
+        injected.push({ family: q.family, strength: q.strength, window: q.window, layer: q.layer, status: r.status, fired: r.fired.length > 0, score: r.score });
+        if ((n + 1) % 25 === 0 || n + 1 === plan.length) console.error(`false-alerts: injected ${n + 1}/${plan.length} requests`);
+      }
     }
   } finally {
     await daemon.stop();
@@ -194,6 +278,26 @@ async function main(argv: string[]): Promise<void> {
     width: 900,
   });
   writeText(out.replace(/\.json$/, '.svg'), svg);
+  const cleanScores = (trafficAll.length ? trafficAll : corpusAll).filter((r) => r.status === 200).map((r) => r.score ?? 0);
+  const sensitivity = injected.length ? sensitivityCells(injected, cleanScores) : [];
+  const sensitivityPath = out.replace(/\.json$/, '.sensitivity.svg');
+  if (sensitivity.length) {
+    const rows = sensitivity.filter((c) => c.family !== 'all');
+    writeText(
+      sensitivityPath,
+      barChart({
+        title: 'Injected requests that fire, through the daemon (same requests as the clean traffic)',
+        yLabel: 'fraction of requests',
+        categories: rows.map((c) => `${c.family} ×${c.strength} ${c.window}`),
+        series: [
+          { name: 'fired', values: rows.map((c) => c.firedShare) },
+          { name: 'AUROC vs clean traffic', values: rows.map((c) => c.auroc) },
+        ],
+        referenceLines: [{ y: 0.9, label: '×0.5 goal' }, { y: 0.5, label: '×0.25 goal' }, { y: 0.95, label: 'AUROC goal' }],
+        width: 1100,
+      }),
+    );
+  }
   const markdown = [
     `# False alerts on clean traffic (${new Date().toISOString().slice(0, 10)})`,
     '',
@@ -215,8 +319,23 @@ async function main(argv: string[]): Promise<void> {
     ),
     '',
     `![false alerts](${out.replace(/\.json$/, '.svg').split('/').at(-1)})`,
+    ...(sensitivity.length
+      ? [
+          '',
+          `## Sensitivity on the same kind of request`,
+          '',
+          `${injectSample} ${traffic ? 'traffic' : 'held-out corpus'} requests (seed ${injectSeed}) sent again with an admin injection per family, strength and window, at layers ${injectLayers.join(', ')} in turn (${injected.length} requests). Fired: any probe fired. AUROC: the request's largest max_score / threshold against the same on the ${cleanScores.length} clean ${traffic ? 'traffic' : 'corpus'} requests above.`,
+          '',
+          markdownTable(
+            ['family', 'strength', 'window', 'requests', 'fired', 'share', 'AUROC'],
+            sensitivity.map((c) => [c.family, c.strength, c.window === 'prompt' ? 'prompt only' : c.window === 'all' ? 'throughout' : c.window, c.requests, c.fired, c.firedShare, c.auroc]),
+          ),
+          '',
+          `![sensitivity](${sensitivityPath.split('/').at(-1)})`,
+        ]
+      : []),
   ].join('\n');
-  writeBenchResult(a, 'false-alerts', { machine: describeMachine(), corpus: corpus.name, maxTokens, probes, learned: learned && { from: learn, shuffleSeed: a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null, ...learned }, summaries, results }, markdown);
+  writeBenchResult(a, 'false-alerts', { machine: describeMachine(), corpus: corpus.name, maxTokens, probes, learned: learned && { from: learn, shuffleSeed: a.has('learn-shuffle') ? a.num('learn-shuffle', 0) : null, ...learned }, summaries, results, ...(injected.length ? { sensitivity: { sample: injectSample, seed: injectSeed, layers: injectLayers, cells: sensitivity, injected } } : {}) }, markdown);
 }
 
 runIfMain(import.meta.url, main);
