@@ -71,6 +71,8 @@ interface SensitivityCell {
   family: Family | 'all';
   strength: number;
   window: Window | 'both';
+  /** The injection layer, on the per-layer rows (every family and window); null: every layer. */
+  layer: number | null;
   requests: number;
   fired: number;
   firedShare: number;
@@ -169,10 +171,10 @@ function injection(family: Family, strength: number, window: Window, layer: numb
 }
 
 function sensitivityCells(injected: readonly InjectedResult[], clean: readonly number[]): SensitivityCell[] {
-  const cell = (family: Family | 'all', strength: number, window: Window | 'both', rs: readonly InjectedResult[]): SensitivityCell => {
+  const cell = (family: Family | 'all', strength: number, window: Window | 'both', rs: readonly InjectedResult[], layer: number | null = null): SensitivityCell => {
     const ok = rs.filter((r) => r.status === 200);
     const fired = ok.filter((r) => r.fired).length;
-    return { family, strength, window, requests: ok.length, fired, firedShare: ok.length ? fired / ok.length : 0, auroc: auroc(ok.map((r) => r.score ?? 0), clean) };
+    return { family, strength, window, layer, requests: ok.length, fired, firedShare: ok.length ? fired / ok.length : 0, auroc: auroc(ok.map((r) => r.score ?? 0), clean) };
   };
   const cells: SensitivityCell[] = [];
   for (const strength of [...new Set(injected.map((r) => r.strength))]) {
@@ -180,6 +182,7 @@ function sensitivityCells(injected: readonly InjectedResult[], clean: readonly n
       for (const window of ['prompt', 'all'] as const) cells.push(cell(family, strength, window, injected.filter((r) => r.family === family && r.strength === strength && r.window === window)));
     }
     cells.push(cell('all', strength, 'both', injected.filter((r) => r.strength === strength)));
+    for (const layer of [...new Set(injected.map((r) => r.layer))].sort((x, y) => x - y)) cells.push(cell('all', strength, 'both', injected.filter((r) => r.strength === strength && r.layer === layer), layer));
   }
   return cells;
 }
@@ -282,13 +285,13 @@ async function main(argv: string[]): Promise<void> {
   const sensitivity = injected.length ? sensitivityCells(injected, cleanScores) : [];
   const sensitivityPath = out.replace(/\.json$/, '.sensitivity.svg');
   if (sensitivity.length) {
-    const rows = sensitivity.filter((c) => c.family !== 'all');
+    const rows = sensitivity.filter((c) => c.family !== 'all' || c.layer !== null);
     writeText(
       sensitivityPath,
       barChart({
         title: 'Injected requests that fire, through the daemon (same requests as the clean traffic)',
         yLabel: 'fraction of requests',
-        categories: rows.map((c) => `${c.family} ×${c.strength} ${c.window}`),
+        categories: rows.map((c) => (c.layer === null ? `${c.family} ×${c.strength} ${c.window}` : `layer ${c.layer} ×${c.strength}`)),
         series: [
           { name: 'fired', values: rows.map((c) => c.firedShare) },
           { name: 'AUROC vs clean traffic', values: rows.map((c) => c.auroc) },
@@ -327,8 +330,8 @@ async function main(argv: string[]): Promise<void> {
           `${injectSample} ${traffic ? 'traffic' : 'held-out corpus'} requests (seed ${injectSeed}) sent again with an admin injection per family, strength and window, at layers ${injectLayers.join(', ')} in turn (${injected.length} requests). Fired: any probe fired. AUROC: the request's largest max_score / threshold against the same on the ${cleanScores.length} clean ${traffic ? 'traffic' : 'corpus'} requests above.`,
           '',
           markdownTable(
-            ['family', 'strength', 'window', 'requests', 'fired', 'share', 'AUROC'],
-            sensitivity.map((c) => [c.family, c.strength, c.window === 'prompt' ? 'prompt only' : c.window === 'all' ? 'throughout' : c.window, c.requests, c.fired, c.firedShare, c.auroc]),
+            ['family', 'strength', 'window', 'layer', 'requests', 'fired', 'share', 'AUROC'],
+            sensitivity.map((c) => [c.family, c.strength, c.window === 'prompt' ? 'prompt only' : c.window === 'all' ? 'throughout' : c.window, c.layer ?? 'all', c.requests, c.fired, c.firedShare, c.auroc]),
           ),
           '',
           `![sensitivity](${sensitivityPath.split('/').at(-1)})`,
