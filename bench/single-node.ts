@@ -7,9 +7,10 @@
  *   npx tsx bench/single-node.ts [--quick] [--model DIR] [--requests N] [--logs full,normal,memory]
  *                                [--out FILE.json] [--md FILE.md]
  *
- * Each log in turn, alone on the machine (a fresh daemon process, its 100 subscribers on 4 worker
- * threads, the same requests): 'full' is the shipped default (SQLite synchronous=FULL, group-commit
- * worker), 'normal' the same with synchronous=NORMAL, 'memory' no file (the fan-out's floor).
+ * Each log in turn, alone on the machine (a fresh daemon process and file, its 100 subscribers on 4
+ * worker threads, the same requests; a log named twice runs twice): 'full' is the shipped default
+ * (SQLite synchronous=FULL, group-commit worker), 'normal' the same with synchronous=NORMAL,
+ * 'memory' no file (the fan-out's floor).
  * Per log: receipt latency (receipt − forwardAtUs, wall clocks) p50 / p99 / p99.9 / max; per token
  * (its alerts share forwardAtUs) the worst receipt, the share of tokens over 10 ms and the slowest
  * five; from the daemon's /metrics over the measured requests, garbage collections over 10 ms
@@ -87,10 +88,10 @@ export async function runSingleNodeBench(o: { modelDir: string; requests: number
     const set = await trainBenchProbes(o.modelDir, { dir: join(root, 'probes') });
     const probeArgs = [...bundledProbes(o.modelDir), ...set.probes.map((p) => p.path)].flatMap((p) => ['--probe', p]);
     const runs: LogRun[] = [];
-    for (const name of o.logs) {
+    for (const [k, name] of o.logs.entries()) {
       say(`${name}: one daemon, ${SUBSCRIBERS} subscribers, ${o.requests} injected requests`);
       const d = await spawnDaemonProcess({
-        argv: ['--model', o.modelDir, ...probeArgs, '--port', '0', '--alert-log', name === 'memory' ? ':memory:' : join(root, `${name}.db`)],
+        argv: ['--model', o.modelDir, ...probeArgs, '--port', '0', '--alert-log', name === 'memory' ? ':memory:' : join(root, `${name}-${k}.db`)],
         env: { LATENTWATCH_ADMIN_KEY: ADMIN_KEY, LATENTWATCH_ALLOW_INJECTION: '1', LATENTWATCH_HOST: '127.0.0.1', LATENTWATCH_LOG_LEVEL: 'warn', ...LOGS[name].env },
       });
       const fleet = await startSubscriberFleet(d.url, SUBSCRIBERS, { key: ADMIN_KEY, workers: 4 });
