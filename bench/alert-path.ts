@@ -45,7 +45,7 @@ import { AlertLog, type AlertDraft } from '../src/daemon/alert-log.js';
 import { SqliteAlertStore, type AlertStore } from '../src/daemon/alert-store.js';
 import { Authenticator } from '../src/daemon/auth.js';
 import { GroupCommitAlertStore } from '../src/daemon/group-commit-store.js';
-import { nowUs, processWallOffsetUs } from './lib/clients.js';
+import { nowUs, processWallOffsetUs, receiptLatencyMs } from './lib/clients.js';
 import { measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
 import { PoolSyncAlertStore } from './lib/pool-sync-store.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
@@ -202,8 +202,8 @@ async function runStore(name: StoreName, dir: string, o: AlertPathBench['config'
   const perAlert = new Map<number, number[]>();
   for (const s of subs) {
     for (const a of s.alerts) {
-      if (a.forwardAtUs === undefined) continue;
-      const ms = (a.receivedWallUs - (a.forwardAtUs + offset)) / 1000;
+      const ms = receiptLatencyMs(a, offset);
+      if (ms === null) continue;
       into.receipt.push(ms);
       let xs = perAlert.get(a.id);
       if (!xs) perAlert.set(a.id, (xs = []));

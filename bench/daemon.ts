@@ -58,7 +58,7 @@ import { RequestMonitor } from '../src/daemon/monitor.js';
 import { loadProbe, ProbeBank } from '../src/probes/probe.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { trainBenchProbes, type BenchProbeSet } from './lib/bench-probes.js';
-import { nowUs, processWallOffsetUs, streamRequest, subscribe, until, type ReceivedAlert, type StreamResult, type Subscriber } from './lib/clients.js';
+import { nowUs, processWallOffsetUs, receiptLatencyMs, streamRequest, subscribe, until, type ReceivedAlert, type StreamResult, type Subscriber } from './lib/clients.js';
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 import { cpuNsOf, spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
@@ -217,8 +217,8 @@ function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids
   const last = new Map<number, number>();
   for (const s of subs) {
     for (const a of s.alerts) {
-      if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
-      const ms = (a.receivedWallUs - (a.forwardAtUs + daemonOffsetUs)) / 1000;
+      const ms = want.has(a.id) ? receiptLatencyMs(a, daemonOffsetUs) : null;
+      if (ms === null) continue;
       all.push(ms);
       last.set(a.id, Math.max(last.get(a.id) ?? -Infinity, ms));
     }
@@ -228,9 +228,9 @@ function latencyStats(subs: readonly { alerts: readonly ReceivedAlert[] }[], ids
   for (const s of subs) {
     const byToken = new Map<number, number>();
     for (const a of s.alerts) {
-      if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
-      const ms = (a.receivedWallUs - (a.forwardAtUs + daemonOffsetUs)) / 1000;
-      byToken.set(a.forwardAtUs, Math.min(byToken.get(a.forwardAtUs) ?? Infinity, ms));
+      const ms = want.has(a.id) ? receiptLatencyMs(a, daemonOffsetUs) : null;
+      if (ms === null) continue;
+      byToken.set(a.forwardAtUs!, Math.min(byToken.get(a.forwardAtUs!) ?? Infinity, ms));
     }
     first.push(...byToken.values());
   }

@@ -18,7 +18,7 @@ import { basename, join } from 'node:path';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { bundledProbes } from '../src/daemon/daemon.js';
 import { trainBenchProbes } from './lib/bench-probes.js';
-import { processWallOffsetUs } from './lib/clients.js';
+import { processWallOffsetUs, receiptLatencyMs } from './lib/clients.js';
 import { spawnDaemonProcess, type DaemonProcess } from './lib/daemon-process.js';
 import { flushAllWrites } from './lib/disk-flush.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
@@ -93,7 +93,7 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
     const singleSubs = await collectAll(fleets, singleIds);
     const want = new Set(singleIds);
     const singleOffsetUs = clockOffsetOf(single);
-    const singleLat = singleSubs.flatMap((s) => s.alerts.filter((a) => want.has(a.id) && a.forwardAtUs !== undefined).map((a) => (a.receivedWallUs - (a.forwardAtUs! + singleOffsetUs)) / 1000));
+    const singleLat = singleSubs.flatMap((s) => s.alerts.flatMap((a) => (want.has(a.id) ? receiptLatencyMs(a, singleOffsetUs) ?? [] : [])));
     const singleResult = { alerts: singleIds.length, latency: latency(singleLat), ...delivery(singleSubs, singleIds) };
     for (const f of fleets.splice(0)) await f.close();
     await single.stop();
@@ -129,8 +129,8 @@ export async function runReplicasBench(o: { modelDir: string; quick: boolean; lo
           for (const s of subs) {
             for (const a of s.alerts) {
               const by = raisedBy.get(a.id);
-              if (by === undefined || a.forwardAtUs === undefined) continue;
-              const ms = (a.receivedWallUs - (a.forwardAtUs + offsets[by])) / 1000;
+              const ms = by === undefined ? null : receiptLatencyMs(a, offsets[by]);
+              if (ms === null) continue;
               all.push(ms);
               (by === k ? same : cross).push(ms);
             }

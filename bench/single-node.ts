@@ -23,11 +23,12 @@ import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { bundledProbes } from '../src/daemon/daemon.js';
 import { ADMIN_KEY, alertsCounted, clockOffsetOf, collectAll, delivery, injectedIds, latency, type Latency } from './lib/alert-receipts.js';
 import { trainBenchProbes } from './lib/bench-probes.js';
+import { receiptLatencyMs } from './lib/clients.js';
 import { spawnDaemonProcess } from './lib/daemon-process.js';
 import { flushAllWrites } from './lib/disk-flush.js';
 import { describeMachine, machineMarkdown, type MachineDescription } from './lib/machine.js';
 import { markdownTable, parseArgs, runIfMain, writeBenchResult } from './lib/report.js';
-import { maxOf, quantile, round } from './lib/stats.js';
+import { quantile, round } from './lib/stats.js';
 import { startSubscriberFleet } from './lib/subscriber-fleet.js';
 
 const SUBSCRIBERS = 100;
@@ -113,19 +114,20 @@ export async function runSingleNodeBench(o: { modelDir: string; requests: number
         const perToken = new Map<number, number>();
         for (const s of subs) {
           for (const a of s.alerts) {
-            if (!want.has(a.id) || a.forwardAtUs === undefined) continue;
-            const ms = (a.receivedWallUs - (a.forwardAtUs + offsetUs)) / 1000;
+            const ms = want.has(a.id) ? receiptLatencyMs(a, offsetUs) : null;
+            if (ms === null) continue;
             values.push(ms);
-            perToken.set(a.forwardAtUs, Math.max(perToken.get(a.forwardAtUs) ?? 0, ms));
+            perToken.set(a.forwardAtUs!, Math.max(perToken.get(a.forwardAtUs!) ?? 0, ms));
           }
         }
         const tokenWorst = [...perToken.values()].sort((x, y) => y - x);
-        const gcCount = (m: Map<string, number>, le: string) => m.get(le) ?? 0;
-        const gcOver10Ms = gcCount(after.gcBuckets, '+Inf') - gcCount(before.gcBuckets, '+Inf') - (gcCount(after.gcBuckets, '0.01') - gcCount(before.gcBuckets, '0.01'));
+        // Collections during the measured requests, per cumulative bucket bound.
+        const gcDuring = (le: string) => (after.gcBuckets.get(le) ?? 0) - (before.gcBuckets.get(le) ?? 0);
+        const allGc = gcDuring('+Inf');
+        const gcOver10Ms = allGc - gcDuring('0.01');
         // The smallest bucket bound holding every collection of the window: a bound on the longest.
-        const allGrew = gcCount(after.gcBuckets, '+Inf') - gcCount(before.gcBuckets, '+Inf');
-        const byLe = [...after.gcBuckets.keys()].filter((le) => le !== '+Inf').map(Number).sort((x, y) => x - y);
-        const smallestCoveringAll = byLe.find((le) => gcCount(after.gcBuckets, String(le)) - gcCount(before.gcBuckets, String(le)) === allGrew);
+        const bounds = [...after.gcBuckets.keys()].filter((le) => le !== '+Inf').sort((x, y) => Number(x) - Number(y));
+        const smallestCoveringAll = bounds.find((le) => gcDuring(le) === allGc);
         runs.push({
           log: name,
           label: LOGS[name].label,
@@ -135,7 +137,7 @@ export async function runSingleNodeBench(o: { modelDir: string; requests: number
           tokensOver10Ms: tokenWorst.filter((x) => x > 10).length,
           slowestTokensMs: tokenWorst.slice(0, 5).map((x) => round(x, 1)),
           gcOver10Ms,
-          gcMaxBucketS: allGrew === 0 ? null : smallestCoveringAll !== undefined ? `≤ ${smallestCoveringAll}` : `> ${maxOf(byLe)}`,
+          gcMaxBucketS: allGc === 0 ? null : smallestCoveringAll !== undefined ? `≤ ${smallestCoveringAll}` : `> ${bounds.at(-1)}`,
           eventLoopDelayMaxMs: after.loopMaxS === null ? null : round(after.loopMaxS * 1000, 2),
           ...delivery(subs, ids),
           alertsCounted: await alertsCounted(d),

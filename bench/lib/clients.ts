@@ -128,6 +128,14 @@ export interface ReceivedAlert {
   receivedWallUs: number;
 }
 
+/**
+ * Forward pass → receipt of a live alert in ms, both ends on the wall clock (`daemonOffsetUs`: the
+ * raising daemon's wall clock − its forwardAtUs clock); null for a replayed alert (no forwardAtUs).
+ */
+export function receiptLatencyMs(a: ReceivedAlert, daemonOffsetUs: number): number | null {
+  return a.forwardAtUs === undefined ? null : (a.receivedWallUs - (a.forwardAtUs + daemonOffsetUs)) / 1000;
+}
+
 export interface Subscriber {
   ws: WebSocket;
   alerts: ReceivedAlert[];
