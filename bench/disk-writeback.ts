@@ -1,8 +1,9 @@
 /**
  * Does a small durable append wait for other files' unflushed writes? On ext4 (data=ordered) an
- * fsync commits the journal, and that commit first writes out the data of every file whose blocks
- * it allocates, so an alert log's fdatasync right after a large unflushed write (a 1 GB checkpoint,
- * a graph cache) can take hundreds of ms though the disk flushes 4 KiB in a fraction of one.
+ * fsync commits the journal, which may first write out other files' pending data, so an alert
+ * log's fdatasync right after a large unflushed write (a 1 GB checkpoint, a graph cache) could take
+ * far longer than the disk's flush of 4 KiB. This measures whether it does on a given disk (on the
+ * device host, 2026-12-05: no, first flush 0.63 ms after 1 GiB; docs/benchmarks.md).
  *
  *   npx tsx bench/disk-writeback.ts [--dir DIR] [--mb 1024] [--out F.json]
  *
@@ -10,16 +11,12 @@
  * right after writing MB MiB to another file of DIR without flushing it; after `sync`. Prints each
  * phase's first, p50, p99 and max ms, writes JSON.
  */
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { flushAllWrites, measureDiskFlush, type DiskFlush } from './lib/disk-flush.js';
 import { describeMachine } from './lib/machine.js';
-
-function arg(argv: string[], name: string): string | undefined {
-  const i = argv.indexOf(name);
-  return i >= 0 ? argv[i + 1] : undefined;
-}
+import { parseArgs, writeJson } from './lib/report.js';
 
 function writeUnflushed(path: string, mb: number): void {
   const fd = openSync(path, 'w');
@@ -31,10 +28,10 @@ function writeUnflushed(path: string, mb: number): void {
   }
 }
 
-const argv = process.argv.slice(2);
-const mb = Number(arg(argv, '--mb') ?? 1024);
-const out = arg(argv, '--out');
-const dir = mkdtempSync(join(arg(argv, '--dir') ?? tmpdir(), 'lw-writeback-'));
+const a = parseArgs(process.argv.slice(2), ['dir', 'mb', 'out']);
+const mb = a.num('mb', 1024);
+const out = a.get('out');
+const dir = mkdtempSync(join(a.get('dir') ?? tmpdir(), 'lw-writeback-'));
 try {
   flushAllWrites();
   const atRest = measureDiskFlush(dir);
@@ -51,7 +48,7 @@ try {
   const phases: Record<string, DiskFlush> = { atRest, afterBigWrite, afterSync };
   for (const [k, p] of Object.entries(phases)) console.log(`${k.padEnd(14)} first ${p.firstMs} ms, p50 ${p.p50Ms}, p99 ${p.p99Ms}, max ${p.maxMs} (${p.samples} fdatasyncs of 4 KiB)`);
   console.log(`writing ${mb} MiB unflushed: ${writeMs.toFixed(0)} ms; sync after the second: ${syncMs.toFixed(0)} ms`);
-  if (out) writeFileSync(out, JSON.stringify({ kind: 'latentwatch.bench.disk-writeback', version: 1, machine: describeMachine(), mb, writeMs, syncMs, phases }, null, 2) + '\n');
+  if (out) writeJson(out, { kind: 'latentwatch.bench.disk-writeback', version: 1, machine: describeMachine(), mb, writeMs, syncMs, phases });
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
