@@ -38,6 +38,7 @@ import { corpusRequests, loadCorpus } from '../src/lab/corpus.js';
 import { auroc } from '../src/lab/metrics.js';
 import { barChart } from '../src/lab/svg-plot.js';
 import { DEFAULT_CORPUS, DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
+import { ConceptStore } from '../src/probes/concept-store.js';
 import { createRng, shuffled } from '../src/rng.js';
 import { spawnDaemonProcess } from './lib/daemon-process.js';
 import { describeMachine, machineMarkdown } from './lib/machine.js';
@@ -154,20 +155,16 @@ async function send(url: string, prompt: string | number[], maxTokens: number, i
   };
 }
 
-/** Layers, mean residual norms and stored concept and contrast names of a model's concept library. */
-function conceptLibrary(modelDir: string): { numLayers: number; dModel: number; meanResidNorm: number[]; concepts: string[]; contrast: string[] } {
-  const m = JSON.parse(readFileSync(join(modelDir, 'concepts', 'concepts.json'), 'utf8')) as { numLayers: number; dModel: number; meanResidNorm: number[]; concepts: { name: string }[]; contrast: { name: string }[] };
-  return { numLayers: m.numLayers, dModel: m.dModel, meanResidNorm: m.meanResidNorm, concepts: m.concepts.map((c) => c.name), contrast: m.contrast.map((c) => c.name) };
-}
-
 /** The `latentwatch.inject` object for one injected request: stored vectors by name (relative scale), a random direction as a unit vector scaled to the layer's norm. */
-function injection(family: Family, strength: number, window: Window, layer: number, k: number, lib: ReturnType<typeof conceptLibrary>, seed: number): Record<string, unknown> {
-  if (family === 'concept') return { concept: lib.concepts[k % lib.concepts.length], layer, scale: strength, window };
-  if (family === 'contrast') return { concept: lib.contrast[k % lib.contrast.length], layer, scale: strength, window };
+function injection(family: Family, strength: number, window: Window, layer: number, k: number, lib: ConceptStore, seed: number): Record<string, unknown> {
+  if (family !== 'random') {
+    const names = lib.names(family);
+    return { concept: names[k % names.length], layer, scale: strength, window };
+  }
   const rng = createRng(seed * 100_003 + k);
   const v = Array.from({ length: lib.dModel }, () => rng.gaussian());
   const n = Math.hypot(...v);
-  return { vector: v.map((x) => x / n), layer, scale: strength * lib.meanResidNorm[layer], window };
+  return { vector: v.map((x) => x / n), layer, scale: strength * lib.meanResidNorm(layer), window };
 }
 
 function sensitivityCells(injected: readonly InjectedResult[], clean: readonly number[]): SensitivityCell[] {
@@ -221,7 +218,7 @@ async function main(argv: string[]): Promise<void> {
   const learn = a.get('learn');
   const injectSample = a.has('inject-sample') ? a.num('inject-sample', 0) : 0;
   const injectSeed = a.has('inject-seed') ? a.num('inject-seed', 0) : 1;
-  const lib = injectSample > 0 ? conceptLibrary(a.get('model') ?? DEFAULT_MODEL_DIR) : null;
+  const lib = injectSample > 0 ? ConceptStore.open(join(a.get('model') ?? DEFAULT_MODEL_DIR, 'concepts'), null) : null;
   const injectLayers = lib ? (a.get('inject-layers')?.split(',').map(Number) ?? [Math.floor(lib.numLayers / 3), Math.floor(lib.numLayers / 2), Math.floor((5 * lib.numLayers) / 6)]) : [];
   const stateDir = learn ? mkdtempSync(join(tmpdir(), 'lw-false-alerts-learn-')) : null;
   const daemon = await spawnDaemonProcess({
