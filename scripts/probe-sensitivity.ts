@@ -20,7 +20,7 @@ import { auroc } from '../src/lab/metrics.js';
 import { TrialTokens } from '../src/lab/trials.js';
 import { requestScore } from '../src/probes/calibration.js';
 import { loadProbe } from '../src/probes/probe.js';
-import { parseArgs, writeText } from '../bench/lib/report.js';
+import { parseArgs, writeJson } from '../bench/lib/report.js';
 
 interface Cell {
   family: string;
@@ -74,6 +74,6 @@ for (const path of probes) {
 ds.close();
 await engine.close();
 if (a.has('out')) {
-  writeText(a.get('out')!, `${JSON.stringify({ model: a.get('model'), data: a.get('data'), results }, null, 2)}\n`);
+  writeJson(a.get('out')!, { model: a.get('model'), data: a.get('data'), results });
   console.log(`wrote ${a.get('out')}`);
 }

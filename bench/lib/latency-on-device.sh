@@ -18,8 +18,9 @@
 # For a rehearsal on a small machine: CKPT_ARGS (extra random-checkpoint.js arguments, e.g. a tiny
 # shape), BENCH_ARGS (extra daemon.js arguments, e.g. --quick), REPLICAS_ARGS (--quick),
 # ALERT_PATH_ARGS (e.g. --tokens 5); WRITEBACK=1 runs bench/disk-writeback.ts first; SINGLE=1 runs
-# bench/single-node.ts (SINGLE_ARGS, SINGLE_THREADS) before daemon.js; REPLICAS=0 or ALERT_PATH=0 skip those steps; LATENCY=0 skips
-# daemon.js; REPLICAS_MODEL=big runs the replicas on the 0.5B checkpoint instead of the small one.
+# bench/single-node.ts (SINGLE_ARGS, SINGLE_THREADS) before daemon.js; REPLICAS=0 or ALERT_PATH=0
+# skip those steps; LATENCY=0 skips daemon.js; REPLICAS_MODEL=big runs the replicas on the 0.5B
+# checkpoint instead of the small one.
 set -uo pipefail
 : "${OUT:?OUT must name the output directory}"
 mkdir -p "$OUT"
