@@ -15,6 +15,7 @@ import { loadProbe } from '../probes/probe.js';
 import { readProbeFile, writeProbeFile } from '../probes/probe-file.js';
 import { fprAtThreshold } from '../lab/metrics.js';
 import { writeReport } from '../lab/report.js';
+import { trainConceptMatch } from '../lab/concept-match.js';
 import { trainProbe, type FeatureInput, type FitterKind } from '../lab/train.js';
 import { loadTrialConfig, PROTOCOLS, readWordList, withHeldOutWords, type PositionSet, type Protocol, type TrialConfig } from '../lab/trial-config.js';
 import { runTrials, TrialTokens } from '../lab/trials.js';
@@ -144,16 +145,21 @@ export const trainProbeCommand: Command = {
   name: 'train-probe',
   usage: `
 latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...|all] [--input resid|update] [--target-fpr F]
-                        [--kind logistic|diff-means] [--positions watch|after|inside|all]
+                        [--kind logistic|diff-means|concept-match] [--positions watch|after|inside|all]
                         [--protocols inject-then-ask,continuous] [--families concept]
-                        [--l2 X] [--id ID] [--label TEXT]
+                        [--l2 X] [--windows W,W,...] [--id ID] [--label TEXT]
   Fits per layer on the training concepts, picks the layer (best: highest validation TPR at 1% FPR,
   then AUROC) and the aggregator on validation concepts, sets the threshold at the target FPR on
   validation clean trials, and evaluates on the held-out concepts. Defaults come from the
   dataset's config (training section). Prints the chosen layer and its figures.
   --input update reads what each layer adds (resid_post L − resid_post L−1; stored as a probe on
   both hooks), resid (the default) resid_post L. --layer L,L,... or all fits one probe on the
-  concatenation of those layers' features.`,
+  concatenation of those layers' features.
+  --kind concept-match: no weights are learned per concept; each layer's update is whitened by
+  the clean trials' Gaussian and scored by its largest cosine with the stored concept vectors
+  (the dataset's concepts/), so concepts never seen in a trial are detected. --layer L,L,... or
+  all (the default) picks the layers, --windows the window sizes the validation concepts choose
+  from (default 1,4,8). docs/trials.md.`,
   async run(argv) {
     const v = parse(
       argv,
@@ -168,6 +174,7 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
         positions: { type: 'string' },
         protocols: { type: 'string' },
         families: { type: 'string' },
+        windows: { type: 'string' },
         id: { type: 'string' },
         label: { type: 'string' },
       },
@@ -178,19 +185,32 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
     const ds = Dataset.open(data);
     const layer = layerOpt(v.layer, ds.manifest.traceLayers);
     if (v.input !== undefined && v.input !== 'resid' && v.input !== 'update') throw lwError('LW_ERR_CLI_USAGE', `--input must be resid or update (got ${v.input})`);
-    const kind = (v.kind ?? 'logistic') as FitterKind;
-    if (kind !== 'logistic' && kind !== 'diff-means') throw lwError('LW_ERR_CLI_USAGE', `--kind must be logistic or diff-means (got ${v.kind})`);
-    const r = trainProbe(ds, {
-      layer,
-      input: v.input as FeatureInput | undefined,
-      l2: l2Opt(v.l2),
-      kind,
+    const common = {
       targetFpr: num(v['target-fpr'], 'target-fpr'),
       positions: positionsOpt(v.positions),
       protocols: list<Protocol>(v.protocols, 'protocols', PROTOCOLS),
       families: list(v.families, 'families'),
       id: v.id,
       label: v.label,
+    };
+    if (v.kind === 'concept-match') {
+      if (v.input !== undefined || v.l2 !== undefined || layer === 'best') throw lwError('LW_ERR_CLI_USAGE', '--kind concept-match reads updates with no fitted weights: --input, --l2 and --layer best do not apply');
+      const windows = v.windows === undefined ? undefined : v.windows.split(',').map((x) => Number(x.trim()));
+      if (windows?.some((w) => !Number.isInteger(w) || w < 1)) throw lwError('LW_ERR_CLI_USAGE', `--windows must be positive integers, e.g. 1,4,8 (got ${v.windows})`);
+      const r = trainConceptMatch(ds, { ...common, layers: layer === undefined ? undefined : typeof layer === 'number' ? [layer] : layer, windows });
+      await writeProbeFile(file, r.probe);
+      out({ out: file, id: r.probe.id, hook: r.probe.hook, kind: r.probe.kind, window: r.window, threshold: r.probe.threshold, targetFpr: r.probe.targetFpr, candidates: r.candidates, evaluation: r.probe.evaluation, pooledByStrength: r.evaluation.pooledByStrength, seconds: r.seconds });
+      return;
+    }
+    if (v.windows !== undefined) throw lwError('LW_ERR_CLI_USAGE', '--windows applies to --kind concept-match only');
+    const kind = (v.kind ?? 'logistic') as FitterKind;
+    if (kind !== 'logistic' && kind !== 'diff-means') throw lwError('LW_ERR_CLI_USAGE', `--kind must be logistic, diff-means or concept-match (got ${v.kind})`);
+    const r = trainProbe(ds, {
+      layer,
+      input: v.input as FeatureInput | undefined,
+      l2: l2Opt(v.l2),
+      kind,
+      ...common,
     });
     await writeProbeFile(file, r.probe);
     out({

@@ -196,7 +196,8 @@ export interface ScoredSplit {
   skipped: number;
 }
 
-export function scoreSplit(cache: TraceCache, split: 'train' | 'eval', layers: readonly number[], scorer: RowScorer, aggregators: readonly AggregatorSpec[], s: Selection, filter: (r: TrialRecord) => boolean = () => true): ScoredSplit[] {
+/** `scorerFor` gives each trial a fresh row scorer (an ordered probe keeps per-request state in it). */
+export function scoreSplit(cache: TraceCache, split: 'train' | 'eval', layers: readonly number[], scorerFor: () => RowScorer, aggregators: readonly AggregatorSpec[], s: Selection, filter: (r: TrialRecord) => boolean = () => true): ScoredSplit[] {
   const out: ScoredSplit[] = aggregators.map(() => ({ positives: [], negatives: [], controls: new Map(), skipped: 0 }));
   for (const r of cache.ds.records) {
     if (r.split !== split || !filter(r)) continue;
@@ -204,7 +205,7 @@ export function scoreSplit(cache: TraceCache, split: 'train' | 'eval', layers: r
     const neg = isCleanNegative(r, s);
     const ctl = r.condition !== 'inject' && r.condition !== 'none' && s.protocols.includes(r.protocol) ? r.condition : null;
     if (!pos && !neg && ctl === null) continue;
-    const ts = tokenScores(cache, r, layers, s.positions, scorer);
+    const ts = tokenScores(cache, r, layers, s.positions, scorerFor());
     aggregators.forEach((agg, k) => {
       if (ts === null) {
         out[k].skipped++;
@@ -286,6 +287,17 @@ export function summarise(sc: ScoredSplit, threshold: number): Pick<EvalReport, 
   };
 }
 
+/**
+ * A row scorer for one trial: the probe's shared one, or for an ordered probe (windowed members) a
+ * fresh request scorer, every position counted (trial traces carry no token ids; windowed trial
+ * detectors count every position).
+ */
+export function trialRowScorer(probe: Probe): RowScorer {
+  if (!probe.ordered) return (rows, off) => probe.scoreRow(rows, off);
+  const scorer = probe.createScorer();
+  return (rows, off) => scorer(rows, off, true);
+}
+
 /** Layers a probe reads (its hooks must be resid_post hooks the dataset traced). */
 export function probeLayers(probe: Probe, ds: Dataset): number[] {
   const layers = probe.hooks.map((h) => parseResidPost(h));
@@ -313,7 +325,7 @@ export function evaluateProbe(probe: Probe, ds: Dataset, o: EvalOptions = {}): E
   const layers = probeLayers(probe, ds);
   const trained = new Set(probe.file.training.concepts);
   const cache = new TraceCache(ds);
-  const [sc] = scoreSplit(cache, 'eval', layers, (rows, off) => probe.scoreRow(rows, off), [probe.aggregator], s, (r) => r.concept === null || !trained.has(r.concept));
+  const [sc] = scoreSplit(cache, 'eval', layers, () => trialRowScorer(probe), [probe.aggregator], s, (r) => r.concept === null || !trained.has(r.concept));
   const heldOut = [...new Set(sc.positives.map((x) => x.r.concept).filter((c): c is string => c !== null))].sort();
   return {
     probe: probe.id,

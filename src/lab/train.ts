@@ -237,7 +237,7 @@ export function trainLayer(cache: TraceCache, layer: number | readonly number[],
   // Everything below scores the folded model on raw hook rows, exactly as eval-probe and the daemon will.
   const { hooks: layers, model } = foldFeatures(fitted, features, d);
   const scorer = scorerOf(model, o.kind, d * layers.length);
-  const trainScored = scoreSplit(cache, 'train', layers, scorer, o.aggregators, s, (r) => split.validation.has(r.index) || split.fit.has(r.index));
+  const trainScored = scoreSplit(cache, 'train', layers, () => scorer, o.aggregators, s, (r) => split.validation.has(r.index) || split.fit.has(r.index));
   const partFigures = (k: number, which: Set<number>): { figs: Figures; neg: number[] } => {
     const pos = trainScored[k].positives.filter((p) => which.has(p.r.index)).map((p) => p.score);
     const neg = trainScored[k].negatives.filter((p) => which.has(p.r.index)).map((p) => p.score);
@@ -251,7 +251,7 @@ export function trainLayer(cache: TraceCache, layer: number | readonly number[],
   const valNeg = partFigures(best, validationSet).neg;
   if (valNeg.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean validation trials to set the threshold on');
   const threshold = thresholdAtFpr(valNeg, o.targetFpr);
-  const [evalScored] = scoreSplit(cache, 'eval', layers, scorer, [aggregator], s);
+  const [evalScored] = scoreSplit(cache, 'eval', layers, () => scorer, [aggregator], s);
   const evaluation: EvalReport = {
     probe: '',
     kind: o.kind === 'logistic' ? 'linear' : 'direction',
@@ -280,7 +280,7 @@ function featureText(f: FeatureSet): string {
   return `${what} ${f.layers.length === 1 ? `layer ${f.layers[0]}` : `layers ${f.layers.join(', ')} (concatenated)`}`;
 }
 
-function probeFigures(trials: number, concepts: string[], f: { auroc: number | null; 'tpr_at_fpr_0.01': number | null; 'tpr_at_fpr_0.05': number | null }, fprOnControls?: Record<string, number | null>): ProbeFigures {
+export function probeFigures(trials: number, concepts: string[], f: { auroc: number | null; 'tpr_at_fpr_0.01': number | null; 'tpr_at_fpr_0.05': number | null }, fprOnControls?: Record<string, number | null>): ProbeFigures {
   const out: ProbeFigures = { trials, concepts, auroc: f.auroc, 'tpr_at_fpr_0.01': f['tpr_at_fpr_0.01'], 'tpr_at_fpr_0.05': f['tpr_at_fpr_0.05'] };
   if (!fprOnControls) return out;
   const controls: Record<string, number> = {};

@@ -8,6 +8,7 @@
  *   kind            'linear'       σ(bias + w · (x − mean)/std): a probability (logistic probe)
  *                   'direction'    bias + w · (x − mean)/std, no squashing (difference-of-means)
  *                   'mahalanobis'  distance from a Gaussian fit of clean activations
+ *                   'concept-match' largest cosine between the whitened input and stored concept directions
  *                   'ensemble-max' max over members of (memberScore − center) / scale
  *   label           what an alert says it detected, e.g. "concept injection", "generic injection"
  *   description     free text ('' allowed)
@@ -32,6 +33,12 @@
  *                      scores the MEAN row over the last `size` counted positions of the request, a
  *                      persistent shift; 'novel-bigram' counts a position only when its token pair
  *                      (previous id, id) is new in the request, so repeated text counts once)
+ *   concept-match:     input, window as for mahalanobis; gaussian (cholesky form only: it whitens);
+ *                      concepts { names (C), directions (C × input width, row-major unit vectors in the
+ *                      whitened space, L⁻¹c / ‖L⁻¹c‖) }: the score of a row (or window mean) x is
+ *                      max over k of directions[k] · z / ‖z‖ with z = L⁻¹(x − mean), a bank of linear
+ *                      probes, one per stored concept, made from the concept vectors, not learned
+ *                      per concept (lab/concept-match.ts)
  *   ensemble-max:      members [{ id, kind, hook, calibration { center, scale }, [positions], …leaf body }];
  *                      the ensemble's hook list is exactly the union of its members' hooks;
  *                      positions: 'novel-bigram' (per-token Mahalanobis members) scores a member only
@@ -56,7 +63,7 @@ import type { LinearModel } from './linear.js';
 
 export const PROBE_FORMAT_VERSION = 1;
 
-export const PROBE_KINDS = ['linear', 'direction', 'mahalanobis', 'ensemble-max'] as const;
+export const PROBE_KINDS = ['linear', 'direction', 'mahalanobis', 'concept-match', 'ensemble-max'] as const;
 export type ProbeKind = (typeof PROBE_KINDS)[number];
 export type LeafProbeKind = Exclude<ProbeKind, 'ensemble-max'>;
 
@@ -125,6 +132,14 @@ const MAHALANOBIS_BODY = {
   gaussian: GAUSSIAN_SCHEMA,
 };
 
+const CONCEPT_MATCH_BODY = {
+  kind: Type.Literal('concept-match'),
+  input: Type.Optional(Type.Enum(['difference'])),
+  window: Type.Optional(WINDOW_SCHEMA),
+  gaussian: GAUSSIAN_SCHEMA,
+  concepts: closedObject({ names: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }), directions: numbers }),
+};
+
 const MEMBER_HEADER = {
   id: probeId,
   hook: hooks,
@@ -137,7 +152,11 @@ const MEMBER_HEADER = {
    */
   positions: Type.Optional(Type.Enum(['novel-bigram'])),
 };
-const MEMBER_SCHEMA = taggedUnion('kind', [closedObject({ ...MEMBER_HEADER, ...LINEAR_BODY }), closedObject({ ...MEMBER_HEADER, ...MAHALANOBIS_BODY })]);
+const MEMBER_SCHEMA = taggedUnion('kind', [
+  closedObject({ ...MEMBER_HEADER, ...LINEAR_BODY }),
+  closedObject({ ...MEMBER_HEADER, ...MAHALANOBIS_BODY }),
+  closedObject({ ...MEMBER_HEADER, ...CONCEPT_MATCH_BODY }),
+]);
 
 const HEADER = {
   formatVersion: Type.Literal(PROBE_FORMAT_VERSION),
@@ -159,6 +178,7 @@ const HEADER = {
 export const PROBE_FILE_SCHEMA = taggedUnion('kind', [
   closedObject({ ...HEADER, ...LINEAR_BODY }),
   closedObject({ ...HEADER, ...MAHALANOBIS_BODY }),
+  closedObject({ ...HEADER, ...CONCEPT_MATCH_BODY }),
   closedObject({ ...HEADER, kind: Type.Literal('ensemble-max'), members: Type.Array(MEMBER_SCHEMA, { minItems: 1 }) }),
 ]);
 
@@ -168,7 +188,8 @@ export type ProbeFigures = DeepReadonly<Static<typeof FIGURES_SCHEMA>>;
 export type LinearBody = PartOf<typeof LINEAR_BODY>;
 export type GaussianBody = DeepReadonly<Static<typeof GAUSSIAN_SCHEMA>>;
 export type MahalanobisBody = PartOf<typeof MAHALANOBIS_BODY>;
-export type LeafBody = LinearBody | MahalanobisBody;
+export type ConceptMatchBody = PartOf<typeof CONCEPT_MATCH_BODY>;
+export type LeafBody = LinearBody | MahalanobisBody | ConceptMatchBody;
 export type WindowSpec = DeepReadonly<Static<typeof WINDOW_SCHEMA>>;
 export type EnsembleMember = DeepReadonly<Static<typeof MEMBER_SCHEMA>>;
 export type ProbeFile = DeepReadonly<Static<typeof PROBE_FILE_SCHEMA>>;
@@ -211,7 +232,7 @@ function windowBody(w: WindowSpec): WindowSpec {
 
 /** Width of the vector a leaf body reads: dModel for a difference, hooks × dModel otherwise. */
 export function leafInputDim(body: { kind: string; input?: string }, hooks: number, dModel: number): number {
-  return body.kind === 'mahalanobis' && body.input === 'difference' ? dModel : hooks * dModel;
+  return body.kind !== 'linear' && body.kind !== 'direction' && body.input === 'difference' ? dModel : hooks * dModel;
 }
 
 /**
@@ -383,7 +404,7 @@ function figures(f: ProbeFigures): ProbeFigures {
 
 /** The canonical body of a schema-valid leaf, after the checks that depend on dModel and the hooks. */
 function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string): LeafBody {
-  if (o.kind !== 'mahalanobis') {
+  if (!('gaussian' in o)) {
     const inputDim = hookCount * dModel;
     return {
       kind: o.kind,
@@ -413,7 +434,11 @@ function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string)
   }
   if (o.window?.spread) sized(o.window.spread.scale, inputDim, `${where}.window.spread.scale`);
   if (o.window?.minCount !== undefined && o.window.minCount > o.window.size) throw invalid(`${where}.window.minCount`, `must be at most the window size ${o.window.size}, got ${o.window.minCount}`);
-  return { kind: o.kind, ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: windowBody(o.window) }), gaussian };
+  const shared = { ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: windowBody(o.window) }), gaussian };
+  if (o.kind === 'mahalanobis') return { kind: o.kind, ...shared };
+  if (gaussian.form !== 'cholesky') throw invalid(`${at}.form`, `a concept-match probe whitens with a full covariance: expected cholesky, got ${gaussian.form}`);
+  const names = [...o.concepts.names];
+  return { kind: o.kind, ...shared, concepts: { names, directions: sized(o.concepts.directions, names.length * inputDim, `${where}.concepts.directions`) } };
 }
 
 // ---- deterministic writer ----------------------------------------------------------------

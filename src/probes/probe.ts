@@ -7,8 +7,10 @@
  * - direction:    bias + w·(x − mean)/std (signed distance for a difference-of-means probe)
  * - mahalanobis:  Mahalanobis distance from the fitted Gaussian (of the concatenated row, or with
  *                 `input: 'difference'` of row(hook 2) − row(hook 1): a layer's update)
+ * - concept-match: largest cosine between the whitened row z = L⁻¹(x − mean) and the stored
+ *                 whitened concept directions (one linear probe per concept, normalised by ‖z‖)
  * - ensemble-max: max over members of (memberScore − center) / scale
- * A Mahalanobis member with a `window` scores the mean row over the request's last counted
+ * A Mahalanobis or concept-match member with a `window` scores the mean row over the request's last counted
  * positions (probes/window.ts), and a member with `positions: 'novel-bigram'` only positions whose
  * token pair is new in the request, so its score depends on what came before: such a probe is
  * `ordered`, and rows are scored through `createScorer()`, one per request, in position order.
@@ -24,7 +26,7 @@ import { createAggregator, type Aggregator, type AggregatorSpec } from './aggreg
 import { mahalanobis, type GaussianModel } from './gaussian.js';
 import { foldStandardisation, sigmoid } from './linear.js';
 import { SimdMatVec } from './simd.js';
-import { hookList, readProbeFile, type EnsembleMember, type GaussianBody, type LeafBody, type ProbeFile, type ProbeKind } from './probe-file.js';
+import { hookList, readProbeFile, type ConceptMatchBody, type EnsembleMember, type GaussianBody, type LeafBody, type ProbeFile, type ProbeKind } from './probe-file.js';
 import { NoveltyTracker, spreadDiscount, WindowMean } from './window.js';
 
 /** Scores the rows of one request in position order; `novel`: the row's token pair is new in the request. */
@@ -107,9 +109,9 @@ export async function loadProbe(path: string, expectedModelFingerprint: string):
 
 type RowScorer = (activation: Float32Array, offset: number) => number;
 
-/** A Mahalanobis leaf or member that scores a window of positions (probes/window.ts). */
+/** A Mahalanobis or concept-match leaf or member that scores a window of positions (probes/window.ts). */
 export function isWindowed(body: LeafBody): boolean {
-  return body.kind === 'mahalanobis' && body.window !== undefined;
+  return 'gaussian' in body && body.window !== undefined;
 }
 
 /**
@@ -119,7 +121,7 @@ export function isWindowed(body: LeafBody): boolean {
  * unchanged). Before the first counted position the mean is the Gaussian's own: distance 0.
  */
 function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
-  if (body.kind !== 'mahalanobis' || body.window === undefined) {
+  if (!('gaussian' in body) || body.window === undefined) {
     const f = leafScorer(body, inputDim);
     const scorer: RequestRowScorer = (activation, offset) => f(activation, offset);
     return () => scorer;
@@ -128,7 +130,7 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
   const dim = difference ? inputDim / 2 : inputDim;
   const { size, positions, spread, minCount } = body.window;
   const countAll = positions === 'all';
-  const ofMean = leafScorer({ kind: 'mahalanobis', gaussian: body.gaussian }, dim);
+  const ofMean = body.kind === 'concept-match' ? leafScorer({ kind: body.kind, gaussian: body.gaussian, concepts: body.concepts }, dim) : leafScorer({ kind: 'mahalanobis', gaussian: body.gaussian }, dim);
   const fill = Float32Array.from(body.gaussian.mean);
   const scale = spread ? Float64Array.from(spread.scale) : null;
   const row = new Float32Array(dim);
@@ -152,6 +154,7 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
 }
 
 function leafScorer(body: LeafBody, inputDim: number): RowScorer {
+  if (body.kind === 'concept-match') return conceptMatchScorer(body, inputDim);
   if (body.kind === 'mahalanobis') {
     const g = body.gaussian;
     if (g.form === 'lowrank') return lowRankScorer(g, inputDim, body.input === 'difference');
@@ -214,6 +217,37 @@ function whitenedScorer(g: Extract<GaussianBody, { form: 'cholesky' }>, inputDim
     let q = 0;
     for (let i = 0; i < d; i++) q += z[i] * z[i];
     return Math.sqrt(q);
+  };
+}
+
+/**
+ * Concept match: z = W·(x − mean) as in whitenedScorer, then one SIMD matvec against the C unit
+ * directions (C·d more multiply-adds, a fraction of the whitening's d²/2 for C ≪ d): max_k dₖ·z / ‖z‖.
+ * A cosine is bounded, so an unusual but undirected row (junk, a new kind of text) scores no higher
+ * than its alignment with some concept; a zero row scores 0.
+ */
+function conceptMatchScorer(body: ConceptMatchBody, inputDim: number): RowScorer {
+  const g = body.gaussian;
+  if (g.form !== 'cholesky') throw lwError('LW_ERR_PROBE_INVALID', `concept-match needs a cholesky Gaussian, got ${g.form}`);
+  const difference = body.input === 'difference';
+  const d = difference ? inputDim / 2 : inputDim;
+  const mean = Float32Array.from(g.mean);
+  const simd = new SimdMatVec();
+  const h = simd.addLowerTriangular(d, invertLower(Float64Array.from(g.factor), d), { int16: true });
+  const count = body.concepts.names.length;
+  const bank = simd.addMatrix(count, d, Float64Array.from(body.concepts.directions));
+  const z = new Float32Array(d);
+  const dots = new Float32Array(count);
+  return (activation, offset) => {
+    centre(activation, offset, mean, difference, simd.input(h));
+    simd.matvecInput(h, z);
+    let q = 0;
+    for (let i = 0; i < d; i++) q += z[i] * z[i];
+    if (!(q > 0)) return 0;
+    simd.matvec(bank, z, 0, dots);
+    let best = -Infinity;
+    for (let k = 0; k < count; k++) if (dots[k] > best) best = dots[k];
+    return best / Math.sqrt(q);
   };
 }
 

@@ -1,0 +1,198 @@
+/**
+ * The concept-match probe (issue 12): a bank of per-concept linear probes made from the stored concept
+ * vectors. The scorer against an independent float64 computation; the file format; training on real
+ * trials of the built-in model, where concepts no trial trained on are detected and random directions
+ * are held to the target rate.
+ */
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../src/engine/engine.js';
+import { trainConceptMatch, whitenedDirections } from '../src/lab/concept-match.js';
+import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
+import { Dataset } from '../src/lab/dataset.js';
+import { evaluateProbe, probeLayers, scoreSplit, TraceCache, trialRowScorer } from '../src/lab/eval.js';
+import { runTrials } from '../src/lab/trials.js';
+import { ConceptStore } from '../src/probes/concept-store.js';
+import { parseProbeFile, serializeProbeFile, validateProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
+import { createProbe } from '../src/probes/probe.js';
+import { createRng } from '../src/rng.js';
+import { CODE16M, TEST_CACHE, tempDir, thrown } from './helpers.js';
+
+function expectLwError(fn: () => unknown, code: string, message: RegExp): void {
+  const e = thrown(fn);
+  expect(e.code).toBe(code);
+  expect(e.message).toMatch(message);
+}
+import { tinyConfig } from './probes-trials-helpers.js';
+
+const d = 7;
+const rng = createRng(11);
+const gauss = () => {
+  const u = Math.max(rng.next(), 1e-12);
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
+};
+const vec = (n: number) => Float32Array.from({ length: n }, gauss);
+
+/** A well-conditioned packed lower-triangular factor. */
+function factor(): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < d; i++) for (let j = 0; j <= i; j++) out.push(j === i ? 0.5 + rng.next() : 0.4 * gauss());
+  return out;
+}
+
+/** Reference: solve L z = v by forward substitution in float64, straight from the packed factor. */
+function solve(packed: readonly number[], v: ArrayLike<number>): Float64Array {
+  const z = new Float64Array(d);
+  for (let i = 0; i < d; i++) {
+    let s = v[i];
+    for (let k = 0; k < i; k++) s -= packed[(i * (i + 1)) / 2 + k] * z[k];
+    z[i] = s / packed[(i * (i + 1)) / 2 + i];
+  }
+  return z;
+}
+
+const cosine = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  let ab = 0;
+  let aa = 0;
+  let bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i] * b[i];
+    aa += a[i] * a[i];
+    bb += b[i] * b[i];
+  }
+  return ab / Math.sqrt(aa * bb);
+};
+
+const FIGS = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
+
+function matchFile(window?: number): { file: ProbeFile; packed: number[]; mean: number[]; concepts: Float32Array[] } {
+  const packed = factor();
+  const mean = Array.from(vec(d));
+  const concepts = [vec(d), vec(d), vec(d)];
+  const g = { form: 'cholesky' as const, shrinkage: 0.1, mean: Float64Array.from(mean), factor: Float64Array.from(packed) };
+  const file = validateProbeFile({
+    formatVersion: 1,
+    id: 'match',
+    kind: 'concept-match',
+    label: 'concept injection',
+    description: '',
+    modelFingerprint: 'm',
+    hook: ['blocks.2.hook_resid_post', 'blocks.3.hook_resid_post'],
+    dModel: d,
+    threshold: 0.5,
+    targetFpr: 0.01,
+    aggregator: { kind: 'max' },
+    training: FIGS,
+    evaluation: FIGS,
+    input: 'difference',
+    ...(window ? { window: { size: window, positions: 'all' } } : {}),
+    gaussian: { form: 'cholesky', shrinkage: 0.1, mean, factor: packed },
+    concepts: { names: ['Oceans', 'Snow', 'Bread'], directions: whitenedDirections(g, concepts) },
+  });
+  return { file, packed, mean, concepts };
+}
+
+describe('concept-match scorer', () => {
+  it('whitenedDirections are the unit solutions of L z = c', () => {
+    const { packed, concepts, file } = matchFile();
+    const dirs = (file as Extract<ProbeFile, { kind: 'concept-match' }>).concepts.directions;
+    concepts.forEach((c, k) => {
+      const z = solve(packed, c);
+      const unit = Array.from(z, (x) => x / Math.hypot(...z));
+      for (let i = 0; i < d; i++) expect(dirs[k * d + i]).toBeCloseTo(unit[i], 12);
+    });
+  });
+
+  it('scores max_k cos(L⁻¹(x₁ − x₀ − mean), L⁻¹cₖ), as a float64 reference computes it (int16 whitening: within 2e-3)', () => {
+    const { file, packed, mean, concepts } = matchFile();
+    const probe = createProbe(file);
+    expect(probe.ordered).toBe(false);
+    for (let t = 0; t < 40; t++) {
+      const row = vec(2 * d);
+      // Half the rows carry a concept along, so high and low cosines are both checked.
+      if (t % 2 === 0) for (let i = 0; i < d; i++) row[d + i] += 3 * concepts[t % 3][i];
+      const x = Array.from({ length: d }, (_, i) => row[d + i] - row[i] - mean[i]);
+      const z = solve(packed, x);
+      const want = Math.max(...concepts.map((c) => cosine(z, solve(packed, c))));
+      expect(Math.abs(probe.scoreRow(row, 0) - want)).toBeLessThan(2e-3);
+    }
+  });
+
+  it('a window scores the mean update of the last W positions, per request, in order', () => {
+    const W = 3;
+    const { file, packed, mean, concepts } = matchFile(W);
+    const probe = createProbe(file);
+    expect(probe.ordered).toBe(true);
+    const rows = Array.from({ length: 8 }, () => vec(2 * d));
+    const scorer = probe.createScorer();
+    rows.forEach((row, p) => {
+      const from = Math.max(0, p - W + 1);
+      const x = Array.from({ length: d }, (_, i) => {
+        let s = 0;
+        for (let q = from; q <= p; q++) s += rows[q][d + i] - rows[q][i];
+        return s / (p - from + 1) - mean[i];
+      });
+      const z = solve(packed, x);
+      const want = Math.max(...concepts.map((c) => cosine(z, solve(packed, c))));
+      expect(Math.abs(scorer(row, 0, true) - want)).toBeLessThan(2e-3);
+    });
+  });
+
+  it('the file round-trips byte for byte; wrong shapes and a non-whitening Gaussian are coded errors', () => {
+    const { file } = matchFile(4);
+    const text = serializeProbeFile(file);
+    expect(serializeProbeFile(parseProbeFile(text, 'm'))).toBe(text);
+    const o = JSON.parse(text);
+    expectLwError(() => validateProbeFile({ ...o, concepts: { ...o.concepts, directions: o.concepts.directions.slice(1) } }), 'LW_ERR_PROBE_INVALID', /\$\.concepts\.directions: expected 21 numbers/);
+    expectLwError(() => validateProbeFile({ ...o, gaussian: { form: 'diagonal', shrinkage: 0, mean: o.gaussian.mean, variance: new Array(d).fill(1) } }), 'LW_ERR_PROBE_INVALID', /cholesky/);
+    expectLwError(() => validateProbeFile({ ...o, concepts: { names: ['a', 'a', 'b'], directions: o.concepts.directions } }), 'LW_ERR_PROBE_INVALID', /concepts\.names/);
+  });
+});
+
+describe('train-probe --kind concept-match on trials of the built-in model', () => {
+  let data: string;
+
+  beforeAll(async () => {
+    const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, taps: 'all', ports: 'all' });
+    const cfg = tinyConfig({ controls: { none: { trialsPerProtocol: 16 }, random: { trialsPerCell: 6 }, unrelatedQuestion: { trialsPerCell: 0 }, generationOnly: { trialsPerCell: 0 } } });
+    data = tempDir('lw-match-');
+    const v = await computeConceptVectors(engine, { template: cfg.vectors.template, chat: cfg.chat, concepts: cfg.vectors.words.concepts, baseline: cfg.vectors.words.baseline });
+    writeConceptVectors(join(data, 'concepts'), v);
+    await runTrials({ engine, config: cfg, store: ConceptStore.open(join(data, 'concepts'), engine.fingerprint), outDir: data });
+    await engine.close();
+  });
+
+  it('detects concepts no trial trained on, holds random directions to the threshold rule, and eval-probe reproduces its figures', () => {
+    const ds = Dataset.open(data);
+    const heldOut = ds.manifest.split.evalConcepts;
+    const r = trainConceptMatch(ds, { positions: 'all', windows: [1, 2] });
+    const file = r.probe as Extract<ProbeFile, { kind: 'ensemble-max' }>;
+    expect(file.kind).toBe('ensemble-max');
+    expect(file.members.every((m) => m.kind === 'concept-match')).toBe(true);
+    // Every traced layer has a member; layer 0 reads its residual, the others their update.
+    expect(file.members.map((m) => m.hook)).toEqual(ds.manifest.traceLayers.map((l) => (l === 0 ? 'blocks.0.hook_resid_post' : [`blocks.${l - 1}.hook_resid_post`, `blocks.${l}.hook_resid_post`])));
+    for (const c of heldOut) {
+      expect(r.probe.training.concepts).not.toContain(c);
+      for (const m of file.members) expect(m.kind === 'concept-match' && m.concepts.names.includes(c)).toBe(true);
+    }
+    expect(r.evaluation.heldOutConcepts).toEqual([...heldOut].sort());
+    expect(r.evaluation.auroc).toBeGreaterThanOrEqual(0.95);
+    expect(r.evaluation.tpr).toBeGreaterThanOrEqual(0.9);
+    expect([1, 2]).toContain(r.window);
+    const again = evaluateProbe(createProbe(parseProbeFile(serializeProbeFile(r.probe), ds.manifest.modelFingerprint)), Dataset.open(data), { positions: 'all' });
+    expect(again.auroc).toBe(r.evaluation.auroc);
+    expect(again.fpr_on_controls).toEqual(r.evaluation.fpr_on_controls);
+    // Random-direction controls of the training split are held to the target rate, like clean trials.
+    const probe = createProbe(r.probe);
+    const sel = { protocols: ds.manifest.config.injection.protocols, families: ['concept'], positions: 'all' as const };
+    const [sc] = scoreSplit(new TraceCache(Dataset.open(data)), 'train', probeLayers(probe, ds), () => trialRowScorer(probe), [r.probe.aggregator], sel, (x) => x.condition === 'random');
+    const random = sc.controls.get('random')!.map((x) => x.score);
+    expect(random.length).toBeGreaterThan(0);
+    expect(random.filter((x) => x > r.probe.threshold).length / random.length).toBeLessThanOrEqual(r.probe.targetFpr);
+  });
+
+  it('refuses a layer the dataset did not trace and a window out of range', () => {
+    expectLwError(() => trainConceptMatch(Dataset.open(data), { layers: [99] }), 'LW_ERR_PROBE_FIT', /layer 99 was not traced/);
+    expectLwError(() => trainConceptMatch(Dataset.open(data), { windows: [0] }), 'LW_ERR_PROBE_FIT', /window 0/);
+  });
+});
