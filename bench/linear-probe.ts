@@ -1,13 +1,14 @@
 /**
  * The trained linear (concept-injection) probe on held-out concepts (issue 12): trains candidate
- * settings of `train-probe` on one trial dataset in process (the same trainProbe the CLI runs) and
+ * settings of `train-probe` on one trial dataset in process (the same trainProbe and
+ * trainConceptMatch the CLI runs) and
  * reports their held-out figures per strength pooled over protocols and injection layers (what
  * `eval-probe` prints first), the controls flagged at each probe's own threshold, and, per layer,
  * how the held-out concepts' directions relate to the training concepts' (lab/concepts.ts
  * heldOutAlignment): a linear score can only catch what those directions share.
  *
  *   npx tsx bench/linear-probe.ts --data DIR --out-dir docs/reports/linear-probe/MODEL
- *                                 [--candidates default,update-all,all-positions,update-all-positions]
+ *                                 [--candidates default,update-all,all-positions,update-all-positions,concept-match,concept-match-watch]
  *
  * DIR is a `latentwatch trials` dataset (configs/trials/base.json); its concepts/ folder holds the
  * vectors the trials injected. Writes report.md, report.json and SVG charts into --out-dir.
@@ -15,7 +16,10 @@
 import { join } from 'node:path';
 import { Dataset } from '../src/lab/dataset.js';
 import { heldOutAlignment, type HeldOutAlignment } from '../src/lab/concepts.js';
+import { trainConceptMatch, type ConceptMatchOptions } from '../src/lab/concept-match.js';
 import { trainProbe, type TrainOptions } from '../src/lab/train.js';
+import { parseResidPost } from '../src/hooks.js';
+import { hookList } from '../src/probes/probe-file.js';
 import type { EvalReport } from '../src/lab/eval.js';
 import { barChart, lineChart } from '../src/lab/svg-plot.js';
 import { fmt, UNIT_Y_AXIS, writeReportFiles } from '../src/lab/report-format.js';
@@ -26,14 +30,42 @@ interface Candidate {
   name: string;
   /** The train-probe options that give it. */
   cli: string;
-  options: (traced: number[]) => TrainOptions;
+  train: (ds: Dataset, traced: number[]) => Trained;
 }
 
+interface Trained {
+  features: string;
+  seconds: number;
+  evaluation: EvalReport;
+}
+
+/** A linear probe (train.ts) with these options. */
+function linear(options: (traced: number[]) => TrainOptions): Candidate['train'] {
+  return (ds, traced) => {
+    const r = trainProbe(ds, options(traced));
+    const f = r.chosen.features;
+    return { features: `${f.input} ${span(f.layers)}`, seconds: r.seconds, evaluation: r.chosen.evaluation };
+  };
+}
+
+/** The concept-match probe (concept-match.ts): one linear probe per stored concept, made from its vector. */
+function conceptMatch(options: ConceptMatchOptions): Candidate['train'] {
+  return (ds) => {
+    const r = trainConceptMatch(ds, options);
+    const layers = r.probe.kind === 'ensemble-max' ? r.probe.members.map((x) => parseResidPost(hookList(x.hook).at(-1)!)) : [];
+    return { features: `update ${span(layers)}, window ${r.window}`, seconds: r.seconds, evaluation: r.evaluation };
+  };
+}
+
+const span = (layers: readonly number[]) => (layers.length === 1 ? `L${layers[0]}` : `L${layers[0]}–${layers[layers.length - 1]}`);
+
 const CANDIDATES: Candidate[] = [
-  { name: 'default', cli: '', options: () => ({}) },
-  { name: 'update-all', cli: '--input update --layer all', options: (traced) => ({ input: 'update', layer: traced }) },
-  { name: 'all-positions', cli: '--positions all', options: () => ({ positions: 'all' }) },
-  { name: 'update-all-positions', cli: '--input update --layer all --positions all', options: (traced) => ({ input: 'update', layer: traced, positions: 'all' }) },
+  { name: 'default', cli: '', train: linear(() => ({})) },
+  { name: 'update-all', cli: '--input update --layer all', train: linear((traced) => ({ input: 'update', layer: traced })) },
+  { name: 'all-positions', cli: '--positions all', train: linear(() => ({ positions: 'all' })) },
+  { name: 'update-all-positions', cli: '--input update --layer all --positions all', train: linear((traced) => ({ input: 'update', layer: traced, positions: 'all' })) },
+  { name: 'concept-match', cli: '--kind concept-match --positions all', train: conceptMatch({ positions: 'all' }) },
+  { name: 'concept-match-watch', cli: '--kind concept-match', train: conceptMatch({}) },
 ];
 
 interface CandidateResult {
@@ -67,14 +99,13 @@ async function main(argv: string[]): Promise<void> {
 
   const results: CandidateResult[] = [];
   for (const c of candidates) {
-    const ds = Dataset.open(dataDir); // trainProbe closes it
-    const r = trainProbe(ds, c.options(m.traceLayers));
-    const e = r.chosen.evaluation;
-    const f = r.chosen.features;
+    const ds = Dataset.open(dataDir); // training closes it
+    const r = c.train(ds, m.traceLayers);
+    const e = r.evaluation;
     results.push({
       name: c.name,
       cli: c.cli,
-      features: `${f.input} ${f.layers.length === 1 ? `L${f.layers[0]}` : `L${f.layers[0]}–${f.layers[f.layers.length - 1]}`}`,
+      features: r.features,
       seconds: r.seconds,
       evaluation: { auroc: e.auroc, 'tpr_at_fpr_0.01': e['tpr_at_fpr_0.01'], fpr_on_controls: e.fpr_on_controls, pooledByStrength: e.pooledByStrength, byProtocol: e.byProtocol, positions: e.positions, threshold: e.threshold, aggregator: e.aggregator },
     });

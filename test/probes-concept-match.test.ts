@@ -169,8 +169,8 @@ describe('train-probe --kind concept-match on trials of the built-in model', () 
     const file = r.probe as Extract<ProbeFile, { kind: 'ensemble-max' }>;
     expect(file.kind).toBe('ensemble-max');
     expect(file.members.every((m) => m.kind === 'concept-match')).toBe(true);
-    // Every traced layer has a member; layer 0 reads its residual, the others their update.
-    expect(file.members.map((m) => m.hook)).toEqual(ds.manifest.traceLayers.map((l) => (l === 0 ? 'blocks.0.hook_resid_post' : [`blocks.${l - 1}.hook_resid_post`, `blocks.${l}.hook_resid_post`])));
+    // By default every traced layer from 2 on has a member, reading its update.
+    expect(file.members.map((m) => m.hook)).toEqual(ds.manifest.traceLayers.filter((l) => l >= 2).map((l) => [`blocks.${l - 1}.hook_resid_post`, `blocks.${l}.hook_resid_post`]));
     for (const c of heldOut) {
       expect(r.probe.training.concepts).not.toContain(c);
       for (const m of file.members) expect(m.kind === 'concept-match' && m.concepts.names.includes(c)).toBe(true);
@@ -189,6 +189,13 @@ describe('train-probe --kind concept-match on trials of the built-in model', () 
     const random = sc.controls.get('random')!.map((x) => x.score);
     expect(random.length).toBeGreaterThan(0);
     expect(random.filter((x) => x > r.probe.threshold).length / random.length).toBeLessThanOrEqual(r.probe.targetFpr);
+  });
+
+  it('--layer picks the members; layer 0 reads its residual (there is no update before it)', () => {
+    const r = trainConceptMatch(Dataset.open(data), { positions: 'all', layers: [0, 4], windows: [1] });
+    expect(r.probe.kind === 'ensemble-max' && r.probe.members.map((m) => m.hook)).toEqual(['blocks.0.hook_resid_post', ['blocks.3.hook_resid_post', 'blocks.4.hook_resid_post']]);
+    expect(r.probe.hook).toEqual(['blocks.0.hook_resid_post', 'blocks.3.hook_resid_post', 'blocks.4.hook_resid_post']);
+    expect(r.window).toBe(1);
   });
 
   it('refuses a layer the dataset did not trace and a window out of range', () => {

@@ -50,6 +50,18 @@ describe('latentwatch concepts | trials | train-probe | eval-probe | report', ()
     const table = (await cli('eval-probe', '--probe', probe, '--data', data)).stdout;
     expect(table).toContain('AUROC');
 
+    // The concept-match kind: written as an ensemble of per-layer banks, read back by eval-probe.
+    const match = join(dir, 'concept-match.probe.json');
+    await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('--concepts DIR') });
+    const cm = json((await cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match', '--positions', 'all', '--windows', '1,2', '--concepts', join(dir, 'concepts'))).stdout);
+    expect([1, 2]).toContain(cm.window);
+    expect(json(readFileSync(match, 'utf8'))).toMatchObject({ id: 'concept-match', kind: 'ensemble-max' });
+    const cmEval = json((await cli('eval-probe', '--probe', match, '--data', data, '--positions', 'all', '--json')).stdout);
+    expect(cmEval.auroc).toBe((cm.evaluation as Record<string, unknown>).auroc);
+    await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match', '--input', 'update')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('LW_ERR_CLI_USAGE') });
+    await expect(cli('train-probe', '--data', data, '--out', match, '--windows', '4')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('--windows and --concepts apply to --kind concept-match only') });
+    await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match', '--windows', '0')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('LW_ERR_CLI_USAGE') });
+
     const rep = join(dir, 'report');
     json((await cli('report', '--data', data, '--out', rep, '--no-diff-means')).stdout);
     expect(readFileSync(join(rep, 'report.md'), 'utf8')).toContain('# Concept-injection probes: tiny trials');

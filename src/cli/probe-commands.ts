@@ -147,7 +147,7 @@ export const trainProbeCommand: Command = {
 latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...|all] [--input resid|update] [--target-fpr F]
                         [--kind logistic|diff-means|concept-match] [--positions watch|after|inside|all]
                         [--protocols inject-then-ask,continuous] [--families concept]
-                        [--l2 X] [--windows W,W,...] [--id ID] [--label TEXT]
+                        [--l2 X] [--windows W,W,...] [--concepts DIR] [--id ID] [--label TEXT]
   Fits per layer on the training concepts, picks the layer (best: highest validation TPR at 1% FPR,
   then AUROC) and the aggregator on validation concepts, sets the threshold at the target FPR on
   validation clean trials, and evaluates on the held-out concepts. Defaults come from the
@@ -158,8 +158,10 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
   --kind concept-match: no weights are learned per concept; each layer's update is whitened by
   the clean trials' Gaussian and scored by its largest cosine with the stored concept vectors
   (the dataset's concepts/), so concepts never seen in a trial are detected. --layer L,L,... or
-  all (the default) picks the layers, --windows the window sizes the validation concepts choose
-  from (default 1,4,8). docs/trials.md.`,
+  all picks the layers (default: from layer 2 on; earlier concept vectors are their word's
+  token, matched by any mention of it), --windows the window sizes the validation concepts choose
+  from (default 1,4,8), --concepts DIR the concept vectors (default: the dataset's concepts/).
+  docs/trials.md.`,
   async run(argv) {
     const v = parse(
       argv,
@@ -175,6 +177,7 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
         protocols: { type: 'string' },
         families: { type: 'string' },
         windows: { type: 'string' },
+        concepts: { type: 'string' },
         id: { type: 'string' },
         label: { type: 'string' },
       },
@@ -197,12 +200,12 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
       if (v.input !== undefined || v.l2 !== undefined || layer === 'best') throw lwError('LW_ERR_CLI_USAGE', '--kind concept-match reads updates with no fitted weights: --input, --l2 and --layer best do not apply');
       const windows = v.windows === undefined ? undefined : v.windows.split(',').map((x) => Number(x.trim()));
       if (windows?.some((w) => !Number.isInteger(w) || w < 1)) throw lwError('LW_ERR_CLI_USAGE', `--windows must be positive integers, e.g. 1,4,8 (got ${v.windows})`);
-      const r = trainConceptMatch(ds, { ...common, layers: layer === undefined ? undefined : typeof layer === 'number' ? [layer] : layer, windows });
+      const r = trainConceptMatch(ds, { ...common, layers: layer === undefined ? undefined : typeof layer === 'number' ? [layer] : layer, windows, concepts: v.concepts });
       await writeProbeFile(file, r.probe);
       out({ out: file, id: r.probe.id, hook: r.probe.hook, kind: r.probe.kind, window: r.window, threshold: r.probe.threshold, targetFpr: r.probe.targetFpr, candidates: r.candidates, evaluation: r.probe.evaluation, pooledByStrength: r.evaluation.pooledByStrength, seconds: r.seconds });
       return;
     }
-    if (v.windows !== undefined) throw lwError('LW_ERR_CLI_USAGE', '--windows applies to --kind concept-match only');
+    if (v.windows !== undefined || v.concepts !== undefined) throw lwError('LW_ERR_CLI_USAGE', '--windows and --concepts apply to --kind concept-match only');
     const kind = (v.kind ?? 'logistic') as FitterKind;
     if (kind !== 'logistic' && kind !== 'diff-means') throw lwError('LW_ERR_CLI_USAGE', `--kind must be logistic, diff-means or concept-match (got ${v.kind})`);
     const r = trainProbe(ds, {

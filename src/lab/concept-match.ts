@@ -19,10 +19,11 @@
  * dataset's store, held-out ones included: they come from the concept template, not from trials, as
  * a deployment's new concept words would (`trials --words`).
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
-import { thresholdAtFpr } from '../probes/calibration.js';
+import { roundAll, roundedGaussian, roundThreshold, thresholdAtFpr } from '../probes/calibration.js';
 import { ConceptStore } from '../probes/concept-store.js';
 import type { GaussianModel } from '../probes/gaussian.js';
 import { validateProbeFile, type EnsembleMember, type ProbeFigures, type ProbeFile, type WindowSpec } from '../probes/probe-file.js';
@@ -33,10 +34,15 @@ import { fitGaussian } from './gaussian-fit.js';
 import { better, fitValidationSplit, gatherRows, probeFigures, resolveOptions, type TrainOptions } from './train.js';
 
 export interface ConceptMatchOptions extends Pick<TrainOptions, 'targetFpr' | 'positions' | 'protocols' | 'families' | 'validationFraction' | 'id' | 'label'> {
-  /** Layers with a member (default: every traced layer). */
+  /** Layers with a member (default: every traced layer from FIRST_DEFAULT_LAYER on). */
   layers?: readonly number[];
   /** Window sizes tried (1 = one position); the validation concepts choose. Default 1, 4, 8. */
   windows?: readonly number[];
+  /**
+   * The concept library (a `latentwatch concepts` directory of the same model): default the
+   * dataset's concepts/; a bigger library adds concepts the probe knows without new trials.
+   */
+  concepts?: string;
 }
 
 export interface ConceptMatchResult {
@@ -50,13 +56,24 @@ export interface ConceptMatchResult {
 
 const AGGREGATOR = { kind: 'max' } as const;
 
+/**
+ * Layers 0 and 1 are left out by default: there a concept vector is mostly its word's token (the
+ * embedding plus one or two blocks), so any mention of the word matches it. Measured through the
+ * daemon on qwen3-code-7m's held-out corpus: the largest clean cosine per request, median 0.85 with
+ * layer 0, 0.35 without it, 0.34 without layers 0–1 (docs/trials.md).
+ */
+export const FIRST_DEFAULT_LAYER = 2;
+
+const DIGITS = 7;
+
 /** Fit, choose the window, set the threshold and evaluate on the held-out concepts. */
 export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): ConceptMatchResult {
   const t0 = performance.now();
   const r = resolveOptions(ds, o);
   const s = r.selection;
   const traced = ds.manifest.traceLayers;
-  const layers = [...(o.layers ?? traced)].sort((a, b) => a - b);
+  const deep = traced.filter((l) => l >= FIRST_DEFAULT_LAYER);
+  const layers = [...(o.layers ?? (deep.length > 0 ? deep : traced))].sort((a, b) => a - b);
   for (const l of layers) {
     if (!traced.includes(l)) throw lwError('LW_ERR_PROBE_FIT', `layer ${l} was not traced (traced: ${traced.join(', ')})`);
     if (l > 0 && !traced.includes(l - 1)) throw lwError('LW_ERR_PROBE_FIT', `the update of layer ${l} needs layer ${l - 1}, which was not traced`);
@@ -64,7 +81,11 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
   if (layers.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no layers to train on');
   const windows = o.windows ?? [1, 4, 8];
   for (const w of windows) if (!Number.isInteger(w) || w < 1 || w > 4096) throw lwError('LW_ERR_PROBE_FIT', `window ${w} is not an integer in [1, 4096]`);
-  const store = ConceptStore.open(join(ds.dir, 'concepts'), ds.manifest.modelFingerprint);
+  const conceptsDir = o.concepts ?? join(ds.dir, 'concepts');
+  if (o.concepts === undefined && !existsSync(join(conceptsDir, 'concepts.json'))) {
+    throw lwError('LW_ERR_CONCEPTS_NOT_FOUND', `${ds.dir} keeps no concepts/ (its trials read another directory's): name the concept vectors with --concepts DIR`);
+  }
+  const store = ConceptStore.open(conceptsDir, ds.manifest.modelFingerprint);
   const names = store.names('concept');
   if (names.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'the dataset stores no concept vectors');
   const split = fitValidationSplit(ds, s, r.validationFraction);
@@ -76,9 +97,10 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
   // Per layer: the clean Gaussian of the update and the concept vectors whitened by it.
   const bodies = layers.map((l) => {
     const { x, rows } = gatherRows(cache, fitClean, { layers: [l], input: 'update' }, s.positions, () => 0);
-    const g = fitGaussian({ rows, cols: d, data: x });
+    // 7 significant digits keep the file half the size; cosines move < 1e-5.
+    const g = roundedGaussian(fitGaussian({ rows, cols: d, data: x }), DIGITS);
     if (g.form !== 'cholesky') throw new Error('unreachable: full covariance is stored as a Cholesky factor');
-    return { layer: l, gaussian: g, directions: whitenedDirections(g, names.map((n) => store.vector(n, l))) };
+    return { layer: l, gaussian: g, directions: roundAll(whitenedDirections(g, names.map((n) => store.vector(n, l))), DIGITS) };
   });
 
   // A cosine is on the same scale at every layer: members are combined as they are (calibrating
@@ -95,11 +117,13 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
     const random = (sc.controls.get('random') ?? []).map((p) => p.score);
     return { window, file, validation: figures(pos, neg), neg, random };
   });
+  // On a tie the longer window: averaging lowers the clean tail on real traffic more than an
+  // injection's cosine (qwen3-code-7m through the daemon: traffic false alerts 1.5% at W 1, 0.6% at W 4).
   let best = candidates[0];
-  for (const c of candidates.slice(1)) if (better(c.validation, best.validation)) best = c;
+  for (const c of candidates.slice(1)) if (better(c.validation, best.validation) || (!better(best.validation, c.validation) && c.window > best.window)) best = c;
   if (best.neg.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no clean validation trials to set the threshold on');
   // Random-direction controls are negatives too: the probe names concepts, not any added vector.
-  const threshold = Math.max(thresholdAtFpr(best.neg, r.targetFpr), best.random.length > 0 ? thresholdAtFpr(best.random, r.targetFpr) : -Infinity);
+  const threshold = roundThreshold(Math.max(thresholdAtFpr(best.neg, r.targetFpr), best.random.length > 0 ? thresholdAtFpr(best.random, r.targetFpr) : -Infinity));
   const draft = { ...best.file, threshold } as ProbeFile;
   const evaluation = evaluateProbe(createProbe(draft), ds, { positions: s.positions, protocols: [...s.protocols], families: [...s.families] });
   ds.close();
