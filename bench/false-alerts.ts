@@ -7,6 +7,7 @@
  *
  *   npx tsx bench/false-alerts.ts [--model DIR] [--probe FILE]... [--corpus FILE] [--traffic FILE.jsonl]
  *                                 [--learn FILE.jsonl] [--learn-shuffle SEED] [--learn-target RATE] [--max-tokens N] [--out FILE.json]
+ *                                 [--inject-sample N] [--inject-seed S] [--inject-layers L,...] [--inject-concepts a,b,...]
  *
  * Writes FILE.json, FILE.md and FILE.svg (rate per style and probe). Without --probe the daemon
  * loads the model's shipped probes.
@@ -27,7 +28,8 @@
  * corpus without --traffic) are sent again with an admin injection of each family (a stored
  * concept, a seeded random direction, a stored contrast pair), at 0.5× and 0.25× the layer's mean
  * residual norm, during the prompt only (the latent trace afterwards) and throughout, at the layers
- * of --inject-layers (default ⌊L/3⌋, ⌊L/2⌋, ⌊5L/6⌋, taken in turn). A request fires when any probe
+ * of --inject-layers (default ⌊L/3⌋, ⌊L/2⌋, ⌊5L/6⌋, taken in turn); --inject-concepts a,b,... draws the
+ * concept family from those stored concepts only (e.g. a trial dataset's held-out ones). A request fires when any probe
  * fires; its score is the largest max_score/threshold over the probes, and the AUROC of each cell
  * is against the same score on every clean traffic request.
  */
@@ -156,9 +158,9 @@ async function send(url: string, prompt: string | number[], maxTokens: number, i
 }
 
 /** The `latentwatch.inject` object for one injected request: stored vectors by name (relative scale), a random direction as a unit vector scaled to the layer's norm. */
-function injection(family: Family, strength: number, window: Window, layer: number, k: number, lib: ConceptStore, seed: number): Record<string, unknown> {
+function injection(family: Family, strength: number, window: Window, layer: number, k: number, lib: ConceptStore, seed: number, concepts: readonly string[] | null): Record<string, unknown> {
   if (family !== 'random') {
-    const names = lib.names(family);
+    const names = family === 'concept' && concepts ? concepts : lib.names(family);
     return { concept: names[k % names.length], layer, scale: strength, window };
   }
   const rng = createRng(seed * 100_003 + k);
@@ -201,7 +203,7 @@ function summarise(set: string, rs: readonly RequestResult[], probeIds: readonly
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'learn-target', 'max-tokens', 'inject-sample', 'inject-seed', 'inject-layers', 'out', 'md']);
+  const a = parseArgs(argv, ['model', 'probe', 'corpus', 'traffic', 'learn', 'learn-shuffle', 'learn-target', 'max-tokens', 'inject-sample', 'inject-seed', 'inject-layers', 'inject-concepts', 'out', 'md']);
   if (a.has('help')) return void console.log(usageOf(import.meta.url));
   const probes = argv.flatMap((x, i) => (argv[i - 1] === '--probe' ? [x] : []));
   const corpus = loadCorpus(a.get('corpus') ?? DEFAULT_CORPUS);
@@ -219,6 +221,8 @@ async function main(argv: string[]): Promise<void> {
   const injectSample = a.has('inject-sample') ? a.num('inject-sample', 0) : 0;
   const injectSeed = a.has('inject-seed') ? a.num('inject-seed', 0) : 1;
   const lib = injectSample > 0 ? ConceptStore.open(join(a.get('model') ?? DEFAULT_MODEL_DIR, 'concepts'), null) : null;
+  const injectConcepts = a.get('inject-concepts')?.split(',').map((x) => x.trim()) ?? null;
+  for (const c of injectConcepts ?? []) if (!lib?.names('concept').includes(c)) throw new Error(`--inject-concepts: ${c} is not a stored concept of the model`);
   const injectLayers = lib ? (a.get('inject-layers')?.split(',').map(Number) ?? [Math.floor(lib.numLayers / 3), Math.floor(lib.numLayers / 2), Math.floor((5 * lib.numLayers) / 6)]) : [];
   const stateDir = learn ? mkdtempSync(join(tmpdir(), 'lw-false-alerts-learn-')) : null;
   const daemon = await spawnDaemonProcess({
@@ -250,7 +254,7 @@ async function main(argv: string[]): Promise<void> {
       const sample = shuffled(pool, createRng(injectSeed)).slice(0, injectSample);
       const plan = sample.flatMap((x, j) => (['concept', 'random', 'contrast'] as const).flatMap((family, fi) => [0.5, 0.25].flatMap((strength, si) => (['prompt', 'all'] as const).map((window, wi) => ({ x, family, strength, window, layer: injectLayers[(j + fi + si + wi) % injectLayers.length], k: j * 4 + si * 2 + wi })))));
       for (const [n, q] of plan.entries()) {
-        const r = await send(daemon.url, q.x.prompt, maxTokens, injection(q.family, q.strength, q.window, q.layer, q.k, lib, injectSeed));
+        const r = await send(daemon.url, q.x.prompt, maxTokens, injection(q.family, q.strength, q.window, q.layer, q.k, lib, injectSeed, injectConcepts));
         if (r.status !== 200) throw new Error(`injected request ${n + 1}: status ${r.status}`);
         injected.push({ family: q.family, strength: q.strength, window: q.window, layer: q.layer, status: r.status, fired: r.fired.length > 0, score: r.score });
         if ((n + 1) % 25 === 0 || n + 1 === plan.length) console.error(`false-alerts: injected ${n + 1}/${plan.length} requests`);
@@ -324,7 +328,7 @@ async function main(argv: string[]): Promise<void> {
           '',
           `## Sensitivity on the same kind of request`,
           '',
-          `${injectSample} ${traffic ? 'traffic' : 'held-out corpus'} requests (seed ${injectSeed}) sent again with an admin injection per family, strength and window, at layers ${injectLayers.join(', ')} in turn (${injected.length} requests). Fired: any probe fired. AUROC: the request's largest max_score / threshold against the same on the ${cleanScores.length} clean ${traffic ? 'traffic' : 'corpus'} requests above.`,
+          `${injectSample} ${traffic ? 'traffic' : 'held-out corpus'} requests (seed ${injectSeed}) sent again with an admin injection per family, strength and window, at layers ${injectLayers.join(', ')} in turn (${injected.length} requests)${injectConcepts ? `; concepts drawn from ${injectConcepts.join(', ')}` : ''}. Fired: any probe fired. AUROC: the request's largest max_score / threshold against the same on the ${cleanScores.length} clean ${traffic ? 'traffic' : 'corpus'} requests above.`,
           '',
           markdownTable(
             ['family', 'strength', 'window', 'layer', 'requests', 'fired', 'share', 'AUROC'],

@@ -8,7 +8,7 @@
  * heldOutAlignment): a linear score can only catch what those directions share.
  *
  *   npx tsx bench/linear-probe.ts --data DIR --out-dir docs/reports/linear-probe/MODEL
- *                                 [--candidates default,update-all,all-positions,update-all-positions,concept-match,concept-match-watch]
+ *                                 [--candidates logistic,update-all,all-positions,update-all-positions,concept-match,concept-match-watch]
  *
  * DIR is a `latentwatch trials` dataset (configs/trials/base.json); its concepts/ folder holds the
  * vectors the trials injected. Writes report.md, report.json and SVG charts into --out-dir.
@@ -60,12 +60,12 @@ function conceptMatch(options: ConceptMatchOptions): Candidate['train'] {
 const span = (layers: readonly number[]) => (layers.length === 1 ? `L${layers[0]}` : `L${layers[0]}–${layers[layers.length - 1]}`);
 
 const CANDIDATES: Candidate[] = [
-  { name: 'default', cli: '', train: linear(() => ({})) },
-  { name: 'update-all', cli: '--input update --layer all', train: linear((traced) => ({ input: 'update', layer: traced })) },
-  { name: 'all-positions', cli: '--positions all', train: linear(() => ({ positions: 'all' })) },
-  { name: 'update-all-positions', cli: '--input update --layer all --positions all', train: linear((traced) => ({ input: 'update', layer: traced, positions: 'all' })) },
-  { name: 'concept-match', cli: '--kind concept-match --positions all', train: conceptMatch({ positions: 'all' }) },
-  { name: 'concept-match-watch', cli: '--kind concept-match', train: conceptMatch({}) },
+  { name: 'logistic', cli: '--kind logistic', train: linear(() => ({})) },
+  { name: 'update-all', cli: '--kind logistic --input update --layer all', train: linear((traced) => ({ input: 'update', layer: traced })) },
+  { name: 'all-positions', cli: '--kind logistic --positions all', train: linear(() => ({ positions: 'all' })) },
+  { name: 'update-all-positions', cli: '--kind logistic --input update --layer all --positions all', train: linear((traced) => ({ input: 'update', layer: traced, positions: 'all' })) },
+  { name: 'concept-match', cli: '', train: conceptMatch({}) },
+  { name: 'concept-match-watch', cli: '--positions watch', train: conceptMatch({ positions: 'watch' }) },
 ];
 
 interface CandidateResult {

@@ -38,10 +38,10 @@ describe('latentwatch concepts | trials | train-probe | eval-probe | report', ()
     expect(t2.trialsPerMinute).toBeGreaterThan(0);
 
     const probe = join(dir, 'concept-injection.probe.json');
-    const tr = json((await cli('train-probe', '--data', data, '--out', probe, '--target-fpr', '0.05')).stdout);
+    const tr = json((await cli('train-probe', '--data', data, '--out', probe, '--kind', 'logistic', '--target-fpr', '0.05')).stdout);
     expect(tr.targetFpr).toBe(0.05);
     const file = json(readFileSync(probe, 'utf8'));
-    expect(file).toMatchObject({ formatVersion: 1, id: 'concept-injection', kind: 'linear', targetFpr: 0.05 });
+    expect(file).toMatchObject({ formatVersion: 1, id: 'concept-injection', kind: 'linear', targetFpr: 0.05, positions: 'watch' });
 
     const ev = json((await cli('eval-probe', '--probe', probe, '--data', data, '--json')).stdout);
     for (const k of ['auroc', 'tpr_at_fpr_0.01', 'tpr_at_fpr_0.05']) expect(typeof ev[k]).toBe('number');
@@ -50,16 +50,18 @@ describe('latentwatch concepts | trials | train-probe | eval-probe | report', ()
     const table = (await cli('eval-probe', '--probe', probe, '--data', data)).stdout;
     expect(table).toContain('AUROC');
 
-    // The concept-match kind: written as an ensemble of per-layer banks, read back by eval-probe.
+    // The default kind, concept-match: an ensemble of per-layer banks on every stored position,
+    // read back by eval-probe at the positions the file records.
     const match = join(dir, 'concept-match.probe.json');
-    await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('--concepts DIR') });
-    const cm = json((await cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match', '--positions', 'all', '--windows', '1,2', '--concepts', join(dir, 'concepts'))).stdout);
+    await expect(cli('train-probe', '--data', data, '--out', match)).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('--concepts DIR') });
+    const cm = json((await cli('train-probe', '--data', data, '--out', match, '--windows', '1,2', '--concepts', join(dir, 'concepts'))).stdout);
     expect([1, 2]).toContain(cm.window);
-    expect(json(readFileSync(match, 'utf8'))).toMatchObject({ id: 'concept-match', kind: 'ensemble-max' });
-    const cmEval = json((await cli('eval-probe', '--probe', match, '--data', data, '--positions', 'all', '--json')).stdout);
+    expect(json(readFileSync(match, 'utf8'))).toMatchObject({ id: 'concept-match', kind: 'ensemble-max', positions: 'all' });
+    const cmEval = json((await cli('eval-probe', '--probe', match, '--data', data, '--json')).stdout);
+    expect(cmEval.positions).toBe('all');
     expect(cmEval.auroc).toBe((cm.evaluation as Record<string, unknown>).auroc);
-    await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match', '--input', 'update')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('LW_ERR_CLI_USAGE') });
-    await expect(cli('train-probe', '--data', data, '--out', match, '--windows', '4')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('--windows and --concepts apply to --kind concept-match only') });
+    await expect(cli('train-probe', '--data', data, '--out', match, '--input', 'update')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('apply to --kind logistic|diff-means') });
+    await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'logistic', '--windows', '4')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('--windows and --concepts apply to --kind concept-match only') });
     await expect(cli('train-probe', '--data', data, '--out', match, '--kind', 'concept-match', '--windows', '0')).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('LW_ERR_CLI_USAGE') });
 
     const rep = join(dir, 'report');

@@ -144,23 +144,29 @@ latentwatch trials --model DIR --config FILE --out DIR [--concepts DIR] [--limit
 export const trainProbeCommand: Command = {
   name: 'train-probe',
   usage: `
-latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...|all] [--input resid|update] [--target-fpr F]
-                        [--kind logistic|diff-means|concept-match] [--positions watch|after|inside|all]
+latentwatch train-probe --data DIR --out FILE.probe.json [--kind concept-match|logistic|diff-means] [--target-fpr F]
+                        [--layer L|best|L,L,...|all] [--positions watch|after|inside|all]
                         [--protocols inject-then-ask,continuous] [--families concept]
-                        [--l2 X] [--windows W,W,...] [--concepts DIR] [--id ID] [--label TEXT]
-  Fits per layer on the training concepts, picks the layer (best: highest validation TPR at 1% FPR,
-  then AUROC) and the aggregator on validation concepts, sets the threshold at the target FPR on
-  validation clean trials, and evaluates on the held-out concepts. Defaults come from the
-  dataset's config (training section). Prints the chosen layer and its figures.
-  --input update reads what each layer adds (resid_post L − resid_post L−1; stored as a probe on
-  both hooks), resid (the default) resid_post L. --layer L,L,... or all fits one probe on the
-  concatenation of those layers' features.
-  --kind concept-match: no weights are learned per concept; each layer's update is whitened by
-  the clean trials' Gaussian and scored by its largest cosine with the stored concept vectors
-  (the dataset's concepts/), so concepts never seen in a trial are detected. --layer L,L,... or
-  all picks the layers (default: from layer 2 on; earlier concept vectors are their word's
-  token, matched by any mention of it), --windows the window sizes the validation concepts choose
-  from (default 1,4,8), --concepts DIR the concept vectors (default: the dataset's concepts/).
+                        [--windows W,W,...] [--concepts DIR] [--input resid|update] [--l2 X] [--id ID] [--label TEXT]
+  Trains on the training concepts' trials, chooses on the validation concepts (a seeded share of
+  the training ones), sets the threshold at the target FPR on validation clean trials, and
+  evaluates on the held-out concepts, whose trials it never reads. Defaults come from the
+  dataset's config (training section). Prints the figures; the probe file records its positions,
+  which eval-probe then reads.
+  --kind concept-match (the default): no weights are learned per concept, so concepts never seen
+  in a trial are detected. Per layer, the update (resid_post L − resid_post L−1) is whitened by
+  the clean trials' Gaussian and scored by its largest cosine with the stored concept vectors of
+  that layer (--concepts DIR, default the dataset's concepts/). --layer L,L,... or all picks the
+  layers (default: from layer 2 on; earlier concept vectors are their word's token, matched by
+  any mention of it), --windows the window sizes the validation concepts choose from (default
+  1,4,8). Reads every stored position by default (--positions all); the threshold also holds the
+  training split's random-direction controls to the target rate.
+  --kind logistic|diff-means: one linear probe per layer (L2 logistic regression on standardised
+  inputs, or the difference-of-means direction); --layer best (the default) keeps the layer with
+  the best validation TPR at 1% FPR, then AUROC; L,L,... or all fits one probe on the
+  concatenation of those layers' features; --input update reads what each layer adds, resid (the
+  default) resid_post L; positions default to the config's (watch). Held-out concepts are caught
+  only partly: their directions are nearly orthogonal to the trained ones.
   docs/trials.md.`,
   async run(argv) {
     const v = parse(
@@ -196,8 +202,8 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
       id: v.id,
       label: v.label,
     };
-    if (v.kind === 'concept-match') {
-      if (v.input !== undefined || v.l2 !== undefined || layer === 'best') throw lwError('LW_ERR_CLI_USAGE', '--kind concept-match reads updates with no fitted weights: --input, --l2 and --layer best do not apply');
+    if ((v.kind ?? 'concept-match') === 'concept-match') {
+      if (v.input !== undefined || v.l2 !== undefined || layer === 'best') throw lwError('LW_ERR_CLI_USAGE', '--input, --l2 and --layer best apply to --kind logistic|diff-means (concept-match, the default, reads updates and fits no weights)');
       const windows = v.windows === undefined ? undefined : v.windows.split(',').map((x) => Number(x.trim()));
       if (windows?.some((w) => !Number.isInteger(w) || w < 1)) throw lwError('LW_ERR_CLI_USAGE', `--windows must be positive integers, e.g. 1,4,8 (got ${v.windows})`);
       const r = trainConceptMatch(ds, { ...common, layers: layer === undefined ? undefined : typeof layer === 'number' ? [layer] : layer, windows, concepts: v.concepts });
@@ -206,8 +212,8 @@ latentwatch train-probe --data DIR --out FILE.probe.json [--layer L|best|L,L,...
       return;
     }
     if (v.windows !== undefined || v.concepts !== undefined) throw lwError('LW_ERR_CLI_USAGE', '--windows and --concepts apply to --kind concept-match only');
-    const kind = (v.kind ?? 'logistic') as FitterKind;
-    if (kind !== 'logistic' && kind !== 'diff-means') throw lwError('LW_ERR_CLI_USAGE', `--kind must be logistic, diff-means or concept-match (got ${v.kind})`);
+    const kind = v.kind as FitterKind;
+    if (kind !== 'logistic' && kind !== 'diff-means') throw lwError('LW_ERR_CLI_USAGE', `--kind must be concept-match, logistic or diff-means (got ${v.kind})`);
     const r = trainProbe(ds, {
       layer,
       input: v.input as FeatureInput | undefined,

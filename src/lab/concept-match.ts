@@ -31,6 +31,7 @@ import { createProbe } from '../probes/probe.js';
 import type { Dataset } from './dataset.js';
 import { evaluateProbe, figures, isCleanNegative, scoreSplit, TraceCache, trialRowScorer, type EvalReport, type Figures } from './eval.js';
 import { fitGaussian } from './gaussian-fit.js';
+import type { PositionSet } from './trial-config.js';
 import { better, fitValidationSplit, gatherRows, probeFigures, resolveOptions, type TrainOptions } from './train.js';
 
 export interface ConceptMatchOptions extends Pick<TrainOptions, 'targetFpr' | 'positions' | 'protocols' | 'families' | 'validationFraction' | 'id' | 'label'> {
@@ -69,7 +70,9 @@ const DIGITS = 7;
 /** Fit, choose the window, set the threshold and evaluate on the held-out concepts. */
 export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): ConceptMatchResult {
   const t0 = performance.now();
-  const r = resolveOptions(ds, o);
+  // Every stored position by default: an injection into the model's last layer during the first turn
+  // leaves the watch positions bit-identical to a clean trial's (qwen3-code-7m, docs/trials.md).
+  const r = resolveOptions(ds, { ...o, positions: o.positions ?? 'all' });
   const s = r.selection;
   const traced = ds.manifest.traceLayers;
   const deep = traced.filter((l) => l >= FIRST_DEFAULT_LAYER);
@@ -109,7 +112,7 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
 
   const validationSet = split.validation.size > 0 ? split.validation : split.fit;
   const candidates = windows.map((window) => {
-    const file = ensembleFile(ds, membersFor(window), 0, r.targetFpr, o);
+    const file = ensembleFile(ds, membersFor(window), 0, r.targetFpr, s.positions, o);
     const probe = createProbe(file);
     const [sc] = scoreSplit(cache, 'train', hookLayersOf(layers), () => trialRowScorer(probe), [AGGREGATOR], s, (x) => validationSet.has(x.index) || x.condition === 'random');
     const pos = sc.positives.map((p) => p.score);
@@ -125,7 +128,7 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
   // Random-direction controls are negatives too: the probe names concepts, not any added vector.
   const threshold = roundThreshold(Math.max(thresholdAtFpr(best.neg, r.targetFpr), best.random.length > 0 ? thresholdAtFpr(best.random, r.targetFpr) : -Infinity));
   const draft = { ...best.file, threshold } as ProbeFile;
-  const evaluation = evaluateProbe(createProbe(draft), ds, { positions: s.positions, protocols: [...s.protocols], families: [...s.families] });
+  const evaluation = evaluateProbe(createProbe(draft), ds, { protocols: [...s.protocols], families: [...s.families] });
   ds.close();
   const trainConcepts = [...new Set(ds.records.filter((x) => split.fit.has(x.index) && x.concept !== null).map((x) => x.concept!))].sort();
   const description =
@@ -183,11 +186,11 @@ function leafOf(b: Body, names: readonly string[], window: number) {
 
 const NO_FIGURES: ProbeFigures = { trials: 0, concepts: [], auroc: null, 'tpr_at_fpr_0.01': null, 'tpr_at_fpr_0.05': null };
 
-function header(ds: Dataset, id: string, hook: string | string[], threshold: number, targetFpr: number, label: string) {
-  return { formatVersion: 1, id, label, description: '', modelFingerprint: ds.manifest.modelFingerprint, hook, dModel: ds.manifest.dModel, threshold, targetFpr, aggregator: AGGREGATOR, training: NO_FIGURES, evaluation: NO_FIGURES };
+function header(ds: Dataset, id: string, hook: string | string[], threshold: number, targetFpr: number, label: string, positions: PositionSet) {
+  return { formatVersion: 1, id, label, description: '', modelFingerprint: ds.manifest.modelFingerprint, hook, dModel: ds.manifest.dModel, threshold, targetFpr, aggregator: AGGREGATOR, positions, training: NO_FIGURES, evaluation: NO_FIGURES };
 }
 
-function ensembleFile(ds: Dataset, members: EnsembleMember[], threshold: number, targetFpr: number, o: ConceptMatchOptions): ProbeFile {
+function ensembleFile(ds: Dataset, members: EnsembleMember[], threshold: number, targetFpr: number, positions: PositionSet, o: ConceptMatchOptions): ProbeFile {
   const layers = hookLayersOf(members.map((m) => Number(m.id.slice('match-L'.length))));
-  return validateProbeFile({ ...header(ds, o.id ?? 'concept-match', layers.map(residPost), threshold, targetFpr, o.label ?? 'concept injection'), kind: 'ensemble-max', members });
+  return validateProbeFile({ ...header(ds, o.id ?? 'concept-match', layers.map(residPost), threshold, targetFpr, o.label ?? 'concept injection', positions), kind: 'ensemble-max', members });
 }

@@ -320,7 +320,7 @@ export function evaluateProbe(probe: Probe, ds: Dataset, o: EvalOptions = {}): E
   const s: Selection = {
     protocols: o.protocols ?? cfg.injection.protocols,
     families: o.families ?? cfg.training.families,
-    positions: o.positions ?? cfg.training.positions,
+    positions: o.positions ?? probe.file.positions ?? cfg.training.positions,
   };
   const layers = probeLayers(probe, ds);
   const trained = new Set(probe.file.training.concepts);

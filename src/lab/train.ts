@@ -326,6 +326,7 @@ export function trainProbe(ds: Dataset, o: TrainOptions = {}): TrainResult {
     threshold: chosen.threshold,
     targetFpr: r.targetFpr,
     aggregator: chosen.aggregator,
+    positions: r.selection.positions,
     training: probeFigures(fitTrials, trainConcepts, chosen.fit),
     evaluation: probeFigures(ev.positives + ev.negatives, ev.heldOutConcepts, ev, ev.fpr_on_controls),
     ...linearBody(chosen.model, kind),

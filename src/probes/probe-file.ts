@@ -19,6 +19,9 @@
  *   threshold       fires when the AGGREGATED score (see aggregator) is > threshold (strict)
  *   targetFpr       the false-positive rate the threshold was set at, in [0, 1)
  *   aggregator      how per-token scores combine (aggregators.ts spec)
+ *   positions       optional: the trial positions ('watch' | 'after' | 'inside' | 'all') it was trained
+ *                   and evaluated on (docs/trials.md), eval-probe's default; the daemon scores every
+ *                   position of a request whatever it says
  *   training, evaluation  { trials, concepts, auroc, tpr_at_fpr_0.01, tpr_at_fpr_0.05[, fprOnControls] }
  *                   (auroc/tpr null when not defined, e.g. an unsupervised fit on clean data)
  * body by kind:
@@ -170,6 +173,7 @@ const HEADER = {
   targetFpr: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
   /** Checked by aggregators.ts (validateAggregatorSpec), the one owner of aggregator specs. */
   aggregator: Type.Unsafe<AggregatorSpec>({}),
+  positions: Type.Optional(Type.Enum(['watch', 'after', 'inside', 'all'])),
   training: FIGURES_SCHEMA,
   evaluation: FIGURES_SCHEMA,
 };
@@ -264,6 +268,7 @@ export function validateProbeFile(value: unknown): ProbeFile {
     threshold: file.threshold,
     targetFpr: file.targetFpr,
     aggregator: validateAggregatorSpec(file.aggregator, '$.aggregator'),
+    ...(file.positions === undefined ? {} : { positions: file.positions }),
     training: figures(file.training),
     evaluation: figures(file.evaluation),
   } as const;
