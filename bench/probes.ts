@@ -3,7 +3,7 @@
  * training time, printed as JSON.
  *
  *   npx tsx bench/probes.ts [--quick] [--config FILE] [--out DIR] [--data DIR] [--threads N] [--cache DIR]
- *   npx tsx bench/probes.ts --generic
+ *   npx tsx bench/probes.ts --generic [--probe FILE]...
  *
  * Default: the whole configs/trials/base.json (≈2000 trials) into a temporary directory (or --out),
  * then `train-probe --layer best` on it (8 layers fitted, validated and evaluated). --quick runs a
@@ -13,11 +13,12 @@
  * --generic only times the daemon's scoring of the probes shipped in models/qwen2-code-16m/probes
  * (ProbeBank.score over a 512-position prompt pass and single-token passes): microseconds per
  * position per probe, e.g. the sixteen-member generic-injection detector, and the same without its
- * windowed members (what the windows cost). Writes docs/reports/bench/probes-generic.json.
+ * windowed members (what the windows cost); --probe adds other probe files of the built-in model
+ * (a concept-match probe from train-probe). Writes docs/reports/bench/probes-generic.json.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT } from '../src/paths.js';
@@ -42,6 +43,7 @@ const { values: v } = parseArgs({
     threads: { type: 'string' },
     cache: { type: 'string' },
     generic: { type: 'boolean' },
+    probe: { type: 'string', multiple: true },
   },
 });
 
@@ -54,14 +56,15 @@ async function benchScoring(): Promise<void> {
   const rng = createRng(1);
   // Each shipped probe, and a windowed ensemble also without its windowed members: what the windows cost.
   const runs: { name: string; file: string; probe: Probe; loadMs: number }[] = [];
-  for (const f of files) {
+  // --probe FILE: also time probes made elsewhere for the built-in model (e.g. train-probe's concept-match).
+  for (const f of [...files.map((x) => join(dir, x)), ...(v.probe ?? [])]) {
     const t0 = performance.now();
-    const probe = await loadProbe(join(dir, f), fp);
-    runs.push({ name: probe.id, file: f, probe, loadMs: performance.now() - t0 });
+    const probe = await loadProbe(f, fp);
+    runs.push({ name: probe.id, file: basename(f), probe, loadMs: performance.now() - t0 });
     const pf = probe.file;
-    if (pf.kind === 'ensemble-max' && pf.members.some(isWindowed)) {
+    if (pf.kind === 'ensemble-max' && pf.members.some(isWindowed) && !pf.members.every(isWindowed)) {
       const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => !isWindowed(m)) }));
-      runs.push({ name: `${probe.id} (per-token members only)`, file: f, probe: perToken, loadMs: NaN });
+      runs.push({ name: `${probe.id} (per-token members only)`, file: basename(f), probe: perToken, loadMs: NaN });
     }
   }
   for (const { name, file: f, probe, loadMs } of runs) {
