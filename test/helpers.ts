@@ -15,8 +15,9 @@ export const CODE16M = new URL('../models/qwen2-code-16m', import.meta.url).path
 /** Builds are cached per test run in one temp dir so files share them. */
 export const TEST_CACHE = process.env.LW_TEST_CACHE ?? join(tmpdir(), 'latentwatch-test-builds');
 
+/** A fresh directory under the run's temporary root (test/global-setup.ts removes it at the end). */
 export function tempDir(prefix = 'lw-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  return mkdtempSync(join(process.env.LW_TEST_TMP ?? tmpdir(), prefix));
 }
 
 export function referenceTensors(dir: string): (name: string) => Float32Array {
