@@ -25,7 +25,7 @@ import { lwError } from '../errors.js';
 import { residPost } from '../hooks.js';
 import { roundAll, roundedGaussian, roundThreshold, thresholdAtFpr } from '../probes/calibration.js';
 import { ConceptStore } from '../probes/concept-store.js';
-import type { GaussianModel } from '../probes/gaussian.js';
+import { forwardSubstitute, type GaussianModel } from '../probes/gaussian.js';
 import { validateProbeFile, type EnsembleMember, type ProbeFigures, type ProbeFile, type WindowSpec } from '../probes/probe-file.js';
 import { createProbe } from '../probes/probe.js';
 import type { Dataset } from './dataset.js';
@@ -112,7 +112,7 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
 
   const validationSet = split.validation.size > 0 ? split.validation : split.fit;
   const candidates = windows.map((window) => {
-    const file = ensembleFile(ds, membersFor(window), 0, r.targetFpr, s.positions, o);
+    const file = ensembleFile(ds, membersFor(window), layers, r.targetFpr, s.positions, o);
     const probe = createProbe(file);
     const [sc] = scoreSplit(cache, 'train', hookLayersOf(layers), () => trialRowScorer(probe), [AGGREGATOR], s, (x) => validationSet.has(x.index) || x.condition === 'random');
     const pos = sc.positives.map((p) => p.score);
@@ -149,13 +149,9 @@ export function whitenedDirections(g: Extract<GaussianModel, { form: 'cholesky' 
   const out: number[] = [];
   const z = new Float64Array(d);
   for (const c of vectors) {
+    forwardSubstitute(g.factor, c, z);
     let norm2 = 0;
-    for (let i = 0, row = 0; i < d; row += i + 1, i++) {
-      let v = c[i];
-      for (let k = 0; k < i; k++) v -= g.factor[row + k] * z[k];
-      z[i] = v / g.factor[row + i];
-      norm2 += z[i] * z[i];
-    }
+    for (let i = 0; i < d; i++) norm2 += z[i] * z[i];
     const inv = norm2 > 0 ? 1 / Math.sqrt(norm2) : 0;
     for (let i = 0; i < d; i++) out.push(z[i] * inv);
   }
@@ -190,7 +186,7 @@ function header(ds: Dataset, id: string, hook: string | string[], threshold: num
   return { formatVersion: 1, id, label, description: '', modelFingerprint: ds.manifest.modelFingerprint, hook, dModel: ds.manifest.dModel, threshold, targetFpr, aggregator: AGGREGATOR, positions, training: NO_FIGURES, evaluation: NO_FIGURES };
 }
 
-function ensembleFile(ds: Dataset, members: EnsembleMember[], threshold: number, targetFpr: number, positions: PositionSet, o: ConceptMatchOptions): ProbeFile {
-  const layers = hookLayersOf(members.map((m) => Number(m.id.slice('match-L'.length))));
-  return validateProbeFile({ ...header(ds, o.id ?? 'concept-match', layers.map(residPost), threshold, targetFpr, o.label ?? 'concept injection', positions), kind: 'ensemble-max', members });
+/** The ensemble of the members, threshold 0 until it is set. */
+function ensembleFile(ds: Dataset, members: EnsembleMember[], layers: readonly number[], targetFpr: number, positions: PositionSet, o: ConceptMatchOptions): ProbeFile {
+  return validateProbeFile({ ...header(ds, o.id ?? 'concept-match', hookLayersOf(layers).map(residPost), 0, targetFpr, o.label ?? 'concept injection', positions), kind: 'ensemble-max', members });
 }

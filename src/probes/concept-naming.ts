@@ -20,6 +20,7 @@
  * first call per layer whitens that layer's concept vectors (C · d²/2, cached).
  */
 import { parseResidPost } from '../hooks.js';
+import { forwardSubstitute } from './gaussian.js';
 import type { ConceptStore } from './concept-store.js';
 import { hookList } from './probe-file.js';
 import type { Probe, TapTensor } from './probe.js';
@@ -251,13 +252,7 @@ function whiten(m: Member, x: Float64Array, z: Float64Array): void {
     for (let j = 0; j < d; j++) z[j] = x[j] / Math.sqrt(m.variance![j]);
     return;
   }
-  const f = m.factor;
-  for (let i = 0; i < d; i++) {
-    const row = (i * (i + 1)) / 2;
-    let s = x[i];
-    for (let k = 0; k < i; k++) s -= f[row + k] * z[k];
-    z[i] = s / f[row + i];
-  }
+  forwardSubstitute(m.factor, x, z);
 }
 
 function norm(v: Float64Array): number {

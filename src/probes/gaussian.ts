@@ -55,6 +55,15 @@ export type GaussianModel =
       readonly residualVariance: number;
     };
 
+/** z = L⁻¹x by forward substitution on a packed lower-triangular factor (z: length ≥ x.length). */
+export function forwardSubstitute(factor: ArrayLike<number>, x: ArrayLike<number>, z: Float64Array): void {
+  for (let i = 0, row = 0; i < x.length; row += i + 1, i++) {
+    let s = x[i];
+    for (let k = 0; k < i; k++) s -= factor[row + k] * z[k];
+    z[i] = s / factor[row + i];
+  }
+}
+
 /**
  * Mahalanobis distance √((x − mean)ᵀ Σ⁻¹ (x − mean)) of the row at `offset` in `row`.
  * `scratch` (length ≥ d) is the caller's, reused across calls: no allocation per row.
