@@ -2,7 +2,7 @@
  * The concept-match probe (issue 12): a bank of per-concept linear probes made from the stored concept
  * vectors. The scorer against an independent float64 computation; the file format; training on real
  * trials of the built-in model, where concepts no trial trained on are detected and random directions
- * are held to the target rate.
+ * are held to the target rate; served by a real daemon, whose alerts name the concept.
  */
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -13,9 +13,10 @@ import { Dataset } from '../src/lab/dataset.js';
 import { evaluateProbe, probeLayers, scoreSplit, TraceCache, trialRowScorer } from '../src/lab/eval.js';
 import { runTrials } from '../src/lab/trials.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
-import { parseProbeFile, serializeProbeFile, validateProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
+import { parseProbeFile, serializeProbeFile, validateProbeFile, writeProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
 import { createProbe } from '../src/probes/probe.js';
 import { createRng } from '../src/rng.js';
+import { ADMIN_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
 import { CODE16M, TEST_CACHE, tempDir, thrown } from './helpers.js';
 
 function expectLwError(fn: () => unknown, code: string, message: RegExp): void {
@@ -196,6 +197,36 @@ describe('train-probe --kind concept-match on trials of the built-in model', () 
     expect(r.probe.kind === 'ensemble-max' && r.probe.members.map((m) => m.hook)).toEqual(['blocks.0.hook_resid_post', ['blocks.3.hook_resid_post', 'blocks.4.hook_resid_post']]);
     expect(r.probe.hook).toEqual(['blocks.0.hook_resid_post', 'blocks.3.hook_resid_post', 'blocks.4.hook_resid_post']);
     expect(r.window).toBe(1);
+  });
+
+  it('served by the daemon, an alert names the injected concept from the probe\'s own bank; a random direction is named nothing', async () => {
+    // The bank of the model's shipped concept library (50 words), trained on the tiny trials; the first
+    // positions unscored and the threshold raised as calibrate-probe leaves it for whole requests
+    // (clean traffic scores below 0.35 on this model: docs/trials.md).
+    const r = trainConceptMatch(Dataset.open(data), { concepts: join(CODE16M, 'concepts') });
+    const path = join(tempDir('lw-match-probe-'), 'concept-match.probe.json');
+    await writeProbeFile(path, validateProbeFile({ ...r.probe, threshold: 0.5, aggregator: { kind: 'max', skip: 4 } }));
+    const daemon = await startModelDaemon(CODE16M, ['--probe', path]);
+    try {
+      type Verdict = { probes: { id: string; fired: boolean; closest_concept: { name: string; layer: number; cosine: number } | null }[] };
+      const prompt = 'def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n';
+      for (const [concept, layer] of [['Oceans', 4], ['Volcanoes', 6]] as const) {
+        const v = await completeVerdict<Verdict>(daemon.url, prompt, { latentwatch: { inject: { concept, layer, scale: 0.5, window: 'all' } } }, ADMIN_KEY);
+        const p = v.probes.find((x) => x.id === 'concept-match')!;
+        expect(p.fired).toBe(true);
+        expect(p.closest_concept).toMatchObject({ name: concept, layer });
+        expect(p.closest_concept!.cosine).toBeGreaterThanOrEqual(0.5);
+      }
+      const rng = createRng(42);
+      const vector = Array.from({ length: 384 }, () => rng.gaussian());
+      const n = Math.hypot(...vector);
+      const v = await completeVerdict<Verdict>(daemon.url, prompt, { latentwatch: { inject: { vector: vector.map((x) => x / n), layer: 4, scale: 18, window: 'all' } } }, ADMIN_KEY);
+      expect(v.probes.find((x) => x.id === 'concept-match')!.closest_concept).toBeNull();
+      const clean = await completeVerdict<Verdict>(daemon.url, prompt);
+      expect(clean.probes.find((x) => x.id === 'concept-match')).toMatchObject({ fired: false, closest_concept: null });
+    } finally {
+      await daemon.close();
+    }
   });
 
   it('refuses a layer the dataset did not trace and a window out of range', () => {

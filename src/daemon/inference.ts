@@ -11,7 +11,7 @@ import type { Engine } from '../engine/engine.js';
 import type { GenerateRequest, Injection, Step } from '../engine/types.js';
 import type { ProbeBank, Probe, TapTensor } from '../probes/probe.js';
 import type { ConceptStore } from '../probes/concept-store.js';
-import { ConceptNamer } from '../probes/concept-naming.js';
+import { ConceptMatchNamer, ConceptNamer, type Namer } from '../probes/concept-naming.js';
 import type { AlertConcept } from './alert-log.js';
 import type { AlertHub } from './alert-hub.js';
 import { requireInjection, type Principal } from './auth.js';
@@ -92,7 +92,7 @@ export class InferenceService {
   /** Longest token in UTF-8 bytes (prompt-bound.ts); computed on the first request or by `warm()`. */
   private maxTokenBytes: number | undefined;
   /** Concept namer per loaded probe (a learned probe swapped in gets its own), made on its first alert. */
-  private readonly namers = new WeakMap<Probe, ConceptNamer | null>();
+  private readonly namers = new WeakMap<Probe, Namer | null>();
 
   constructor(private readonly d: InferenceDeps) {}
 
@@ -228,14 +228,15 @@ export class InferenceService {
 
   /**
    * The closest stored concept of a detection at `position`, from the taps of the forward pass that
-   * raised it; null without a concept store, for a probe the rule cannot read, or below the floor.
+   * raised it; null for a probe no rule can read (an update detector needs the concept store; a
+   * concept-match probe carries its concepts), or below the floor.
    */
   private nameConcept(probe: Probe | undefined, taps: ReadonlyMap<string, TapTensor> | null, firstPosition: number, position: number): AlertConcept | null {
     const store = this.d.concepts;
-    if (!store || !probe || !taps) return null;
+    if (!probe || !taps) return null;
     let namer = this.namers.get(probe);
     if (namer === undefined) {
-      namer = ConceptNamer.create(probe, store);
+      namer = (store ? ConceptNamer.create(probe, store) : null) ?? ConceptMatchNamer.create(probe);
       this.namers.set(probe, namer);
     }
     const m = namer?.name(taps, firstPosition, position) ?? null;

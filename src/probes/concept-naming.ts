@@ -73,7 +73,7 @@ interface Member {
   rawConcepts: Float64Array | null;
 }
 
-export class ConceptNamer {
+export class ConceptNamer implements Namer {
   private readonly members: Member[];
   private readonly names: string[];
   private readonly d: number;
@@ -260,3 +260,105 @@ function norm(v: Float64Array): number {
   for (let i = 0; i < v.length; i++) s += v[i] * v[i];
   return Math.sqrt(s);
 }
+
+/** What names an alert's concept: ConceptNamer for an update detector, ConceptMatchNamer for a concept-match probe. */
+export interface Namer {
+  name(taps: ReadonlyMap<string, TapTensor>, firstPosition: number, position: number): ConceptMatch | null;
+}
+
+interface MatchMember {
+  layer: number;
+  hook: string;
+  prevHook: string | null;
+  mean: Float64Array;
+  factor: Float64Array;
+  window: number;
+  names: readonly string[];
+  /** Whitened unit concept directions, [C, d], as the probe file stores them. */
+  directions: Float64Array;
+}
+
+/**
+ * Naming for a concept-match probe (lab/concept-match.ts), which needs no concept store: its members
+ * hold the whitened concept directions they score. Per member, the mean update over its window's
+ * positions that the caller has rows for (ending at the firing position), whitened; the member and
+ * concept with the largest cosine name the alert, under the same floor as ConceptNamer.
+ */
+export class ConceptMatchNamer implements Namer {
+  static create(probe: Probe, options: ConceptNamingOptions = DEFAULT_CONCEPT_NAMING): ConceptMatchNamer | null {
+    const file = probe.file;
+    const leaves = file.kind === 'ensemble-max' ? file.members : [file];
+    const members: MatchMember[] = [];
+    for (const m of leaves) {
+      if (m.kind !== 'concept-match' || m.gaussian.form !== 'cholesky') continue;
+      const hooks = hookList(m.hook);
+      const layer = parseResidPost(hooks[hooks.length - 1]);
+      members.push({
+        layer,
+        hook: hooks[hooks.length - 1],
+        prevHook: m.input === 'difference' ? hooks[0] : null,
+        mean: Float64Array.from(m.gaussian.mean),
+        factor: Float64Array.from(m.gaussian.factor),
+        window: m.window?.size ?? 1,
+        names: m.concepts.names,
+        directions: Float64Array.from(m.concepts.directions),
+      });
+    }
+    return members.length === 0 ? null : new ConceptMatchNamer(members, probe.dModel, options);
+  }
+
+  private constructor(
+    private readonly members: readonly MatchMember[],
+    private readonly d: number,
+    private readonly options: ConceptNamingOptions,
+  ) {}
+
+  name(taps: ReadonlyMap<string, TapTensor>, firstPosition: number, position: number): ConceptMatch | null {
+    const d = this.d;
+    const x = new Float64Array(d);
+    const z = new Float64Array(d);
+    let best: ConceptMatch | null = null;
+    for (const m of this.members) {
+      const cur = taps.get(m.hook);
+      const prev = m.prevHook === null ? null : taps.get(m.prevHook);
+      if (cur === undefined || (m.prevHook !== null && prev === undefined)) continue;
+      x.fill(0);
+      let n = 0;
+      for (let p = Math.max(firstPosition, position - m.window + 1); p <= position; p++) {
+        const r = p - firstPosition;
+        if (r >= cur.positions || (prev && r >= prev.positions)) continue;
+        for (let j = 0; j < d; j++) x[j] += cur.data[r * d + j] - (prev ? prev.data[r * d + j] : 0);
+        n++;
+      }
+      if (n === 0) continue;
+      for (let j = 0; j < d; j++) x[j] = x[j] / n - m.mean[j];
+      forwardSubstitute(m.factor, x, z);
+      const zn = norm(z);
+      if (!(zn > 0)) continue;
+      let top = -1;
+      let topCos = -Infinity;
+      let secondCos = -Infinity;
+      let second = -1;
+      for (let c = 0; c < m.names.length; c++) {
+        let dotz = 0;
+        for (let j = 0; j < d; j++) dotz += m.directions[c * d + j] * z[j];
+        const cos = dotz / zn;
+        if (cos > topCos) {
+          second = top;
+          secondCos = topCos;
+          top = c;
+          topCos = cos;
+        } else if (cos > secondCos) {
+          second = c;
+          secondCos = cos;
+        }
+      }
+      if (best === null || topCos > best.cosine) {
+        best = { name: m.names[top], layer: m.layer, cosine: topCos, margin: second >= 0 ? topCos - secondCos : topCos, runnerUp: second >= 0 ? m.names[second] : null };
+      }
+    }
+    if (best === null || best.cosine < this.options.minCosine || best.margin < this.options.minMargin) return null;
+    return best;
+  }
+}
+
