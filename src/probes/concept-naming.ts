@@ -192,26 +192,9 @@ export class ConceptNamer implements Namer {
     }
     if (bestMember === null || bestSum === null) return null;
     const table = this.conceptTable(bestMember);
-    const un = norm(bestSum);
-    if (!(un > 0)) return null;
-    let top = -1;
-    let topCos = -Infinity;
-    let second = -1;
-    let secondCos = -Infinity;
-    for (let c = 0; c < this.names.length; c++) {
-      let s = 0;
-      for (let j = 0; j < d; j++) s += table[c * d + j] * bestSum[j];
-      const cos = s / un;
-      if (cos > topCos) {
-        second = top;
-        secondCos = topCos;
-        top = c;
-        topCos = cos;
-      } else if (cos > secondCos) {
-        second = c;
-        secondCos = cos;
-      }
-    }
+    const match = closestTwo(table, this.names.length, bestSum);
+    if (match === null) return null;
+    const { top, topCos, second, secondCos } = match;
     return {
       name: this.names[top],
       layer: bestMember.layer,
@@ -253,6 +236,32 @@ function whiten(m: Member, x: Float64Array, z: Float64Array): void {
     return;
   }
   forwardSubstitute(m.factor, x, z);
+}
+
+/** The two rows of `table` ([count, v.length], unit rows) with the largest cosine to v; null for v = 0. */
+function closestTwo(table: Float64Array, count: number, v: Float64Array): { top: number; topCos: number; second: number; secondCos: number } | null {
+  const d = v.length;
+  const vn = norm(v);
+  if (!(vn > 0)) return null;
+  let top = -1;
+  let topCos = -Infinity;
+  let second = -1;
+  let secondCos = -Infinity;
+  for (let c = 0; c < count; c++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += table[c * d + j] * v[j];
+    const cos = s / vn;
+    if (cos > topCos) {
+      second = top;
+      secondCos = topCos;
+      top = c;
+      topCos = cos;
+    } else if (cos > secondCos) {
+      second = c;
+      secondCos = cos;
+    }
+  }
+  return { top, topCos, second, secondCos };
 }
 
 function norm(v: Float64Array): number {
@@ -333,26 +342,9 @@ export class ConceptMatchNamer implements Namer {
       if (n === 0) continue;
       for (let j = 0; j < d; j++) x[j] = x[j] / n - m.mean[j];
       forwardSubstitute(m.factor, x, z);
-      const zn = norm(z);
-      if (!(zn > 0)) continue;
-      let top = -1;
-      let topCos = -Infinity;
-      let secondCos = -Infinity;
-      let second = -1;
-      for (let c = 0; c < m.names.length; c++) {
-        let dotz = 0;
-        for (let j = 0; j < d; j++) dotz += m.directions[c * d + j] * z[j];
-        const cos = dotz / zn;
-        if (cos > topCos) {
-          second = top;
-          secondCos = topCos;
-          top = c;
-          topCos = cos;
-        } else if (cos > secondCos) {
-          second = c;
-          secondCos = cos;
-        }
-      }
+      const match = closestTwo(m.directions, m.names.length, z);
+      if (match === null) continue;
+      const { top, topCos, second, secondCos } = match;
       if (best === null || topCos > best.cosine) {
         best = { name: m.names[top], layer: m.layer, cosine: topCos, margin: second >= 0 ? topCos - secondCos : topCos, runnerUp: second >= 0 ? m.names[second] : null };
       }
