@@ -206,18 +206,28 @@ function centre(activation: Float32Array, offset: number, mean: Float32Array, di
  * (d²/2 multiply-adds) instead of a scalar forward substitution, an order of magnitude faster.
  */
 function whitenedScorer(g: Extract<GaussianBody, { form: 'cholesky' }>, inputDim: number, difference: boolean): RowScorer {
+  const w = whitener(g, inputDim, difference);
+  return (activation, offset) => Math.sqrt(w.whiten(activation, offset));
+}
+
+/**
+ * W = L⁻¹ on a SIMD kernel (int16 rows with scales); `whiten` writes z = W·(x − mean) (or of the
+ * update x₁ − x₀ − mean) into `z` and returns ‖z‖². `simd` takes more matrices (a concept bank).
+ */
+function whitener(g: Extract<GaussianBody, { form: 'cholesky' }>, inputDim: number, difference: boolean) {
   const d = difference ? inputDim / 2 : inputDim;
   const mean = Float32Array.from(g.mean);
   const simd = new SimdMatVec();
   const h = simd.addLowerTriangular(d, invertLower(Float64Array.from(g.factor), d), { int16: true });
   const z = new Float32Array(d);
-  return (activation, offset) => {
+  const whiten = (activation: Float32Array, offset: number): number => {
     centre(activation, offset, mean, difference, simd.input(h));
     simd.matvecInput(h, z);
     let q = 0;
     for (let i = 0; i < d; i++) q += z[i] * z[i];
-    return Math.sqrt(q);
+    return q;
   };
+  return { d, simd, z, whiten };
 }
 
 /**
@@ -229,20 +239,12 @@ function whitenedScorer(g: Extract<GaussianBody, { form: 'cholesky' }>, inputDim
 function conceptMatchScorer(body: ConceptMatchBody, inputDim: number): RowScorer {
   const g = body.gaussian;
   if (g.form !== 'cholesky') throw lwError('LW_ERR_PROBE_INVALID', `concept-match needs a cholesky Gaussian, got ${g.form}`);
-  const difference = body.input === 'difference';
-  const d = difference ? inputDim / 2 : inputDim;
-  const mean = Float32Array.from(g.mean);
-  const simd = new SimdMatVec();
-  const h = simd.addLowerTriangular(d, invertLower(Float64Array.from(g.factor), d), { int16: true });
+  const { d, simd, z, whiten } = whitener(g, inputDim, body.input === 'difference');
   const count = body.concepts.names.length;
   const bank = simd.addMatrix(count, d, Float64Array.from(body.concepts.directions));
-  const z = new Float32Array(d);
   const dots = new Float32Array(count);
   return (activation, offset) => {
-    centre(activation, offset, mean, difference, simd.input(h));
-    simd.matvecInput(h, z);
-    let q = 0;
-    for (let i = 0; i < d; i++) q += z[i] * z[i];
+    const q = whiten(activation, offset);
     if (!(q > 0)) return 0;
     simd.matvec(bank, z, 0, dots);
     let best = -Infinity;
