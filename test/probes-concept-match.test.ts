@@ -147,6 +147,7 @@ describe('concept-match scorer', () => {
     expectLwError(() => validateProbeFile({ ...o, concepts: { ...o.concepts, directions: o.concepts.directions.slice(1) } }), 'LW_ERR_PROBE_INVALID', /\$\.concepts\.directions: expected 21 numbers/);
     expectLwError(() => validateProbeFile({ ...o, gaussian: { form: 'diagonal', shrinkage: 0, mean: o.gaussian.mean, variance: new Array(d).fill(1) } }), 'LW_ERR_PROBE_INVALID', /cholesky/);
     expectLwError(() => validateProbeFile({ ...o, concepts: { names: ['a', 'a', 'b'], directions: o.concepts.directions } }), 'LW_ERR_PROBE_INVALID', /concepts\.names/);
+    expectLwError(() => validateProbeFile({ ...o, window: { ...o.window, spread: { scale: new Array(d).fill(1), reference: 1 } } }), 'LW_ERR_PROBE_INVALID', /window\.spread: a concept-match window has no spread/);
   });
 });
 

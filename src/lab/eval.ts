@@ -289,8 +289,7 @@ export function summarise(sc: ScoredSplit, threshold: number): Pick<EvalReport, 
 
 /**
  * A row scorer for one trial: the probe's shared one, or for an ordered probe (windowed members) a
- * fresh request scorer, every position counted (trial traces carry no token ids; windowed trial
- * detectors count every position).
+ * fresh request scorer in which every position counts as novel (trial traces carry no token ids).
  */
 export function trialRowScorer(probe: Probe): RowScorer {
   if (!probe.ordered) return (rows, off) => probe.scoreRow(rows, off);

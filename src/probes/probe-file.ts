@@ -442,6 +442,7 @@ function leafBody(o: LeafBody, hookCount: number, dModel: number, where: string)
   const shared = { ...(o.input === undefined ? {} : { input: o.input }), ...(o.window === undefined ? {} : { window: windowBody(o.window) }), gaussian };
   if (o.kind === 'mahalanobis') return { kind: o.kind, ...shared };
   if (gaussian.form !== 'cholesky') throw invalid(`${at}.form`, `a concept-match probe whitens with a full covariance: expected cholesky, got ${gaussian.form}`);
+  if (o.window?.spread) throw invalid(`${where}.window.spread`, 'a concept-match window has no spread discount (its score is a cosine)');
   const names = [...o.concepts.names];
   return { kind: o.kind, ...shared, concepts: { names, directions: sized(o.concepts.directions, names.length * inputDim, `${where}.concepts.directions`) } };
 }
