@@ -6,25 +6,21 @@
  */
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Engine } from '../src/engine/engine.js';
 import { trainConceptMatch, whitenedDirections } from '../src/lab/concept-match.js';
-import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
 import { Dataset } from '../src/lab/dataset.js';
 import { evaluateProbe, probeLayers, scoreSplit, TraceCache, trialRowScorer } from '../src/lab/eval.js';
-import { runTrials } from '../src/lab/trials.js';
-import { ConceptStore } from '../src/probes/concept-store.js';
 import { parseProbeFile, serializeProbeFile, validateProbeFile, writeProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
 import { createProbe } from '../src/probes/probe.js';
 import { createRng } from '../src/rng.js';
 import { ADMIN_KEY, completeVerdict, startModelDaemon } from './daemon-fixture.js';
-import { CODE16M, TEST_CACHE, tempDir, thrown } from './helpers.js';
+import { CODE16M, tempDir, thrown } from './helpers.js';
 
 function expectLwError(fn: () => unknown, code: string, message: RegExp): void {
   const e = thrown(fn);
   expect(e.code).toBe(code);
   expect(e.message).toMatch(message);
 }
-import { tinyConfig } from './probes-trials-helpers.js';
+import { tinyConfig, tinyDataset } from './probes-trials-helpers.js';
 
 const d = 7;
 const rng = createRng(11);
@@ -155,13 +151,7 @@ describe('train-probe --kind concept-match on trials of the built-in model', () 
   let data: string;
 
   beforeAll(async () => {
-    const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, taps: 'all', ports: 'all' });
-    const cfg = tinyConfig({ controls: { none: { trialsPerProtocol: 16 }, random: { trialsPerCell: 6 }, unrelatedQuestion: { trialsPerCell: 0 }, generationOnly: { trialsPerCell: 0 } } });
-    data = tempDir('lw-match-');
-    const v = await computeConceptVectors(engine, { template: cfg.vectors.template, chat: cfg.chat, concepts: cfg.vectors.words.concepts, baseline: cfg.vectors.words.baseline });
-    writeConceptVectors(join(data, 'concepts'), v);
-    await runTrials({ engine, config: cfg, store: ConceptStore.open(join(data, 'concepts'), engine.fingerprint), outDir: data });
-    await engine.close();
+    data = await tinyDataset(tinyConfig({ controls: { none: { trialsPerProtocol: 16 }, random: { trialsPerCell: 6 }, unrelatedQuestion: { trialsPerCell: 0 }, generationOnly: { trialsPerCell: 0 } } }), 'lw-match-');
   });
 
   it('detects concepts no trial trained on, holds random directions to the threshold rule, and eval-probe reproduces its figures', () => {

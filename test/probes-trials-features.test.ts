@@ -1,18 +1,12 @@
 /** train-probe features (issue 12): layer updates and several layers, stored as plain linear probes on resid_post hooks. */
-import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Engine } from '../src/engine/engine.js';
-import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
 import { Dataset } from '../src/lab/dataset.js';
 import { evaluateProbe } from '../src/lab/eval.js';
 import { foldFeatures, trainProbe, type FeatureSet } from '../src/lab/train.js';
-import { runTrials } from '../src/lab/trials.js';
-import { ConceptStore } from '../src/probes/concept-store.js';
 import type { LinearModel } from '../src/probes/linear.js';
 import { createProbe } from '../src/probes/probe.js';
 import { createRng } from '../src/rng.js';
-import { CODE16M, TEST_CACHE, tempDir } from './helpers.js';
-import { tinyConfig } from './probes-trials-helpers.js';
+import { tinyConfig, tinyDataset } from './probes-trials-helpers.js';
 
 describe('foldFeatures', () => {
   const d = 5;
@@ -56,13 +50,7 @@ describe('train-probe on update features and several layers', () => {
   let data: string;
 
   beforeAll(async () => {
-    const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, taps: 'all', ports: 'all' });
-    const cfg = tinyConfig({ controls: { none: { trialsPerProtocol: 12 }, random: { trialsPerCell: 0 }, unrelatedQuestion: { trialsPerCell: 0 }, generationOnly: { trialsPerCell: 0 } } });
-    data = tempDir('lw-features-');
-    const v = await computeConceptVectors(engine, { template: cfg.vectors.template, chat: cfg.chat, concepts: cfg.vectors.words.concepts, baseline: cfg.vectors.words.baseline });
-    writeConceptVectors(join(data, 'concepts'), v);
-    await runTrials({ engine, config: cfg, store: ConceptStore.open(join(data, 'concepts'), engine.fingerprint), outDir: data });
-    await engine.close();
+    data = await tinyDataset(tinyConfig({ controls: { none: { trialsPerProtocol: 12 }, random: { trialsPerCell: 0 }, unrelatedQuestion: { trialsPerCell: 0 }, generationOnly: { trialsPerCell: 0 } } }), 'lw-features-');
   });
 
   it('an update probe reads hooks L−1 and L, and the daemon scorer reproduces the figures training stored', () => {

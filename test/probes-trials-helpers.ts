@@ -1,6 +1,11 @@
 /** Small trial configs for the probe pipeline tests (real engine, small real checkpoints). */
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { Engine } from '../src/engine/engine.js';
+import { computeConceptVectors, writeConceptVectors } from '../src/lab/concepts.js';
 import { resolveTrialConfig, type TrialConfig } from '../src/lab/trial-config.js';
+import { runTrials } from '../src/lab/trials.js';
+import { ConceptStore } from '../src/probes/concept-store.js';
+import { CODE16M, TEST_CACHE, tempDir } from './helpers.js';
 
 export const CONFIGS = new URL('../configs/', import.meta.url).pathname;
 
@@ -39,4 +44,18 @@ export function tinyConfigObject(over: Record<string, unknown> = {}): Record<str
 
 export function tinyConfig(over: Record<string, unknown> = {}): TrialConfig {
   return resolveTrialConfig(tinyConfigObject(over), resolve(CONFIGS, 'trials'), 'tiny test config');
+}
+
+/** A trial dataset of `cfg` on the built-in model, its concept vectors in its own concepts/ folder. */
+export async function tinyDataset(cfg: TrialConfig, prefix: string): Promise<string> {
+  const engine = await Engine.load(CODE16M, { cacheDir: TEST_CACHE, taps: 'all', ports: 'all' });
+  try {
+    const data = tempDir(prefix);
+    const v = await computeConceptVectors(engine, { template: cfg.vectors.template, chat: cfg.chat, concepts: cfg.vectors.words.concepts, baseline: cfg.vectors.words.baseline });
+    writeConceptVectors(join(data, 'concepts'), v);
+    await runTrials({ engine, config: cfg, store: ConceptStore.open(join(data, 'concepts'), engine.fingerprint), outDir: data });
+    return data;
+  } finally {
+    await engine.close();
+  }
 }
