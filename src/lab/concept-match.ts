@@ -32,7 +32,7 @@ import type { Dataset } from './dataset.js';
 import { evaluateProbe, figures, isCleanNegative, scoreSplit, TraceCache, trialRowScorer, type EvalReport, type Figures } from './eval.js';
 import { fitGaussian } from './gaussian-fit.js';
 import type { PositionSet } from './trial-config.js';
-import { better, fitValidationSplit, gatherRows, probeFigures, resolveOptions, type TrainOptions } from './train.js';
+import { better, checkTracedLayers, fitValidationSplit, gatherRows, probeFigures, resolveOptions, type TrainOptions } from './train.js';
 
 export interface ConceptMatchOptions extends Pick<TrainOptions, 'targetFpr' | 'positions' | 'protocols' | 'families' | 'validationFraction' | 'id' | 'label'> {
   /** Layers with a member (default: every traced layer from FIRST_DEFAULT_LAYER on). */
@@ -77,10 +77,7 @@ export function trainConceptMatch(ds: Dataset, o: ConceptMatchOptions = {}): Con
   const traced = ds.manifest.traceLayers;
   const deep = traced.filter((l) => l >= FIRST_DEFAULT_LAYER);
   const layers = [...(o.layers ?? (deep.length > 0 ? deep : traced))].sort((a, b) => a - b);
-  for (const l of layers) {
-    if (!traced.includes(l)) throw lwError('LW_ERR_PROBE_FIT', `layer ${l} was not traced (traced: ${traced.join(', ')})`);
-    if (l > 0 && !traced.includes(l - 1)) throw lwError('LW_ERR_PROBE_FIT', `the update of layer ${l} needs layer ${l - 1}, which was not traced`);
-  }
+  checkTracedLayers(traced, layers, true);
   if (layers.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no layers to train on');
   const windows = o.windows ?? [1, 4, 8];
   for (const w of windows) if (!Number.isInteger(w) || w < 1 || w > 4096) throw lwError('LW_ERR_PROBE_FIT', `window ${w} is not an integer in [1, 4096]`);

@@ -288,6 +288,12 @@ export function probeFigures(trials: number, concepts: string[], f: { auroc: num
   return { ...out, fprOnControls: controls };
 }
 
+/** Every layer was traced, and with `update` the one before it too (LW_ERR_PROBE_FIT otherwise). */
+export function checkTracedLayers(traced: readonly number[], layers: readonly number[], update: boolean): void {
+  for (const l of layers) if (!traced.includes(l)) throw lwError('LW_ERR_PROBE_FIT', `layer ${l} was not traced (traced: ${traced.join(', ')})`);
+  if (update) for (const l of layers) if (l > 0 && !traced.includes(l - 1)) throw lwError('LW_ERR_PROBE_FIT', `the update of layer ${l} needs layer ${l - 1}, which was not traced`);
+}
+
 /** Train per layer (all traced layers for 'best'), choose, and build the probe file. */
 export function trainProbe(ds: Dataset, o: TrainOptions = {}): TrainResult {
   const t0 = performance.now();
@@ -296,8 +302,7 @@ export function trainProbe(ds: Dataset, o: TrainOptions = {}): TrainResult {
   const traced = ds.manifest.traceLayers;
   const want = o.layer ?? ds.manifest.config.training.layer ?? 'best';
   const wanted = want === 'best' ? [] : typeof want === 'number' ? [want] : want;
-  for (const l of wanted) if (!traced.includes(l)) throw lwError('LW_ERR_PROBE_FIT', `layer ${l} was not traced (traced: ${traced.join(', ')})`);
-  if (r.input === 'update') for (const l of want === 'best' ? traced : wanted) if (l > 0 && !traced.includes(l - 1)) throw lwError('LW_ERR_PROBE_FIT', `the update of layer ${l} needs layer ${l - 1}, which was not traced`);
+  checkTracedLayers(traced, want === 'best' ? traced : wanted, r.input === 'update');
   if (Array.isArray(want) && want.length === 0) throw lwError('LW_ERR_PROBE_FIT', 'no layers to train on');
   const candidates: (number | readonly number[])[] = want === 'best' ? traced : [want as number | readonly number[]];
   const cache = new TraceCache(ds, 0);
