@@ -148,7 +148,7 @@ export class ConceptNamer implements Namer {
    */
   name(taps: ReadonlyMap<string, TapTensor>, firstPosition: number, position: number): ConceptMatch | null {
     const c = this.best(taps, firstPosition, position);
-    if (c === null || c.cosine < this.options.minCosine || c.margin < this.options.minMargin) return null;
+    if (!aboveFloor(c, this.options)) return null;
     return { name: c.name, layer: c.layer, cosine: c.cosine, margin: c.margin, runnerUp: c.runnerUp };
   }
 
@@ -192,17 +192,8 @@ export class ConceptNamer implements Namer {
     }
     if (bestMember === null || bestSum === null) return null;
     const table = this.conceptTable(bestMember);
-    const match = closestTwo(table, this.names.length, bestSum);
-    if (match === null) return null;
-    const { top, topCos, second, secondCos } = match;
-    return {
-      name: this.names[top],
-      layer: bestMember.layer,
-      cosine: topCos,
-      margin: second >= 0 ? topCos - secondCos : topCos,
-      runnerUp: second >= 0 ? this.names[second] : null,
-      memberScore: bestScore,
-    };
+    const match = closestConcept(table, this.names, bestSum, bestMember.layer);
+    return match === null ? null : { ...match, memberScore: bestScore };
   }
 
   /** Unit concept vectors of a member's layer, whitened or raw (cached). */
@@ -238,8 +229,11 @@ function whiten(m: Member, x: Float64Array, z: Float64Array): void {
   forwardSubstitute(m.factor, x, z);
 }
 
-/** The two rows of `table` ([count, v.length], unit rows) with the largest cosine to v; null for v = 0. */
-function closestTwo(table: Float64Array, count: number, v: Float64Array): { top: number; topCos: number; second: number; secondCos: number } | null {
+/**
+ * The concept of `table` ([names.length, v.length], unit rows) with the largest cosine to v, its
+ * margin over the runner-up (the cosine itself when there is none); null for v = 0.
+ */
+function closestConcept(table: Float64Array, names: readonly string[], v: Float64Array, layer: number): ConceptMatch | null {
   const d = v.length;
   const vn = norm(v);
   if (!(vn > 0)) return null;
@@ -247,7 +241,7 @@ function closestTwo(table: Float64Array, count: number, v: Float64Array): { top:
   let topCos = -Infinity;
   let second = -1;
   let secondCos = -Infinity;
-  for (let c = 0; c < count; c++) {
+  for (let c = 0; c < names.length; c++) {
     let s = 0;
     for (let j = 0; j < d; j++) s += table[c * d + j] * v[j];
     const cos = s / vn;
@@ -261,7 +255,12 @@ function closestTwo(table: Float64Array, count: number, v: Float64Array): { top:
       secondCos = cos;
     }
   }
-  return { top, topCos, second, secondCos };
+  return { name: names[top], layer, cosine: topCos, margin: second >= 0 ? topCos - secondCos : topCos, runnerUp: second >= 0 ? names[second] : null };
+}
+
+/** The naming floor: a clear top-1 (cosine and margin over the runner-up). */
+function aboveFloor(c: ConceptMatch | null, o: ConceptNamingOptions): c is ConceptMatch {
+  return c !== null && c.cosine >= o.minCosine && c.margin >= o.minMargin;
 }
 
 function norm(v: Float64Array): number {
@@ -342,15 +341,10 @@ export class ConceptMatchNamer implements Namer {
       if (n === 0) continue;
       for (let j = 0; j < d; j++) x[j] = x[j] / n - m.mean[j];
       forwardSubstitute(m.factor, x, z);
-      const match = closestTwo(m.directions, m.names.length, z);
-      if (match === null) continue;
-      const { top, topCos, second, secondCos } = match;
-      if (best === null || topCos > best.cosine) {
-        best = { name: m.names[top], layer: m.layer, cosine: topCos, margin: second >= 0 ? topCos - secondCos : topCos, runnerUp: second >= 0 ? m.names[second] : null };
-      }
+      const match = closestConcept(m.directions, m.names, z, m.layer);
+      if (match !== null && (best === null || match.cosine > best.cosine)) best = match;
     }
-    if (best === null || best.cosine < this.options.minCosine || best.margin < this.options.minMargin) return null;
-    return best;
+    return aboveFloor(best, this.options) ? best : null;
   }
 }
 
