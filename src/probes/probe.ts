@@ -130,7 +130,9 @@ function leafFactory(body: LeafBody, inputDim: number): () => RequestRowScorer {
   const dim = difference ? inputDim / 2 : inputDim;
   const { size, positions, spread, minCount } = body.window;
   const countAll = positions === 'all';
-  const ofMean = body.kind === 'concept-match' ? leafScorer({ kind: body.kind, gaussian: body.gaussian, concepts: body.concepts }, dim) : leafScorer({ kind: 'mahalanobis', gaussian: body.gaussian }, dim);
+  // The same leaf on one row of the window's width: the mean is formed here, so no input or window.
+  const { input: _input, window: _window, ...ofRow } = body;
+  const ofMean = leafScorer(ofRow, dim);
   const fill = Float32Array.from(body.gaussian.mean);
   const scale = spread ? Float64Array.from(spread.scale) : null;
   const row = new Float32Array(dim);
