@@ -37,6 +37,10 @@ import type { AlertPage, AlertStore, AlertStoreHealth, AlertTiming, LiveListener
 
 /** Header carrying a live alert's forwardAtUs (alert-hub.ts); a header, so never part of the stored alert. */
 const FORWARD_AT_HEADER = 'Lw-Forward-At-Us';
+/** Header carrying how many alerts one append published with that forwardAtUs (one token's). */
+const TOKEN_ALERTS_HEADER = 'Lw-Token-Alerts';
+/** How long the live feed holds an incomplete token batch for its stragglers (some went to the outbox). */
+const STRAGGLER_MS = 20;
 /** Outbox entries published per round (pipelined, in order). */
 const DRAIN_CHUNK = 256;
 /** Messages the live feed and `since` ask for at once. */
@@ -245,17 +249,21 @@ export class JetStreamAlertStore implements AlertStore {
 
   /**
    * The live feed: an ordered consumer from the last delivered sequence, restarted if it ends.
-   * Messages that arrive together (one token's alerts, read from one socket read) go to the
-   * listeners in one call, so the hub writes each subscriber one corked batch instead of a frame
-   * per alert: consecutive messages with the same forwardAtUs are held until the iterator has
-   * yielded everything already received (setImmediate: the same turn of the event loop).
+   * One token's alerts go to the listeners in one call, so the hub writes each subscriber one
+   * corked batch instead of a frame per alert: consecutive messages with the same forwardAtUs are
+   * held until all the append published with it have arrived (its count header), however the
+   * socket reads split them, or STRAGGLER_MS for those that went through the outbox. Messages
+   * without the header (outbox drains) are held until the iterator has yielded everything already
+   * received (setImmediate: the same turn of the event loop).
    */
   private async feed(): Promise<void> {
     let batch: Alert[] = [];
     let batchAt: string | undefined;
-    let scheduled = false;
+    let batchWant: number | undefined;
+    let pending: { cancel(): void } | null = null;
     const flush = () => {
-      scheduled = false;
+      pending?.cancel();
+      pending = null;
       if (batch.length === 0) return;
       const alerts = batch;
       const timing: AlertTiming | undefined = batchAt ? { forwardAtUs: Number(batchAt) } : undefined;
@@ -272,11 +280,21 @@ export class JetStreamAlertStore implements AlertStore {
           if (m.seq <= (batch.at(-1)?.id ?? this.delivered)) continue;
           const at = m.headers?.get(FORWARD_AT_HEADER) || undefined;
           if (batch.length > 0 && at !== batchAt) flush();
+          if (batch.length === 0) {
+            const want = Number(m.headers?.get(TOKEN_ALERTS_HEADER));
+            batchWant = at !== undefined && Number.isInteger(want) && want > 0 ? want : undefined;
+          }
           batch.push(decode(m));
           batchAt = at;
-          if (!scheduled) {
-            scheduled = true;
-            setImmediate(flush);
+          if (batchWant !== undefined && batch.length >= batchWant) flush();
+          else if (pending === null) {
+            if (batchWant !== undefined) {
+              const t = setTimeout(flush, STRAGGLER_MS).unref();
+              pending = { cancel: () => clearTimeout(t) };
+            } else {
+              const t = setImmediate(flush);
+              pending = { cancel: () => clearImmediate(t) };
+            }
           }
         }
       } catch (e) {
@@ -298,7 +316,10 @@ export class JetStreamAlertStore implements AlertStore {
     // Behind anything queued (per-replica order), or NATS is down: straight to the outbox.
     if (!this.ready || this.outbox.pending > 0 || this.draining) return this.queue(alerts, entries);
     const h = headers();
-    if (timing?.forwardAtUs !== undefined) h.set(FORWARD_AT_HEADER, String(timing.forwardAtUs));
+    if (timing?.forwardAtUs !== undefined) {
+      h.set(FORWARD_AT_HEADER, String(timing.forwardAtUs));
+      h.set(TOKEN_ALERTS_HEADER, String(entries.length));
+    }
     const acks = await Promise.all(entries.map((e) => this.publish(e.msgId, e.payload, h).catch((err: unknown) => err as Error)));
     const results: StoredResult[] = [];
     const failed: number[] = [];
