@@ -4,43 +4,52 @@
  * misses ×0.25 at layer L; does no member see it, or does the ensemble hide a member that does?").
  *
  *   npx tsx scripts/member-tails.ts --model DIR --probe FILE.probe.json --traffic FILE.jsonl
- *        [--clean N] [--inject N] [--layer L] [--strength S] [--seed S] [--out FILE.json]
+ *        [--clean N] [--inject N] [--layers L,...] [--strength S] [--seed S] [--out FILE.json]
  *
- * The first --clean N traffic prompts (default 100) run clean, and --inject N of them (default 20)
- * again with a stored concept, a seeded random direction and a stored contrast pair added at
- * --layer (default the last) at --strength × the layer's mean residual norm (default 0.25), during
- * the prompt and throughout: 6 injected requests each. Every request runs as the daemon runs it
- * (8 greedy tokens, every position tapped). Per member: its largest calibrated score over the
- * request's scored positions (member scale, no aggregator), the AUROC and TPR at 1% FPR of injected
- * against clean, the clean maximum and the injected median; and the ensemble as the daemon scores
- * it (the file's aggregator, divided by its threshold). The clean requests with the highest
- * windowed-member scores are listed (which text sets that member's tail). Markdown on stdout, JSON at
- * --out and a chart beside it.
+ * Clean sets: the first --clean N traffic prompts (default 100), the junk prompts
+ * (test/fixtures/junk-prompts.json) and the shipped corpus's held-out requests (its degenerate style
+ * apart). Injected: --inject N traffic prompts (default 20) again with a stored concept, a seeded
+ * random direction and a stored contrast pair added at each of --layers (default the last) at
+ * --strength × the layer's mean residual norm (default 0.25), during the prompt and throughout.
+ * Every request runs as the daemon runs it (8 greedy tokens, every position tapped).
+ *
+ * Per member: its largest calibrated score over the request's scored positions (member scale, no
+ * aggregator); per clean set its maximum, per injection layer the AUROC and TPR at 1% FPR against
+ * the clean traffic, the minimum and the median. Also the ensemble as the daemon scores it (the
+ * file's aggregator, over its threshold), and an "onset" row for each two windowed members of one
+ * size at consecutive layers: per position, the upper one's calibrated score less the lower one's.
+ * Why: an injection at layer L moves L's update and nothing below it, while ordinary text unlike the
+ * calibration traffic (another script, compiled code, commit hashes) moves every layer's. Markdown
+ * on stdout, JSON at --out and a chart beside it.
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { corpusRequests, loadCorpus } from '../src/corpus.js';
 import { Engine } from '../src/engine/engine.js';
 import type { Injection } from '../src/engine/types.js';
 import { residPost } from '../src/hooks.js';
 import { scoreSeq, seqNovelty, type Seq } from '../src/lab/generic.js';
 import { auroc, tprAtFpr } from '../src/lab/metrics.js';
 import { barChart } from '../src/lab/svg-plot.js';
+import { DEFAULT_CORPUS, PACKAGE_ROOT } from '../src/paths.js';
 import { requestScore } from '../src/probes/calibration.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
-import { createProbe, type Probe } from '../src/probes/probe.js';
-import { validateProbeFile, type ProbeFile } from '../src/probes/probe-file.js';
+import { createProbe } from '../src/probes/probe.js';
+import { validateProbeFile } from '../src/probes/probe-file.js';
 import { createRng } from '../src/rng.js';
 import { markdownTable, parseArgs, writeBenchResult, writeText } from '../bench/lib/report.js';
 
 const MAX_TOKENS = 8;
+const FAMILIES = ['concept', 'random', 'contrast'] as const;
 
-const a = parseArgs(process.argv.slice(2), ['model', 'probe', 'traffic', 'clean', 'inject', 'layer', 'strength', 'seed', 'out', 'md']);
-if (!a.has('model') || !a.has('probe') || !a.has('traffic')) throw new Error('usage: member-tails.ts --model DIR --probe FILE.probe.json --traffic FILE.jsonl [--clean N] [--inject N] [--layer L] [--strength S] [--seed S] [--out FILE.json]');
+const a = parseArgs(process.argv.slice(2), ['model', 'probe', 'traffic', 'clean', 'inject', 'layers', 'strength', 'seed', 'out', 'md']);
+if (!a.has('model') || !a.has('probe') || !a.has('traffic')) throw new Error('usage: member-tails.ts --model DIR --probe FILE.probe.json --traffic FILE.jsonl [--clean N] [--inject N] [--layers L,...] [--strength S] [--seed S] [--out FILE.json]');
 const modelDir = a.get('model')!;
 const file = validateProbeFile(JSON.parse(readFileSync(a.get('probe')!, 'utf8')));
 if (file.kind !== 'ensemble-max') throw new Error(`${a.get('probe')} is ${file.kind}, not an ensemble`);
 const engine = await Engine.load(modelDir, { taps: 'all', ports: 'all', maxBatch: 0 });
-const lib = ConceptStore.open(`${modelDir}/concepts`, engine.fingerprint);
-const layer = a.num('layer', lib.numLayers - 1);
+const lib = ConceptStore.open(join(modelDir, 'concepts'), engine.fingerprint);
+const layers = a.get('layers')?.split(',').map(Number) ?? [lib.numLayers - 1];
 const strength = a.num('strength', 0.25);
 const seed = a.num('seed', 1);
 const d = lib.dModel;
@@ -50,8 +59,8 @@ const nInject = Math.min(a.num('inject', 20), prompts.length);
 const skip = file.aggregator.skip ?? 0;
 
 /** One request as the daemon runs it, every layer tapped. */
-async function run(id: string, prompt: string, injections: Injection[] = []): Promise<Seq> {
-  const promptIds = engine.tokenizer!.encode(prompt).slice(0, engine.contextLength - MAX_TOKENS);
+async function run(prompt: string | number[], injections: Injection[] = []): Promise<Seq> {
+  const promptIds = (typeof prompt === 'string' ? engine.tokenizer!.encode(prompt) : prompt).slice(0, engine.contextLength - MAX_TOKENS);
   const hooks = Array.from({ length: lib.numLayers }, (_, l) => residPost(l));
   const parts: Float32Array[][] = hooks.map(() => []);
   const ids = [...promptIds];
@@ -66,98 +75,140 @@ async function run(id: string, prompt: string, injections: Injection[] = []): Pr
     return out;
   });
   const positions = rows[0].length / d;
-  return { id, source: 'corpus', start: 0, positions, ids: ids.slice(0, positions), rows: (l) => rows[l] };
+  return { id: 'request', source: 'corpus', start: 0, positions, ids: ids.slice(0, positions), rows: (l) => rows[l] };
 }
 
 /** Each member as a leaf probe of its own (its calibration applied here, novel-only positions at their clean median). */
 const members = file.members.map((m) => {
   const { id, hook, calibration, positions, ...body } = m;
   const { kind: _kind, members: _members, ...top } = file;
-  const leaf: ProbeFile = validateProbeFile({ ...top, ...body, id, label: id, hook, threshold: 0, aggregator: { kind: 'last' } });
-  return { id, calibration, novelOnly: positions === 'novel-bigram', windowed: m.kind === 'mahalanobis' && m.window !== undefined, probe: createProbe(leaf) as Probe };
+  const probe = createProbe(validateProbeFile({ ...top, ...body, id, label: id, hook, threshold: 0, aggregator: { kind: 'last' } }));
+  const windowSize = m.kind === 'mahalanobis' ? m.window?.size : undefined;
+  return { id, calibration, novelOnly: positions === 'novel-bigram', windowSize, layer: Number(/L(\d+)/.exec(id)?.[1] ?? NaN), probe };
+});
+/** Pairs of windowed members of one size at consecutive layers: the onset rows. */
+const onsets = members.flatMap((upper) => {
+  const lower = members.find((m) => upper.windowSize !== undefined && m.windowSize === upper.windowSize && m.layer === upper.layer - 1);
+  return lower ? [{ id: `onset-L${upper.layer}-w${upper.windowSize}`, upper: upper.id, lower: lower.id }] : [];
 });
 const ensemble = createProbe(file);
 
-interface Scored { id: string; family?: string; window?: string; member: Record<string, number>; ensemble: number }
-function score(s: Seq): Omit<Scored, 'id'> {
-  const novel = seqNovelty(s);
-  const member: Record<string, number> = {};
-  for (const m of members) {
-    const x = scoreSeq(m.probe, s);
-    let best = -Infinity;
-    for (let p = skip; p < x.length; p++) best = Math.max(best, m.novelOnly && !novel[p] ? 0 : (x[p] - m.calibration.center) / m.calibration.scale);
-    member[m.id] = best;
-  }
-  return { member, ensemble: requestScore(scoreSeq(ensemble, s), file.aggregator, 0) / file.threshold };
+interface Scored {
+  set: string;
+  id: string;
+  layer?: number;
+  family?: string;
+  window?: string;
+  /** Largest calibrated score over the scored positions, per member and onset row. */
+  scores: Record<string, number>;
+  ensemble: number;
 }
 
-const clean: Scored[] = [];
-for (let i = 0; i < nClean; i++) {
-  clean.push({ id: `traffic/${i}`, ...score(await run(`c${i}`, prompts[i])) });
-  if ((i + 1) % 25 === 0 || i + 1 === nClean) console.error(`member-tails: clean ${i + 1}/${nClean}`);
-}
-const injected: Scored[] = [];
-for (let k = 0; k < nInject; k++) {
-  for (const family of ['concept', 'random', 'contrast'] as const) {
-    let vector: Float32Array;
-    let scale: number;
-    if (family === 'random') {
-      const rng = createRng(seed * 100_003 + k);
-      const v = Array.from({ length: d }, () => rng.gaussian());
-      const n = Math.hypot(...v);
-      vector = Float32Array.from(v, (x) => x / n);
-      scale = strength * lib.meanResidNorm(layer);
-    } else {
-      const names = lib.names(family);
-      ({ vector, scale } = lib.injection(names[k % names.length], layer, { mode: 'relative', value: strength }, family));
-    }
-    for (const window of ['prompt', 'all'] as const) injected.push({ id: `traffic/${k}`, family, window, ...score(await run(`i${k}`, prompts[k], [{ hook: residPost(layer), vector, scale, window: { kind: window } }])) });
+function score(set: string, id: string, s: Seq, extra: Partial<Scored> = {}): Scored {
+  const novel = seqNovelty(s);
+  const perPosition = new Map<string, Float64Array>();
+  const scores: Record<string, number> = {};
+  for (const m of members) {
+    const raw = scoreSeq(m.probe, s);
+    const x = Float64Array.from(raw, (v, p) => (m.novelOnly && !novel[p] ? 0 : (v - m.calibration.center) / m.calibration.scale));
+    perPosition.set(m.id, x);
+    scores[m.id] = Math.max(...x.subarray(skip));
   }
-  console.error(`member-tails: injected ${injected.length}/${nInject * 6}`);
+  for (const o of onsets) {
+    const up = perPosition.get(o.upper)!;
+    const low = perPosition.get(o.lower)!;
+    let best = -Infinity;
+    for (let p = skip; p < s.positions; p++) best = Math.max(best, up[p] - low[p]);
+    scores[o.id] = best;
+  }
+  return { set, id, ...extra, scores, ensemble: requestScore(scoreSeq(ensemble, s), file.aggregator, 0) / file.threshold };
+}
+
+const results: Scored[] = [];
+for (let i = 0; i < nClean; i++) {
+  results.push(score('traffic', `traffic/${i}`, await run(prompts[i])));
+  if ((i + 1) % 25 === 0 || i + 1 === nClean) console.error(`member-tails: traffic ${i + 1}/${nClean}`);
+}
+const junk = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'test/fixtures/junk-prompts.json'), 'utf8')) as Record<string, string | number[]>;
+for (const [id, p] of Object.entries(junk)) results.push(score('junk', id, await run(p)));
+for (const r of corpusRequests(loadCorpus(DEFAULT_CORPUS)).filter((x) => x.split === 'test')) results.push(score(r.style === 'degenerate' ? 'degenerate' : 'corpus', r.id, await run(r.text)));
+console.error('member-tails: junk and held-out corpus scored');
+for (const layer of layers) {
+  for (let k = 0; k < nInject; k++) {
+    for (const family of FAMILIES) {
+      let vector: Float32Array;
+      let scale: number;
+      if (family === 'random') {
+        const rng = createRng(seed * 100_003 + k);
+        const v = Array.from({ length: d }, () => rng.gaussian());
+        const n = Math.hypot(...v);
+        vector = Float32Array.from(v, (x) => x / n);
+        scale = strength * lib.meanResidNorm(layer);
+      } else {
+        const names = lib.names(family);
+        ({ vector, scale } = lib.injection(names[k % names.length], layer, { mode: 'relative', value: strength }, family));
+      }
+      for (const window of ['prompt', 'all'] as const) results.push(score(`injected L${layer}`, `traffic/${k}`, await run(prompts[k], [{ hook: residPost(layer), vector, scale, window: { kind: window } }]), { layer, family, window }));
+    }
+  }
+  console.error(`member-tails: injected at layer ${layer}`);
 }
 await engine.close();
 
-const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
-const rows = [...members.map((m) => m.id), 'ensemble'].map((id) => {
-  const of = (r: Scored): number => (id === 'ensemble' ? r.ensemble : r.member[id]);
-  const neg = clean.map(of);
-  const pos = injected.map(of);
-  return { id, auroc: auroc(pos, neg), tprAt1: tprAtFpr(pos, neg, 0.01), cleanMax: Math.max(...neg), injectedMedian: median(pos), injectedAboveCleanMax: pos.filter((x) => x > Math.max(...neg)).length };
+const rowIds = [...members.map((m) => m.id), ...onsets.map((o) => o.id), 'ensemble'];
+const valueOf = (id: string) => (r: Scored): number => (id === 'ensemble' ? r.ensemble : r.scores[id]);
+const sorted = (xs: number[]): number[] => [...xs].sort((x, y) => x - y);
+const cleanSets = ['traffic', 'junk', 'corpus', 'degenerate'];
+const rows = rowIds.map((id) => {
+  const of = valueOf(id);
+  const traffic = results.filter((r) => r.set === 'traffic').map(of);
+  return {
+    id,
+    cleanMax: Object.fromEntries(cleanSets.map((set) => [set, Math.max(...results.filter((r) => r.set === set).map(of))])),
+    injected: Object.fromEntries(
+      layers.map((layer) => {
+        const xs = sorted(results.filter((r) => r.layer === layer).map(of));
+        return [layer, { auroc: auroc(xs, traffic), tprAt1: tprAtFpr(xs, traffic, 0.01), min: xs[0], median: xs[Math.floor(xs.length / 2)] }];
+      }),
+    ),
+  };
 });
 const tails = members
-  .filter((m) => m.windowed)
-  .map((m) => ({ id: m.id, top: clean.map((r) => ({ request: r.id, score: r.member[m.id] })).sort((x, y) => y.score - x.score).slice(0, 5) }));
+  .filter((m) => m.windowSize !== undefined)
+  .map((m) => ({ id: m.id, top: results.filter((r) => r.set === 'traffic').map((r) => ({ request: r.id, score: r.scores[m.id] })).sort((x, y) => y.score - x.score).slice(0, 5) }));
 
 const out = a.get('out') ?? 'bench/out/member-tails.json';
 const svg = out.replace(/\.json$/, '.svg');
+const lastLayer = layers[layers.length - 1];
 writeText(
   svg,
   barChart({
-    title: `Members of ${file.id}: ×${strength} injections at layer ${layer} against clean traffic`,
+    title: `${file.id}'s members: clean maxima and ×${strength} injections at layer ${lastLayer}`,
     yLabel: 'largest calibrated score',
     categories: rows.map((r) => r.id.replace(/^update-/, '')),
     series: [
-      { name: 'clean max', values: rows.map((r) => r.cleanMax) },
-      { name: 'injected median', values: rows.map((r) => r.injectedMedian) },
+      ...cleanSets.map((set) => ({ name: `${set} max`, values: rows.map((r) => r.cleanMax[set]) })),
+      { name: `injected L${lastLayer} min`, values: rows.map((r) => r.injected[lastLayer].min) },
     ],
-    width: 900,
+    width: 1100,
   }),
 );
 const fmt = (x: number): string => x.toFixed(3);
+const injectedCount = nInject * FAMILIES.length * 2;
 const markdown = [
-  `# Ensemble members against ×${strength} injections at layer ${layer} (${new Date().toISOString().slice(0, 10)})`,
+  `# Ensemble members against ×${strength} injections (${new Date().toISOString().slice(0, 10)})`,
   '',
-  `Probe ${a.get('probe')} (threshold ${file.threshold}) on ${modelDir}; ${nClean} clean requests of ${a.get('traffic')} and ${injected.length} injected (${nInject} of them × concept, random, contrast × prompt only, throughout; seed ${seed}). A member's score: its largest calibrated score over the request's positions from ${skip} on (no aggregator); the ensemble's: the daemon's request score over the threshold.`,
+  `Probe ${a.get('probe')} (threshold ${file.threshold}) on ${modelDir}. Clean: ${nClean} requests of ${a.get('traffic')}, ${Object.keys(junk).length} junk prompts, the shipped corpus's held-out requests (degenerate apart). Injected: ${injectedCount} per layer (${nInject} traffic requests × concept, random, contrast × prompt only, throughout; seed ${seed}) at layer${layers.length > 1 ? 's' : ''} ${layers.join(', ')}. A member's score: its largest calibrated score over the request's positions from ${skip} on (no aggregator); an onset row: the same of the upper windowed member's calibrated score less the lower one's, position by position; the ensemble's: the daemon's request score over the threshold. AUROC and TPR@1% against the clean traffic.`,
   '',
   markdownTable(
-    ['member', 'AUROC', 'TPR@1%', 'clean max', 'injected median', 'injected above clean max'],
-    rows.map((r) => [r.id, fmt(r.auroc), fmt(r.tprAt1), fmt(r.cleanMax), fmt(r.injectedMedian), `${r.injectedAboveCleanMax}/${injected.length}`]),
+    ['member', ...cleanSets.map((s) => `${s} max`), ...layers.flatMap((l) => [`L${l} AUROC`, `L${l} TPR@1%`, `L${l} min`, `L${l} median`])],
+    rows.map((r) => [r.id, ...cleanSets.map((s) => fmt(r.cleanMax[s])), ...layers.flatMap((l) => [fmt(r.injected[l].auroc), fmt(r.injected[l].tprAt1), fmt(r.injected[l].min), fmt(r.injected[l].median)])]),
   ),
   '',
-  'Clean requests with the highest windowed-member scores (the text that sets the tail):',
+  'Clean traffic requests with the highest windowed-member scores (the text that sets the tail):',
   '',
   markdownTable(['member', 'top clean requests'], tails.map((t) => [t.id, t.top.map((x) => `${x.request} ${fmt(x.score)}`).join(', ')])),
   '',
   `![members](${svg.split('/').at(-1)})`,
 ].join('\n');
-writeBenchResult(a, 'member-tails', { model: modelDir, probe: a.get('probe'), traffic: a.get('traffic'), layer, strength, seed, rows, tails, clean, injected }, markdown);
+writeBenchResult(a, 'member-tails', { model: modelDir, probe: a.get('probe'), traffic: a.get('traffic'), layers, strength, seed, rows, tails, results }, markdown);
