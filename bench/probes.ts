@@ -60,11 +60,14 @@ async function benchScoring(): Promise<void> {
   for (const f of [...files.map((x) => join(dir, x)), ...(v.probe ?? [])]) {
     const t0 = performance.now();
     const probe = await loadProbe(f, fp);
-    runs.push({ name: probe.id, file: basename(f), probe, loadMs: performance.now() - t0 });
+    // Two files of one probe id (a shipped file and a learned one) are told apart by file name.
+    const name = runs.some((r) => r.name === probe.id) ? `${probe.id} (${basename(f)})` : probe.id;
+    runs.push({ name, file: basename(f), probe, loadMs: performance.now() - t0 });
     const pf = probe.file;
     if (pf.kind === 'ensemble-max' && pf.members.some(isWindowed) && !pf.members.every(isWindowed)) {
-      const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => !isWindowed(m)) }));
-      runs.push({ name: `${probe.id} (per-token members only)`, file: basename(f), probe: perToken, loadMs: NaN });
+      // An onset member reads windowed members: it goes with them.
+      const perToken = createProbe(validateProbeFile({ ...pf, members: pf.members.filter((m) => !isWindowed(m) && m.kind !== 'onset') }));
+      runs.push({ name: `${name} (per-token members only)`, file: basename(f), probe: perToken, loadMs: NaN });
     }
   }
   for (const { name, file: f, probe, loadMs } of runs) {

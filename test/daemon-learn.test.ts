@@ -360,14 +360,16 @@ describe('learning the generic detector from live traffic', () => {
     expect(file.training.trials).toBe(7);
     expect(file.evaluation.trials).toBe(5);
     // Eight per-token members and six windowed ones (16 novel positions, layers 2-7), as the shipped
-    // file, each with its spread discount relearned from this traffic and the shipped minCount.
+    // file, each with its spread discount relearned from this traffic and the shipped minCount; and
+    // the onset member of the deepest windowed layer (calibration.ts onsetFits).
     const shipped = JSON.parse(readFileSync(join(CODE16M, 'probes', 'generic-injection.probe.json'), 'utf8')) as { members: Body[] };
-    expect(file.members).toHaveLength(14);
+    expect(file.members).toHaveLength(15);
+    expect(file.members.filter((m: Body) => m.kind === 'onset').map((m: Body) => [m.id, m.upper.member, m.lower.member])).toEqual([['onset-L7-w16', 'update-L7-w16', 'update-L6-w16']]);
     const windowed = file.members.filter((m: Body) => m.window?.positions === 'novel-bigram');
     expect(windowed).toHaveLength(6);
     // The per-token members score novel token pairs only (learn.ts, learnableMembers), though the
     // shipped file's score every position.
-    expect(file.members.filter((m: Body) => !m.window).map((m: Body) => m.positions)).toEqual(Array(8).fill('novel-bigram'));
+    expect(file.members.filter((m: Body) => m.kind === 'mahalanobis' && !m.window).map((m: Body) => m.positions)).toEqual(Array(8).fill('novel-bigram'));
     expect(shipped.members.some((m) => m.positions !== undefined)).toBe(false);
     for (const [k, m] of windowed.entries()) {
       const ship = shipped.members.filter((x) => x.window)[k];

@@ -15,7 +15,7 @@ import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
 import { aggregateSequence, skipFrom, type AggregatorSpec, type LengthAllowanceSpec } from './aggregators.js';
 import type { GaussianModel } from './gaussian.js';
-import { hookList, validateProbeFile, type EnsembleMember, type LeafBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
+import { hookList, validateProbeFile, type EnsembleMember, type LeafBody, type OnsetBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
 
 /** x to `digits` significant digits (0 and non-finite values unchanged). */
 export function round(x: number, digits: number): number {
@@ -223,7 +223,7 @@ export interface CleanRequestScores {
  * population on its own, the higher. `requestsOf(subset)` scores the clean calibration requests
  * with a subset of members.
  */
-export function setEnsembleThreshold<M extends { readonly calibration: { center: number; scale: number }; readonly body: LeafBody }>(
+export function setEnsembleThreshold<M extends { readonly calibration: { center: number; scale: number }; readonly body: LeafBody | OnsetBody }>(
   members: readonly M[],
   requestsOf: (subset: readonly M[]) => CleanRequestScores[],
   aggregator: AggregatorSpec,
@@ -251,9 +251,54 @@ export function setEnsembleThreshold<M extends { readonly calibration: { center:
   return { members: balanced, aggregator: withAllowance, threshold: roundThreshold(thresholdOf(byPopulation)), requestScores: [...byPopulation.values()].flat() };
 }
 
-/** Per-token or windowed: the kinds balanceKinds weighs (a member's body says which). */
-export function memberKind(m: { readonly body: LeafBody }): 'token' | 'window' {
+/** Per-token, windowed or onset: the kinds balanceKinds weighs (a member's body says which). */
+export function memberKind(m: { readonly body: LeafBody | OnsetBody }): 'token' | 'window' | 'onset' {
+  if (m.body.kind === 'onset') return 'onset';
   return m.body.kind === 'mahalanobis' && m.body.window !== undefined ? 'window' : 'token';
+}
+
+/** An onset member before its own calibration (probe-file.ts, ONSET_BODY). */
+export interface OnsetFit {
+  id: string;
+  hook: string[];
+  body: OnsetBody;
+}
+
+/**
+ * The onset member of calibrated members: for each window size, the deepest windowed Mahalanobis
+ * member with a windowed member of that size at the layer below, reading the two with their
+ * calibrations. Why the onset: unusual text moves every layer's window, an added vector only its
+ * own layer's and those above. Why the deepest layer only: a vector added below it also moves the
+ * layers above, which the other members see (×0.25 at every layer but the last: AUROC 1.000 on both
+ * models), while one added at the deepest shows only in that layer's update, where unusual text
+ * hid it: learned through the daemon (issue 12, docs/generic-detectors.md "Onset members"), ×0.25
+ * injections into qwen3-code-7m's last layer fired 80 of 80 with it, 7 of 80 without. Onset members
+ * at every windowed layer caught no more and added false alerts (the built-in model: 3 of 487
+ * clean requests, all through the middle layers' onsets).
+ */
+export function onsetFits(members: readonly (MemberFit & { calibration: { center: number; scale: number } })[]): OnsetFit[] {
+  const layerOf = (m: MemberFit): number => parseResidPost(hookList(m.hook).at(-1)!);
+  const windowOf = (m: MemberFit): number | undefined => (m.body.kind === 'mahalanobis' ? m.body.window?.size : undefined);
+  const sizes = [...new Set(members.map(windowOf))].filter((w): w is number => w !== undefined);
+  return sizes.flatMap((size): OnsetFit[] => {
+    const windowed = members.filter((m) => windowOf(m) === size);
+    const upper = windowed.reduce((a, b) => (layerOf(b) > layerOf(a) ? b : a));
+    const lower = windowed.find((m) => layerOf(m) === layerOf(upper) - 1);
+    if (!lower) return [];
+    return [
+      {
+        id: `onset-L${layerOf(upper)}-w${size}`,
+        hook: [...new Set([...hookList(lower.hook), ...hookList(upper.hook)])].sort((a, b) => parseResidPost(a) - parseResidPost(b)),
+        body: { kind: 'onset', upper: { member: upper.id, ...upper.calibration }, lower: { member: lower.id, ...lower.calibration } },
+      },
+    ];
+  });
+}
+
+/** An onset member's per-position scores from its two members' raw per-position scores (as probe.ts scores it). */
+export function onsetScores(body: OnsetBody, upper: ArrayLike<number>, lower: ArrayLike<number>): Float64Array {
+  const { upper: u, lower: l } = body;
+  return Float64Array.from({ length: upper.length }, (_, p) => (upper[p] - u.center) / u.scale - (lower[p] - l.center) / l.scale);
 }
 
 /** A leaf probe file of one member (scored alone, e.g. to calibrate it). */
@@ -263,7 +308,7 @@ export function memberFile(m: MemberFit, meta: Pick<DetectorMeta, 'modelFingerpr
 }
 
 /** Ensemble-max file of calibrated members (hooks: the union, in layer order). */
-export function ensembleFile(members: readonly (MemberFit & { calibration: { center: number; scale: number } })[], meta: DetectorMeta, threshold: number): ProbeFile {
+export function ensembleFile(members: readonly ((MemberFit | OnsetFit) & { calibration: { center: number; scale: number } })[], meta: DetectorMeta, threshold: number): ProbeFile {
   const hooks = [...new Set(members.flatMap((m) => hookList(m.hook)))].sort((a, b) => parseResidPost(a) - parseResidPost(b));
   const file = {
     formatVersion: 1,
@@ -279,7 +324,7 @@ export function ensembleFile(members: readonly (MemberFit & { calibration: { cen
     aggregator: meta.aggregator,
     training: meta.training,
     evaluation: meta.evaluation,
-    members: members.map((m) => ({ id: m.id, hook: m.hook, calibration: m.calibration, ...(m.positions ? { positions: m.positions } : {}), ...m.body }) as EnsembleMember),
+    members: members.map((m) => ({ id: m.id, hook: m.hook, calibration: m.calibration, ...('positions' in m && m.positions ? { positions: m.positions } : {}), ...m.body }) as EnsembleMember),
   };
   return validateProbeFile(file);
 }

@@ -17,7 +17,7 @@
 import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
 import type { AggregatorSpec } from './aggregators.js';
-import { calibrate, ensembleFile, memberFile, NO_FIGURES, round, roundedGaussian, roundUp, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
+import { calibrate, ensembleFile, memberFile, NO_FIGURES, onsetFits, onsetScores, round, roundedGaussian, roundUp, setEnsembleThreshold, type CleanRequestScores, type MemberFit } from './calibration.js';
 import { fitGaussianFromMoments, MomentAccumulator, momentLength } from './moments.js';
 import { createProbe, type Probe, type TapTensor } from './probe.js';
 import { hookList, mahalanobisBody, type ProbeFile, type WindowSpec } from './probe-file.js';
@@ -69,7 +69,8 @@ export function skipOf(spec: Pick<LearnSpec, 'aggregator'>): number {
  */
 export function learnableMembers(file: ProbeFile): LearnMember[] {
   if (file.kind !== 'ensemble-max') throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id} is ${file.kind}, not an ensemble of Gaussian members`, { probe: file.id });
-  return file.members.map((m) => {
+  // Onset members are not fitted: finish() makes them anew from the windowed members it learns.
+  return file.members.filter((m) => m.kind !== 'onset').map((m) => {
     if (m.kind !== 'mahalanobis' || m.gaussian.form !== 'cholesky') {
       throw lwError('LW_ERR_LEARN_UNSUPPORTED', `probe ${file.id}: member ${m.id} is not a full-covariance Gaussian`, { probe: file.id, member: m.id });
     }
@@ -354,14 +355,28 @@ export class DetectorLearner {
       for (const req of this.calibration) for (let p = skip; p < req[i].length; p++) if (!(novelOnly && Number.isNaN(req[i][p]))) toks.push(req[i][p]);
       return { ...m, calibration: calibrate(toks) };
     });
-    const indexOf = new Map(members.map((m, i) => [m.id, i]));
-    const requestsOf = (subset: readonly (typeof members)[number][]): CleanRequestScores[] =>
-      this.calibration.map((scores) => {
+    // The onset member (calibration.ts onsetFits): scored from its two members' scores, calibrated
+    // on the same tokens, appended after the members it reads.
+    const scores = this.calibration.map((req) => [...req] as ArrayLike<number>[]);
+    const leafIndex = new Map(members.map((m, i) => [m.id, i]));
+    const onsets = onsetFits(members).map((o) => {
+      const toks: number[] = [];
+      for (const req of scores) {
+        const x = onsetScores(o.body, req[leafIndex.get(o.body.upper.member)!], req[leafIndex.get(o.body.lower.member)!]);
+        req.push(x);
+        for (let p = skip; p < x.length; p++) toks.push(x[p]);
+      }
+      return { ...o, calibration: calibrate(toks) };
+    });
+    const all = [...members, ...onsets];
+    const indexOf = new Map(all.map((m, i) => [m.id, i]));
+    const requestsOf = (subset: readonly (typeof all)[number][]): CleanRequestScores[] =>
+      scores.map((scores) => {
         const tok = new Float64Array(scores[0].length).fill(-Infinity);
         for (const m of subset) {
           const inv = 1 / m.calibration.scale;
           const s = scores[indexOf.get(m.id)!];
-          const novelOnly = m.positions === 'novel-bigram';
+          const novelOnly = 'positions' in m && m.positions === 'novel-bigram';
           for (let p = 0; p < s.length; p++) {
             // Where a novel-only member does not score it reports its clean median, 0 (probe.ts).
             const v = novelOnly && Number.isNaN(s[p]) ? 0 : (s[p] - m.calibration.center) * inv;
@@ -370,15 +385,15 @@ export class DetectorLearner {
         }
         return { scores: tok, start: 0, population: 'traffic' };
       });
-    // Each kind of member (per token, windowed) weighed by its own tail, the length allowance and
+    // Each kind of member (per token, windowed, onset) weighed by its own tail, the length allowance and
     // the threshold: the lab's buildDetector rules (calibration.ts).
-    const { members: balanced, aggregator, threshold: empirical, requestScores: req } = setEnsembleThreshold(members, requestsOf, spec.aggregator, spec.targetFpr);
+    const { members: balanced, aggregator, threshold: empirical, requestScores: req } = setEnsembleThreshold(all, requestsOf, spec.aggregator, spec.targetFpr);
     const threshold = smallShareThreshold(empirical, req.length, spec.targetFpr, aggregator.lengthAllowance?.perLog);
     const achievedFpr = req.filter((x) => x > threshold).length / req.length;
     const layers = [...new Set(spec.members.flatMap((m) => m.hooks.map(parseResidPost)))].sort((a, b) => a - b);
     const description =
       `Unsupervised anomaly detector learned from live clean traffic: Mahalanobis distance of each member's input (layer update or residual) from a Gaussian (Ledoit–Wolf shrunk full covariance, from sufficient statistics) fitted on ${this.fitRequests} clean requests (${this.fitPositions} positions), layers ${layers.join(', ')}; ` +
-      `members calibrated to their clean median and 99th percentile and combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}${threshold !== empirical ? `; raised from their maximum ${empirical} by the tail's slope, too few requests to hold the rate` : ''})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions, each counted ${round(this.baselineWeight, 4)} times: at least ${BASELINE_FIT_SHARE * 100}% of the fit)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
+      `members calibrated to their clean median and 99th percentile, with an onset member at the deepest windowed layer (its calibrated score less the layer below's: an added vector moves its own layer, unusual text every layer), combined by max; a request's score is the maximum over positions of the running aggregate less a length allowance (aggregator.lengthAllowance); threshold at ${spec.targetFpr} FPR per request on ${this.calibration.length} other clean requests (${this.calibrationPositions} positions; achieved ${round(achievedFpr, 6)}${threshold !== empirical ? `; raised from their maximum ${empirical} by the tail's slope, too few requests to hold the rate` : ''})${this.baselineRequests > 0 ? `; the shipped corpus's always-fitted (junk) style folded into the fit (${this.baselineRequests} requests, ${this.baselinePositions} positions, each counted ${round(this.baselineWeight, 4)} times: at least ${BASELINE_FIT_SHARE * 100}% of the fit)` : ''}; positions 0–${skip - 1} not scored.${extraDescription}`;
     const file = ensembleFile(balanced, {
       id: spec.probeId,
       label: spec.label,

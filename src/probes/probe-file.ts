@@ -155,7 +155,18 @@ const MEMBER_HEADER = {
    */
   positions: Type.Optional(Type.Enum(['novel-bigram'])),
 };
+const ONSET_TERM = closedObject({ member: Type.String({ minLength: 1 }), center: finite, scale: positive });
+/**
+ * An ensemble member made of two earlier windowed Mahalanobis members of one window size (learn
+ * mode: the deepest windowed layer's and the one below it; calibration.ts onsetFits): its score at a
+ * position is the upper member's score calibrated by (center, scale) less the lower one's, then
+ * calibrated as any member. An added vector moves the update of
+ * the layer it is added at and nothing below it; ordinary text unlike the calibration traffic moves
+ * every layer's, which this difference cancels (docs/generic-detectors.md, "Onset members").
+ */
+const ONSET_BODY = { kind: Type.Literal('onset'), upper: ONSET_TERM, lower: ONSET_TERM };
 const MEMBER_SCHEMA = taggedUnion('kind', [
+  closedObject({ ...MEMBER_HEADER, ...ONSET_BODY }),
   closedObject({ ...MEMBER_HEADER, ...LINEAR_BODY }),
   closedObject({ ...MEMBER_HEADER, ...MAHALANOBIS_BODY }),
   closedObject({ ...MEMBER_HEADER, ...CONCEPT_MATCH_BODY }),
@@ -194,6 +205,7 @@ export type GaussianBody = DeepReadonly<Static<typeof GAUSSIAN_SCHEMA>>;
 export type MahalanobisBody = PartOf<typeof MAHALANOBIS_BODY>;
 export type ConceptMatchBody = PartOf<typeof CONCEPT_MATCH_BODY>;
 export type LeafBody = LinearBody | MahalanobisBody | ConceptMatchBody;
+export type OnsetBody = PartOf<typeof ONSET_BODY>;
 export type WindowSpec = DeepReadonly<Static<typeof WINDOW_SCHEMA>>;
 export type EnsembleMember = DeepReadonly<Static<typeof MEMBER_SCHEMA>>;
 export type ProbeFile = DeepReadonly<Static<typeof PROBE_FILE_SCHEMA>>;
@@ -283,6 +295,17 @@ export function validateProbeFile(value: unknown): ProbeFile {
     for (const h of hookList(m.hook)) {
       if (!hookNames.includes(h)) throw invalid(`${where}.hook`, `${h} is not in the ensemble's hook list`);
       used.add(h);
+    }
+    if (m.kind === 'onset') {
+      const sizes = [m.upper, m.lower].map((t, k) => {
+        const ref = file.members.slice(0, i).find((x) => x.id === t.member);
+        const at = `${where}.${k === 0 ? 'upper' : 'lower'}.member`;
+        if (!ref) throw invalid(at, `${t.member} is not an earlier member`);
+        if (ref.kind !== 'mahalanobis' || ref.window === undefined) throw invalid(at, `${t.member} is not a windowed Mahalanobis member`);
+        return ref.window.size;
+      });
+      if (sizes[0] !== sizes[1]) throw invalid(where, `its members' windows differ (${sizes[0]} and ${sizes[1]})`);
+      return { id: m.id, kind: 'onset', hook: copyHooks(m.hook), calibration: { center: m.calibration.center, scale: m.calibration.scale }, upper: { ...m.upper }, lower: { ...m.lower } } as EnsembleMember;
     }
     const { kind, ...body } = leafBody(m, hookList(m.hook).length, file.dModel, where);
     if (m.positions !== undefined && (m.kind !== 'mahalanobis' || m.window !== undefined)) throw invalid(`${where}.positions`, 'only a per-token Mahalanobis member has positions (a windowed one counts its own)');

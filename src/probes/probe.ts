@@ -26,7 +26,7 @@ import { createAggregator, type Aggregator, type AggregatorSpec } from './aggreg
 import { mahalanobis, type GaussianModel } from './gaussian.js';
 import { foldStandardisation, sigmoid } from './linear.js';
 import { SimdMatVec } from './simd.js';
-import { hookList, readProbeFile, type ConceptMatchBody, type EnsembleMember, type GaussianBody, type LeafBody, type ProbeFile, type ProbeKind } from './probe-file.js';
+import { hookList, readProbeFile, type ConceptMatchBody, type EnsembleMember, type GaussianBody, type LeafBody, type OnsetBody, type ProbeFile, type ProbeKind } from './probe-file.js';
 import { NoveltyTracker, spreadDiscount, WindowMean } from './window.js';
 
 /** Scores the rows of one request in position order; `novel`: the row's token pair is new in the request. */
@@ -110,7 +110,7 @@ export async function loadProbe(path: string, expectedModelFingerprint: string):
 type RowScorer = (activation: Float32Array, offset: number) => number;
 
 /** A Mahalanobis or concept-match leaf or member that scores a window of positions (probes/window.ts). */
-export function isWindowed(body: LeafBody): boolean {
+export function isWindowed(body: LeafBody | OnsetBody): boolean {
   return 'gaussian' in body && body.window !== undefined;
 }
 
@@ -299,7 +299,12 @@ function lowRankScorer(g: Extract<GaussianBody, { form: 'lowrank' }>, inputDim: 
 }
 
 function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly string[], dModel: number): () => RequestRowScorer {
+  const indexOf = new Map(members.map((m, i) => [m.id, i]));
   const parts = members.map((m) => {
+    const center = m.calibration.center;
+    const invScale = 1 / m.calibration.scale;
+    // An onset member reads two earlier members' raw scores at this position (probe-file.ts).
+    if (m.kind === 'onset') return { onset: { up: indexOf.get(m.upper.member)!, upC: m.upper.center, upInv: 1 / m.upper.scale, low: indexOf.get(m.lower.member)!, lowC: m.lower.center, lowInv: 1 / m.lower.scale }, factory: null, segments: [], scratch: null, center, invScale, novelOnly: false };
     const memberHooks = hookList(m.hook);
     const inputDim = memberHooks.length * dModel;
     const factory = leafFactory(m, inputDim);
@@ -307,28 +312,36 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
     const segments = memberHooks.map((h) => hooks.indexOf(h) * dModel);
     const contiguous = segments.every((s, i) => s === segments[0] + i * dModel);
     const scratch = contiguous ? null : new Float32Array(inputDim);
-    return { factory, segments, scratch, center: m.calibration.center, invScale: 1 / m.calibration.scale, novelOnly: m.positions === 'novel-bigram' };
+    return { onset: null, factory, segments, scratch, center, invScale, novelOnly: m.positions === 'novel-bigram' };
   });
   return () => {
-    const scorers = parts.map((p) => p.factory());
+    const scorers = parts.map((p) => p.factory?.() ?? null);
+    const raw = new Float64Array(parts.length);
     return (activation, offset, novel) => {
       let best = -Infinity;
       for (let i = 0; i < parts.length; i++) {
         const p = parts[i];
-        // A repeated token pair is no evidence for a novel-only member: its clean median, 0.
-        if (p.novelOnly && !novel) {
-          if (best < 0) best = 0;
-          continue;
-        }
         let s: number;
-        if (p.scratch === null) s = scorers[i](activation, offset + p.segments[0], novel);
-        else {
-          for (let k = 0; k < p.segments.length; k++) {
-            const from = offset + p.segments[k];
-            const to = k * dModel;
-            for (let j = 0; j < dModel; j++) p.scratch[to + j] = activation[from + j];
+        if (p.onset) {
+          const o = p.onset;
+          s = (raw[o.up] - o.upC) * o.upInv - (raw[o.low] - o.lowC) * o.lowInv;
+        } else {
+          // A repeated token pair is no evidence for a novel-only member: its clean median, 0.
+          if (p.novelOnly && !novel) {
+            raw[i] = Number.NaN;
+            if (best < 0) best = 0;
+            continue;
           }
-          s = scorers[i](p.scratch, 0, novel);
+          if (p.scratch === null) s = scorers[i]!(activation, offset + p.segments[0], novel);
+          else {
+            for (let k = 0; k < p.segments.length; k++) {
+              const from = offset + p.segments[k];
+              const to = k * dModel;
+              for (let j = 0; j < dModel; j++) p.scratch[to + j] = activation[from + j];
+            }
+            s = scorers[i]!(p.scratch, 0, novel);
+          }
+          raw[i] = s;
         }
         const calibrated = (s - p.center) * p.invScale;
         if (calibrated > best || Number.isNaN(calibrated)) best = calibrated;
