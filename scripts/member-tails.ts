@@ -78,13 +78,17 @@ async function run(prompt: string | number[], injections: Injection[] = []): Pro
   return { id: 'request', source: 'corpus', start: 0, positions, ids: ids.slice(0, positions), rows: (l) => rows[l] };
 }
 
-/** Each member as a leaf probe of its own (its calibration applied here, novel-only positions at their clean median). */
-const members = file.members.map((m) => {
+/**
+ * Each member as a leaf probe of its own (its calibration applied here, novel-only positions at their
+ * clean median). A file's onset members read two others: the onset rows below compute them.
+ */
+const members = file.members.flatMap((m) => {
+  if (m.kind === 'onset') return [];
   const { id, hook, calibration, positions, ...body } = m;
   const { kind: _kind, members: _members, ...top } = file;
   const probe = createProbe(validateProbeFile({ ...top, ...body, id, label: id, hook, threshold: 0, aggregator: { kind: 'last' } }));
   const windowSize = m.kind === 'mahalanobis' ? m.window?.size : undefined;
-  return { id, calibration, novelOnly: positions === 'novel-bigram', windowSize, layer: Number(/L(\d+)/.exec(id)?.[1] ?? NaN), probe };
+  return [{ id, calibration, novelOnly: positions === 'novel-bigram', windowSize, layer: Number(/L(\d+)/.exec(id)?.[1] ?? NaN), probe }];
 });
 /** Pairs of windowed members of one size at consecutive layers: the onset rows. */
 const onsets = members.flatMap((upper) => {
