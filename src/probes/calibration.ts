@@ -273,8 +273,8 @@ export interface OnsetFit {
  * models), while one added at the deepest shows only in that layer's update, where unusual text
  * hid it: learned through the daemon (issue 12, docs/generic-detectors.md "Onset members"), ×0.25
  * injections into qwen3-code-7m's last layer fired 80 of 80 with it, 7 of 80 without. Onset members
- * at every windowed layer caught no more and added false alerts (the built-in model: 3 of 487
- * clean requests, all through the middle layers' onsets).
+ * at every windowed layer caught no more and added false alerts (the built-in model: 3 more of 466
+ * clean requests, each through a middle layer's onset).
  */
 export function onsetFits(members: readonly (MemberFit & { calibration: { center: number; scale: number } })[]): OnsetFit[] {
   const layerOf = (m: MemberFit): number => parseResidPost(hookList(m.hook).at(-1)!);
