@@ -32,10 +32,10 @@ import { scoreSeq, seqNovelty, type Seq } from '../src/lab/generic.js';
 import { auroc, tprAtFpr } from '../src/lab/metrics.js';
 import { barChart } from '../src/lab/svg-plot.js';
 import { DEFAULT_CORPUS, PACKAGE_ROOT } from '../src/paths.js';
-import { requestScore } from '../src/probes/calibration.js';
+import { onsetScores, requestScore } from '../src/probes/calibration.js';
 import { ConceptStore } from '../src/probes/concept-store.js';
 import { createProbe } from '../src/probes/probe.js';
-import { validateProbeFile } from '../src/probes/probe-file.js';
+import { validateProbeFile, type OnsetBody } from '../src/probes/probe-file.js';
 import { createRng } from '../src/rng.js';
 import { markdownTable, parseArgs, writeBenchResult, writeText } from '../bench/lib/report.js';
 
@@ -93,7 +93,9 @@ const members = file.members.flatMap((m) => {
 /** Pairs of windowed members of one size at consecutive layers: the onset rows. */
 const onsets = members.flatMap((upper) => {
   const lower = members.find((m) => upper.windowSize !== undefined && m.windowSize === upper.windowSize && m.layer === upper.layer - 1);
-  return lower ? [{ id: `onset-L${upper.layer}-w${upper.windowSize}`, upper: upper.id, lower: lower.id }] : [];
+  if (!lower) return [];
+  const body: OnsetBody = { kind: 'onset', upper: { member: upper.id, ...upper.calibration }, lower: { member: lower.id, ...lower.calibration } };
+  return [{ id: `onset-L${upper.layer}-w${upper.windowSize}`, body }];
 });
 const ensemble = createProbe(file);
 
@@ -110,21 +112,14 @@ interface Scored {
 
 function score(set: string, id: string, s: Seq, extra: Partial<Scored> = {}): Scored {
   const novel = seqNovelty(s);
-  const perPosition = new Map<string, Float64Array>();
+  const rawScores = new Map<string, Float32Array>();
   const scores: Record<string, number> = {};
   for (const m of members) {
     const raw = scoreSeq(m.probe, s);
-    const x = Float64Array.from(raw, (v, p) => (m.novelOnly && !novel[p] ? 0 : (v - m.calibration.center) / m.calibration.scale));
-    perPosition.set(m.id, x);
-    scores[m.id] = Math.max(...x.subarray(skip));
+    rawScores.set(m.id, raw);
+    scores[m.id] = Math.max(...Array.from(raw.subarray(skip), (v, i) => (m.novelOnly && !novel[skip + i] ? 0 : (v - m.calibration.center) / m.calibration.scale)));
   }
-  for (const o of onsets) {
-    const up = perPosition.get(o.upper)!;
-    const low = perPosition.get(o.lower)!;
-    let best = -Infinity;
-    for (let p = skip; p < s.positions; p++) best = Math.max(best, up[p] - low[p]);
-    scores[o.id] = best;
-  }
+  for (const o of onsets) scores[o.id] = Math.max(...onsetScores(o.body, rawScores.get(o.body.upper.member)!, rawScores.get(o.body.lower.member)!).subarray(skip));
   return { set, id, ...extra, scores, ensemble: requestScore(scoreSeq(ensemble, s), file.aggregator, 0) / file.threshold };
 }
 

@@ -15,7 +15,7 @@ import { lwError } from '../errors.js';
 import { parseResidPost } from '../hooks.js';
 import { aggregateSequence, skipFrom, type AggregatorSpec, type LengthAllowanceSpec } from './aggregators.js';
 import type { GaussianModel } from './gaussian.js';
-import { hookList, validateProbeFile, type EnsembleMember, type LeafBody, type OnsetBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
+import { hookList, onsetScore, validateProbeFile, type EnsembleMember, type LeafBody, type OnsetBody, type ProbeFigures, type ProbeFile } from './probe-file.js';
 
 /** x to `digits` significant digits (0 and non-finite values unchanged). */
 export function round(x: number, digits: number): number {
@@ -295,10 +295,9 @@ export function onsetFits(members: readonly (MemberFit & { calibration: { center
   });
 }
 
-/** An onset member's per-position scores from its two members' raw per-position scores (as probe.ts scores it). */
+/** An onset member's per-position scores from its two members' raw per-position scores (probe-file.ts onsetScore, as the daemon scores it). */
 export function onsetScores(body: OnsetBody, upper: ArrayLike<number>, lower: ArrayLike<number>): Float64Array {
-  const { upper: u, lower: l } = body;
-  return Float64Array.from({ length: upper.length }, (_, p) => (upper[p] - u.center) / u.scale - (lower[p] - l.center) / l.scale);
+  return Float64Array.from({ length: upper.length }, (_, p) => onsetScore(body, upper[p], lower[p]));
 }
 
 /** A leaf probe file of one member (scored alone, e.g. to calibrate it). */

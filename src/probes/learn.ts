@@ -357,21 +357,21 @@ export class DetectorLearner {
     });
     // The onset member (calibration.ts onsetFits): scored from its two members' scores, calibrated
     // on the same tokens, appended after the members it reads.
-    const scores = this.calibration.map((req) => [...req] as ArrayLike<number>[]);
-    const leafIndex = new Map(members.map((m, i) => [m.id, i]));
+    const calibrationScores = this.calibration.map((req) => [...req] as ArrayLike<number>[]);
+    const indexOf = new Map(members.map((m, i) => [m.id, i]));
     const onsets = onsetFits(members).map((o) => {
       const toks: number[] = [];
-      for (const req of scores) {
-        const x = onsetScores(o.body, req[leafIndex.get(o.body.upper.member)!], req[leafIndex.get(o.body.lower.member)!]);
+      for (const req of calibrationScores) {
+        const x = onsetScores(o.body, req[indexOf.get(o.body.upper.member)!], req[indexOf.get(o.body.lower.member)!]);
         req.push(x);
         for (let p = skip; p < x.length; p++) toks.push(x[p]);
       }
+      indexOf.set(o.id, indexOf.size);
       return { ...o, calibration: calibrate(toks) };
     });
     const all = [...members, ...onsets];
-    const indexOf = new Map(all.map((m, i) => [m.id, i]));
     const requestsOf = (subset: readonly (typeof all)[number][]): CleanRequestScores[] =>
-      scores.map((scores) => {
+      calibrationScores.map((scores) => {
         const tok = new Float64Array(scores[0].length).fill(-Infinity);
         for (const m of subset) {
           const inv = 1 / m.calibration.scale;

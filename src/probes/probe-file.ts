@@ -207,6 +207,11 @@ export type ConceptMatchBody = PartOf<typeof CONCEPT_MATCH_BODY>;
 export type LeafBody = LinearBody | MahalanobisBody | ConceptMatchBody;
 export type OnsetBody = PartOf<typeof ONSET_BODY>;
 export type WindowSpec = DeepReadonly<Static<typeof WINDOW_SCHEMA>>;
+
+/** An onset member's score from its two members' raw scores at one position (ONSET_BODY says why). */
+export function onsetScore(body: OnsetBody, upper: number, lower: number): number {
+  return (upper - body.upper.center) / body.upper.scale - (lower - body.lower.center) / body.lower.scale;
+}
 export type EnsembleMember = DeepReadonly<Static<typeof MEMBER_SCHEMA>>;
 export type ProbeFile = DeepReadonly<Static<typeof PROBE_FILE_SCHEMA>>;
 export type ProbeHeader = PartOf<typeof HEADER> & { readonly kind: ProbeKind };

@@ -26,7 +26,7 @@ import { createAggregator, type Aggregator, type AggregatorSpec } from './aggreg
 import { mahalanobis, type GaussianModel } from './gaussian.js';
 import { foldStandardisation, sigmoid } from './linear.js';
 import { SimdMatVec } from './simd.js';
-import { hookList, readProbeFile, type ConceptMatchBody, type EnsembleMember, type GaussianBody, type LeafBody, type OnsetBody, type ProbeFile, type ProbeKind } from './probe-file.js';
+import { hookList, onsetScore, readProbeFile, type ConceptMatchBody, type EnsembleMember, type GaussianBody, type LeafBody, type OnsetBody, type ProbeFile, type ProbeKind } from './probe-file.js';
 import { NoveltyTracker, spreadDiscount, WindowMean } from './window.js';
 
 /** Scores the rows of one request in position order; `novel`: the row's token pair is new in the request. */
@@ -304,7 +304,7 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
     const center = m.calibration.center;
     const invScale = 1 / m.calibration.scale;
     // An onset member reads two earlier members' raw scores at this position (probe-file.ts).
-    if (m.kind === 'onset') return { onset: { up: indexOf.get(m.upper.member)!, upC: m.upper.center, upInv: 1 / m.upper.scale, low: indexOf.get(m.lower.member)!, lowC: m.lower.center, lowInv: 1 / m.lower.scale }, factory: null, segments: [], scratch: null, center, invScale, novelOnly: false };
+    if (m.kind === 'onset') return { onset: { body: m, up: indexOf.get(m.upper.member)!, low: indexOf.get(m.lower.member)! }, factory: null, segments: [], scratch: null, center, invScale, novelOnly: false };
     const memberHooks = hookList(m.hook);
     const inputDim = memberHooks.length * dModel;
     const factory = leafFactory(m, inputDim);
@@ -322,10 +322,8 @@ function ensembleScorer(members: readonly EnsembleMember[], hooks: readonly stri
       for (let i = 0; i < parts.length; i++) {
         const p = parts[i];
         let s: number;
-        if (p.onset) {
-          const o = p.onset;
-          s = (raw[o.up] - o.upC) * o.upInv - (raw[o.low] - o.lowC) * o.lowInv;
-        } else {
+        if (p.onset) s = onsetScore(p.onset.body, raw[p.onset.up], raw[p.onset.low]);
+        else {
           // A repeated token pair is no evidence for a novel-only member: its clean median, 0.
           if (p.novelOnly && !novel) {
             raw[i] = Number.NaN;
